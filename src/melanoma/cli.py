@@ -1,0 +1,75 @@
+"""`python -m melanoma COMMAND ...`: one sub-command per stage.
+
+Each command lives in its own module, which defines `configure_parser(parser)` and `command(args) -> int`.
+Modules are imported only when their command runs, so `score` or `validate` do not pay for TensorFlow.
+Exit status: 0 success, 1 a failed check or operation, 2 bad input found before any work.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("melanoma.synth", "write a competition-shaped demo dataset (CSV + JPEGs)"),
+    "folds": ("melanoma.folds", "assign patient-grouped, stratified parts and folds"),
+    "records": ("melanoma.records", "JPEGs + CSV -> TFRecords in the public schema"),
+    "train": ("melanoma.training", "train one fold (or all) of a config"),
+    "infer": ("melanoma.inference", "TTA + fold ensemble -> submissions/<name>.csv"),
+    "score": ("melanoma.scoring", "competition AUC of an OOF file"),
+    "compare": ("melanoma.compare", "table of OOF AUC across runs"),
+    "report": ("melanoma.report", "ROC, histograms, curves and cutoff table of a run"),
+    "blend": ("melanoma.blend", "blend several runs' predictions"),
+    "validate": ("melanoma.submission", "check a submission CSV against the sample"),
+    "submit": ("melanoma.submission:submit", "validate, then upload with the Kaggle CLI"),
+    "leaderboard": ("melanoma.submission:leaderboard", "join Kaggle leaderboard scores to the log"),
+    "describe": ("melanoma.describe", "strategy, precision, batch, learning rate and size of a config"),
+    "bench": ("melanoma.bench", "throughput figures as JSON"),
+}
+
+
+def quiet_environment() -> None:
+    """Keep TensorFlow's C++ logs and albumentations' online version check out of the way."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
+
+
+def _load(spec: str):
+    module_name, _, prefix = spec.partition(":")
+    module = importlib.import_module(module_name)
+    configure = getattr(module, f"configure_{prefix}_parser" if prefix else "configure_parser")
+    run = getattr(module, f"{prefix}_command" if prefix else "command")
+    return configure, run
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="melanoma", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (spec, help_text) in COMMANDS.items():
+        child = sub.add_parser(name, help=help_text, description=help_text)
+        if name == only:
+            configure, run = _load(spec)
+            configure(child)
+            child.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_environment()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(only=name)
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 0 if not argv else 2
+    from melanoma.errors import run_guarded
+
+    return run_guarded(args.run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
