@@ -38,6 +38,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.loss": ("bce", "focal"),
     "train.schedule": ("rampup", "cosine"),
     "train.checkpoint": ("best_auc", "best_loss", "last"),
+    "tta.mode": ("random", "dihedral"),
 }
 
 

@@ -1,0 +1,234 @@
+"""JPEGs + CSV -> TFRecords in the public `melanoma-NxN` schema, one file per part.
+
+Train records: image (JPEG bytes), image_name (bytes), int64 patient_id, sex, age_approx,
+anatom_site_general_challenge, diagnosis, target. Test records: the same without diagnosis and target.
+Files are named `train%.2i-%i.tfrec` / `test%.2i-%i.tfrec` (part, image count) so that parts and counts
+come from the names. Categoricals are label-encoded over train and test together (missing -> -1), and a
+CSV with the encodings and each image's part is written next to the records.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from melanoma import io_utils
+from melanoma.errors import DataError
+
+TRAIN_INT_FEATURES = ("patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
+                      "target")
+TEST_INT_FEATURES = ("patient_id", "sex", "age_approx", "anatom_site_general_challenge")
+CATEGORICAL = ("sex", "anatom_site_general_challenge", "diagnosis")
+FILE_PATTERN = re.compile(r"(?P<split>train|test)(?P<part>\d+)-(?P<count>\d+)\.tfrec$")
+DEFAULT_TEST_PARTS = 16
+
+
+@dataclass(frozen=True)
+class RecordFile:
+    path: str
+    split: str
+    part: int
+    count: int
+
+
+def parse_file_name(path: str) -> RecordFile:
+    """Part and image count from a public-schema file name; a name that does not fit is an error."""
+    match = FILE_PATTERN.search(os.path.basename(str(path)))
+    if not match:
+        raise DataError(f"TFRecord file name '{os.path.basename(str(path))}' does not follow the public "
+                        "schema 'train%.2i-%i.tfrec' / 'test%.2i-%i.tfrec' (part index, image count)")
+    return RecordFile(str(path), match["split"], int(match["part"]), int(match["count"]))
+
+
+def record_name(split: str, part: int, count: int) -> str:
+    return f"{split}{part:02d}-{count}.tfrec"
+
+
+def encode_metadata(train: pd.DataFrame, test: pd.DataFrame | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+    """Integer-encode categoricals over train and test together, the same way for both.
+
+    Categories are sorted so the encoding does not depend on row order; missing values become -1,
+    as do missing ages. patient_id strings map to integers over both sets.
+    """
+    frames = [train] + ([test] if test is not None else [])
+    encodings: dict[str, dict[str, int]] = {}
+    out = [frame.copy() for frame in frames]
+    for column in CATEGORICAL + ("patient_id",):
+        values = pd.concat([f[column] for f in frames if column in f]).dropna().astype(str)
+        mapping = {value: index for index, value in enumerate(sorted(values.unique()))}
+        encodings[column] = mapping
+        for frame in out:
+            if column in frame:
+                frame[column] = frame[column].map(
+                    lambda v: -1 if pd.isna(v) else mapping[str(v)]).astype(np.int64)
+    for frame in out:
+        frame["age_approx"] = frame["age_approx"].fillna(-1).round().astype(np.int64)
+        if "target" in frame:
+            frame["target"] = frame["target"].astype(np.int64)
+    encodings.pop("patient_id")  # thousands of ids; the CSV keeps the original beside the code
+    return out[0], (out[1] if test is not None else None), encodings
+
+
+def _bytes_feature(value: bytes):
+    import tensorflow as tf
+
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value: int):
+    import tensorflow as tf
+
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def serialize_example(image: bytes, row: dict, int_features) -> bytes:
+    import tensorflow as tf
+
+    feature = {"image": _bytes_feature(image), "image_name": _bytes_feature(str(row["image_name"]).encode())}
+    for name in int_features:
+        feature[name] = _int_feature(row[name])
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def resize_jpeg(path: str, size: int, quality: int = 95) -> bytes:
+    """Read any JPEG, resize it to size x size (as the public datasets do) and encode it again."""
+    import cv2
+
+    data = np.frombuffer(io_utils.read_bytes(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DataError(f"cannot decode image {path}: the file is empty, truncated or not an image")
+    interpolation = cv2.INTER_AREA if max(image.shape[:2]) > size else cv2.INTER_CUBIC
+    image = cv2.resize(image, (size, size), interpolation=interpolation)
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise DataError(f"cannot encode image {path} as JPEG")
+    return encoded.tobytes()
+
+
+def _resize_task(task: tuple[str, int]) -> bytes:
+    return resize_jpeg(*task)
+
+
+def write_split(frame: pd.DataFrame, image_dir: str, out_dir: str, split: str, size: int,
+                workers: int | None = None) -> list[str]:
+    """Write one TFRecord file per value of frame['part']; images resized in parallel on all cores."""
+    int_features = TRAIN_INT_FEATURES if split == "train" else TEST_INT_FEATURES
+    missing = [c for c in ("image_name", "part") + int_features if c not in frame]
+    if missing:
+        raise DataError(f"{split} table lacks column(s) {', '.join(missing)}")
+    paths = [os.path.join(image_dir, f"{name}.jpg") for name in frame["image_name"]]
+    absent = [p for p in paths if not io_utils.exists(p)]
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} {split} image(s) missing, first: {', '.join(absent[:3])}")
+    io_utils.makedirs(out_dir)
+    workers = workers or os.cpu_count() or 1
+    written = []
+    rows = frame.to_dict("records")
+    order = np.argsort(frame["part"].to_numpy(), kind="stable")
+    tasks = [(paths[i], size) for i in order]
+    context = multiprocessing.get_context("spawn" if io_utils.is_remote(out_dir) else "fork")
+    pool = context.Pool(workers) if workers > 1 else None
+    try:
+        results: Iterator[bytes] = (pool.imap(_resize_task, tasks, chunksize=8) if pool
+                                    else map(_resize_task, tasks))
+        import tensorflow as tf
+
+        bar = tqdm(total=len(tasks), desc=f"{split} records", unit="img")
+        position = 0
+        for part, count in frame["part"].value_counts().sort_index().items():
+            target = os.path.join(out_dir, record_name(split, int(part), int(count)))
+            temporary = io_utils.temporary_name(target)
+            with tf.io.TFRecordWriter(temporary) as writer:
+                for _ in range(count):
+                    row = rows[order[position]]
+                    writer.write(serialize_example(next(results), row, int_features))
+                    position += 1
+                    bar.update(1)
+            io_utils.replace(temporary, target)
+            written.append(target)
+        bar.close()
+    finally:
+        if pool:
+            pool.terminate()
+    return written
+
+
+def build_records(train_csv: str, test_csv: str | None, train_images: str, test_images: str | None,
+                  out_dir: str, size: int, parts: int = 15, test_parts: int = DEFAULT_TEST_PARTS,
+                  seed: int = 42, workers: int | None = None) -> dict:
+    """Competition layout -> public-schema TFRecords + `train.csv`/`test.csv`/`encodings.json` beside them."""
+    from melanoma import folds
+
+    train = io_utils.read_csv(train_csv)
+    test = io_utils.read_csv(test_csv) if test_csv else None
+    train_out, test_out, encodings = encode_metadata(train, test)
+    if "part" not in train_out:
+        train_out["part"] = folds.assign_parts(train, parts=parts, seed=seed)["part"].to_numpy()
+    folds.check_patient_disjoint(train_out.assign(patient_id=train["patient_id"].to_numpy()), "part")
+    written = write_split(train_out, train_images, out_dir, "train", size, workers)
+    summary = {"train_files": len(written), "train_images": len(train_out)}
+    table = train.copy()
+    table["part"] = train_out["part"].to_numpy()
+    for column in TRAIN_INT_FEATURES:
+        table[f"{column}_code"] = train_out[column].to_numpy()
+    io_utils.write_csv_atomic(table, os.path.join(out_dir, "train.csv"))
+    if test is not None:
+        test_parts = max(1, min(test_parts, len(test_out)))
+        test_out["part"] = np.arange(len(test_out)) * test_parts // len(test_out)
+        written = write_split(test_out, test_images, out_dir, "test", size, workers)
+        summary.update(test_files=len(written), test_images=len(test_out))
+        table = test.copy()
+        table["part"] = test_out["part"].to_numpy()
+        for column in TEST_INT_FEATURES:
+            table[f"{column}_code"] = test_out[column].to_numpy()
+        io_utils.write_csv_atomic(table, os.path.join(out_dir, "test.csv"))
+    io_utils.write_text_atomic(os.path.join(out_dir, "encodings.json"), json.dumps(encodings, indent=1))
+    return summary
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="folder in the competition's layout: train.csv, test.csv, "
+                        "jpeg/train/, jpeg/test/ (each may also be given below)")
+    parser.add_argument("--train-csv")
+    parser.add_argument("--test-csv")
+    parser.add_argument("--train-images", help="folder of train JPEGs (<image_name>.jpg)")
+    parser.add_argument("--test-images", help="folder of test JPEGs")
+    parser.add_argument("--out", required=True, help="folder for the TFRecords")
+    parser.add_argument("--size", type=int, default=256, help="images are resized to size x size")
+    parser.add_argument("--parts", type=int, default=15, help="train parts when the CSV has no 'part'")
+    parser.add_argument("--test-parts", type=int, default=DEFAULT_TEST_PARTS)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+
+
+def command(args: argparse.Namespace) -> int:
+    def pick(explicit, *relative):
+        if explicit:
+            return explicit
+        return os.path.join(args.data, *relative) if args.data else None
+
+    train_csv = pick(args.train_csv, "train.csv")
+    if not train_csv:
+        raise FileNotFoundError("records needs --data DIR or --train-csv CSV")
+    test_csv = pick(args.test_csv, "test.csv")
+    if test_csv and not args.test_csv and not io_utils.exists(test_csv):
+        test_csv = None
+    if args.size < 8:
+        raise DataError(f"--size must be at least 8, got {args.size}")
+    summary = build_records(train_csv, test_csv, pick(args.train_images, "jpeg", "train"),
+                            pick(args.test_images, "jpeg", "test"), args.out, args.size,
+                            parts=args.parts, test_parts=args.test_parts, seed=args.seed,
+                            workers=args.workers)
+    print(json.dumps(summary))
+    print(f"records written to {args.out}")
+    return 0
