@@ -173,6 +173,12 @@ def _check_types(config: dict, schema: dict, prefix: str = "") -> None:
             raise ConfigError(f"config key '{dotted}' must be {_type_name(allowed)}, got null")
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
             config[key] = value = float(value)
+        if float in allowed and isinstance(value, str):
+            # YAML 1.1 reads `1e-5` (no dot) as a string; a number is what was meant.
+            try:
+                config[key] = value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) and bool not in allowed:
             ok = False
         else:

@@ -179,7 +179,7 @@ def train_fold(config, fold: int) -> dict:
                                                   [f.path for f in valid_files])
     class_weight = {0: 1.0, 1: float(config.train.class_weight)} if config.train.class_weight else None
     started = time.time()
-    model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps,
+    model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps, shuffle=False,
               callbacks=callbacks, class_weight=class_weight, verbose=config.train.verbose)
     seconds = time.time() - started
     if guard.failure:
