@@ -249,6 +249,88 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Confi
     return resolved
 
 
+# Weights named by the model package rather than by a file.
+PACKAGE_WEIGHTS = ("none", "imagenet", "noisy-student")
+INPUTS_OF = {
+    # command -> keys it reads: (key, kind); a glob must match a file, a file must exist
+    "train": (("data.train_files", "glob"), ("data.test_files", "glob"), ("data.external_files", "globs"),
+              ("data.duplicates_csv", "file"), ("model.weights", "weights")),
+    "infer": (("data.test_files", "glob"), ("data.sample_submission", "file"), ("model.weights", "weights")),
+}
+
+
+def _near_names(path: str) -> str:
+    """' (did you mean ...?)' with the closest entries of the path's folder, or where the folder is missing."""
+    from melanoma import io_utils
+
+    folder, name = os.path.split(path.rstrip("/"))
+    folder = folder or "."
+    if any(ch in folder for ch in "*?["):
+        return ""
+    if not io_utils.exists(folder):
+        return f" (folder {folder} does not exist)"
+    try:
+        entries = io_utils.listdir(folder)
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(name, entries, n=1, cutoff=0.6)
+    return f" (did you mean '{os.path.join(folder, close[0])}'?)" if close else ""
+
+
+def _input_problems(key: str, kind: str, value: Any) -> list[str]:
+    from melanoma import io_utils
+
+    if value is None or (kind == "weights" and value in PACKAGE_WEIGHTS):
+        return []
+    if kind == "file" or kind == "weights":
+        if io_utils.exists(value) and not io_utils.isdir(value):
+            return []
+        what = "is a folder, not a file" if io_utils.exists(value) else "file not found"
+        extra = " (use none, imagenet, noisy-student or a weights file)" if kind == "weights" else ""
+        return [f"config key '{key}' = {value!r}: {what}{_near_names(str(value))}{extra}"]
+    patterns = [value] if isinstance(value, str) else list(value)
+    problems = []
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            problems.append(f"config key '{key}' holds {pattern!r}; give glob strings")
+            continue
+        if not io_utils.glob(pattern):
+            hint = _near_names(pattern) if not any(c in os.path.basename(pattern) for c in "*?[") else ""
+            if not hint:
+                folder = os.path.dirname(pattern) or "."
+                if not any(c in folder for c in "*?[") and not io_utils.exists(folder):
+                    hint = f" (folder {folder} does not exist)"
+            problems.append(f"config key '{key}' = {pattern!r} matched no file{hint}")
+    if kind == "glob" and not problems:
+        from melanoma import records
+        from melanoma.errors import DataError
+
+        for path in io_utils.glob(patterns):
+            try:
+                records.parse_file_name(path)
+            except DataError as error:
+                problems.append(f"config key '{key}' = {value!r}: {error}")
+                break
+    return problems
+
+
+def check_inputs(config: Config, for_command: str) -> None:
+    """Every file and glob that `for_command` ("train" or "infer") will read exists and matches.
+
+    Called before a model is built or anything is written, so a typo in a path costs seconds, not a
+    training run. All problems are reported at once, each with its key and value.
+    """
+    if for_command not in INPUTS_OF:
+        raise ValueError(f"unknown command '{for_command}'; choose one of {', '.join(INPUTS_OF)}")
+    problems: list[str] = []
+    for key, kind in INPUTS_OF[for_command]:
+        problems.extend(_input_problems(key, kind, config.get_path(key)))
+    if problems:
+        intro = "the config names input that is not there" if len(problems) == 1 else \
+            f"the config names input that is not there ({len(problems)} problems)"
+        raise ConfigError(intro + ":\n  " + "\n  ".join(problems))
+
+
 def git_commit() -> str | None:
     """The code's commit (with '-dirty' when the tree has changes), or None outside a git checkout."""
     repo = Path(__file__).resolve().parents[2]

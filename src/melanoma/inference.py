@@ -103,5 +103,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.set)
+    config_lib.check_inputs(config, "infer")  # before any model is built or file written
     run_inference(config, recompute=args.recompute, force=args.force)
     return 0

@@ -78,7 +78,10 @@ def _read(paths: list[str], ordered: bool, seed: int | None = None):
                             num_parallel_calls=AUTOTUNE, deterministic=False)
 
 
-def _decoded(paths, split: str, image_size: int, ordered: bool, seed=None, cache: bool = False):
+def _decoded(paths, split: str, image_size: int, ordered: bool, seed=None, cache: bool = False,
+             skip_corrupt: bool = False):
+    """Parsed examples with decoded images. skip_corrupt drops records that fail to read, parse or
+    decode (data.skip_corrupt; `integrity.scan_files` names them beforehand with the same checks)."""
     def parse_and_decode(serialized):
         example = parse_examples(serialized, split)
         example["image"] = decode_image(example["image"], image_size)
@@ -86,6 +89,8 @@ def _decoded(paths, split: str, image_size: int, ordered: bool, seed=None, cache
 
     dataset = _read(paths, ordered, seed).map(parse_and_decode, num_parallel_calls=AUTOTUNE,
                                               deterministic=ordered)
+    if skip_corrupt:
+        dataset = dataset.ignore_errors()
     return dataset.cache() if cache else dataset
 
 
@@ -123,7 +128,7 @@ def train_dataset(paths: list[str], config, batch_size: int, seed: int | None = 
                   augmenter: augment.BatchAugmenter | None = None):
     """Shuffled, repeated, remainder-dropped batches of (inputs, target) for model.fit."""
     dataset = _decoded(paths, "train", config.data.image_size, ordered=False, seed=seed,
-                       cache=bool(config.data.cache))
+                       cache=bool(config.data.cache), skip_corrupt=bool(config.data.skip_corrupt))
     dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if augmenter is not None:
@@ -139,9 +144,10 @@ def train_dataset(paths: list[str], config, batch_size: int, seed: int | None = 
 
 def prediction_dataset(paths: list[str], config, split: str, tta_steps: int = 0,
                        tta_mode: str = "random", batch_size: int = 64,
-                       augmenter: augment.BatchAugmenter | None = None):
+                       augmenter: augment.BatchAugmenter | None = None, skip_corrupt: bool = False):
     """Ordered batches of dicts: model `inputs` ([B*V, ...] with V views per image) plus `image_name`
-    (and `target`, `patient_id` for train records). Each image is decoded once; V = max(1, tta_steps)."""
+    (and `target`, `patient_id` for train records). Each image is decoded once; V = max(1, tta_steps).
+    skip_corrupt drops unreadable records (validation under data.skip_corrupt; never for test images)."""
     if tta_mode not in TTA_MODES:
         raise ValueError(f"unknown TTA mode '{tta_mode}'; choose one of {', '.join(TTA_MODES)}")
     views = max(1, tta_steps)
@@ -150,7 +156,7 @@ def prediction_dataset(paths: list[str], config, split: str, tta_steps: int = 0,
     if tta_steps and tta_mode == "random" and augmenter is None:
         raise ValueError("random TTA needs an augmenter")
     metadata = config.model.metadata
-    dataset = _decoded(paths, split, config.data.image_size, ordered=True)
+    dataset = _decoded(paths, split, config.data.image_size, ordered=True, skip_corrupt=skip_corrupt)
 
     def make_views(example):
         image = example["image"]

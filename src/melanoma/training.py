@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from melanoma import config as config_lib
-from melanoma import io_utils
-from melanoma.errors import CheckFailed
+from melanoma import io_utils, runstate
+from melanoma.errors import CheckFailed, DataError
 
 
 def fold_dir(config, fold: int) -> str:
@@ -59,8 +59,13 @@ def binary_log_loss(target: np.ndarray, pred: np.ndarray) -> float:
     return float(-np.mean(target * np.log(pred) + (1 - target) * np.log(1 - pred)))
 
 
-def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str]):
+def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str],
+                   state: dict | None = None):
     """Exact validation AUC, learning rate per epoch, NaN guard, atomic best checkpoint and history.
+
+    After each epoch the fold's resumable state is committed (see `runstate`): last.keras (model and
+    optimizer), history.csv, the best checkpoint, then state.json. `state` is a resumed fold's
+    state.json: the best metric so far and the history of its completed epochs carry on from it.
 
     Keras' streaming AUC bins predictions into fixed thresholds, which reads 0.5 when a young model's
     outputs all fall in one bin; the validation AUC here is scikit-learn's on every validation image,
@@ -101,29 +106,48 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
+        def on_epoch_end(self, epoch, logs=None):
+            # Weights can turn non-finite in an epoch's last step, after the last loss was seen.
+            if self.failure is None and not all(np.all(np.isfinite(np.asarray(w)))
+                                                for w in self.model.trainable_weights):
+                self.failure = f"the weights became non-finite in epoch {epoch + 1}"
+                self.model.stop_training = True
+
     guard = NanGuard()
 
     class Checkpoint(keras.callbacks.Callback):
+        """Best checkpoint and the resumable state, committed in the order `runstate` relies on."""
+
         def __init__(self):
             super().__init__()
-            self.best = None
-            self.best_epoch = None
+            self.best = state.get("best") if state else None
+            self.best_epoch = state.get("best_epoch") if state else None
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            if guard.failure:
+            if guard.failure:  # broken weights are never saved, neither as best nor as last
                 return
             value = logs.get(metric) if metric else None
-            if metric and (value is None or not math.isfinite(float(value))):
-                return
-            improved = (metric is None or self.best is None
-                        or (value > self.best if mode == "max" else value < self.best))
+            finite = not metric or (value is not None and math.isfinite(float(value)))
+            improved = finite and (metric is None or self.best is None
+                                   or (value > self.best if mode == "max" else value < self.best))
+            target = os.path.join(folder, runstate.BEST_MODEL)
+            pending = None
             if improved:
-                self.best, self.best_epoch = value, epoch + 1
-                target = os.path.join(folder, "model.keras")
-                temporary = io_utils.temporary_name(target)
-                self.model.save(temporary)
-                io_utils.replace(temporary, target)
+                pending = io_utils.temporary_name(target)
+                self.model.save(pending)
+                self.best, self.best_epoch = (float(value) if metric else None), epoch + 1
+            last = os.path.join(folder, runstate.LAST_MODEL)
+            temporary = io_utils.temporary_name(last)
+            self.model.save(temporary)
+            io_utils.replace(temporary, last)
+            committed = {"epoch": epoch + 1, "epochs": config.train.epochs, "monitor": metric,
+                         "best": self.best, "best_epoch": self.best_epoch,
+                         "pending_best": os.path.basename(pending) if pending else None,
+                         "config": runstate.fingerprint(config)}
+            runstate.write_state(folder, committed)
+            if pending:
+                io_utils.replace(pending, target)
                 shown = f"{metric} {value:.4f}" if metric else "last epoch"
                 print(f"  checkpoint: epoch {epoch + 1} ({shown})")
 
@@ -132,7 +156,7 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
     class History(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.rows = []
+            self.rows = runstate.history_rows(folder, state["epoch"]) if state else []
 
         def on_epoch_end(self, epoch, logs=None):
             row = {"epoch": epoch + 1}
@@ -143,44 +167,106 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
 
     schedule = keras.callbacks.LearningRateScheduler(
         lambda epoch: schedules.learning_rate(epoch, config.train, global_batch))
-    return [schedule, guard, ValidationScore(), checkpoint, History()], guard, checkpoint
+    # History before Checkpoint: state.json, written last, then never records an epoch history lacks.
+    return [schedule, guard, ValidationScore(), History(), checkpoint], guard, checkpoint
 
 
-def train_fold(config, fold: int) -> dict:
-    """Train fold `fold` of `config`; returns a summary with the fold's OOF AUC."""
+def prepare_fold(config, fold: int, resume: bool) -> dict | None:
+    """The fold folder ready to train: leftovers of a killed process removed; with `resume`, the
+    state to continue from (None when there is none); without it, a clean folder."""
+    folder = fold_dir(config, fold)
+    io_utils.makedirs(folder)
+    state = runstate.read_state(folder) if resume else None
+    if state is not None:
+        runstate.check_same_config(state, config, folder)
+        runstate.finish_pending(folder, state)
+    removed = runstate.clean_leftovers(folder)
+    if removed:
+        print(f"fold {fold}: removed {len(removed)} temporary file(s) left by an interrupted run")
+    if state is None:
+        runstate.reset_fold(folder)
+    elif not io_utils.exists(os.path.join(folder, runstate.LAST_MODEL)):
+        raise config_lib.ConfigError(f"cannot resume {folder}: {runstate.LAST_MODEL} is missing; train "
+                                     "the fold again with --force")
+    return state
+
+
+def check_training_images(config, fold: int, files) -> dict:
+    """Under data.skip_corrupt, find the bad training images before the fold starts, say how many and
+    which, and list them in fold<K>/skipped.csv. Returns {path: images skipped in that file}."""
+    from melanoma import integrity
+
+    if not config.data.skip_corrupt:
+        return {}
+    scans = integrity.scan_files([f.path for f in files], "train", config.data.image_size)
+    bad = [scan for scan in scans if not scan.ok]
+    rows = [{"file": b.path, "record": b.index + 1, "image_name": b.image_name or "", "reason": b.reason}
+            for b in integrity.bad_images(scans)]
+    rows += [{"file": scan.path, "record": scan.readable + 1, "image_name": "",
+              "reason": f"{scan.lost} record(s) unreadable from here: {scan.read_error or 'file truncated'}"}
+             for scan in scans if scan.lost]
+    io_utils.write_csv_atomic(pd.DataFrame(rows, columns=["file", "record", "image_name", "reason"]),
+                              os.path.join(fold_dir(config, fold), "skipped.csv"))
+    if bad:
+        count = sum(scan.skipped for scan in bad)
+        print(f"fold {fold}: skipping {count} corrupt training image(s) (data.skip_corrupt: true), listed in "
+              f"{os.path.join(fold_dir(config, fold), 'skipped.csv')}:\n  {integrity.summary(scans)}")
+    return {scan.path: scan.skipped for scan in scans}
+
+
+def train_fold(config, fold: int, resume: bool = False) -> dict:
+    """Train fold `fold` of `config`; returns a summary with the fold's OOF AUC.
+
+    With `resume`, a fold that was interrupted continues after its last completed epoch, with its model,
+    optimizer state, best checkpoint and history (see `runstate`)."""
     import keras
     from sklearn.metrics import roc_auc_score
 
-    from melanoma import augment, hardware, model as model_lib, pipeline, prediction
+    from melanoma import augment, hardware, integrity, model as model_lib, pipeline, prediction
 
     folder = fold_dir(config, fold)
-    io_utils.makedirs(folder)
+    state = prepare_fold(config, fold, resume)
+    initial_epoch = state["epoch"] if state else 0
     set_seed(config.seed + fold)
     files = pipeline.list_files(config.data.train_files, "data.train_files")
     test_files = pipeline.list_files(config.data.test_files, "data.test_files")
     train_files, valid_files = pipeline.split_folds(files, fold, config.data.folds)
+    skipped = check_training_images(config, fold, train_files + valid_files)
 
     strategy = hardware.get_strategy()
     replicas = strategy.num_replicas_in_sync
     global_batch = config.train.batch_size * replicas
-    n_train = pipeline.count_images(train_files)
-    n_valid = pipeline.count_images(valid_files)
+    n_train = pipeline.count_images(train_files) - sum(skipped.get(f.path, 0) for f in train_files)
+    n_valid = pipeline.count_images(valid_files) - sum(skipped.get(f.path, 0) for f in valid_files)
+    if n_valid < 1 or n_train < 1:
+        raise DataError(f"fold {fold}: no {'validation' if n_valid < 1 else 'training'} image is left "
+                        "after skipping the corrupt ones")
     steps = config.train.steps_per_epoch or max(1, n_train // global_batch)
     print(f"fold {fold}: {n_train} training images in {len(train_files)} file(s), {n_valid} validation "
           f"images in {len(valid_files)}; {steps} steps of {global_batch} per epoch, "
           f"{config.train.epochs} epochs, {replicas} replica(s)")
 
-    augmenter = augment.BatchAugmenter(config.augment, seed=config.seed + fold)
+    # A resumed fold draws a new data order rather than replaying its first epochs' order.
+    data_seed = config.seed + fold + 1000 * initial_epoch
+    augmenter = augment.BatchAugmenter(config.augment, seed=data_seed)
     train_ds = pipeline.train_dataset([f.path for f in train_files], config, global_batch,
-                                      seed=config.seed + fold, augmenter=augmenter)
+                                      seed=data_seed, augmenter=augmenter)
     with strategy.scope():
         model = compile_model(model_lib.build_model(config), config, global_batch)
+        if state:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(os.path.join(folder, runstate.LAST_MODEL))  # weights and optimizer state
+            print(f"fold {fold}: resuming after epoch {initial_epoch} of {config.train.epochs} "
+                  f"(best epoch so far: {state.get('best_epoch')})")
     callbacks, guard, checkpoint = make_callbacks(config, folder, global_batch,
-                                                  [f.path for f in valid_files])
+                                                  [f.path for f in valid_files], state)
     class_weight = {0: 1.0, 1: float(config.train.class_weight)} if config.train.class_weight else None
     started = time.time()
-    model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps, shuffle=False,
-              callbacks=callbacks, class_weight=class_weight, verbose=config.train.verbose)
+    with integrity.named_data_errors([f.path for f in train_files + valid_files], "train",
+                                     config.data.image_size, f"fold {fold} training", integrity.HINT_TRAIN):
+        model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps, shuffle=False,
+                  callbacks=callbacks, class_weight=class_weight, verbose=config.train.verbose,
+                  initial_epoch=initial_epoch)
     seconds = time.time() - started
     if guard.failure:
         kept = (f"the best checkpoint (epoch {checkpoint.best_epoch}) is kept in {folder}"
@@ -246,16 +332,34 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", default="all", help="fold number, comma list, or 'all' (default)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
                         help="override config keys, e.g. --set train.epochs=2 data.image_size=64")
-    parser.add_argument("--force", action="store_true", help="retrain folds that are already finished")
+    parser.add_argument("--force", action="store_true",
+                        help="train folds from scratch, even finished or interrupted ones")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue interrupted folds after their last completed epoch")
+
+
+def check_interrupted(config, folds: list[int], resume: bool, force: bool) -> None:
+    """Refuse to start an interrupted fold from scratch unless asked to: its epochs are work to keep."""
+    if resume and force:
+        raise config_lib.ConfigError("--resume continues interrupted folds and --force restarts them; "
+                                     "give one of the two")
+    if resume or force:
+        return
+    for fold in folds:
+        folder = fold_dir(config, fold)
+        state = runstate.read_state(folder)
+        if state is not None and not fold_finished(config, fold):
+            raise config_lib.ConfigError(
+                f"fold {fold} was interrupted after epoch {state['epoch']} of {state.get('epochs', '?')} "
+                f"({os.path.join(folder, runstate.STATE)}): add --resume to continue it, or --force to "
+                "train it from scratch")
 
 
 def command(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.set)
     folds = parse_folds(args.fold, config.data.folds)
-    from melanoma import pipeline  # noqa: F401  (fails early when TensorFlow is broken)
-
-    pipeline.list_files(config.data.train_files, "data.train_files")
-    pipeline.list_files(config.data.test_files, "data.test_files")
+    config_lib.check_inputs(config, "train")  # before any model is built or file written
+    check_interrupted(config, folds, args.resume, args.force)
     config_path = config_lib.save_config(config)
     print(f"run {config.name}: resolved config in {config_path}")
     results = []
@@ -263,7 +367,7 @@ def command(args: argparse.Namespace) -> int:
         if fold_finished(config, fold) and not args.force:
             print(f"fold {fold}: already finished (use --force to train it again)")
             continue
-        results.append(train_fold(config, fold))
+        results.append(train_fold(config, fold, resume=args.resume))
     gathered = gather_oof(config)
     if gathered:
         from sklearn.metrics import roc_auc_score
