@@ -19,7 +19,7 @@ DEMO := input/demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' FILE=... MSG=..."
+	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' FILE=... MSG=... CONFIGS=... METHOD=..."
 
 install: $(VENV)/.installed ## create .venv/ and install the project into it
 
@@ -63,12 +63,16 @@ report: install ## ROC, histograms, training curves and cutoff table of CONFIG's
 compare: install ## table of OOF AUC across every run in outputs/
 	$(PY) -m melanoma compare outputs
 
+blend: install ## blend runs: make blend CONFIGS="configs/a.yaml configs/b.yaml" METHOD=mean|rank|weights
+	@test -n "$(CONFIGS)" || { echo "usage: make blend CONFIGS='configs/a.yaml configs/b.yaml' [METHOD=rank]"; exit 2; }
+	$(PY) -m melanoma blend $(CONFIGS) --method $(or $(METHOD),mean)
+
 bench: install ## throughput figures (input pipelines, model, records) as JSON
 	$(PY) -m melanoma bench --config configs/demo.yaml --set data.image_size=256 $(SET) --json
 
 submit: install ## validate FILE, then upload it with the Kaggle CLI: make submit FILE=submissions/x.csv MSG="..."
 	@test -n "$(FILE)" || { echo "usage: make submit FILE=submissions/<name>.csv MSG='message' [CONFIG=...]"; exit 2; }
-	$(PY) -m melanoma submit $(FILE) -m "$(MSG)" --config $(CONFIG)
+	$(PY) -m melanoma submit $(FILE) -m "$(MSG)" $(if $(filter command line,$(origin CONFIG)),--config $(CONFIG),)
 
 leaderboard: install ## fetch Kaggle scores of past submissions and join them to submissions/log.csv
 	$(PY) -m melanoma leaderboard
