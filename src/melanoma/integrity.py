@@ -188,7 +188,7 @@ def scan_files(paths: list[str], split: str, image_size: int, progress: bool = T
     from tqdm import tqdm
 
     return [scan_file(path, split, image_size)
-            for path in tqdm(list(paths), desc=f"checking {split} records", unit="file", leave=False,
+            for path in tqdm(sorted(paths), desc=f"checking {split} records", unit="file", leave=False,
                              disable=not progress)]
 
 
@@ -233,8 +233,8 @@ def named_data_errors(paths: list[str], split: str, image_size: int, what: str, 
 
     try:
         yield
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-        print(f"{what}: the input pipeline failed ({clean_message(error)[:200]}); checking the files ...")
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+        print(f"{what}: the input pipeline failed; checking the files to find the bad records ...")
         scans = scan_files(paths, split, image_size)
         raise_if_bad(scans, what, hint)
         raise

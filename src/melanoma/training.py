@@ -148,6 +148,7 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
             runstate.write_state(folder, committed)
             if pending:
                 io_utils.replace(pending, target)
+                runstate.write_state(folder, dict(committed, pending_best=None))
                 shown = f"{metric} {value:.4f}" if metric else "last epoch"
                 print(f"  checkpoint: epoch {epoch + 1} ({shown})")
 
