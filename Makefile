@@ -15,7 +15,7 @@ SETARG = $(if $(SET),--set $(SET),)
 DEMO := input/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full train infer score report compare blend bench submit leaderboard data clean-demo
+.PHONY: help install demo test test-full train resume infer score report compare blend bench submit leaderboard data clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test-full: install ## every test, the slow ones too
 
 train: install ## train FOLD (a number or all) of CONFIG
 	$(PY) train.py --config $(CONFIG) --fold $(FOLD) $(SETARG)
+
+resume: install ## continue CONFIG's interrupted FOLD after its last completed epoch
+	$(PY) train.py --config $(CONFIG) --fold $(FOLD) --resume $(SETARG)
 
 infer: install ## TTA + fold ensemble of CONFIG -> submissions/<name>.csv
 	$(PY) infer.py --config $(CONFIG) $(SETARG)

@@ -226,7 +226,10 @@ def test_inference_never_skips_a_bad_test_image(tiny_data, tmp_path, capsys, mon
 # --- bad numbers ----------------------------------------------------------------------------------
 
 
-def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("where", ["loss", "weights"])
+def test_nan_stops_training_and_keeps_the_best_checkpoint(tiny_data, tmp_path, capsys, monkeypatch, where):
+    """NaN weights at the start of epoch 3 (a NaN loss at once), or after its last step (the losses
+    of epoch 3 are finite; only the weights show it): either way nothing of epoch 3 is saved."""
     import keras
 
     helpers.install_tiny_model(monkeypatch)
@@ -234,21 +237,28 @@ def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiny_data, tmp_pa
     seen = {}
 
     class Poison(keras.callbacks.Callback):
-        """At the start of epoch 3, remember the files and break the weights."""
+        def break_weights(self):
+            seen["best"] = (fold / "model.keras").read_bytes()
+            seen["last"] = (fold / "last.keras").read_bytes()
+            kernel = self.model.get_layer("target").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
 
         def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                seen["best"] = (fold / "model.keras").read_bytes()
-                seen["last"] = (fold / "last.keras").read_bytes()
-                kernel = self.model.get_layer("target").kernel
-                kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
+            self.epoch = epoch
+            if epoch == 2 and where == "loss":
+                self.break_weights()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 2 and batch == 1 and where == "weights":
+                self.break_weights()
 
     helpers.add_callback(Poison, monkeypatch)
     # checkpoint: last saves every epoch, so epoch 3 would overwrite model.keras if anything let it
     path = write_config(tmp_path, tiny_data)
     assert cli.main(train_argv(path, "--set", "train.epochs=4", "train.checkpoint=last")) == 1
     err = capsys.readouterr().err
-    assert "loss became nan at epoch 3" in err and "best checkpoint (epoch 2) is kept" in err
+    reason = "loss became nan at epoch 3" if where == "loss" else "weights became non-finite in epoch 3"
+    assert reason in err and "best checkpoint (epoch 2) is kept" in err
     assert "Traceback" not in err
     assert (fold / "model.keras").read_bytes() == seen["best"]
     assert (fold / "last.keras").read_bytes() == seen["last"]

@@ -73,6 +73,10 @@ def test_killed_fold_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, 
     leftover.write_text("image_name,patient_id,target,pred,fold\nISIC_0,1,0,0.5,0\n")
     assert runstate.leftovers(str(fold)) == [str(leftover)]
 
+    # inference leaves the half-trained fold out of an ensemble
+    from melanoma import inference
+
+    assert inference.trained_folds(config) == []
     # without --resume the interrupted fold is neither restarted nor continued
     helpers.install_tiny_model(monkeypatch)
     assert cli.main(["train", "--config", str(path), "--fold", "0"]) == 2

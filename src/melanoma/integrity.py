@@ -184,12 +184,29 @@ def scan_file(path: str, split: str, image_size: int) -> FileScan:
     return scan
 
 
+# Scans of unchanged files, so `--fold all` checks each file once rather than once per fold.
+_SCANS: dict[tuple, FileScan] = {}
+
+
+def _scan_key(path: str, split: str, image_size: int) -> tuple:
+    import tensorflow as tf
+
+    stat = tf.io.gfile.stat(str(path))
+    return (str(path), split, image_size, stat.length, stat.mtime_nsec)
+
+
 def scan_files(paths: list[str], split: str, image_size: int, progress: bool = True) -> list[FileScan]:
+    """Scans of `paths` (sorted); a file unchanged since this process last scanned it is not read again."""
     from tqdm import tqdm
 
-    return [scan_file(path, split, image_size)
-            for path in tqdm(sorted(paths), desc=f"checking {split} records", unit="file", leave=False,
-                             disable=not progress)]
+    scans = []
+    for path in tqdm(sorted(paths), desc=f"checking {split} records", unit="file", leave=False,
+                     disable=not progress):
+        key = _scan_key(path, split, image_size)
+        if key not in _SCANS:
+            _SCANS[key] = scan_file(path, split, image_size)
+        scans.append(_SCANS[key])
+    return scans
 
 
 def summary(scans: list[FileScan], shown: int = SHOWN) -> str:
