@@ -2,7 +2,8 @@
 
 `python train.py --config C --fold K` (or `--fold all`). Artifacts in outputs/<name>/fold<K>/:
 model.keras (the checkpoint chosen by train.checkpoint), history.csv, oof.csv, test.csv; after the last
-fold, outputs/<name>/oof.csv gathers every fold. Every file is written atomically.
+fold, outputs/<name>/oof.csv gathers every fold. Every file is written atomically. After each epoch,
+last.keras (model + optimizer) and state.json let `--resume` continue a killed fold (see `runstate`).
 """
 from __future__ import annotations
 
