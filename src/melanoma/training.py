@@ -59,7 +59,8 @@ def binary_log_loss(target: np.ndarray, pred: np.ndarray) -> float:
     return float(-np.mean(target * np.log(pred) + (1 - target) * np.log(1 - pred)))
 
 
-def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str]):
+def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str],
+                   valid_dropped: frozenset = frozenset()):
     """Exact validation AUC, learning rate per epoch, NaN guard, atomic best checkpoint and history.
 
     Keras' streaming AUC bins predictions into fixed thresholds, which reads 0.5 when a young model's
@@ -77,6 +78,7 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
                 return
             frame = prediction.predict_files(self.model, valid_paths, config, "train", tta=False,
                                              progress=False)
+            frame = frame[~frame["image_name"].isin(valid_dropped)]  # duplicates (sources.py)
             target = frame["target"].to_numpy(dtype=np.float64)
             logs["val_loss"] = binary_log_loss(target, frame["pred"].to_numpy())
             logs["val_auc"] = (float(roc_auc_score(target, frame["pred"])) if len(np.unique(target)) == 2
@@ -151,20 +153,22 @@ def train_fold(config, fold: int) -> dict:
     import keras
     from sklearn.metrics import roc_auc_score
 
-    from melanoma import augment, hardware, model as model_lib, pipeline, prediction
+    from melanoma import augment, hardware, model as model_lib, pipeline, prediction, sources
 
     folder = fold_dir(config, fold)
     io_utils.makedirs(folder)
     set_seed(config.seed + fold)
-    files = pipeline.list_files(config.data.train_files, "data.train_files")
     test_files = pipeline.list_files(config.data.test_files, "data.test_files")
-    train_files, valid_files = pipeline.split_folds(files, fold, config.data.folds)
+    # competition training parts + external sets, duplicates dropped, leak checks (CheckFailed)
+    fold_data = sources.prepare_fold(config, fold)
+    sources.write_summary(fold_data, folder)
+    train_files, valid_files = fold_data.train_files, fold_data.valid_files
 
     strategy = hardware.get_strategy()
     replicas = strategy.num_replicas_in_sync
     global_batch = config.train.batch_size * replicas
-    n_train = pipeline.count_images(train_files)
-    n_valid = pipeline.count_images(valid_files)
+    n_train = fold_data.train_images
+    n_valid = fold_data.valid_images
     steps = config.train.steps_per_epoch or max(1, n_train // global_batch)
     print(f"fold {fold}: {n_train} training images in {len(train_files)} file(s), {n_valid} validation "
           f"images in {len(valid_files)}; {steps} steps of {global_batch} per epoch, "
@@ -172,11 +176,12 @@ def train_fold(config, fold: int) -> dict:
 
     augmenter = augment.BatchAugmenter(config.augment, seed=config.seed + fold)
     train_ds = pipeline.train_dataset([f.path for f in train_files], config, global_batch,
-                                      seed=config.seed + fold, augmenter=augmenter)
+                                      seed=config.seed + fold, augmenter=augmenter,
+                                      keep=fold_data.record_filter())
     with strategy.scope():
         model = compile_model(model_lib.build_model(config), config, global_batch)
     callbacks, guard, checkpoint = make_callbacks(config, folder, global_batch,
-                                                  [f.path for f in valid_files])
+                                                  [f.path for f in valid_files], fold_data.valid_dropped)
     class_weight = {0: 1.0, 1: float(config.train.class_weight)} if config.train.class_weight else None
     started = time.time()
     model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps, shuffle=False,
@@ -191,8 +196,9 @@ def train_fold(config, fold: int) -> dict:
         raise CheckFailed(f"fold {fold}: no epoch gave a finite {config.train.checkpoint} metric")
     model.load_weights(os.path.join(folder, "model.keras"))
 
-    oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train", n_valid,
-                                   desc=f"fold {fold} OOF")
+    oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train",
+                                   pipeline.count_images(valid_files), desc=f"fold {fold} OOF")
+    oof = sources.check_oof(oof, fold_data)  # competition validation images only, duplicates out
     oof["fold"] = fold
     oof = oof[["image_name", "patient_id", "target", "pred", "fold"]]
     io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))
