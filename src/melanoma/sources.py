@@ -179,7 +179,7 @@ def _read_file(path: str, content_hash: bool, perceptual: bool, bar) -> pd.DataF
     if perceptual:
         columns["dhash"] = []
     try:
-        for batch in dataset.batch(1024):
+        for batch in dataset.batch(256):
             names = [n.decode() for n in batch["image_name"].numpy()]
             columns["image_name"].extend(names)
             columns["patient_id"].extend(batch["patient_id"].numpy().tolist())
@@ -457,7 +457,7 @@ def prepare_fold(config, fold: int, progress: bool = True, reader: TableReader |
 
     # external images that are competition images
     external_frames, external_drop_rows = {}, []
-    names_index = competition.drop_duplicates("image_name").set_index("image_name")
+    competition_names = set(competition["image_name"])
     sha_index = (competition.drop_duplicates("sha1").set_index("sha1")["image_name"]
                  if content_hash else None)
     reference_hashes = _hashes(competition["dhash"]) if perceptual else None
@@ -468,7 +468,7 @@ def prepare_fold(config, fold: int, progress: bool = True, reader: TableReader |
             continue
         reason = pd.Series("", index=frame.index, dtype=object)
         duplicate_of = pd.Series("", index=frame.index, dtype=object)
-        same = frame["image_name"].isin(names_index.index)
+        same = frame["image_name"].isin(competition_names)
         reason[same], duplicate_of[same] = "external_same_name", frame.loc[same, "image_name"]
         if content_hash:
             hit = (reason == "") & frame["sha1"].isin(sha_index.index)

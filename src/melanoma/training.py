@@ -1,6 +1,7 @@
 """Training one fold: schedule, callbacks, best checkpoint, history, then OOF and test predictions.
 
 `python train.py --config C --fold K` (or `--fold all`). Artifacts in outputs/<name>/fold<K>/:
+data.json (images per source and split, duplicates dropped; see sources.py), duplicates.csv,
 model.keras (the checkpoint chosen by train.checkpoint), history.csv, oof.csv, test.csv; after the last
 fold, outputs/<name>/oof.csv gathers every fold. Every file is written atomically.
 """
