@@ -7,9 +7,7 @@ reach training, validation and OOF; test_end_to_end.py trains the real Efficient
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import textwrap
 from pathlib import Path
 
 import cv2
