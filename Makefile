@@ -80,5 +80,9 @@ submit: install ## validate FILE, then upload it with the Kaggle CLI: make submi
 leaderboard: install ## fetch Kaggle scores of past submissions and join them to submissions/log.csv
 	$(PY) -m melanoma leaderboard
 
+SIZE ?= 256
+data: install ## download the competition CSVs and the public TFRecords of SIZE into input/ (Kaggle CLI)
+	$(PY) -m melanoma data --size $(SIZE) --out input
+
 clean-demo: ## remove the demo data, its run and its submission
 	rm -rf $(DEMO) outputs/demo submissions/demo.csv

@@ -156,15 +156,28 @@ def damaged_config(tmp_path, tiny_data, damaged, *sets):
                   f"data.test_files={damaged['folder']}/test*.tfrec", *sets]
 
 
-def test_training_on_corrupt_data_fails_naming_the_images(tiny_data, tmp_path, damaged, capsys, monkeypatch):
+@pytest.mark.parametrize("damage", ["all", "image-only"])
+def test_training_on_corrupt_data_fails_naming_the_images(tiny_data, tmp_path, damaged, capsys, monkeypatch,
+                                                          damage):
+    """All three kinds of damage are found while the fold's tables are read, before a model is built;
+    an undecodable image alone shows up only when the pipeline decodes it, inside model.fit."""
     helpers.install_tiny_model(monkeypatch)
-    path, sets = damaged_config(tmp_path, tiny_data, damaged)
-    assert cli.main(train_argv(path, *sets)) == 1
-    err = capsys.readouterr().err
     garbage_file, garbage_name = damaged["garbage"]
     missing_file, missing_name = damaged["missing"]
-    for word in (str(garbage_file), garbage_name, str(missing_file), missing_name, "missing feature 'target'",
-                 str(damaged["cut"]), "truncated", "data.skip_corrupt"):
+    if damage == "image-only":
+        for source in (missing_file, damaged["cut"]):
+            source.write_bytes((tiny_data["records"] / source.name).read_bytes())
+    path, sets = damaged_config(tmp_path, tiny_data, damaged)
+    assert cli.main(train_argv(path, *sets)) == 1
+    captured = capsys.readouterr()
+    err = captured.err
+    words = [str(garbage_file), garbage_name, "cannot be decoded", "data.skip_corrupt"]
+    if damage == "all":
+        words += [str(missing_file), missing_name, "missing feature 'target'", str(damaged["cut"]), "truncated"]
+    else:
+        assert "the input pipeline failed" in captured.out
+        assert str(missing_file) not in err and str(damaged["cut"]) not in err
+    for word in words:
         assert word in err, (word, err)
     assert "Traceback" not in err
     assert not (run_dir(tmp_path) / "fold0" / "model.keras").exists()

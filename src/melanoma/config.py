@@ -22,8 +22,8 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,),
     "data.train_files": (str, list),
     "data.test_files": (str, list),
-    "data.external_files": (str, list),
-    "data.duplicates_csv": (str,),
+    "data.external_files": (str, list, dict),
+    "data.duplicates_csv": (str, list),
     "data.cache": (bool, str),
     "model.weights": (str,),
     "train.steps_per_epoch": (int,),
@@ -277,18 +277,34 @@ def _near_names(path: str) -> str:
     return f" (did you mean '{os.path.join(folder, close[0])}'?)" if close else ""
 
 
+def _globs(value: Any) -> list:
+    """The glob strings of a value that is a glob, a list of globs, or (data.external_files) mappings
+    {set name: glob} or a list mixing both."""
+    items = value if isinstance(value, list) else [value]
+    patterns = []
+    for item in items:
+        patterns.extend(item.values() if isinstance(item, dict) else [item])
+    return patterns
+
+
 def _input_problems(key: str, kind: str, value: Any) -> list[str]:
     from melanoma import io_utils
 
     if value is None or (kind == "weights" and value in PACKAGE_WEIGHTS):
         return []
     if kind == "file" or kind == "weights":
-        if io_utils.exists(value) and not io_utils.isdir(value):
-            return []
-        what = "is a folder, not a file" if io_utils.exists(value) else "file not found"
-        extra = " (use none, imagenet, noisy-student or a weights file)" if kind == "weights" else ""
-        return [f"config key '{key}' = {value!r}: {what}{_near_names(str(value))}{extra}"]
-    patterns = [value] if isinstance(value, str) else list(value)
+        problems = []
+        for path in (value if isinstance(value, list) else [value]):
+            if isinstance(path, str) and path and io_utils.exists(path) and not io_utils.isdir(path):
+                continue
+            if not isinstance(path, str) or not path:
+                problems.append(f"config key '{key}' holds {path!r}; give a file path")
+                continue
+            what = "is a folder, not a file" if io_utils.exists(path) else "file not found"
+            extra = " (use none, imagenet, noisy-student or a weights file)" if kind == "weights" else ""
+            problems.append(f"config key '{key}' = {path!r}: {what}{_near_names(path)}{extra}")
+        return problems
+    patterns = _globs(value)
     problems = []
     for pattern in patterns:
         if not isinstance(pattern, str) or not pattern:

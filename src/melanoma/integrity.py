@@ -131,8 +131,9 @@ def _decode_reason(serialized: bytes, split: str, image_size: int) -> str:
     return "the record fails in the input pipeline"
 
 
-def scan_file(path: str, split: str, image_size: int) -> FileScan:
-    """Read one file record by record; check every record's features and decode every image.
+def scan_file(path: str, split: str, image_size: int | None) -> FileScan:
+    """Read one file record by record; check every record's features and decode every image
+    (image_size None: the features only, no decoding).
 
     The features are checked in Python from the raw bytes (so a record missing `image_name` is still
     found); the images are decoded in a tf.data pass with the pipeline's own parse and decode, which
@@ -162,6 +163,9 @@ def scan_file(path: str, split: str, image_size: int) -> FileScan:
             structural.add(index)
             scan.bad.append(BadRecord(str(path), index, name, reason))
         scan.readable += 1
+
+    if image_size is None:
+        return scan
 
     def decodes(index, serialized):
         example = pipeline.parse_examples(serialized, split)

@@ -69,16 +69,24 @@ def decode_image(data, image_size: int):
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
-def _read(paths: list[str], ordered: bool, seed: int | None = None):
-    if ordered:
+def _read(paths: list[str], ordered: bool, seed: int | None = None, keep=None):
+    """Serialized records; `keep(path, serialized) -> bool` (sources.record_filter) drops records per file."""
+    if ordered and keep is None:
         # One file after another: order is the files' order, and within a file the records' order.
         return tf.data.TFRecordDataset(paths, num_parallel_reads=None)
-    files = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths), seed=seed)
-    return files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(paths), 16),
-                            num_parallel_calls=AUTOTUNE, deterministic=False)
+
+    def open_file(path):
+        dataset = tf.data.TFRecordDataset(path)
+        return dataset if keep is None else dataset.filter(lambda serialized: keep(path, serialized))
+
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    if ordered:
+        return files.flat_map(open_file)
+    return files.shuffle(len(paths), seed=seed).interleave(
+        open_file, cycle_length=min(len(paths), 16), num_parallel_calls=AUTOTUNE, deterministic=False)
 
 
-def _decoded(paths, split: str, image_size: int, ordered: bool, seed=None, cache: bool = False,
+def _decoded(paths, split: str, image_size: int, ordered: bool, seed=None, cache: bool = False, keep=None,
              skip_corrupt: bool = False):
     """Parsed examples with decoded images. skip_corrupt drops records that fail to read, parse or
     decode (data.skip_corrupt; `integrity.scan_files` names them beforehand with the same checks)."""
@@ -87,7 +95,7 @@ def _decoded(paths, split: str, image_size: int, ordered: bool, seed=None, cache
         example["image"] = decode_image(example["image"], image_size)
         return example
 
-    dataset = _read(paths, ordered, seed).map(parse_and_decode, num_parallel_calls=AUTOTUNE,
+    dataset = _read(paths, ordered, seed, keep).map(parse_and_decode, num_parallel_calls=AUTOTUNE,
                                               deterministic=ordered)
     if skip_corrupt:
         dataset = dataset.ignore_errors()
@@ -125,10 +133,13 @@ METADATA_SIZE = 4 + SITES + 1
 
 
 def train_dataset(paths: list[str], config, batch_size: int, seed: int | None = None,
-                  augmenter: augment.BatchAugmenter | None = None):
-    """Shuffled, repeated, remainder-dropped batches of (inputs, target) for model.fit."""
+                  augmenter: augment.BatchAugmenter | None = None, keep=None):
+    """Shuffled, repeated, remainder-dropped batches of (inputs, target) for model.fit.
+
+    A path may be listed more than once (upsampled external files); `keep` drops duplicates."""
     dataset = _decoded(paths, "train", config.data.image_size, ordered=False, seed=seed,
-                       cache=bool(config.data.cache), skip_corrupt=bool(config.data.skip_corrupt))
+                       cache=bool(config.data.cache), keep=keep,
+                       skip_corrupt=bool(config.data.skip_corrupt))
     dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if augmenter is not None:

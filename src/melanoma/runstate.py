@@ -30,7 +30,8 @@ LAST_MODEL = "last.keras"
 BEST_MODEL = "model.keras"
 HISTORY = "history.csv"
 # Everything a fold writes; a fresh start (no --resume) removes them so old and new never mix.
-FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, "oof.csv", "test.csv", "test.json", "skipped.csv")
+FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, "oof.csv", "test.csv", "test.json", "skipped.csv",
+                  "data.json", "duplicates.csv")
 TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
 
 # Keys that may differ between an interrupted run and its resumption: where files are (a Kaggle

@@ -205,7 +205,7 @@ def _kaggle_config_dirs() -> list[Path]:
     return [home, xdg]
 
 
-def kaggle_credentials() -> str:
+def kaggle_credentials(nothing_done: str = "Nothing was submitted.") -> str:
     """Where the Kaggle CLI will find credentials; ExternalToolError saying what to do when nowhere."""
     username, key = os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
     if username and key:
@@ -233,10 +233,10 @@ def kaggle_credentials() -> str:
                 raise ExternalToolError(f"{json_file} lacks 'username' and 'key'; {CREDENTIALS_HELP}")
             return str(json_file)
     raise ExternalToolError(f"no Kaggle credentials found{half} (looked for {', '.join(searched)}); "
-                            f"{CREDENTIALS_HELP}. Nothing was submitted.")
+                            f"{CREDENTIALS_HELP}. {nothing_done}")
 
 
-def kaggle_executable() -> str:
+def kaggle_executable(nothing_done: str = "Nothing was submitted.") -> str:
     """The `kaggle` program: first on PATH, else beside this Python (a virtual environment's bin/)."""
     found = shutil.which("kaggle")
     if found:
@@ -246,7 +246,7 @@ def kaggle_executable() -> str:
         return str(beside)
     raise ExternalToolError("the Kaggle CLI ('kaggle') is not on PATH; install it with "
                             "`pip install kaggle` (it is in this project's dependencies) or activate the "
-                            "virtual environment. Nothing was submitted.")
+                            f"virtual environment. {nothing_done}")
 
 
 def run_kaggle(arguments: list[str], what: str, timeout: float = UPLOAD_TIMEOUT_S) -> str:

@@ -1,6 +1,7 @@
 """Training one fold: schedule, callbacks, best checkpoint, history, then OOF and test predictions.
 
 `python train.py --config C --fold K` (or `--fold all`). Artifacts in outputs/<name>/fold<K>/:
+data.json (images per source and split, duplicates dropped; see sources.py), duplicates.csv,
 model.keras (the checkpoint chosen by train.checkpoint), history.csv, oof.csv, test.csv; after the last
 fold, outputs/<name>/oof.csv gathers every fold. Every file is written atomically. After each epoch,
 last.keras (model + optimizer) and state.json let `--resume` continue a killed fold (see `runstate`).
@@ -61,7 +62,7 @@ def binary_log_loss(target: np.ndarray, pred: np.ndarray) -> float:
 
 
 def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str],
-                   state: dict | None = None):
+                   valid_dropped: frozenset = frozenset(), state: dict | None = None):
     """Exact validation AUC, learning rate per epoch, NaN guard, atomic best checkpoint and history.
 
     After each epoch the fold's resumable state is committed (see `runstate`): last.keras (model and
@@ -83,6 +84,7 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
                 return
             frame = prediction.predict_files(self.model, valid_paths, config, "train", tta=False,
                                              progress=False)
+            frame = frame[~frame["image_name"].isin(valid_dropped)]  # duplicates (sources.py)
             target = frame["target"].to_numpy(dtype=np.float64)
             logs["val_loss"] = binary_log_loss(target, frame["pred"].to_numpy())
             logs["val_auc"] = (float(roc_auc_score(target, frame["pred"])) if len(np.unique(target)) == 2
@@ -193,27 +195,62 @@ def prepare_fold(config, fold: int, resume: bool) -> dict | None:
     return state
 
 
-def check_training_images(config, fold: int, files) -> dict:
-    """Under data.skip_corrupt, find the bad training images before the fold starts, say how many and
-    which, and list them in fold<K>/skipped.csv. Returns {path: images skipped in that file}."""
+def read_fold_data(config, fold: int):
+    """sources.prepare_fold; when a file cannot be read, every file of the run is checked so that one
+    message names all the bad records, not only the first one met."""
+    from melanoma import integrity, pipeline, sources
+
+    try:
+        return sources.prepare_fold(config, fold)
+    except DataError:
+        if config.data.skip_corrupt:
+            raise
+        paths = [f.path for f in pipeline.list_files(config.data.train_files, "data.train_files")]
+        paths += [f.path for external in sources.external_sets(config.data) for f in external.files]
+        scans = integrity.scan_files(sorted(set(paths)), "train", config.data.image_size)
+        integrity.raise_if_bad(scans, f"fold {fold} data", integrity.HINT_TRAIN)
+        raise
+
+
+def skip_corrupt_records(config, fold_data):
+    """Under data.skip_corrupt: find the fold's bad records before training, say how many and which
+    (also in fold<K>/skipped.csv), and take the named ones out of the fold like dropped duplicates:
+    filtered before decoding, out of the validation score and the OOF. Records without a name, and a
+    truncated file's lost tail, are not in the fold's tables and are dropped by the pipelines.
+    Returns (fold data, {path: records skipped in that file})."""
+    import dataclasses
+
     from melanoma import integrity
 
     if not config.data.skip_corrupt:
-        return {}
-    scans = integrity.scan_files([f.path for f in files], "train", config.data.image_size)
-    bad = [scan for scan in scans if not scan.ok]
+        return fold_data, {}
+    fold = fold_data.fold
+    paths = sorted({f.path for f in fold_data.train_files + fold_data.valid_files})
+    scans = integrity.scan_files(paths, "train", config.data.image_size)
     rows = [{"file": b.path, "record": b.index + 1, "image_name": b.image_name or "", "reason": b.reason}
             for b in integrity.bad_images(scans)]
     rows += [{"file": scan.path, "record": scan.readable + 1, "image_name": "",
               "reason": f"{scan.lost} record(s) unreadable from here: {scan.read_error or 'file truncated'}"}
              for scan in scans if scan.lost]
-    io_utils.write_csv_atomic(pd.DataFrame(rows, columns=["file", "record", "image_name", "reason"]),
-                              os.path.join(fold_dir(config, fold), "skipped.csv"))
-    if bad:
-        count = sum(scan.skipped for scan in bad)
-        print(f"fold {fold}: skipping {count} corrupt training image(s) (data.skip_corrupt: true), listed in "
-              f"{os.path.join(fold_dir(config, fold), 'skipped.csv')}:\n  {integrity.summary(scans)}")
-    return {scan.path: scan.skipped for scan in scans}
+    target = os.path.join(fold_dir(config, fold), "skipped.csv")
+    io_utils.write_csv_atomic(pd.DataFrame(rows, columns=["file", "record", "image_name", "reason"]), target)
+    bad = [scan for scan in scans if not scan.ok]
+    if not bad:
+        return fold_data, {}
+    count = sum(scan.skipped for scan in bad)
+    print(f"fold {fold}: skipping {count} corrupt training image(s) (data.skip_corrupt: true), listed in "
+          f"{target}:\n  {integrity.summary(scans)}")
+    named = {(b.path, b.image_name) for b in integrity.bad_images(scans) if b.image_name}
+    valid_paths = {f.path for f in fold_data.valid_files}
+    valid_bad = {name for path, name in named if path in valid_paths} & set(fold_data.valid_names)
+    train_bad = sum(1 for f in fold_data.train_files for path, _ in named if path == f.path)
+    fold_data = dataclasses.replace(
+        fold_data, excluded=set(fold_data.excluded) | named,
+        valid_dropped=frozenset(fold_data.valid_dropped | valid_bad),
+        valid_names=frozenset(fold_data.valid_names - valid_bad),
+        valid_images=fold_data.valid_images - len(valid_bad),
+        train_images=fold_data.train_images - train_bad)
+    return fold_data, {scan.path: scan.skipped for scan in scans}
 
 
 def train_fold(config, fold: int, resume: bool = False) -> dict:
@@ -224,22 +261,24 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     import keras
     from sklearn.metrics import roc_auc_score
 
-    from melanoma import augment, hardware, integrity, model as model_lib, pipeline, prediction
+    from melanoma import augment, hardware, integrity, model as model_lib, pipeline, prediction, sources
 
     folder = fold_dir(config, fold)
     state = prepare_fold(config, fold, resume)
     initial_epoch = state["epoch"] if state else 0
     set_seed(config.seed + fold)
-    files = pipeline.list_files(config.data.train_files, "data.train_files")
     test_files = pipeline.list_files(config.data.test_files, "data.test_files")
-    train_files, valid_files = pipeline.split_folds(files, fold, config.data.folds)
-    skipped = check_training_images(config, fold, train_files + valid_files)
+    # competition training parts + external sets, duplicates dropped, leak checks (CheckFailed)
+    fold_data = read_fold_data(config, fold)
+    fold_data, skipped = skip_corrupt_records(config, fold_data)  # data.skip_corrupt only
+    sources.write_summary(fold_data, folder)
+    train_files, valid_files = fold_data.train_files, fold_data.valid_files
 
     strategy = hardware.get_strategy()
     replicas = strategy.num_replicas_in_sync
     global_batch = config.train.batch_size * replicas
-    n_train = pipeline.count_images(train_files) - sum(skipped.get(f.path, 0) for f in train_files)
-    n_valid = pipeline.count_images(valid_files) - sum(skipped.get(f.path, 0) for f in valid_files)
+    n_train = fold_data.train_images
+    n_valid = fold_data.valid_images
     if n_valid < 1 or n_train < 1:
         raise DataError(f"fold {fold}: no {'validation' if n_valid < 1 else 'training'} image is left "
                         "after skipping the corrupt ones")
@@ -252,7 +291,7 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     data_seed = config.seed + fold + 1000 * initial_epoch
     augmenter = augment.BatchAugmenter(config.augment, seed=data_seed)
     train_ds = pipeline.train_dataset([f.path for f in train_files], config, global_batch,
-                                      seed=data_seed, augmenter=augmenter)
+                                      seed=data_seed, augmenter=augmenter, keep=fold_data.record_filter())
     with strategy.scope():
         model = compile_model(model_lib.build_model(config), config, global_batch)
         if state:
@@ -261,10 +300,10 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
             print(f"fold {fold}: resuming after epoch {initial_epoch} of {config.train.epochs} "
                   f"(best epoch so far: {state.get('best_epoch')})")
     callbacks, guard, checkpoint = make_callbacks(config, folder, global_batch,
-                                                  [f.path for f in valid_files], state)
+                                                  [f.path for f in valid_files], fold_data.valid_dropped, state)
     class_weight = {0: 1.0, 1: float(config.train.class_weight)} if config.train.class_weight else None
     started = time.time()
-    with integrity.named_data_errors([f.path for f in train_files + valid_files], "train",
+    with integrity.named_data_errors(sorted({f.path for f in train_files + valid_files}), "train",
                                      config.data.image_size, f"fold {fold} training", integrity.HINT_TRAIN):
         model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps, shuffle=False,
                   callbacks=callbacks, class_weight=class_weight, verbose=config.train.verbose,
@@ -279,8 +318,11 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
         raise CheckFailed(f"fold {fold}: no epoch gave a finite {config.train.checkpoint} metric")
     model.load_weights(os.path.join(folder, "model.keras"))
 
-    oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train", n_valid,
+    oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train",
+                                   pipeline.count_images(valid_files) - sum(skipped.get(f.path, 0)
+                                                                            for f in valid_files),
                                    desc=f"fold {fold} OOF")
+    oof = sources.check_oof(oof, fold_data)  # competition validation images only, duplicates out
     oof["fold"] = fold
     oof = oof[["image_name", "patient_id", "target", "pred", "fold"]]
     io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))
