@@ -46,6 +46,10 @@ CONFIG_ERRORS = [
     ("train", ["data.test_files={records}/tst*.tfrec"], "", ["data.test_files", "tst*.tfrec", "matched no file"]),
     ("train", ["data.external_files=[{records}/train*.tfrec,{records}/isic*.tfrec]"], "",
      ["data.external_files", "isic*.tfrec", "matched no file"]),
+    ("train", ["data.external_files={{isic2019-32x32: {records}/isic/train*.tfrec}}"], "",
+     ["data.external_files", "isic/train*.tfrec", "folder", "does not exist"]),
+    ("train", ["data.duplicates_csv=[{records}/train.csv,{records}/duplicates.csv]"], "",
+     ["data.duplicates_csv", "duplicates.csv", "file not found"]),
     ("train", ["data.duplicates_csv={records}/duplicates.csv"], "",
      ["data.duplicates_csv", "duplicates.csv", "file not found"]),
     ("train", ["model.weights={records}/b0.h5"], "", ["model.weights", "b0.h5", "file not found"]),
@@ -57,7 +61,8 @@ CONFIG_ERRORS = [
 
 @pytest.mark.parametrize("command,sets,body,words", CONFIG_ERRORS,
                          ids=["unknown-key", "unknown-set-key", "wrong-type", "no-train-folder", "empty-test-glob",
-                              "empty-external-glob", "no-duplicates-csv", "no-weights-file", "sample-typo",
+                              "empty-external-glob", "empty-external-set", "one-duplicates-csv-missing",
+                              "no-duplicates-csv", "no-weights-file", "sample-typo",
                               "test-glob-typo"])
 def test_config_errors_exit_2_before_any_work(tiny_data, tmp_path, capsys, no_model, command, sets, body, words):
     path = write_config(tmp_path, tiny_data, body)

@@ -22,17 +22,15 @@ STEPS = 2
 KILLED_IN_EPOCH = 3  # 1-based: epochs 1 and 2 are complete when the process dies
 
 
-def wait_for(marker, process, seconds=240):
+def wait_for(marker, process, log, seconds=240):
     deadline = time.time() + seconds
     while time.time() < deadline:
         if marker.exists():
             return
         if process.poll() is not None:
-            out, err = process.communicate()
-            pytest.fail(f"training ended (status {process.returncode}) before it was killed:\n{out}\n{err}")
+            pytest.fail(f"training ended (status {process.returncode}) before it was killed:\n{log.read_text()}")
         time.sleep(0.1)
-    process.kill()
-    pytest.fail("training did not reach the middle of the epoch in time")
+    pytest.fail(f"training did not reach the middle of epoch {KILLED_IN_EPOCH} in time:\n{log.read_text()}")
 
 
 def test_killed_fold_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, capsys, monkeypatch):
@@ -53,14 +51,17 @@ def test_killed_fold_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, 
     fold = tmp_path / "outputs" / "tiny" / "fold0"
     marker = tmp_path / "in-epoch-3"
     environment = dict(os.environ, PYTHONPATH=str(helpers.REPO / "src"), TF_CPP_MIN_LOG_LEVEL="3")
-    process = subprocess.Popen(
-        helpers.train_script_command(path, 0, stall_epoch=KILLED_IN_EPOCH - 1, stall_batch=1, marker=marker),
-        cwd=helpers.REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(marker, process)
-    finally:
-        os.kill(process.pid, signal.SIGKILL)
-        process.communicate()
+    log = tmp_path / "train.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            helpers.train_script_command(path, 0, stall_epoch=KILLED_IN_EPOCH - 1, stall_batch=1, marker=marker),
+            cwd=helpers.REPO, env=environment, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_for(marker, process, log)
+        finally:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait()
     assert process.returncode == -signal.SIGKILL
 
     state = json.loads((fold / "state.json").read_text())
