@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from melanoma import cli, config as config_lib, describe, model as model_lib, pipeline, records, training
+from melanoma import cli, config as config_lib, describe, model as model_lib, pipeline, records, schedules, training
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "base.yaml")
@@ -158,8 +158,9 @@ def small_model(monkeypatch):
 RUNS = {
     "binary-bce-rampup": ["model.head=binary", "train.loss=bce", "train.schedule=rampup",
                           "train.checkpoint=best_auc", "train.upsample_malignant=2"],
-    "metadata-focal-cosine": ["model.head=binary", "model.metadata=true", "train.loss=focal",
-                              "train.schedule=cosine", "train.checkpoint=best_loss", "train.class_weight=5"],
+    "metadata-focal-cosine-xla": ["model.head=binary", "model.metadata=true", "train.loss=focal",
+                                  "train.schedule=cosine", "train.checkpoint=best_loss", "train.class_weight=5",
+                                  "train.xla=true"],
     "diagnosis-bce-last": ["model.head=diagnosis", "train.loss=bce", "train.schedule=rampup",
                            "train.checkpoint=last", "train.class_weight=3"],
     "diagnosis-metadata-focal-cosine": ["model.head=diagnosis", "model.metadata=true", "train.loss=focal",
@@ -187,10 +188,29 @@ def test_tiny_fold_trains(tiny, tmp_path, small_model, name):
     check_fold(config, training.train_fold(config, 0))
 
 
+@pytest.mark.slow
 def test_tiny_fold_trains_efficientnet(tiny, tmp_path):
-    """The real EfficientNet-B0, once, with the diagnosis head and the metadata branch."""
+    """The real EfficientNet-B0, once, with the diagnosis head and the metadata branch (~30 s of CPU
+    for tracing its training step, so it runs with the slow tests)."""
     config = tiny_config(tiny, tmp_path, "model.head=diagnosis", "model.metadata=true")
     check_fold(config, training.train_fold(config, 0))
+
+
+@pytest.mark.parametrize("head", ["binary", "diagnosis"])
+def test_float16_compiles_with_loss_scaling(tiny, tmp_path, small_model, head):
+    """On a GPU, mixed_float16 gets Keras' loss scaling, and the schedule still reaches the rate."""
+    config = tiny_config(tiny, tmp_path, f"model.head={head}")
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        model = training.compile_model(model_lib.build_model(config), config, 32)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        callbacks, _, _ = training.make_callbacks(config, str(tmp_path), 32, [])
+        callbacks[0].set_model(model)
+        callbacks[0].on_epoch_begin(3)
+        assert float(model.optimizer.learning_rate) == pytest.approx(
+            schedules.learning_rate(3, config.train, 32), rel=1e-6)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_two_folds_gather_oof(tiny, tmp_path, small_model):
