@@ -25,6 +25,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "data.external_files": (str, list, dict),
     "data.duplicates_csv": (str, list),
     "data.cache": (bool, str),
+    "data.diagnosis_names": (list,),
     "model.weights": (str,),
     "train.steps_per_epoch": (int,),
     "train.class_weight": (int, float),
@@ -32,7 +33,8 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "augment.backend": ("albumentations", "tf"),
-    "model.backbone": tuple(f"efficientnet-b{i}" for i in range(8)),
+    "model.backbone": tuple(f"efficientnet-b{i}" for i in range(8))
+    + tuple(f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")),
     "model.head": ("binary", "diagnosis"),
     "train.optimizer": ("adam",),
     "train.loss": ("bce", "focal"),
@@ -206,6 +208,11 @@ def _check_values(config: Config) -> None:
         raise ConfigError("config key 'train.label_smoothing' must be in [0, 1)")
     if not 0 <= config.model.dropout < 1:
         raise ConfigError("config key 'model.dropout' must be in [0, 1)")
+    if config.train.upsample_malignant < 1:
+        raise ConfigError(f"config key 'train.upsample_malignant' must be at least 1, got "
+                          f"{config.train.upsample_malignant}")
+    if config.train.class_weight is not None and config.train.class_weight <= 0:
+        raise ConfigError(f"config key 'train.class_weight' must be positive, got {config.train.class_weight}")
 
 
 def base_path(config_path: Path) -> Path:

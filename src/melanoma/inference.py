@@ -51,7 +51,7 @@ def fold_test_predictions(config, fold: int, recompute: bool = False) -> pd.Data
     from melanoma import model as model_lib, pipeline, prediction
 
     test_files = pipeline.list_files(config.data.test_files, "data.test_files")
-    model = model_lib.build_model(config)
+    model = model_lib.build_model(config, pretrained=False)  # weights come from the checkpoint
     model.load_weights(os.path.join(folder, "model.keras"))
     frame = prediction.predict_files(model, [f.path for f in test_files], config, "test",
                                      pipeline.count_images(test_files), desc=f"fold {fold} test")

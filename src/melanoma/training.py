@@ -37,23 +37,97 @@ def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
+def make_loss(config):
+    """The configured loss for the configured head.
+
+    binary: cross-entropy (with label smoothing) or focal loss on the sigmoid. diagnosis: the same two
+    over the 9-class softmax (categorical cross-entropy / categorical focal loss, one-hot labels).
+    """
+    import keras
+
+    train = config.train
+    if config.model.head == "diagnosis":
+        if train.loss == "bce":
+            return keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing)
+        return keras.losses.CategoricalFocalCrossentropy(alpha=train.focal_alpha, gamma=train.focal_gamma,
+                                                         label_smoothing=train.label_smoothing)
+    if train.loss == "bce":
+        return keras.losses.BinaryCrossentropy(label_smoothing=train.label_smoothing)
+    return keras.losses.BinaryFocalCrossentropy(gamma=train.focal_gamma, alpha=train.focal_alpha,
+                                                apply_class_balancing=True,
+                                                label_smoothing=train.label_smoothing)
+
+
 def compile_model(model, config, global_batch: int):
     import keras
 
-    from melanoma import schedules
+    from melanoma import model as model_lib, schedules
 
     train = config.train
-    if train.loss == "bce":
-        loss = keras.losses.BinaryCrossentropy(label_smoothing=train.label_smoothing)
+    if config.model.head == "diagnosis":
+        metrics = [model_lib.MelanomaAUC(name="auc"), keras.metrics.CategoricalAccuracy(name="accuracy")]
     else:
-        loss = keras.losses.BinaryFocalCrossentropy(gamma=train.focal_gamma, alpha=train.focal_alpha,
-                                                    apply_class_balancing=True,
-                                                    label_smoothing=train.label_smoothing)
+        metrics = [keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision"),
+                   keras.metrics.Recall(name="recall")]
     optimizer = keras.optimizers.Adam(learning_rate=schedules.learning_rate(0, train, global_batch))
-    model.compile(optimizer=optimizer, loss=loss, jit_compile=bool(train.xla),
-                  metrics=[keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision"),
-                           keras.metrics.Recall(name="recall")])
+    # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer itself (auto_scale_loss).
+    model.compile(optimizer=optimizer, loss=make_loss(config), jit_compile=bool(train.xla), metrics=metrics)
     return model
+
+
+def class_weights(config) -> dict | None:
+    """Keras class_weight for train.class_weight: the malignant class (MEL for the diagnosis head)
+    weighted, every other class 1. All classes are listed: Keras looks weights up by class index."""
+    if not config.train.class_weight:
+        return None
+    if config.model.head == "diagnosis":
+        from melanoma.model import DIAGNOSIS_CLASSES, MELANOMA_CLASS
+
+        weights = {index: 1.0 for index in range(len(DIAGNOSIS_CLASSES))}
+        weights[MELANOMA_CLASS] = float(config.train.class_weight)
+        return weights
+    return {0: 1.0, 1: float(config.train.class_weight)}
+
+
+def diagnosis_names(config, train_files) -> list[str]:
+    """Diagnosis names in code order: data.diagnosis_names, else encodings.json beside the train files.
+
+    The records store diagnosis as an integer code (`records.encode_metadata`: sorted names over train
+    and test), so only those names say which code is which diagnosis.
+    """
+    if config.data.diagnosis_names:
+        return [str(name) for name in config.data.diagnosis_names]
+    folders = sorted({os.path.dirname(f.path) for f in train_files})
+    found = {}
+    for folder in folders:
+        path = os.path.join(folder, "encodings.json")
+        if io_utils.exists(path):
+            codes = json.loads(io_utils.read_text(path)).get("diagnosis")
+            if not codes:
+                raise config_lib.ConfigError(f"{path} has no 'diagnosis' encoding; set data.diagnosis_names")
+            found[path] = [name for name, _ in sorted(codes.items(), key=lambda item: item[1])]
+    if not found:
+        raise config_lib.ConfigError(
+            f"model.head=diagnosis needs the diagnosis name of each code: no encodings.json (written by "
+            f"`melanoma records`) beside the train files in {', '.join(folders)}; set data.diagnosis_names "
+            "to the names (or ISIC classes MEL, NV, ...) in code order")
+    if len({tuple(names) for names in found.values()}) > 1:
+        raise config_lib.ConfigError(f"the train files' encodings.json disagree on diagnosis codes "
+                                     f"({', '.join(found)}); set data.diagnosis_names")
+    return next(iter(found.values()))
+
+
+def diagnosis_lookup(config, train_files) -> list[int] | None:
+    """Class index per diagnosis code for the diagnosis head (None for the binary head)."""
+    if config.model.head != "diagnosis":
+        return None
+    from melanoma import model as model_lib
+
+    names = diagnosis_names(config, train_files)
+    try:
+        return model_lib.diagnosis_lookup(names)
+    except ValueError as error:
+        raise config_lib.ConfigError(str(error)) from None
 
 
 def binary_log_loss(target: np.ndarray, pred: np.ndarray) -> float:
@@ -263,6 +337,8 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
 
     from melanoma import augment, hardware, integrity, model as model_lib, pipeline, prediction, sources
 
+    strategy = hardware.get_strategy()  # first: a multi-worker strategy must precede other TF work
+    precision = hardware.set_precision(config, strategy)
     folder = fold_dir(config, fold)
     state = prepare_fold(config, fold, resume)
     initial_epoch = state["epoch"] if state else 0
@@ -274,7 +350,6 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     sources.write_summary(fold_data, folder)
     train_files, valid_files = fold_data.train_files, fold_data.valid_files
 
-    strategy = hardware.get_strategy()
     replicas = strategy.num_replicas_in_sync
     global_batch = config.train.batch_size * replicas
     n_train = fold_data.train_images
@@ -285,13 +360,16 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     steps = config.train.steps_per_epoch or max(1, n_train // global_batch)
     print(f"fold {fold}: {n_train} training images in {len(train_files)} file(s), {n_valid} validation "
           f"images in {len(valid_files)}; {steps} steps of {global_batch} per epoch, "
-          f"{config.train.epochs} epochs, {replicas} replica(s)")
+          f"{config.train.epochs} epochs, {replicas} replica(s), {precision}"
+          f"{', XLA' if config.train.xla else ''}")
 
     # A resumed fold draws a new data order rather than replaying its first epochs' order.
     data_seed = config.seed + fold + 1000 * initial_epoch
     augmenter = augment.BatchAugmenter(config.augment, seed=data_seed)
     train_ds = pipeline.train_dataset([f.path for f in train_files], config, global_batch,
-                                      seed=data_seed, augmenter=augmenter, keep=fold_data.record_filter())
+                                      seed=data_seed, augmenter=augmenter,
+                                      keep=fold_data.record_filter(),
+                                      diagnosis_lookup=diagnosis_lookup(config, train_files))
     with strategy.scope():
         model = compile_model(model_lib.build_model(config), config, global_batch)
         if state:
@@ -301,7 +379,7 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
                   f"(best epoch so far: {state.get('best_epoch')})")
     callbacks, guard, checkpoint = make_callbacks(config, folder, global_batch,
                                                   [f.path for f in valid_files], fold_data.valid_dropped, state)
-    class_weight = {0: 1.0, 1: float(config.train.class_weight)} if config.train.class_weight else None
+    class_weight = class_weights(config)
     started = time.time()
     with integrity.named_data_errors(sorted({f.path for f in train_files + valid_files}), "train",
                                      config.data.image_size, f"fold {fold} training", integrity.HINT_TRAIN):
