@@ -16,7 +16,7 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
 
-def build_tiny_model(config):
+def build_tiny_model(config, pretrained: bool = True):
     import keras
 
     size = config.data.image_size

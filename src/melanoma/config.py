@@ -262,7 +262,8 @@ INPUTS_OF = {
     # command -> keys it reads: (key, kind); a glob must match a file, a file must exist
     "train": (("data.train_files", "glob"), ("data.test_files", "glob"), ("data.external_files", "globs"),
               ("data.duplicates_csv", "file"), ("model.weights", "weights")),
-    "infer": (("data.test_files", "glob"), ("data.sample_submission", "file"), ("model.weights", "weights")),
+    # infer builds its models from the folds' checkpoints, so it needs no pretrained weights file
+    "infer": (("data.test_files", "glob"), ("data.sample_submission", "file")),
 }
 
 
