@@ -140,7 +140,7 @@ def test_describe_reports_records_when_present(tiny):
 # tiny folds: every head, loss, schedule and checkpoint rule
 
 
-def small_backbone(name, image_size, weights="none", pretrained=True):
+def small_backbone(name, image_size, weights="none", pretrained=True, drop_connect=None, bn_momentum=None):
     """A two-convolution stand-in for EfficientNet: the heads, losses, schedules and pipeline are what
     these runs check, and tracing a real EfficientNet's training step costs ~30 s of CPU per run."""
     image = keras.Input((image_size, image_size, 3))
