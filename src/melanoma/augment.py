@@ -1,11 +1,18 @@
-"""Augmentation: albumentations on the host CPU, applied to whole batches of uint8 images.
+"""Augmentation of whole batches of uint8 images, on one of two backends (`augment.backend`).
 
-One `tf.numpy_function` call per batch (not per image) keeps the Python/graph crossing cheap; inside,
-albumentations transforms each image. Dermoscopy has no canonical orientation, so flips, transposes
-and rotations are all label-preserving.
+- `albumentations`: on the host CPU. One `tf.numpy_function` call per batch (not per image) keeps the
+  Python/graph crossing cheap; inside, albumentations (OpenCV) transforms each image.
+- `tf`: the same kinds of transforms as TensorFlow ops on the whole batch, in the graph: no Python, no
+  numpy_function, and only ops that XLA compiles (a gather-based bilinear warp instead of
+  ImageProjectiveTransform), so it can run wherever the graph runs (tf.data workers, or a GPU/TPU step).
+
+Both take uint8 [B, H, W, 3] in 0..255 and return uint8 [B, H, W, 3] in 0..255; each image draws its own
+random parameters. Dermoscopy has no canonical orientation, so flips, transposes and rotations are all
+label-preserving.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -53,10 +60,26 @@ class BatchAugmenter:
         return out
 
 
-def augment_batch_op(images, augmenter: BatchAugmenter):
-    """Graph op: apply `augmenter` to a uint8 batch, keeping the static shape."""
+BACKENDS = ("albumentations", "tf")
+
+
+def make_augmenter(augment_config, seed: int | None = None):
+    """The augmenter of the backend that `augment_config.backend` names (see the module docstring)."""
+    backend = getattr(augment_config, "backend", "albumentations")
+    if backend == "albumentations":
+        return BatchAugmenter(augment_config, seed=seed)
+    if backend == "tf":
+        return TFAugmenter(augment_config, seed=seed)
+    raise ValueError(f"unknown augment.backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+
+
+def augment_batch_op(images, augmenter):
+    """Graph op: apply `augmenter` (BatchAugmenter or TFAugmenter) to a uint8 batch, keeping the static
+    shape. A BatchAugmenter runs through one numpy_function per call; a TFAugmenter is plain graph ops."""
     import tensorflow as tf
 
+    if isinstance(augmenter, TFAugmenter):
+        return augmenter(images)
     out = tf.numpy_function(augmenter, [images], tf.uint8, stateful=True)
     out.set_shape(images.shape)
     return out
@@ -71,3 +94,201 @@ def dihedral_views(image):
     for base in (image, transposed):
         views += [base, tf.reverse(base, [0]), tf.reverse(base, [1]), tf.reverse(base, [0, 1])]
     return tf.stack(views)
+
+
+# ------------------------------------------------------------------------------ tf backend (batched)
+
+# Columns of the one [B, DRAWS] uniform draw per batch: one random op (not one per parameter) so that
+# a fixed seed never gives two parameters the same sequence.
+FLIP_LR, FLIP_UD, TRANSPOSE, AFFINE_ON, ANGLE, SCALE, SHIFT_X, SHIFT_Y = range(8)
+CONTRAST_ON, CONTRAST, BRIGHTNESS, HSV_ON, HUE, SATURATION = range(8, 14)
+DRAWS = 14
+
+
+class TFAugmenter:
+    """Callable tensor uint8 [B, H, W, 3] -> uint8 [B, H, W, 3] made of TensorFlow ops only.
+
+    The same kinds and ranges of transforms as `build_transform`: random horizontal/vertical flips and
+    transpose (exact pixel permutations), an affine rotate/scale/shift with reflect-101 borders and
+    bilinear sampling, brightness/contrast (`x * alpha + beta * 255`), and hue/saturation shifts in HSV
+    (hue in OpenCV's uint8 units, 180 to a turn; saturation out of 255), each of the last three applied
+    to an image with `probability`. Square images only (the transpose needs H == W).
+    """
+
+    def __init__(self, augment_config, seed: int | None = None):
+        self.flip = bool(augment_config.flip)
+        self.transpose = bool(augment_config.transpose)
+        self.rotate_limit = float(augment_config.rotate_limit)
+        self.scale_limit = float(augment_config.scale_limit)
+        self.shift_limit = float(augment_config.shift_limit)
+        self.brightness_limit = float(augment_config.brightness_limit)
+        self.contrast_limit = float(augment_config.contrast_limit)
+        self.hue_shift_limit = float(augment_config.hue_shift_limit)
+        self.saturation_shift_limit = float(augment_config.saturation_shift_limit)
+        self.probability = float(augment_config.probability)
+        self.jit_compile = bool(getattr(augment_config, "xla", True))
+        self.seed = seed
+        self._compiled = None
+
+    @property
+    def affine(self) -> bool:
+        return bool(self.rotate_limit or self.scale_limit or self.shift_limit) and self.probability > 0
+
+    @property
+    def brightness_contrast(self) -> bool:
+        return bool(self.brightness_limit or self.contrast_limit) and self.probability > 0
+
+    @property
+    def hue_saturation(self) -> bool:
+        return bool(self.hue_shift_limit or self.saturation_shift_limit) and self.probability > 0
+
+    def __call__(self, images):
+        """Augment a uint8 batch; the random draws happen here, the transforms in `apply`."""
+        import tensorflow as tf
+
+        images = tf.convert_to_tensor(images)
+        if images.dtype != tf.uint8 or images.shape.rank != 4:
+            raise ValueError(f"TFAugmenter takes a uint8 batch [B, H, W, C], got {images.dtype.name} "
+                             f"of shape {images.shape}")
+        if self.transpose and images.shape[1] is not None and images.shape[1] != images.shape[2]:
+            raise ValueError(f"augment.transpose needs square images, got {images.shape[1]}x{images.shape[2]}")
+        # Drawn outside the compiled function: XLA would fix the stream of a stateful random op at
+        # compile time, and a draw here varies from call to call (and batch to batch in tf.data).
+        draws = tf.random.uniform([tf.shape(images)[0], DRAWS], seed=self.seed)
+        return self.apply(images, draws)
+
+    def apply(self, images, draws):
+        """The transforms for given draws (uniform [B, DRAWS] in [0, 1)): compiled with XLA when
+        `jit_compile` (some 3x faster on CPU, where TensorFlow's unfused uint8 selects are slow)."""
+        if self._compiled is None:
+            import tensorflow as tf
+
+            self._compiled = tf.function(self._transform, jit_compile=self.jit_compile,
+                                         reduce_retracing=True)
+        return self._compiled(images, draws)
+
+    def _transform(self, images, draws):
+        import tensorflow as tf
+
+        static_shape = images.shape
+
+        def chosen(column, probability):
+            return (draws[:, column] < probability)[:, None, None, None]
+
+        def spread(column, limit):  # uniform in [-limit, limit]
+            return (2.0 * draws[:, column] - 1.0) * limit
+
+        if self.flip:
+            images = tf.where(chosen(FLIP_LR, 0.5), tf.reverse(images, [2]), images)
+            images = tf.where(chosen(FLIP_UD, 0.5), tf.reverse(images, [1]), images)
+        if self.transpose:
+            images = tf.where(chosen(TRANSPOSE, 0.5), tf.transpose(images, [0, 2, 1, 3]), images)
+        if not (self.affine or self.brightness_contrast or self.hue_saturation):
+            return images
+
+        out = tf.cast(images, tf.float32)
+        if self.affine:
+            on = draws[:, AFFINE_ON] < self.probability
+            size = tf.cast(tf.shape(images)[1:3], tf.float32)
+            angle = tf.where(on, spread(ANGLE, self.rotate_limit), 0.0) * (math.pi / 180.0)
+            scale = tf.where(on, 1.0 + spread(SCALE, self.scale_limit), 1.0)
+            shift_x = tf.where(on, spread(SHIFT_X, self.shift_limit), 0.0) * size[1]
+            shift_y = tf.where(on, spread(SHIFT_Y, self.shift_limit), 0.0) * size[0]
+            out = warp_affine(out, angle, scale, shift_x, shift_y)
+        if self.brightness_contrast:
+            on = draws[:, CONTRAST_ON] < self.probability
+            alpha = tf.where(on, 1.0 + spread(CONTRAST, self.contrast_limit), 1.0)[:, None, None, None]
+            beta = tf.where(on, 255.0 * spread(BRIGHTNESS, self.brightness_limit), 0.0)[:, None, None, None]
+            out = tf.clip_by_value(out * alpha + beta, 0.0, 255.0)
+        if self.hue_saturation:
+            on = draws[:, HSV_ON] < self.probability
+            hue = tf.where(on, spread(HUE, self.hue_shift_limit), 0.0) / 180.0
+            saturation = tf.where(on, spread(SATURATION, self.saturation_shift_limit), 0.0) / 255.0
+            out = shift_hue_saturation(out, hue, saturation, skip=tf.logical_not(on))
+        out = tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+        return tf.ensure_shape(out, static_shape)
+
+
+def _reflect101(coordinate, size):
+    """Fold a pixel coordinate into [0, size - 1] by mirroring about the edge pixels' centres, as
+    OpenCV's BORDER_REFLECT_101 does (… 2 1 | 0 1 2 … n-1 | n-2 …), continuous for bilinear sampling."""
+    import tensorflow as tf
+
+    period = 2.0 * (size - 1.0)
+    folded = tf.math.floormod(coordinate, period)
+    return tf.where(folded > size - 1.0, period - folded, folded)
+
+
+def warp_affine(images, angle, scale, shift_x, shift_y):
+    """float32 [B, H, W, C] -> the same, each image rotated by `angle` (radians) and scaled by `scale`
+    about its centre, then shifted by (shift_x, shift_y) pixels; bilinear, reflect-101 borders.
+
+    Each output pixel's source is found by the inverse map and read with four gathers, which XLA
+    compiles (ImageProjectiveTransform does not). The identity (angle 0, scale 1, shift 0) lands on
+    integer sources and so returns the images exactly.
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    rows = tf.range(h)[None, :, None] - ((h - 1.0) / 2.0 + shift_y[:, None, None])
+    cols = tf.range(w)[None, None, :] - ((w - 1.0) / 2.0 + shift_x[:, None, None])
+    cos = (tf.cos(angle) / scale)[:, None, None]
+    sin = (tf.sin(angle) / scale)[:, None, None]
+    # Inverse of "rotate by angle, scale, then shift": rotate back by -angle and divide by scale.
+    source_x = _reflect101(cos * cols + sin * rows + (w - 1.0) / 2.0, w)
+    source_y = _reflect101(cos * rows - sin * cols + (h - 1.0) / 2.0, h)
+    x0 = tf.floor(source_x)
+    y0 = tf.floor(source_y)
+    wx = (source_x - x0)[..., None]
+    wy = (source_y - y0)[..., None]
+    x0 = tf.cast(x0, tf.int32)
+    y0 = tf.cast(y0, tf.int32)
+    x1 = tf.minimum(x0 + 1, width - 1)
+    y1 = tf.minimum(y0 + 1, height - 1)
+    flat = tf.reshape(images, [batch, height * width, channels])
+
+    def gather(y, x):
+        return tf.reshape(tf.gather(flat, tf.reshape(y * width + x, [batch, -1]), batch_dims=1),
+                          [batch, height, width, channels])
+
+    top = gather(y0, x0) * (1.0 - wx) + gather(y0, x1) * wx
+    bottom = gather(y1, x0) * (1.0 - wx) + gather(y1, x1) * wx
+    return top * (1.0 - wy) + bottom * wy
+
+
+def shift_hue_saturation(images, hue, saturation, skip=None):
+    """float32 RGB [B, H, W, 3] in 0..255 -> the same with each image's hue turned by `hue` (fraction
+    of a turn) and `saturation` added (0..1 scale, clipped); grey pixels (less than half a level of
+    chroma, saturation 0 in uint8 HSV) stay grey, as in albumentations. Images where `skip` is true
+    come back unchanged (no round-trip error).
+
+    The HSV conversions are written out here rather than taken from tf.image: its hue picks a formula
+    by testing `max == r` / `max == g`, which under XLA's fusion can hold for no channel when the
+    maximum is recomputed with another rounding, and then returns a wrong hue. Here the formula is
+    chosen by comparisons that always choose one, and near ties give near-equal hues.
+    """
+    import tensorflow as tf
+
+    r, g, b = tf.unstack(images, axis=-1)
+    value = tf.maximum(tf.maximum(r, g), b)
+    chroma = value - tf.minimum(tf.minimum(r, g), b)
+    coloured = chroma >= 0.5
+    safe_chroma = tf.where(coloured, chroma, 1.0)
+    red_max = tf.logical_and(r >= g, r >= b)
+    green_max = tf.logical_and(tf.logical_not(red_max), g >= b)
+    sixths = tf.where(red_max, (g - b) / safe_chroma,
+                      tf.where(green_max, 2.0 + (b - r) / safe_chroma, 4.0 + (r - g) / safe_chroma))
+    sixths = tf.math.floormod(sixths + 6.0 * hue[:, None, None], 6.0)
+    sat = tf.where(coloured, chroma / tf.maximum(value, 1e-6), 0.0)
+    sat = tf.where(coloured, tf.clip_by_value(sat + saturation[:, None, None], 0.0, 1.0), sat)
+    channels = []
+    for offset in (5.0, 3.0, 1.0):  # red, green, blue
+        k = tf.math.floormod(offset + sixths, 6.0)
+        channels.append(value * (1.0 - sat * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0)))
+    out = tf.stack(channels, axis=-1)
+    if skip is not None:
+        out = tf.where(skip[:, None, None, None], images, out)
+    return out

@@ -170,7 +170,7 @@ def train_fold(config, fold: int) -> dict:
           f"images in {len(valid_files)}; {steps} steps of {global_batch} per epoch, "
           f"{config.train.epochs} epochs, {replicas} replica(s)")
 
-    augmenter = augment.BatchAugmenter(config.augment, seed=config.seed + fold)
+    augmenter = augment.make_augmenter(config.augment, seed=config.seed + fold)
     train_ds = pipeline.train_dataset([f.path for f in train_files], config, global_batch,
                                       seed=config.seed + fold, augmenter=augmenter)
     with strategy.scope():
