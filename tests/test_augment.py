@@ -22,7 +22,7 @@ ALONE = {  # each transform on its own, every other one off
     "brightness_contrast": {"brightness_limit": 0.2, "contrast_limit": 0.2},
     "hue_saturation": {"hue_shift_limit": 10, "saturation_shift_limit": 20},
 }
-BACKENDS = ("albumentations", "tf")
+BACKENDS = augment.BACKENDS
 
 
 def load(overrides: dict | None = None, **augment_keys):
@@ -81,7 +81,8 @@ def test_keeps_shape_dtype_and_range(backend, name, runner):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_make_augmenter_follows_the_config(backend):
     augmenter = augment.make_augmenter(load(backend=backend).augment)
-    expected = augment.TFAugmenter if backend == "tf" else augment.BatchAugmenter
+    expected = {"albumentations": augment.BatchAugmenter, "opencv": augment.OpenCVBatchAugmenter,
+                "tf": augment.TFAugmenter}[backend]
     assert isinstance(augmenter, expected)
 
 
@@ -127,6 +128,39 @@ def test_flips_and_transposes_are_exact_permutations(backend, name, runner):
         assert len(matches) == 1, "the output is not a flip/transpose of the input"
         chosen.append(matches[0])
     assert len(set(chosen)) > 1, "every image got the same flip: the draws are not per image"
+
+
+@pytest.mark.parametrize("flips", [(h, v, t) for h in (0, 1) for v in (0, 1) for t in (0, 1)])
+def test_opencv_dihedral_matrix_warps_like_the_flips(flips):
+    import cv2
+
+    image = random_images(count=1, size=12)[0]
+    matrix = augment._dihedral_matrix(np.array(flips, bool), 12, 12)
+    warped = cv2.warpAffine(image, matrix[:2], (12, 12), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REFLECT_101)
+    np.testing.assert_array_equal(warped, augment._dihedral(image, np.array(flips, bool)))
+    expected = image[:, ::-1] if flips[0] else image
+    expected = expected[::-1] if flips[1] else expected
+    expected = expected.transpose(1, 0, 2) if flips[2] else expected
+    np.testing.assert_array_equal(warped, expected)
+
+
+def test_opencv_and_tf_warps_agree():
+    """Same angle, scale and shift through OpenCV's matrix and the tf gather warp: the same picture
+    (up to OpenCV's 5-bit interpolation weights), so both backends turn and shift the same way."""
+    import cv2
+
+    rng = np.random.default_rng(4)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), (0, 0), 2.0)
+    augmenter = augment.OpenCVBatchAugmenter(load(rotate_limit=30, scale_limit=0.1, shift_limit=0.1).augment)
+    spread = np.zeros(augment.DRAWS)
+    spread[[augment.ANGLE, augment.SCALE, augment.SHIFT_X, augment.SHIFT_Y]] = [0.7, -0.5, 0.4, -0.3]
+    matrix = augmenter._affine(spread, 32, 32)
+    by_opencv = cv2.warpAffine(image, matrix[:2], (32, 32), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT_101).astype(float)
+    by_tf = augment.warp_affine(tf.constant(image[None], tf.float32), tf.constant([math.radians(21.0)]),
+                                tf.constant([0.95]), tf.constant([0.04 * 32]), tf.constant([-0.03 * 32]))
+    assert np.abs(by_opencv - by_tf.numpy()[0]).mean() < 1.0
 
 
 def test_tf_flips_follow_the_draws():
@@ -237,8 +271,8 @@ def decode_counter(monkeypatch):
     return counter
 
 
-@pytest.mark.parametrize("mode,backend", [("dihedral", "albumentations"), ("random", "albumentations"),
-                                          ("random", "tf")])
+@pytest.mark.parametrize("mode,backend", [("dihedral", "albumentations")]
+                         + [("random", backend) for backend in augment.BACKENDS])
 def test_tta_decodes_each_image_once_per_pass(tmp_path, decode_counter, mode, backend):
     paths = write_test_records(tmp_path)
     config = config_lib.load_config(BASE, ["data.image_size=16", f"augment.backend={backend}"])

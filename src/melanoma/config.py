@@ -31,7 +31,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "augment.backend": ("albumentations", "tf"),
+    "augment.backend": ("albumentations", "opencv", "tf"),
     "model.backbone": tuple(f"efficientnet-b{i}" for i in range(8)),
     "model.head": ("binary", "diagnosis"),
     "train.optimizer": ("adam",),
