@@ -173,6 +173,38 @@ def test_tf_flips_follow_the_draws():
     np.testing.assert_array_equal(out[1], images[1])
 
 
+def test_tf_flips_folded_into_the_warp_are_exact_when_the_affine_step_is_off():
+    images = distinct_images(count=8)
+    augmenter = augment.TFAugmenter(load(probability=0.5, brightness_limit=0, contrast_limit=0,
+                                         hue_shift_limit=0, saturation_shift_limit=0).augment)
+    draws = np.full((8, augment.DRAWS), 0.9, dtype=np.float32)  # affine step off for every image
+    for index in range(8):  # the 8 combinations of the three flips
+        draws[index, [augment.FLIP_LR, augment.FLIP_UD, augment.TRANSPOSE]] = [
+            0.1 if index & bit else 0.9 for bit in (1, 2, 4)]
+    out = augmenter.apply(tf.constant(images), tf.constant(draws)).numpy()
+    for index in range(8):
+        expected = images[index]
+        expected = expected[:, ::-1] if index & 1 else expected
+        expected = expected[::-1] if index & 2 else expected
+        expected = expected.transpose(1, 0, 2) if index & 4 else expected
+        np.testing.assert_array_equal(out[index], expected)
+
+
+def test_tf_flips_folded_into_the_warp_come_before_the_affine_step():
+    images = random_images(count=8, size=16)
+    flips = np.array([[index & 1, index & 2, index & 4] for index in range(8)], dtype=bool)
+    angle, scale = tf.fill([8], 0.4), tf.fill([8], 1.1)
+    shift_x, shift_y = tf.fill([8], 2.0), tf.fill([8], -1.0)
+    folded = augment.warp_affine(tf.constant(images), angle, scale, shift_x, shift_y, tf.constant(flips))
+    flipped = []
+    for image, (lr, ud, transpose) in zip(images, flips):
+        image = image[:, ::-1] if lr else image
+        image = image[::-1] if ud else image
+        flipped.append(image.transpose(1, 0, 2) if transpose else image)
+    separate = augment.warp_affine(tf.constant(np.stack(flipped)), angle, scale, shift_x, shift_y)
+    np.testing.assert_allclose(folded.numpy(), separate.numpy(), atol=1e-3)
+
+
 def test_tf_draws_differ_per_call_and_per_batch_in_a_dataset():
     images = random_images(count=4)
     augmenter = augment.TFAugmenter(load(probability=1.0).augment, seed=11)

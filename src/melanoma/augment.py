@@ -14,8 +14,7 @@
 
 All take uint8 [B, H, W, 3] in 0..255 and return uint8 [B, H, W, 3] in 0..255; each image draws its own
 random parameters. Dermoscopy has no canonical orientation, so flips, transposes and rotations are all
-label-preserving. The host backends run OpenCV single-threaded: tf.data already runs several batches at
-once, and OpenCV's own threads on top of that only contend for the same cores.
+label-preserving.
 """
 from __future__ import annotations
 
@@ -54,18 +53,11 @@ def build_transform(augment_config, seed: int | None = None):
     return A.Compose(steps, seed=seed)
 
 
-def _single_threaded_opencv() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 class BatchAugmenter:
     """Callable numpy uint8 [B, H, W, 3] -> uint8 [B, H, W, 3], each image augmented independently."""
 
     def __init__(self, augment_config, seed: int | None = None):
         self.transform = build_transform(augment_config, seed)
-        _single_threaded_opencv()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         out = np.empty_like(images)
@@ -95,7 +87,6 @@ class OpenCVBatchAugmenter:
         self.hue_saturation = bool(self.hue_shift_limit or self.saturation_shift_limit)
         self.rng = np.random.default_rng(seed)
         self.levels = np.arange(256, dtype=np.float32)
-        _single_threaded_opencv()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         import cv2
@@ -298,29 +289,31 @@ class TFAugmenter:
 
         static_shape = images.shape
 
-        def chosen(column, probability):
-            return (draws[:, column] < probability)[:, None, None, None]
-
         def spread(column, limit):  # uniform in [-limit, limit]
             return (2.0 * draws[:, column] - 1.0) * limit
 
-        if self.flip:
-            images = tf.where(chosen(FLIP_LR, 0.5), tf.reverse(images, [2]), images)
-            images = tf.where(chosen(FLIP_UD, 0.5), tf.reverse(images, [1]), images)
-        if self.transpose:
-            images = tf.where(chosen(TRANSPOSE, 0.5), tf.transpose(images, [0, 2, 1, 3]), images)
-        if not (self.affine or self.brightness_contrast or self.hue_saturation):
-            return images
-
-        out = tf.cast(images, tf.float32)
+        flips = tf.stack([draws[:, FLIP_LR] < (0.5 if self.flip else 0.0),
+                          draws[:, FLIP_UD] < (0.5 if self.flip else 0.0),
+                          draws[:, TRANSPOSE] < (0.5 if self.transpose else 0.0)], axis=1)
         if self.affine:
+            # One gather pass does the flips and the affine step together (see warp_affine).
             on = draws[:, AFFINE_ON] < self.probability
             size = tf.cast(tf.shape(images)[1:3], tf.float32)
             angle = tf.where(on, spread(ANGLE, self.rotate_limit), 0.0) * (math.pi / 180.0)
             scale = tf.where(on, 1.0 + spread(SCALE, self.scale_limit), 1.0)
             shift_x = tf.where(on, spread(SHIFT_X, self.shift_limit), 0.0) * size[1]
             shift_y = tf.where(on, spread(SHIFT_Y, self.shift_limit), 0.0) * size[0]
-            out = warp_affine(out, angle, scale, shift_x, shift_y)
+            out = warp_affine(images, angle, scale, shift_x, shift_y,
+                              flips if (self.flip or self.transpose) else None)
+        else:
+            if self.flip:
+                images = tf.where(flips[:, 0, None, None, None], tf.reverse(images, [2]), images)
+                images = tf.where(flips[:, 1, None, None, None], tf.reverse(images, [1]), images)
+            if self.transpose:
+                images = tf.where(flips[:, 2, None, None, None], tf.transpose(images, [0, 2, 1, 3]), images)
+            if not (self.brightness_contrast or self.hue_saturation):
+                return images
+            out = tf.cast(images, tf.float32)
         if self.brightness_contrast:
             on = draws[:, CONTRAST_ON] < self.probability
             alpha = tf.where(on, 1.0 + spread(CONTRAST, self.contrast_limit), 1.0)[:, None, None, None]
@@ -345,13 +338,16 @@ def _reflect101(coordinate, size):
     return tf.where(folded > size - 1.0, period - folded, folded)
 
 
-def warp_affine(images, angle, scale, shift_x, shift_y):
-    """float32 [B, H, W, C] -> the same, each image rotated by `angle` (radians) and scaled by `scale`
-    about its centre, then shifted by (shift_x, shift_y) pixels; bilinear, reflect-101 borders.
+def warp_affine(images, angle, scale, shift_x, shift_y, flips=None):
+    """[B, H, W, C] (any number type) -> float32 [B, H, W, C]: each image flipped/transposed as `flips`
+    says (bool [B, 3]: horizontal flip, vertical flip, transpose, in that order; None for none), then
+    rotated by `angle` (radians) and scaled by `scale` about its centre, then shifted by
+    (shift_x, shift_y) pixels; bilinear, reflect-101 borders.
 
     Each output pixel's source is found by the inverse map and read with four gathers, which XLA
-    compiles (ImageProjectiveTransform does not). The identity (angle 0, scale 1, shift 0) lands on
-    integer sources and so returns the images exactly.
+    compiles (ImageProjectiveTransform does not). The flips are folded into that map rather than done
+    first, so the pixels are read once. Where the map is the identity or a flip (angle 0, scale 1,
+    shift 0) the sources are whole pixels and the result is exact.
     """
     import tensorflow as tf
 
@@ -366,6 +362,13 @@ def warp_affine(images, angle, scale, shift_x, shift_y):
     # Inverse of "rotate by angle, scale, then shift": rotate back by -angle and divide by scale.
     source_x = _reflect101(cos * cols + sin * rows + (w - 1.0) / 2.0, w)
     source_y = _reflect101(cos * rows - sin * cols + (h - 1.0) / 2.0, h)
+    if flips is not None:
+        # Undo the flips in reverse order: the transpose (done last) first, the horizontal flip last.
+        transposed = flips[:, 2][:, None, None]
+        source_x, source_y = (tf.where(transposed, source_y, source_x),
+                              tf.where(transposed, source_x, source_y))
+        source_y = tf.where(flips[:, 1][:, None, None], h - 1.0 - source_y, source_y)
+        source_x = tf.where(flips[:, 0][:, None, None], w - 1.0 - source_x, source_x)
     x0 = tf.floor(source_x)
     y0 = tf.floor(source_y)
     wx = (source_x - x0)[..., None]
@@ -377,8 +380,8 @@ def warp_affine(images, angle, scale, shift_x, shift_y):
     flat = tf.reshape(images, [batch, height * width, channels])
 
     def gather(y, x):
-        return tf.reshape(tf.gather(flat, tf.reshape(y * width + x, [batch, -1]), batch_dims=1),
-                          [batch, height, width, channels])
+        pixels = tf.gather(flat, tf.reshape(y * width + x, [batch, -1]), batch_dims=1)
+        return tf.cast(tf.reshape(pixels, [batch, height, width, channels]), tf.float32)
 
     top = gather(y0, x0) * (1.0 - wx) + gather(y0, x1) * wx
     bottom = gather(y1, x0) * (1.0 - wx) + gather(y1, x1) * wx
@@ -402,17 +405,22 @@ def shift_hue_saturation(images, hue, saturation, skip=None):
     value = tf.maximum(tf.maximum(r, g), b)
     chroma = value - tf.minimum(tf.minimum(r, g), b)
     coloured = chroma >= 0.5
-    safe_chroma = tf.where(coloured, chroma, 1.0)
+    inverse_chroma = 1.0 / tf.where(coloured, chroma, 1.0)
     red_max = tf.logical_and(r >= g, r >= b)
     green_max = tf.logical_and(tf.logical_not(red_max), g >= b)
-    sixths = tf.where(red_max, (g - b) / safe_chroma,
-                      tf.where(green_max, 2.0 + (b - r) / safe_chroma, 4.0 + (r - g) / safe_chroma))
-    sixths = tf.math.floormod(sixths + 6.0 * hue[:, None, None], 6.0)
-    sat = tf.where(coloured, chroma / tf.maximum(value, 1e-6), 0.0)
-    sat = tf.where(coloured, tf.clip_by_value(sat + saturation[:, None, None], 0.0, 1.0), sat)
+    # hue in sixths of a turn, in [-1, 5), then turned; the wrap into [0, 6) is two selects (a shift
+    # is at most half a turn), which is much cheaper than a float modulo on CPU.
+    sixths = tf.where(red_max, (g - b) * inverse_chroma,
+                      tf.where(green_max, 2.0 + (b - r) * inverse_chroma, 4.0 + (r - g) * inverse_chroma))
+    sixths = sixths + 6.0 * hue[:, None, None]
+    sixths = tf.where(sixths < 0.0, sixths + 6.0, sixths)
+    sixths = tf.where(sixths >= 6.0, sixths - 6.0, sixths)
+    sat = chroma / tf.maximum(value, 1e-6)
+    sat = tf.where(coloured, tf.clip_by_value(sat + saturation[:, None, None], 0.0, 1.0), 0.0)
     channels = []
     for offset in (5.0, 3.0, 1.0):  # red, green, blue
-        k = tf.math.floormod(offset + sixths, 6.0)
+        k = offset + sixths  # in [1, 11): one select brings it into [0, 6)
+        k = tf.where(k >= 6.0, k - 6.0, k)
         channels.append(value * (1.0 - sat * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0)))
     out = tf.stack(channels, axis=-1)
     if skip is not None:

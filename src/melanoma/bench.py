@@ -488,8 +488,8 @@ def format_table(result: dict) -> str:
     lines.append(f"settings: {s['image_size']} px ({s['data']} data, records {s['record_size'][0]} px), "
                  f"batch {s['batch_size']}, {s['backbone']}, cache {s['cache']}")
 
-    def row(label, rate, note=""):
-        lines.append(f"  {label:<44s} {rate:>10,.1f} images/s  {note}".rstrip())
+    def row(label, rate, note="", unit="images/s"):
+        lines.append(f"  {label:<44s} {rate:>10,.1f} {unit:<8s}  {note}".rstrip())
 
     def cpu(figures):
         return f"{figures['cpu_ms_per_image']:.2f} CPU ms/image"
@@ -508,11 +508,12 @@ def format_table(result: dict) -> str:
     row("eval pipeline", result["eval_pipeline"]["images_per_second"], cpu(result["eval_pipeline"]))
     tta = result["tta_pipeline"]
     row(f"TTA pipeline ({tta['views']} {tta['mode']} views)", tta["images_per_second"],
-        f"{tta['views_per_second']:,.1f} views/s")
+        f"{cpu(tta)}, {tta['views_per_second']:,.1f} views/s")
     if "model" in result:
         row("model train step (in memory)", result["model"]["train_step"]["images_per_second"])
         predict = result["model"]["predict"]
-        row("model prediction (in memory)", predict["views_per_second"], "views/s")
+        row("model prediction (in memory)", predict["views_per_second"],
+            f"{predict['images_per_second']:,.1f} images/s at {tta['views']} views", unit="views/s")
         for key, label in (("epoch", f"training ({result['epoch']['steps']} steps)"),
                            ("tta_prediction", "whole TTA prediction")):
             whole = result[key]
