@@ -1,8 +1,7 @@
-"""Augmentation ops of both backends (melanoma.augment), eagerly and inside tf.data, and TTA decoding."""
+"""Augmentation ops of every backend (melanoma.augment), eagerly and inside tf.data, and TTA decoding."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
