@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("melanoma.synth", "write a competition-shaped demo dataset (CSV + JPEGs)"),
     "folds": ("melanoma.folds", "assign patient-grouped, stratified parts and folds"),
     "records": ("melanoma.records", "JPEGs + CSV -> TFRecords in the public schema"),
+    "data": ("melanoma.download", "download the competition CSVs and public TFRecords (Kaggle CLI)"),
     "train": ("melanoma.training", "train one fold (or all) of a config"),
     "infer": ("melanoma.inference", "TTA + fold ensemble -> submissions/<name>.csv"),
     "score": ("melanoma.scoring", "competition AUC of an OOF file"),

@@ -22,17 +22,21 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,),
     "data.train_files": (str, list),
     "data.test_files": (str, list),
-    "data.external_files": (str, list),
-    "data.duplicates_csv": (str,),
+    "data.external_files": (str, list, dict),
+    "data.duplicates_csv": (str, list),
     "data.cache": (bool, str),
+    "data.diagnosis_names": (list,),
     "model.weights": (str,),
+    "model.drop_connect": (int, float),
+    "model.bn_momentum": (int, float),
     "train.steps_per_epoch": (int,),
     "train.class_weight": (int, float),
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "augment.backend": ("albumentations", "opencv", "tf"),
-    "model.backbone": tuple(f"efficientnet-b{i}" for i in range(8)),
+    "model.backbone": tuple(f"efficientnet-b{i}" for i in range(8))
+    + tuple(f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")),
     "model.head": ("binary", "diagnosis"),
     "train.optimizer": ("adam",),
     "train.loss": ("bce", "focal"),
@@ -173,6 +177,12 @@ def _check_types(config: dict, schema: dict, prefix: str = "") -> None:
             raise ConfigError(f"config key '{dotted}' must be {_type_name(allowed)}, got null")
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
             config[key] = value = float(value)
+        if float in allowed and isinstance(value, str):
+            # YAML 1.1 reads `1e-5` (no dot) as a string; a number is what was meant.
+            try:
+                config[key] = value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) and bool not in allowed:
             ok = False
         else:
@@ -200,6 +210,11 @@ def _check_values(config: Config) -> None:
         raise ConfigError("config key 'train.label_smoothing' must be in [0, 1)")
     if not 0 <= config.model.dropout < 1:
         raise ConfigError("config key 'model.dropout' must be in [0, 1)")
+    if config.train.upsample_malignant < 1:
+        raise ConfigError(f"config key 'train.upsample_malignant' must be at least 1, got "
+                          f"{config.train.upsample_malignant}")
+    if config.train.class_weight is not None and config.train.class_weight <= 0:
+        raise ConfigError(f"config key 'train.class_weight' must be positive, got {config.train.class_weight}")
 
 
 def base_path(config_path: Path) -> Path:
@@ -241,6 +256,105 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Confi
         resolved["name"] = path.stem
     _check_values(resolved)
     return resolved
+
+
+# Weights named by the model package rather than by a file.
+PACKAGE_WEIGHTS = ("none", "imagenet", "noisy-student")
+INPUTS_OF = {
+    # command -> keys it reads: (key, kind); a glob must match a file, a file must exist
+    "train": (("data.train_files", "glob"), ("data.test_files", "glob"), ("data.external_files", "globs"),
+              ("data.duplicates_csv", "file"), ("model.weights", "weights")),
+    # infer builds its models from the folds' checkpoints, so it needs no pretrained weights file
+    "infer": (("data.test_files", "glob"), ("data.sample_submission", "file")),
+}
+
+
+def _near_names(path: str) -> str:
+    """' (did you mean ...?)' with the closest entries of the path's folder, or where the folder is missing."""
+    from melanoma import io_utils
+
+    folder, name = os.path.split(path.rstrip("/"))
+    folder = folder or "."
+    if any(ch in folder for ch in "*?["):
+        return ""
+    if not io_utils.exists(folder):
+        return f" (folder {folder} does not exist)"
+    try:
+        entries = io_utils.listdir(folder)
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(name, entries, n=1, cutoff=0.6)
+    return f" (did you mean '{os.path.join(folder, close[0])}'?)" if close else ""
+
+
+def _globs(value: Any) -> list:
+    """The glob strings of a value that is a glob, a list of globs, or (data.external_files) mappings
+    {set name: glob} or a list mixing both."""
+    items = value if isinstance(value, list) else [value]
+    patterns = []
+    for item in items:
+        patterns.extend(item.values() if isinstance(item, dict) else [item])
+    return patterns
+
+
+def _input_problems(key: str, kind: str, value: Any) -> list[str]:
+    from melanoma import io_utils
+
+    if value is None or (kind == "weights" and value in PACKAGE_WEIGHTS):
+        return []
+    if kind == "file" or kind == "weights":
+        problems = []
+        for path in (value if isinstance(value, list) else [value]):
+            if isinstance(path, str) and path and io_utils.exists(path) and not io_utils.isdir(path):
+                continue
+            if not isinstance(path, str) or not path:
+                problems.append(f"config key '{key}' holds {path!r}; give a file path")
+                continue
+            what = "is a folder, not a file" if io_utils.exists(path) else "file not found"
+            extra = " (use none, imagenet, noisy-student or a weights file)" if kind == "weights" else ""
+            problems.append(f"config key '{key}' = {path!r}: {what}{_near_names(path)}{extra}")
+        return problems
+    patterns = _globs(value)
+    problems = []
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            problems.append(f"config key '{key}' holds {pattern!r}; give glob strings")
+            continue
+        if not io_utils.glob(pattern):
+            hint = _near_names(pattern) if not any(c in os.path.basename(pattern) for c in "*?[") else ""
+            if not hint:
+                folder = os.path.dirname(pattern) or "."
+                if not any(c in folder for c in "*?[") and not io_utils.exists(folder):
+                    hint = f" (folder {folder} does not exist)"
+            problems.append(f"config key '{key}' = {pattern!r} matched no file{hint}")
+    if kind == "glob" and not problems:
+        from melanoma import records
+        from melanoma.errors import DataError
+
+        for path in io_utils.glob(patterns):
+            try:
+                records.parse_file_name(path)
+            except DataError as error:
+                problems.append(f"config key '{key}' = {value!r}: {error}")
+                break
+    return problems
+
+
+def check_inputs(config: Config, for_command: str) -> None:
+    """Every file and glob that `for_command` ("train" or "infer") will read exists and matches.
+
+    Called before a model is built or anything is written, so a typo in a path costs seconds, not a
+    training run. All problems are reported at once, each with its key and value.
+    """
+    if for_command not in INPUTS_OF:
+        raise ValueError(f"unknown command '{for_command}'; choose one of {', '.join(INPUTS_OF)}")
+    problems: list[str] = []
+    for key, kind in INPUTS_OF[for_command]:
+        problems.extend(_input_problems(key, kind, config.get_path(key)))
+    if problems:
+        intro = "the config names input that is not there" if len(problems) == 1 else \
+            f"the config names input that is not there ({len(problems)} problems)"
+        raise ConfigError(intro + ":\n  " + "\n  ".join(problems))
 
 
 def git_commit() -> str | None:

@@ -19,10 +19,23 @@ from melanoma.errors import CheckFailed
 
 
 def trained_folds(config) -> list[int]:
+    """Folds with a checkpoint whose training ran all its epochs; a fold interrupted part-way (its
+    state.json short of the last epoch) holds a half-trained best checkpoint and is left out."""
+    from melanoma import runstate
     from melanoma.training import fold_dir
 
-    return [k for k in range(config.data.folds)
-            if io_utils.exists(os.path.join(fold_dir(config, k), "model.keras"))]
+    folds = []
+    for k in range(config.data.folds):
+        folder = fold_dir(config, k)
+        if not io_utils.exists(os.path.join(folder, "model.keras")):
+            continue
+        state = runstate.read_state(folder)
+        if state is not None and state["epoch"] < state.get("epochs", state["epoch"]):
+            print(f"warning: fold {k} was interrupted after epoch {state['epoch']} of {state['epochs']}; "
+                  f"left out (finish it with `python train.py --config ... --fold {k} --resume`)")
+            continue
+        folds.append(k)
+    return folds
 
 
 def fold_test_predictions(config, fold: int, recompute: bool = False) -> pd.DataFrame:
@@ -38,7 +51,7 @@ def fold_test_predictions(config, fold: int, recompute: bool = False) -> pd.Data
     from melanoma import model as model_lib, pipeline, prediction
 
     test_files = pipeline.list_files(config.data.test_files, "data.test_files")
-    model = model_lib.build_model(config)
+    model = model_lib.build_model(config, pretrained=False)  # weights come from the checkpoint
     model.load_weights(os.path.join(folder, "model.keras"))
     frame = prediction.predict_files(model, [f.path for f in test_files], config, "test",
                                      pipeline.count_images(test_files), desc=f"fold {fold} test")
@@ -103,5 +116,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.set)
+    config_lib.check_inputs(config, "infer")  # before any model is built or file written
     run_inference(config, recompute=args.recompute, force=args.force)
     return 0

@@ -28,6 +28,16 @@ def exists(path: str) -> bool:
     return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
 
 
+def isdir(path: str) -> bool:
+    path = str(path)
+    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+    path = str(path)
+    return sorted(_gfile().listdir(path) if is_remote(path) else os.listdir(path))
+
+
 def makedirs(path: str) -> None:
     path = str(path)
     if is_remote(path):

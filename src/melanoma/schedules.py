@@ -30,3 +30,8 @@ def learning_rate(epoch: int, train_config, global_batch: int) -> float:
         progress = min(1.0, (epoch - ramp - sustain) / span)
         return train_config.lr_min + 0.5 * (peak - train_config.lr_min) * (1 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule '{train_config.schedule}'; choose rampup or cosine")
+
+
+def learning_rates(train_config, global_batch: int) -> list[float]:
+    """The rate of every epoch of a run (0-based epochs 0 .. epochs - 1)."""
+    return [learning_rate(epoch, train_config, global_batch) for epoch in range(train_config.epochs)]

@@ -1,8 +1,10 @@
 """Training one fold: schedule, callbacks, best checkpoint, history, then OOF and test predictions.
 
 `python train.py --config C --fold K` (or `--fold all`). Artifacts in outputs/<name>/fold<K>/:
+data.json (images per source and split, duplicates dropped; see sources.py), duplicates.csv,
 model.keras (the checkpoint chosen by train.checkpoint), history.csv, oof.csv, test.csv; after the last
-fold, outputs/<name>/oof.csv gathers every fold. Every file is written atomically.
+fold, outputs/<name>/oof.csv gathers every fold. Every file is written atomically. After each epoch,
+last.keras (model + optimizer) and state.json let `--resume` continue a killed fold (see `runstate`).
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from melanoma import config as config_lib
-from melanoma import io_utils
-from melanoma.errors import CheckFailed
+from melanoma import io_utils, runstate
+from melanoma.errors import CheckFailed, DataError
 
 
 def fold_dir(config, fold: int) -> str:
@@ -35,23 +37,97 @@ def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
+def make_loss(config):
+    """The configured loss for the configured head.
+
+    binary: cross-entropy (with label smoothing) or focal loss on the sigmoid. diagnosis: the same two
+    over the 9-class softmax (categorical cross-entropy / categorical focal loss, one-hot labels).
+    """
+    import keras
+
+    train = config.train
+    if config.model.head == "diagnosis":
+        if train.loss == "bce":
+            return keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing)
+        return keras.losses.CategoricalFocalCrossentropy(alpha=train.focal_alpha, gamma=train.focal_gamma,
+                                                         label_smoothing=train.label_smoothing)
+    if train.loss == "bce":
+        return keras.losses.BinaryCrossentropy(label_smoothing=train.label_smoothing)
+    return keras.losses.BinaryFocalCrossentropy(gamma=train.focal_gamma, alpha=train.focal_alpha,
+                                                apply_class_balancing=True,
+                                                label_smoothing=train.label_smoothing)
+
+
 def compile_model(model, config, global_batch: int):
     import keras
 
-    from melanoma import schedules
+    from melanoma import model as model_lib, schedules
 
     train = config.train
-    if train.loss == "bce":
-        loss = keras.losses.BinaryCrossentropy(label_smoothing=train.label_smoothing)
+    if config.model.head == "diagnosis":
+        metrics = [model_lib.MelanomaAUC(name="auc"), keras.metrics.CategoricalAccuracy(name="accuracy")]
     else:
-        loss = keras.losses.BinaryFocalCrossentropy(gamma=train.focal_gamma, alpha=train.focal_alpha,
-                                                    apply_class_balancing=True,
-                                                    label_smoothing=train.label_smoothing)
+        metrics = [keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision"),
+                   keras.metrics.Recall(name="recall")]
     optimizer = keras.optimizers.Adam(learning_rate=schedules.learning_rate(0, train, global_batch))
-    model.compile(optimizer=optimizer, loss=loss, jit_compile=bool(train.xla),
-                  metrics=[keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision"),
-                           keras.metrics.Recall(name="recall")])
+    # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer itself (auto_scale_loss).
+    model.compile(optimizer=optimizer, loss=make_loss(config), jit_compile=bool(train.xla), metrics=metrics)
     return model
+
+
+def class_weights(config) -> dict | None:
+    """Keras class_weight for train.class_weight: the malignant class (MEL for the diagnosis head)
+    weighted, every other class 1. All classes are listed: Keras looks weights up by class index."""
+    if not config.train.class_weight:
+        return None
+    if config.model.head == "diagnosis":
+        from melanoma.model import DIAGNOSIS_CLASSES, MELANOMA_CLASS
+
+        weights = {index: 1.0 for index in range(len(DIAGNOSIS_CLASSES))}
+        weights[MELANOMA_CLASS] = float(config.train.class_weight)
+        return weights
+    return {0: 1.0, 1: float(config.train.class_weight)}
+
+
+def diagnosis_names(config, train_files) -> list[str]:
+    """Diagnosis names in code order: data.diagnosis_names, else encodings.json beside the train files.
+
+    The records store diagnosis as an integer code (`records.encode_metadata`: sorted names over train
+    and test), so only those names say which code is which diagnosis.
+    """
+    if config.data.diagnosis_names:
+        return [str(name) for name in config.data.diagnosis_names]
+    folders = sorted({os.path.dirname(f.path) for f in train_files})
+    found = {}
+    for folder in folders:
+        path = os.path.join(folder, "encodings.json")
+        if io_utils.exists(path):
+            codes = json.loads(io_utils.read_text(path)).get("diagnosis")
+            if not codes:
+                raise config_lib.ConfigError(f"{path} has no 'diagnosis' encoding; set data.diagnosis_names")
+            found[path] = [name for name, _ in sorted(codes.items(), key=lambda item: item[1])]
+    if not found:
+        raise config_lib.ConfigError(
+            f"model.head=diagnosis needs the diagnosis name of each code: no encodings.json (written by "
+            f"`melanoma records`) beside the train files in {', '.join(folders)}; set data.diagnosis_names "
+            "to the names (or ISIC classes MEL, NV, ...) in code order")
+    if len({tuple(names) for names in found.values()}) > 1:
+        raise config_lib.ConfigError(f"the train files' encodings.json disagree on diagnosis codes "
+                                     f"({', '.join(found)}); set data.diagnosis_names")
+    return next(iter(found.values()))
+
+
+def diagnosis_lookup(config, train_files) -> list[int] | None:
+    """Class index per diagnosis code for the diagnosis head (None for the binary head)."""
+    if config.model.head != "diagnosis":
+        return None
+    from melanoma import model as model_lib
+
+    names = diagnosis_names(config, train_files)
+    try:
+        return model_lib.diagnosis_lookup(names)
+    except ValueError as error:
+        raise config_lib.ConfigError(str(error)) from None
 
 
 def binary_log_loss(target: np.ndarray, pred: np.ndarray) -> float:
@@ -59,8 +135,13 @@ def binary_log_loss(target: np.ndarray, pred: np.ndarray) -> float:
     return float(-np.mean(target * np.log(pred) + (1 - target) * np.log(1 - pred)))
 
 
-def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str]):
+def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str],
+                   valid_dropped: frozenset = frozenset(), state: dict | None = None):
     """Exact validation AUC, learning rate per epoch, NaN guard, atomic best checkpoint and history.
+
+    After each epoch the fold's resumable state is committed (see `runstate`): last.keras (model and
+    optimizer), history.csv, the best checkpoint, then state.json. `state` is a resumed fold's
+    state.json: the best metric so far and the history of its completed epochs carry on from it.
 
     Keras' streaming AUC bins predictions into fixed thresholds, which reads 0.5 when a young model's
     outputs all fall in one bin; the validation AUC here is scikit-learn's on every validation image,
@@ -77,6 +158,7 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
                 return
             frame = prediction.predict_files(self.model, valid_paths, config, "train", tta=False,
                                              progress=False)
+            frame = frame[~frame["image_name"].isin(valid_dropped)]  # duplicates (sources.py)
             target = frame["target"].to_numpy(dtype=np.float64)
             logs["val_loss"] = binary_log_loss(target, frame["pred"].to_numpy())
             logs["val_auc"] = (float(roc_auc_score(target, frame["pred"])) if len(np.unique(target)) == 2
@@ -101,29 +183,49 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
+        def on_epoch_end(self, epoch, logs=None):
+            # Weights can turn non-finite in an epoch's last step, after the last loss was seen.
+            if self.failure is None and not all(np.all(np.isfinite(np.asarray(w)))
+                                                for w in self.model.trainable_weights):
+                self.failure = f"the weights became non-finite in epoch {epoch + 1}"
+                self.model.stop_training = True
+
     guard = NanGuard()
 
     class Checkpoint(keras.callbacks.Callback):
+        """Best checkpoint and the resumable state, committed in the order `runstate` relies on."""
+
         def __init__(self):
             super().__init__()
-            self.best = None
-            self.best_epoch = None
+            self.best = state.get("best") if state else None
+            self.best_epoch = state.get("best_epoch") if state else None
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            if guard.failure:
+            if guard.failure:  # broken weights are never saved, neither as best nor as last
                 return
             value = logs.get(metric) if metric else None
-            if metric and (value is None or not math.isfinite(float(value))):
-                return
-            improved = (metric is None or self.best is None
-                        or (value > self.best if mode == "max" else value < self.best))
+            finite = not metric or (value is not None and math.isfinite(float(value)))
+            improved = finite and (metric is None or self.best is None
+                                   or (value > self.best if mode == "max" else value < self.best))
+            target = os.path.join(folder, runstate.BEST_MODEL)
+            pending = None
             if improved:
-                self.best, self.best_epoch = value, epoch + 1
-                target = os.path.join(folder, "model.keras")
-                temporary = io_utils.temporary_name(target)
-                self.model.save(temporary)
-                io_utils.replace(temporary, target)
+                pending = io_utils.temporary_name(target)
+                self.model.save(pending)
+                self.best, self.best_epoch = (float(value) if metric else None), epoch + 1
+            last = os.path.join(folder, runstate.LAST_MODEL)
+            temporary = io_utils.temporary_name(last)
+            self.model.save(temporary)
+            io_utils.replace(temporary, last)
+            committed = {"epoch": epoch + 1, "epochs": config.train.epochs, "monitor": metric,
+                         "best": self.best, "best_epoch": self.best_epoch,
+                         "pending_best": os.path.basename(pending) if pending else None,
+                         "config": runstate.fingerprint(config)}
+            runstate.write_state(folder, committed)
+            if pending:
+                io_utils.replace(pending, target)
+                runstate.write_state(folder, dict(committed, pending_best=None))
                 shown = f"{metric} {value:.4f}" if metric else "last epoch"
                 print(f"  checkpoint: epoch {epoch + 1} ({shown})")
 
@@ -132,7 +234,7 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
     class History(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.rows = []
+            self.rows = runstate.history_rows(folder, state["epoch"]) if state else []
 
         def on_epoch_end(self, epoch, logs=None):
             row = {"epoch": epoch + 1}
@@ -143,44 +245,147 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
 
     schedule = keras.callbacks.LearningRateScheduler(
         lambda epoch: schedules.learning_rate(epoch, config.train, global_batch))
-    return [schedule, guard, ValidationScore(), checkpoint, History()], guard, checkpoint
+    # History before Checkpoint: state.json, written last, then never records an epoch history lacks.
+    return [schedule, guard, ValidationScore(), History(), checkpoint], guard, checkpoint
 
 
-def train_fold(config, fold: int) -> dict:
-    """Train fold `fold` of `config`; returns a summary with the fold's OOF AUC."""
+def prepare_fold(config, fold: int, resume: bool) -> dict | None:
+    """The fold folder ready to train: leftovers of a killed process removed; with `resume`, the
+    state to continue from (None when there is none); without it, a clean folder."""
+    folder = fold_dir(config, fold)
+    io_utils.makedirs(folder)
+    state = runstate.read_state(folder) if resume else None
+    if state is not None:
+        runstate.check_same_config(state, config, folder)
+        runstate.finish_pending(folder, state)
+    removed = runstate.clean_leftovers(folder)
+    if removed:
+        print(f"fold {fold}: removed {len(removed)} temporary file(s) left by an interrupted run")
+    if state is None:
+        runstate.reset_fold(folder)
+    elif not io_utils.exists(os.path.join(folder, runstate.LAST_MODEL)):
+        raise config_lib.ConfigError(f"cannot resume {folder}: {runstate.LAST_MODEL} is missing; train "
+                                     "the fold again with --force")
+    return state
+
+
+def read_fold_data(config, fold: int):
+    """sources.prepare_fold; when a file cannot be read, every file of the run is checked so that one
+    message names all the bad records, not only the first one met."""
+    from melanoma import integrity, pipeline, sources
+
+    try:
+        return sources.prepare_fold(config, fold)
+    except DataError:
+        if config.data.skip_corrupt:
+            raise
+        paths = [f.path for f in pipeline.list_files(config.data.train_files, "data.train_files")]
+        paths += [f.path for external in sources.external_sets(config.data) for f in external.files]
+        scans = integrity.scan_files(sorted(set(paths)), "train", config.data.image_size)
+        integrity.raise_if_bad(scans, f"fold {fold} data", integrity.HINT_TRAIN)
+        raise
+
+
+def skip_corrupt_records(config, fold_data):
+    """Under data.skip_corrupt: find the fold's bad records before training, say how many and which
+    (also in fold<K>/skipped.csv), and take the named ones out of the fold like dropped duplicates:
+    filtered before decoding, out of the validation score and the OOF. Records without a name, and a
+    truncated file's lost tail, are not in the fold's tables and are dropped by the pipelines.
+    Returns (fold data, {path: records skipped in that file})."""
+    import dataclasses
+
+    from melanoma import integrity
+
+    if not config.data.skip_corrupt:
+        return fold_data, {}
+    fold = fold_data.fold
+    paths = sorted({f.path for f in fold_data.train_files + fold_data.valid_files})
+    scans = integrity.scan_files(paths, "train", config.data.image_size)
+    rows = [{"file": b.path, "record": b.index + 1, "image_name": b.image_name or "", "reason": b.reason}
+            for b in integrity.bad_images(scans)]
+    rows += [{"file": scan.path, "record": scan.readable + 1, "image_name": "",
+              "reason": f"{scan.lost} record(s) unreadable from here: {scan.read_error or 'file truncated'}"}
+             for scan in scans if scan.lost]
+    target = os.path.join(fold_dir(config, fold), "skipped.csv")
+    io_utils.write_csv_atomic(pd.DataFrame(rows, columns=["file", "record", "image_name", "reason"]), target)
+    bad = [scan for scan in scans if not scan.ok]
+    if not bad:
+        return fold_data, {}
+    count = sum(scan.skipped for scan in bad)
+    print(f"fold {fold}: skipping {count} corrupt training image(s) (data.skip_corrupt: true), listed in "
+          f"{target}:\n  {integrity.summary(scans)}")
+    named = {(b.path, b.image_name) for b in integrity.bad_images(scans) if b.image_name}
+    valid_paths = {f.path for f in fold_data.valid_files}
+    valid_bad = {name for path, name in named if path in valid_paths} & set(fold_data.valid_names)
+    train_bad = sum(1 for f in fold_data.train_files for path, _ in named if path == f.path)
+    fold_data = dataclasses.replace(
+        fold_data, excluded=set(fold_data.excluded) | named,
+        valid_dropped=frozenset(fold_data.valid_dropped | valid_bad),
+        valid_names=frozenset(fold_data.valid_names - valid_bad),
+        valid_images=fold_data.valid_images - len(valid_bad),
+        train_images=fold_data.train_images - train_bad)
+    return fold_data, {scan.path: scan.skipped for scan in scans}
+
+
+def train_fold(config, fold: int, resume: bool = False) -> dict:
+    """Train fold `fold` of `config`; returns a summary with the fold's OOF AUC.
+
+    With `resume`, a fold that was interrupted continues after its last completed epoch, with its model,
+    optimizer state, best checkpoint and history (see `runstate`)."""
     import keras
     from sklearn.metrics import roc_auc_score
 
-    from melanoma import augment, hardware, model as model_lib, pipeline, prediction
+    from melanoma import augment, hardware, integrity, model as model_lib, pipeline, prediction, sources
 
+    strategy = hardware.get_strategy()  # first: a multi-worker strategy must precede other TF work
+    precision = hardware.set_precision(config, strategy)
     folder = fold_dir(config, fold)
-    io_utils.makedirs(folder)
+    state = prepare_fold(config, fold, resume)
+    initial_epoch = state["epoch"] if state else 0
     set_seed(config.seed + fold)
-    files = pipeline.list_files(config.data.train_files, "data.train_files")
     test_files = pipeline.list_files(config.data.test_files, "data.test_files")
-    train_files, valid_files = pipeline.split_folds(files, fold, config.data.folds)
+    # competition training parts + external sets, duplicates dropped, leak checks (CheckFailed)
+    fold_data = read_fold_data(config, fold)
+    fold_data, skipped = skip_corrupt_records(config, fold_data)  # data.skip_corrupt only
+    sources.write_summary(fold_data, folder)
+    train_files, valid_files = fold_data.train_files, fold_data.valid_files
 
-    strategy = hardware.get_strategy()
     replicas = strategy.num_replicas_in_sync
     global_batch = config.train.batch_size * replicas
-    n_train = pipeline.count_images(train_files)
-    n_valid = pipeline.count_images(valid_files)
+    n_train = fold_data.train_images
+    n_valid = fold_data.valid_images
+    if n_valid < 1 or n_train < 1:
+        raise DataError(f"fold {fold}: no {'validation' if n_valid < 1 else 'training'} image is left "
+                        "after skipping the corrupt ones")
     steps = config.train.steps_per_epoch or max(1, n_train // global_batch)
     print(f"fold {fold}: {n_train} training images in {len(train_files)} file(s), {n_valid} validation "
           f"images in {len(valid_files)}; {steps} steps of {global_batch} per epoch, "
-          f"{config.train.epochs} epochs, {replicas} replica(s)")
+          f"{config.train.epochs} epochs, {replicas} replica(s), {precision}"
+          f"{', XLA' if config.train.xla else ''}")
 
-    augmenter = augment.make_augmenter(config.augment, seed=config.seed + fold)
+    # A resumed fold draws a new data order rather than replaying its first epochs' order.
+    data_seed = config.seed + fold + 1000 * initial_epoch
+    augmenter = augment.make_augmenter(config.augment, seed=data_seed)
     train_ds = pipeline.train_dataset([f.path for f in train_files], config, global_batch,
-                                      seed=config.seed + fold, augmenter=augmenter)
+                                      seed=data_seed, augmenter=augmenter,
+                                      keep=fold_data.record_filter(),
+                                      diagnosis_lookup=diagnosis_lookup(config, train_files))
     with strategy.scope():
         model = compile_model(model_lib.build_model(config), config, global_batch)
+        if state:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(os.path.join(folder, runstate.LAST_MODEL))  # weights and optimizer state
+            print(f"fold {fold}: resuming after epoch {initial_epoch} of {config.train.epochs} "
+                  f"(best epoch so far: {state.get('best_epoch')})")
     callbacks, guard, checkpoint = make_callbacks(config, folder, global_batch,
-                                                  [f.path for f in valid_files])
-    class_weight = {0: 1.0, 1: float(config.train.class_weight)} if config.train.class_weight else None
+                                                  [f.path for f in valid_files], fold_data.valid_dropped, state)
+    class_weight = class_weights(config)
     started = time.time()
-    model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps,
-              callbacks=callbacks, class_weight=class_weight, verbose=config.train.verbose)
+    with integrity.named_data_errors(sorted({f.path for f in train_files + valid_files}), "train",
+                                     config.data.image_size, f"fold {fold} training", integrity.HINT_TRAIN):
+        model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps, shuffle=False,
+                  callbacks=callbacks, class_weight=class_weight, verbose=config.train.verbose,
+                  initial_epoch=initial_epoch)
     seconds = time.time() - started
     if guard.failure:
         kept = (f"the best checkpoint (epoch {checkpoint.best_epoch}) is kept in {folder}"
@@ -191,8 +396,11 @@ def train_fold(config, fold: int) -> dict:
         raise CheckFailed(f"fold {fold}: no epoch gave a finite {config.train.checkpoint} metric")
     model.load_weights(os.path.join(folder, "model.keras"))
 
-    oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train", n_valid,
+    oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train",
+                                   pipeline.count_images(valid_files) - sum(skipped.get(f.path, 0)
+                                                                            for f in valid_files),
                                    desc=f"fold {fold} OOF")
+    oof = sources.check_oof(oof, fold_data)  # competition validation images only, duplicates out
     oof["fold"] = fold
     oof = oof[["image_name", "patient_id", "target", "pred", "fold"]]
     io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))
@@ -246,16 +454,34 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", default="all", help="fold number, comma list, or 'all' (default)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
                         help="override config keys, e.g. --set train.epochs=2 data.image_size=64")
-    parser.add_argument("--force", action="store_true", help="retrain folds that are already finished")
+    parser.add_argument("--force", action="store_true",
+                        help="train folds from scratch, even finished or interrupted ones")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue interrupted folds after their last completed epoch")
+
+
+def check_interrupted(config, folds: list[int], resume: bool, force: bool) -> None:
+    """Refuse to start an interrupted fold from scratch unless asked to: its epochs are work to keep."""
+    if resume and force:
+        raise config_lib.ConfigError("--resume continues interrupted folds and --force restarts them; "
+                                     "give one of the two")
+    if resume or force:
+        return
+    for fold in folds:
+        folder = fold_dir(config, fold)
+        state = runstate.read_state(folder)
+        if state is not None and not fold_finished(config, fold):
+            raise config_lib.ConfigError(
+                f"fold {fold} was interrupted after epoch {state['epoch']} of {state.get('epochs', '?')} "
+                f"({os.path.join(folder, runstate.STATE)}): add --resume to continue it, or --force to "
+                "train it from scratch")
 
 
 def command(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.set)
     folds = parse_folds(args.fold, config.data.folds)
-    from melanoma import pipeline  # noqa: F401  (fails early when TensorFlow is broken)
-
-    pipeline.list_files(config.data.train_files, "data.train_files")
-    pipeline.list_files(config.data.test_files, "data.test_files")
+    config_lib.check_inputs(config, "train")  # before any model is built or file written
+    check_interrupted(config, folds, args.resume, args.force)
     config_path = config_lib.save_config(config)
     print(f"run {config.name}: resolved config in {config_path}")
     results = []
@@ -263,7 +489,7 @@ def command(args: argparse.Namespace) -> int:
         if fold_finished(config, fold) and not args.force:
             print(f"fold {fold}: already finished (use --force to train it again)")
             continue
-        results.append(train_fold(config, fold))
+        results.append(train_fold(config, fold, resume=args.resume))
     gathered = gather_oof(config)
     if gathered:
         from sklearn.metrics import roc_auc_score

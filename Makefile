@@ -1,0 +1,88 @@
+# The verbs a user types. `make help` lists them. Every target uses the project's own .venv/.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export NO_ALBUMENTATIONS_UPDATE := 1
+export TF_CPP_MIN_LOG_LEVEL := 3
+export PYTHONUNBUFFERED := 1
+
+CONFIG ?= configs/demo.yaml
+FOLD ?= all
+SET ?=
+NAME = $(basename $(notdir $(CONFIG)))
+SETARG = $(if $(SET),--set $(SET),)
+DEMO := input/demo
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-full train resume infer score report compare blend bench submit leaderboard data clean-demo
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' FILE=... MSG=... CONFIGS=... METHOD=..."
+
+install: $(VENV)/.installed ## create .venv/ and install the project into it
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(DEMO)/train.csv: | $(VENV)/.installed
+	$(PY) -m melanoma synth $(DEMO) --size 128 --patients 250 --seed 0
+
+$(DEMO)/records/encodings.json: $(DEMO)/train.csv
+	$(PY) -m melanoma records --data $(DEMO) --out $(DEMO)/records --size 64
+
+demo: install $(DEMO)/records/encodings.json ## synth -> records -> train all folds -> infer -> score, on demo data
+	$(PY) train.py --config configs/demo.yaml --fold all $(SETARG)
+	$(PY) infer.py --config configs/demo.yaml $(SETARG)
+	$(PY) -m melanoma score outputs/demo/oof.csv
+	$(PY) -m melanoma report configs/demo.yaml $(SETARG)
+	@echo "submission: submissions/demo.csv   report: outputs/demo/report/"
+
+test: install ## fast tests (under 10 minutes on 2 cores)
+	$(PY) -m pytest -q
+
+test-full: install ## every test, the slow ones too
+	$(PY) -m pytest -q -m ""
+
+train: install ## train FOLD (a number or all) of CONFIG
+	$(PY) train.py --config $(CONFIG) --fold $(FOLD) $(SETARG)
+
+resume: install ## continue CONFIG's interrupted FOLD after its last completed epoch
+	$(PY) train.py --config $(CONFIG) --fold $(FOLD) --resume $(SETARG)
+
+infer: install ## TTA + fold ensemble of CONFIG -> submissions/<name>.csv
+	$(PY) infer.py --config $(CONFIG) $(SETARG)
+
+score: install ## OOF AUC of CONFIG's run, with its confidence interval
+	$(PY) -m melanoma score outputs/$(NAME)/oof.csv
+
+report: install ## ROC, histograms, training curves and cutoff table of CONFIG's run
+	$(PY) -m melanoma report $(CONFIG) $(SETARG)
+
+compare: install ## table of OOF AUC across every run in outputs/
+	$(PY) -m melanoma compare outputs
+
+blend: install ## blend runs: make blend CONFIGS="configs/a.yaml configs/b.yaml" METHOD=mean|rank|weights
+	@test -n "$(CONFIGS)" || { echo "usage: make blend CONFIGS='configs/a.yaml configs/b.yaml' [METHOD=rank]"; exit 2; }
+	$(PY) -m melanoma blend $(CONFIGS) --method $(or $(METHOD),mean)
+
+bench: install ## throughput figures (input pipelines, model, records) as JSON
+	$(PY) -m melanoma bench --config configs/demo.yaml --set data.image_size=256 $(SET) --json
+
+submit: install ## validate FILE, then upload it with the Kaggle CLI: make submit FILE=submissions/x.csv MSG="..."
+	@test -n "$(FILE)" || { echo "usage: make submit FILE=submissions/<name>.csv MSG='message' [CONFIG=...]"; exit 2; }
+	$(PY) -m melanoma submit $(FILE) -m "$(MSG)" $(if $(filter command line,$(origin CONFIG)),--config $(CONFIG),)
+
+leaderboard: install ## fetch Kaggle scores of past submissions and join them to submissions/log.csv
+	$(PY) -m melanoma leaderboard
+
+SIZE ?= 256
+data: install ## download the competition CSVs and the public TFRecords of SIZE into input/ (Kaggle CLI)
+	$(PY) -m melanoma data --size $(SIZE) --out input
+
+clean-demo: ## remove the demo data, its run and its submission
+	rm -rf $(DEMO) outputs/demo submissions/demo.csv

@@ -1,0 +1,280 @@
+"""Compare runs: one row per run folder with its OOF AUC, interval, folds and the gap to the best run.
+
+`python -m melanoma compare [DIR] [--json] [--bootstrap N] [--seed S]`
+
+A run folder (`outputs/<name>/`) holds `config.yaml`, `fold<K>/oof.csv` per finished fold and `oof.csv`
+over all folds; a blend folder holds `blend.json` instead of `config.yaml`. A run is complete when every
+fold 0..data.folds-1 has its OOF; an incomplete run is listed with its partial AUC marked as such and is
+never ranked against complete runs. The difference from the best run comes with DeLong's p-value on the
+images both runs scored.
+
+The helpers here (find_runs, inspect_run, load_run_oof) are shared with `report` and `blend`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from melanoma import io_utils
+from melanoma.errors import DataError
+from melanoma.scoring import (ScoreWarning, delong_test, prepare_oof, read_oof, read_string_table,
+                              score_oof)
+
+FOLD_DIR = re.compile(r"^fold(\d+)$")
+BLEND_FILE = "blend.json"
+
+
+@dataclass
+class Run:
+    """What a run folder holds, before any OOF is read."""
+    name: str
+    path: str
+    config: Any = None                  # the resolved Config, for a trained run
+    blend: dict | None = None           # blend.json, for a blend
+    folds_expected: int | None = None   # data.folds (None when nothing says)
+    fold_files: list[int] = field(default_factory=list)  # K with fold<K>/oof.csv
+    has_oof: bool = False               # <run>/oof.csv exists
+    problem: str | None = None          # why the folder cannot be described (bad config.yaml)
+
+    @property
+    def kind(self) -> str:
+        return "blend" if self.blend is not None else "run"
+
+
+def is_run_folder(path: str) -> bool:
+    if not os.path.isdir(path):
+        return False
+    if any(os.path.exists(os.path.join(path, name)) for name in ("config.yaml", "oof.csv", BLEND_FILE)):
+        return True
+    return any(FOLD_DIR.match(entry) and os.path.isfile(os.path.join(path, entry, "oof.csv"))
+               for entry in os.listdir(path))
+
+
+def find_runs(directory: str) -> list[str]:
+    """Run folders directly under `directory` (sorted by name)."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no such folder of runs: {directory}")
+    return [os.path.join(directory, entry) for entry in sorted(os.listdir(directory))
+            if not entry.startswith(".") and is_run_folder(os.path.join(directory, entry))]
+
+
+def inspect_run(path: str) -> Run:
+    """Describe a run folder: its config (or blend description), expected folds and finished folds."""
+    from melanoma.config import ConfigError, load_run_config
+
+    path = str(path).rstrip("/")
+    run = Run(name=os.path.basename(path), path=path)
+    run.has_oof = os.path.isfile(os.path.join(path, "oof.csv"))
+    if os.path.isdir(path):
+        run.fold_files = sorted(int(match.group(1)) for entry in os.listdir(path)
+                                if (match := FOLD_DIR.match(entry))
+                                and os.path.isfile(os.path.join(path, entry, "oof.csv")))
+    blend_path = os.path.join(path, BLEND_FILE)
+    if os.path.isfile(os.path.join(path, "config.yaml")):
+        try:
+            run.config = load_run_config(path)
+            run.name = run.config.get("name") or run.name
+            run.folds_expected = int(run.config["data"]["folds"])
+        except (ConfigError, OSError, KeyError, TypeError, ValueError, AttributeError) as error:
+            run.problem = f"unreadable config.yaml: {error}"
+    elif os.path.isfile(blend_path):
+        try:
+            run.blend = json.loads(io_utils.read_text(blend_path))
+            run.folds_expected = len(run.blend["folds"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            run.problem = f"unreadable {BLEND_FILE}: {error}"
+            run.blend = {}
+    return run
+
+
+def load_run_oof(run: Run) -> tuple[pd.DataFrame, bool, list[int]]:
+    """(checked OOF of the competition rows, complete?, folds present).
+
+    Complete when every expected fold is there: `oof.csv` is used when it covers them all, otherwise the
+    per-fold files are joined. A run whose folds are not all done gets whichever covers more folds, with
+    complete False. Raises DataError when there is no OOF at all or it does not read.
+    """
+    expected = set(range(run.folds_expected)) if run.folds_expected else None
+    whole = read_oof(os.path.join(run.path, "oof.csv")) if run.has_oof else None
+    if whole is not None:
+        present = sorted(set(whole["fold"]))
+        if expected is None or expected <= set(present):
+            return whole, True, present
+    if run.fold_files:
+        parts = [read_string_table(os.path.join(run.path, f"fold{fold}", "oof.csv"))
+                 for fold in run.fold_files]
+        joined = prepare_oof(pd.concat(parts, ignore_index=True), where=f"{run.path}/fold*/oof.csv")
+        present = sorted(set(joined["fold"]))
+        if whole is None or len(present) > len(set(whole["fold"])):
+            complete = expected is not None and expected <= set(present)
+            return joined, complete, present
+    if whole is not None:
+        return whole, False, sorted(set(whole["fold"]))
+    raise DataError(f"{run.path} has no OOF predictions yet (no oof.csv, no fold<K>/oof.csv)")
+
+
+def _describe(run: Run) -> dict:
+    config = run.config
+    if run.blend is not None:
+        members = run.blend.get("members", [])
+        return {"backbone": "blend: " + "+".join(str(member.get("name", "?")) for member in members),
+                "image_size": None, "external": None, "tta": None}
+    if config is None:
+        return {"backbone": None, "image_size": None, "external": None, "tta": None}
+
+    def get(dotted: str):
+        try:
+            return config.get_path(dotted)
+        except (KeyError, TypeError, AttributeError):
+            return None
+
+    external = get("data.external_files")
+    if isinstance(external, str):
+        external = [external] if external.strip() else []
+    return {"backbone": get("model.backbone"), "image_size": get("data.image_size"),
+            "external": bool(external) if external is not None else None, "tta": get("tta.steps")}
+
+
+def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0) -> list[dict]:
+    """One dict per run folder, best complete run first (see the module docstring for the fields)."""
+    from tqdm.auto import tqdm
+
+    rows: list[dict] = []
+    frames: dict[str, pd.DataFrame] = {}
+    paths = find_runs(directory)
+    for path in tqdm(paths, desc="runs", unit="run", disable=len(paths) < 4 or not sys.stderr.isatty(), leave=False):
+        run = inspect_run(path)
+        row: dict[str, Any] = {"name": run.name, "path": run.path, "kind": run.kind, **_describe(run),
+                               "folds_done": len(run.fold_files), "folds": run.folds_expected,
+                               "status": "error", "auc": None, "auc_partial": None, "ci95": None,
+                               "fold_mean": None, "fold_std": None, "n": None, "n_positive": None,
+                               "delta_best": None, "p_best": None, "n_common": None, "note": run.problem}
+        rows.append(row)
+        if run.problem:
+            continue
+        try:
+            frame, complete, present = load_run_oof(run)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ScoreWarning)
+                score = score_oof(frame, bootstrap=bootstrap if complete else 0, seed=seed)
+        except DataError as error:
+            row["note"] = str(error)
+            continue
+        row.update(folds_done=len(present), n=score["n"], n_positive=score["n_positive"],
+                   fold_mean=score["fold_mean"], fold_std=score["fold_std"])
+        if complete:
+            row.update(status="complete", auc=score["auc"], ci95=score["ci95"])
+            frames[run.path] = frame
+        else:
+            row.update(status="incomplete", auc_partial=score["auc"],
+                       note=f"partial: folds {','.join(map(str, present))} of "
+                            f"{run.folds_expected if run.folds_expected else '?'}")
+        if score["warnings"]:
+            row["note"] = "; ".join(filter(None, [row["note"]] + score["warnings"]))
+
+    complete_rows = sorted((row for row in rows if row["status"] == "complete"), key=lambda r: -r["auc"])
+    partial_rows = sorted((row for row in rows if row["status"] == "incomplete"),
+                          key=lambda r: -(r["auc_partial"] or 0))
+    error_rows = [row for row in rows if row["status"] == "error"]
+    if complete_rows:
+        best = complete_rows[0]
+        best_frame = frames[best["path"]]
+        for row in complete_rows[1:]:
+            row["delta_best"] = round(row["auc"] - best["auc"], 6)
+            _delong_against(row, best_frame, frames[row["path"]])
+        best["delta_best"] = 0.0
+    for rank, row in enumerate(complete_rows, start=1):
+        row["rank"] = rank
+    for row in partial_rows + error_rows:
+        row["rank"] = None
+    return complete_rows + partial_rows + error_rows
+
+
+def _delong_against(row: dict, best: pd.DataFrame, other: pd.DataFrame) -> None:
+    """p-value of DeLong's test between the best run and this one, on the images both scored."""
+    common = best[["image_name", "target", "pred"]].merge(
+        other[["image_name", "target", "pred"]], on="image_name", suffixes=("_best", "_run"))
+    row["n_common"] = int(len(common))
+    if common.empty:
+        row["note"] = "no images in common with the best run"
+        return
+    if (common["target_best"] != common["target_run"]).any():
+        row["note"] = "targets differ from the best run's on shared images; no p-value"
+        return
+    if common["target_best"].nunique() < 2:
+        row["note"] = "shared images with the best run hold one class; no p-value"
+        return
+    _, _, p_value = delong_test(common["target_best"], common["pred_best"], common["pred_run"])
+    row["p_best"] = float(f"{p_value:.3g}")
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width table of compare_runs' rows."""
+    header = ["#", "name", "backbone", "size", "ext", "folds", "tta", "OOF AUC", "95% CI", "fold mean±std",
+              "vs best", "p", "status"]
+    lines = []
+    for row in rows:
+        if row["status"] == "complete":
+            auc = _cell(row["auc"])
+        elif row["auc_partial"] is not None:
+            auc = f"({_cell(row['auc_partial'])})*"
+        else:
+            auc = "-"
+        ci = f"{row['ci95'][0]:.4f}-{row['ci95'][1]:.4f}" if row["ci95"] else "-"
+        spread = "-" if row["fold_mean"] is None else (
+            f"{row['fold_mean']:.4f}±{row['fold_std']:.4f}" if row["fold_std"] is not None
+            else f"{row['fold_mean']:.4f}")
+        delta = "-" if row["delta_best"] is None else (
+            "best" if row["rank"] == 1 else f"{row['delta_best']:+.4f}")
+        p_value = "-" if row["p_best"] is None else f"{row['p_best']:.3g}"
+        folds = f"{row['folds_done']}/{row['folds'] if row['folds'] else '?'}"
+        status = row["status"] + (f" ({row['note']})" if row["note"] else "")
+        lines.append([_cell(row["rank"]), row["name"], _cell(row["backbone"]), _cell(row["image_size"]),
+                      _cell(row["external"]), folds, _cell(row["tta"]), auc, ci, spread, delta, p_value,
+                      status])
+    widths = [max(len(str(item)) for item in column) for column in zip(header, *lines)]
+    text = ["  ".join(str(item).ljust(width) for item, width in zip(line, widths)).rstrip()
+            for line in [header] + lines]
+    if any(row["status"] == "incomplete" for row in rows):
+        text.append("(...)* partial AUC of an incomplete run, over the folds done; not ranked")
+    return "\n".join(text)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", nargs="?", default="outputs", metavar="DIR",
+                        help="folder of run folders (default: outputs)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="patient resamples for each run's 95%% interval (0 = none; default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+
+
+def command(args: argparse.Namespace) -> int:
+    if args.bootstrap < 0:
+        raise DataError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
+    rows = compare_runs(args.directory, bootstrap=args.bootstrap, seed=args.seed)
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print(f"no runs in {args.directory}", file=sys.stderr)
+    else:
+        print(format_table(rows))
+    return 0

@@ -1,0 +1,144 @@
+"""What a fold has finished, so that a killed run resumes where it stopped and loses nothing else.
+
+After every completed epoch, a fold folder holds
+
+    last.keras   the model and optimizer state at the end of that epoch
+    history.csv  one row per completed epoch
+    model.keras  the best checkpoint so far
+    state.json   the commit record: last completed epoch, best metric and its epoch, the config
+
+written in this order, each atomically. state.json is written last, so it never claims more than the
+other files hold; rows of history.csv past its epoch are dropped on resume. A new best checkpoint is
+saved under a temporary name first and named in state.json (`pending_best`) before it is renamed over
+model.keras: a process killed between the two steps leaves a state whose best epoch matches the file
+that resume renames into place, never a model.keras from an epoch that the state does not know.
+
+Temporary files (`io_utils.temporary_name`: a leading '.', '.tmp-' and the real extension) left by a
+killed process never look complete and are removed when the fold starts again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from melanoma import io_utils
+from melanoma.config import ConfigError
+
+STATE = "state.json"
+LAST_MODEL = "last.keras"
+BEST_MODEL = "model.keras"
+HISTORY = "history.csv"
+# Everything a fold writes; a fresh start (no --resume) removes them so old and new never mix.
+FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, "oof.csv", "test.csv", "test.json", "skipped.csv",
+                  "data.json", "duplicates.csv")
+TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
+
+# Keys that may differ between an interrupted run and its resumption: where files are (a Kaggle
+# dataset's gs:// path changes every session), how progress is shown, and what happens after training.
+RESUME_FREE = ("name", "output_dir", "submission_dir", "data.train_files", "data.test_files",
+               "data.external_files", "data.sample_submission", "data.duplicates_csv", "data.cache",
+               "model.weights", "train.verbose", "tta")
+
+
+def _flatten(node: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def fingerprint(config) -> dict:
+    """The config keys that a resumed fold must share with the run it continues (flat, dotted)."""
+    flat = _flatten(config.to_dict())
+    return {key: value for key, value in flat.items()
+            if not any(key == free or key.startswith(free + ".") for free in RESUME_FREE)}
+
+
+def read_state(folder: str) -> dict | None:
+    path = os.path.join(folder, STATE)
+    if not io_utils.exists(path):
+        return None
+    try:
+        state = json.loads(io_utils.read_text(path))
+    except (ValueError, UnicodeDecodeError) as error:
+        # Written atomically, so this is damage from outside, not an interrupted write.
+        raise ConfigError(f"{path} is not readable JSON ({error}); train the fold again with --force") from None
+    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+        raise ConfigError(f"{path} is not a training state; train the fold again with --force")
+    return state
+
+
+def write_state(folder: str, state: dict) -> None:
+    io_utils.write_text_atomic(os.path.join(folder, STATE), json.dumps(state, indent=1))
+
+
+def check_same_config(state: dict, config, folder: str) -> None:
+    """A resumed fold must continue the same experiment: name the keys that changed."""
+    saved = state.get("config") or {}
+    now = fingerprint(config)
+    changed = sorted(key for key in set(saved) | set(now) if saved.get(key, "<absent>") != now.get(key, "<absent>"))
+    if changed:
+        shown = ", ".join(f"{key}: {saved.get(key, '<absent>')!r} -> {now.get(key, '<absent>')!r}"
+                          for key in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise ConfigError(f"cannot resume {folder}: the config differs from the interrupted run's "
+                          f"({shown}{more}); use the same config, or --force to train the fold from scratch")
+
+
+def finish_pending(folder: str, state: dict) -> None:
+    """Complete a best-checkpoint rename that a killed process had committed to but not done."""
+    pending = state.get("pending_best")
+    if pending:
+        source = os.path.join(folder, pending)
+        if io_utils.exists(source):
+            io_utils.replace(source, os.path.join(folder, BEST_MODEL))
+            print(f"  completed the interrupted save of the best checkpoint (epoch {state.get('best_epoch')})")
+
+
+def leftovers(folder: str) -> list[str]:
+    if not io_utils.exists(folder):
+        return []
+    return [os.path.join(folder, name) for name in io_utils.listdir(folder) if TEMPORARY.match(name)]
+
+
+def remove(path: str) -> None:
+    if io_utils.is_remote(path):
+        import tensorflow as tf
+
+        tf.io.gfile.remove(path)
+    else:
+        os.remove(path)
+
+
+def clean_leftovers(folder: str) -> list[str]:
+    """Remove the temporary files a killed process left in the fold folder."""
+    removed = leftovers(folder)
+    for path in removed:
+        remove(path)
+    return removed
+
+
+def reset_fold(folder: str) -> None:
+    """A fresh start: remove the fold's previous artifacts so none of them mixes with the new run."""
+    for name in FOLD_ARTIFACTS:
+        path = os.path.join(folder, name)
+        if io_utils.exists(path):
+            remove(path)
+
+
+def history_rows(folder: str, epochs: int) -> list[dict]:
+    """history.csv rows of the first `epochs` epochs (later rows were not committed by state.json)."""
+    path = os.path.join(folder, HISTORY)
+    if not io_utils.exists(path) or epochs == 0:
+        return []
+    frame = io_utils.read_csv(path)
+    frame = frame[frame["epoch"] <= epochs].drop_duplicates("epoch", keep="last").sort_values("epoch")
+    if frame["epoch"].tolist() != list(range(1, epochs + 1)):
+        raise ConfigError(f"{path} does not hold epochs 1..{epochs} that {os.path.join(folder, STATE)} "
+                          "records; train the fold again with --force")
+    return frame.to_dict("records")

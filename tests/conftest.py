@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny generated dataset in the competition's layout and its TFRecords."""
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_METADATA = REPO.parent / "shared" / "data" / "siim-isic-2020-train.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict:
+    """32 px demo data (about 150 train images of 30 patients, 6 parts) and its records."""
+    from melanoma import records, synth
+
+    root = tmp_path_factory.mktemp("tiny")
+    summary = synth.synthesize(str(root / "data"), size=48, patients=30, test_patients=6, seed=3,
+                               progress=False)
+    paths = summary["paths"]
+    records.build_records(paths["train_csv"], paths["test_csv"], paths["train_images"],
+                          paths["test_images"], str(root / "records"), size=32, parts=6, test_parts=3,
+                          workers=1)
+    return {"root": root, "records": root / "records", "summary": summary, **paths}
+
+
+def write_config(folder: Path, tiny_data: dict, body: str = "", name: str = "tiny") -> Path:
+    """A config in `folder` pointing at the tiny records, small enough to train in seconds."""
+    text = textwrap.dedent(f"""\
+        output_dir: {folder / 'outputs'}
+        submission_dir: {folder / 'submissions'}
+        data:
+          train_files: {tiny_data['records']}/train*.tfrec
+          test_files: {tiny_data['records']}/test*.tfrec
+          sample_submission: {tiny_data['sample_submission']}
+          folds: 2
+          image_size: 32
+        train:
+          epochs: 1
+          batch_size: 8
+          steps_per_epoch: 2
+          verbose: 0
+        tta:
+          batch_size: 16
+        """)
+    path = folder / f"{name}.yaml"
+    path.write_text(text + textwrap.dedent(body))
+    return path

@@ -1,0 +1,133 @@
+"""Helpers of the reliability tests: a tiny stand-in model, damaged TFRecords, training hooks.
+
+The reliability logic (checkpoints, resume, NaN guard, corrupt data) does not depend on the backbone,
+and tracing EfficientNet's training step takes a minute on a small CPU, so these tests swap in a
+one-convolution model with the same inputs and output.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+
+def build_tiny_model(config, pretrained: bool = True):
+    import keras
+
+    size = config.data.image_size
+    image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
+    features = keras.layers.Rescaling(1.0 / 255.0)(image)
+    features = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(features)
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    output = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="target")(features)
+    return keras.Model({"image": image}, output, name="tiny")
+
+
+def install_tiny_model(monkeypatch=None) -> None:
+    from melanoma import model
+
+    if monkeypatch is None:
+        model.build_model = build_tiny_model
+    else:
+        monkeypatch.setattr(model, "build_model", build_tiny_model)
+
+
+def add_callback(make_callback, monkeypatch=None) -> None:
+    """Put one more callback first in the fold's callbacks (make_callback() builds it)."""
+    from melanoma import training
+
+    original = training.make_callbacks
+
+    def patched(*args, **kwargs):
+        callbacks, guard, checkpoint = original(*args, **kwargs)
+        return [make_callback()] + callbacks, guard, checkpoint
+
+    if monkeypatch is None:
+        training.make_callbacks = patched
+    else:
+        monkeypatch.setattr(training, "make_callbacks", patched)
+
+
+def stall_callback(epoch: int, batch: int, marker: str):
+    """A callback that, at (0-based) `epoch` and `batch`, writes `marker` and waits to be killed."""
+    import keras
+
+    class Stall(keras.callbacks.Callback):
+        def on_epoch_begin(self, current, logs=None):
+            self.epoch = current
+
+        def on_train_batch_begin(self, current, logs=None):
+            if self.epoch == epoch and current == batch:
+                Path(marker).write_text(f"{os.getpid()}\n")
+                time.sleep(600)
+
+    return Stall()
+
+
+def train_script_command(config: Path, fold: int, stall_epoch: int, stall_batch: int, marker: Path) -> list[str]:
+    """`python train.py --config C --fold K`, run as the real entry point, with the tiny model and a
+    callback that stops in the middle of an epoch until the process is killed."""
+    bootstrap = (
+        "import runpy, sys\n"
+        f"sys.path[:0] = [{str(REPO / 'src')!r}, {str(TESTS)!r}]\n"
+        "import reliability_helpers as h\n"
+        "h.install_tiny_model()\n"
+        f"h.add_callback(lambda: h.stall_callback({stall_epoch}, {stall_batch}, {str(marker)!r}))\n"
+        f"sys.argv = ['train.py', '--config', {str(config)!r}, '--fold', '{fold}']\n"
+        f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n"
+    )
+    return [sys.executable, "-c", bootstrap]
+
+
+# --- damaged records ------------------------------------------------------------------------------
+
+
+def read_records(path) -> list[bytes]:
+    import tensorflow as tf
+
+    return [record.numpy() for record in tf.data.TFRecordDataset(str(path))]
+
+
+def write_records(path, serialized: list[bytes]) -> None:
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in serialized:
+            writer.write(record)
+
+
+def image_name(serialized: bytes) -> str:
+    import tensorflow as tf
+
+    return tf.train.Example.FromString(serialized).features.feature["image_name"].bytes_list.value[0].decode()
+
+
+def with_feature(serialized: bytes, key: str, value: bytes | None) -> bytes:
+    """The record with bytes feature `key` set to `value`, or removed when `value` is None."""
+    import tensorflow as tf
+
+    example = tf.train.Example.FromString(serialized)
+    if value is None:
+        del example.features.feature[key]
+    else:
+        example.features.feature[key].bytes_list.value[:] = [value]
+    return example.SerializeToString()
+
+
+def truncate(path, cut: int) -> None:
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) - cut])
+
+
+def copy_records(source: Path, target: Path, split: str = "train") -> list[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for path in sorted(source.glob(f"{split}*.tfrec")):
+        shutil.copy(path, target / path.name)
+        copied.append(target / path.name)
+    return copied

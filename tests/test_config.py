@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from melanoma import config as config_lib
+from melanoma.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_config_loads_and_validates(path):
+    config = load_config(path)
+    assert config.name == (path.stem if path.stem != "base" else "base")
+    assert config.model.backbone.startswith("efficientnet-b")
+    assert config.data.folds >= 2
+
+
+def test_experiment_overrides_only_what_differs(tmp_path):
+    path = write(tmp_path, "exp.yaml", "train:\n  epochs: 3\n")
+    config = load_config(path)
+    base = yaml.safe_load((REPO / "configs" / "base.yaml").read_text())
+    assert config.train.epochs == 3
+    assert config.train.batch_size == base["train"]["batch_size"]
+    assert config.name == "exp"
+
+
+def test_dotted_overrides_parse_yaml_values(tmp_path):
+    path = write(tmp_path, "exp.yaml", "")
+    config = load_config(path, ["train.epochs=2", "data.image_size=64",
+                                "data.external_files=[a.tfrec,b.tfrec]", "train.lr_max=1e-5",
+                                "model.metadata=true", "name=other"])
+    assert config.train.epochs == 2 and config.data.image_size == 64
+    assert config.data.external_files == ["a.tfrec", "b.tfrec"]
+    assert config.train.lr_max == pytest.approx(1e-5)
+    assert config.model.metadata is True and config.name == "other"
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    path = write(tmp_path, "exp.yaml", "train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch'.*did you mean 'train.epochs'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.image_sise'.*'data.image_size'"):
+        load_config(write(tmp_path, "ok.yaml", ""), ["data.image_sise=64"])
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = write(tmp_path, "exp.yaml", "train:\n  epochs: many\n")
+    with pytest.raises(ConfigError, match=r"'train.epochs' must be int, got str 'many'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="'data.folds' must be int"):
+        load_config(write(tmp_path, "b.yaml", "data:\n  folds: true\n"))
+    with pytest.raises(ConfigError, match="is a section"):
+        load_config(write(tmp_path, "c.yaml", "train: 3\n"))
+
+
+def test_choices_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"'model.backbone' is 'efficientnet-b9'.*efficientnet-b0"):
+        load_config(write(tmp_path, "exp.yaml", ""), ["model.backbone=efficientnet-b9"])
+
+
+def test_int_is_accepted_where_a_float_is_expected(tmp_path):
+    config = load_config(write(tmp_path, "exp.yaml", "train:\n  lr_decay: 1\n"))
+    assert isinstance(config.train.lr_decay, float)
+
+
+def test_extends_chain_and_loop(tmp_path):
+    write(tmp_path, "parent.yaml", "train:\n  epochs: 7\n  batch_size: 4\n")
+    child = write(tmp_path, "child.yaml", "extends: parent.yaml\ntrain:\n  epochs: 9\n")
+    config = load_config(child)
+    assert (config.train.epochs, config.train.batch_size, config.name) == (9, 4, "child")
+    write(tmp_path, "a.yaml", "extends: b.yaml\n")
+    write(tmp_path, "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="loop"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "bad.yaml", "train: [1,\n"))
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        load_config(write(tmp_path, "ok.yaml", ""), ["train.epochs"])
+
+
+def test_saved_config_round_trips_with_git_commit(tmp_path):
+    config = load_config(write(tmp_path, "exp.yaml", f"output_dir: {tmp_path / 'out'}\n"), ["seed=7"])
+    path = config_lib.save_config(config)
+    saved = yaml.safe_load(Path(path).read_text())
+    assert "git_commit" in saved
+    assert config_lib.load_run_config(Path(path).parent) == config

@@ -1,0 +1,148 @@
+"""A training process killed (SIGKILL) in the middle of an epoch resumes with --resume after its last
+completed epoch: history continuous with no epoch repeated, the learning rate where the schedule has
+it, the optimizer state carried over, and no file that looks complete but is not."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import reliability_helpers as helpers
+from conftest import write_config
+from melanoma import cli, config as config_lib, io_utils, runstate, schedules
+
+EPOCHS = 4
+STEPS = 2
+KILLED_IN_EPOCH = 3  # 1-based: epochs 1 and 2 are complete when the process dies
+
+
+def wait_for(marker, process, log, seconds=240):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if marker.exists():
+            return
+        if process.poll() is not None:
+            pytest.fail(f"training ended (status {process.returncode}) before it was killed:\n{log.read_text()}")
+        time.sleep(0.1)
+    pytest.fail(f"training did not reach the middle of epoch {KILLED_IN_EPOCH} in time:\n{log.read_text()}")
+
+
+def test_killed_fold_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, capsys, monkeypatch):
+    path = write_config(tmp_path, tiny_data, f"""\
+        train:
+          epochs: {EPOCHS}
+          batch_size: 8
+          steps_per_epoch: {STEPS}
+          verbose: 0
+          schedule: cosine
+          lr_ramp_epochs: 1
+          lr_start: 1.0e-4
+          lr_max: 1.0e-3
+          lr_min: 1.0e-5
+          checkpoint: best_loss
+        """)
+    config = config_lib.load_config(path)
+    fold = tmp_path / "outputs" / "tiny" / "fold0"
+    marker = tmp_path / "in-epoch-3"
+    environment = dict(os.environ, PYTHONPATH=str(helpers.REPO / "src"), TF_CPP_MIN_LOG_LEVEL="3")
+    log = tmp_path / "train.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            helpers.train_script_command(path, 0, stall_epoch=KILLED_IN_EPOCH - 1, stall_batch=1, marker=marker),
+            cwd=helpers.REPO, env=environment, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_for(marker, process, log)
+        finally:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+    state = json.loads((fold / "state.json").read_text())
+    assert state["epoch"] == KILLED_IN_EPOCH - 1
+    assert pd.read_csv(fold / "history.csv")["epoch"].tolist() == [1, 2]
+    assert not (fold / "oof.csv").exists()
+    best_before = (fold / "model.keras").read_bytes()
+    # what a kill during a save leaves behind: a temporary file, which never looks complete
+    leftover = fold / ".oof.tmp-0123abcd.csv"
+    leftover.write_text("image_name,patient_id,target,pred,fold\nISIC_0,1,0,0.5,0\n")
+    assert runstate.leftovers(str(fold)) == [str(leftover)]
+
+    # inference leaves the half-trained fold out of an ensemble
+    from melanoma import inference
+
+    assert inference.trained_folds(config) == []
+    # without --resume the interrupted fold is neither restarted nor continued
+    helpers.install_tiny_model(monkeypatch)
+    assert cli.main(["train", "--config", str(path), "--fold", "0"]) == 2
+    assert "interrupted after epoch 2 of 4" in capsys.readouterr().err
+
+    # python train.py --config C --fold 0 --resume (in this process: the same entry point)
+    steps_seen = []
+    import keras
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            steps_seen.append((epoch + 1, int(self.model.optimizer.iterations.numpy())))
+
+    helpers.add_callback(Count, monkeypatch)
+    assert cli.main(["train", "--config", str(path), "--fold", "0", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming after epoch 2 of 4" in out and "removed 1 temporary file(s)" in out
+
+    # epochs 3 and 4 ran once each, starting with the optimizer's step count of epochs 1-2
+    assert steps_seen == [(3, 2 * STEPS), (4, 3 * STEPS)]
+    history = pd.read_csv(fold / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, EPOCHS + 1))
+    global_batch = config.train.batch_size
+    expected_lr = [schedules.learning_rate(e, config.train, global_batch) for e in range(EPOCHS)]
+    np.testing.assert_allclose(history["lr"], expected_lr, rtol=1e-6)
+    np.testing.assert_allclose(history["learning_rate"], expected_lr, rtol=1e-5)  # what the optimizer used
+    assert np.isfinite(history["loss"]).all() and np.isfinite(history["val_loss"]).all()
+
+    state = json.loads((fold / "state.json").read_text())
+    assert state["epoch"] == EPOCHS and state["pending_best"] is None
+    best = int(history["val_loss"].idxmin()) + 1
+    assert state["best_epoch"] == best and state["best"] == pytest.approx(history["val_loss"].min())
+    if best <= 2:
+        assert (fold / "model.keras").read_bytes() == best_before
+    for name in ("model.keras", "last.keras", "history.csv", "oof.csv", "test.csv", "test.json"):
+        assert (fold / name).is_file(), name
+    assert not leftover.exists() and not runstate.leftovers(str(fold))
+    oof = io_utils.read_csv(str(fold / "oof.csv"))
+    assert oof["image_name"].is_unique and np.isfinite(oof["pred"]).all()
+
+    last = keras.models.load_model(fold / "last.keras", compile=True)
+    assert int(last.optimizer.iterations.numpy()) == EPOCHS * STEPS
+
+    # a finished fold is skipped by --fold 0 / all, even with --resume
+    assert cli.main(["train", "--config", str(path), "--fold", "0", "--resume"]) == 0
+    assert "fold 0: already finished" in capsys.readouterr().out
+
+
+def test_a_committed_best_checkpoint_is_completed_on_resume(tiny_data, tmp_path, capsys, monkeypatch):
+    """Killed after state.json named a new best but before its rename: resume renames it into place."""
+    helpers.install_tiny_model(monkeypatch)
+    path = write_config(tmp_path, tiny_data, "train:\n  epochs: 1\n  batch_size: 8\n  steps_per_epoch: 1\n"
+                                              "  verbose: 0\n  checkpoint: last\n")
+    fold = tmp_path / "outputs" / "tiny" / "fold0"
+    assert cli.main(["train", "--config", str(path), "--fold", "0"]) == 0
+    # rebuild the moment between the two steps of epoch 1's commit
+    pending = fold / ".model.tmp-feedbeef.keras"
+    (fold / "model.keras").rename(pending)
+    (fold / "model.keras").write_bytes(b"an older checkpoint")
+    (fold / "oof.csv").unlink()
+    state = json.loads((fold / "state.json").read_text())
+    state["pending_best"] = pending.name
+    (fold / "state.json").write_text(json.dumps(state))
+    expected = pending.read_bytes()
+    capsys.readouterr()
+    assert cli.main(["train", "--config", str(path), "--fold", "0", "--resume"]) == 0
+    assert "completed the interrupted save of the best checkpoint" in capsys.readouterr().out
+    assert (fold / "model.keras").read_bytes() == expected and not pending.exists()
