@@ -122,8 +122,12 @@ def _table(names: list[str], parts: int, split: str, seed: int):
     })
     if split == "train":
         table["target"] = (rng.random(count) < 0.1).astype(np.int64)
-        table["diagnosis"] = np.where(table["target"] == 1, 5, 0)
+        table["diagnosis"] = np.where(table["target"] == 1, 0, 1)  # codes of SYNTHETIC_ENCODINGS
     return table
+
+
+# What `records` writes beside the files (encodings.json): the diagnosis head reads the names of the codes.
+SYNTHETIC_ENCODINGS = {"diagnosis": {"melanoma": 0, "nevus": 1}}
 
 
 def synthetic_dataset(folder: str, size: int, train_images: int, test_images: int,
@@ -137,6 +141,7 @@ def synthetic_dataset(folder: str, size: int, train_images: int, test_images: in
         names = write_jpegs(image_dir, count, size, seed + (split == "test"), f"SYN_{split}", realistic=True)
         records.write_split(_table(names, min(parts, count), split, seed), image_dir, out, split, size,
                             progress=False)
+    io_utils.write_text_atomic(os.path.join(out, "encodings.json"), json.dumps(SYNTHETIC_ENCODINGS))
     return os.path.join(out, "train*.tfrec"), os.path.join(out, "test*.tfrec")
 
 
@@ -236,20 +241,29 @@ def with_backend(config, backend: str):
     return variant
 
 
+def diagnosis_lookup(config, train_paths):
+    """What train_dataset needs for the diagnosis head (None for the binary head)."""
+    from melanoma import pipeline, training
+
+    return training.diagnosis_lookup(config, pipeline.list_files(train_paths))
+
+
 def pipeline_figures(config, train_paths, test_paths, batches: int, warmup: int) -> dict:
     from melanoma import augment, pipeline
 
     batch_size = config.train.batch_size
     seed = config.seed
+    lookup = diagnosis_lookup(config, train_paths)
     figures: dict = {"train_pipeline": {}}
     for backend in augment.BACKENDS:
         variant = with_backend(config, backend)
         dataset = pipeline.train_dataset(train_paths, variant, batch_size, seed=seed,
-                                         augmenter=augment.make_augmenter(variant.augment))
+                                         augmenter=augment.make_augmenter(variant.augment, seed=seed),
+                                         diagnosis_lookup=lookup)
         figures["train_pipeline"][backend] = measure_dataset(dataset, batches, warmup)
         _progress(f"train pipeline, {backend}", figures["train_pipeline"][backend])
     dataset = pipeline.per_image_train_dataset(train_paths, config, batch_size,
-                                               per_image_augmenter(config.augment))
+                                               per_image_augmenter(config.augment), seed=seed)
     figures["train_pipeline"]["tf_per_image"] = measure_dataset(dataset, batches, warmup)
     _progress("train pipeline, per-image tf.image", figures["train_pipeline"]["tf_per_image"])
     plain = figures["train_pipeline"]["tf_per_image"]
@@ -264,7 +278,7 @@ def pipeline_figures(config, train_paths, test_paths, batches: int, warmup: int)
     figures["eval_pipeline"] = measure_dataset(dataset, batches, warmup)
     _progress("eval pipeline", figures["eval_pipeline"])
     steps, mode = tta_settings(config)
-    augmenter = augment.make_augmenter(config.augment) if mode == "random" else None
+    augmenter = augment.make_augmenter(config.augment, seed=seed) if mode == "random" else None
     dataset, views = pipeline.prediction_dataset(test_paths, config, "test", tta_steps=steps, tta_mode=mode,
                                                  batch_size=config.tta.batch_size, augmenter=augmenter)
     tta = measure_dataset(dataset, batches, warmup)
@@ -298,20 +312,22 @@ class _StepTimes:
         return StepTimes()
 
 
-def model_figures(config, train_paths, test_paths, pipelines: dict, model_batches: int,
+def model_figures(config, strategy, train_paths, test_paths, pipelines: dict, model_batches: int,
                   epoch_steps: int) -> dict:
+    """Model figures under the dtype policy already set (hardware.set_precision); the weights are
+    random (pretrained=False): speed does not depend on them, and nothing is downloaded."""
     import keras
     import tensorflow as tf
 
-    from melanoma import augment, hardware, model as model_lib, pipeline, prediction, training
+    from melanoma import augment, model as model_lib, pipeline, prediction, training
 
-    strategy = hardware.get_strategy()
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
     training.set_seed(config.seed)
     with strategy.scope():
-        model = training.compile_model(model_lib.build_model(config), config, global_batch)
+        model = training.compile_model(model_lib.build_model(config, pretrained=False), config, global_batch)
     augmenter = augment.make_augmenter(config.augment, seed=config.seed)
-    train_ds = pipeline.train_dataset(train_paths, config, global_batch, seed=config.seed, augmenter=augmenter)
+    train_ds = pipeline.train_dataset(train_paths, config, global_batch, seed=config.seed, augmenter=augmenter,
+                                      diagnosis_lookup=diagnosis_lookup(config, train_paths))
     in_memory = tf.data.Dataset.from_tensors(next(iter(train_ds))).repeat()
 
     def fit_rate(dataset, steps: int) -> float:
@@ -406,19 +422,19 @@ def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
 # ------------------------------------------------------------------------------------- the command
 
 
-def machine(config) -> dict:
+def machine(config, strategy, precision: str) -> dict:
     import keras
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
+    from melanoma import hardware
+
     names = []
-    for gpu in gpus:
+    for gpu in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(gpu)
         names.append(details.get("device_name", gpu.name))
-    accelerator = "gpu" if gpus else ("tpu" if tf.config.list_logical_devices("TPU") else "cpu")
     return {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "accelerator": accelerator, "accelerator_names": names,
-            "precision": keras.mixed_precision.global_policy().name,
+            "accelerator": hardware.accelerator_name(strategy), "accelerator_names": names,
+            "replicas": strategy.num_replicas_in_sync, "precision": precision,
             "mixed_precision_config": bool(config.train.mixed_precision),
             "tensorflow": tf.__version__, "keras": keras.__version__,
             "python": platform.python_version()}
@@ -434,9 +450,11 @@ def run_bench(config, batches: int = 20, warmup: int = 5, model_batches: int = 2
               synthetic: bool = False, train_images: int = 512, test_images: int = 32,
               records_images: int = 256, with_model: bool = True) -> dict:
     """Every figure as one dict (see the module docstring)."""
-    from melanoma import pipeline
+    from melanoma import hardware, pipeline
 
     started = time.perf_counter()
+    strategy = hardware.get_strategy()
+    precision = hardware.set_precision(config, strategy)
     size = config.data.image_size
     with tempfile.TemporaryDirectory(prefix="melanoma-bench-") as folder:
         have_data = (io_utils.glob(config.data.train_files) and io_utils.glob(config.data.test_files))
@@ -452,7 +470,7 @@ def run_bench(config, batches: int = 20, warmup: int = 5, model_batches: int = 2
         train_paths = [f.path for f in train_files]
         test_paths = [f.path for f in test_files]
         result = {
-            "machine": machine(config),
+            "machine": machine(config, strategy, precision),
             "settings": {
                 "config": config.name, "image_size": size, "record_size": record_size(train_paths[0]),
                 "data": source, "train_images": pipeline.count_images(train_files),
@@ -467,7 +485,8 @@ def run_bench(config, batches: int = 20, warmup: int = 5, model_batches: int = 2
         result["records"] = records_figures(folder, size, records_images, seed=config.seed)
         result.update(pipeline_figures(config, train_paths, test_paths, batches, warmup))
         if with_model:
-            result.update(model_figures(config, train_paths, test_paths, result, model_batches, epoch_steps))
+            result.update(model_figures(config, strategy, train_paths, test_paths, result, model_batches,
+                                        epoch_steps))
     result["seconds"] = time.perf_counter() - started
     return result
 

@@ -62,6 +62,9 @@ def per_image_train_dataset(paths: list[str], config, batch_size: int, augment_i
     uint8 [H, W, 3] -> uint8 [H, W, 3]): the usual per-image layout, kept as a reference for `bench`."""
     dataset = _decoded(paths, "train", config.data.image_size, ordered=False, seed=seed,
                        cache=bool(config.data.cache))
+    metadata = config.model.metadata
+    if metadata:
+        dataset = with_patient_counts(dataset, paths, "train")
     dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
 
     def apply(example):
@@ -70,7 +73,6 @@ def per_image_train_dataset(paths: list[str], config, batch_size: int, augment_i
 
     dataset = dataset.map(apply, num_parallel_calls=AUTOTUNE, deterministic=False)
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    metadata = config.model.metadata
     dataset = dataset.map(lambda b: (model_inputs(b, metadata), tf.cast(b["target"], tf.float32)),
                           num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
