@@ -39,7 +39,7 @@ def check_common(result: dict) -> None:
     assert PIPELINE_KEYS <= set(result["eval_pipeline"])
     assert result["tta_pipeline"]["views"] == 4 and result["tta_pipeline"]["mode"] == "dihedral"
     records = result["records"]
-    assert records["images_per_second"] > 0 and records["one_worker_images_per_second"] > 0
+    assert records["images_per_second"] > 0 and records["one_core_images_per_second"] > 0
     assert records["images_per_second_per_core"] == pytest.approx(records["images_per_second"] / records["workers"])
 
 

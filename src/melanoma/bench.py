@@ -12,7 +12,8 @@ warm-up, on the config's data files, or on a small generated dataset when those 
 - model: the training step alone and prediction alone, on a batch already in memory;
 - epoch and tta_prediction: a training run of N steps and a whole TTA prediction pass, each with the
   pipeline and model figures it could reach and which of the two limits it;
-- records: JPEG resize and TFRecord writing on all cores, per core, and on one worker.
+- records: JPEG resize and TFRecord writing on all cores (one worker process each), per core, and on
+  one core.
 """
 from __future__ import annotations
 
@@ -390,6 +391,7 @@ def _limits(pipeline_rate: float, model_rate: float, whole_rate: float) -> dict:
 def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
     """`records` building (read JPEG, resize to `size`, encode, write) on all cores and on one; the
     source JPEGs are generated at twice the size, so every image is really resized."""
+    import cv2
     import tensorflow  # noqa: F401  (imported by write_split; not to be timed here)
 
     from melanoma import records
@@ -405,16 +407,22 @@ def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
     table = _table(names, 1, "train", seed)
     cores = os.cpu_count() or 1
     figures = {"size": size, "source_size": source, "images": images, "workers": cores}
-    for label, workers in (("all", cores), ("one", 1)):
-        out = os.path.join(folder, f"records_{label}")
+    started = time.perf_counter()
+    records.write_split(table, image_dir, os.path.join(folder, "records_all"), "train", size,
+                        workers=cores, progress=False)
+    figures["images_per_second"] = images / (time.perf_counter() - started)
+    figures["images_per_second_per_core"] = figures["images_per_second"] / cores
+    # One core: no worker pool, and OpenCV's own threads held to one for the while.
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
         started = time.perf_counter()
-        records.write_split(table, image_dir, out, "train", size, workers=workers, progress=False)
-        rate = images / (time.perf_counter() - started)
-        if label == "all":
-            figures["images_per_second"] = rate
-            figures["images_per_second_per_core"] = rate / cores
-        else:
-            figures["one_worker_images_per_second"] = rate
+        records.write_split(table, image_dir, os.path.join(folder, "records_one"), "train", size,
+                            workers=1, progress=False)
+        figures["one_core_images_per_second"] = images / (time.perf_counter() - started)
+    finally:
+        cv2.setNumThreads(threads)
+    figures["scaling_over_one_core"] = figures["images_per_second"] / figures["one_core_images_per_second"]
     _progress("records", figures)
     return figures
 
@@ -546,8 +554,8 @@ def format_table(result: dict) -> str:
                 f"limited by {whole['limited_by']} ({whole['fraction_of_bound']:.0%} of the slower stage)")
     rec = result["records"]
     row(f"records ({rec['source_size']} -> {rec['size']} px, {rec['workers']} workers)",
-        rec["images_per_second"], f"{rec['images_per_second_per_core']:,.1f} per core, "
-        f"{rec['one_worker_images_per_second']:,.1f} on one worker")
+        rec["images_per_second"], f"{rec['images_per_second_per_core']:,.1f} per core; "
+        f"{rec['one_core_images_per_second']:,.1f} on one core ({rec['scaling_over_one_core']:.2f}x)")
     lines.append(f"({result['seconds']:.0f} s)")
     return "\n".join(lines)
 
