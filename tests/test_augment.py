@@ -153,12 +153,14 @@ def test_opencv_and_tf_warps_agree():
     image = cv2.GaussianBlur(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), (0, 0), 2.0)
     augmenter = augment.OpenCVBatchAugmenter(load(rotate_limit=30, scale_limit=0.1, shift_limit=0.1).augment)
     spread = np.zeros(augment.DRAWS)
-    spread[[augment.ANGLE, augment.SCALE, augment.SHIFT_X, augment.SHIFT_Y]] = [0.7, -0.5, 0.4, -0.3]
+    spread[[augment.ANGLE, augment.SCALE, augment.SCALE_Y, augment.SHIFT_X, augment.SHIFT_Y]] = [
+        0.7, -0.5, 0.8, 0.4, -0.3]
     matrix = augmenter._affine(spread, 32, 32)
     by_opencv = cv2.warpAffine(image, matrix[:2], (32, 32), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REFLECT_101).astype(float)
     by_tf = augment.warp_affine(tf.constant(image[None], tf.float32), tf.constant([math.radians(21.0)]),
-                                tf.constant([0.95]), tf.constant([0.04 * 32]), tf.constant([-0.03 * 32]))
+                                tf.constant([0.95]), tf.constant([0.04 * 32]), tf.constant([-0.03 * 32]),
+                                scale_y=tf.constant([1.08]))
     assert np.abs(by_opencv - by_tf.numpy()[0]).mean() < 1.0
 
 

@@ -122,16 +122,19 @@ class OpenCVBatchAugmenter:
         return out
 
     def _affine(self, spread: np.ndarray, height: int, width: int) -> np.ndarray:
-        """3x3 forward matrix: rotate and scale about the centre, then shift (as albumentations' Affine)."""
+        """3x3 forward matrix: scale each axis (drawn apart, as albumentations' Affine does without
+        keep_ratio), rotate about the centre, then shift."""
         angle = math.radians(self.rotate_limit * spread[ANGLE])
-        scale = 1.0 + self.scale_limit * spread[SCALE]
-        cos, sin = scale * math.cos(angle), scale * math.sin(angle)
-        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-        shift_x = self.shift_limit * spread[SHIFT_X] * width
-        shift_y = self.shift_limit * spread[SHIFT_Y] * height
-        return np.array([[cos, -sin, cx - cos * cx + sin * cy + shift_x],
-                         [sin, cos, cy - sin * cx - cos * cy + shift_y],
-                         [0.0, 0.0, 1.0]])
+        scale_x = 1.0 + self.scale_limit * spread[SCALE]
+        scale_y = 1.0 + self.scale_limit * spread[SCALE_Y]
+        cos, sin = math.cos(angle), math.sin(angle)
+        linear = np.array([[cos * scale_x, -sin * scale_y], [sin * scale_x, cos * scale_y]])
+        centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+        shift = np.array([self.shift_limit * spread[SHIFT_X] * width, self.shift_limit * spread[SHIFT_Y] * height])
+        matrix = np.eye(3)
+        matrix[:2, :2] = linear
+        matrix[:2, 2] = centre - linear @ centre + shift
+        return matrix
 
     def _shift_hsv(self, image: np.ndarray, hue: float, saturation: float) -> np.ndarray:
         """albumentations' uint8 hue/saturation shift: OpenCV HSV (hue 0..179), hue turned modulo 180,
@@ -218,8 +221,8 @@ def dihedral_views(image):
 # Columns of the one [B, DRAWS] uniform draw per batch: one random op (not one per parameter) so that
 # a fixed seed never gives two parameters the same sequence.
 FLIP_LR, FLIP_UD, TRANSPOSE, AFFINE_ON, ANGLE, SCALE, SHIFT_X, SHIFT_Y = range(8)
-CONTRAST_ON, CONTRAST, BRIGHTNESS, HSV_ON, HUE, SATURATION = range(8, 14)
-DRAWS = 14
+CONTRAST_ON, CONTRAST, BRIGHTNESS, HSV_ON, HUE, SATURATION, SCALE_Y = range(8, 15)
+DRAWS = 15
 
 
 class TFAugmenter:
@@ -301,10 +304,11 @@ class TFAugmenter:
             size = tf.cast(tf.shape(images)[1:3], tf.float32)
             angle = tf.where(on, spread(ANGLE, self.rotate_limit), 0.0) * (math.pi / 180.0)
             scale = tf.where(on, 1.0 + spread(SCALE, self.scale_limit), 1.0)
+            scale_y = tf.where(on, 1.0 + spread(SCALE_Y, self.scale_limit), 1.0)
             shift_x = tf.where(on, spread(SHIFT_X, self.shift_limit), 0.0) * size[1]
             shift_y = tf.where(on, spread(SHIFT_Y, self.shift_limit), 0.0) * size[0]
             out = warp_affine(images, angle, scale, shift_x, shift_y,
-                              flips if (self.flip or self.transpose) else None)
+                              flips if (self.flip or self.transpose) else None, scale_y=scale_y)
         else:
             if self.flip:
                 images = tf.where(flips[:, 0, None, None, None], tf.reverse(images, [2]), images)
@@ -338,11 +342,11 @@ def _reflect101(coordinate, size):
     return tf.where(folded > size - 1.0, period - folded, folded)
 
 
-def warp_affine(images, angle, scale, shift_x, shift_y, flips=None):
+def warp_affine(images, angle, scale, shift_x, shift_y, flips=None, scale_y=None):
     """[B, H, W, C] (any number type) -> float32 [B, H, W, C]: each image flipped/transposed as `flips`
     says (bool [B, 3]: horizontal flip, vertical flip, transpose, in that order; None for none), then
-    rotated by `angle` (radians) and scaled by `scale` about its centre, then shifted by
-    (shift_x, shift_y) pixels; bilinear, reflect-101 borders.
+    scaled by `scale` (along x; along y by `scale_y`, or `scale` when None) and rotated by `angle`
+    (radians) about its centre, then shifted by (shift_x, shift_y) pixels; bilinear, reflect-101 borders.
 
     Each output pixel's source is found by the inverse map and read with four gathers, which XLA
     compiles (ImageProjectiveTransform does not). The flips are folded into that map rather than done
@@ -357,11 +361,12 @@ def warp_affine(images, angle, scale, shift_x, shift_y, flips=None):
     w = tf.cast(width, tf.float32)
     rows = tf.range(h)[None, :, None] - ((h - 1.0) / 2.0 + shift_y[:, None, None])
     cols = tf.range(w)[None, None, :] - ((w - 1.0) / 2.0 + shift_x[:, None, None])
-    cos = (tf.cos(angle) / scale)[:, None, None]
-    sin = (tf.sin(angle) / scale)[:, None, None]
-    # Inverse of "rotate by angle, scale, then shift": rotate back by -angle and divide by scale.
-    source_x = _reflect101(cos * cols + sin * rows + (w - 1.0) / 2.0, w)
-    source_y = _reflect101(cos * rows - sin * cols + (h - 1.0) / 2.0, h)
+    scale_y = scale if scale_y is None else scale_y
+    cos = tf.cos(angle)[:, None, None]
+    sin = tf.sin(angle)[:, None, None]
+    # Inverse of "scale, rotate by angle, then shift": rotate back by -angle, then divide by the scales.
+    source_x = _reflect101((cos * cols + sin * rows) / scale[:, None, None] + (w - 1.0) / 2.0, w)
+    source_y = _reflect101((cos * rows - sin * cols) / scale_y[:, None, None] + (h - 1.0) / 2.0, h)
     if flips is not None:
         # Undo the flips in reverse order: the transpose (done last) first, the horizontal flip last.
         transposed = flips[:, 2][:, None, None]

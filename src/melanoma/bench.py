@@ -196,14 +196,16 @@ def per_image_augmenter(augment_config):
     def warp(image):
         size = tf.cast(tf.shape(image)[:2], tf.float32)
         angle = tf.random.uniform([], -a.rotate_limit, a.rotate_limit) * (math.pi / 180.0)
-        scale = tf.random.uniform([], 1.0 - a.scale_limit, 1.0 + a.scale_limit)
+        scale = tf.random.uniform([2], 1.0 - a.scale_limit, 1.0 + a.scale_limit)
         shift = tf.random.uniform([2], -a.shift_limit, a.shift_limit) * size[::-1]
-        cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+        cos, sin = tf.cos(angle), tf.sin(angle)
         centre_x, centre_y = (size[1] - 1.0) / 2.0, (size[0] - 1.0) / 2.0
-        # output (x, y) -> input: rotate back and unscale about the centre, after removing the shift
-        offset_x = centre_x - cos * (centre_x + shift[0]) - sin * (centre_y + shift[1])
-        offset_y = centre_y + sin * (centre_x + shift[0]) - cos * (centre_y + shift[1])
-        transform = tf.stack([cos, sin, offset_x, -sin, cos, offset_y, 0.0, 0.0])[None]
+        # output (x, y) -> input: remove the shift, rotate back and unscale about the centre
+        moved_x, moved_y = centre_x + shift[0], centre_y + shift[1]
+        transform = tf.stack([
+            cos / scale[0], sin / scale[0], centre_x - (cos * moved_x + sin * moved_y) / scale[0],
+            -sin / scale[1], cos / scale[1], centre_y - (cos * moved_y - sin * moved_x) / scale[1],
+            0.0, 0.0])[None]
         return tf.raw_ops.ImageProjectiveTransformV3(
             images=image[None], transforms=transform, output_shape=tf.shape(image)[:2],
             fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
