@@ -191,7 +191,7 @@ def plot_training_curves(histories: dict[int, pd.DataFrame], path: str, title: s
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for axes, (metric, label) in zip(axes_list[0], panels):
         for index, (fold, frame) in enumerate(histories.items()):
-            epochs = frame["epoch"] + 1 if "epoch" in frame.columns else pd.Series(range(1, len(frame) + 1))
+            epochs = frame["epoch"] if "epoch" in frame.columns else pd.Series(range(1, len(frame) + 1))
             color = colors[index % len(colors)]
             if metric == "lr":
                 column = "lr" if "lr" in frame.columns else ("learning_rate" if "learning_rate" in frame.columns
