@@ -25,6 +25,12 @@ import numpy as np
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+# Columns of the one [B, DRAWS] uniform draw per batch of the opencv and tf backends: one draw (not one
+# per parameter), so that a fixed seed never gives two parameters the same sequence.
+FLIP_LR, FLIP_UD, TRANSPOSE, AFFINE_ON, ANGLE, SCALE, SHIFT_X, SHIFT_Y = range(8)
+CONTRAST_ON, CONTRAST, BRIGHTNESS, HSV_ON, HUE, SATURATION, SCALE_Y = range(8, 15)
+DRAWS = 15
+
 
 def build_transform(augment_config, seed: int | None = None):
     """The albumentations pipeline that `augment_config` (the config's `augment` section) describes."""
@@ -178,7 +184,6 @@ def _dihedral(image: np.ndarray, flips) -> np.ndarray:
 
 
 BACKENDS = ("albumentations", "opencv", "tf")
-HOST_BACKENDS = ("albumentations", "opencv")
 
 
 def make_augmenter(augment_config, seed: int | None = None):
@@ -217,13 +222,6 @@ def dihedral_views(image):
 
 
 # ------------------------------------------------------------------------------ tf backend (batched)
-
-# Columns of the one [B, DRAWS] uniform draw per batch: one random op (not one per parameter) so that
-# a fixed seed never gives two parameters the same sequence.
-FLIP_LR, FLIP_UD, TRANSPOSE, AFFINE_ON, ANGLE, SCALE, SHIFT_X, SHIFT_Y = range(8)
-CONTRAST_ON, CONTRAST, BRIGHTNESS, HSV_ON, HUE, SATURATION, SCALE_Y = range(8, 15)
-DRAWS = 15
-
 
 class TFAugmenter:
     """Callable tensor uint8 [B, H, W, 3] -> uint8 [B, H, W, 3] made of TensorFlow ops only.
