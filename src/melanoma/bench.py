@@ -162,21 +162,26 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure_dataset(dataset, batches: int, warmup: int) -> dict:
-    """Images per second over `batches` batches after `warmup` batches (the dataset is repeated, so a
-    small dataset never runs out), and the CPU milliseconds spent per image meanwhile: on a machine
-    that others share, the wall-clock figure moves with their load, the CPU cost much less."""
+MIN_SECONDS = 2.0
+
+
+def measure_dataset(dataset, batches: int, warmup: int, min_seconds: float = MIN_SECONDS) -> dict:
+    """Images per second over at least `batches` batches and `min_seconds` (whichever ends later),
+    after `warmup` batches (the dataset is repeated, so a small dataset never runs out), and the CPU
+    milliseconds spent per image meanwhile: on a machine that others share, the wall-clock figure
+    moves with their load, the CPU cost much less."""
     iterator = iter(dataset.repeat())
     for _ in range(warmup):
         next(iterator)
-    images = 0
+    images = count = 0
     cpu_started, started = cpu_seconds(), time.perf_counter()
-    for _ in range(batches):
+    while count < batches or time.perf_counter() - started < min_seconds:
         images += _batch_images(next(iterator))
+        count += 1
     seconds = time.perf_counter() - started
     cpu = cpu_seconds() - cpu_started
     return {"images_per_second": images / seconds, "cpu_ms_per_image": 1000.0 * cpu / images,
-            "cores_busy": cpu / seconds, "images": images, "seconds": seconds}
+            "cores_busy": cpu / seconds, "images": images, "batches": count, "seconds": seconds}
 
 
 def per_image_augmenter(augment_config):
@@ -251,7 +256,8 @@ def diagnosis_lookup(config, train_paths):
     return training.diagnosis_lookup(config, pipeline.list_files(train_paths))
 
 
-def pipeline_figures(config, train_paths, test_paths, batches: int, warmup: int) -> dict:
+def pipeline_figures(config, train_paths, test_paths, batches: int, warmup: int,
+                     min_seconds: float = MIN_SECONDS) -> dict:
     from melanoma import augment, pipeline
 
     batch_size = config.train.batch_size
@@ -263,11 +269,11 @@ def pipeline_figures(config, train_paths, test_paths, batches: int, warmup: int)
         dataset = pipeline.train_dataset(train_paths, variant, batch_size, seed=seed,
                                          augmenter=augment.make_augmenter(variant.augment, seed=seed),
                                          diagnosis_lookup=lookup)
-        figures["train_pipeline"][backend] = measure_dataset(dataset, batches, warmup)
+        figures["train_pipeline"][backend] = measure_dataset(dataset, batches, warmup, min_seconds)
         _progress(f"train pipeline, {backend}", figures["train_pipeline"][backend])
     dataset = pipeline.per_image_train_dataset(train_paths, config, batch_size,
                                                per_image_augmenter(config.augment), seed=seed)
-    figures["train_pipeline"]["tf_per_image"] = measure_dataset(dataset, batches, warmup)
+    figures["train_pipeline"]["tf_per_image"] = measure_dataset(dataset, batches, warmup, min_seconds)
     _progress("train pipeline, per-image tf.image", figures["train_pipeline"]["tf_per_image"])
     plain = figures["train_pipeline"]["tf_per_image"]
     for backend in augment.BACKENDS:
@@ -278,13 +284,13 @@ def pipeline_figures(config, train_paths, test_paths, batches: int, warmup: int)
 
     dataset, _ = pipeline.prediction_dataset(train_paths, config, "train", tta_steps=0,
                                              batch_size=config.tta.batch_size)
-    figures["eval_pipeline"] = measure_dataset(dataset, batches, warmup)
+    figures["eval_pipeline"] = measure_dataset(dataset, batches, warmup, min_seconds)
     _progress("eval pipeline", figures["eval_pipeline"])
     steps, mode = tta_settings(config)
     augmenter = augment.make_augmenter(config.augment, seed=seed) if mode == "random" else None
     dataset, views = pipeline.prediction_dataset(test_paths, config, "test", tta_steps=steps, tta_mode=mode,
                                                  batch_size=config.tta.batch_size, augmenter=augmenter)
-    tta = measure_dataset(dataset, batches, warmup)
+    tta = measure_dataset(dataset, batches, warmup, min_seconds)
     tta.update(views=views, mode=mode, views_per_second=tta["images_per_second"] * views)
     figures["tta_pipeline"] = tta
     _progress(f"TTA pipeline ({views} {mode} views)", tta)
@@ -458,7 +464,7 @@ def _progress(label: str, figures: dict) -> None:
 
 def run_bench(config, batches: int = 20, warmup: int = 5, model_batches: int = 2, epoch_steps: int = 2,
               synthetic: bool = False, train_images: int = 512, test_images: int = 32,
-              records_images: int = 256, with_model: bool = True) -> dict:
+              records_images: int = 256, with_model: bool = True, min_seconds: float = MIN_SECONDS) -> dict:
     """Every figure as one dict (see the module docstring)."""
     from melanoma import hardware, pipeline
 
@@ -487,13 +493,14 @@ def run_bench(config, batches: int = 20, warmup: int = 5, model_batches: int = 2
                 "test_images": pipeline.count_images(test_files), "batch_size": config.train.batch_size,
                 "tta_batch_size": config.tta.batch_size, "backbone": config.model.backbone,
                 "augment_backend": config.augment.backend, "augment_xla": bool(config.augment.xla),
-                "cache": bool(config.data.cache), "batches": batches, "warmup_batches": warmup,
+                "cache": bool(config.data.cache), "batches": batches, "min_seconds": min_seconds,
+                "warmup_batches": warmup,
                 "model_batches": model_batches, "epoch_steps": epoch_steps,
             },
         }
         # records first: its worker processes are forked before the pipelines start TensorFlow's threads
         result["records"] = records_figures(folder, size, records_images, seed=config.seed)
-        result.update(pipeline_figures(config, train_paths, test_paths, batches, warmup))
+        result.update(pipeline_figures(config, train_paths, test_paths, batches, warmup, min_seconds))
         if with_model:
             result.update(model_figures(config, strategy, train_paths, test_paths, result, model_batches,
                                         epoch_steps))
@@ -568,7 +575,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="override config keys, e.g. --set data.image_size=256")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--out", help="also write the JSON object to this file")
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per pipeline figure (20)")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per pipeline figure, at least (20)")
+    parser.add_argument("--min-seconds", type=float, default=MIN_SECONDS,
+                        help=f"each pipeline figure runs at least this long ({MIN_SECONDS:g})")
     parser.add_argument("--warmup", type=int, default=5, help="batches run before timing (5)")
     parser.add_argument("--model-batches", type=int, default=2,
                         help="timed batches for the model figures and training steps (2)")
@@ -585,12 +594,13 @@ def command(args: argparse.Namespace) -> int:
     for name in ("batches", "model_batches", "train_images", "test_images", "records_images"):
         if getattr(args, name) < 1:
             raise config_lib.ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.warmup < 0:
-        raise config_lib.ConfigError("--warmup must be 0 or more")
+    if args.warmup < 0 or args.min_seconds < 0:
+        raise config_lib.ConfigError("--warmup and --min-seconds must be 0 or more")
     result = run_bench(config, batches=args.batches, warmup=args.warmup, model_batches=args.model_batches,
                        epoch_steps=args.model_batches, synthetic=args.synthetic,
                        train_images=args.train_images, test_images=args.test_images,
-                       records_images=args.records_images, with_model=not args.no_model)
+                       records_images=args.records_images, with_model=not args.no_model,
+                       min_seconds=args.min_seconds)
     text = json.dumps(result, indent=1)
     if args.out:
         io_utils.write_text_atomic(args.out, text + "\n")
