@@ -34,7 +34,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "augment.backend": ("albumentations", "tf"),
+    "augment.backend": ("albumentations", "opencv", "tf"),
     "model.backbone": tuple(f"efficientnet-b{i}" for i in range(8))
     + tuple(f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")),
     "model.head": ("binary", "diagnosis"),

@@ -56,6 +56,28 @@ def count_images(files: list[records.RecordFile]) -> int:
     return sum(f.count for f in files)
 
 
+def per_image_train_dataset(paths: list[str], config, batch_size: int, augment_image,
+                            seed: int | None = None):
+    """`train_dataset` with the augmentation mapped per image before batching (`augment_image`:
+    uint8 [H, W, 3] -> uint8 [H, W, 3]): the usual per-image layout, kept as a reference for `bench`."""
+    dataset = _decoded(paths, "train", config.data.image_size, ordered=False, seed=seed,
+                       cache=bool(config.data.cache))
+    metadata = config.model.metadata
+    if metadata:
+        dataset = with_patient_counts(dataset, paths, "train")
+    dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
+
+    def apply(example):
+        example["image"] = augment_image(example["image"])
+        return example
+
+    dataset = dataset.map(apply, num_parallel_calls=AUTOTUNE, deterministic=False)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(lambda b: (model_inputs(b, metadata), tf.cast(b["target"], tf.float32)),
+                          num_parallel_calls=AUTOTUNE)
+    return dataset.prefetch(AUTOTUNE)
+
+
 def parse_examples(serialized, split: str):
     return tf.io.parse_single_example(serialized, _feature_spec(split))
 

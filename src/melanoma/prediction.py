@@ -15,7 +15,7 @@ from melanoma.errors import CheckFailed, DataError
 
 def tta_augmenter(config, seed: int):
     if config.tta.steps and config.tta.mode == "random":
-        return augment.BatchAugmenter(config.augment, seed=seed)
+        return augment.make_augmenter(config.augment, seed=seed)
     return None
 
 

@@ -126,7 +126,7 @@ def _resize_task(task: tuple[str, int]) -> bytes:
 
 
 def write_split(frame: pd.DataFrame, image_dir: str, out_dir: str, split: str, size: int,
-                workers: int | None = None) -> list[str]:
+                workers: int | None = None, progress: bool = True) -> list[str]:
     """Write one TFRecord file per value of frame['part']; images resized in parallel on all cores."""
     int_features = TRAIN_INT_FEATURES if split == "train" else TEST_INT_FEATURES
     missing = [c for c in ("image_name", "part") + int_features if c not in frame]
@@ -149,7 +149,7 @@ def write_split(frame: pd.DataFrame, image_dir: str, out_dir: str, split: str, s
                                     else map(_resize_task, tasks))
         import tensorflow as tf
 
-        bar = tqdm(total=len(tasks), desc=f"{split} records", unit="img")
+        bar = tqdm(total=len(tasks), desc=f"{split} records", unit="img", disable=not progress)
         position = 0
         for part, count in frame["part"].value_counts().sort_index().items():
             target = os.path.join(out_dir, record_name(split, int(part), int(count)))

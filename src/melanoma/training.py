@@ -365,7 +365,7 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
 
     # A resumed fold draws a new data order rather than replaying its first epochs' order.
     data_seed = config.seed + fold + 1000 * initial_epoch
-    augmenter = augment.BatchAugmenter(config.augment, seed=data_seed)
+    augmenter = augment.make_augmenter(config.augment, seed=data_seed)
     train_ds = pipeline.train_dataset([f.path for f in train_files], config, global_batch,
                                       seed=data_seed, augmenter=augmenter,
                                       keep=fold_data.record_filter(),
