@@ -70,8 +70,8 @@ blend: install ## blend runs: make blend CONFIGS="configs/a.yaml configs/b.yaml"
 	@test -n "$(CONFIGS)" || { echo "usage: make blend CONFIGS='configs/a.yaml configs/b.yaml' [METHOD=rank]"; exit 2; }
 	$(PY) -m melanoma blend $(CONFIGS) --method $(or $(METHOD),mean)
 
-bench: install ## throughput figures (input pipelines, model, records) as JSON
-	$(PY) -m melanoma bench --config configs/demo.yaml --set data.image_size=256 $(SET) --json
+bench: install ## throughput figures (input pipelines, model, records): table, JSON in outputs/bench.json
+	$(PY) -m melanoma bench --config configs/demo.yaml --set data.image_size=256 $(SET) --synthetic --out outputs/bench.json
 
 submit: install ## validate FILE, then upload it with the Kaggle CLI: make submit FILE=submissions/x.csv MSG="..."
 	@test -n "$(FILE)" || { echo "usage: make submit FILE=submissions/<name>.csv MSG='message' [CONFIG=...]"; exit 2; }
