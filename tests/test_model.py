@@ -276,3 +276,19 @@ def test_count_parameters_matches_keras():
     model = model_lib.build_model(demo_config("model.head=diagnosis", "model.metadata=true"))
     assert model_lib.count_parameters(model) == model.count_params()
     assert model_lib.count_trainable(model) < model_lib.count_parameters(model)
+
+
+@pytest.mark.parametrize("overrides", [[], ["model.metadata=true"]], ids=["binary", "metadata"])
+def test_checkpoint_reloads_into_a_fresh_model_with_equal_predictions(tmp_path, overrides):
+    """Training saves model.keras and reloads it with load_weights into a freshly built model (OOF,
+    inference): every weight must come back, or predictions would silently come from random layers."""
+    model = model_lib.build_model(demo_config(*overrides))
+    batch = inputs(metadata=bool(overrides))
+    expected = model.predict_on_batch(batch)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    again = model_lib.build_model(demo_config(*overrides), pretrained=False)
+    assert not same_weights(model, again)
+    again.load_weights(path)
+    assert same_weights(model, again)
+    np.testing.assert_allclose(again.predict_on_batch(batch), expected, rtol=1e-5, atol=1e-7)
