@@ -98,3 +98,10 @@ def test_saved_config_round_trips_with_git_commit(tmp_path):
     saved = yaml.safe_load(Path(path).read_text())
     assert "git_commit" in saved
     assert config_lib.load_run_config(Path(path).parent) == config
+
+
+def test_drop_connect_with_a_v2_backbone_is_refused_before_any_work(tmp_path):
+    path = write(tmp_path, "exp.yaml", "model:\n  drop_connect: 0.0\n")
+    with pytest.raises(ConfigError, match=r"'model.drop_connect' applies to efficientnet-b0..b7.*=null"):
+        load_config(path, ["model.backbone=efficientnetv2-b0"])
+    assert load_config(path, ["model.backbone=efficientnetv2-b0", "model.drop_connect=null"])

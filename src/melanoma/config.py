@@ -210,6 +210,9 @@ def _check_values(config: Config) -> None:
         raise ConfigError("config key 'train.label_smoothing' must be in [0, 1)")
     if not 0 <= config.model.dropout < 1:
         raise ConfigError("config key 'model.dropout' must be in [0, 1)")
+    if config.model.drop_connect is not None and config.model.backbone.startswith("efficientnetv2-"):
+        raise ConfigError(f"config key 'model.drop_connect' applies to efficientnet-b0..b7, not "
+                          f"{config.model.backbone}: set model.drop_connect=null")
     if config.train.upsample_malignant < 1:
         raise ConfigError(f"config key 'train.upsample_malignant' must be at least 1, got "
                           f"{config.train.upsample_malignant}")
