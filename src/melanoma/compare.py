@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from melanoma import io_utils
+from melanoma import io_utils, scoring
 from melanoma.errors import DataError
 from melanoma.scoring import (ScoreWarning, delong_test, prepare_oof, read_oof, read_string_table,
                               score_oof)
@@ -262,14 +262,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", nargs="?", default="outputs", metavar="DIR",
                         help="folder of run folders (default: outputs)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                        help="patient resamples for each run's 95%% interval (0 = none; default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    scoring.add_bootstrap_arguments(parser, "each run's 95%% interval")
 
 
 def command(args: argparse.Namespace) -> int:
-    if args.bootstrap < 0:
-        raise DataError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
+    scoring.check_bootstrap_arguments(args)
     rows = compare_runs(args.directory, bootstrap=args.bootstrap, seed=args.seed)
     if args.json:
         print(json.dumps(rows))

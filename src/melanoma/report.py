@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from melanoma import io_utils
+from melanoma import io_utils, scoring
 from melanoma.errors import DataError
 from melanoma.scoring import ScoreWarning, format_score, score_oof
 
@@ -298,14 +298,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help=f"fixed cutoffs for the table (default: {' '.join(map(str, DEFAULT_CUTOFFS))})")
     parser.add_argument("--sensitivity", nargs="+", type=_probability, default=list(DEFAULT_SENSITIVITIES),
                         metavar="S", help="sensitivities whose cutoff the table shows (default: 0.9 0.95)")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                        help="patient resamples for the AUC interval (default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    scoring.add_bootstrap_arguments(parser, "the AUC interval")
 
 
 def command(args: argparse.Namespace) -> int:
-    if args.bootstrap < 0:
-        raise DataError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
+    scoring.check_bootstrap_arguments(args)
     run_path = resolve_run(args.config, args.overrides)
     if not os.path.isdir(run_path):
         raise FileNotFoundError(f"run folder not found: {run_path} (train the config first)")

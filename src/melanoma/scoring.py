@@ -459,14 +459,23 @@ def format_score(result: dict, frame: pd.DataFrame | None = None, title: str = "
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("oof_csv", metavar="OOF_CSV", help="OOF file: image_name,patient_id,target,pred,fold")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_bootstrap_arguments(parser, "the 95%% interval")
+
+
+def add_bootstrap_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--bootstrap N and --seed S, shared by score, compare and report."""
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                        help="patient resamples for the 95%% interval (0 = none; default 1000)")
+                        help=f"patient resamples for {what} (0 = none; default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
 
 
-def command(args: argparse.Namespace) -> int:
+def check_bootstrap_arguments(args: argparse.Namespace) -> None:
     if args.bootstrap < 0:
         raise DataError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
+
+
+def command(args: argparse.Namespace) -> int:
+    check_bootstrap_arguments(args)
     frame = read_oof(args.oof_csv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScoreWarning)  # printed below, once
