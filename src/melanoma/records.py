@@ -142,7 +142,9 @@ def write_split(frame: pd.DataFrame, image_dir: str, out_dir: str, split: str, s
     rows = frame.to_dict("records")
     order = np.argsort(frame["part"].to_numpy(), kind="stable")
     tasks = [(paths[i], size) for i in order]
-    context = multiprocessing.get_context("spawn" if io_utils.is_remote(out_dir) else "fork")
+    # Workers read the JPEGs; gs:// reads go through TensorFlow, which must not be used in a forked
+    # child of a process that has already started TensorFlow's threads, so those workers are spawned.
+    context = multiprocessing.get_context("spawn" if io_utils.is_remote(image_dir) else "fork")
     pool = context.Pool(workers) if workers > 1 else None
     try:
         results: Iterator[bytes] = (pool.imap(_resize_task, tasks, chunksize=8) if pool
