@@ -17,7 +17,7 @@ REPO = TESTS.parent
 
 
 def build_tiny_model(config, pretrained: bool = True):
-    import keras
+    from melanoma.kerasapi import keras
 
     size = config.data.image_size
     image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
@@ -26,6 +26,22 @@ def build_tiny_model(config, pretrained: bool = True):
     features = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     output = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="target")(features)
     return keras.Model({"image": image}, output, name="tiny")
+
+
+def build_tiny_normalised_model(config, pretrained: bool = True):
+    """The tiny model with a batch-norm layer: replicas keep moving statistics of their own, which
+    the distributed tests need to see handled."""
+    from melanoma.kerasapi import keras
+
+    size = config.data.image_size
+    image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
+    features = keras.layers.Rescaling(1.0 / 255.0)(image)
+    features = keras.layers.Conv2D(4, 3, strides=2, name="conv")(features)
+    features = keras.layers.BatchNormalization(momentum=0.5, name="norm")(features)
+    features = keras.layers.Activation("relu")(features)
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    output = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="target")(features)
+    return keras.Model({"image": image}, output, name="tiny_norm")
 
 
 def install_tiny_model(monkeypatch=None) -> None:
@@ -84,6 +100,44 @@ def train_script_command(config: Path, fold: int, stall_epoch: int, stall_batch:
     return [sys.executable, "-c", bootstrap]
 
 
+def entry_command(script: str, args: list[str], audit_dir: Path | None = None,
+                  audit_log: Path | None = None) -> list[str]:
+    """`python train.py ARGS` (or infer.py), run as the real entry point with the tiny batch-norm model.
+
+    With `audit_dir`, every file or folder the process creates, opens for writing, renames or copies
+    under that folder is logged to `audit_log` (Python's audit hooks see each such call), which shows
+    whether a process wrote there at all."""
+    audit = ""
+    if audit_dir is not None:
+        audit = (
+            "import os\n"
+            f"watched, log = {str(audit_dir)!r} + os.sep, {str(audit_log)!r}\n"
+            "def hook(event, args):\n"
+            "    if event not in ('open', 'os.rename', 'os.replace', 'os.mkdir', 'shutil.copyfile', 'os.remove'):\n"
+            "        return\n"
+            "    if event == 'open' and not (isinstance(args[1], str) and set(args[1]) & set('wax+')) \\\n"
+            "            and not (isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):\n"
+            "        return\n"
+            "    named = args[:2] if event in ('os.rename', 'os.replace', 'shutil.copyfile') else args[:1]\n"
+            "    paths = [os.fsdecode(a) for a in named if isinstance(a, (str, bytes, os.PathLike))]\n"
+            "    for path in paths:\n"
+            "        if os.path.abspath(path).startswith(watched):\n"
+            "            with open(log, 'a') as handle:\n"
+            "                handle.write(f'{event} {path}\\n')\n"
+            "sys.addaudithook(hook)\n")
+    bootstrap = (
+        "import runpy, sys\n"
+        f"sys.path[:0] = [{str(REPO / 'src')!r}, {str(TESTS)!r}]\n"
+        + audit +
+        "import reliability_helpers as h\n"
+        "from melanoma import model\n"
+        "model.build_model = h.build_tiny_normalised_model\n"
+        f"sys.argv = [{script!r}] + {[str(a) for a in args]!r}\n"
+        f"runpy.run_path({str(REPO / script)!r}, run_name='__main__')\n"
+    )
+    return [sys.executable, "-c", bootstrap]
+
+
 # --- damaged records ------------------------------------------------------------------------------
 
 
@@ -91,6 +145,11 @@ def read_records(path) -> list[bytes]:
     import tensorflow as tf
 
     return [record.numpy() for record in tf.data.TFRecordDataset(str(path))]
+
+
+def read_table_names(paths) -> list[str]:
+    """image_name of every record in the files, in order."""
+    return [image_name(record) for path in paths for record in read_records(path)]
 
 
 def write_records(path, serialized: list[bytes]) -> None:

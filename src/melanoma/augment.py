@@ -1,5 +1,8 @@
 """Augmentation of whole batches of uint8 images, on one of three backends (`augment.backend`).
 
+`auto` (the default) picks `tf` on a TPU, whose hosts cannot run Python inside the input pipeline, and
+`opencv`, the cheapest per image on a CPU (`melanoma bench`), everywhere else.
+
 - `albumentations`: on the host CPU. One `tf.numpy_function` call per batch (not per image) keeps the
   Python/graph crossing cheap; inside, an albumentations Compose transforms each image.
 - `opencv`: the same transforms with the same parameter ranges and uint8 arithmetic as the
@@ -184,18 +187,28 @@ def _dihedral(image: np.ndarray, flips) -> np.ndarray:
 
 
 BACKENDS = ("albumentations", "opencv", "tf")
+CHOICES = ("auto",) + BACKENDS
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend `augment.backend` stands for on this machine: `auto` is `tf` on a TPU, else `opencv`."""
+    if backend != "auto":
+        return backend
+    from melanoma import hardware
+
+    return "tf" if hardware.accelerator_name(hardware.get_strategy()) == "tpu" else "opencv"
 
 
 def make_augmenter(augment_config, seed: int | None = None):
     """The augmenter of the backend that `augment_config.backend` names (see the module docstring)."""
-    backend = getattr(augment_config, "backend", "albumentations")
+    backend = resolve_backend(getattr(augment_config, "backend", "auto"))
     if backend == "albumentations":
         return BatchAugmenter(augment_config, seed=seed)
     if backend == "opencv":
         return OpenCVBatchAugmenter(augment_config, seed=seed)
     if backend == "tf":
         return TFAugmenter(augment_config, seed=seed)
-    raise ValueError(f"unknown augment.backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    raise ValueError(f"unknown augment.backend '{backend}'; choose one of {', '.join(CHOICES)}")
 
 
 def augment_batch_op(images, augmenter):

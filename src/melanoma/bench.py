@@ -308,7 +308,7 @@ class _StepTimes:
     """Keras callback: wall time at the end of each training batch."""
 
     def __new__(cls):
-        import keras
+        from melanoma.kerasapi import keras
 
         class StepTimes(keras.callbacks.Callback):
             def __init__(self):
@@ -325,10 +325,10 @@ def model_figures(config, strategy, train_paths, test_paths, pipelines: dict, mo
                   epoch_steps: int) -> dict:
     """Model figures under the dtype policy already set (hardware.set_precision); the weights are
     random (pretrained=False): speed does not depend on them, and nothing is downloaded."""
-    import keras
+    from melanoma.kerasapi import keras
     import tensorflow as tf
 
-    from melanoma import augment, model as model_lib, pipeline, prediction, training
+    from melanoma import augment, hardware, model as model_lib, pipeline, prediction, training
 
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
     training.set_seed(config.seed)
@@ -352,14 +352,16 @@ def model_figures(config, strategy, train_paths, test_paths, pipelines: dict, mo
 
     steps, mode = tta_settings(config)
     tta_augmenter = augment.make_augmenter(config.augment, seed=config.seed) if mode == "random" else None
-    predict_ds, views = pipeline.prediction_dataset(test_paths, config, "test", tta_steps=steps, tta_mode=mode,
-                                                    batch_size=config.tta.batch_size, augmenter=tta_augmenter)
+    predict_ds, views = pipeline.prediction_dataset(
+        test_paths, config, "test", tta_steps=steps, tta_mode=mode,
+        batch_size=config.tta.batch_size * hardware.local_replicas(strategy), augmenter=tta_augmenter)
     predict_inputs = next(iter(predict_ds))["inputs"]
     predict_batch = int(predict_inputs["image"].shape[0])
-    model.predict_on_batch(predict_inputs)  # traces and compiles
+    predictor = prediction.Predictor(model, strategy, predict_batch)  # on every replica, as predict_files
+    predictor(predict_inputs)  # traces and compiles
     started = time.perf_counter()
     for _ in range(model_batches):
-        model.predict_on_batch(predict_inputs)
+        predictor(predict_inputs)
     seconds = time.perf_counter() - started
     predict = {"views_per_second": predict_batch * model_batches / seconds, "batch_size": predict_batch}
     predict["images_per_second"] = predict["views_per_second"] / views
@@ -367,7 +369,8 @@ def model_figures(config, strategy, train_paths, test_paths, pipelines: dict, mo
 
     # Training as model.fit runs it: the pipeline feeding the same step.
     epoch = {"images_per_second": fit_rate(train_ds, epoch_steps), "steps": epoch_steps}
-    epoch.update(_limits(pipelines["train_pipeline"][config.augment.backend]["images_per_second"],
+    epoch.update(_limits(pipelines["train_pipeline"][augment.resolve_backend(config.augment.backend)]
+                         ["images_per_second"],
                          train_step["images_per_second"], epoch["images_per_second"]))
     _progress("training epoch", epoch)
 
@@ -377,7 +380,7 @@ def model_figures(config, strategy, train_paths, test_paths, pipelines: dict, mo
     config_tta = copy.deepcopy(config)
     config_tta["tta"]["steps"], config_tta["tta"]["mode"] = steps, mode
     started = time.perf_counter()
-    prediction.predict_files(model, test_paths, config_tta, "test", progress=False)
+    prediction.predict_files(model, test_paths, config_tta, "test", progress=False, strategy=strategy)
     seconds = time.perf_counter() - started
     whole = {"images_per_second": test_count / seconds, "images": test_count, "views": views}
     whole.update(_limits(pipelines["tta_pipeline"]["images_per_second"], predict["images_per_second"],
@@ -439,7 +442,7 @@ def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
 
 
 def machine(config, strategy, precision: str) -> dict:
-    import keras
+    from melanoma.kerasapi import keras
     import tensorflow as tf
 
     from melanoma import hardware
@@ -466,10 +469,10 @@ def run_bench(config, batches: int = 20, warmup: int = 5, model_batches: int = 2
               synthetic: bool = False, train_images: int = 512, test_images: int = 32,
               records_images: int = 256, with_model: bool = True, min_seconds: float = MIN_SECONDS) -> dict:
     """Every figure as one dict (see the module docstring)."""
-    from melanoma import hardware, pipeline
+    from melanoma import augment, hardware, pipeline
 
     started = time.perf_counter()
-    strategy = hardware.get_strategy()
+    strategy = hardware.get_strategy(cluster=False)  # this machine's devices
     precision = hardware.set_precision(config, strategy)
     size = config.data.image_size
     with tempfile.TemporaryDirectory(prefix="melanoma-bench-") as folder:
@@ -492,7 +495,7 @@ def run_bench(config, batches: int = 20, warmup: int = 5, model_batches: int = 2
                 "data": source, "train_images": pipeline.count_images(train_files),
                 "test_images": pipeline.count_images(test_files), "batch_size": config.train.batch_size,
                 "tta_batch_size": config.tta.batch_size, "backbone": config.model.backbone,
-                "augment_backend": config.augment.backend, "augment_xla": bool(config.augment.xla),
+                "augment_backend": augment.resolve_backend(config.augment.backend), "augment_xla": bool(config.augment.xla),
                 "cache": bool(config.data.cache), "batches": batches, "min_seconds": min_seconds,
                 "warmup_batches": warmup,
                 "model_batches": model_batches, "epoch_steps": epoch_steps,

@@ -6,10 +6,13 @@ start from with `extends: other.yaml`.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,7 +37,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "augment.backend": ("albumentations", "opencv", "tf"),
+    "augment.backend": ("auto", "albumentations", "opencv", "tf"),
     "model.backbone": tuple(f"efficientnet-b{i}" for i in range(8))
     + tuple(f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")),
     "model.head": ("binary", "diagnosis"),
@@ -198,7 +201,8 @@ def _check_types(config: dict, schema: dict, prefix: str = "") -> None:
 
 
 def _check_values(config: Config) -> None:
-    positive = ["data.folds", "data.image_size", "train.epochs", "train.batch_size", "tta.batch_size"]
+    positive = ["data.folds", "data.image_size", "train.epochs", "train.batch_size", "train.steps_per_execution",
+                "tta.batch_size"]
     for dotted in positive:
         if config.get_path(dotted) < 1:
             raise ConfigError(f"config key '{dotted}' must be at least 1, got {config.get_path(dotted)}")
@@ -375,6 +379,25 @@ def git_commit() -> str | None:
 
 def run_dir(config: Config) -> str:
     return os.path.join(config.output_dir, config.name)
+
+
+@contextlib.contextmanager
+def worker_outputs(config: Config, chief: bool):
+    """The config a process writes with: `config` itself on the chief; on the other workers of a
+    cluster, a copy whose output_dir and submission_dir are a temporary folder of their own, removed at
+    the end. Those workers take every step the chief takes (a cluster saves models collectively), but
+    nothing of theirs lands in the run's folders."""
+    if chief:
+        yield config
+        return
+    scratch = tempfile.mkdtemp(prefix="melanoma-worker-")
+    work = copy.deepcopy(config)
+    work["output_dir"] = os.path.join(scratch, "outputs")
+    work["submission_dir"] = os.path.join(scratch, "submissions")
+    try:
+        yield work
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def dump_config(config: Config) -> str:

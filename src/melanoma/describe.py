@@ -1,7 +1,7 @@
 """`python -m melanoma describe --config C [--set ...]`: what a config would train, without training.
 
-A dry run to read before spending a TPU session: the strategy and replicas found on this machine, the
-precision, the global batch and the learning rates it gives, the backbone, input size and parameter
+A dry run to read before spending a TPU session: the strategy and replicas found on this machine (or
+the TF_CONFIG cluster), the Keras library and augmentation backend that would run, the precision, the global batch and the learning rates it gives, the backbone, input size and parameter
 count (the model is built with random weights; nothing is downloaded), and whether the pretrained
 weights file is already cached. Prints one JSON object.
 """
@@ -30,13 +30,18 @@ def _data_summary(config, global_batch: int) -> dict:
 
 def describe(config) -> dict:
     """The facts `describe` prints, as a dict."""
-    import keras
+    from melanoma.kerasapi import keras
 
     from melanoma import hardware, model as model_lib, schedules
 
+    from melanoma import augment, kerasapi
+
     started = time.time()
-    strategy = hardware.get_strategy()
-    replicas = strategy.num_replicas_in_sync
+    workers = max(1, hardware.cluster_workers())
+    # A cluster is described without joining it: its workers are alike, so the replicas are this
+    # machine's times the workers.
+    strategy = hardware.get_strategy(cluster=False)
+    replicas = strategy.num_replicas_in_sync * workers
     precision = hardware.set_precision(config, strategy)
     global_batch = config.train.batch_size * replicas
     try:
@@ -49,9 +54,13 @@ def describe(config) -> dict:
     rates = schedules.learning_rates(config.train, global_batch)
     facts = {
         "name": config.name,
-        "strategy": hardware.strategy_name(strategy),
+        "strategy": "MultiWorkerMirroredStrategy" if workers > 1 else hardware.strategy_name(strategy),
         "accelerator": hardware.accelerator_name(strategy),
         "replicas": replicas,
+        "workers": workers,
+        "keras": kerasapi.name(),
+        "augment_backend": augment.resolve_backend(config.augment.backend),
+        "steps_per_execution": config.train.steps_per_execution,
         "precision": precision,
         "xla": bool(config.train.xla),
         "batch_size_per_replica": config.train.batch_size,

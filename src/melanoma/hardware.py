@@ -1,8 +1,13 @@
 """Which accelerator is here, the tf.distribute strategy for it, and the numeric precision to train in.
 
 Detection order: a multi-worker cluster described by TF_CONFIG (MultiWorkerMirroredStrategy), a TPU
-(TPUStrategy), several local GPUs (MirroredStrategy), else the default strategy (one GPU or the CPU).
-`train.batch_size` is per replica, so the global batch is batch_size x replicas on every strategy.
+(TPUStrategy), several local GPUs (MirroredStrategy), `MELANOMA_CPU_DEVICES=N` (the CPU split into N
+logical devices under MirroredStrategy: every distributed code path, on a machine without
+accelerators), else the default strategy (one GPU or the CPU). `train.batch_size` is per replica, so
+the global batch is batch_size x replicas on every strategy.
+
+On a cluster every worker runs the same program; the chief (task `chief`, or worker 0 when there is
+none) alone writes a run's files (`is_chief`).
 """
 from __future__ import annotations
 
@@ -13,20 +18,69 @@ import sys
 
 import tensorflow as tf
 
+from melanoma import kerasapi
+from melanoma.config import ConfigError
+
 # Environment variables through which Cloud TPU nodes, Colab and GKE name the TPU to connect to.
 TPU_NAME_VARIABLES = ("TPU_NAME", "TPU_CONFIG", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS")
 
 
-def cluster_workers(tf_config: str | None = None) -> int:
-    """Number of tasks (chief + workers) that TF_CONFIG's cluster lists; 0 without TF_CONFIG."""
-    text = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
-    if not text.strip():
+CPU_DEVICES_VARIABLE = "MELANOMA_CPU_DEVICES"
+
+cluster_workers = kerasapi.cluster_tasks
+
+
+def worker_task() -> tuple[str, int]:
+    """(type, index) of this process's task in TF_CONFIG; ('worker', 0) without one."""
+    text = os.environ.get("TF_CONFIG", "")
+    task = json.loads(text).get("task", {}) if text.strip() else {}
+    return str(task.get("type", "worker")), int(task.get("index", 0))
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run's files: always outside a cluster; in a cluster the task
+    `chief`, or worker 0 when the cluster has no chief."""
+    if cluster_workers() <= 1:
+        return True
+    kind, index = worker_task()
+    cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+    return kind == "chief" or (kind == "worker" and index == 0 and not cluster.get("chief"))
+
+
+def input_shard() -> tuple[int, int]:
+    """(number of workers, this worker's position): which part of the training data this worker reads."""
+    workers = cluster_workers()
+    if workers <= 1:
+        return 1, 0
+    kind, index = worker_task()
+    has_chief = bool(json.loads(os.environ["TF_CONFIG"]).get("cluster", {}).get("chief"))
+    return workers, (0 if kind == "chief" else index + int(has_chief))
+
+
+def cpu_devices() -> int:
+    """MELANOMA_CPU_DEVICES as a number (0 when unset)."""
+    text = os.environ.get(CPU_DEVICES_VARIABLE, "").strip()
+    if not text:
         return 0
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{CPU_DEVICES_VARIABLE} must be a positive number of logical CPU devices, got "
+                         f"{text!r}")
+    return int(text)
+
+
+def split_cpu(count: int) -> None:
+    """Split the (first) CPU into `count` logical devices. Has to run before TensorFlow starts its
+    runtime (before any tensor is made), so the entry points call it first (see get_strategy)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current and len(current) == count:
+        return
     try:
-        cluster = json.loads(text).get("cluster", {})
-    except (ValueError, AttributeError):
-        raise ValueError(f"TF_CONFIG is not a JSON object with a 'cluster': {text[:200]!r}") from None
-    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError:
+        raise ConfigError(f"{CPU_DEVICES_VARIABLE}={count} came too late: TensorFlow had already "
+                           "started in this process. Set it in the environment before the command runs "
+                           f"({CPU_DEVICES_VARIABLE}={count} python train.py ...)") from None
 
 
 def tpu_resolver():
@@ -48,12 +102,20 @@ def tpu_resolver():
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def get_strategy() -> tf.distribute.Strategy:
+@functools.lru_cache(maxsize=2)
+def get_strategy(cluster: bool = True) -> tf.distribute.Strategy:
     """The strategy for this machine, created once per process (TPU initialisation and the
     multi-worker handshake must not run twice; MultiWorkerMirroredStrategy also has to exist before
-    other TensorFlow work, so training asks for it first)."""
-    if cluster_workers() > 1:
+    other TensorFlow work, so training asks for it first). cluster=False leaves a TF_CONFIG cluster
+    out and takes this machine's own devices (inference and benchmarks run on one machine)."""
+    simulated = cpu_devices()
+    if simulated:
+        split_cpu(simulated)
+    if cluster and cluster_workers() > 1:
+        if not kerasapi.legacy():
+            raise ConfigError(f"a multi-worker cluster (TF_CONFIG) trains with tf_keras (Keras 3 cannot "
+                             f"fit under MultiWorkerMirroredStrategy), but {kerasapi.LEGACY_VARIABLE} is "
+                             f"{os.environ.get(kerasapi.LEGACY_VARIABLE)!r}: unset it")
         return tf.distribute.MultiWorkerMirroredStrategy()
     resolver = tpu_resolver()
     if resolver is not None:
@@ -63,6 +125,9 @@ def get_strategy() -> tf.distribute.Strategy:
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
+    if simulated > 1:
+        cpus = tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in cpus[:simulated]])
     return tf.distribute.get_strategy()
 
 
@@ -96,14 +161,27 @@ def set_precision(config, strategy: tf.distribute.Strategy) -> str:
 
     Always sets it (float32 too), so a fold never inherits the policy of an earlier model in the process.
     """
-    import keras
+    from melanoma.kerasapi import keras
 
     policy = precision_policy(accelerator_name(strategy), bool(config.train.mixed_precision))
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
 
+def local_replicas(strategy: tf.distribute.Strategy) -> int:
+    """Replicas on this machine (all of them but on a multi-worker cluster)."""
+    if strategy.num_replicas_in_sync == 1:
+        return 1  # the default strategy has no worker_devices
+    return len(strategy.extended.worker_devices)
+
+
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
-    """'TPUStrategy', 'MirroredStrategy', ...; 'OneDeviceStrategy' style names for the default."""
+    """The public name of the strategy: MultiWorkerMirroredStrategy, TPUStrategy, MirroredStrategy, or
+    DefaultStrategy (one device)."""
+    for public, name in ((tf.distribute.MultiWorkerMirroredStrategy, "MultiWorkerMirroredStrategy"),
+                         (tf.distribute.TPUStrategy, "TPUStrategy"),
+                         (tf.distribute.MirroredStrategy, "MirroredStrategy")):
+        if isinstance(strategy, public):
+            return name
     name = type(strategy).__name__
     return "DefaultStrategy" if name == "_DefaultDistributionStrategy" else name

@@ -48,13 +48,16 @@ def fold_test_predictions(config, fold: int, recompute: bool = False) -> pd.Data
         if json.loads(io_utils.read_text(settings_path)) == wanted:
             print(f"fold {fold}: reusing {path}")
             return io_utils.read_csv(path)
-    from melanoma import model as model_lib, pipeline, prediction
+    from melanoma import hardware, model as model_lib, pipeline, prediction
 
     test_files = pipeline.list_files(config.data.test_files, "data.test_files")
-    model = model_lib.build_model(config, pretrained=False)  # weights come from the checkpoint
-    model.load_weights(os.path.join(folder, "model.keras"))
+    strategy = hardware.get_strategy(cluster=False)
+    with strategy.scope():
+        model = model_lib.build_model(config, pretrained=False)  # weights come from the checkpoint
+        model.load_weights(os.path.join(folder, "model.keras"))
     frame = prediction.predict_files(model, [f.path for f in test_files], config, "test",
-                                     pipeline.count_images(test_files), desc=f"fold {fold} test")
+                                     pipeline.count_images(test_files), desc=f"fold {fold} test",
+                                     strategy=strategy)
     frame = frame[["image_name", "pred"]]
     io_utils.write_csv_atomic(frame, path)
     io_utils.write_text_atomic(settings_path, json.dumps(wanted))
@@ -115,7 +118,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    from melanoma import hardware
+
     config = config_lib.load_config(args.config, args.set)
     config_lib.check_inputs(config, "infer")  # before any model is built or file written
+    if not hardware.is_chief():
+        kind, index = hardware.worker_task()
+        print(f"{kind} {index} of a cluster: inference runs on the chief alone (with its own devices); "
+              "nothing to do here")
+        return 0
+    hardware.get_strategy(cluster=False)  # this machine's devices; before other TensorFlow work
     run_inference(config, recompute=args.recompute, force=args.force)
     return 0

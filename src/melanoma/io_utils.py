@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob as local_glob
 import io
 import os
+import shutil
 import uuid
 from typing import Iterable
 
@@ -82,6 +83,14 @@ def replace(source: str, target: str) -> None:
         _gfile().rename(source, target, overwrite=True)
     else:
         os.replace(source, target)
+
+
+def copy(source: str, target: str) -> None:
+    """Copy a file (local or gs://), replacing `target`."""
+    if is_remote(source) or is_remote(target):
+        _gfile().copy(source, target, overwrite=True)
+    else:
+        shutil.copyfile(source, target)
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:

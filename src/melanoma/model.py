@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 
-import keras
+from melanoma.kerasapi import keras
 import tensorflow as tf
 
 from melanoma import io_utils
@@ -95,7 +95,10 @@ def pretrained_file(backbone: str, weights: str) -> tuple[str, str, str]:
         if weights != "imagenet":
             raise ValueError(f"{backbone} has ImageNet weights only; set model.weights to imagenet, none "
                              "or a path")
-        from keras.src.applications import efficientnet_v2 as v2
+        import importlib
+
+        # keras.applications' module of the library in use (Keras 3 or tf_keras): its weight table
+        v2 = importlib.import_module(f"{keras.__name__.split('.')[0]}.src.applications.efficientnet_v2")
 
         name = f"{backbone}_notop.h5"
         return name, v2.BASE_WEIGHTS_PATH + name, v2.WEIGHTS_HASHES[backbone.split("-")[-1]][1]

@@ -94,14 +94,22 @@ def decode_image(data, image_size: int):
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
-def _read(paths: list[str], ordered: bool, seed: int | None = None, keep=None):
-    """Serialized records; `keep(path, serialized) -> bool` (sources.record_filter) drops records per file."""
-    if ordered and keep is None:
+def _read(paths: list[str], ordered: bool, seed: int | None = None, keep=None, shard: tuple[int, int] = (1, 0)):
+    """Serialized records; `keep(path, serialized) -> bool` (sources.record_filter) drops records per file.
+
+    shard = (workers, index): this worker keeps every workers-th record of each file, starting at
+    `index` (a multi-worker cluster's training data: the shards are disjoint, cover every record and
+    differ in size by at most one record per file, however few the files are).
+    """
+    workers, index = shard
+    if ordered and keep is None and workers == 1:
         # One file after another: order is the files' order, and within a file the records' order.
         return tf.data.TFRecordDataset(paths, num_parallel_reads=None)
 
     def open_file(path):
         dataset = tf.data.TFRecordDataset(path)
+        if workers > 1:
+            dataset = dataset.shard(workers, index)
         return dataset if keep is None else dataset.filter(lambda serialized: keep(path, serialized))
 
     files = tf.data.Dataset.from_tensor_slices(paths)
@@ -112,7 +120,7 @@ def _read(paths: list[str], ordered: bool, seed: int | None = None, keep=None):
 
 
 def _decoded(paths, split: str, image_size: int, ordered: bool, seed=None, cache: bool = False, keep=None,
-             skip_corrupt: bool = False):
+             skip_corrupt: bool = False, shard: tuple[int, int] = (1, 0)):
     """Parsed examples with decoded images. skip_corrupt drops records that fail to read, parse or
     decode (data.skip_corrupt; `integrity.scan_files` names them beforehand with the same checks)."""
     def parse_and_decode(serialized):
@@ -120,7 +128,7 @@ def _decoded(paths, split: str, image_size: int, ordered: bool, seed=None, cache
         example["image"] = decode_image(example["image"], image_size)
         return example
 
-    dataset = _read(paths, ordered, seed, keep).map(parse_and_decode, num_parallel_calls=AUTOTUNE,
+    dataset = _read(paths, ordered, seed, keep, shard).map(parse_and_decode, num_parallel_calls=AUTOTUNE,
                                               deterministic=ordered)
     if skip_corrupt:
         dataset = dataset.ignore_errors()
@@ -236,8 +244,12 @@ def diagnosis_target(batch: dict, lookup: list[int]):
 
 def train_dataset(paths: list[str], config, batch_size: int, seed: int | None = None,
                   augmenter: augment.BatchAugmenter | None = None, keep=None,
-                  diagnosis_lookup: list[int] | None = None):
+                  diagnosis_lookup: list[int] | None = None, shard: tuple[int, int] = (1, 0)):
     """Shuffled, repeated, remainder-dropped batches of (inputs, target) for model.fit.
+
+    `batch_size` is the global batch. On a multi-worker cluster, shard = (workers, this worker's
+    index) (`hardware.input_shard`): each worker reads its own records, and tf.distribute's own
+    sharding is turned off, so each worker's batches are split among its replicas only.
 
     A path may be listed more than once (upsampled external files); `keep` drops duplicates.
     The target is the 0/1 label (binary head) or a one-hot ISIC class (diagnosis head, which needs
@@ -249,7 +261,7 @@ def train_dataset(paths: list[str], config, batch_size: int, seed: int | None = 
         raise ValueError("the diagnosis head needs diagnosis_lookup (class index per diagnosis code)")
     dataset = _decoded(paths, "train", config.data.image_size, ordered=False, seed=seed,
                        cache=bool(config.data.cache), keep=keep,
-                       skip_corrupt=bool(config.data.skip_corrupt))
+                       skip_corrupt=bool(config.data.skip_corrupt), shard=shard)
     upsample = int(config.train.upsample_malignant)
     if upsample > 1:
         dataset = dataset.flat_map(lambda example: tf.data.Dataset.from_tensors(example).repeat(
@@ -272,6 +284,10 @@ def train_dataset(paths: list[str], config, batch_size: int, seed: int | None = 
         return model_inputs(batch, metadata), tf.cast(batch["target"], tf.float32)
 
     dataset = dataset.map(to_pair, num_parallel_calls=AUTOTUNE)
+    if shard[0] > 1:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        dataset = dataset.with_options(options)
     return dataset.prefetch(AUTOTUNE)
 
 

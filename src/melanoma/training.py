@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma import config as config_lib
-from melanoma import io_utils, runstate
+from melanoma import io_utils, kerasapi, runstate
 from melanoma.errors import CheckFailed, DataError
 
 
@@ -32,7 +32,7 @@ def fold_finished(config, fold: int) -> bool:
 
 
 def set_seed(seed: int) -> None:
-    import keras
+    from melanoma.kerasapi import keras
 
     keras.utils.set_random_seed(seed)
 
@@ -43,7 +43,7 @@ def make_loss(config):
     binary: cross-entropy (with label smoothing) or focal loss on the sigmoid. diagnosis: the same two
     over the 9-class softmax (categorical cross-entropy / categorical focal loss, one-hot labels).
     """
-    import keras
+    from melanoma.kerasapi import keras
 
     train = config.train
     if config.model.head == "diagnosis":
@@ -59,19 +59,23 @@ def make_loss(config):
 
 
 def compile_model(model, config, global_batch: int):
-    import keras
+    from melanoma.kerasapi import keras
 
-    from melanoma import model as model_lib, schedules
+    from melanoma import hardware, model as model_lib, schedules
 
     train = config.train
-    if config.model.head == "diagnosis":
+    if hardware.cluster_workers() > 1:
+        metrics = []  # tf_keras on a cluster shows streaming training metrics summed over the workers
+    elif config.model.head == "diagnosis":
         metrics = [model_lib.MelanomaAUC(name="auc"), keras.metrics.CategoricalAccuracy(name="accuracy")]
     else:
         metrics = [keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision"),
                    keras.metrics.Recall(name="recall")]
     optimizer = keras.optimizers.Adam(learning_rate=schedules.learning_rate(0, train, global_batch))
-    # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer itself (auto_scale_loss).
-    model.compile(optimizer=optimizer, loss=make_loss(config), jit_compile=bool(train.xla), metrics=metrics)
+    # Under mixed_float16 Keras 3 wraps the optimizer in a LossScaleOptimizer itself (auto_scale_loss);
+    # tf_keras does the same in compile when the global policy is mixed_float16.
+    model.compile(optimizer=optimizer, loss=make_loss(config), jit_compile=bool(train.xla), metrics=metrics,
+                  steps_per_execution=int(train.steps_per_execution))
     return model
 
 
@@ -136,7 +140,7 @@ def binary_log_loss(target: np.ndarray, pred: np.ndarray) -> float:
 
 
 def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str],
-                   valid_dropped: frozenset = frozenset(), state: dict | None = None):
+                   valid_dropped: frozenset = frozenset(), state: dict | None = None, strategy=None):
     """Exact validation AUC, learning rate per epoch, NaN guard, atomic best checkpoint and history.
 
     After each epoch the fold's resumable state is committed (see `runstate`): last.keras (model and
@@ -147,17 +151,20 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
     outputs all fall in one bin; the validation AUC here is scikit-learn's on every validation image,
     the same number the competition would give. It runs first so later callbacks see it in `logs`.
     """
-    import keras
+    from melanoma.kerasapi import keras
     from sklearn.metrics import roc_auc_score
 
-    from melanoma import prediction, schedules
+    from melanoma import hardware, prediction, schedules
+
+    strategy = strategy or hardware.get_strategy()
 
     class ValidationScore(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if logs is None or guard.failure:
                 return
+            prediction.sync_replicas(self.model, strategy)  # predict what the checkpoint will hold
             frame = prediction.predict_files(self.model, valid_paths, config, "train", tta=False,
-                                             progress=False)
+                                             progress=False, strategy=strategy)
             frame = frame[~frame["image_name"].isin(valid_dropped)]  # duplicates (sources.py)
             target = frame["target"].to_numpy(dtype=np.float64)
             logs["val_loss"] = binary_log_loss(target, frame["pred"].to_numpy())
@@ -168,26 +175,26 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
     metric, mode = monitor[config.train.checkpoint]
 
     class NanGuard(keras.callbacks.Callback):
-        """Stops at the first non-finite loss, before any checkpoint sees the broken weights."""
+        """Stops at the end of an epoch whose loss or weights are not finite, before any checkpoint
+        or validation sees the broken weights.
+
+        It looks once per epoch, not after every batch: reading the loss after each batch would make
+        the accelerator wait for the host at every step (and defeat train.steps_per_execution). The
+        epoch's loss is the mean over its batches, so one non-finite batch shows in it.
+        """
 
         def __init__(self):
             super().__init__()
             self.failure = None
 
-        def on_train_batch_end(self, batch, logs=None):
+        def on_epoch_end(self, epoch, logs=None):
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)):
-                self.failure = f"loss became {float(loss)} at epoch {self.epoch + 1}, batch {batch + 1}"
-                self.model.stop_training = True
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_epoch_end(self, epoch, logs=None):
-            # Weights can turn non-finite in an epoch's last step, after the last loss was seen.
-            if self.failure is None and not all(np.all(np.isfinite(np.asarray(w)))
-                                                for w in self.model.trainable_weights):
+                self.failure = f"loss became {float(loss)} at epoch {epoch + 1}"
+            # Weights can turn non-finite in an epoch's last step, after the last loss was taken.
+            elif not all(np.all(np.isfinite(np.asarray(w))) for w in self.model.trainable_weights):
                 self.failure = f"the weights became non-finite in epoch {epoch + 1}"
+            if self.failure:
                 self.model.stop_training = True
 
     guard = NanGuard()
@@ -199,6 +206,7 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
             super().__init__()
             self.best = state.get("best") if state else None
             self.best_epoch = state.get("best_epoch") if state else None
+            self.best_weights = None  # the best epoch's weights when this process trained it
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -209,14 +217,17 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
             improved = finite and (metric is None or self.best is None
                                    or (value > self.best if mode == "max" else value < self.best))
             target = os.path.join(folder, runstate.BEST_MODEL)
+            last = os.path.join(folder, runstate.LAST_MODEL)
+            temporary = io_utils.temporary_name(last)
+            # One save per epoch, whatever the metric did: on a cluster saving is a collective step
+            # that every worker takes together. The best checkpoint is a copy of that file.
+            self.model.save(temporary)
             pending = None
             if improved:
                 pending = io_utils.temporary_name(target)
-                self.model.save(pending)
+                io_utils.copy(temporary, pending)
                 self.best, self.best_epoch = (float(value) if metric else None), epoch + 1
-            last = os.path.join(folder, runstate.LAST_MODEL)
-            temporary = io_utils.temporary_name(last)
-            self.model.save(temporary)
+                self.best_weights = self.model.get_weights()
             io_utils.replace(temporary, last)
             committed = {"epoch": epoch + 1, "epochs": config.train.epochs, "monitor": metric,
                          "best": self.best, "best_epoch": self.best_epoch,
@@ -332,7 +343,7 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
 
     With `resume`, a fold that was interrupted continues after its last completed epoch, with its model,
     optimizer state, best checkpoint and history (see `runstate`)."""
-    import keras
+    from melanoma.kerasapi import keras
     from sklearn.metrics import roc_auc_score
 
     from melanoma import augment, hardware, integrity, model as model_lib, pipeline, prediction, sources
@@ -360,16 +371,20 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     steps = config.train.steps_per_epoch or max(1, n_train // global_batch)
     print(f"fold {fold}: {n_train} training images in {len(train_files)} file(s), {n_valid} validation "
           f"images in {len(valid_files)}; {steps} steps of {global_batch} per epoch, "
-          f"{config.train.epochs} epochs, {replicas} replica(s), {precision}"
-          f"{', XLA' if config.train.xla else ''}")
+          f"{config.train.epochs} epochs, {replicas} replica(s) ({hardware.strategy_name(strategy)}), "
+          f"{precision}{', XLA' if config.train.xla else ''}, augmentation "
+          f"{augment.resolve_backend(config.augment.backend)}, {kerasapi.name()}")
 
     # A resumed fold draws a new data order rather than replaying its first epochs' order.
     data_seed = config.seed + fold + 1000 * initial_epoch
-    augmenter = augment.make_augmenter(config.augment, seed=data_seed)
+    shard = hardware.input_shard()
+    if shard[0] > 1:
+        print(f"fold {fold}: worker {shard[1]} of {shard[0]} reads every {shard[0]}th training record")
+    augmenter = augment.make_augmenter(config.augment, seed=data_seed + shard[1])
     train_ds = pipeline.train_dataset([f.path for f in train_files], config, global_batch,
-                                      seed=data_seed, augmenter=augmenter,
+                                      seed=data_seed + shard[1], augmenter=augmenter,
                                       keep=fold_data.record_filter(),
-                                      diagnosis_lookup=diagnosis_lookup(config, train_files))
+                                      diagnosis_lookup=diagnosis_lookup(config, train_files), shard=shard)
     with strategy.scope():
         model = compile_model(model_lib.build_model(config), config, global_batch)
         if state:
@@ -378,7 +393,8 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
             print(f"fold {fold}: resuming after epoch {initial_epoch} of {config.train.epochs} "
                   f"(best epoch so far: {state.get('best_epoch')})")
     callbacks, guard, checkpoint = make_callbacks(config, folder, global_batch,
-                                                  [f.path for f in valid_files], fold_data.valid_dropped, state)
+                                                  [f.path for f in valid_files], fold_data.valid_dropped, state,
+                                                  strategy=strategy)
     class_weight = class_weights(config)
     started = time.time()
     with integrity.named_data_errors(sorted({f.path for f in train_files + valid_files}), "train",
@@ -394,18 +410,24 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
                           "train.lr_max, check the data, or turn off train.mixed_precision.")
     if checkpoint.best_epoch is None:
         raise CheckFailed(f"fold {fold}: no epoch gave a finite {config.train.checkpoint} metric")
-    model.load_weights(os.path.join(folder, "model.keras"))
+    if checkpoint.best_weights is not None:
+        # The weights model.keras holds, kept from that epoch: tf_keras cannot load a .keras file into
+        # a model under MultiWorkerMirroredStrategy, and this saves reading it back.
+        model.set_weights(checkpoint.best_weights)
+    else:  # chosen before a resume
+        model.load_weights(os.path.join(folder, "model.keras"))
 
     oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train",
                                    pipeline.count_images(valid_files) - sum(skipped.get(f.path, 0)
                                                                             for f in valid_files),
-                                   desc=f"fold {fold} OOF")
+                                   desc=f"fold {fold} OOF", strategy=strategy)
     oof = sources.check_oof(oof, fold_data)  # competition validation images only, duplicates out
     oof["fold"] = fold
     oof = oof[["image_name", "patient_id", "target", "pred", "fold"]]
     io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))
     test = prediction.predict_files(model, [f.path for f in test_files], config, "test",
-                                    pipeline.count_images(test_files), desc=f"fold {fold} test")
+                                    pipeline.count_images(test_files), desc=f"fold {fold} test",
+                                    strategy=strategy)
     io_utils.write_csv_atomic(test[["image_name", "pred"]], os.path.join(folder, "test.csv"))
     io_utils.write_text_atomic(os.path.join(folder, "test.json"), json.dumps(prediction_settings(config)))
     auc = float(roc_auc_score(oof["target"], oof["pred"])) if oof["target"].nunique() == 2 else float("nan")
@@ -478,18 +500,32 @@ def check_interrupted(config, folds: list[int], resume: bool, force: bool) -> No
 
 
 def command(args: argparse.Namespace) -> int:
+    from melanoma import hardware
+
     config = config_lib.load_config(args.config, args.set)
     folds = parse_folds(args.fold, config.data.folds)
     config_lib.check_inputs(config, "train")  # before any model is built or file written
     check_interrupted(config, folds, args.resume, args.force)
-    config_path = config_lib.save_config(config)
-    print(f"run {config.name}: resolved config in {config_path}")
-    results = []
-    for fold in folds:
-        if fold_finished(config, fold) and not args.force:
-            print(f"fold {fold}: already finished (use --force to train it again)")
-            continue
-        results.append(train_fold(config, fold, resume=args.resume))
+    if args.resume and hardware.cluster_workers() > 1:
+        raise config_lib.ConfigError("--resume is not supported on a multi-worker cluster: the workers "
+                                     "would not start from the same state. Resume on one machine, or "
+                                     "train the fold again with --force")
+    hardware.get_strategy()  # before other TensorFlow work (the CPU split, the cluster handshake)
+    # Every worker decides from the run's own folder, so all of them train the same folds.
+    todo = [fold for fold in folds if args.force or not fold_finished(config, fold)]
+    for fold in sorted(set(folds) - set(todo)):
+        print(f"fold {fold}: already finished (use --force to train it again)")
+    with config_lib.worker_outputs(config, hardware.is_chief()) as work:
+        config_path = config_lib.save_config(work)
+        if hardware.is_chief():
+            print(f"run {config.name}: resolved config in {config_path}")
+        else:
+            kind, index = hardware.worker_task()
+            print(f"run {config.name}: {kind} {index} of a cluster; the chief writes the run's files")
+        for fold in todo:
+            train_fold(work, fold, resume=args.resume)
+    if not hardware.is_chief():
+        return 0
     gathered = gather_oof(config)
     if gathered:
         from sklearn.metrics import roc_auc_score

@@ -1,0 +1,174 @@
+"""Every device count: several replicas (MELANOMA_CPU_DEVICES) and a real multi-worker cluster on
+localhost (TF_CONFIG), run as the user runs them, in processes of their own (devices are split, and a
+cluster joined, before TensorFlow starts; the test process has started already).
+
+They train a tiny model with a batch-norm layer (reliability_helpers), so what they check is the
+distribution, not EfficientNet: rows matched by name, nothing lost or repeated when a batch does not
+divide by the replicas, replicas predicting what the checkpoint holds, and only the chief writing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import reliability_helpers as helpers
+from conftest import write_config
+
+# 74 validation images (fold 0 of the tiny data) with 2 dihedral views in host batches of 16 images
+# per replica: the last batch holds 10 images, which does not fill the replicas' share.
+BODY = """\
+    train:
+      epochs: 2
+      steps_per_epoch: 2
+      batch_size: 4
+    tta:
+      steps: 2
+      mode: dihedral
+      batch_size: 16
+    """
+
+
+def environment(**extra) -> dict:
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("TF_CONFIG", "MELANOMA_CPU_DEVICES", "TF_USE_LEGACY_KERAS")}
+    env.update({"NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def run(command, env, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=helpers.REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def validation_paths(config) -> list[str]:
+    from melanoma import pipeline
+
+    files = pipeline.list_files(config.data.train_files, "data.train_files")
+    return [f.path for f in pipeline.split_folds(files, 0, config.data.folds)[1]]
+
+
+def test_two_replicas_train_predict_and_agree_with_one(tiny_data, tmp_path):
+    from melanoma import config as config_lib, prediction
+    from melanoma.kerasapi import keras
+
+    path = write_config(tmp_path, tiny_data, BODY)
+    env = environment(MELANOMA_CPU_DEVICES="2")
+    trained = run(helpers.entry_command("train.py", ["--config", path, "--fold", "0"]), env)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert "2 replica(s) (MirroredStrategy)" in trained.stdout
+    inferred = run(helpers.entry_command("infer.py", ["--config", path]), env)
+    assert inferred.returncode == 0, inferred.stdout + inferred.stderr
+
+    fold = tmp_path / "outputs" / "tiny" / "fold0"
+    oof = pd.read_csv(fold / "oof.csv")
+    names = helpers.read_table_names(validation_paths(config_lib.load_config(path)))
+    assert len(oof) == len(names) == 74 and sorted(oof["image_name"]) == sorted(names)
+    history = pd.read_csv(fold / "history.csv")
+    assert len(history) == 2 and history["val_auc"].notna().all()
+
+    sample = pd.read_csv(tiny_data["sample_submission"])
+    submission = pd.read_csv(tmp_path / "submissions" / "tiny.csv")
+    assert list(submission["image_name"]) == list(sample["image_name"])
+    assert submission["target"].between(0, 1).all()
+    test = pd.read_csv(fold / "test.csv")
+    assert sorted(test["image_name"]) == sorted(sample["image_name"])
+
+    # The same checkpoint on one replica (this process: the default strategy) predicts the same OOF.
+    config = config_lib.load_config(path)
+    model = helpers.build_tiny_normalised_model(config)
+    model.load_weights(fold / "model.keras")
+    single = prediction.predict_files(model, validation_paths(config), config, "train", progress=False)
+    merged = oof.merge(single, on="image_name", suffixes=("_two", "_one"))
+    assert len(merged) == 74
+    np.testing.assert_allclose(merged["pred_two"], merged["pred_one"], atol=1e-5, rtol=0)
+    keras.backend.clear_session()
+
+
+def test_predictor_pads_splits_and_unpads_across_replicas():
+    """Rows that do not divide by the replicas come back once each, in order (in-process check of the
+    padding arithmetic on the default strategy, which the subprocess tests run on two replicas)."""
+    import tensorflow as tf
+
+    from melanoma import prediction
+    from melanoma.kerasapi import keras
+
+    inputs = keras.Input(shape=(3,), name="x")
+    model = keras.Model({"x": inputs}, keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(inputs))
+    predictor = prediction.Predictor(model, tf.distribute.get_strategy(), rows=8)
+    values = np.arange(15, dtype="float32").reshape(5, 3)
+    np.testing.assert_allclose(predictor({"x": tf.constant(values)})[:, 0], values.sum(axis=1))
+    with pytest.raises(ValueError, match="larger than"):
+        predictor({"x": tf.zeros([9, 3])})
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for handle in sockets:
+            handle.bind(("localhost", 0))
+        return [handle.getsockname()[1] for handle in sockets]
+    finally:
+        for handle in sockets:
+            handle.close()
+
+
+def test_two_worker_cluster_trains_a_fold_and_only_the_chief_writes(tiny_data, tmp_path):
+    path = write_config(tmp_path, tiny_data, BODY)
+    outputs = tmp_path / "outputs"
+    ports = free_ports(2)
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    audit = tmp_path / "worker1-writes.log"
+    processes = []
+    for index in range(2):
+        env = environment(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        command = helpers.entry_command("train.py", ["--config", path, "--fold", "0"],
+                                        audit_dir=outputs if index == 1 else None, audit_log=audit)
+        log = open(tmp_path / f"worker{index}.txt", "w")
+        processes.append((subprocess.Popen(command, cwd=helpers.REPO, env=env, stdout=log,
+                                           stderr=subprocess.STDOUT), log))
+    codes = []
+    for process, log in processes:
+        try:
+            codes.append(process.wait(timeout=600))
+        finally:
+            if process.poll() is None:
+                process.kill()
+            log.close()
+    logs = [(tmp_path / f"worker{index}.txt").read_text() for index in range(2)]
+    assert codes == [0, 0], "\n\n".join(logs)
+
+    # tf_keras trains the cluster, two replicas in sync, each worker on its own half of the records
+    for index, text in enumerate(logs):
+        assert "2 replica(s) (MultiWorkerMirroredStrategy)" in text and "tf_keras" in text, \
+            [line for line in text.splitlines() if "replica" in line]
+        assert f"worker {index} of 2 reads every 2th training record" in text, text
+    # the run's files are complete, written by the chief
+    fold = outputs / "tiny" / "fold0"
+    for name in ("model.keras", "last.keras", "history.csv", "oof.csv", "test.csv", "test.json",
+                 "state.json", "data.json"):
+        assert (fold / name).is_file(), name
+    assert (outputs / "tiny" / "config.yaml").is_file()
+    assert not [p for p in fold.iterdir() if p.name.startswith(".")]
+    assert len(pd.read_csv(fold / "oof.csv")) == 74
+    assert "cluster; the chief writes the run's files" in logs[1]
+    # the other worker wrote nothing under output_dir (its audit log names every write there)
+    assert not audit.exists() or audit.read_text() == "", audit.read_text()
+    # both ended with the same result
+    summaries = [[line.rsplit(",", 1)[0] for line in text.splitlines() if line.startswith("fold 0: best epoch")]
+                 for text in logs]  # "fold 0: best epoch E, OOF AUC A (N images, TTA V)" without the time
+    assert summaries[0] and summaries[0] == summaries[1], summaries
+
+    # the checkpoint a tf_keras cluster wrote is predicted again by Keras 3 on one machine, alike
+    cluster_test = pd.read_csv(fold / "test.csv")
+    inferred = run(helpers.entry_command("infer.py", ["--config", path, "--recompute"]), environment())
+    assert inferred.returncode == 0, inferred.stdout + inferred.stderr
+    submission = pd.read_csv(tmp_path / "submissions" / "tiny.csv").merge(cluster_test, on="image_name")
+    assert len(submission) == len(cluster_test)
+    np.testing.assert_allclose(submission["target"], submission["pred"], atol=1e-5, rtol=0)
