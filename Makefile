@@ -1,8 +1,18 @@
-# The verbs a user types. `make help` lists them. Every target uses the project's own .venv/.
+# The verbs a user types. `make help` lists them. Every target uses the project's own .venv/, except on
+# a Kaggle or Colab notebook (or with USE_SYSTEM_PYTHON=1), where they use the notebook's own Python and
+# install into it without touching its TensorFlow (src/melanoma/notebook.py).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
+NOTEBOOK := $(if $(filter-out 0,$(USE_SYSTEM_PYTHON))$(KAGGLE_KERNEL_RUN_TYPE)$(COLAB_RELEASE_TAG)$(COLAB_GPU),1,)
+ifeq ($(NOTEBOOK),1)
+PY := $(PYTHON)
+NOTEBOOK_STAMP ?= .notebook-installed
+INSTALLED := $(NOTEBOOK_STAMP)
+else
 PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+endif
 export NO_ALBUMENTATIONS_UPDATE := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
@@ -20,8 +30,9 @@ DEMO := input/demo
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' FILE=... MSG=... CONFIGS=... METHOD=..."
+	@echo "  USE_SYSTEM_PYTHON=1 (automatic on Kaggle/Colab): use this Python and its TensorFlow, no .venv/"
 
-install: $(VENV)/.installed ## create .venv/ and install the project into it
+install: $(INSTALLED) ## create .venv/ and install the project into it (a notebook: into its own Python)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +40,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(DEMO)/train.csv: | $(VENV)/.installed
+$(NOTEBOOK_STAMP): pyproject.toml
+	$(PY) src/melanoma/notebook.py --extras dev
+	touch $@
+
+$(DEMO)/train.csv: | $(INSTALLED)
 	$(PY) -m melanoma synth $(DEMO) --size 128 --patients 250 --seed 0
 
 $(DEMO)/records/encodings.json: $(DEMO)/train.csv
