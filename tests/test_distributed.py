@@ -172,3 +172,59 @@ def test_two_worker_cluster_trains_a_fold_and_only_the_chief_writes(tiny_data, t
     submission = pd.read_csv(tmp_path / "submissions" / "tiny.csv").merge(cluster_test, on="image_name")
     assert len(submission) == len(cluster_test)
     np.testing.assert_allclose(submission["target"], submission["pred"], atol=1e-5, rtol=0)
+
+
+def test_describe_reports_the_replicas_strategy_keras_and_augmentation_actually_chosen():
+    done = run([sys.executable, "-m", "melanoma", "describe", "--config", "configs/demo.yaml"],
+               environment(MELANOMA_CPU_DEVICES="2"))
+    assert done.returncode == 0, done.stderr
+    facts = json.loads(done.stdout)
+    assert facts["replicas"] == 2 and facts["strategy"] == "MirroredStrategy" and facts["workers"] == 1
+    assert facts["global_batch_size"] == 2 * facts["batch_size_per_replica"]
+    assert facts["augment_backend"] == "opencv"  # auto on a CPU
+    assert facts["keras"].startswith("keras 3")
+    bad = run([sys.executable, "-m", "melanoma", "describe", "--config", "configs/demo.yaml"],
+              environment(MELANOMA_CPU_DEVICES="two"))
+    assert bad.returncode == 2 and "MELANOMA_CPU_DEVICES must be a positive number" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_auto_augmentation_is_the_graph_backend_on_a_tpu_and_opencv_elsewhere(monkeypatch):
+    from melanoma import augment, hardware
+
+    assert augment.resolve_backend("auto") == "opencv"
+    assert augment.resolve_backend("albumentations") == "albumentations"
+    monkeypatch.setattr(hardware, "accelerator_name", lambda strategy: "tpu")
+    assert augment.resolve_backend("auto") == "tf"
+    assert isinstance(augment.make_augmenter(augment_config("auto")), augment.TFAugmenter)
+
+
+def augment_config(backend):
+    from melanoma import config as config_lib
+
+    return config_lib.load_config(str(helpers.REPO / "configs" / "demo.yaml"), [f"augment.backend={backend}"]).augment
+
+
+def test_each_worker_reads_its_own_shard_of_every_file(tiny_data):
+    """Two workers' record streams are disjoint and together hold every record once."""
+    from melanoma import pipeline
+
+    paths = sorted(str(p) for p in tiny_data["records"].glob("train*.tfrec"))
+    names = []
+    for index in range(2):
+        dataset = pipeline._read(paths, ordered=False, seed=1, shard=(2, index))
+        names.append([helpers.image_name(record.numpy()) for record in dataset])
+    everything = helpers.read_table_names(paths)
+    assert not set(names[0]) & set(names[1])
+    assert sorted(names[0] + names[1]) == sorted(everything)
+    assert abs(len(names[0]) - len(names[1])) <= len(paths)
+
+
+def test_steps_per_execution_reaches_the_compiled_model(tiny_data, tmp_path):
+    from melanoma import config as config_lib, training
+
+    config = config_lib.load_config(str(write_config(tmp_path, tiny_data)), ["train.steps_per_execution=4"])
+    model = training.compile_model(helpers.build_tiny_model(config), config, global_batch=8)
+    assert int(model.steps_per_execution) == 4
+    with pytest.raises(config_lib.ConfigError, match="steps_per_execution"):
+        config_lib.load_config(str(write_config(tmp_path, tiny_data)), ["train.steps_per_execution=0"])
