@@ -19,7 +19,7 @@ import tensorflow as tf
 import yaml
 
 from melanoma import cli, converters, pipeline, records, sources, taxonomy, training
-from melanoma.config import load_config
+from melanoma.config import ConfigError, load_config
 
 ISIC2019_CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]  # published column order
 HAM10000_DX = {"akiec": "AK", "bcc": "BCC", "bkl": "BKL", "df": "DF", "mel": "MEL", "nv": "NV", "vasc": "VASC"}
@@ -321,6 +321,8 @@ def test_records_without_encodings_are_an_error_for_the_diagnosis_head(ham_recor
     files = pipeline.list_files(f"{bare}/train*.tfrec")
     lookups = training.diagnosis_lookup(config, files, ["bare-ham"] * len(files))
     assert lookups["bare-ham"] == taxonomy.diagnosis_lookup(names)
+    with pytest.raises(ConfigError, match="elsewhere"):  # a source the run does not read
+        training.check_diagnosis_sources(load_config(path, ["data.diagnosis_names={elsewhere: [MEL]}"]))
 
 
 # ---------------------------------------------------------------------------------------------------

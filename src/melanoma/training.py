@@ -104,15 +104,9 @@ def diagnosis_names(config, files, sources: list[str] | None = None) -> dict[str
 
     sources = [COMPETITION] * len(files) if sources is None else list(sources)
     configured = config.data.diagnosis_names
-    if isinstance(configured, dict):
-        if not all(isinstance(names, list) for names in configured.values()):
-            raise config_lib.ConfigError("data.diagnosis_names is a list of names in code order, or a mapping "
-                                         "{source: list of names}")
-        unknown = sorted(set(configured) - set(sources))
-        if unknown:
-            raise config_lib.ConfigError(
-                f"data.diagnosis_names names source(s) {', '.join(map(str, unknown))} that this run does not "
-                f"read; its sources are {', '.join(dict.fromkeys(sources))}")
+    if isinstance(configured, dict) and not all(isinstance(names, list) for names in configured.values()):
+        raise config_lib.ConfigError("data.diagnosis_names is a list of names in code order, or a mapping "
+                                     "{source: list of names} ('competition' for data.train_files)")
     folders: dict[str, list[str]] = {}
     for record_file, source in zip(files, sources):
         folder = os.path.dirname(record_file.path)
@@ -174,9 +168,18 @@ def check_diagnosis_sources(config) -> None:
 
     files = pipeline.list_files(config.data.train_files, "data.train_files")
     names = [sources_lib.COMPETITION] * len(files)
-    for external in sources_lib.external_sets(config.data):
+    sets = sources_lib.external_sets(config.data)
+    for external in sets:
         files += list(external.files)
         names += [external.name] * len(external.files)
+    configured = config.data.diagnosis_names
+    if isinstance(configured, dict):
+        known = [sources_lib.COMPETITION] + [external.name for external in sets]
+        unknown = sorted(set(map(str, configured)) - set(known))
+        if unknown:
+            raise config_lib.ConfigError(
+                f"data.diagnosis_names names source(s) {', '.join(unknown)} that this run does not read; its "
+                f"sources are {', '.join(known)} ('competition' is data.train_files)")
     diagnosis_lookup(config, files, names)
 
 
