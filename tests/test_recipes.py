@@ -272,7 +272,7 @@ def test_unknown_patient_count_is_flagged(tiny):
 def test_diagnosis_targets_follow_the_encodings(tiny, tmp_path):
     config = tiny_config(tiny, tmp_path, "model.head=diagnosis")
     files = pipeline.list_files(tiny["train"])
-    lookup = training.diagnosis_lookup(config, files)
+    lookup = training.diagnosis_lookup(config, files)["competition"]
     assert lookup == [0, 1, 4, 8]  # melanoma MEL, nevus NV, seborrheic keratosis BKL, unknown UNK
     batch = {"diagnosis": np.array([0, 1, 2, 3, 0, 7, -1]), "target": np.array([1, 0, 0, 0, 0, 0, 1])}
     labels = pipeline.diagnosis_target(batch, lookup).numpy().argmax(axis=1)
@@ -282,7 +282,7 @@ def test_diagnosis_targets_follow_the_encodings(tiny, tmp_path):
 
 def test_diagnosis_names_from_config_or_error(tiny, tmp_path):
     config = tiny_config(tiny, tmp_path, "model.head=diagnosis", "data.diagnosis_names=[MEL, nevus, BKL, UNK]")
-    assert training.diagnosis_lookup(config, pipeline.list_files(tiny["train"])) == [0, 1, 4, 8]
+    assert training.diagnosis_lookup(config, pipeline.list_files(tiny["train"])) == {"competition": [0, 1, 4, 8]}
     bare = tmp_path / "bare"
     bare.mkdir()
     for path in pipeline.list_files(tiny["train"]):

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from melanoma import cli, pipeline, records, sources
+from melanoma import cli, converters, pipeline, records, sources, taxonomy
 from melanoma.config import ConfigError, load_config
 from melanoma.errors import CheckFailed
 
@@ -144,17 +144,17 @@ def public(tiny_data, tmp_path_factory) -> dict:
 def raw2019(tmp_path_factory) -> Path:
     """Raw ISIC 2019 training files in their own layout and column names."""
     root = tmp_path_factory.mktemp("isic2019raw")
-    images = root / records.ISIC2019_IMAGES
+    images = root / converters.ISIC2019_IMAGES
     images.mkdir()
     rng = np.random.default_rng(11)
     classes = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "MEL", "NV", "MEL", "BKL"]
     names = [f"ISIC_00{i:05d}" for i in range(len(classes))]
     names[3] = names[3] + "_downsampled"
-    truth = pd.DataFrame(0.0, index=range(len(names)), columns=list(records.ISIC2019_CLASSES))
+    truth = pd.DataFrame(0.0, index=range(len(names)), columns=list(taxonomy.DIAGNOSIS_CLASSES))
     for row, cls in enumerate(classes):
         truth.loc[row, cls] = 1.0
     truth.insert(0, "image", names)
-    truth.to_csv(root / records.ISIC2019_GROUND_TRUTH, index=False)
+    truth.to_csv(root / converters.ISIC2019_GROUND_TRUTH, index=False)
     sites = ["anterior torso", "posterior torso", "lateral torso", "head/neck", "upper extremity",
              "lower extremity", "palms/soles", "oral/genital", None, "anterior torso", None, "head/neck"]
     metadata = pd.DataFrame({"image": names, "age_approx": [55, 30, None, 70, 45, 40, 35, 60, 20, 85, 50, 65],
@@ -163,7 +163,7 @@ def raw2019(tmp_path_factory) -> Path:
                                            None, "MSK4_0000006", None, "BCN_0000008", None, None, "HAM_0000011"],
                              "sex": ["male", "female", None, "male", "female", "male", "female", "male",
                                      "female", "male", "female", "male"]})
-    metadata.to_csv(root / records.ISIC2019_METADATA, index=False)
+    metadata.to_csv(root / converters.ISIC2019_METADATA, index=False)
     for name in names:  # any size: the conversion resizes
         image = cv2.resize(rng.integers(0, 256, (6, 9, 3), dtype=np.uint8), (72, 48))
         cv2.imwrite(str(images / f"{name}.jpg"), image)
@@ -296,9 +296,9 @@ def test_raw_isic2019_through_records(raw2019, public, tiny_data, tmp_path, fast
     assert [f.part for f in files] == [0, 1, 2] and sum(f.count for f in files) == 12
     table = pd.read_csv(out / "train.csv").set_index("image_name")
     assert table["target"].sum() == 3 and table.loc["ISIC_0000000", "diagnosis"] == "melanoma"
-    assert table.loc["ISIC_0000002", "diagnosis"] == "unknown"  # BCC has no competition diagnosis
-    assert table.loc["ISIC_0000002", "isic2019_class"] == "BCC"
-    codes = records.COMPETITION_ENCODINGS
+    assert table.loc["ISIC_0000002", "diagnosis"] == "basal cell carcinoma"  # its own name, not "unknown"
+    assert table.loc["ISIC_0000002", "isic_class"] == "BCC"
+    codes = taxonomy.COMPETITION_ENCODINGS
     assert table.loc["ISIC_0000001", "anatom_site_general_challenge_code"] == codes[
         "anatom_site_general_challenge"]["torso"]
     assert table.loc["ISIC_0000008", "anatom_site_general_challenge_code"] == -1

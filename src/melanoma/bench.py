@@ -476,7 +476,7 @@ def run_bench(config, batches: int = 20, warmup: int = 5, model_batches: int = 2
     precision = hardware.set_precision(config, strategy)
     size = config.data.image_size
     with tempfile.TemporaryDirectory(prefix="melanoma-bench-") as folder:
-        have_data = (io_utils.glob(config.data.train_files) and io_utils.glob(config.data.test_files))
+        have_data = (io_utils.glob(config.data.train_files) and io_utils.glob(config.data.test_files or []))
         if synthetic or not have_data:
             config = copy.deepcopy(config)
             train_glob, test_glob = synthetic_dataset(folder, size, train_images, test_images, seed=config.seed)

@@ -28,13 +28,16 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "data.external_files": (str, list, dict),
     "data.duplicates_csv": (str, list),
     "data.cache": (bool, str),
-    "data.diagnosis_names": (list,),
+    "data.diagnosis_names": (list, dict),
     "model.weights": (str,),
     "model.drop_connect": (int, float),
     "model.bn_momentum": (int, float),
     "train.steps_per_epoch": (int,),
     "train.class_weight": (int, float),
 }
+
+# Keys with a default that may also be set to null.
+NULLABLE = {"data.test_files"}  # a data set without test images (e.g. HAM10000 on its own)
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "augment.backend": ("auto", "albumentations", "opencv", "tf"),
@@ -175,7 +178,7 @@ def _check_types(config: dict, schema: dict, prefix: str = "") -> None:
         if default is not None:
             allowed = allowed + (type(default),)
         if value is None:
-            if default is None:
+            if default is None or dotted in NULLABLE:
                 continue
             raise ConfigError(f"config key '{dotted}' must be {_type_name(allowed)}, got null")
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):

@@ -58,7 +58,9 @@ def fold_test_predictions(config, fold: int, recompute: bool = False) -> pd.Data
     frame = prediction.predict_files(model, [f.path for f in test_files], config, "test",
                                      pipeline.count_images(test_files), desc=f"fold {fold} test",
                                      strategy=strategy)
-    frame = frame[["image_name", "pred"]]
+    from melanoma import taxonomy
+
+    frame = frame[["image_name", "pred"] + taxonomy.class_columns(frame.columns)]  # + p_<CLASS>: diagnosis head
     io_utils.write_csv_atomic(frame, path)
     io_utils.write_text_atomic(settings_path, json.dumps(wanted))
     return frame
@@ -121,6 +123,9 @@ def command(args: argparse.Namespace) -> int:
     from melanoma import hardware
 
     config = config_lib.load_config(args.config, args.set)
+    if not config.data.test_files:
+        raise config_lib.ConfigError(f"{args.config}: data.test_files is null, so there are no test images "
+                                     "to predict; set it to the test records' glob (--set data.test_files=...)")
     config_lib.check_inputs(config, "infer")  # before any model is built or file written
     if not hardware.is_chief():
         kind, index = hardware.worker_task()

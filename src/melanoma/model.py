@@ -7,8 +7,9 @@ Inputs are float32 images in 0..255 under the key `image` (and `metadata` when t
 normalisation happens inside the model, so pipelines stay in uint8 and TTA views are cheap.
 
 Heads. `binary`: one sigmoid, P(malignant). `diagnosis`: a softmax over the 9 ISIC 2019 classes, trained
-with the competition's diagnoses mapped onto those classes; the model still predicts one number per
-image, P(MEL), so everything downstream of training (validation AUC, OOF, TTA, test) is unchanged.
+with every source's diagnoses mapped onto those classes by name (see `taxonomy`); the model still
+predicts P(MEL) as its one number per image, so validation AUC, OOF, TTA and test work as for the binary
+head, and the predictions also keep each class's probability (`prediction_head`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import tempfile
 from melanoma.kerasapi import keras
 import tensorflow as tf
 
-from melanoma import io_utils
+from melanoma import io_utils, taxonomy
 
 BACKBONES = {f"efficientnet-b{i}": f"EfficientNetB{i}" for i in range(8)}
 # Keras' EfficientNetV2 family (keras.applications); ImageNet weights only, no noisy-student.
@@ -30,31 +31,13 @@ PACKAGE_WEIGHTS = ("imagenet", "noisy-student")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The 9 classes of the ISIC 2019 challenge, in its column order. MEL's probability is the prediction.
-DIAGNOSIS_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
-MELANOMA_CLASS = DIAGNOSIS_CLASSES.index("MEL")
-UNKNOWN_CLASS = DIAGNOSIS_CLASSES.index("UNK")
-# Diagnosis names (2020 competition and ISIC 2017-2019 metadata) -> ISIC 2019 class. Lentigines and
-# lichenoid keratoses are benign keratosis-like lesions in the ISIC 2019 taxonomy (BKL); the 2020 labels
-# that have no ISIC 2019 class (atypical melanocytic proliferation, cafe-au-lait macule) are UNK.
-DIAGNOSIS_NAMES = {
-    "melanoma": "MEL",
-    "nevus": "NV",
-    "basal cell carcinoma": "BCC",
-    "actinic keratosis": "AK",
-    "seborrheic keratosis": "BKL",
-    "pigmented benign keratosis": "BKL",
-    "benign keratosis": "BKL",
-    "lichenoid keratosis": "BKL",
-    "solar lentigo": "BKL",
-    "lentigo nos": "BKL",
-    "dermatofibroma": "DF",
-    "vascular lesion": "VASC",
-    "squamous cell carcinoma": "SCC",
-    "atypical melanocytic proliferation": "UNK",
-    "cafe-au-lait macule": "UNK",
-    "unknown": "UNK",
-}
+# The diagnosis taxonomy (classes, names, codes) lives in `taxonomy`; these names are kept here for the
+# model code and its callers.
+DIAGNOSIS_CLASSES = taxonomy.DIAGNOSIS_CLASSES
+MELANOMA_CLASS = taxonomy.MELANOMA_CLASS
+UNKNOWN_CLASS = taxonomy.UNKNOWN_CLASS
+diagnosis_class = taxonomy.diagnosis_class
+diagnosis_lookup = taxonomy.diagnosis_lookup
 
 
 # ---------------------------------------------------------------- backbones and their weights
@@ -195,23 +178,6 @@ def build_backbone(name: str, image_size: int, weights: str | None = "none", pre
 
 # ---------------------------------------------------------------- heads
 
-def diagnosis_class(name: str) -> int:
-    """ISIC 2019 class index of a diagnosis name (or of a class name such as 'MEL')."""
-    text = str(name).strip()
-    if text.upper() in DIAGNOSIS_CLASSES:
-        return DIAGNOSIS_CLASSES.index(text.upper())
-    key = text.lower().replace("_", " ")
-    if key not in DIAGNOSIS_NAMES:
-        raise ValueError(f"diagnosis '{name}' has no ISIC class; name it as one of "
-                         f"{', '.join(DIAGNOSIS_CLASSES)} in data.diagnosis_names")
-    return DIAGNOSIS_CLASSES.index(DIAGNOSIS_NAMES[key])
-
-
-def diagnosis_lookup(names) -> list[int]:
-    """Class index for each diagnosis code: `names` lists the diagnosis names in code order."""
-    return [diagnosis_class(name) for name in names]
-
-
 @keras.saving.register_keras_serializable(package="melanoma")
 class DiagnosisModel(keras.Model):
     """Trains on the 9-class softmax, predicts P(MEL).
@@ -241,6 +207,16 @@ class DiagnosisModel(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
+
+
+def prediction_head(model: keras.Model) -> tuple[keras.Model, tuple[str, ...] | None]:
+    """The model to run for predictions, and the ISIC class of each of its output columns.
+
+    The diagnosis head's network gives all 9 class probabilities (its MEL column is the prediction);
+    any other model gives one column, P(malignant), and None."""
+    if isinstance(model, DiagnosisModel):
+        return model.network, DIAGNOSIS_CLASSES
+    return model, None
 
 
 @keras.saving.register_keras_serializable(package="melanoma")

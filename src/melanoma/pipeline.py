@@ -94,25 +94,29 @@ def decode_image(data, image_size: int):
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
-def _read(paths: list[str], ordered: bool, seed: int | None = None, keep=None, shard: tuple[int, int] = (1, 0)):
+def _read(paths: list[str], ordered: bool, seed: int | None = None, keep=None, tags: list[int] | None = None,
+          shard: tuple[int, int] = (1, 0)):
     """Serialized records; `keep(path, serialized) -> bool` (sources.record_filter) drops records per file.
 
+    With `tags` (an int per path: the index of its source), each element is (serialized, tag).
     shard = (workers, index): this worker keeps every workers-th record of each file, starting at
     `index` (a multi-worker cluster's training data: the shards are disjoint, cover every record and
     differ in size by at most one record per file, however few the files are).
     """
     workers, index = shard
-    if ordered and keep is None and workers == 1:
+    if ordered and keep is None and tags is None and workers == 1:
         # One file after another: order is the files' order, and within a file the records' order.
         return tf.data.TFRecordDataset(paths, num_parallel_reads=None)
 
-    def open_file(path):
+    def open_file(path, tag=None):
         dataset = tf.data.TFRecordDataset(path)
         if workers > 1:
             dataset = dataset.shard(workers, index)
-        return dataset if keep is None else dataset.filter(lambda serialized: keep(path, serialized))
+        dataset = dataset if keep is None else dataset.filter(lambda serialized: keep(path, serialized))
+        return dataset if tag is None else dataset.map(lambda serialized: (serialized, tag))
 
-    files = tf.data.Dataset.from_tensor_slices(paths)
+    files = tf.data.Dataset.from_tensor_slices(
+        paths if tags is None else (paths, tf.constant(tags, tf.int64)))
     if ordered:
         return files.flat_map(open_file)
     return files.shuffle(len(paths), seed=seed).interleave(
@@ -120,16 +124,19 @@ def _read(paths: list[str], ordered: bool, seed: int | None = None, keep=None, s
 
 
 def _decoded(paths, split: str, image_size: int, ordered: bool, seed=None, cache: bool = False, keep=None,
-             skip_corrupt: bool = False, shard: tuple[int, int] = (1, 0)):
-    """Parsed examples with decoded images. skip_corrupt drops records that fail to read, parse or
-    decode (data.skip_corrupt; `integrity.scan_files` names them beforehand with the same checks)."""
-    def parse_and_decode(serialized):
+             skip_corrupt: bool = False, tags: list[int] | None = None, shard: tuple[int, int] = (1, 0)):
+    """Parsed examples with decoded images (and `source`, the tag of their file, when `tags` are given).
+    skip_corrupt drops records that fail to read, parse or decode (data.skip_corrupt;
+    `integrity.scan_files` names them beforehand with the same checks)."""
+    def parse_and_decode(serialized, tag=None):
         example = parse_examples(serialized, split)
         example["image"] = decode_image(example["image"], image_size)
+        if tag is not None:
+            example["source"] = tag
         return example
 
-    dataset = _read(paths, ordered, seed, keep, shard).map(parse_and_decode, num_parallel_calls=AUTOTUNE,
-                                              deterministic=ordered)
+    dataset = _read(paths, ordered, seed, keep, tags, shard).map(parse_and_decode, num_parallel_calls=AUTOTUNE,
+                                                           deterministic=ordered)
     if skip_corrupt:
         dataset = dataset.ignore_errors()
     return dataset.cache() if cache else dataset
@@ -191,28 +198,40 @@ def patient_counts(paths: list[str], split: str) -> dict[int, int]:
     """Images per patient_id over the records in `paths` (negative ids, i.e. unknown, left out).
 
     One pass over the files reading only patient_id, remembered per process (validation runs every
-    epoch). Counts are exact for the competition's records: a train part never splits a patient, so
-    any set of whole parts (a fold's training or validation files) holds all of a patient's images,
-    and test predictions always read every test file. The ids are the records' int64 codes, so files
-    of another dataset (external images) must not share codes with these; their patients are counted
-    only among the files passed together.
+    epoch); a file listed more than once (an upsampled external set) is counted once. Counts are exact
+    for the competition's records: a train part never splits a patient, so any set of whole parts (a
+    fold's training or validation files) holds all of a patient's images, and test predictions always
+    read every test file. Files of several sources are counted per source (`with_patient_counts`).
     """
-    return dict(_patient_counts(tuple(paths), split))
+    return dict(_patient_counts(tuple(dict.fromkeys(paths)), split))
 
 
-def with_patient_counts(dataset, paths: list[str], split: str):
+PATIENT_KEY_STRIDE = 1 << 40  # key of a patient within a source: source tag x stride + patient code
+
+
+def with_patient_counts(dataset, paths: list[str], split: str, tags: list[int] | None = None):
     """Adds `patient_count` (float32; 0 for an unknown patient) to each example of `dataset`.
+
+    With `tags` (the source of each path, as in `train_dataset`) a patient's images are counted within
+    its source only, and each example's `source` picks the counts it is looked up in: two sources'
+    patient codes may coincide without their patients being one.
 
     The lookup is a binary search in constant tensors rather than a hash table, so the dataset holds
     no resource and distributes the same way on every strategy.
     """
-    counts = patient_counts(paths, split)
+    groups = {0: list(paths)} if tags is None else {
+        tag: [path for path, t in zip(paths, tags) if t == tag] for tag in sorted(set(tags))}
+    counts = {tag * PATIENT_KEY_STRIDE + patient: count for tag, group in groups.items()
+              for patient, count in patient_counts(group, split).items()}
     keys = np.array(sorted(counts) or [-1], dtype=np.int64)
     values = np.array([counts.get(int(k), 0) for k in keys], dtype=np.float32)
     keys_tensor, values_tensor = tf.constant(keys), tf.constant(values)
 
     def add(example):
         patient = tf.reshape(example["patient_id"], [-1])
+        if tags is not None:
+            patient = tf.where(patient >= 0, tf.reshape(example["source"], [-1]) * PATIENT_KEY_STRIDE + patient,
+                               tf.constant(-1, tf.int64))
         index = tf.minimum(tf.searchsorted(keys_tensor, patient), len(keys) - 1)
         found = tf.equal(tf.gather(keys_tensor, index), patient)
         count = tf.where(found, tf.gather(values_tensor, index), 0.0)
@@ -222,29 +241,51 @@ def with_patient_counts(dataset, paths: list[str], split: str):
     return dataset.map(add, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def diagnosis_target(batch: dict, lookup: list[int]):
-    """One-hot ISIC class per image, from its diagnosis code through `lookup` (class index per code).
+def diagnosis_target(batch: dict, lookup):
+    """One-hot ISIC class per image, from its diagnosis code through `lookup` (class index per code):
+    one list for every image, or one list per source tag (then `batch["source"]` picks it).
 
-    The competition's target decides MEL: a malignant image is MEL whatever its diagnosis code, and a
-    benign one never is (an unknown code or a MEL-mapped benign image counts as UNK), so the head's
-    MEL probability is trained on exactly the labels the AUC is measured on.
+    The rule is `taxonomy.true_classes`: the competition's target decides MEL (a malignant image is MEL
+    whatever its diagnosis code, and a benign one never is; an unknown code is UNK), so the head's MEL
+    probability is trained on exactly the labels the AUC is measured on.
     """
-    from melanoma.model import DIAGNOSIS_CLASSES, MELANOMA_CLASS, UNKNOWN_CLASS
+    from melanoma.taxonomy import DIAGNOSIS_CLASSES, MELANOMA_CLASS, UNKNOWN_CLASS
 
     if not lookup:
         raise ValueError("the diagnosis head needs the class of each diagnosis code; got none")
-    table = tf.constant(lookup, tf.int32)
+    tables = [list(t) for t in lookup] if isinstance(lookup[0], (list, tuple)) else [list(lookup)]
+    if not all(tables):
+        raise ValueError("the diagnosis head needs the class of each diagnosis code; a source has none")
+    width = max(len(t) for t in tables)
+    # codes past a source's own table are unknown (UNK), as are negative codes
+    table = tf.constant([t + [UNKNOWN_CLASS] * (width - len(t)) for t in tables], tf.int32)
     code = tf.cast(batch["diagnosis"], tf.int32)
-    known = tf.logical_and(code >= 0, code < len(lookup))
-    label = tf.where(known, tf.gather(table, tf.clip_by_value(code, 0, len(lookup) - 1)), UNKNOWN_CLASS)
+    source = tf.cast(batch["source"], tf.int32) if len(tables) > 1 else tf.zeros_like(code)
+    sizes = tf.gather(tf.constant([len(t) for t in tables], tf.int32), source)
+    known = tf.logical_and(code >= 0, code < sizes)
+    index = tf.stack([source, tf.clip_by_value(code, 0, width - 1)], axis=-1)
+    label = tf.where(known, tf.gather_nd(table, index), UNKNOWN_CLASS)
     label = tf.where(label == MELANOMA_CLASS, UNKNOWN_CLASS, label)
     label = tf.where(tf.equal(batch["target"], 1), MELANOMA_CLASS, label)
     return tf.one_hot(label, len(DIAGNOSIS_CLASSES), dtype=tf.float32)
 
 
+def source_tags(paths: list[str], sources: list[str] | None) -> tuple[list[str], list[int]]:
+    """(source names, tag of each path): the competition's tag is 0, other sources follow by name.
+    `sources` names each path's source (sources.FoldData.train_sources); None: all competition."""
+    from melanoma.sources import COMPETITION
+
+    sources = [COMPETITION] * len(paths) if sources is None else list(sources)
+    if len(sources) != len(paths):
+        raise ValueError(f"{len(sources)} source names for {len(paths)} paths")
+    names = sorted(set(sources) | {COMPETITION}, key=lambda name: (name != COMPETITION, name))
+    return names, [names.index(source) for source in sources]
+
+
 def train_dataset(paths: list[str], config, batch_size: int, seed: int | None = None,
                   augmenter: augment.BatchAugmenter | None = None, keep=None,
-                  diagnosis_lookup: list[int] | None = None, shard: tuple[int, int] = (1, 0)):
+                  diagnosis_lookup: list[int] | dict[str, list[int]] | None = None,
+                  sources: list[str] | None = None, shard: tuple[int, int] = (1, 0)):
     """Shuffled, repeated, remainder-dropped batches of (inputs, target) for model.fit.
 
     `batch_size` is the global batch. On a multi-worker cluster, shard = (workers, this worker's
@@ -252,24 +293,39 @@ def train_dataset(paths: list[str], config, batch_size: int, seed: int | None = 
     sharding is turned off, so each worker's batches are split among its replicas only.
 
     A path may be listed more than once (upsampled external files); `keep` drops duplicates.
+    `sources` names the source of each path ('competition' or an external set; None: all competition).
     The target is the 0/1 label (binary head) or a one-hot ISIC class (diagnosis head, which needs
-    `diagnosis_lookup`: the class index of each diagnosis code). With train.upsample_malignant = k,
-    each malignant image appears k times per pass over the files, before the shuffle.
+    `diagnosis_lookup`: the class index of each diagnosis code, one list for all files or one per
+    source name, as sources may code diagnoses differently). With train.upsample_malignant = k, each
+    malignant competition image appears k times per pass over the files, before the shuffle; external
+    images are not repeated (their sets have data.external_upsample). The metadata branch's patient
+    image counts count within each source.
     """
     head = config.model.head
     if head == "diagnosis" and diagnosis_lookup is None:
         raise ValueError("the diagnosis head needs diagnosis_lookup (class index per diagnosis code)")
+    names, tags = source_tags(paths, sources)
+    if isinstance(diagnosis_lookup, dict):
+        from melanoma.taxonomy import UNKNOWN_CLASS
+
+        used = {names[tag] for tag in tags}
+        missing = sorted(used - set(diagnosis_lookup))
+        if missing:
+            raise ValueError(f"no diagnosis lookup for source(s) {', '.join(missing)}")
+        # a tag no file carries still needs a row in the table
+        diagnosis_lookup = [list(diagnosis_lookup.get(name) or [UNKNOWN_CLASS]) for name in names]
     dataset = _decoded(paths, "train", config.data.image_size, ordered=False, seed=seed,
                        cache=bool(config.data.cache), keep=keep,
-                       skip_corrupt=bool(config.data.skip_corrupt), shard=shard)
+                       skip_corrupt=bool(config.data.skip_corrupt), tags=tags, shard=shard)
     upsample = int(config.train.upsample_malignant)
     if upsample > 1:
+        # tag 0 is the competition (source_tags)
         dataset = dataset.flat_map(lambda example: tf.data.Dataset.from_tensors(example).repeat(
-            tf.where(tf.equal(example["target"], 1), tf.constant(upsample, tf.int64),
-                     tf.constant(1, tf.int64))))
+            tf.where(tf.logical_and(tf.equal(example["target"], 1), tf.equal(example["source"], 0)),
+                     tf.constant(upsample, tf.int64), tf.constant(1, tf.int64))))
     metadata = config.model.metadata
     if metadata:
-        dataset = with_patient_counts(dataset, paths, "train")
+        dataset = with_patient_counts(dataset, paths, "train", tags)
     dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if augmenter is not None:
@@ -295,7 +351,7 @@ def prediction_dataset(paths: list[str], config, split: str, tta_steps: int = 0,
                        tta_mode: str = "random", batch_size: int = 64,
                        augmenter: augment.BatchAugmenter | None = None, skip_corrupt: bool = False):
     """Ordered batches of dicts: model `inputs` ([B*V, ...] with V views per image) plus `image_name`
-    (and `target`, `patient_id` for train records). Each image is decoded once; V = max(1, tta_steps).
+    (and `target`, `patient_id`, `diagnosis` for train records). Each image is decoded once; V = max(1, tta_steps).
     skip_corrupt drops unreadable records (validation under data.skip_corrupt; never for test images)."""
     if tta_mode not in TTA_MODES:
         raise ValueError(f"unknown TTA mode '{tta_mode}'; choose one of {', '.join(TTA_MODES)}")
@@ -331,7 +387,7 @@ def prediction_dataset(paths: list[str], config, split: str, tta_steps: int = 0,
         for name in records.TEST_INT_FEATURES + (("patient_count",) if metadata else ()):
             flat[name] = tf.repeat(batch[name], views)
         out = {"inputs": model_inputs(flat, metadata), "image_name": batch["image_name"]}
-        for name in ("target", "patient_id"):
+        for name in ("target", "patient_id", "diagnosis"):
             if name in batch:
                 out[name] = batch[name]
         return out

@@ -93,7 +93,8 @@ class Predictor:
 def predict_files(model, paths: list[str], config, split: str, count: int | None = None,
                   desc: str = "predict", seed: int | None = None, tta: bool = True,
                   progress: bool = True, strategy=None) -> pd.DataFrame:
-    """image_name, pred (+ patient_id, target for train records), one row per record, in file order.
+    """image_name, pred (+ patient_id, target, diagnosis code for train records), one row per record, in
+    file order. The diagnosis head adds each class's probability as `p_<CLASS>` (pred is p_MEL).
 
     `strategy` is the one the model was built under (default: this machine's); tta.batch_size is per
     replica. tta=False predicts the plain images whatever the config's tta section says (per-epoch
@@ -110,22 +111,29 @@ def predict_files(model, paths: list[str], config, split: str, count: int | None
         paths, config, split, tta_steps=steps, tta_mode=config.tta.mode,
         batch_size=batch_size, augmenter=tta_augmenter(config, seed) if steps else None,
         skip_corrupt=skip)
-    predictor = Predictor(model, strategy, max(1, batch_size // views) * views)
-    names, preds, extras = [], [], {"target": [], "patient_id": []}
+    from melanoma import model as model_lib, taxonomy
+
+    network, classes = model_lib.prediction_head(model)
+    predictor = Predictor(network, strategy, max(1, batch_size // views) * views)
+    names, preds, extras = [], [], {"target": [], "patient_id": [], "diagnosis": []}
     hint = integrity.HINT_TRAIN if split == "train" else integrity.HINT_PREDICT
     with integrity.named_data_errors(paths, split, config.data.image_size, desc, hint), \
             tqdm(total=count, desc=desc, unit="img", leave=False, disable=not progress) as bar:
         for batch in dataset:
             output = np.asarray(predictor(batch["inputs"]), dtype=np.float64)
-            per_image = output.reshape(-1, views).mean(axis=1)
+            per_image = output.reshape(-1, views, output.shape[-1]).mean(axis=1)  # [images, columns]
             names.extend(n.decode() for n in batch["image_name"].numpy())
             preds.append(per_image)
             for key in extras:
                 if key in batch:
                     extras[key].append(batch[key].numpy())
             bar.update(len(per_image))
-    frame = pd.DataFrame({"image_name": names,
-                          "pred": np.concatenate(preds) if preds else np.array([], dtype=np.float64)})
+    width = len(classes) if classes else 1
+    table = np.concatenate(preds) if preds else np.zeros((0, width), dtype=np.float64)
+    melanoma = classes.index("MEL") if classes else 0
+    frame = pd.DataFrame({"image_name": names, "pred": table[:, melanoma]})
+    for index, cls in enumerate(classes or ()):
+        frame[f"{taxonomy.CLASS_PREFIX}{cls}"] = table[:, index]
     for key, values in extras.items():
         if values:
             frame[key] = np.concatenate(values)

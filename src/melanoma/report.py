@@ -8,6 +8,10 @@ Writes into `<output_dir>/<name>/report/`:
   training_curves.png  per-epoch loss and AUC (train and validation) of every fold with a history.csv
   cutoffs.csv          sensitivity, specificity, precision and TP/FP/TN/FN at each cutoff
   score.json           the `score --json` result
+  confusion_matrix.png binary head: the 2x2 confusion matrix at each sensitivity cutoff (90%, 95%);
+                       diagnosis head: the class confusion matrix, counts and row-normalised
+  per_class.csv        diagnosis head: precision, recall, F1, support and one-vs-rest AUC per class,
+                       macro and weighted averages, accuracy and balanced accuracy (see `perclass`)
 CONFIG may also be a run folder (a blend has no config file). An image counts as malignant when its
 prediction is at or above the cutoff.
 """
@@ -271,6 +275,7 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
     path = os.path.join(folder, "histograms.png")
     plot_histograms(target, pred, path, f"OOF predictions of {name}")
     files.append(path)
+    confusion = _confusion_outputs(frame, table, folder, name, files)
     histories, history_notes = read_histories(run.path)
     notes.extend(history_notes)
     path = os.path.join(folder, "training_curves.png")
@@ -279,7 +284,31 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
     else:
         notes.append("no fold<K>/history.csv with loss or AUC columns; training curves left out")
     return {"files": files, "score": score, "cutoffs": table, "notes": notes, "complete": complete,
-            "frame": frame}
+            "frame": frame, **confusion}
+
+
+def _confusion_outputs(frame: pd.DataFrame, cutoffs: pd.DataFrame, folder: str, name: str,
+                       files: list[str]) -> dict:
+    """confusion_matrix.png (and per_class.csv for the diagnosis head); returns what the command prints:
+    {'per_class': table or None, 'confusion_text': str}."""
+    from melanoma import perclass
+
+    path = os.path.join(folder, "confusion_matrix.png")
+    if perclass.has_classes(frame):
+        per_class = perclass.per_class_table(frame)
+        csv_path = os.path.join(folder, "per_class.csv")
+        io_utils.write_csv_atomic(per_class, csv_path)
+        files.append(csv_path)
+        labels, counts = perclass.confusion(frame)
+        perclass.plot_class_confusion(labels, counts, path, f"classes of {name} OOF ({len(frame)} images)")
+        files.append(path)
+        return {"per_class": per_class, "confusion_text": perclass.format_confusion(labels, counts)}
+    matrices = perclass.binary_confusions(cutoffs)
+    perclass.plot_binary_confusion(matrices, path, f"{name} OOF at the sensitivity cutoffs")
+    files.append(path)
+    text = "\n".join(f"{rule} (cutoff {cutoff:.4g}): TN {m[0, 0]}  FP {m[0, 1]}  FN {m[1, 0]}  TP {m[1, 1]}"
+                     for rule, cutoff, m in matrices)
+    return {"per_class": None, "confusion_text": text}
 
 
 def _probability(text: str) -> float:
@@ -312,6 +341,13 @@ def command(args: argparse.Namespace) -> int:
     print(format_score(report["score"], report["frame"]))
     print()
     print(format_cutoffs(report["cutoffs"]))
+    print()
+    if report["per_class"] is not None:
+        from melanoma.perclass import format_per_class
+
+        print(format_per_class(report["per_class"]))
+        print()
+    print(report["confusion_text"])
     print()
     for path in report["files"]:
         print(f"wrote {path}")

@@ -351,6 +351,7 @@ class FoldData:
     valid_images: int
     summary: dict
     drops: pd.DataFrame = field(repr=False)
+    train_sources: list[str] = field(default_factory=list)  # source of each of train_files
 
     @property
     def train_paths(self) -> list[str]:
@@ -519,20 +520,27 @@ def prepare_fold(config, fold: int, progress: bool = True, reader: TableReader |
         raise CheckFailed(f"fold {fold}: external image(s) {_examples(leaked)} would be in validation")
 
     repeats = {s.name: s.repeats for s in sets}
-    train_images = len(kept_training) + sum(len(f) * repeats[name] for name, f in external_frames.items())
+    # train.upsample_malignant repeats malignant competition images (pipeline.train_dataset)
+    upsampled = (int(config.train.upsample_malignant) - 1) * int((kept_training["target"] == 1).sum())
+    train_images = (len(kept_training) + upsampled
+                    + sum(len(f) * repeats[name] for name, f in external_frames.items()))
     train_list = list(train_files) + [f for s in sets for f in s.files for _ in range(s.repeats)]
+    train_sources = [COMPETITION] * len(train_files) + [s.name for s in sets for _ in s.files
+                                                        for _ in range(s.repeats)]
     summary = build_summary(fold, data.folds, kept_training, kept_validation, train_files, valid_files,
-                            sets, external_frames, drops, train_images)
+                            sets, external_frames, drops, train_images,
+                            upsample=int(config.train.upsample_malignant))
     return FoldData(fold=fold, train_files=train_list, valid_files=list(valid_files), excluded=excluded,
                     valid_dropped=frozenset(validation.loc[validation["image_name"].isin(dropped_names),
                                                            "image_name"]),
                     valid_names=frozenset(valid_names), train_images=int(train_images),
-                    valid_images=len(kept_validation), summary=summary, drops=drops)
+                    valid_images=len(kept_validation), summary=summary, drops=drops,
+                    train_sources=train_sources)
 
 
 def build_summary(fold, folds, training, validation, train_files, valid_files, sets, external_frames,
-                  drops, train_images) -> dict:
-    training_rows = {COMPETITION: _counts(training, len(train_files), repeats=1)}
+                  drops, train_images, upsample: int = 1) -> dict:
+    training_rows = {COMPETITION: _counts(training, len(train_files), repeats=1, malignant_repeats=upsample)}
     for external in sets:
         training_rows[external.name] = _counts(external_frames[external.name], len(external.files),
                                                repeats=external.repeats, files_matched=external.matched,

@@ -93,45 +93,106 @@ def class_weights(config) -> dict | None:
     return {0: 1.0, 1: float(config.train.class_weight)}
 
 
-def diagnosis_names(config, train_files) -> list[str]:
-    """Diagnosis names in code order: data.diagnosis_names, else encodings.json beside the train files.
+def diagnosis_names(config, files, sources: list[str] | None = None) -> dict[str, list[str]]:
+    """Diagnosis names in code order for each source of `files` ({source: names}).
 
-    The records store diagnosis as an integer code (`records.encode_metadata`: sorted names over train
-    and test), so only those names say which code is which diagnosis.
+    Records store diagnosis as an integer code, and each source may code its names differently (the
+    competition's records, ISIC 2019 or HAM10000 records, a public dataset), so only the names say which
+    code is which diagnosis: `data.diagnosis_names` (one list for every source, or {source: list}), else
+    the encodings.json beside the source's files (written by `melanoma records`). `sources` names each
+    file's source (sources.FoldData.train_sources); None: all competition. A folder without
+    encodings.json is an error unless the config names its codes.
     """
-    if config.data.diagnosis_names:
-        return [str(name) for name in config.data.diagnosis_names]
-    folders = sorted({os.path.dirname(f.path) for f in train_files})
-    found = {}
-    for folder in folders:
-        path = os.path.join(folder, "encodings.json")
-        if io_utils.exists(path):
+    from melanoma import taxonomy
+    from melanoma.sources import COMPETITION
+
+    sources = [COMPETITION] * len(files) if sources is None else list(sources)
+    configured = config.data.diagnosis_names
+    if isinstance(configured, dict) and not all(isinstance(names, list) for names in configured.values()):
+        raise config_lib.ConfigError("data.diagnosis_names is a list of names in code order, or a mapping "
+                                     "{source: list of names} ('competition' for data.train_files)")
+    folders: dict[str, list[str]] = {}
+    for record_file, source in zip(files, sources):
+        folder = os.path.dirname(record_file.path)
+        if folder not in folders.setdefault(source, []):
+            folders[source].append(folder)
+    result = {}
+    for source, source_folders in folders.items():
+        names = configured.get(source) if isinstance(configured, dict) else configured
+        if names:
+            result[source] = [str(name) for name in names]
+            continue
+        found = {}
+        for folder in source_folders:
+            path = os.path.join(folder, "encodings.json")
+            if not io_utils.exists(path):
+                per_source = (f", or {{{source}: [names]}} for this source alone" if len(folders) > 1 else "")
+                raise config_lib.ConfigError(
+                    f"model.head=diagnosis needs the diagnosis name of each code, and the records folder "
+                    f"{folder} (source '{source}') has no encodings.json (written by `melanoma records`): "
+                    f"set data.diagnosis_names to the names (or ISIC classes MEL, NV, ...) in code "
+                    f"order{per_source}")
             codes = json.loads(io_utils.read_text(path)).get("diagnosis")
             if not codes:
                 raise config_lib.ConfigError(f"{path} has no 'diagnosis' encoding; set data.diagnosis_names")
-            found[path] = [name for name, _ in sorted(codes.items(), key=lambda item: item[1])]
-    if not found:
-        raise config_lib.ConfigError(
-            f"model.head=diagnosis needs the diagnosis name of each code: no encodings.json (written by "
-            f"`melanoma records`) beside the train files in {', '.join(folders)}; set data.diagnosis_names "
-            "to the names (or ISIC classes MEL, NV, ...) in code order")
-    if len({tuple(names) for names in found.values()}) > 1:
-        raise config_lib.ConfigError(f"the train files' encodings.json disagree on diagnosis codes "
-                                     f"({', '.join(found)}); set data.diagnosis_names")
-    return next(iter(found.values()))
+            try:
+                found[folder] = taxonomy.names_in_code_order(codes)
+            except ValueError as error:
+                raise config_lib.ConfigError(f"{path}: {error}; set data.diagnosis_names") from None
+        if len({tuple(names) for names in found.values()}) > 1:
+            raise config_lib.ConfigError(
+                f"the records folders of source '{source}' ({', '.join(found)}) code diagnoses differently; "
+                "build them with the same encodings (`melanoma records --encodings`), list them as separate "
+                "external sets, or set data.diagnosis_names")
+        result[source] = next(iter(found.values()))
+    return result
 
 
-def diagnosis_lookup(config, train_files) -> list[int] | None:
-    """Class index per diagnosis code for the diagnosis head (None for the binary head)."""
+def diagnosis_lookup(config, files, sources: list[str] | None = None) -> dict[str, list[int]] | None:
+    """Class index per diagnosis code of each source ({source: lookup}) for the diagnosis head, so that
+    sources that code diagnoses differently are mapped by name; None for the binary head."""
     if config.model.head != "diagnosis":
         return None
-    from melanoma import model as model_lib
+    from melanoma import taxonomy
 
-    names = diagnosis_names(config, train_files)
-    try:
-        return model_lib.diagnosis_lookup(names)
-    except ValueError as error:
-        raise config_lib.ConfigError(str(error)) from None
+    lookups = {}
+    for source, names in diagnosis_names(config, files, sources).items():
+        try:
+            lookups[source] = taxonomy.diagnosis_lookup(names)
+        except ValueError as error:
+            raise config_lib.ConfigError(f"source '{source}': {error}") from None
+    return lookups
+
+
+def check_diagnosis_sources(config) -> None:
+    """Before any work: every source a diagnosis-head run reads says which diagnosis each code is."""
+    if config.model.head != "diagnosis":
+        return
+    from melanoma import pipeline, sources as sources_lib
+
+    files = pipeline.list_files(config.data.train_files, "data.train_files")
+    names = [sources_lib.COMPETITION] * len(files)
+    sets = sources_lib.external_sets(config.data)
+    for external in sets:
+        files += list(external.files)
+        names += [external.name] * len(external.files)
+    configured = config.data.diagnosis_names
+    if isinstance(configured, dict):
+        known = [sources_lib.COMPETITION] + [external.name for external in sets]
+        unknown = sorted(set(map(str, configured)) - set(known))
+        if unknown:
+            raise config_lib.ConfigError(
+                f"data.diagnosis_names names source(s) {', '.join(unknown)} that this run does not read; its "
+                f"sources are {', '.join(known)} ('competition' is data.train_files)")
+    diagnosis_lookup(config, files, names)
+
+
+def true_diagnosis(frame: pd.DataFrame, lookup: list[int]) -> pd.Series:
+    """The ISIC class (MEL, NV, ...) of each predicted record, from its diagnosis code and target."""
+    from melanoma import taxonomy
+
+    classes = taxonomy.true_classes(frame["diagnosis"].to_numpy(), frame["target"].to_numpy(), lookup)
+    return pd.Series(np.asarray(taxonomy.DIAGNOSIS_CLASSES)[classes], index=frame.index)
 
 
 def binary_log_loss(target: np.ndarray, pred: np.ndarray) -> float:
@@ -346,7 +407,7 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     from melanoma.kerasapi import keras
     from sklearn.metrics import roc_auc_score
 
-    from melanoma import augment, hardware, integrity, model as model_lib, pipeline, prediction, sources
+    from melanoma import augment, hardware, integrity, model as model_lib, pipeline, prediction, sources, taxonomy
 
     strategy = hardware.get_strategy()  # first: a multi-worker strategy must precede other TF work
     precision = hardware.set_precision(config, strategy)
@@ -354,7 +415,8 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     state = prepare_fold(config, fold, resume)
     initial_epoch = state["epoch"] if state else 0
     set_seed(config.seed + fold)
-    test_files = pipeline.list_files(config.data.test_files, "data.test_files")
+    test_files = (pipeline.list_files(config.data.test_files, "data.test_files")
+                  if config.data.test_files else [])  # null: a data set without test images
     # competition training parts + external sets, duplicates dropped, leak checks (CheckFailed)
     fold_data = read_fold_data(config, fold)
     fold_data, skipped = skip_corrupt_records(config, fold_data)  # data.skip_corrupt only
@@ -381,10 +443,11 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     if shard[0] > 1:
         print(f"fold {fold}: worker {shard[1]} of {shard[0]} reads every {shard[0]}th training record")
     augmenter = augment.make_augmenter(config.augment, seed=data_seed + shard[1])
+    lookups = diagnosis_lookup(config, train_files, fold_data.train_sources)
     train_ds = pipeline.train_dataset([f.path for f in train_files], config, global_batch,
                                       seed=data_seed + shard[1], augmenter=augmenter,
-                                      keep=fold_data.record_filter(),
-                                      diagnosis_lookup=diagnosis_lookup(config, train_files), shard=shard)
+                                      keep=fold_data.record_filter(), diagnosis_lookup=lookups,
+                                      sources=fold_data.train_sources, shard=shard)
     with strategy.scope():
         model = compile_model(model_lib.build_model(config), config, global_batch)
         if state:
@@ -423,13 +486,22 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
                                    desc=f"fold {fold} OOF", strategy=strategy)
     oof = sources.check_oof(oof, fold_data)  # competition validation images only, duplicates out
     oof["fold"] = fold
-    oof = oof[["image_name", "patient_id", "target", "pred", "fold"]]
+    class_columns = taxonomy.class_columns(oof.columns)  # diagnosis head: p_MEL, p_NV, ...
+    extra = []
+    if class_columns:
+        oof["diagnosis"] = true_diagnosis(oof, lookups[sources.COMPETITION])  # validation: competition
+        extra = ["diagnosis"] + class_columns
+    oof = oof[["image_name", "patient_id", "target", "pred", "fold"] + extra]
     io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))
-    test = prediction.predict_files(model, [f.path for f in test_files], config, "test",
-                                    pipeline.count_images(test_files), desc=f"fold {fold} test",
-                                    strategy=strategy)
-    io_utils.write_csv_atomic(test[["image_name", "pred"]], os.path.join(folder, "test.csv"))
-    io_utils.write_text_atomic(os.path.join(folder, "test.json"), json.dumps(prediction_settings(config)))
+    if test_files:
+        test = prediction.predict_files(model, [f.path for f in test_files], config, "test",
+                                        pipeline.count_images(test_files), desc=f"fold {fold} test",
+                                        strategy=strategy)
+        io_utils.write_csv_atomic(test[["image_name", "pred"] + class_columns], os.path.join(folder, "test.csv"))
+        io_utils.write_text_atomic(os.path.join(folder, "test.json"),
+                                   json.dumps(prediction_settings(config)))
+    else:
+        print(f"fold {fold}: data.test_files is null, no test predictions")
     auc = float(roc_auc_score(oof["target"], oof["pred"])) if oof["target"].nunique() == 2 else float("nan")
     print(f"fold {fold}: best epoch {checkpoint.best_epoch}, OOF AUC {auc:.4f} "
           f"({len(oof)} images, TTA {config.tta.steps}), {seconds:.0f} s training")
@@ -505,6 +577,7 @@ def command(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.set)
     folds = parse_folds(args.fold, config.data.folds)
     config_lib.check_inputs(config, "train")  # before any model is built or file written
+    check_diagnosis_sources(config)
     check_interrupted(config, folds, args.resume, args.force)
     if args.resume and hardware.cluster_workers() > 1:
         raise config_lib.ConfigError("--resume is not supported on a multi-worker cluster: the workers "
