@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from melanoma import augment, integrity, pipeline
+from melanoma import augment, integrity, pipeline, progress as progress_lib
 from melanoma.errors import CheckFailed, DataError
 
 
@@ -38,7 +37,7 @@ def predict_files(model, paths: list[str], config, split: str, count: int | None
     names, preds, extras = [], [], {"target": [], "patient_id": []}
     hint = integrity.HINT_TRAIN if split == "train" else integrity.HINT_PREDICT
     with integrity.named_data_errors(paths, split, config.data.image_size, desc, hint), \
-            tqdm(total=count, desc=desc, unit="img", leave=False, disable=not progress) as bar:
+            progress_lib.bar(total=count, desc=desc, unit="img", leave=False, disable=not progress) as bar:
         for batch in dataset:
             output = np.asarray(model.predict_on_batch(batch["inputs"]), dtype=np.float64)
             per_image = output.reshape(-1, views).mean(axis=1)

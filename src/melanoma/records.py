@@ -24,9 +24,8 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from melanoma import io_utils
+from melanoma import io_utils, progress as progress_lib, quiet
 from melanoma.errors import DataError
 
 TRAIN_INT_FEATURES = ("patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
@@ -145,13 +144,14 @@ def write_split(frame: pd.DataFrame, image_dir: str, out_dir: str, split: str, s
     # Workers read the JPEGs; gs:// reads go through TensorFlow, which must not be used in a forked
     # child of a process that has already started TensorFlow's threads, so those workers are spawned.
     context = multiprocessing.get_context("spawn" if io_utils.is_remote(image_dir) else "fork")
-    pool = context.Pool(workers) if workers > 1 else None
+    # (a spawned worker imports TensorFlow afresh: quiet.install keeps its start-up lines off the screen)
+    pool = context.Pool(workers, initializer=quiet.install) if workers > 1 else None
     try:
         results: Iterator[bytes] = (pool.imap(_resize_task, tasks, chunksize=8) if pool
                                     else map(_resize_task, tasks))
         import tensorflow as tf
 
-        bar = tqdm(total=len(tasks), desc=f"{split} records", unit="img", disable=not progress)
+        bar = progress_lib.bar(total=len(tasks), desc=f"{split} records", unit="img", disable=not progress)
         position = 0
         for part, count in frame["part"].value_counts().sort_index().items():
             target = os.path.join(out_dir, record_name(split, int(part), int(count)))

@@ -35,9 +35,8 @@ import time
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from melanoma import io_utils
+from melanoma import io_utils, progress as progress_lib
 
 TRAIN_COLUMNS = [
     "image_name",
@@ -404,7 +403,7 @@ def _write_image(path: str, data: bytes) -> None:
 def _render_split(frame: pd.DataFrame, folder: str, size: int, seed: int, label: str, progress: bool) -> None:
     io_utils.makedirs(folder)
     rows = zip(frame["image_name"], frame["image_number"], frame["target"], frame["skin_tone"], frame["hair_density"])
-    for name, number, target, tone, hair in tqdm(
+    for name, number, target, tone, hair in progress_lib.bar(
         rows, total=len(frame), desc=f"synth {label}", unit="img", disable=not progress, file=sys.stderr
     ):
         # One stream per image, keyed by the seed and the image's own number: same seed, same bytes.
