@@ -6,6 +6,13 @@ Files are named `train%.2i-%i.tfrec` / `test%.2i-%i.tfrec` (part, image count) s
 come from the names. Categoricals are label-encoded over train and test together (missing -> -1), and a
 CSV with the encodings and each image's part is written next to the records.
 
+The output folder is complete or absent: everything is written into a hidden sibling folder, which
+replaces `--out` whole once every part, CSV, `encodings.json` and the manifest `records.json` (file ->
+image count) are written (`io_utils.folder_written_whole`). A killed or failed run leaves `--out` as it
+was; a rerun leaves no stale part beside the new ones. `folder_problem` tells a reader (training) that a
+folder is not complete: a manifest that disagrees with the files, or a part left half-written by an
+interrupted run of an earlier version.
+
 `python -m melanoma records --data DIR --out OUT --size N`: the competition's layout (train.csv,
 test.csv, jpeg/train/, jpeg/test/). `python -m melanoma records --isic2019 DIR --out OUT --size N
 [--malignant-only]`: the raw ISIC 2019 training files (ground truth one-hot over MEL..UNK, metadata,
@@ -15,10 +22,12 @@ competition's names, torso sites merged, patient_id from lesion_id (-1 where non
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -26,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma import io_utils, progress as progress_lib, quiet
+from melanoma.config import ConfigError
 from melanoma.errors import DataError
 
 TRAIN_INT_FEATURES = ("patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
@@ -34,6 +44,10 @@ TEST_INT_FEATURES = ("patient_id", "sex", "age_approx", "anatom_site_general_cha
 CATEGORICAL = ("sex", "anatom_site_general_challenge", "diagnosis")
 FILE_PATTERN = re.compile(r"(?P<split>train|test)(?P<part>\d+)-(?P<count>\d+)\.tfrec$")
 DEFAULT_TEST_PARTS = 16
+MANIFEST = "records.json"
+# What `records` writes into its folder (anything else there means --out is not a records folder).
+OUTPUTS = ("train.csv", "test.csv", "encodings.json", MANIFEST, io_utils.INCOMPLETE_MARKER)
+HALF_WRITTEN = re.compile(r"^\..+\.tmp-[0-9a-f]{8}\.tfrec$")  # io_utils.temporary_name of a part
 
 
 @dataclass(frozen=True)
@@ -179,6 +193,14 @@ def build_records(train_csv: str, test_csv: str | None, train_images: str, test_
 
     train = io_utils.read_csv(train_csv)
     test = io_utils.read_csv(test_csv) if test_csv else None
+    for path, frame, needed in ((train_csv, train, TRAIN_INT_FEATURES), (test_csv, test, TEST_INT_FEATURES)):
+        if frame is None:
+            continue
+        missing = [column for column in ("image_name",) + needed if column not in frame.columns]
+        if missing:
+            raise DataError(f"{path} lacks column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})")
+        if frame.empty:
+            raise DataError(f"{path} has a header but no rows")
     train_out, test_out, encodings = encode_metadata(train, test)
     if "part" not in train_out:
         train_out["part"] = folds.assign_parts(train, parts=parts, seed=seed)["part"].to_numpy()
@@ -331,6 +353,78 @@ def build_isic2019_records(ground_truth_csv: str, metadata_csv: str, image_dir: 
             "malignant_images": int(table["target"].sum())}
 
 
+def write_manifest(folder: str) -> None:
+    """records.json: every part written, with its image count; written last, so it vouches for them."""
+    parts = {os.path.basename(path): parse_file_name(path).count
+             for path in io_utils.glob(os.path.join(folder, "*.tfrec"))}
+    io_utils.write_text_atomic(os.path.join(folder, MANIFEST), json.dumps({"files": parts}, indent=1))
+
+
+def folder_problem(folder: str) -> str | None:
+    """Why a folder of records is not complete, or None (also for folders not written by `records`,
+    such as the public datasets, unless they hold a half-written part)."""
+    if not io_utils.isdir(folder):
+        return None
+    names = [name.rstrip("/") for name in io_utils.listdir(folder)]
+    if io_utils.INCOMPLETE_MARKER in names:
+        return f"is being written, or its writing was interrupted ({io_utils.INCOMPLETE_MARKER} is there)"
+    half = [name for name in names if HALF_WRITTEN.match(name)]
+    if half:
+        return f"holds a part left half-written by an interrupted `records` ({half[0]})"
+    if MANIFEST not in names:
+        return None
+    try:
+        listed = json.loads(io_utils.read_text(os.path.join(folder, MANIFEST)))["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"has an unreadable {MANIFEST}"
+    present = {name for name in names if FILE_PATTERN.search(name)}
+    missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
+    if missing:
+        return f"lacks {len(missing)} of the {len(listed)} parts its {MANIFEST} lists (first: {missing[0]})"
+    if extra:
+        return f"holds {len(extra)} part(s) its {MANIFEST} does not list (first: {extra[0]}), left from another run"
+    return None
+
+
+def check_out_folder(out: str, inputs: list[str | None]) -> None:
+    """--out is replaced whole, so it must be a folder of its own: not holding the input, and either
+    absent, empty, or a records folder (parts, CSVs, encodings.json, records.json only)."""
+    target = os.path.abspath(out) if not io_utils.is_remote(out) else out.rstrip("/")
+    for path in filter(None, inputs):
+        where = os.path.abspath(path) if not io_utils.is_remote(path) else path
+        if where == target or where.startswith(target.rstrip("/") + "/"):
+            raise ConfigError(f"--out {out} holds the input {path}; records replaces its --out folder whole: "
+                              "give it a folder of its own (e.g. input/records-256)")
+    if not io_utils.isdir(out):
+        if io_utils.exists(out):
+            raise ConfigError(f"--out {out} is a file; give a folder")
+        return
+    others = [name.rstrip("/") for name in io_utils.listdir(out)
+              if not (FILE_PATTERN.search(name) or name.rstrip("/") in OUTPUTS or HALF_WRITTEN.match(name))]
+    if others:
+        raise ConfigError(f"--out {out} holds other things than records ({', '.join(others[:3])}); records "
+                          "replaces its --out folder whole: give it a folder of its own")
+
+
+def remove_abandoned(out: str) -> None:
+    """Hidden sibling folders a killed `records` left (`.<name>.tmp-*`, `.<name>.old-*`)."""
+    parent, name = os.path.split(out.rstrip("/"))
+    for kind in ("tmp", "old"):
+        for path in io_utils.glob(os.path.join(parent, f".{name}.{kind}-" + "[0-9a-f]" * 8)):
+            print(f"removing {path}, left by an interrupted run", file=sys.stderr)
+            io_utils.remove_tree(path)
+
+
+@contextlib.contextmanager
+def output_folder(out: str, inputs: list[str | None]):
+    """The folder to write into (yielded): checked, then put in place of `out` whole with its manifest."""
+    check_out_folder(out, inputs)
+    remove_abandoned(out)
+    with io_utils.folder_written_whole(out, last=MANIFEST) as folder:
+        yield folder
+        write_manifest(folder)
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="folder in the competition's layout: train.csv, test.csv, "
                         "jpeg/train/, jpeg/test/ (each may also be given below)")
@@ -376,9 +470,10 @@ def command(args: argparse.Namespace) -> int:
 
         paths = (raw(args.isic2019_ground_truth, ISIC2019_GROUND_TRUTH),
                  raw(args.isic2019_metadata, ISIC2019_METADATA), raw(args.isic2019_images, ISIC2019_IMAGES))
-        summary = build_isic2019_records(*paths, args.out, args.size, malignant_only=args.malignant_only,
-                                         parts=args.parts, seed=args.seed, workers=args.workers,
-                                         encodings_json=args.encodings)
+        with output_folder(args.out, list(paths) + [args.encodings]) as folder:
+            summary = build_isic2019_records(*paths, folder, args.size, malignant_only=args.malignant_only,
+                                             parts=args.parts, seed=args.seed, workers=args.workers,
+                                             encodings_json=args.encodings)
         print(json.dumps(summary))
         print(f"records written to {args.out} (external data: list it under data.external_files)")
         return 0
@@ -390,10 +485,10 @@ def command(args: argparse.Namespace) -> int:
     test_csv = pick(args.test_csv, "test.csv")
     if test_csv and not args.test_csv and not io_utils.exists(test_csv):
         test_csv = None
-    summary = build_records(train_csv, test_csv, pick(args.train_images, "jpeg", "train"),
-                            pick(args.test_images, "jpeg", "test"), args.out, args.size,
-                            parts=args.parts, test_parts=args.test_parts, seed=args.seed,
-                            workers=args.workers)
+    images = pick(args.train_images, "jpeg", "train"), pick(args.test_images, "jpeg", "test")
+    with output_folder(args.out, [train_csv, test_csv, *images]) as folder:
+        summary = build_records(train_csv, test_csv, *images, folder, args.size, parts=args.parts,
+                                test_parts=args.test_parts, seed=args.seed, workers=args.workers)
     print(json.dumps(summary))
     print(f"records written to {args.out}")
     return 0
