@@ -29,8 +29,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(DEMO)/train.csv: | $(VENV)/.installed
-	$(PY) -m melanoma synth $(DEMO) --size 128 --patients 250 --seed 0
+$(DEMO)/train.csv: | $(VENV)/.installed  # train.csv comes last: without it, an earlier synth was interrupted
+	$(PY) -m melanoma synth $(DEMO) --size 128 --patients 250 --seed 0 --force
 
 $(DEMO)/records/encodings.json: $(DEMO)/train.csv
 	$(PY) -m melanoma records --data $(DEMO) --out $(DEMO)/records --size 64
