@@ -115,8 +115,11 @@ def training_lines(epochs: int, steps: int, interval: float | None = None):
                       f"{now - self.started:.0f} s", flush=True)
 
         def on_epoch_end(self, epoch, logs=None):
-            metrics = ", ".join(f"{key} {float(value):.4f}" for key, value in (logs or {}).items()
-                                if isinstance(value, (int, float)) or hasattr(value, "__float__"))
+            logs = dict(logs or {})
+            first = [key for key in ("loss", "val_auc", "val_loss") if key in logs]
+            keys = first + sorted(key for key in logs if key not in first)
+            metrics = ", ".join(f"{key} {float(logs[key]):.4g}" for key in keys
+                                if isinstance(logs[key], (int, float)) or hasattr(logs[key], "__float__"))
             print(f"epoch {epoch + 1}/{epochs}: {metrics} ({time.monotonic() - self.started:.0f} s)", flush=True)
 
     return TrainingLines()
