@@ -101,7 +101,10 @@ class _QuietImport(importlib.abc.MetaPathFinder):
                 execute(module)
                 # Lists devices without creating TensorFlow's context: memory growth, logical CPU
                 # devices and multi-worker strategies can still be set up after it.
-                module.config.list_physical_devices("GPU")
+                try:
+                    module.config.list_physical_devices("GPU")
+                except Exception as error:  # noqa: BLE001 - a device query must never break the import
+                    print(f"note: listing GPUs failed: {error}", file=sys.stderr)
 
         spec.loader.exec_module = exec_module
         return spec

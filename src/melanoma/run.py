@@ -57,6 +57,11 @@ def base_defaults(config_path: str | os.PathLike) -> dict:
     return runstate.flatten(config_lib.load_config(config_lib.base_path(Path(config_path))))
 
 
+def code_defaults() -> dict:
+    """The repository's base.yaml values (flat): the defaults of the code that is running."""
+    return base_defaults(Path(__file__).resolve().parents[2] / "configs" / config_lib.BASE_NAME)
+
+
 def run_folder(config) -> str:
     return config_lib.run_dir(config)
 
@@ -149,7 +154,7 @@ def fold_config_problem(config, fold_folder: str, defaults: dict | None = None) 
     """Why a fold's checkpoint was not trained under `config` (from its state.json), or None.
 
     state.json records the config each fold trained under; a fold without one (trained before it was
-    written) cannot be checked and passes.
+    written) cannot be checked and passes. A key its record lacks counts as base.yaml's default.
     """
     try:
         state = runstate.read_state(fold_folder)
@@ -158,6 +163,8 @@ def fold_config_problem(config, fold_folder: str, defaults: dict | None = None) 
     if not state or not state.get("config"):
         return None
     trained = state["config"]
+    if defaults is None:
+        defaults = runstate.fingerprint(code_defaults())
     differences = runstate.config_differences(trained, runstate.fingerprint(config), defaults)
     if not differences:
         return None

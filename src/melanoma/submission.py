@@ -40,7 +40,7 @@ SUBMISSION_COLUMNS = ("image_name", "target")
 LOG_COLUMNS = ("time", "file", "sha256", "config", "oof_auc", "message", "folds")
 OLD_LOG_COLUMNS = LOG_COLUMNS[:6]  # logs written before the folds column; upgraded when appended to
 # infer's name for a partial ensemble: <name>-folds0_2.csv
-PARTIAL_NAME = re.compile(r"-folds\d+(_\d+)*$")
+PARTIAL_NAME = re.compile(r"-folds\d+(_\d+)*(\.|$)")  # (a kept older copy adds .<time>)
 DEFAULT_SUBMISSION_DIR = "submissions"
 DEFAULT_OUTPUT_DIR = "outputs"
 DEFAULT_BASE_CONFIG = os.path.join("configs", "base.yaml")
