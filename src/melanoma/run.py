@@ -71,9 +71,11 @@ def saved_config(config) -> config_lib.Config | None:
     folder = run_folder(config)
     if not io_utils.exists(os.path.join(folder, CONFIG_FILE)):
         return None
+    import yaml
+
     try:
         return config_lib.load_run_config(folder)
-    except Exception as error:  # YAML errors, a file that is not a mapping
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as error:  # not YAML, not a mapping
         raise ConfigError(f"{os.path.join(folder, CONFIG_FILE)} is not a readable run config "
                           f"({type(error).__name__}: {error}); restore it, or train under a new name") from None
 
