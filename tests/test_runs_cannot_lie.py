@@ -68,6 +68,11 @@ def test_training_a_run_again_under_another_config_is_refused(run_copy, tmp_path
     assert "data.image_size: 32 -> 48" in err and "model.backbone: 'efficientnet-b0' -> 'efficientnet-b2'" in err
     assert "--force" in err and "--set name=" in err and "Traceback" not in err
     assert snapshot(run) == before, "a refused run must not change a file"
+    from melanoma import run as run_lib
+
+    changed = config_lib.load_config(run_copy, ["data.image_size=48"])
+    run_lib.bind_run(changed, run_copy, force=True, write=False)  # a cluster's other workers: no writes
+    assert snapshot(run) == before
 
     # the same data in another folder (a Kaggle session's new gs:// path) is the same run
     moved = tmp_path / "moved-records"

@@ -90,32 +90,37 @@ def trained_as(flat: dict) -> str:
 # --- training -------------------------------------------------------------------------------------
 
 
-def bind_run(config, config_path: str | os.PathLike, force: bool = False) -> str:
+def bind_run(config, config_path: str | os.PathLike, force: bool = False, write: bool = True) -> str:
     """Tie the run to `config` before any fold trains; returns the path of its saved config.
 
     A new run saves the config. A run whose saved config agrees with `config` keeps its file untouched.
     One that differs is refused with ConfigError naming each key and both values, unless `force`: then
     the previous run (config, folds, OOF) is moved to <run>/superseded/<time>/ and the new config saved,
-    so no fold of the old experiment stays beside the new one.
+    so no fold of the old experiment stays beside the new one. `write=False` checks only (the workers
+    of a cluster other than the chief, which writes).
     """
     folder = run_folder(config)
     target = os.path.join(folder, CONFIG_FILE)
     saved = saved_config(config)
     if saved is None:
-        return config_lib.save_config(config)
+        return config_lib.save_config(config) if write else target
     differences = runstate.config_differences(binding(saved), binding(config),
                                               defaults=binding(base_defaults(config_path)))
     if not differences:
         return target
     if not trained_work(folder):
-        print(f"run {config.name}: no fold was trained under its previous config; saving the new one")
-        return config_lib.save_config(config)
+        if write:
+            print(f"run {config.name}: no fold was trained under its previous config; saving the new one")
+            return config_lib.save_config(config)
+        return target
     if not force:
         raise ConfigError(
             f"run '{config.name}' was trained with another config ({target}): "
             f"{runstate.describe_differences(differences)}. Its folds would mix two experiments. Give the new "
             f"experiment its own name (--set name=...), or add --force to retrain under the new config "
             f"(the previous run is moved to {os.path.join(folder, SUPERSEDED)}/)")
+    if not write:
+        return target
     moved = supersede(folder)
     print(f"run {config.name}: the config changed ({runstate.describe_differences(differences, 3)}); "
           f"--force: the previous run is moved to {moved}")
