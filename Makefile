@@ -44,8 +44,8 @@ $(NOTEBOOK_STAMP): pyproject.toml
 	$(PY) src/melanoma/notebook.py --extras dev
 	touch $@
 
-$(DEMO)/train.csv: | $(INSTALLED)
-	$(PY) -m melanoma synth $(DEMO) --size 128 --patients 250 --seed 0
+$(DEMO)/train.csv: | $(INSTALLED)  # train.csv comes last: without it, an earlier synth was interrupted
+	$(PY) -m melanoma synth $(DEMO) --size 128 --patients 250 --seed 0 --force
 
 $(DEMO)/records/encodings.json: $(DEMO)/train.csv
 	$(PY) -m melanoma records --data $(DEMO) --out $(DEMO)/records --size 64

@@ -66,6 +66,7 @@ class Project:
             oof[oof["fold"] == fold].to_csv(folder / "oof.csv", index=False)
             pd.DataFrame({"image_name": TEST_IDS, "pred": rng.random(TEST_ROWS)}).to_csv(folder / "test.csv",
                                                                                          index=False)
+            (folder / "test.json").write_text(json.dumps({"tta": config.tta.to_dict(), "image_size": image_size}))
             if history and fold != 4:
                 epochs = np.arange(6)
                 table = pd.DataFrame({"epoch": epochs, "loss": 0.6 / (epochs + 1), "auc": 0.6 + 0.05 * epochs,
@@ -311,12 +312,12 @@ def test_mean_and_rank_blends(project):
 def test_blend_refuses_incomplete_runs_and_different_images(project, capsys):
     first = project.make_run("alpha", 1.4, seed=11)
     partial = project.make_run("partial", 1.0, seed=12, folds_done=[0, 1, 2])
-    assert cli.main(["blend", first, partial]) == 1
+    assert cli.main(["blend", first, partial]) == 2  # the user's input: a run that is not finished
     assert "partial is incomplete" in capsys.readouterr().err
     other = project.make_run("other", 1.0, seed=13)
     oof = pd.read_csv(project.outputs / "other" / "oof.csv")
     oof.iloc[:-3].to_csv(project.outputs / "other" / "oof.csv", index=False)
     with pytest.raises(DataError, match="different images"):
         blend.blend([first, other])
-    assert cli.main(["blend", first]) == 1
+    assert cli.main(["blend", first]) == 2
     assert not list(project.outputs.glob("blend-*"))

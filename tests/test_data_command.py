@@ -109,13 +109,13 @@ def test_failed_download_leaves_nothing_that_looks_complete(kaggle, tmp_path, mo
 def test_without_credentials_says_how_and_downloads_nothing(kaggle, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "empty"))
     out = tmp_path / "input"
-    assert cli.main(["data", "--size", "256", "--out", str(out)]) == 1
+    assert cli.main(["data", "--size", "256", "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert "no Kaggle credentials found" in error and str(tmp_path / "empty" / "kaggle.json") in error
     assert "KAGGLE_USERNAME and KAGGLE_KEY" in error and "Nothing was downloaded" in error
     assert calls(kaggle) == [] and not out.exists()
     monkeypatch.setenv("KAGGLE_USERNAME", "only-half")
-    assert cli.main(["data", "--out", str(out)]) == 1
+    assert cli.main(["data", "--out", str(out)]) == 2
     assert "only KAGGLE_USERNAME is set" in capsys.readouterr().err
 
 

@@ -234,22 +234,22 @@ def test_cli_errors(frame, tmp_path, capsys):
 
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    assert run_cli("--train-csv", str(empty), "--folds", "5", "--out", str(out)) == 1
+    assert run_cli("--train-csv", str(empty), "--folds", "5", "--out", str(out)) == 2
     assert "empty" in capsys.readouterr().err
 
     header_only = tmp_path / "header.csv"
     header_only.write_text("image_name,patient_id,target\n")
-    assert run_cli("--train-csv", str(header_only), "--folds", "5", "--out", str(out)) == 1
+    assert run_cli("--train-csv", str(header_only), "--folds", "5", "--out", str(out)) == 2
     assert "no rows" in capsys.readouterr().err
 
     no_target = tmp_path / "no_target.csv"
     frame.drop(columns="target").to_csv(no_target, index=False)
-    assert run_cli("--train-csv", str(no_target), "--folds", "5", "--out", str(out)) == 1
+    assert run_cli("--train-csv", str(no_target), "--folds", "5", "--out", str(out)) == 2
     assert "target" in capsys.readouterr().err
 
     source = tmp_path / "train.csv"
     frame.to_csv(source, index=False)
-    assert run_cli("--train-csv", str(source), "--folds", "1", "--out", str(out)) == 1
+    assert run_cli("--train-csv", str(source), "--folds", "1", "--out", str(out)) == 2
     assert "at least 2" in capsys.readouterr().err
     assert not out.exists()
 

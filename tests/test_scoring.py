@@ -199,8 +199,8 @@ def test_bad_values_are_rejected(tmp_path, column, value, message):
         scoring.read_oof(write(tmp_path, frame))
 
 
-def test_bad_file_exits_1_with_a_message_and_missing_file_exits_2(tmp_path, capsys):
-    assert cli.main(["score", write(tmp_path, make_oof().drop(columns=["target"]))]) == 1
+def test_bad_file_and_missing_file_both_exit_2_with_a_message(tmp_path, capsys):
+    assert cli.main(["score", write(tmp_path, make_oof().drop(columns=["target"]))]) == 2
     assert "error:" in capsys.readouterr().err
     assert cli.main(["score", str(tmp_path / "absent.csv")]) == 2
     assert "not found" in capsys.readouterr().err

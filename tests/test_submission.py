@@ -298,7 +298,7 @@ def test_submit_runs_the_exact_kaggle_command_and_logs_it(kaggle, capsys):
     rows = read_log()
     assert len(rows) == 1
     row = rows[0]
-    assert list(row) == ["time", "file", "sha256", "config", "oof_auc", "message"]
+    assert list(row) == ["time", "file", "sha256", "config", "oof_auc", "message", "folds"]
     assert row["file"] == kaggle.submission and row["message"] == message
     assert row["sha256"] == hashlib.sha256(Path(kaggle.submission).read_bytes()).hexdigest()
     assert row["config"] == "effnet-b3"
@@ -331,7 +331,7 @@ def test_submit_without_credentials_says_what_to_do_and_logs_nothing(kaggle, mon
     monkeypatch.setenv("HOME", str(empty))
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(empty))
     monkeypatch.setenv("KAGGLE_USERNAME", "half-set")
-    assert cli.main(["submit", kaggle.submission, "-m", "no creds", "--sample", kaggle.sample]) == 1
+    assert cli.main(["submit", kaggle.submission, "-m", "no creds", "--sample", kaggle.sample]) == 2
     err = capsys.readouterr().err
     assert "no Kaggle credentials" in err and "kaggle.json" in err and "KAGGLE_KEY" in err
     assert "only KAGGLE_USERNAME is set" in err
@@ -341,7 +341,7 @@ def test_submit_without_credentials_says_what_to_do_and_logs_nothing(kaggle, mon
 
 def test_a_bad_credentials_file_is_named(kaggle, capsys):
     (kaggle.config_dir / "kaggle.json").write_text("{not json")
-    assert cli.main(["submit", kaggle.submission, "-m", "x", "--sample", kaggle.sample]) == 1
+    assert cli.main(["submit", kaggle.submission, "-m", "x", "--sample", kaggle.sample]) == 2
     assert "kaggle.json is not readable JSON" in capsys.readouterr().err
     assert kaggle.calls() == []
 
@@ -369,7 +369,7 @@ def test_missing_kaggle_executable_is_explained(kaggle, monkeypatch, capsys, tmp
     nowhere.mkdir()
     monkeypatch.setenv("PATH", str(nowhere))
     monkeypatch.setattr(sys, "executable", str(nowhere / "python"))
-    assert cli.main(["submit", kaggle.submission, "-m", "x", "--sample", kaggle.sample]) == 1
+    assert cli.main(["submit", kaggle.submission, "-m", "x", "--sample", kaggle.sample]) == 2
     assert "pip install kaggle" in capsys.readouterr().err
     assert not Path("submissions/log.csv").exists()
 
@@ -424,8 +424,10 @@ def test_leaderboard_without_credentials_fails_clearly(kaggle, monkeypatch, caps
     empty.mkdir()
     monkeypatch.setenv("HOME", str(empty))
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(empty))
-    assert cli.main(["leaderboard"]) == 1
-    assert "no Kaggle credentials" in capsys.readouterr().err
+    assert cli.main(["leaderboard"]) == 2
+    err = capsys.readouterr().err
+    assert "no Kaggle credentials" in err and "No scores were fetched" in err
+    assert "Nothing was submitted" not in err  # leaderboard never submits
     assert kaggle.calls() == []
 
 

@@ -120,12 +120,13 @@ class Member:
         if os.path.isdir(spec):
             path = spec.rstrip("/")
         else:
+            from melanoma import run as run_lib
             from melanoma.config import load_config, run_dir
 
-            self.config = load_config(spec)
-            path = run_dir(self.config)
+            path = run_dir(load_config(spec))
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"run folder of {spec} not found: {path} (train it first)")
+            self.config = run_lib.load_run_config(spec)  # what the run was trained with
         run = inspect_run(path)
         if run.problem:
             raise DataError(f"{path}: {run.problem}")
@@ -153,6 +154,7 @@ class Member:
         folds = self.run.folds_expected
         paths = [os.path.join(self.path, f"fold{fold}", "test.csv") for fold in range(folds or 0)]
         if paths and all(os.path.isfile(path) for path in paths):
+            self.check_same_settings(paths)
             columns = [_prediction_column(path, "pred") for path in paths]
             reference = set(columns[0].index)
             for path, column in zip(paths[1:], columns[1:]):
@@ -164,6 +166,31 @@ class Member:
         if submission and io_utils.exists(submission):
             return _prediction_column(submission, "target"), submission
         return None, f"no fold<K>/test.csv and no {submission or 'submission'}"
+
+    def check_same_settings(self, paths: list[str]) -> None:
+        """Every fold's test predictions made under the same settings (test.json: TTA, size, test files):
+        averaging folds predicted differently is refused, never done silently."""
+        settings = [_fold_settings(path) for path in paths]
+        unknown = [path for path, made in zip(paths, settings) if made is None]
+        if unknown:
+            raise DataError(f"{unknown[0]} has no readable test.json beside it, so what it was predicted with "
+                            f"is unknown; predict the run again (python infer.py --config ... --recompute)")
+        for path, made in zip(paths[1:], settings[1:]):
+            if made != settings[0]:
+                keys = sorted(key for key in set(made) | set(settings[0]) if made.get(key) != settings[0].get(key))
+                shown = ", ".join(f"{key}: {settings[0].get(key)!r} vs {made.get(key)!r}" for key in keys)
+                raise DataError(f"{self.name}: {paths[0]} and {path} were predicted under different settings "
+                                f"({shown}); predict every fold alike (python infer.py --config ...)")
+
+
+def _fold_settings(test_csv: str) -> dict | None:
+    path = os.path.join(os.path.dirname(test_csv), "test.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        return json.loads(io_utils.read_text(path))
+    except ValueError:
+        return None
 
 
 def _prediction_column(path: str, column: str) -> pd.Series:

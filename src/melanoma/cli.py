@@ -32,9 +32,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def quiet_environment() -> None:
-    """Keep TensorFlow's C++ logs and albumentations' online version check out of the way."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    """Keep TensorFlow's C++ start-up lines and albumentations' online version check out of the way
+    (see `quiet`: both must be set up before TensorFlow is imported)."""
+    from melanoma import quiet
+
+    quiet.install()
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
 
 

@@ -347,6 +347,14 @@ def _input_problems(key: str, kind: str, value: Any) -> list[str]:
             except DataError as error:
                 problems.append(f"config key '{key}' = {value!r}: {error}")
                 break
+    if not problems:  # a records folder that is not complete (see records.folder_problem)
+        from melanoma import records
+
+        for folder in sorted({os.path.dirname(path) for path in io_utils.glob(patterns)}):
+            problem = records.folder_problem(folder)
+            if problem:
+                problems.append(f"config key '{key}': folder {folder} {problem}; it is not complete: build it "
+                                "again with `python -m melanoma records ...` (or copy it whole)")
     return problems
 
 

@@ -20,8 +20,7 @@ import subprocess
 import zipfile
 from dataclasses import dataclass
 
-from tqdm import tqdm
-
+from melanoma import progress
 from melanoma.errors import ExternalToolError
 
 COMPETITION = "siim-isic-melanoma-classification"
@@ -63,7 +62,7 @@ def unzip_all(folder: str) -> None:
         path = os.path.join(folder, archive)
         try:
             with zipfile.ZipFile(path) as handle:
-                for member in tqdm(handle.infolist(), desc=f"unzip {archive}", unit="file", leave=False):
+                for member in progress.bar(handle.infolist(), desc=f"unzip {archive}", unit="file", leave=False):
                     handle.extract(member, folder)
         except zipfile.BadZipFile:
             raise ExternalToolError(f"{archive} downloaded by the Kaggle CLI is not a valid zip file; run "

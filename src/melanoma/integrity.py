@@ -210,10 +210,10 @@ def _scan_key(path: str, split: str, image_size: int) -> tuple:
 
 def scan_files(paths: list[str], split: str, image_size: int, progress: bool = True) -> list[FileScan]:
     """Scans of `paths` (sorted); a file unchanged since this process last scanned it is not read again."""
-    from tqdm import tqdm
+    from melanoma import progress as progress_lib
 
     scans = []
-    for path in tqdm(sorted(paths), desc=f"checking {split} records", unit="file", leave=False,
+    for path in progress_lib.bar(sorted(paths), desc=f"checking {split} records", unit="file", leave=False,
                      disable=not progress):
         key = _scan_key(path, split, image_size)
         if key not in _SCANS:

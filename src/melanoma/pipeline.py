@@ -11,9 +11,8 @@ import functools
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
-from melanoma import augment, io_utils, records
+from melanoma import augment, io_utils, progress as progress_lib, records
 from melanoma.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -185,7 +184,7 @@ def _patient_counts(paths: tuple[str, ...], split: str) -> tuple[tuple[int, int]
         lambda s: tf.io.parse_single_example(s, spec)["patient_id"], num_parallel_calls=AUTOTUNE).ignore_errors()
     ids = [np.zeros(0, np.int64)]
     total = sum(records.parse_file_name(p).count for p in paths)
-    with tqdm(total=total, desc=f"{split} patient counts", unit="img", leave=False) as bar:
+    with progress_lib.bar(total=total, desc=f"{split} patient counts", unit="img", leave=False) as bar:
         for batch in dataset.batch(8192):
             ids.append(batch.numpy())
             bar.update(len(ids[-1]))

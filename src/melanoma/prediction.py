@@ -16,9 +16,8 @@ import math
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from tqdm import tqdm
 
-from melanoma import augment, hardware, integrity, pipeline
+from melanoma import augment, hardware, integrity, pipeline, progress as progress_lib
 from melanoma.errors import CheckFailed, DataError
 
 
@@ -118,7 +117,7 @@ def predict_files(model, paths: list[str], config, split: str, count: int | None
     names, preds, extras = [], [], {"target": [], "patient_id": [], "diagnosis": []}
     hint = integrity.HINT_TRAIN if split == "train" else integrity.HINT_PREDICT
     with integrity.named_data_errors(paths, split, config.data.image_size, desc, hint), \
-            tqdm(total=count, desc=desc, unit="img", leave=False, disable=not progress) as bar:
+            progress_lib.bar(total=count, desc=desc, unit="img", leave=False, disable=not progress) as bar:
         for batch in dataset:
             output = np.asarray(predictor(batch["inputs"]), dtype=np.float64)
             per_image = output.reshape(-1, views, output.shape[-1]).mean(axis=1)  # [images, columns]

@@ -6,6 +6,13 @@ Files are named `train%.2i-%i.tfrec` / `test%.2i-%i.tfrec` (part, image count) s
 come from the names. Categoricals are label-encoded over train and test together (missing -> -1), and a
 CSV with the encodings and each image's part is written next to the records.
 
+The output folder is complete or absent: everything is written into a hidden sibling folder, which
+replaces `--out` whole once every part, CSV, `encodings.json` and the manifest `records.json` (file ->
+image count) are written (`io_utils.folder_written_whole`). A killed or failed run leaves `--out` as it
+was; a rerun leaves no stale part beside the new ones. `folder_problem` tells a reader (training) that a
+folder is not complete: a manifest that disagrees with the files, or a part left half-written by an
+interrupted run of an earlier version.
+
 `python -m melanoma records --data DIR --out OUT --size N`: the competition's layout (train.csv,
 test.csv, jpeg/train/, jpeg/test/). `python -m melanoma records --isic2019 DIR` / `--ham10000 DIR --out
 OUT --size N [--malignant-only]`: the raw files of those sources as train records with their labels
@@ -14,18 +21,20 @@ kept (see `converters`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from melanoma import io_utils, taxonomy
+from melanoma import io_utils, progress as progress_lib, quiet, taxonomy
+from melanoma.config import ConfigError
 from melanoma.errors import DataError
 
 TRAIN_INT_FEATURES = ("patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
@@ -34,6 +43,10 @@ TEST_INT_FEATURES = ("patient_id", "sex", "age_approx", "anatom_site_general_cha
 CATEGORICAL = taxonomy.CATEGORICAL
 FILE_PATTERN = re.compile(r"(?P<split>train|test)(?P<part>\d+)-(?P<count>\d+)\.tfrec$")
 DEFAULT_TEST_PARTS = 16
+MANIFEST = "records.json"
+# What `records` writes into its folder (anything else there means --out is not a records folder).
+OUTPUTS = ("train.csv", "test.csv", "encodings.json", MANIFEST, io_utils.INCOMPLETE_MARKER)
+HALF_WRITTEN = re.compile(r"^\..+\.tmp-[0-9a-f]{8}\.tfrec$")  # io_utils.temporary_name of a part
 
 
 @dataclass(frozen=True)
@@ -150,13 +163,14 @@ def write_split(frame: pd.DataFrame, image_dir: str, out_dir: str, split: str, s
     # child of a process that has already started TensorFlow's threads, so those workers are spawned.
     remote = io_utils.is_remote(image_dir) or any(io_utils.is_remote(p) for p in paths[:1])
     context = multiprocessing.get_context("spawn" if remote else "fork")
-    pool = context.Pool(workers) if workers > 1 else None
+    # (a spawned worker imports TensorFlow afresh: quiet.install keeps its start-up lines off the screen)
+    pool = context.Pool(workers, initializer=quiet.install) if workers > 1 else None
     try:
         results: Iterator[bytes] = (pool.imap(_resize_task, tasks, chunksize=8) if pool
                                     else map(_resize_task, tasks))
         import tensorflow as tf
 
-        bar = tqdm(total=len(tasks), desc=f"{split} records", unit="img", disable=not progress)
+        bar = progress_lib.bar(total=len(tasks), desc=f"{split} records", unit="img", disable=not progress)
         position = 0
         for part, count in frame["part"].value_counts().sort_index().items():
             target = os.path.join(out_dir, record_name(split, int(part), int(count)))
@@ -184,6 +198,14 @@ def build_records(train_csv: str, test_csv: str | None, train_images: str, test_
 
     train = io_utils.read_csv(train_csv)
     test = io_utils.read_csv(test_csv) if test_csv else None
+    for path, frame, needed in ((train_csv, train, TRAIN_INT_FEATURES), (test_csv, test, TEST_INT_FEATURES)):
+        if frame is None:
+            continue
+        missing = [column for column in ("image_name",) + needed if column not in frame.columns]
+        if missing:
+            raise DataError(f"{path} lacks column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})")
+        if frame.empty:
+            raise DataError(f"{path} has a header but no rows")
     train_out, test_out, encodings = encode_metadata(train, test)
     if "part" not in train_out:
         train_out["part"] = folds.assign_parts(train, parts=parts, seed=seed)["part"].to_numpy()
@@ -226,6 +248,78 @@ def write_train_records(table: pd.DataFrame, image_paths: list[str], out_dir: st
     return written
 
 
+def write_manifest(folder: str) -> None:
+    """records.json: every part written, with its image count; written last, so it vouches for them."""
+    parts = {os.path.basename(path): parse_file_name(path).count
+             for path in io_utils.glob(os.path.join(folder, "*.tfrec"))}
+    io_utils.write_text_atomic(os.path.join(folder, MANIFEST), json.dumps({"files": parts}, indent=1))
+
+
+def folder_problem(folder: str) -> str | None:
+    """Why a folder of records is not complete, or None (also for folders not written by `records`,
+    such as the public datasets, unless they hold a half-written part)."""
+    if not io_utils.isdir(folder):
+        return None
+    names = [name.rstrip("/") for name in io_utils.listdir(folder)]
+    if io_utils.INCOMPLETE_MARKER in names:
+        return f"is being written, or its writing was interrupted ({io_utils.INCOMPLETE_MARKER} is there)"
+    half = [name for name in names if HALF_WRITTEN.match(name)]
+    if half:
+        return f"holds a part left half-written by an interrupted `records` ({half[0]})"
+    if MANIFEST not in names:
+        return None
+    try:
+        listed = json.loads(io_utils.read_text(os.path.join(folder, MANIFEST)))["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"has an unreadable {MANIFEST}"
+    present = {name for name in names if FILE_PATTERN.search(name)}
+    missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
+    if missing:
+        return f"lacks {len(missing)} of the {len(listed)} parts its {MANIFEST} lists (first: {missing[0]})"
+    if extra:
+        return f"holds {len(extra)} part(s) its {MANIFEST} does not list (first: {extra[0]}), left from another run"
+    return None
+
+
+def check_out_folder(out: str, inputs: list[str | None]) -> None:
+    """--out is replaced whole, so it must be a folder of its own: not holding the input, and either
+    absent, empty, or a records folder (parts, CSVs, encodings.json, records.json only)."""
+    target = os.path.abspath(out) if not io_utils.is_remote(out) else out.rstrip("/")
+    for path in filter(None, inputs):
+        where = os.path.abspath(path) if not io_utils.is_remote(path) else path
+        if where == target or where.startswith(target.rstrip("/") + "/"):
+            raise ConfigError(f"--out {out} holds the input {path}; records replaces its --out folder whole: "
+                              "give it a folder of its own (e.g. input/records-256)")
+    if not io_utils.isdir(out):
+        if io_utils.exists(out):
+            raise ConfigError(f"--out {out} is a file; give a folder")
+        return
+    others = [name.rstrip("/") for name in io_utils.listdir(out)
+              if not (FILE_PATTERN.search(name) or name.rstrip("/") in OUTPUTS or HALF_WRITTEN.match(name))]
+    if others:
+        raise ConfigError(f"--out {out} holds other things than records ({', '.join(others[:3])}); records "
+                          "replaces its --out folder whole: give it a folder of its own")
+
+
+def remove_abandoned(out: str) -> None:
+    """Hidden sibling folders a killed `records` left (`.<name>.tmp-*`, `.<name>.old-*`)."""
+    parent, name = os.path.split(out.rstrip("/"))
+    for kind in ("tmp", "old"):
+        for path in io_utils.glob(os.path.join(parent, f".{name}.{kind}-" + "[0-9a-f]" * 8)):
+            print(f"removing {path}, left by an interrupted run", file=sys.stderr)
+            io_utils.remove_tree(path)
+
+
+@contextlib.contextmanager
+def output_folder(out: str, inputs: list[str | None]):
+    """The folder to write into (yielded): checked, then put in place of `out` whole with its manifest."""
+    check_out_folder(out, inputs)
+    remove_abandoned(out)
+    with io_utils.folder_written_whole(out, last=MANIFEST) as folder:
+        yield folder
+        write_manifest(folder)
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     from melanoma import converters as c
 
@@ -264,7 +358,8 @@ def convert_source(args: argparse.Namespace) -> dict:
     options = dict(malignant_only=args.malignant_only, parts=args.parts, seed=args.seed, workers=args.workers,
                    encodings_json=args.encodings)
     if args.ham10000:
-        return converters.build_ham10000_records(args.ham10000, args.out, args.size, **options)
+        with output_folder(args.out, [args.ham10000, args.encodings]) as folder:
+            return converters.build_ham10000_records(args.ham10000, folder, args.size, **options)
 
     def raw(explicit, name):
         if explicit:
@@ -276,7 +371,8 @@ def convert_source(args: argparse.Namespace) -> dict:
     paths = (raw(args.isic2019_ground_truth, converters.ISIC2019_GROUND_TRUTH),
              raw(args.isic2019_metadata, converters.ISIC2019_METADATA),
              raw(args.isic2019_images, converters.ISIC2019_IMAGES))
-    return converters.build_isic2019_records(*paths, args.out, args.size, **options)
+    with output_folder(args.out, list(paths) + [args.encodings]) as folder:
+        return converters.build_isic2019_records(*paths, folder, args.size, **options)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -302,10 +398,10 @@ def command(args: argparse.Namespace) -> int:
     test_csv = pick(args.test_csv, "test.csv")
     if test_csv and not args.test_csv and not io_utils.exists(test_csv):
         test_csv = None
-    summary = build_records(train_csv, test_csv, pick(args.train_images, "jpeg", "train"),
-                            pick(args.test_images, "jpeg", "test"), args.out, args.size,
-                            parts=args.parts, test_parts=args.test_parts, seed=args.seed,
-                            workers=args.workers)
+    images = pick(args.train_images, "jpeg", "train"), pick(args.test_images, "jpeg", "test")
+    with output_folder(args.out, [train_csv, test_csv, *images]) as folder:
+        summary = build_records(train_csv, test_csv, *images, folder, args.size, parts=args.parts,
+                                test_parts=args.test_parts, seed=args.seed, workers=args.workers)
     print(json.dumps(summary))
     print(f"records written to {args.out}")
     return 0

@@ -37,12 +37,17 @@ CUTOFF_COLUMNS = ["rule", "cutoff", "sensitivity", "specificity", "precision", "
 
 
 def resolve_run(target: str, overrides: list[str] | None = None) -> str:
-    """The run folder of a config file (with --set overrides), or `target` itself when it is a folder."""
+    """The run folder of a config file (with --set overrides, checked against the run's saved config),
+    or `target` itself when it is a folder."""
     if os.path.isdir(target):
         return target.rstrip("/")
+    from melanoma import run as run_lib
     from melanoma.config import load_config, run_dir
 
-    return run_dir(load_config(target, overrides or []))
+    folder = run_dir(load_config(target, overrides or []))
+    if not os.path.isdir(folder):
+        return folder
+    return run_dir(run_lib.load_run_config(target, overrides or []))
 
 
 # --------------------------------------------------------------------------------------------------

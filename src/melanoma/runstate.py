@@ -52,11 +52,45 @@ def _flatten(node: dict, prefix: str = "") -> dict:
     return flat
 
 
-def fingerprint(config) -> dict:
+def flatten(config) -> dict:
+    """A config (or a plain nested dict) as {dotted key: value}."""
+    return _flatten(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+
+
+def _is_free(key: str, free: tuple[str, ...]) -> bool:
+    return any(key == name or key.startswith(name + ".") for name in free)
+
+
+def fingerprint(config, free: tuple[str, ...] = RESUME_FREE) -> dict:
     """The config keys that a resumed fold must share with the run it continues (flat, dotted)."""
-    flat = _flatten(config.to_dict())
-    return {key: value for key, value in flat.items()
-            if not any(key == free or key.startswith(free + ".") for free in RESUME_FREE)}
+    return {key: value for key, value in flatten(config).items() if not _is_free(key, free)}
+
+
+ABSENT = "<absent>"
+
+
+def config_differences(saved: dict, now: dict, defaults: dict | None = None) -> list[tuple[str, object, object]]:
+    """(key, saved value, new value) for every flat key whose value differs, sorted by key.
+
+    With `defaults` (base.yaml's values), a key missing from `saved` counts as its default: a run saved
+    before the key existed behaved as the default does.
+    """
+    differences = []
+    for key in sorted(set(saved) | set(now)):
+        before = saved.get(key, (defaults or {}).get(key, ABSENT))
+        after = now.get(key, ABSENT)
+        if key not in now and defaults is not None:
+            continue  # a key the code no longer has says nothing about the new run
+        if before != after:
+            differences.append((key, before, after))
+    return differences
+
+
+def describe_differences(differences, limit: int = 6) -> str:
+    """`key: old -> new, ...` of the first `limit` differences (and how many more)."""
+    shown = ", ".join(f"{key}: {before!r} -> {after!r}" for key, before, after in differences[:limit])
+    more = f" and {len(differences) - limit} more" if len(differences) > limit else ""
+    return shown + more
 
 
 def read_state(folder: str) -> dict | None:
@@ -79,15 +113,11 @@ def write_state(folder: str, state: dict) -> None:
 
 def check_same_config(state: dict, config, folder: str) -> None:
     """A resumed fold must continue the same experiment: name the keys that changed."""
-    saved = state.get("config") or {}
-    now = fingerprint(config)
-    changed = sorted(key for key in set(saved) | set(now) if saved.get(key, "<absent>") != now.get(key, "<absent>"))
+    changed = config_differences(state.get("config") or {}, fingerprint(config))
     if changed:
-        shown = ", ".join(f"{key}: {saved.get(key, '<absent>')!r} -> {now.get(key, '<absent>')!r}"
-                          for key in changed[:5])
-        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise ConfigError(f"cannot resume {folder}: the config differs from the interrupted run's "
-                          f"({shown}{more}); use the same config, or --force to train the fold from scratch")
+                          f"({describe_differences(changed, 5)}); use the same config, or --force to train "
+                          "the fold from scratch")
 
 
 def finish_pending(folder: str, state: dict) -> None:

@@ -47,9 +47,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from melanoma import io_utils, records
+from melanoma import io_utils, progress as progress_lib, records
 from melanoma.config import ConfigError
 from melanoma.errors import CheckFailed, DataError
 
@@ -246,7 +245,7 @@ class TableReader:
                 found[record_file.path] = self.memory[key] = table
         if missing:
             total = sum(f.count for f in missing)
-            with tqdm(total=total, desc=desc, unit="img", disable=not self.progress, leave=False) as bar:
+            with progress_lib.bar(total=total, desc=desc, unit="img", disable=not self.progress, leave=False) as bar:
                 for record_file in missing:
                     table = _read_file(record_file.path, content_hash, perceptual, bar, self.skip_corrupt)
                     short = len(table) != record_file.count

@@ -7,8 +7,9 @@
 A submission is `image_name,target` with every id of the sample submission exactly once and finite
 predictions in [0, 1]. Uploading runs `kaggle competitions submit -c siim-isic-melanoma-classification
 -f SUB -m MSG` as a subprocess; only a successful upload is appended to `submissions/log.csv`
-(time, file, sha256, config, oof_auc, message), so the log never claims a submission that did not
-happen. `leaderboard` fetches the scores of past submissions and joins them to the log.
+(time, file, sha256, config, oof_auc, message, folds), so the log never claims a submission that did not
+happen. A partial ensemble (infer --allow-partial) is uploaded only with --allow-partial, and logged with
+the folds it holds and their OOF AUC. `leaderboard` fetches the scores of past submissions and joins them to the log.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,12 +31,16 @@ import numpy as np
 import pandas as pd
 
 from melanoma import io_utils
-from melanoma.errors import CheckFailed, DataError, ExternalToolError
+from melanoma.config import ConfigError
+from melanoma.errors import CheckFailed, DataError, ExternalToolError, SetupError
 from melanoma.scoring import _numbers, first_few, read_string_table
 
 COMPETITION = "siim-isic-melanoma-classification"
 SUBMISSION_COLUMNS = ("image_name", "target")
-LOG_COLUMNS = ("time", "file", "sha256", "config", "oof_auc", "message")
+LOG_COLUMNS = ("time", "file", "sha256", "config", "oof_auc", "message", "folds")
+OLD_LOG_COLUMNS = LOG_COLUMNS[:6]  # logs written before the folds column; upgraded when appended to
+# infer's name for a partial ensemble: <name>-folds0_2.csv
+PARTIAL_NAME = re.compile(r"-folds\d+(_\d+)*(\.|$)")  # (a kept older copy adds .<time>)
 DEFAULT_SUBMISSION_DIR = "submissions"
 DEFAULT_OUTPUT_DIR = "outputs"
 DEFAULT_BASE_CONFIG = os.path.join("configs", "base.yaml")
@@ -221,18 +227,18 @@ def kaggle_credentials(nothing_done: str = "Nothing was submitted.") -> str:
             if token_file.is_file() and token_file.read_text(errors="replace").strip():
                 return str(token_file)
         except OSError as error:
-            raise ExternalToolError(f"cannot read {token_file} ({error}); {CREDENTIALS_HELP}") from None
+            raise SetupError(f"cannot read {token_file} ({error}); {CREDENTIALS_HELP}") from None
     searched = [str(folder / "kaggle.json") for folder in folders]
     for json_file in [folder / "kaggle.json" for folder in folders]:
         if json_file.is_file():
             try:
                 data = json.loads(json_file.read_text())
             except (OSError, ValueError) as error:
-                raise ExternalToolError(f"{json_file} is not readable JSON ({error}); {CREDENTIALS_HELP}") from None
+                raise SetupError(f"{json_file} is not readable JSON ({error}); {CREDENTIALS_HELP}") from None
             if not isinstance(data, dict) or not data.get("username") or not data.get("key"):
-                raise ExternalToolError(f"{json_file} lacks 'username' and 'key'; {CREDENTIALS_HELP}")
+                raise SetupError(f"{json_file} lacks 'username' and 'key'; {CREDENTIALS_HELP}")
             return str(json_file)
-    raise ExternalToolError(f"no Kaggle credentials found{half} (looked for {', '.join(searched)}); "
+    raise SetupError(f"no Kaggle credentials found{half} (looked for {', '.join(searched)}); "
                             f"{CREDENTIALS_HELP}. {nothing_done}")
 
 
@@ -244,14 +250,15 @@ def kaggle_executable(nothing_done: str = "Nothing was submitted.") -> str:
     beside = Path(sys.executable).parent / ("kaggle.exe" if os.name == "nt" else "kaggle")
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    raise ExternalToolError("the Kaggle CLI ('kaggle') is not on PATH; install it with "
+    raise SetupError("the Kaggle CLI ('kaggle') is not on PATH; install it with "
                             "`pip install kaggle` (it is in this project's dependencies) or activate the "
                             f"virtual environment. {nothing_done}")
 
 
-def run_kaggle(arguments: list[str], what: str, timeout: float = UPLOAD_TIMEOUT_S) -> str:
+def run_kaggle(arguments: list[str], what: str, timeout: float = UPLOAD_TIMEOUT_S,
+               nothing_done: str = "Nothing was submitted.") -> str:
     """Run `kaggle ARGS...`; its output on success, ExternalToolError (with the output's end) otherwise."""
-    command = [kaggle_executable()] + arguments
+    command = [kaggle_executable(nothing_done)] + arguments
     try:
         completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -282,7 +289,13 @@ def append_log(log_path: str, row: dict) -> None:
     """Append one row to the submission log, rewriting it atomically (header written when new)."""
     existing = io_utils.read_text(log_path) if io_utils.exists(log_path) else ""
     if existing:
-        header = next(csv.reader(io.StringIO(existing)), [])
+        rows = list(csv.reader(io.StringIO(existing)))
+        header = rows[0] if rows else []
+        if header == list(OLD_LOG_COLUMNS):  # add the folds column, empty for the earlier rows
+            upgraded = io.StringIO()
+            csv.writer(upgraded, lineterminator="\n").writerows(
+                [list(LOG_COLUMNS)] + [row + [""] * (len(LOG_COLUMNS) - len(row)) for row in rows[1:] if row])
+            existing, header = upgraded.getvalue(), list(LOG_COLUMNS)
         if header != list(LOG_COLUMNS):
             raise DataError(f"{log_path} has header '{','.join(header)}', expected "
                             f"'{','.join(LOG_COLUMNS)}'; move it aside and submit again")
@@ -300,9 +313,11 @@ def read_log(log_path: str) -> pd.DataFrame:
     if not io_utils.exists(log_path):
         return pd.DataFrame(columns=list(LOG_COLUMNS))
     frame = read_string_table(log_path, where=f"submission log {log_path}")
-    missing = [column for column in LOG_COLUMNS if column not in frame.columns]
+    missing = [column for column in OLD_LOG_COLUMNS if column not in frame.columns]
     if missing:
         raise DataError(f"submission log {log_path} lacks column(s) {', '.join(missing)}")
+    if "folds" not in frame.columns:
+        frame["folds"] = ""
     return frame
 
 
@@ -318,16 +333,16 @@ class Context(NamedTuple):
 
 
 def submission_context(submission: str, config_path: str | None = None, sample: str | None = None,
-                       log: str | None = None) -> Context:
+                       log: str | None = None, record: dict | None = None) -> Context:
     """The config name, sample, run folder and log for a submission.
 
-    With --config the config says everything. Without it, `submissions/<name>.csv` belongs to the run
-    `outputs/<name>/` (the naming contract of infer and blend); its saved config gives the sample, else
-    configs/base.yaml does.
+    With --config the config says everything. Without it, the record infer wrote beside the submission
+    names its run; else `submissions/<name>.csv` belongs to the run `outputs/<name>/` (the naming
+    contract of infer and blend). The run's saved config gives the sample, else configs/base.yaml does.
     """
     import yaml
 
-    from melanoma.config import ConfigError, load_config, load_run_config, run_dir
+    from melanoma.config import load_config, load_run_config, run_dir
 
     if config_path:
         config = load_config(config_path)
@@ -335,6 +350,8 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
                        log or os.path.join(config.submission_dir, "log.csv"))
     name = Path(submission).stem
     run = os.path.join(DEFAULT_OUTPUT_DIR, name)
+    if record:
+        name, run = str(record.get("config", name)), str(record.get("run", run))
     if sample is None:
         if io_utils.exists(os.path.join(run, "config.yaml")):
             try:
@@ -346,6 +363,39 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
             sample = load_config(DEFAULT_BASE_CONFIG).data.sample_submission
     return Context(name, sample, run if os.path.isdir(run) else None,
                    log or os.path.join(DEFAULT_SUBMISSION_DIR, "log.csv"))
+
+
+def submission_record(path: str) -> dict | None:
+    """What infer recorded beside a submission (run, folds used), if it describes this very file."""
+    from melanoma.inference import record_path
+
+    location = record_path(path)
+    if not io_utils.exists(location):
+        return None
+    try:
+        record = json.loads(io_utils.read_text(location))
+    except ValueError:
+        print(f"warning: {location} is not readable JSON; ignored", file=sys.stderr)
+        return None
+    if not isinstance(record, dict) or record.get("sha256") != sha256_of(path):
+        print(f"warning: {location} describes another version of {path}; ignored", file=sys.stderr)
+        return None
+    return record
+
+
+def folds_oof_auc(run: str, folds: list[int]) -> float | None:
+    """OOF AUC over the named folds only (their fold<K>/oof.csv), None when one is missing or unreadable."""
+    from melanoma.scoring import competition_auc, read_oof
+
+    paths = [os.path.join(run, f"fold{fold}", "oof.csv") for fold in folds]
+    if not folds or not all(io_utils.exists(path) for path in paths):
+        return None
+    try:
+        frame = pd.concat([read_oof(path) for path in paths], ignore_index=True)
+    except DataError as error:
+        print(f"warning: OOF AUC not logged: {error}", file=sys.stderr)
+        return None
+    return competition_auc(frame["target"], frame["pred"])
 
 
 def run_oof_auc(run: str | None) -> float | None:
@@ -360,6 +410,16 @@ def run_oof_auc(run: str | None) -> float | None:
         print(f"warning: OOF AUC not logged: {error}", file=sys.stderr)
         return None
     return competition_auc(frame["target"], frame["pred"])
+
+
+def check_partial(path: str, record: dict | None, allow: bool) -> None:
+    """A partial ensemble (infer --allow-partial) is uploaded only when asked to."""
+    partial = record.get("partial") if record else bool(PARTIAL_NAME.search(Path(path).stem))
+    if partial and not allow:
+        which = (f"folds {', '.join(map(str, record.get('folds', [])))} of {record.get('folds_expected', '?')}"
+                 if record else "its name says so")
+        raise ConfigError(f"{path} is a partial ensemble ({which}); train the missing folds and run infer "
+                          "again, or add --allow-partial to upload it anyway")
 
 
 def _require_sample(sample: str | None) -> str:
@@ -398,21 +458,31 @@ def configure_submit_parser(parser: argparse.ArgumentParser) -> None:
     configure_parser(parser)
     parser.add_argument("-m", "--message", required=True, help="submission description shown on Kaggle")
     parser.add_argument("--log", metavar="CSV", help="submission log (default: submissions/log.csv)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="upload an ensemble of only some folds (infer --allow-partial's <name>-folds<K>.csv)")
 
 
 def submit_command(args: argparse.Namespace) -> int:
     if not io_utils.exists(args.submission):
         raise FileNotFoundError(f"submission not found: {args.submission}")
     if not args.message.strip():
-        raise CheckFailed("the submission message (-m) is empty; say what this submission is")
-    context = submission_context(args.submission, args.config, args.sample, args.log)
+        raise ConfigError("the submission message (-m) is empty; say what this submission is")
+    record = submission_record(args.submission)
+    check_partial(args.submission, record, args.allow_partial)
+    context = submission_context(args.submission, args.config, args.sample, args.log, record)
     sample = _require_sample(context.sample)
     validate_submission(args.submission, sample)
     digest = sha256_of(args.submission)
-    oof_auc = run_oof_auc(context.run)
+    folds = record.get("folds") if record else None
+    if folds and record.get("partial"):
+        oof_auc = folds_oof_auc(str(record.get("run")), folds)  # the folds in the file, not the whole run
+    else:
+        oof_auc = run_oof_auc(context.run)
+    folds_text = "" if not folds else f"{' '.join(map(str, folds))} of {record.get('folds_expected', '?')}"
     source = kaggle_credentials()
     print(f"uploading {args.submission} (sha256 {digest[:12]}, OOF AUC "
-          f"{'-' if oof_auc is None else f'{oof_auc:.4f}'}) with credentials from {source}", file=sys.stderr)
+          f"{'-' if oof_auc is None else f'{oof_auc:.4f}'}{', folds ' + folds_text if folds_text else ''}) "
+          f"with credentials from {source}", file=sys.stderr)
     output = run_kaggle(["competitions", "submit", "-c", COMPETITION, "-f", args.submission,
                          "-m", args.message], what=f"uploading {args.submission}")
     if output.strip():
@@ -424,6 +494,7 @@ def submit_command(args: argparse.Namespace) -> int:
         "config": context.config,
         "oof_auc": "" if oof_auc is None else f"{oof_auc:.6f}",
         "message": args.message,
+        "folds": folds_text,
     })
     print(f"submitted {args.submission}; logged in {context.log}")
     return 0
@@ -515,9 +586,10 @@ def configure_leaderboard_parser(parser: argparse.ArgumentParser) -> None:
 
 def leaderboard_command(args: argparse.Namespace) -> int:
     log = read_log(args.log)
-    kaggle_credentials()
+    nothing_done = "No scores were fetched."
+    kaggle_credentials(nothing_done)
     output = run_kaggle(["competitions", "submissions", "-c", COMPETITION, "--csv"],
-                        what="fetching your submissions", timeout=300)
+                        what="fetching your submissions", timeout=300, nothing_done=nothing_done)
     table = join_leaderboard(log, parse_kaggle_submissions(output))
     out = args.out or os.path.join(os.path.dirname(args.log) or ".", "leaderboard.csv")
     io_utils.write_csv_atomic(table, out)

@@ -1,6 +1,7 @@
 """A competition-shaped demo dataset, drawn from scratch, so the whole pipeline runs with no download.
 
-`python -m melanoma synth OUT [--size N] [--patients N] [--test-patients N] [--seed S]` writes
+`python -m melanoma synth OUT [--size N] [--patients N] [--test-patients N] [--seed S] [--force]` writes
+into a new or empty OUT (--force first removes what an earlier synth wrote there, so images never mix)
 
     OUT/train.csv              image_name, patient_id, sex, age_approx, anatom_site_general_challenge,
                                diagnosis, benign_malignant, target
@@ -35,9 +36,8 @@ import time
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from melanoma import io_utils
+from melanoma import io_utils, progress as progress_lib
 
 TRAIN_COLUMNS = [
     "image_name",
@@ -404,7 +404,7 @@ def _write_image(path: str, data: bytes) -> None:
 def _render_split(frame: pd.DataFrame, folder: str, size: int, seed: int, label: str, progress: bool) -> None:
     io_utils.makedirs(folder)
     rows = zip(frame["image_name"], frame["image_number"], frame["target"], frame["skin_tone"], frame["hair_density"])
-    for name, number, target, tone, hair in tqdm(
+    for name, number, target, tone, hair in progress_lib.bar(
         rows, total=len(frame), desc=f"synth {label}", unit="img", disable=not progress, file=sys.stderr
     ):
         # One stream per image, keyed by the seed and the image's own number: same seed, same bytes.
@@ -484,6 +484,35 @@ def synthesize(
     }
 
 
+# What synth writes into its folder; --force removes exactly these before writing again.
+OWN_ENTRIES = ("train.csv", "test.csv", "sample_submission.csv", "test_labels.csv", "jpeg")
+
+
+def prepare_folder(out_dir: str, force: bool = False) -> None:
+    """OUT must be new or empty, so old and new images never mix; with `force`, what an earlier synth
+    wrote there is removed first (other entries are kept, and named)."""
+    from melanoma.config import ConfigError
+
+    if not io_utils.exists(out_dir):
+        return
+    if not io_utils.isdir(out_dir):
+        raise ConfigError(f"{out_dir} is a file; give synth a folder")
+    entries = [name.rstrip("/") for name in io_utils.listdir(out_dir)]
+    if not entries:
+        return
+    if not force:
+        shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+        raise ConfigError(f"{out_dir} is not empty ({shown}); synth writes a whole dataset: give it a new or "
+                          "empty folder, or add --force to replace what synth wrote there")
+    for name in OWN_ENTRIES:
+        if name in entries:
+            io_utils.remove_tree(f"{out_dir}/{name}")
+    kept = [name for name in entries if name not in OWN_ENTRIES]
+    if kept:
+        print(f"--force: kept {', '.join(kept)} in {out_dir} (not written by synth; anything built from the "
+              "old images, such as records, is stale now)", file=sys.stderr)
+
+
 def format_summary(summary: dict) -> str:
     return (
         f"wrote {summary['train_images']} train images ({summary['train_patients']} patients, "
@@ -505,6 +534,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-patients", type=int, default=60, help="test patients (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--force", action="store_true",
+                        help="replace what an earlier synth wrote in OUT (otherwise OUT must be new or empty)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -513,6 +544,7 @@ def command(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    prepare_folder(args.out.rstrip("/") or "/", args.force)
     summary = synthesize(
         args.out,
         size=args.size,

@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -333,6 +334,11 @@ def prepare_fold(config, fold: int, resume: bool) -> dict | None:
     removed = runstate.clean_leftovers(folder)
     if removed:
         print(f"fold {fold}: removed {len(removed)} temporary file(s) left by an interrupted run")
+    if resume and state is None:
+        print(f"fold {fold}: nothing to resume (no {runstate.STATE}); training it from scratch")
+    gathered = os.path.join(config_lib.run_dir(config), "oof.csv")
+    if io_utils.exists(gathered):  # it held this fold's previous OOF; gather_oof writes it again
+        runstate.remove(gathered)
     if state is None:
         runstate.reset_fold(folder)
     elif not io_utils.exists(os.path.join(folder, runstate.LAST_MODEL)):
@@ -462,8 +468,9 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     started = time.time()
     with integrity.named_data_errors(sorted({f.path for f in train_files + valid_files}), "train",
                                      config.data.image_size, f"fold {fold} training", integrity.HINT_TRAIN):
+        verbose, extra = fit_verbosity(config, steps)
         model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps, shuffle=False,
-                  callbacks=callbacks, class_weight=class_weight, verbose=config.train.verbose,
+                  callbacks=callbacks + extra, class_weight=class_weight, verbose=verbose,
                   initial_epoch=initial_epoch)
     seconds = time.time() - started
     if guard.failure:
@@ -510,6 +517,17 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     return {"fold": fold, "auc": auc, "best_epoch": checkpoint.best_epoch, "seconds": seconds}
 
 
+def fit_verbosity(config, steps: int) -> tuple[int, list]:
+    """Keras' verbose and extra callbacks for train.verbose: 1 is Keras' bar on a terminal and, in a
+    log (stdout not a terminal), plain lines within each epoch and at its end instead of the bar's
+    carriage-return fragments; 0 and 2 are Keras' own (silent; one line per epoch)."""
+    from melanoma import progress
+
+    if config.train.verbose == 1 and not progress.on_terminal(sys.stdout):
+        return 0, [progress.training_lines(config.train.epochs, steps)]
+    return config.train.verbose, []
+
+
 def prediction_settings(config) -> dict:
     """What a fold's test predictions depend on besides the checkpoint (so infer can reuse them)."""
     return {"tta": config.tta.to_dict(), "augment": config.augment.to_dict(),
@@ -517,15 +535,24 @@ def prediction_settings(config) -> dict:
 
 
 def gather_oof(config) -> str | None:
-    """Write outputs/<name>/oof.csv once every fold has its OOF; returns its path (None if incomplete)."""
+    """Write outputs/<name>/oof.csv once every fold has its OOF, each trained under this config (its
+    state.json says so); returns its path (None if incomplete, and then no oof.csv is left there)."""
+    from melanoma import run as run_lib
+
+    target = os.path.join(config_lib.run_dir(config), "oof.csv")
     paths = [os.path.join(fold_dir(config, k), "oof.csv") for k in range(config.data.folds)]
-    if not all(io_utils.exists(p) for p in paths):
+    problems = [run_lib.fold_config_problem(config, fold_dir(config, k)) for k in range(config.data.folds)
+                if io_utils.exists(paths[k])]
+    for problem in filter(None, problems):
+        print(f"warning: {problem}: left out of the OOF; train it again with --force")
+    if not all(io_utils.exists(p) for p in paths) or any(problems):
+        if io_utils.exists(target):
+            runstate.remove(target)
         return None
     oof = pd.concat([io_utils.read_csv(p) for p in paths], ignore_index=True)
     if oof["image_name"].duplicated().any():
         names = oof.loc[oof["image_name"].duplicated(), "image_name"].head(3).tolist()
         raise CheckFailed(f"an image is in the OOF of two folds (e.g. {names}): the folds overlap")
-    target = os.path.join(config_lib.run_dir(config), "oof.csv")
     io_utils.write_csv_atomic(oof, target)
     return target
 
@@ -555,11 +582,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def check_interrupted(config, folds: list[int], resume: bool, force: bool) -> None:
-    """Refuse to start an interrupted fold from scratch unless asked to: its epochs are work to keep."""
-    if resume and force:
-        raise config_lib.ConfigError("--resume continues interrupted folds and --force restarts them; "
-                                     "give one of the two")
+    """Refuse to start an interrupted fold from scratch unless asked to: its epochs are work to keep.
+    With --resume, refuse when no chosen fold has anything to resume (it would silently start afresh)."""
     if resume or force:
+        if resume:
+            check_resumable(config, folds)
         return
     for fold in folds:
         folder = fold_dir(config, fold)
@@ -571,12 +598,24 @@ def check_interrupted(config, folds: list[int], resume: bool, force: bool) -> No
                 "train it from scratch")
 
 
+def check_resumable(config, folds: list[int]) -> None:
+    pending = [fold for fold in folds if not fold_finished(config, fold)]
+    if pending and all(runstate.read_state(fold_dir(config, fold)) is None for fold in pending):
+        raise config_lib.ConfigError(
+            f"--resume: nothing to resume in {config_lib.run_dir(config)}: fold(s) "
+            f"{', '.join(map(str, pending))} have no {runstate.STATE} (a fold keeps its progress from the end "
+            "of its first epoch on); train without --resume")
+
+
 def command(args: argparse.Namespace) -> int:
-    from melanoma import hardware
+    from melanoma import hardware, run as run_lib
 
     config = config_lib.load_config(args.config, args.set)
     folds = parse_folds(args.fold, config.data.folds)
     config_lib.check_inputs(config, "train")  # before any model is built or file written
+    if args.resume and args.force:
+        raise config_lib.ConfigError("--resume continues interrupted folds and --force restarts them; "
+                                     "give one of the two")
     check_diagnosis_sources(config)
     check_interrupted(config, folds, args.resume, args.force)
     if args.resume and hardware.cluster_workers() > 1:
@@ -584,20 +623,23 @@ def command(args: argparse.Namespace) -> int:
                                      "would not start from the same state. Resume on one machine, or "
                                      "train the fold again with --force")
     hardware.get_strategy()  # before other TensorFlow work (the CPU split, the cluster handshake)
+    chief = hardware.is_chief()
+    # a changed config is refused; --force moves the old run aside (the chief alone writes)
+    config_path = run_lib.bind_run(config, args.config, force=args.force, write=chief)
     # Every worker decides from the run's own folder, so all of them train the same folds.
     todo = [fold for fold in folds if args.force or not fold_finished(config, fold)]
     for fold in sorted(set(folds) - set(todo)):
         print(f"fold {fold}: already finished (use --force to train it again)")
-    with config_lib.worker_outputs(config, hardware.is_chief()) as work:
-        config_path = config_lib.save_config(work)
-        if hardware.is_chief():
+    with config_lib.worker_outputs(config, chief) as work:
+        if chief:
             print(f"run {config.name}: resolved config in {config_path}")
         else:
+            config_lib.save_config(work)  # into its temporary folder: the fold code reads it there
             kind, index = hardware.worker_task()
             print(f"run {config.name}: {kind} {index} of a cluster; the chief writes the run's files")
         for fold in todo:
             train_fold(work, fold, resume=args.resume)
-    if not hardware.is_chief():
+    if not chief:
         return 0
     gathered = gather_oof(config)
     if gathered:
