@@ -367,3 +367,62 @@ def test_checkpoint_epoch_is_validated(tmp_path):
         load_config(path, ["train.checkpoint=best_auc"])
     base = (REPO / "configs" / "base.yaml").read_text()
     assert "checkpoint_epoch: null" in base and "| epoch" in base
+
+
+# --------------------------------------------------------------------------------------------------
+# Training writes val_epochs.csv
+# --------------------------------------------------------------------------------------------------
+
+def test_training_keeps_every_epochs_validation_predictions(tiny_data, tmp_path, capsys, monkeypatch):
+    """A tiny run (the one-convolution model of the reliability tests), 2 folds x 3 epochs, keeping the
+    model of epoch 2 (train.checkpoint: epoch): val_epochs.csv holds every validation image once per
+    epoch, its predictions give the logged val_auc, the OOF (no TTA) equals its epoch-2 predictions,
+    and score's auc_unselected is the one recomputed here from the files."""
+    import reliability_helpers as helpers
+    from conftest import write_config
+
+    helpers.install_tiny_model(monkeypatch)
+    path = write_config(tmp_path, tiny_data, "train:\n  epochs: 3\n  batch_size: 8\n  steps_per_epoch: 2\n"
+                                              "  verbose: 0\n  checkpoint: epoch\n  checkpoint_epoch: 2\n")
+    assert cli.main(["train", "--config", str(path), "--fold", "all"]) == 0
+    assert "checkpoint: epoch 2 (train.checkpoint_epoch)" in capsys.readouterr().out
+    run = tmp_path / "outputs" / "tiny"
+    oof = pd.read_csv(run / "oof.csv")
+    for fold in (0, 1):
+        folder = run / f"fold{fold}"
+        epochs = pd.read_csv(folder / "val_epochs.csv")
+        assert list(epochs.columns) == ["image_name", "epoch", "pred"]
+        names = sorted(oof.loc[oof["fold"] == fold, "image_name"])
+        for epoch in (1, 2, 3):
+            assert sorted(epochs.loc[epochs["epoch"] == epoch, "image_name"]) == names
+        assert len(epochs) == 3 * len(names) and sorted(epochs["epoch"].unique()) == [1, 2, 3]
+        history = pd.read_csv(folder / "history.csv")
+        joined = epochs.merge(oof[["image_name", "target"]], on="image_name")
+        for epoch, rows in joined.groupby("epoch"):
+            logged = history.loc[history["epoch"] == epoch, "val_auc"].item()
+            assert roc_auc_score(rows["target"], rows["pred"]) == pytest.approx(logged, abs=1e-9)
+        assert json.loads((folder / "state.json").read_text())["best_epoch"] == 2
+        kept = oof[oof["fold"] == fold].merge(epochs[epochs["epoch"] == 2], on="image_name")
+        assert len(kept) == len(names)
+        np.testing.assert_allclose(kept["pred_x"], kept["pred_y"], rtol=1e-5, atol=1e-7)
+
+    unselected, own_best, _ = recompute_unselected(oof, run)
+    assert cli.main(["score", str(run / "oof.csv"), "--json", "--bootstrap", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["auc_unselected"] == pytest.approx(unselected, abs=1e-12)
+    assert result["selection_gain"] == pytest.approx(own_best - unselected, abs=1e-12)
+    assert cli.main(["score", str(run / "oof.csv"), "--bootstrap", "0"]) == 0
+    table = capsys.readouterr().out
+    assert f"auc_unselected {unselected:.4f}" in table and "pauc_tpr80" in table
+
+
+def test_val_epoch_rows_keep_the_committed_epochs_only(tmp_path):
+    from melanoma import runstate
+
+    rows = pd.DataFrame({"image_name": ["a", "b"] * 3, "epoch": [1, 1, 2, 2, 3, 3], "pred": np.linspace(0, 1, 6)})
+    rows.to_csv(tmp_path / "val_epochs.csv", index=False)
+    kept = runstate.val_epoch_rows(str(tmp_path), 2)  # epoch 3 was written, state.json not yet
+    assert kept["epoch"].tolist() == [1, 1, 2, 2] and kept["pred"].tolist() == rows["pred"][:4].tolist()
+    rows[rows["epoch"] != 2].to_csv(tmp_path / "val_epochs.csv", index=False)
+    with pytest.raises(ConfigError, match="does not hold epochs 1..3"):
+        runstate.val_epoch_rows(str(tmp_path), 3)
