@@ -9,10 +9,11 @@ After every completed epoch, a fold folder holds
     state.json      the commit record: last completed epoch, best metric and its epoch, the config
 
 written in this order, each atomically. state.json is written last, so it never claims more than the
-other files hold; rows of val_epochs.csv and history.csv past its epoch are dropped on resume. A new best checkpoint is
-saved under a temporary name first and named in state.json (`pending_best`) before it is renamed over
-model.keras: a process killed between the two steps leaves a state whose best epoch matches the file
-that resume renames into place, never a model.keras from an epoch that the state does not know.
+other files hold; rows of val_epochs.csv and history.csv past its epoch are dropped on resume. A new
+best checkpoint is saved under a temporary name first and named in state.json (`pending_best`) before it
+is renamed over model.keras: a process killed between the two steps leaves a state whose best epoch
+matches the file that resume renames into place, never a model.keras from an epoch that the state does
+not know.
 
 Temporary files (`io_utils.temporary_name`: a leading '.', '.tmp-' and the real extension) left by a
 killed process never look complete and are removed when the fold starts again.
@@ -32,8 +33,8 @@ BEST_MODEL = "model.keras"
 HISTORY = "history.csv"
 VAL_EPOCHS = "val_epochs.csv"  # see melanoma.selection
 # Everything a fold writes; a fresh start (no --resume) removes them so old and new never mix.
-FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, VAL_EPOCHS, "oof.csv", "test.csv", "test.json", "skipped.csv",
-                  "data.json", "duplicates.csv")
+FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, VAL_EPOCHS, "oof.csv", "test.csv", "test.json",
+                  "skipped.csv", "data.json", "duplicates.csv")
 TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
 
 # Keys that may differ between an interrupted run and its resumption: where files are (a Kaggle

@@ -474,8 +474,8 @@ def _checked_pairs(target, preds_a, preds_b, caller: str):
     preds_a = np.atleast_2d(np.asarray(preds_a, dtype=float))
     preds_b = np.atleast_2d(np.asarray(preds_b, dtype=float))
     if not preds_a.shape == preds_b.shape or preds_a.shape[1] != len(target):
-        raise DataError(f"{caller}: {len(target)} targets but predictions of shape {preds_a.shape[-1]} and "
-                        f"{preds_b.shape[-1]}")
+        raise DataError(f"{caller}: {len(target)} targets but predictions for {preds_a.shape[-1]} and "
+                        f"{preds_b.shape[-1]} images")
     if not np.isin(target, [0, 1]).all():
         raise DataError(f"{caller}: target must be 0 or 1")
     if not (np.isfinite(preds_a).all() and np.isfinite(preds_b).all()):

@@ -142,7 +142,8 @@ def epoch_selection(oof: pd.DataFrame, run_dir: str | None) -> Selection:
                             f"{common[0]}..{common[-1]} that every fold has are compared")
 
     truth = oof[["image_name", "patient_id", "target", "fold"]]
-    joined = {fold: truth.merge(table[table["epoch"].isin(common)], on="image_name") for fold, table in tables.items()}
+    joined = {fold: truth.merge(table[table["epoch"].isin(common)], on="image_name")
+              for fold, table in tables.items()}
     aucs = pd.DataFrame({fold: {epoch: _auc(rows["target"].to_numpy(), rows["pred"].to_numpy())
                                 for epoch, rows in frame.groupby("epoch")}
                          for fold, frame in joined.items()}).reindex(common)
