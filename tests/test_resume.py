@@ -67,6 +67,8 @@ def test_killed_fold_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, 
     state = json.loads((fold / "state.json").read_text())
     assert state["epoch"] == KILLED_IN_EPOCH - 1
     assert pd.read_csv(fold / "history.csv")["epoch"].tolist() == [1, 2]
+    val_epochs_before = pd.read_csv(fold / "val_epochs.csv")
+    assert sorted(val_epochs_before["epoch"].unique()) == [1, 2]
     assert not (fold / "oof.csv").exists()
     best_before = (fold / "model.keras").read_bytes()
     # what a kill during a save leaves behind: a temporary file, which never looks complete
@@ -105,6 +107,14 @@ def test_killed_fold_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, 
     np.testing.assert_allclose(history["lr"], expected_lr, rtol=1e-6)
     np.testing.assert_allclose(history["learning_rate"], expected_lr, rtol=1e-5)  # what the optimizer used
     assert np.isfinite(history["loss"]).all() and np.isfinite(history["val_loss"]).all()
+
+    # val_epochs.csv continues: epochs 1-2 as written before the kill, then 3 and 4, every image once each
+    val_epochs = pd.read_csv(fold / "val_epochs.csv")
+    names = sorted(val_epochs_before.loc[val_epochs_before["epoch"] == 1, "image_name"])
+    assert sorted(val_epochs["epoch"].unique()) == list(range(1, EPOCHS + 1))
+    for epoch in range(1, EPOCHS + 1):
+        assert sorted(val_epochs.loc[val_epochs["epoch"] == epoch, "image_name"]) == names
+    pd.testing.assert_frame_equal(val_epochs[val_epochs["epoch"] <= 2].reset_index(drop=True), val_epochs_before)
 
     state = json.loads((fold / "state.json").read_text())
     assert state["epoch"] == EPOCHS and state["pending_best"] is None

@@ -1,12 +1,18 @@
 """Compare runs: one row per run folder with its OOF AUC, interval, folds and the gap to the best run.
 
-`python -m melanoma compare [DIR] [--json] [--bootstrap N] [--seed S]`
+`python -m melanoma compare [DIR] [--json] [--by auc|unselected] [--test patient|image] [--bootstrap N] [--seed S]`
 
 A run folder (`outputs/<name>/`) holds `config.yaml`, `fold<K>/oof.csv` per finished fold and `oof.csv`
 over all folds; a blend folder holds `blend.json` instead of `config.yaml`. A run is complete when every
 fold 0..data.folds-1 has its OOF; an incomplete run is listed with its partial AUC marked as such and is
-never ranked against complete runs. The difference from the best run comes with DeLong's p-value on the
-images both runs scored.
+never ranked against complete runs. The difference from the best run comes with a p-value on the images
+both runs scored: DeLong's test clustered by patient (Obuchowski, 1997) by default, since images of one
+patient are correlated, or the per-image DeLong test with `--test image` (for reference: on OOF
+predictions it calls too many equal runs different).
+
+Beside the OOF AUC each run shows `auc_unselected` (each fold at the epoch chosen on the other folds;
+see `selection`) and `pauc_tpr80` (ISIC 2024's partial AUC above 80% sensitivity). `--by unselected`
+ranks complete runs by auc_unselected instead, and then compares the runs' unselected predictions.
 
 The helpers here (find_runs, inspect_run, load_run_oof) are shared with `report` and `blend`.
 """
@@ -23,13 +29,15 @@ from typing import Any
 
 import pandas as pd
 
-from melanoma import io_utils, scoring
+from melanoma import io_utils, scoring, selection
 from melanoma.errors import DataError
-from melanoma.scoring import (ScoreWarning, delong_test, prepare_oof, read_oof, read_string_table,
-                              score_oof)
+from melanoma.scoring import (ScoreWarning, clustered_delong_test, delong_test, prepare_oof, read_oof,
+                              read_string_table, score_oof)
 
 FOLD_DIR = re.compile(r"^fold(\d+)$")
 BLEND_FILE = "blend.json"
+RANK_BY = {"auc": "auc", "unselected": "auc_unselected"}
+TESTS = ("patient", "image")
 
 
 @dataclass
@@ -143,10 +151,19 @@ def _describe(run: Run) -> dict:
             "external": bool(external) if external is not None else None, "tta": get("tta.steps")}
 
 
-def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0) -> list[dict]:
-    """One dict per run folder, best complete run first (see the module docstring for the fields)."""
+def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str = "auc",
+                 test: str = "patient") -> list[dict]:
+    """One dict per run folder, best complete run first (see the module docstring for the fields).
+
+    by: "auc" ranks complete runs by OOF AUC; "unselected" by auc_unselected (complete runs without
+    it follow, unranked). test: "patient" (clustered DeLong) or "image" (per-image DeLong).
+    """
     from tqdm.auto import tqdm
 
+    if by not in RANK_BY:
+        raise DataError(f"--by must be one of {', '.join(RANK_BY)}, got '{by}'")
+    if test not in TESTS:
+        raise DataError(f"--test must be one of {', '.join(TESTS)}, got '{test}'")
     rows: list[dict] = []
     frames: dict[str, pd.DataFrame] = {}
     paths = find_runs(directory)
@@ -154,25 +171,30 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0) -> list[d
         run = inspect_run(path)
         row: dict[str, Any] = {"name": run.name, "path": run.path, "kind": run.kind, **_describe(run),
                                "folds_done": len(run.fold_files), "folds": run.folds_expected,
-                               "status": "error", "auc": None, "auc_partial": None, "ci95": None,
+                               "status": "error", "auc": None, "auc_partial": None, "auc_unselected": None,
+                               "selection_gain": None, "pauc_tpr80": None, "ci95": None,
                                "fold_mean": None, "fold_std": None, "n": None, "n_positive": None,
-                               "delta_best": None, "p_best": None, "n_common": None, "note": run.problem}
+                               "delta_best": None, "p_best": None, "p_test": test, "n_common": None,
+                               "note": run.problem}
         rows.append(row)
         if run.problem:
             continue
         try:
             frame, complete, present = load_run_oof(run)
+            chosen = selection.epoch_selection(frame, run.path) if complete else selection.Selection(
+                reason="incomplete run")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ScoreWarning)
-                score = score_oof(frame, bootstrap=bootstrap if complete else 0, seed=seed)
+                score = score_oof(frame, bootstrap=bootstrap if complete else 0, seed=seed, selection=chosen)
         except DataError as error:
             row["note"] = str(error)
             continue
         row.update(folds_done=len(present), n=score["n"], n_positive=score["n_positive"],
                    fold_mean=score["fold_mean"], fold_std=score["fold_std"])
         if complete:
-            row.update(status="complete", auc=score["auc"], ci95=score["ci95"])
-            frames[run.path] = frame
+            row.update(status="complete", auc=score["auc"], ci95=score["ci95"], pauc_tpr80=score["pauc_tpr80"],
+                       auc_unselected=score["auc_unselected"], selection_gain=score["selection_gain"])
+            frames[run.path] = frame if by == "auc" else chosen.frame
         else:
             row.update(status="incomplete", auc_partial=score["auc"],
                        note=f"partial: folds {','.join(map(str, present))} of "
@@ -180,28 +202,34 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0) -> list[d
         if score["warnings"]:
             row["note"] = "; ".join(filter(None, [row["note"]] + score["warnings"]))
 
-    complete_rows = sorted((row for row in rows if row["status"] == "complete"), key=lambda r: -r["auc"])
+    key = RANK_BY[by]
+    ranked = sorted((row for row in rows if row["status"] == "complete" and row[key] is not None),
+                    key=lambda r: -r[key])
+    unranked = [row for row in rows if row["status"] == "complete" and row[key] is None]
+    for row in unranked:
+        row["note"] = "; ".join(filter(None, [row["note"], "no auc_unselected: not ranked"]))
     partial_rows = sorted((row for row in rows if row["status"] == "incomplete"),
                           key=lambda r: -(r["auc_partial"] or 0))
     error_rows = [row for row in rows if row["status"] == "error"]
-    if complete_rows:
-        best = complete_rows[0]
+    if ranked:
+        best = ranked[0]
         best_frame = frames[best["path"]]
-        for row in complete_rows[1:]:
-            row["delta_best"] = round(row["auc"] - best["auc"], 6)
-            _delong_against(row, best_frame, frames[row["path"]])
+        for row in ranked[1:]:
+            row["delta_best"] = round(row[key] - best[key], 6)
+            _test_against(row, best_frame, frames[row["path"]], test)
         best["delta_best"] = 0.0
-    for rank, row in enumerate(complete_rows, start=1):
+    for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
-    for row in partial_rows + error_rows:
+    for row in unranked + partial_rows + error_rows:
         row["rank"] = None
-    return complete_rows + partial_rows + error_rows
+    return ranked + unranked + partial_rows + error_rows
 
 
-def _delong_against(row: dict, best: pd.DataFrame, other: pd.DataFrame) -> None:
-    """p-value of DeLong's test between the best run and this one, on the images both scored."""
-    common = best[["image_name", "target", "pred"]].merge(
-        other[["image_name", "target", "pred"]], on="image_name", suffixes=("_best", "_run"))
+def _test_against(row: dict, best: pd.DataFrame, other: pd.DataFrame, test: str) -> None:
+    """p-value of DeLong's test (clustered by patient, or per image) between the best run and this
+    one, on the images both scored."""
+    common = best[["image_name", "patient_id", "target", "pred"]].merge(
+        other[["image_name", "patient_id", "target", "pred"]], on="image_name", suffixes=("_best", "_run"))
     row["n_common"] = int(len(common))
     if common.empty:
         row["note"] = "no images in common with the best run"
@@ -212,7 +240,17 @@ def _delong_against(row: dict, best: pd.DataFrame, other: pd.DataFrame) -> None:
     if common["target_best"].nunique() < 2:
         row["note"] = "shared images with the best run hold one class; no p-value"
         return
-    _, _, p_value = delong_test(common["target_best"], common["pred_best"], common["pred_run"])
+    if test == "image":
+        _, _, p_value = delong_test(common["target_best"], common["pred_best"], common["pred_run"])
+    else:
+        if (common["patient_id_best"] != common["patient_id_run"]).any():
+            row["note"] = "patient ids differ from the best run's on shared images; no p-value"
+            return
+        if common["patient_id_best"].nunique() < 2:
+            row["note"] = "shared images with the best run are of one patient; no p-value"
+            return
+        _, _, p_value = clustered_delong_test(common["target_best"], common["pred_best"], common["pred_run"],
+                                              common["patient_id_best"])
     row["p_best"] = float(f"{p_value:.3g}")
 
 
@@ -228,8 +266,8 @@ def _cell(value: Any, digits: int = 4) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """A fixed-width table of compare_runs' rows."""
-    header = ["#", "name", "backbone", "size", "ext", "folds", "tta", "OOF AUC", "95% CI", "fold mean±std",
-              "vs best", "p", "status"]
+    header = ["#", "name", "backbone", "size", "ext", "folds", "tta", "OOF AUC", "unselected", "pAUC80",
+              "95% CI", "fold mean±std", "vs best", "p", "status"]
     lines = []
     for row in rows:
         if row["status"] == "complete":
@@ -248,13 +286,18 @@ def format_table(rows: list[dict]) -> str:
         folds = f"{row['folds_done']}/{row['folds'] if row['folds'] else '?'}"
         status = row["status"] + (f" ({row['note']})" if row["note"] else "")
         lines.append([_cell(row["rank"]), row["name"], _cell(row["backbone"]), _cell(row["image_size"]),
-                      _cell(row["external"]), folds, _cell(row["tta"]), auc, ci, spread, delta, p_value,
-                      status])
+                      _cell(row["external"]), folds, _cell(row["tta"]), auc, _cell(row.get("auc_unselected")),
+                      _cell(row.get("pauc_tpr80")), ci, spread, delta, p_value, status])
     widths = [max(len(str(item)) for item in column) for column in zip(header, *lines)]
     text = ["  ".join(str(item).ljust(width) for item, width in zip(line, widths)).rstrip()
             for line in [header] + lines]
     if any(row["status"] == "incomplete" for row in rows):
         text.append("(...)* partial AUC of an incomplete run, over the folds done; not ranked")
+    tests = {row.get("p_test") for row in rows if row["p_best"] is not None}
+    if tests:
+        how = ("DeLong's test clustered by patient" if tests == {"patient"}
+               else "per-image DeLong test (ignores patients: too small for OOF)")
+        text.append(f"p: {how}, against the best run on the images both scored")
     return "\n".join(text)
 
 
@@ -262,12 +305,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", nargs="?", default="outputs", metavar="DIR",
                         help="folder of run folders (default: outputs)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--by", choices=tuple(RANK_BY), default="auc",
+                        help="rank by OOF AUC (default) or by auc_unselected (epochs chosen on other folds)")
+    parser.add_argument("--test", choices=TESTS, default="patient",
+                        help="p-value vs the best run: DeLong clustered by patient (default) or per image")
     scoring.add_bootstrap_arguments(parser, "each run's 95%% interval")
 
 
 def command(args: argparse.Namespace) -> int:
     scoring.check_bootstrap_arguments(args)
-    rows = compare_runs(args.directory, bootstrap=args.bootstrap, seed=args.seed)
+    rows = compare_runs(args.directory, bootstrap=args.bootstrap, seed=args.seed, by=args.by, test=args.test)
     if args.json:
         print(json.dumps(rows))
     elif not rows:

@@ -34,6 +34,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "model.bn_momentum": (int, float),
     "train.steps_per_epoch": (int,),
     "train.class_weight": (int, float),
+    "train.checkpoint_epoch": (int,),
 }
 
 # Keys with a default that may also be set to null.
@@ -47,7 +48,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adam",),
     "train.loss": ("bce", "focal"),
     "train.schedule": ("rampup", "cosine"),
-    "train.checkpoint": ("best_auc", "best_loss", "last"),
+    "train.checkpoint": ("best_auc", "best_loss", "last", "epoch"),
     "tta.mode": ("random", "dihedral"),
 }
 
@@ -225,6 +226,23 @@ def _check_values(config: Config) -> None:
                           f"{config.train.upsample_malignant}")
     if config.train.class_weight is not None and config.train.class_weight <= 0:
         raise ConfigError(f"config key 'train.class_weight' must be positive, got {config.train.class_weight}")
+    _check_checkpoint_epoch(config.train)
+
+
+def _check_checkpoint_epoch(train: Config) -> None:
+    """train.checkpoint: epoch needs train.checkpoint_epoch in 1..train.epochs, and only it uses the key."""
+    epoch = train.checkpoint_epoch
+    if train.checkpoint == "epoch":
+        if epoch is None:
+            raise ConfigError("config key 'train.checkpoint' is 'epoch': set train.checkpoint_epoch to the "
+                              f"epoch to keep (1..{train.epochs})")
+        if not 1 <= epoch <= train.epochs:
+            raise ConfigError(f"config key 'train.checkpoint_epoch' must be in 1..train.epochs "
+                              f"({train.epochs}), got {epoch}")
+    elif epoch is not None:
+        raise ConfigError(f"config key 'train.checkpoint_epoch' ({epoch}) is used only with "
+                          f"train.checkpoint: epoch, which is '{train.checkpoint}': set "
+                          "train.checkpoint=epoch or train.checkpoint_epoch=null")
 
 
 def base_path(config_path: Path) -> Path:

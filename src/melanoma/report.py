@@ -6,6 +6,8 @@ Writes into `<output_dir>/<name>/report/`:
   roc.png              ROC curve of the OOF predictions with its AUC (and 95% interval)
   histograms.png       predicted probability of benign and of malignant images
   training_curves.png  per-epoch loss and AUC (train and validation) of every fold with a history.csv
+  epoch_selection.png  every fold's validation AUC per epoch (from val_epochs.csv), with the epoch its
+                       checkpoint kept and the epoch the other folds choose for it (auc_unselected)
   cutoffs.csv          sensitivity, specificity, precision and TP/FP/TN/FN at each cutoff
   score.json           the `score --json` result
   confusion_matrix.png binary head: the 2x2 confusion matrix at each sensitivity cutoff (90%, 95%);
@@ -227,6 +229,53 @@ def plot_training_curves(histories: dict[int, pd.DataFrame], path: str, title: s
     return drawn
 
 
+def kept_epochs(run_path: str, folds) -> dict[int, int]:
+    """{fold: the epoch of its model.keras} from fold<K>/state.json, for the folds that record it."""
+    kept = {}
+    for fold in folds:
+        path = os.path.join(run_path, f"fold{fold}", "state.json")
+        try:
+            state = json.loads(io_utils.read_text(path)) if os.path.isfile(path) else {}
+        except (ValueError, UnicodeDecodeError, OSError):
+            state = {}
+        if isinstance(state, dict) and isinstance(state.get("best_epoch"), int):
+            kept[int(fold)] = state["best_epoch"]
+    return kept
+
+
+def plot_epoch_selection(chosen, kept: dict[int, int], path: str, title: str) -> list[tuple]:
+    """Each fold's validation AUC per epoch, marking the epoch its checkpoint kept (filled circle) and
+    the epoch the other folds choose for it (open square). Returns the marks drawn as
+    (fold, "kept" | "others", epoch, AUC), for the caller and the tests."""
+    plt = _pyplot()
+    aucs = chosen.fold_aucs
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    marks = []
+    for index, fold in enumerate(aucs.columns):
+        color = colors[index % len(colors)]
+        axes.plot(aucs.index, aucs[fold], "-", color=color, label=f"fold {fold}")
+        points = [("kept", kept.get(fold), "o", color, "checkpoint kept"),
+                  ("others", chosen.folds.get(fold, {}).get("epoch_unselected"), "s", "none",
+                   "chosen by the other folds")]
+        for kind, epoch, marker, face, name in points:
+            if epoch is None or epoch not in aucs.index or not np.isfinite(aucs.loc[epoch, fold]):
+                continue
+            value = float(aucs.loc[epoch, fold])
+            axes.plot([epoch], [value], marker, markersize=9 if kind == "others" else 6, color=color,
+                      markerfacecolor=face, label=name if index == 0 else None)
+            marks.append((int(fold), kind, int(epoch), value))
+    subtitle = ""
+    if chosen.auc_unselected is not None:
+        gain = f", selection gain {chosen.selection_gain:+.4f}" if chosen.selection_gain is not None else ""
+        subtitle = f"\nauc_unselected {chosen.auc_unselected:.4f}{gain} (plain predictions)"
+    axes.set(xlabel="epoch", ylabel="validation AUC (no TTA)", title=title + subtitle)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    _save(figure, path)
+    return marks
+
+
 def _save(figure, path: str) -> None:
     """Save a figure atomically (PNG bytes written to a temporary name, then renamed)."""
     import io as _io
@@ -258,9 +307,12 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
         notes.append(f"incomplete run: only folds {','.join(map(str, present))} of "
                      f"{run.folds_expected or '?'} have OOF predictions; figures show those folds")
         name += " (incomplete)"
+    from melanoma import selection as selection_lib
+
+    chosen = selection_lib.epoch_selection(frame, run.path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScoreWarning)
-        score = score_oof(frame, bootstrap=bootstrap, seed=seed)
+        score = score_oof(frame, bootstrap=bootstrap, seed=seed, selection=chosen)
     notes.extend(score["warnings"])
     target = frame["target"].to_numpy()
     pred = frame["pred"].to_numpy()
@@ -288,8 +340,14 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
         files.append(path)
     else:
         notes.append("no fold<K>/history.csv with loss or AUC columns; training curves left out")
+    marks = []
+    if chosen.fold_aucs is not None:
+        path = os.path.join(folder, "epoch_selection.png")
+        marks = plot_epoch_selection(chosen, kept_epochs(run.path, chosen.fold_aucs.columns), path,
+                                     f"epoch choice of {name}")
+        files.append(path)
     return {"files": files, "score": score, "cutoffs": table, "notes": notes, "complete": complete,
-            "frame": frame, **confusion}
+            "frame": frame, "epoch_marks": marks, **confusion}
 
 
 def _confusion_outputs(frame: pd.DataFrame, cutoffs: pd.DataFrame, folder: str, name: str,

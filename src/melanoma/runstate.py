@@ -2,16 +2,18 @@
 
 After every completed epoch, a fold folder holds
 
-    last.keras   the model and optimizer state at the end of that epoch
-    history.csv  one row per completed epoch
-    model.keras  the best checkpoint so far
-    state.json   the commit record: last completed epoch, best metric and its epoch, the config
+    val_epochs.csv  the plain validation prediction of every image at every completed epoch
+    history.csv     one row per completed epoch
+    last.keras      the model and optimizer state at the end of that epoch
+    model.keras     the best checkpoint so far
+    state.json      the commit record: last completed epoch, best metric and its epoch, the config
 
 written in this order, each atomically. state.json is written last, so it never claims more than the
-other files hold; rows of history.csv past its epoch are dropped on resume. A new best checkpoint is
-saved under a temporary name first and named in state.json (`pending_best`) before it is renamed over
-model.keras: a process killed between the two steps leaves a state whose best epoch matches the file
-that resume renames into place, never a model.keras from an epoch that the state does not know.
+other files hold; rows of val_epochs.csv and history.csv past its epoch are dropped on resume. A new
+best checkpoint is saved under a temporary name first and named in state.json (`pending_best`) before it
+is renamed over model.keras: a process killed between the two steps leaves a state whose best epoch
+matches the file that resume renames into place, never a model.keras from an epoch that the state does
+not know.
 
 Temporary files (`io_utils.temporary_name`: a leading '.', '.tmp-' and the real extension) left by a
 killed process never look complete and are removed when the fold starts again.
@@ -29,9 +31,10 @@ STATE = "state.json"
 LAST_MODEL = "last.keras"
 BEST_MODEL = "model.keras"
 HISTORY = "history.csv"
+VAL_EPOCHS = "val_epochs.csv"  # see melanoma.selection
 # Everything a fold writes; a fresh start (no --resume) removes them so old and new never mix.
-FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, "oof.csv", "test.csv", "test.json", "skipped.csv",
-                  "data.json", "duplicates.csv")
+FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, VAL_EPOCHS, "oof.csv", "test.csv", "test.json",
+                  "skipped.csv", "data.json", "duplicates.csv")
 TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
 
 # Keys that may differ between an interrupted run and its resumption: where files are (a Kaggle
@@ -172,3 +175,27 @@ def history_rows(folder: str, epochs: int) -> list[dict]:
         raise ConfigError(f"{path} does not hold epochs 1..{epochs} that {os.path.join(folder, STATE)} "
                           "records; train the fold again with --force")
     return frame.to_dict("records")
+
+
+def val_epoch_rows(folder: str, epochs: int):
+    """val_epochs.csv rows of the first `epochs` epochs, for a resumed fold to carry on (a DataFrame).
+
+    Rows past `epochs` were not committed by state.json and are dropped; a missing committed epoch is an
+    error, so that the resumed file stays continuous. A fold interrupted by a version of the code that
+    did not keep per-epoch predictions has no file: it carries on without its first epochs (and says so).
+    """
+    import pandas as pd
+
+    path = os.path.join(folder, VAL_EPOCHS)
+    columns = ["image_name", "epoch", "pred"]
+    if not io_utils.exists(path):
+        if epochs:
+            print(f"  {path} is missing: epochs 1..{epochs} have no per-epoch validation predictions "
+                  "(auc_unselected will compare the epochs every fold has)")
+        return pd.DataFrame(columns=columns)
+    frame = io_utils.read_csv(path, dtype={"image_name": str})
+    frame = frame[frame["epoch"] <= epochs][columns]
+    if sorted(frame["epoch"].unique().tolist()) != list(range(1, epochs + 1)):
+        raise ConfigError(f"{path} does not hold epochs 1..{epochs} that {os.path.join(folder, STATE)} "
+                          "records; train the fold again with --force")
+    return frame.reset_index(drop=True)

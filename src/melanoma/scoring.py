@@ -5,8 +5,11 @@
 The score is ROC AUC of `pred` against `target` over all competition rows at once, exactly as
 `sklearn.metrics.roc_auc_score` computes it (ties count one half). The 95% interval comes from a
 bootstrap that resamples *patients*, not images: images of one patient are correlated, so resampling
-images would give an interval that is too narrow. DeLong's test compares two correlated ROC curves
-(two runs scored on the same images).
+images would give an interval that is too narrow. For the same reason two runs scored on the same images
+are compared with DeLong's test clustered by patient (Obuchowski, 1997); the per-image test is kept for
+reference. Beside the AUC: `pauc_tpr80`, the ISIC 2024 challenge's partial AUC above 80% sensitivity
+(0 to 0.2), the sensitivity at 90% specificity and the specificity at 95% sensitivity, and, when the
+OOF file sits in its run folder, `auc_unselected` (see `selection`).
 
 No TensorFlow here: scoring must start in a fraction of a second.
 """
@@ -17,6 +20,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 import warnings
 from typing import Any, Sequence
@@ -198,6 +202,51 @@ def competition_auc(target, pred) -> float:
     return float(roc_auc_score(np.asarray(target), np.asarray(pred, dtype=float)))
 
 
+# The ISIC 2024 challenge's metric: the area of the ROC curve above this sensitivity (0 to 1 - it).
+PAUC_MIN_TPR = 0.8
+
+
+def partial_auc_above_tpr(target, pred, min_tpr: float = PAUC_MIN_TPR) -> float:
+    """Area under the ROC curve where sensitivity is at least `min_tpr`, unstandardised.
+
+    This is how the ISIC 2024 challenge scored (range 0 to 1 - min_tpr, 0.2 for its 80%): the area
+    between the curve and the line TPR = min_tpr, i.e. the integral of specificity over sensitivity from
+    min_tpr to 1. The curve is scikit-learn's (tied predictions make one diagonal step) and the segment
+    that crosses min_tpr is cut there by linear interpolation.
+    """
+    from sklearn.metrics import roc_curve
+
+    false_rate, true_rate, _ = roc_curve(np.asarray(target), np.asarray(pred, dtype=float),
+                                         drop_intermediate=False)
+    t0, t1 = true_rate[:-1], true_rate[1:]
+    f0, f1 = false_rate[:-1], false_rate[1:]
+    low, high = np.maximum(t0, min_tpr), np.maximum(t1, min_tpr)
+    rising = t1 > t0
+    span = np.where(rising, t1 - t0, 1.0)
+
+    def false_rate_at(level):
+        return f0 + (f1 - f0) * np.where(rising, (level - t0) / span, 0.0)
+
+    width = high - low
+    return float(np.sum(width * (1.0 - 0.5 * (false_rate_at(low) + false_rate_at(high)))))
+
+
+def operating_points(target, pred) -> dict:
+    """Sensitivity at 90% specificity and specificity at 95% sensitivity, at reachable cutoffs.
+
+    A cutoff calls images with pred >= cutoff malignant (as `report` does). `sens_at_spec90` is the
+    highest sensitivity of a cutoff whose specificity is at least 0.90; `spec_at_sens95` the highest
+    specificity of a cutoff whose sensitivity is at least 0.95. No interpolation between cutoffs: the
+    numbers are ones a user can actually get.
+    """
+    from sklearn.metrics import roc_curve
+
+    false_rate, true_rate, _ = roc_curve(np.asarray(target), np.asarray(pred, dtype=float),
+                                         drop_intermediate=False)
+    return {"sens_at_spec90": float(true_rate[false_rate <= 0.10 + 1e-12].max()),
+            "spec_at_sens95": float((1.0 - false_rate[true_rate >= 0.95 - 1e-12]).max())}
+
+
 def _weighted_auc_rows(weights: np.ndarray, target_sorted: np.ndarray, group_starts: np.ndarray | None
                        ) -> np.ndarray:
     """AUC for each row of `weights` (resamples x images, images sorted by prediction).
@@ -322,14 +371,18 @@ def _json_number(value: float | None) -> float | None:
 
 
 def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
-              progress: bool | None = None) -> dict:
-    """Score an OOF table: overall AUC, per-fold AUC, their mean and spread, a patient bootstrap CI.
+              progress: bool | None = None, run_dir: str | None = None, selection=None) -> dict:
+    """Score an OOF table: overall AUC, per-fold AUC, their mean and spread, a patient bootstrap CI,
+    the high-sensitivity metrics and, from the run's per-epoch predictions, the unselected AUC.
 
     Returns a JSON-ready dict: auc, folds (str(fold) -> AUC, null for a fold with one class),
     fold_mean, fold_std (sample standard deviation over scored folds; null with fewer than two),
-    ci95 ([low, high] percentile interval, null when bootstrap is 0), n, n_positive, n_patients,
-    excluded (non-competition rows dropped), bootstrap, seed and warnings (also issued as
-    ScoreWarning).
+    ci95 ([low, high] percentile interval, null when bootstrap is 0), pauc_tpr80 (ISIC 2024's partial
+    AUC above 80% sensitivity, 0..0.2), sens_at_spec90, spec_at_sens95, folds_pauc_tpr80 (null for a
+    fold with one class), auc_unselected, auc_own_best, selection_gain, epoch_selection and
+    unselected_reason (see `selection`; from `run_dir`'s fold<K>/val_epochs.csv, or a `selection`
+    already computed), n, n_positive, n_patients, excluded (non-competition rows dropped), bootstrap,
+    seed and warnings (also issued as ScoreWarning).
     """
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be 0 or more, got {bootstrap}")
@@ -342,13 +395,16 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
 
     notes: list[str] = []
     folds: dict[str, float | None] = {}
+    folds_pauc: dict[str, float | None] = {}
     for fold, rows in frame.groupby("fold", sort=True):
         if rows["target"].nunique() < 2:
-            folds[str(fold)] = None
+            folds[str(fold)] = folds_pauc[str(fold)] = None
             only = "malignant" if rows["target"].iloc[0] == 1 else "benign"
-            notes.append(f"fold {fold} has only {only} images ({len(rows)}); its AUC is undefined")
+            notes.append(f"fold {fold} has only {only} images ({len(rows)}); its AUC and pauc_tpr80 are "
+                         "undefined")
         else:
             folds[str(fold)] = competition_auc(rows["target"], rows["pred"])
+            folds_pauc[str(fold)] = partial_auc_above_tpr(rows["target"], rows["pred"])
     scored = [value for value in folds.values() if value is not None]
     fold_mean = float(np.mean(scored)) if scored else None
     fold_std = float(np.std(scored, ddof=1)) if len(scored) >= 2 else None
@@ -363,11 +419,20 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
         if len(valid):
             low, high = np.percentile(valid, [2.5, 97.5])
             ci95 = [_json_number(low), _json_number(high)]
+    if selection is None:
+        from melanoma import selection as selection_lib
+
+        selection = selection_lib.epoch_selection(frame, run_dir)
+    notes.extend(selection.notes)
     for note in notes:
         warnings.warn(note, ScoreWarning, stacklevel=2)
     return {
         "auc": _json_number(auc),
+        **selection.to_json(),
+        "pauc_tpr80": _json_number(partial_auc_above_tpr(target, pred)),
+        **operating_points(target, pred),
         "folds": {key: _json_number(value) for key, value in folds.items()},
+        "folds_pauc_tpr80": {key: _json_number(value) for key, value in folds_pauc.items()},
         "fold_mean": _json_number(fold_mean),
         "fold_std": _json_number(fold_std),
         "ci95": ci95,
@@ -381,47 +446,129 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
     }
 
 
-def delong_test(target, pred_a, pred_b) -> tuple[float, float, float]:
-    """DeLong's test for two correlated ROC curves on the same images: (auc_a, auc_b, two-sided p).
+def _structural_components(target: np.ndarray, scores: np.ndarray):
+    """DeLong's structural components of each row of `scores` (rows x images) against `target`.
 
-    Uses the midrank form of the structural components (Sun & Xu, 2014), O(n log n). When the two
-    predictions give identical structural components (e.g. the same ranking) the variance of the
-    difference is zero and p is 1.
+    Returns (AUC per row, v_pos [rows, malignant], v_neg [rows, benign]): per malignant image, the share
+    of benign images it outscores; per benign image, the share of malignant images that outscore it;
+    ties count one half. Midrank form (Sun & Xu, 2014), O(n log n) per row.
     """
-    from scipy.stats import norm, rankdata
+    from scipy.stats import rankdata
 
-    target = np.asarray(target).ravel()
-    pred_a = np.asarray(pred_a, dtype=float).ravel()
-    pred_b = np.asarray(pred_b, dtype=float).ravel()
-    if not len(pred_a) == len(pred_b) == len(target):
-        raise DataError(f"delong_test: {len(target)} targets but {len(pred_a)} and {len(pred_b)} predictions")
-    scores = np.vstack([pred_a, pred_b])
-    if not np.isin(target, [0, 1]).all():
-        raise DataError("delong_test: target must be 0 or 1")
-    if not np.isfinite(scores).all():
-        raise DataError("delong_test: predictions must be finite")
     positive = target == 1
-    m, n = int(positive.sum()), int((~positive).sum())
-    if m == 0 or n == 0:
-        raise DataError("delong_test: needs both benign (0) and malignant (1) images")
+    m = int(positive.sum())
+    n = len(target) - m
     pos, neg = scores[:, positive], scores[:, ~positive]
     rank_pos = rankdata(pos, axis=1)
     rank_neg = rankdata(neg, axis=1)
     rank_all = rankdata(np.hstack([pos, neg]), axis=1)
     aucs = (rank_all[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
-    # Per positive: share of negatives it beats; per negative: share of positives that beat it.
     v_pos = (rank_all[:, :m] - rank_pos) / n
     v_neg = 1.0 - (rank_all[:, m:] - rank_neg) / m
-    cov_pos = np.atleast_2d(np.cov(v_pos)) if m > 1 else np.zeros((2, 2))
-    cov_neg = np.atleast_2d(np.cov(v_neg)) if n > 1 else np.zeros((2, 2))
-    covariance = cov_pos / m + cov_neg / n
-    variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
-    difference = aucs[0] - aucs[1]
-    if not variance > 1e-15:
-        p_value = 1.0 if abs(difference) < 1e-12 else 0.0
+    return aucs, v_pos, v_neg
+
+
+def _checked_pairs(target, preds_a, preds_b, caller: str):
+    """target (images,) and two prediction arrays (pairs x images), checked; a DataError names the fault."""
+    target = np.asarray(target).ravel()
+    preds_a = np.atleast_2d(np.asarray(preds_a, dtype=float))
+    preds_b = np.atleast_2d(np.asarray(preds_b, dtype=float))
+    if not preds_a.shape == preds_b.shape or preds_a.shape[1] != len(target):
+        raise DataError(f"{caller}: {len(target)} targets but predictions for {preds_a.shape[-1]} and "
+                        f"{preds_b.shape[-1]} images")
+    if not np.isin(target, [0, 1]).all():
+        raise DataError(f"{caller}: target must be 0 or 1")
+    if not (np.isfinite(preds_a).all() and np.isfinite(preds_b).all()):
+        raise DataError(f"{caller}: predictions must be finite")
+    m = int((target == 1).sum())
+    if m == 0 or m == len(target):
+        raise DataError(f"{caller}: needs both benign (0) and malignant (1) images")
+    return target, preds_a, preds_b
+
+
+def _sums_by(index: np.ndarray, groups: int, values: np.ndarray) -> np.ndarray:
+    """Row-wise sums of `values` (rows x items) per group of items: (rows x groups)."""
+    rows = values.shape[0]
+    flat = (index[None, :] + groups * np.arange(rows)[:, None]).ravel()
+    return np.bincount(flat, weights=values.ravel(), minlength=rows * groups).reshape(rows, groups)
+
+
+def delong_pvalues(target, preds_a, preds_b, cluster=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DeLong's test of AUC_a = AUC_b for many pairs of predictions on the same images at once.
+
+    preds_a, preds_b: (pairs x images). Returns (AUC_a, AUC_b, two-sided p), one value per pair.
+    `cluster` None: images independent (DeLong, 1988). `cluster` given (a patient id per image): the
+    clustered extension of Obuchowski (1997). Images of one patient share skin, camera and habits, so
+    two runs' errors are correlated within a patient and the per-image test is too sure of itself. With
+    I patients holding m_i malignant and n_i benign images (M and N in all) and V10_i, V01_i a patient's
+    sums of structural components, S10 = I/(I-1) sum_i (V10_i - m_i AUC)(V10_i - m_i AUC)' / M, S01
+    likewise with n_i and N, S11 = I/(I-1) sum_i (V10_i - m_i AUC)(V01_i - n_i AUC)', and
+    Cov(AUC) = S10/M + S01/N + (S11 + S11')/(MN). With one image per patient it is DeLong's test up to
+    small-sample factors. A zero variance of the difference (the same ranking) gives p = 1.
+    """
+    from scipy.stats import norm
+
+    caller = "delong_test" if cluster is None else "clustered_delong_test"
+    target, preds_a, preds_b = _checked_pairs(target, preds_a, preds_b, caller)
+    pairs = len(preds_a)
+    aucs, v_pos, v_neg = _structural_components(target, np.vstack([preds_a, preds_b]))
+    positive = target == 1
+    m, n = v_pos.shape[1], v_neg.shape[1]
+    if cluster is None:
+        dev_pos = v_pos - v_pos.mean(axis=1, keepdims=True)
+        dev_neg = v_neg - v_neg.mean(axis=1, keepdims=True)
+        pos_scale = 1.0 / (m * (m - 1)) if m > 1 else 0.0
+        neg_scale = 1.0 / (n * (n - 1)) if n > 1 else 0.0
+        cross_scale = 0.0
     else:
-        p_value = float(2 * norm.sf(abs(difference) / math.sqrt(variance)))
-    return float(aucs[0]), float(aucs[1]), min(1.0, p_value)
+        cluster = np.asarray(cluster).ravel()
+        if len(cluster) != len(target):
+            raise DataError(f"{caller}: {len(target)} targets but {len(cluster)} patient ids")
+        index = pd.factorize(pd.Series(cluster).astype(str))[0]
+        groups = int(index.max()) + 1
+        if groups < 2:
+            raise DataError(f"{caller}: needs images of at least two patients")
+        per_patient_pos = np.bincount(index[positive], minlength=groups)
+        per_patient_neg = np.bincount(index[~positive], minlength=groups)
+        dev_pos = _sums_by(index[positive], groups, v_pos) - aucs[:, None] * per_patient_pos
+        dev_neg = _sums_by(index[~positive], groups, v_neg) - aucs[:, None] * per_patient_neg
+        factor = groups / (groups - 1)
+        pos_scale, neg_scale, cross_scale = factor / m**2, factor / n**2, factor / (m * n)
+
+    def covariance(first: slice, second: slice) -> np.ndarray:
+        """Cov(AUC of rows `first`, AUC of rows `second`), pair by pair."""
+        within = (pos_scale * (dev_pos[first] * dev_pos[second]).sum(axis=1)
+                  + neg_scale * (dev_neg[first] * dev_neg[second]).sum(axis=1))
+        if not cross_scale:
+            return within
+        # a patient's malignant and benign images move together: S11 pairs their sums
+        return within + cross_scale * ((dev_pos[first] * dev_neg[second]).sum(axis=1)
+                                       + (dev_pos[second] * dev_neg[first]).sum(axis=1))
+
+    a, b = slice(0, pairs), slice(pairs, 2 * pairs)
+    variance = covariance(a, a) + covariance(b, b) - 2 * covariance(a, b)
+    difference = aucs[a] - aucs[b]
+    safe = np.sqrt(np.where(variance > 1e-15, variance, 1.0))
+    p_values = np.where(variance > 1e-15, 2 * norm.sf(np.abs(difference) / safe),
+                        np.where(np.abs(difference) < 1e-12, 1.0, 0.0))
+    return aucs[a], aucs[b], np.minimum(1.0, p_values)
+
+
+def delong_test(target, pred_a, pred_b) -> tuple[float, float, float]:
+    """DeLong's test for two correlated ROC curves on the same images: (auc_a, auc_b, two-sided p).
+
+    Treats images as independent, which images of one patient are not: `clustered_delong_test` is the
+    honest one for OOF predictions; this one is kept for reference (`compare --test image`).
+    """
+    auc_a, auc_b, p_value = delong_pvalues(target, np.ravel(pred_a)[None], np.ravel(pred_b)[None])
+    return float(auc_a[0]), float(auc_b[0]), float(p_value[0])
+
+
+def clustered_delong_test(target, pred_a, pred_b, cluster) -> tuple[float, float, float]:
+    """DeLong's test with images clustered by patient (Obuchowski, 1997): (auc_a, auc_b, two-sided p).
+    See `delong_pvalues`."""
+    auc_a, auc_b, p_value = delong_pvalues(target, np.ravel(pred_a)[None], np.ravel(pred_b)[None], cluster)
+    return float(auc_a[0]), float(auc_b[0]), float(p_value[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -432,6 +579,10 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _signed(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
 def format_score(result: dict, frame: pd.DataFrame | None = None, title: str = "OOF AUC") -> str:
     """A short human table of a score_oof result (per-fold counts when the frame is given)."""
     lines = []
@@ -440,6 +591,16 @@ def format_score(result: dict, frame: pd.DataFrame | None = None, title: str = "
         low, high = result["ci95"]
         interval = f"  95% CI {_fmt(low)}-{_fmt(high)} ({result['bootstrap']} patient resamples)"
     lines.append(f"{title} {_fmt(result['auc'])}{interval}")
+    if "auc_unselected" in result:
+        if result["auc_unselected"] is None:
+            lines.append(f"auc_unselected -  ({result.get('unselected_reason') or 'not available'})")
+        else:
+            lines.append(f"auc_unselected {_fmt(result['auc_unselected'])}  selection_gain "
+                         f"{_signed(result.get('selection_gain'))}  (each fold at the epoch best on the "
+                         "other folds, vs. at its own best; plain predictions, no TTA)")
+    if "pauc_tpr80" in result:
+        lines.append(f"pauc_tpr80 {_fmt(result['pauc_tpr80'])} (of 0.2)  sens_at_spec90 "
+                     f"{_fmt(result.get('sens_at_spec90'))}  spec_at_sens95 {_fmt(result.get('spec_at_sens95'))}")
     excluded = f", {result['excluded']} non-competition rows excluded" if result.get("excluded") else ""
     lines.append(f"images {result['n']}  malignant {result['n_positive']}  "
                  f"patients {result.get('n_patients', '-')}{excluded}")
@@ -447,10 +608,20 @@ def format_score(result: dict, frame: pd.DataFrame | None = None, title: str = "
     if frame is not None:
         for fold, rows in frame.groupby("fold"):
             counts[str(fold)] = (len(rows), int(rows["target"].sum()))
-    lines.append(f"{'fold':>6} {'images':>8} {'malignant':>10} {'AUC':>8}")
+    paucs = result.get("folds_pauc_tpr80") or {}
+    epochs = result.get("epoch_selection") or {}
+    header = f"{'fold':>6} {'images':>8} {'malignant':>10} {'AUC':>8} {'pAUC80':>8}"
+    if epochs:
+        header += f" {'best epoch: own / others':>25}"
+    lines.append(header)
     for fold, value in result["folds"].items():
         images, positives = counts.get(fold, ("", ""))
-        lines.append(f"{fold:>6} {images!s:>8} {positives!s:>10} {_fmt(value):>8}")
+        line = f"{fold:>6} {images!s:>8} {positives!s:>10} {_fmt(value):>8} {_fmt(paucs.get(fold)):>8}"
+        if fold in epochs:
+            chosen = epochs[fold]
+            shown = f"{chosen['epoch_own_best'] or '-'} / {chosen['epoch_unselected'] or '-'}"
+            line += f" {shown:>25}"
+        lines.append(line)
     spread = f" ± {_fmt(result['fold_std'])}" if result.get("fold_std") is not None else ""
     lines.append(f"{'mean':>6} {'':>8} {'':>10} {_fmt(result['fold_mean']):>8}{spread}")
     return "\n".join(lines)
@@ -477,9 +648,12 @@ def check_bootstrap_arguments(args: argparse.Namespace) -> None:
 def command(args: argparse.Namespace) -> int:
     check_bootstrap_arguments(args)
     frame = read_oof(args.oof_csv)
+    # outputs/<name>/oof.csv: the folds' per-epoch predictions are in the sibling fold<K>/ folders
+    run_dir = os.path.dirname(os.path.abspath(args.oof_csv)) if not io_utils.is_remote(args.oof_csv) \
+        else os.path.dirname(args.oof_csv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScoreWarning)  # printed below, once
-        result = score_oof(frame, bootstrap=args.bootstrap, seed=args.seed)
+        result = score_oof(frame, bootstrap=args.bootstrap, seed=args.seed, run_dir=run_dir)
     for note in result["warnings"]:
         print(f"warning: {note}", file=sys.stderr)
     if args.json:

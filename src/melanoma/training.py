@@ -2,7 +2,8 @@
 
 `python train.py --config C --fold K` (or `--fold all`). Artifacts in outputs/<name>/fold<K>/:
 data.json (images per source and split, duplicates dropped; see sources.py), duplicates.csv,
-model.keras (the checkpoint chosen by train.checkpoint), history.csv, oof.csv, test.csv; after the last
+model.keras (the checkpoint chosen by train.checkpoint), history.csv, val_epochs.csv (plain validation
+predictions of every epoch, for `selection`), oof.csv, test.csv; after the last
 fold, outputs/<name>/oof.csv gathers every fold. Every file is written atomically. After each epoch,
 last.keras (model + optimizer) and state.json let `--resume` continue a killed fold (see `runstate`).
 """
@@ -203,11 +204,13 @@ def binary_log_loss(target: np.ndarray, pred: np.ndarray) -> float:
 
 def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str],
                    valid_dropped: frozenset = frozenset(), state: dict | None = None, strategy=None):
-    """Exact validation AUC, learning rate per epoch, NaN guard, atomic best checkpoint and history.
+    """Exact validation AUC (and each epoch's plain validation predictions in val_epochs.csv), learning
+    rate per epoch, NaN guard, atomic best checkpoint and history.
 
-    After each epoch the fold's resumable state is committed (see `runstate`): last.keras (model and
-    optimizer), history.csv, the best checkpoint, then state.json. `state` is a resumed fold's
-    state.json: the best metric so far and the history of its completed epochs carry on from it.
+    After each epoch the fold's resumable state is committed (see `runstate`): val_epochs.csv and
+    history.csv, last.keras (model and optimizer), the best checkpoint, then state.json. `state` is a
+    resumed fold's state.json: the best metric so far, the history and the per-epoch predictions of its
+    completed epochs carry on from it.
 
     Keras' streaming AUC bins predictions into fixed thresholds, which reads 0.5 when a young model's
     outputs all fall in one bin; the validation AUC here is scikit-learn's on every validation image,
@@ -221,6 +224,12 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
     strategy = strategy or hardware.get_strategy()
 
     class ValidationScore(keras.callbacks.Callback):
+        """Scores each epoch and keeps its plain predictions in val_epochs.csv (see `selection`)."""
+
+        def __init__(self):
+            super().__init__()
+            self.epochs = [runstate.val_epoch_rows(folder, state["epoch"])] if state else []
+
         def on_epoch_end(self, epoch, logs=None):
             if logs is None or guard.failure:
                 return
@@ -232,9 +241,15 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
             logs["val_loss"] = binary_log_loss(target, frame["pred"].to_numpy())
             logs["val_auc"] = (float(roc_auc_score(target, frame["pred"])) if len(np.unique(target)) == 2
                                else float("nan"))
+            self.epochs.append(pd.DataFrame({"image_name": frame["image_name"].to_numpy(), "epoch": epoch + 1,
+                                             "pred": frame["pred"].to_numpy()}))
+            io_utils.write_csv_atomic(pd.concat(self.epochs, ignore_index=True),
+                                      os.path.join(folder, runstate.VAL_EPOCHS))
 
-    monitor = {"best_auc": ("val_auc", "max"), "best_loss": ("val_loss", "min"), "last": (None, None)}
+    monitor = {"best_auc": ("val_auc", "max"), "best_loss": ("val_loss", "min"), "last": (None, None),
+               "epoch": (None, None)}
     metric, mode = monitor[config.train.checkpoint]
+    fixed_epoch = config.train.checkpoint_epoch if config.train.checkpoint == "epoch" else None
 
     class NanGuard(keras.callbacks.Callback):
         """Stops at the end of an epoch whose loss or weights are not finite, before any checkpoint
@@ -278,6 +293,8 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
             finite = not metric or (value is not None and math.isfinite(float(value)))
             improved = finite and (metric is None or self.best is None
                                    or (value > self.best if mode == "max" else value < self.best))
+            if fixed_epoch is not None:  # train.checkpoint: epoch, chosen before any fold was seen
+                improved = epoch + 1 == fixed_epoch
             target = os.path.join(folder, runstate.BEST_MODEL)
             last = os.path.join(folder, runstate.LAST_MODEL)
             temporary = io_utils.temporary_name(last)
@@ -299,7 +316,8 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
             if pending:
                 io_utils.replace(pending, target)
                 runstate.write_state(folder, dict(committed, pending_best=None))
-                shown = f"{metric} {value:.4f}" if metric else "last epoch"
+                shown = (f"{metric} {value:.4f}" if metric else
+                         "train.checkpoint_epoch" if fixed_epoch is not None else "last epoch")
                 print(f"  checkpoint: epoch {epoch + 1} ({shown})")
 
     checkpoint = Checkpoint()
