@@ -31,6 +31,9 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "model.bn_momentum": (int, float),
     "train.steps_per_epoch": (int,),
     "train.class_weight": (int, float),
+    "features.image_size": (int,),
+    "features.workers": (int,),
+    "tabular.class_weight": (int, float),
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -38,6 +41,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone": tuple(f"efficientnet-b{i}" for i in range(8))
     + tuple(f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")),
     "model.head": ("binary", "diagnosis"),
+    "model.family": ("cnn", "tabular"),
     "train.optimizer": ("adam",),
     "train.loss": ("bce", "focal"),
     "train.schedule": ("rampup", "cosine"),

@@ -8,6 +8,7 @@ Writes into `<output_dir>/<name>/report/`:
   training_curves.png  per-epoch loss and AUC (train and validation) of every fold with a history.csv
   cutoffs.csv          sensitivity, specificity, precision and TP/FP/TN/FN at each cutoff
   score.json           the `score --json` result
+  importance.csv/.png  a tabular run's permutation importances, per feature and group, over folds
 CONFIG may also be a run folder (a blend has no config file). An image counts as malignant when its
 prediction is at or above the cutoff.
 """
@@ -278,8 +279,15 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
         files.append(path)
     else:
         notes.append("no fold<K>/history.csv with loss or AUC columns; training curves left out")
+    importance = None
+    if run.config is not None and (run.config.get("model") or {}).get("family") == "tabular":
+        from melanoma import tabular
+
+        importance, written, importance_notes = tabular.importance_report(run.path, folder)
+        files.extend(written)
+        notes.extend(importance_notes)
     return {"files": files, "score": score, "cutoffs": table, "notes": notes, "complete": complete,
-            "frame": frame}
+            "frame": frame, "importance": importance}
 
 
 def _probability(text: str) -> float:
@@ -313,6 +321,11 @@ def command(args: argparse.Namespace) -> int:
     print()
     print(format_cutoffs(report["cutoffs"]))
     print()
+    if report["importance"] is not None:
+        from melanoma import tabular
+
+        print(tabular.format_importance(report["importance"]))
+        print()
     for path in report["files"]:
         print(f"wrote {path}")
     return 0

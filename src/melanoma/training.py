@@ -481,6 +481,10 @@ def command(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.set)
     folds = parse_folds(args.fold, config.data.folds)
     config_lib.check_inputs(config, "train")  # before any model is built or file written
+    if config.model.family == "tabular":  # gradient-boosted trees on features (tabular.py)
+        from melanoma import tabular
+
+        return tabular.train(config, folds, force=args.force, resume=args.resume)
     check_interrupted(config, folds, args.resume, args.force)
     config_path = config_lib.save_config(config)
     print(f"run {config.name}: resolved config in {config_path}")
