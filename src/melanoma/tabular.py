@@ -286,13 +286,14 @@ def train(config, folds: list[int], force: bool = False, resume: bool = False) -
     check_config(config)
     if resume:
         print("note: a tabular fold trains in one go; --resume trains the folds not finished yet")
+    todo = [fold for fold in folds if force or not fold_finished(config, fold)]
+    # The features (and the stacking checks) come first: a refused config leaves the run as it was.
+    table, fold_data = prepare(config) if todo else (None, None)
     config_path = config_lib.save_config(config)
     print(f"run {config.name}: resolved config in {config_path}")
-    todo = [fold for fold in folds if force or not fold_finished(config, fold)]
     for fold in sorted(set(folds) - set(todo)):
         print(f"fold {fold}: already finished (use --force to train it again)")
     if todo:
-        table, fold_data = prepare(config)
         for fold in todo:
             train_fold(config, fold, table, fold_data[fold])
     gathered = training.gather_oof(config)
