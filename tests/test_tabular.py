@@ -254,3 +254,41 @@ def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer
     assert cli.main(["train", "--config", str(second), "--force", "--set", "features.from_runs=[three]"]) == 2
     assert "folds differ" in capsys.readouterr().err
     assert (tmp_path / "outputs" / "stacked" / "config.yaml").read_text() == saved  # the run is untouched
+
+
+def test_an_undecodable_image_is_named_with_its_file(tiny_data, tmp_path):
+    import tensorflow as tf
+
+    from melanoma import records
+    from melanoma.errors import DataError
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    good = synthetic_jpeg()
+    rows = [{"image_name": name, "patient_id": 1, "sex": 0, "age_approx": 40, "anatom_site_general_challenge": 0}
+            for name in ("ISIC_0000001", "ISIC_0000002")]
+    with tf.io.TFRecordWriter(str(folder / records.record_name("test", 0, 2))) as writer:
+        writer.write(records.serialize_example(good, rows[0], records.TEST_INT_FEATURES))
+        writer.write(records.serialize_example(b"not a jpeg", rows[1], records.TEST_INT_FEATURES))
+    config = load_config(write_config(tmp_path, tiny_data, tiny_tabular()),
+                         [f"data.test_files={folder}/test*.tfrec"])
+    with pytest.raises(DataError, match="ISIC_0000002.*cannot be decoded.*Download or rebuild"):
+        features.split_table(config, "test", progress=False)
+    assert not list((tmp_path / "outputs" / ".cache" / "features").glob("*.csv"))  # nothing half-made cached
+
+
+def synthetic_jpeg() -> bytes:
+    return synth.encode_jpeg(synth.render_lesion(np.random.default_rng(0), 32, malignant=False))
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("features.histogram_bins=1", "histogram_bins"), ("features.image_size=8", "image_size"),
+    ("features.workers=0", "workers"), ("tabular.max_features=0", "max_features"),
+    ("tabular.learning_rate=2", "learning_rate"), ("features.from_runs=[a,a]", "twice"),
+    ("model.family=trees", "model.family"),
+])
+def test_tabular_settings_out_of_range_are_config_errors(tiny_data, tmp_path, setting, message, capsys):
+    path = write_config(tmp_path, tiny_data, tiny_tabular())
+    assert cli.main(["train", "--config", str(path), "--set", setting]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "outputs" / "tiny").exists()

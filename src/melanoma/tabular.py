@@ -143,13 +143,13 @@ def predict(model, values: np.ndarray) -> np.ndarray:
 def history(model, train_x, train_y, valid_x, valid_y) -> pd.DataFrame:
     """Loss and AUC on the training and validation rows after each boosting iteration (as `epoch`, so
     `report` draws them as training curves)."""
-    from sklearn.metrics import log_loss, roc_auc_score
+    from melanoma.blend import fast_auc
+    from melanoma.training import binary_log_loss
 
     def curves(values, target):
         for probabilities in model.staged_predict_proba(values):
             pred = probabilities[:, 1]
-            auc = roc_auc_score(target, pred) if len(np.unique(target)) == 2 else float("nan")
-            yield log_loss(target, pred, labels=[0, 1]), auc
+            yield binary_log_loss(target, pred), fast_auc(target, pred)
 
     rows = [{"epoch": index + 1, "loss": loss, "auc": auc, "val_loss": val_loss, "val_auc": val_auc}
             for index, ((loss, auc), (val_loss, val_auc))
@@ -184,9 +184,9 @@ def permutation_importance(model, values: np.ndarray, target: np.ndarray, column
 
     The permuted copies are predicted many at a time: one call on a tall matrix costs far less than
     as many calls on the validation rows alone (scikit-learn's per-call overhead dominates those)."""
-    from sklearn.metrics import roc_auc_score
+    from melanoma.blend import fast_auc  # the same AUC as scikit-learn's, without its per-call checks
 
-    base = roc_auc_score(target, predict(model, values))
+    base = fast_auc(target, predict(model, values))
     rng = np.random.default_rng(seed)
     sets = importance_sets(columns)
     jobs = [(position, rng.permutation(len(values))) for position in range(len(sets)) for _ in range(repeats)]
@@ -201,7 +201,7 @@ def permutation_importance(model, values: np.ndarray, target: np.ndarray, column
             stacked[rows, indices] = values[order][:, indices]
         preds = predict(model, stacked).reshape(len(batch), len(values))
         for (position, _), pred in zip(batch, preds):
-            drops[position].append(base - roc_auc_score(target, pred))
+            drops[position].append(base - fast_auc(target, pred))
     rows = [{"kind": kind, "name": name, "group": group, "columns": len(indices),
              "auc_drop": float(np.mean(drops[position])), "auc_drop_std": float(np.std(drops[position])),
              "repeats": repeats, "base_auc": base}
