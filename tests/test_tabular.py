@@ -246,12 +246,14 @@ def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer
     assert "permutation importance" in capsys.readouterr().out
     assert (run / "report" / "importance.png").is_file() and (run / "report" / "importance.csv").is_file()
 
-    # A run with three folds validates images in other folds: stacking it into a 2-fold run is refused.
-    third = write_config(tmp_path, tiny_data, tiny_tabular(), name="three")
-    assert cli.main(["train", "--config", str(third), "--set", "data.folds=3"]) == 0
+    # A run that validated some images in another fold is refused, and the stacked run stays as it was.
+    shuffled = pd.read_csv(run / "oof.csv")
+    shuffled.loc[shuffled["patient_id"] == shuffled["patient_id"].iloc[0], "fold"] ^= 1
+    test_names = pd.read_csv(run / "fold0" / "test.csv")["image_name"]
+    fake_run(tmp_path / "outputs", "other-folds", shuffled, test_names, 2, seed=3)
     capsys.readouterr()
     saved = (tmp_path / "outputs" / "stacked" / "config.yaml").read_text()
-    assert cli.main(["train", "--config", str(second), "--force", "--set", "features.from_runs=[three]"]) == 2
+    assert cli.main(["train", "--config", str(second), "--force", "--set", "features.from_runs=[other-folds]"]) == 2
     assert "folds differ" in capsys.readouterr().err
     assert (tmp_path / "outputs" / "stacked" / "config.yaml").read_text() == saved  # the run is untouched
 

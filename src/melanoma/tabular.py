@@ -233,9 +233,7 @@ def train_fold(config, fold: int, table: features.FeatureTable, fold_data) -> di
     """Fit fold `fold`; write its model, OOF, test predictions, history and importances."""
     from sklearn.metrics import roc_auc_score
 
-    from melanoma import sources
-
-    from melanoma import runstate
+    from melanoma import runstate, sources
 
     folder = fold_dir(config, fold)
     io_utils.makedirs(folder)
@@ -293,9 +291,8 @@ def train(config, folds: list[int], force: bool = False, resume: bool = False) -
     print(f"run {config.name}: resolved config in {config_path}")
     for fold in sorted(set(folds) - set(todo)):
         print(f"fold {fold}: already finished (use --force to train it again)")
-    if todo:
-        for fold in todo:
-            train_fold(config, fold, table, fold_data[fold])
+    for fold in todo:
+        train_fold(config, fold, table, fold_data[fold])
     gathered = training.gather_oof(config)
     if gathered:
         oof = io_utils.read_csv(gathered)
