@@ -147,6 +147,9 @@ def _describe(run: Run) -> dict:
     external = get("data.external_files")
     if isinstance(external, str):
         external = [external] if external.strip() else []
+    if get("model.family") == "tabular":
+        return {"backbone": "tabular (trees)", "image_size": get("features.image_size")
+                or get("data.image_size"), "external": False, "tta": None}
     return {"backbone": get("model.backbone"), "image_size": get("data.image_size"),
             "external": bool(external) if external is not None else None, "tta": get("tta.steps")}
 

@@ -35,6 +35,9 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "train.steps_per_epoch": (int,),
     "train.class_weight": (int, float),
     "train.checkpoint_epoch": (int,),
+    "features.image_size": (int,),
+    "features.workers": (int,),
+    "tabular.class_weight": (int, float),
 }
 
 # Keys with a default that may also be set to null.
@@ -45,6 +48,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone": tuple(f"efficientnet-b{i}" for i in range(8))
     + tuple(f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")),
     "model.head": ("binary", "diagnosis"),
+    "model.family": ("cnn", "tabular"),
     "train.optimizer": ("adam",),
     "train.loss": ("bce", "focal"),
     "train.schedule": ("rampup", "cosine"),

@@ -139,6 +139,11 @@ def record_path(submission_path: str) -> str:
 def run_inference(config, recompute: bool = False, force: bool = False, allow_partial: bool = False) -> str:
     from melanoma import submission
 
+    if config.model.family == "tabular":  # gradient-boosted trees on features (tabular.py)
+        from melanoma import tabular
+
+        return tabular.run_inference(config, recompute=recompute, force=force)
+
     folds = trained_folds(config)
     if not folds:
         raise FileNotFoundError(f"no trained fold in {config_lib.run_dir(config)}: run "

@@ -14,6 +14,7 @@ Writes into `<output_dir>/<name>/report/`:
                        diagnosis head: the class confusion matrix, counts and row-normalised
   per_class.csv        diagnosis head: precision, recall, F1, support and one-vs-rest AUC per class,
                        macro and weighted averages, accuracy and balanced accuracy (see `perclass`)
+  importance.csv/.png  a tabular run's permutation importances, per feature and group, over folds
 CONFIG may also be a run folder (a blend has no config file). An image counts as malignant when its
 prediction is at or above the cutoff.
 """
@@ -346,8 +347,15 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
         marks = plot_epoch_selection(chosen, kept_epochs(run.path, chosen.fold_aucs.columns), path,
                                      f"epoch choice of {name}")
         files.append(path)
+    importance = None
+    if run.config is not None and (run.config.get("model") or {}).get("family") == "tabular":
+        from melanoma import tabular
+
+        importance, written, importance_notes = tabular.importance_report(run.path, folder)
+        files.extend(written)
+        notes.extend(importance_notes)
     return {"files": files, "score": score, "cutoffs": table, "notes": notes, "complete": complete,
-            "frame": frame, "epoch_marks": marks, **confusion}
+            "frame": frame, "epoch_marks": marks, "importance": importance, **confusion}
 
 
 def _confusion_outputs(frame: pd.DataFrame, cutoffs: pd.DataFrame, folder: str, name: str,
@@ -412,6 +420,11 @@ def command(args: argparse.Namespace) -> int:
         print()
     print(report["confusion_text"])
     print()
+    if report["importance"] is not None:
+        from melanoma import tabular
+
+        print(tabular.format_importance(report["importance"]))
+        print()
     for path in report["files"]:
         print(f"wrote {path}")
     return 0

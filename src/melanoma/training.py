@@ -634,6 +634,11 @@ def command(args: argparse.Namespace) -> int:
     if args.resume and args.force:
         raise config_lib.ConfigError("--resume continues interrupted folds and --force restarts them; "
                                      "give one of the two")
+    if config.model.family == "tabular":  # gradient-boosted trees on features (tabular.py)
+        from melanoma import tabular
+
+        return tabular.train(config, folds, force=args.force, resume=args.resume,
+                             config_file=args.config)
     check_diagnosis_sources(config)
     check_interrupted(config, folds, args.resume, args.force)
     if args.resume and hardware.cluster_workers() > 1:
