@@ -94,7 +94,7 @@ def bar(iterable=None, total=None, desc: str = "", unit: str = "it", disable: bo
 def training_lines(epochs: int, steps: int, interval: float | None = None):
     """A Keras callback that prints plain lines: every `interval` seconds within an epoch (step, loss)
     and one at each epoch's end with its metrics. Used instead of Keras' bar when stdout is not a terminal."""
-    import keras
+    from melanoma.kerasapi import keras
 
     class TrainingLines(keras.callbacks.Callback):
         def __init__(self):
