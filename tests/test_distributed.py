@@ -229,3 +229,18 @@ def test_steps_per_execution_reaches_the_compiled_model(tiny_data, tmp_path):
     assert int(model.steps_per_execution) == 4
     with pytest.raises(config_lib.ConfigError, match="steps_per_execution"):
         config_lib.load_config(str(write_config(tmp_path, tiny_data)), ["train.steps_per_execution=0"])
+
+
+def test_every_module_takes_keras_from_kerasapi():
+    """One Keras per process: a module importing `keras` itself would hand Keras 3 objects to a
+    cluster's tf_keras model (kerasapi chooses)."""
+    import re
+
+    offenders = []
+    for path in sorted((helpers.REPO / "src" / "melanoma").glob("*.py")):
+        if path.name == "kerasapi.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.match(r"\s*(import keras\b|from keras\b)", line):
+                offenders.append(f"{path.name}:{number}: {line.strip()}")
+    assert not offenders, offenders
