@@ -143,6 +143,8 @@ def fake_run(output_dir, name: str, oof: pd.DataFrame, test_names, folds: int, s
         oof[oof["fold"] == fold].to_csv(run / f"fold{fold}" / "oof.csv", index=False)
         test = pd.DataFrame({"image_name": list(test_names), "pred": rng.random(len(test_names))})
         test.to_csv(run / f"fold{fold}" / "test.csv", index=False)
+        # what the fold was predicted with: every fold alike, as infer leaves them
+        (run / f"fold{fold}" / "test.json").write_text(json.dumps({"tta": {"steps": 0}, "image_size": 32}))
         tests.append(test.set_index("image_name")["pred"])
     oof.to_csv(run / "oof.csv", index=False)
     return {"oof": oof.set_index("image_name")["pred"], "test": pd.concat(tests, axis=1).mean(axis=1)}
