@@ -115,6 +115,8 @@ def read_upload(data: bytes, image_size: int, max_bytes: int = DEFAULT_MAX_BYTES
             if kind not in ACCEPTED_FORMATS:
                 raise RequestError(f"{kind} images are not accepted: upload a JPEG or PNG file", status=415)
             image.load()  # decodes every pixel: a truncated file fails here, not later
+    except RequestError:
+        raise
     except Image.DecompressionBombError as error:
         raise RequestError(f"the image has too many pixels ({error}): upload a smaller image",
                            status=413) from None

@@ -10,7 +10,7 @@ The run's saved config and its trained folds are loaded once, before the server 
 a run with no trained fold stops here with exit status 2. Bad input gets a 4xx JSON error
 ({"error": "..."}) and the server carries on. Needs the `serve` extra: `pip install -e '.[serve]'`.
 """
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastAPI reads the endpoint's annotations at run time.
 
 import argparse
 import importlib.util
@@ -23,6 +23,7 @@ from melanoma.predictor import Predictor, RequestError
 SERVE_MODULES = {"gradio": "gradio", "fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
 FORM_SLACK = 256 * 1024  # the form's other fields and boundaries, on top of the image's size limit
 SITE_FIELD = "anatom_site_general_challenge"
+IMAGE_HEIGHT = 320  # pixels on the page; small images are scaled up to it
 
 
 def missing_packages() -> list[str]:
@@ -115,7 +116,7 @@ def build_page(predictor: Predictor):
                 upload = gr.File(label="Dermoscopy image (JPEG or PNG, any size)",
                                  file_types=[".jpg", ".jpeg", ".png"], type="filepath", elem_id="upload")
                 note = "" if predictor.config.model.metadata else " (ignored by this run)"
-                age = gr.Number(label=f"Age{note}", value=None, minimum=0, maximum=120, elem_id="age")
+                age = gr.Textbox(label=f"Age in years{note}", placeholder="unknown", elem_id="age")
                 sex = gr.Dropdown([unknown] + sorted(encodings["sex"]), value=unknown, label=f"Sex{note}",
                                   elem_id="sex")
                 site = gr.Dropdown([unknown] + sorted(encodings[SITE_FIELD]), value=unknown,
@@ -127,9 +128,10 @@ def build_page(predictor: Predictor):
                 details = gr.Markdown(elem_id="details")
                 with gr.Row():
                     image = gr.Image(label="Image", type="numpy", format="png", interactive=False,
-                                     elem_id="image")
+                                     height=IMAGE_HEIGHT, elem_id="image")
                     heat = gr.Image(label="Grad-CAM, mean over folds (red: raises P(melanoma))",
-                                    type="numpy", format="png", interactive=False, elem_id="gradcam")
+                                    type="numpy", format="png", interactive=False, height=IMAGE_HEIGHT,
+                                    elem_id="gradcam")
                 classes = gr.Label(label="Diagnosis classes (mean over folds and views)", num_top_classes=9,
                                    visible=predictor.diagnosis, elem_id="classes")
         outputs = [probability, details, image, heat, classes]
