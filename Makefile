@@ -15,18 +15,23 @@ SETARG = $(if $(SET),--set $(SET),)
 DEMO := input/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full train resume infer score report compare blend bench submit leaderboard data clean-demo
+.PHONY: help install demo test test-full train resume infer score report compare blend bench serve submit leaderboard data clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' FILE=... MSG=... CONFIGS=... METHOD=..."
+	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' FILE=... MSG=... CONFIGS=... METHOD=... PORT=... HOST=..."
 
-install: $(VENV)/.installed ## create .venv/ and install the project into it
+# In CI (CI=true) install also brings the serve extra (gradio, fastapi, uvicorn) that the tests use.
+install: $(VENV)/.installed $(if $(filter true,$(CI)),$(VENV)/.installed-serve) ## create .venv/ and install the project into it
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-serve: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev,serve]'
 	touch $@
 
 $(DEMO)/train.csv: | $(VENV)/.installed
@@ -42,10 +47,10 @@ demo: install $(DEMO)/records/encodings.json ## synth -> records -> train all fo
 	$(PY) -m melanoma report configs/demo.yaml $(SETARG)
 	@echo "submission: submissions/demo.csv   report: outputs/demo/report/"
 
-test: install ## fast tests (under 10 minutes on 2 cores)
+test: install $(VENV)/.installed-serve ## fast tests (under 10 minutes on 2 cores)
 	$(PY) -m pytest -q
 
-test-full: install ## every test, the slow ones too
+test-full: install $(VENV)/.installed-serve ## every test, the slow ones too
 	$(PY) -m pytest -q -m ""
 
 train: install ## train FOLD (a number or all) of CONFIG
@@ -72,6 +77,11 @@ blend: install ## blend runs: make blend CONFIGS="configs/a.yaml configs/b.yaml"
 
 bench: install ## throughput figures (input pipelines, model, records): table, JSON in outputs/bench.json
 	$(PY) -m melanoma bench --config configs/demo.yaml --set data.image_size=256 $(SET) --synthetic --out outputs/bench.json
+
+PORT ?= 7860
+HOST ?= 127.0.0.1
+serve: $(VENV)/.installed-serve ## web page + POST /predict for one image on CONFIG's trained run (PORT, HOST)
+	$(PY) -m melanoma serve --config $(CONFIG) --port $(PORT) --host $(HOST)
 
 submit: install ## validate FILE, then upload it with the Kaggle CLI: make submit FILE=submissions/x.csv MSG="..."
 	@test -n "$(FILE)" || { echo "usage: make submit FILE=submissions/<name>.csv MSG='message' [CONFIG=...]"; exit 2; }
