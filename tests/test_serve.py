@@ -227,8 +227,10 @@ def test_diagnosis_head_with_metadata_gives_classes_and_uses_the_form(served):
     assert unknown["probability"] not in (answer["probability"], other["probability"])
 
 
-def test_gradcam_of_the_first_view_ignores_the_other_views(served):
-    """The batched explainer takes the first image's gradient only: alone or beside other views, the same map."""
+def test_gradcam_is_each_positions_share_of_the_logit_and_ignores_the_other_views(served):
+    """With pooling then one linear layer, Grad-CAM's signed map at a position is that position's share of
+    the melanoma logit: the map sums, with the layer's bias, to log(p / (1 - p)). The batched explainer
+    takes the first image's gradient only: alone or beside other views, the same map."""
     import tensorflow as tf
 
     from melanoma import gradcam, model as model_lib
@@ -236,12 +238,17 @@ def test_gradcam_of_the_first_view_ignores_the_other_views(served):
 
     base = served["predictor"].config
     config = Config({**base, "data": Config({**base.data, "image_size": 64})})
-    explain = gradcam.explainer(model_lib.build_model(config, pretrained=False))
+    model = model_lib.build_model(config, pretrained=False)
+    explain = gradcam.explainer(model)
     images = tf.constant(np.random.default_rng(1).uniform(0, 255, (3, 64, 64, 3)), tf.float32)
-    alone = explain({"image": images[:1]})[1].numpy()
-    beside = explain({"image": images})[1].numpy()
+    output, alone = (value.numpy() for value in explain({"image": images[:1]}))
     assert alone.shape == (2, 2)  # EfficientNet's last block: the input size / 32
-    np.testing.assert_allclose(alone, beside, rtol=1e-4, atol=1e-6)
+    probability = float(output[0, 0])
+    bias = float(model.get_layer("target").bias.numpy()[0])
+    assert alone.sum() + bias == pytest.approx(np.log(probability / (1 - probability)), abs=1e-4)
+    np.testing.assert_allclose(alone, explain({"image": images})[1].numpy(), rtol=1e-4, atol=1e-6)
+    scaled = gradcam.normalise(alone)
+    assert scaled.min() == 0 and scaled.max() == 1 and np.argmax(scaled) == np.argmax(alone)
 
 
 def test_a_run_without_a_trained_fold_stops_serve_with_exit_2(tiny_data, tmp_path, capsys):

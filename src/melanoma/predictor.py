@@ -62,7 +62,6 @@ def load_run(target: str) -> LoadedRun:
     FileNotFoundError (exit 2) when the run has no saved config or no trained fold.
     """
     from melanoma import inference, report
-    from melanoma import model as model_lib
 
     run_path = report.resolve_run(target)
     if not io_utils.exists(os.path.join(run_path, "config.yaml")):
@@ -75,6 +74,8 @@ def load_run(target: str) -> LoadedRun:
     if not folds:
         raise FileNotFoundError(f"no trained fold in {run_path} (no fold<K>/model.keras of a finished "
                                 f"fold): run `python train.py --config {target} --fold all` first")
+    from melanoma import model as model_lib  # TensorFlow only once the run is known to be there
+
     models = {}
     for fold in folds:
         model = model_lib.build_model(config, pretrained=False)  # weights come from the checkpoint

@@ -76,15 +76,26 @@ def details_markdown(result: predictor_lib.Prediction) -> str:
     else:
         lines += ["", "The run has no out-of-fold predictions to compare with."]
     if result.position["cutoffs"]:
-        lines += ["", "| report cutoff | cutoff | OOF sensitivity | OOF specificity | this image |",
-                  "|---|---:|---:|---:|---|"]
+        lines += ["", "| report's cutoff | P(melanoma) at or above | its OOF sensitivity | its OOF specificity "
+                      "| this image |", "|---|---:|---:|---:|---|"]
         for row in result.position["cutoffs"]:
-            verdict = "**at or above: positive**" if row["passed"] else "below: negative"
+            verdict = "**passes: positive**" if row["passed"] else "below: negative"
             lines.append(f"| {row['rule']} | {row['cutoff']:.4f} | {row['sensitivity']:.3f} | "
                          f"{row['specificity']:.3f} | {verdict} |")
     if not result.metadata_used:
         lines += ["", "Age, sex and site were ignored: the run's model has no metadata branch."]
     return "\n".join(lines)
+
+
+def _for_display(image):
+    """Small images scaled up to the page's image height (the JSON's heatmap keeps the image's size)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    factor = IMAGE_HEIGHT / max(height, width)
+    if factor <= 1:
+        return image
+    return cv2.resize(image, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_LINEAR)
 
 
 def build_page(predictor: Predictor):
@@ -106,7 +117,8 @@ def build_page(predictor: Predictor):
         except RequestError as error:
             raise gr.Error(str(error)) from None
         classes = result.classes if result.classes is not None else {}
-        return (f"{result.probability:.4f}", details_markdown(result), result.image_rgb, result.overlay_rgb,
+        return (f"{result.probability:.4f}", details_markdown(result), _for_display(result.image_rgb),
+                _for_display(result.overlay_rgb),
                 gr.update(value=classes, visible=result.classes is not None))
 
     with gr.Blocks(title=f"melanoma: {predictor.config.name}") as page:
@@ -129,7 +141,7 @@ def build_page(predictor: Predictor):
                 with gr.Row():
                     image = gr.Image(label="Image", type="numpy", format="png", interactive=False,
                                      height=IMAGE_HEIGHT, elem_id="image")
-                    heat = gr.Image(label="Grad-CAM, mean over folds (red: raises P(melanoma))",
+                    heat = gr.Image(label="Grad-CAM, mean over folds (red: raises P(melanoma) most)",
                                     type="numpy", format="png", interactive=False, height=IMAGE_HEIGHT,
                                     elem_id="gradcam")
                 classes = gr.Label(label="Diagnosis classes (mean over folds and views)", num_top_classes=9,
@@ -221,6 +233,7 @@ def command(args: argparse.Namespace) -> int:
               "`pip install -e '.[serve]'` (or run `make serve`)", file=sys.stderr)
         return 2
     predictor = Predictor.from_target(args.config, max_bytes=int(args.max_mb * 2**20))
+    predictor.warm_up()
     app = build_app(predictor)
     import uvicorn
 
