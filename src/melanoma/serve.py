@@ -141,7 +141,7 @@ def build_page(predictor: Predictor):
                 with gr.Row():
                     image = gr.Image(label="Image", type="numpy", format="png", interactive=False,
                                      height=IMAGE_HEIGHT, elem_id="image")
-                    heat = gr.Image(label="Grad-CAM, mean over folds (red: raises P(melanoma) most)",
+                    heat = gr.Image(label="Grad-CAM over the folds (red: raises P(melanoma) most)",
                                     type="numpy", format="png", interactive=False, height=IMAGE_HEIGHT,
                                     elem_id="gradcam")
                 classes = gr.Label(label="Diagnosis classes (mean over folds and views)", num_top_classes=9,
