@@ -266,6 +266,14 @@ def test_a_run_without_a_trained_fold_stops_serve_with_exit_2(tiny_data, tmp_pat
     assert "no trained fold" in err and "train.py" in err
 
 
+def test_a_port_in_use_stops_serve_with_exit_2_before_loading(served, capsys):
+    from melanoma import cli
+
+    taken = int(served["url"].rsplit(":", 1)[1])  # the test server listens there
+    assert cli.main(["serve", "--config", str(served["config"]), "--port", str(taken)]) == 2
+    assert "choose another --port" in capsys.readouterr().err
+
+
 def test_core_modules_do_not_import_web_libraries():
     """Only serve.py imports the serve extra; training, inference and the predictor stay free of it."""
     for path in sorted((REPO / "src" / "melanoma").glob("*.py")):

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -298,6 +299,9 @@ class Predictor:
         self.config = run.config
         self.max_bytes = int(max_bytes)
         self.encodings, self.encodings_source = metadata_encodings(self.config)
+        if self.config.model.metadata and not self.encodings_source.endswith("encodings.json"):
+            print(f"warning: sex and site are read with {self.encodings_source}; if the run's records "
+                  "encode them otherwise, the metadata branch gets wrong codes", file=sys.stderr)
         self.reference = OOFReference.from_run(run.path)
         self.explainers = {fold: gradcam.explainer(model) for fold, model in run.models.items()}
         self.column = gradcam.melanoma_column(next(iter(run.models.values())))

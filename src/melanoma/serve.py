@@ -50,7 +50,8 @@ def run_summary(predictor: Predictor) -> str:
     tta = about["tta"]
     views = "no TTA" if not tta["steps"] else f"TTA: {tta['views']} {tta['mode']} views"
     folds = ",".join(map(str, about["folds"]))
-    metadata = ("age, sex and site feed the model's metadata branch (the patient's image count is unknown)"
+    metadata = (f"age, sex and site feed the model's metadata branch (the patient's image count is unknown; "
+                f"sex and site codes from {about['encodings']})"
                 if about["metadata"] else "this run has no metadata branch: age, sex and site are ignored")
     return (f"# Melanoma: one image\n"
             f"Run **{about['name']}** (`{about['path']}`): {about['backbone']} at {about['image_size']} px, "
@@ -226,12 +227,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="largest image accepted, in MB (default 20)")
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that cannot be listened on now, before a minute is spent loading the folds."""
+    import socket
+
+    from melanoma.config import ConfigError
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror or error}): choose another "
+                          "--port (make serve PORT=...) or --host") from None
+
+
 def command(args: argparse.Namespace) -> int:
     missing = missing_packages()
     if missing:
         print(f"error: serve needs {', '.join(missing)}: install the serve extra with "
               "`pip install -e '.[serve]'` (or run `make serve`)", file=sys.stderr)
         return 2
+    check_port(args.host, args.port)
     predictor = Predictor.from_target(args.config, max_bytes=int(args.max_mb * 2**20))
     predictor.warm_up()
     app = build_app(predictor)
