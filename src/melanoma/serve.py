@@ -83,6 +83,9 @@ def details_markdown(result: predictor_lib.Prediction) -> str:
             verdict = "**passes: positive**" if row["passed"] else "below: negative"
             lines.append(f"| {row['rule']} | {row['cutoff']:.4f} | {row['sensitivity']:.3f} | "
                          f"{row['specificity']:.3f} | {verdict} |")
+    lines += ["", "Grad-CAM (below, right): red where the image raises the melanoma score most, blue where least; "
+                  "each fold's map is scaled from its lowest to its highest position, then the folds' maps are "
+                  "averaged."]
     if not result.metadata_used:
         lines += ["", "Age, sex and site were ignored: the run's model has no metadata branch."]
     return "\n".join(lines)
@@ -142,7 +145,7 @@ def build_page(predictor: Predictor):
                 with gr.Row():
                     image = gr.Image(label="Image", type="numpy", format="png", interactive=False,
                                      height=IMAGE_HEIGHT, elem_id="image")
-                    heat = gr.Image(label="Grad-CAM over the folds (red: raises P(melanoma) most)",
+                    heat = gr.Image(label="Grad-CAM, mean of the folds",
                                     type="numpy", format="png", interactive=False, height=IMAGE_HEIGHT,
                                     elem_id="gradcam")
                 classes = gr.Label(label="Diagnosis classes (mean over folds and views)", num_top_classes=9,
