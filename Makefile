@@ -5,13 +5,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 NOTEBOOK := $(if $(filter-out 0,$(USE_SYSTEM_PYTHON))$(KAGGLE_KERNEL_RUN_TYPE)$(COLAB_RELEASE_TAG)$(COLAB_GPU),1,)
+NOTEBOOK_STAMP ?= .notebook-installed
 ifeq ($(NOTEBOOK),1)
 PY := $(PYTHON)
-NOTEBOOK_STAMP ?= .notebook-installed
 INSTALLED := $(NOTEBOOK_STAMP)
+SERVE_INSTALLED := $(NOTEBOOK_STAMP)-serve
 else
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+SERVE_INSTALLED := $(VENV)/.installed-serve
 endif
 export NO_ALBUMENTATIONS_UPDATE := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
@@ -25,14 +27,15 @@ SETARG = $(if $(SET),--set $(SET),)
 DEMO := input/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full train resume infer score report compare blend bench submit leaderboard data clean-demo
+.PHONY: help install demo test test-full train resume infer score report compare blend bench serve submit leaderboard data clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' FILE=... MSG=... CONFIGS=... METHOD=..."
+	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' FILE=... MSG=... CONFIGS=... METHOD=... PORT=... HOST=..."
 	@echo "  USE_SYSTEM_PYTHON=1 (automatic on Kaggle/Colab): use this Python and its TensorFlow, no .venv/"
 
-install: $(INSTALLED) ## create .venv/ and install the project into it (a notebook: into its own Python)
+# In CI (CI=true) install also brings the serve extra (gradio, fastapi, uvicorn) that the tests use.
+install: $(INSTALLED) $(if $(filter true,$(CI)),$(SERVE_INSTALLED)) ## create .venv/ and install the project into it (a notebook: into its own Python)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +45,14 @@ $(VENV)/.installed: pyproject.toml
 
 $(NOTEBOOK_STAMP): pyproject.toml
 	$(PY) src/melanoma/notebook.py --extras dev
+	touch $@
+
+$(VENV)/.installed-serve: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev,serve]'
+	touch $@
+
+$(NOTEBOOK_STAMP)-serve: $(NOTEBOOK_STAMP)
+	$(PY) src/melanoma/notebook.py --extras dev serve
 	touch $@
 
 $(DEMO)/train.csv: | $(INSTALLED)  # train.csv comes last: without it, an earlier synth was interrupted
@@ -57,10 +68,10 @@ demo: install $(DEMO)/records/encodings.json ## synth -> records -> train all fo
 	$(PY) -m melanoma report configs/demo.yaml $(SETARG)
 	@echo "submission: submissions/demo.csv   report: outputs/demo/report/"
 
-test: install ## fast tests (under 10 minutes on 2 cores)
+test: install $(SERVE_INSTALLED) ## fast tests (under 10 minutes on 2 cores)
 	$(PY) -m pytest -q
 
-test-full: install ## every test, the slow ones too
+test-full: install $(SERVE_INSTALLED) ## every test, the slow ones too
 	$(PY) -m pytest -q -m ""
 
 train: install ## train FOLD (a number or all) of CONFIG
@@ -87,6 +98,11 @@ blend: install ## blend runs: make blend CONFIGS="configs/a.yaml configs/b.yaml"
 
 bench: install ## throughput figures (input pipelines, model, records): table, JSON in outputs/bench.json
 	$(PY) -m melanoma bench --config configs/demo.yaml --set data.image_size=256 $(SET) --synthetic --out outputs/bench.json
+
+PORT ?= 7860
+HOST ?= 127.0.0.1
+serve: $(SERVE_INSTALLED) ## web page + POST /predict for one image on CONFIG's trained run (PORT, HOST)
+	$(PY) -m melanoma serve --config $(CONFIG) --port $(PORT) --host $(HOST)
 
 submit: install ## validate FILE, then upload it with the Kaggle CLI: make submit FILE=submissions/x.csv MSG="..."
 	@test -n "$(FILE)" || { echo "usage: make submit FILE=submissions/<name>.csv MSG='message' [CONFIG=...]"; exit 2; }

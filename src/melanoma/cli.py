@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "leaderboard": ("melanoma.submission:leaderboard", "join Kaggle leaderboard scores to the log"),
     "describe": ("melanoma.describe", "strategy, precision, batch, learning rate and size of a config"),
     "bench": ("melanoma.bench", "throughput figures as JSON"),
+    "serve": ("melanoma.serve", "web page and POST /predict for one image, on a trained run"),
 }
 
 

@@ -121,17 +121,25 @@ def serialize_example(image: bytes, row: dict, int_features) -> bytes:
 
 def resize_jpeg(path: str, size: int, quality: int = 95) -> bytes:
     """Read any JPEG, resize it to size x size (as the public datasets do) and encode it again."""
+    return resize_image_bytes(io_utils.read_bytes(path), size, quality, where=path)
+
+
+def resize_image_bytes(data: bytes, size: int, quality: int = 95, where: str = "image") -> bytes:
+    """An image file's bytes (JPEG, PNG, ...) -> the JPEG bytes a record of `size` px holds for it.
+
+    `serve` passes an uploaded image through here, so it reaches the model as a record built from it would.
+    """
     import cv2
 
-    data = np.frombuffer(io_utils.read_bytes(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     if image is None:
-        raise DataError(f"cannot decode image {path}: the file is empty, truncated or not an image")
+        raise DataError(f"cannot decode image {where}: the file is empty, truncated or not an image")
     interpolation = cv2.INTER_AREA if max(image.shape[:2]) > size else cv2.INTER_CUBIC
     image = cv2.resize(image, (size, size), interpolation=interpolation)
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
-        raise DataError(f"cannot encode image {path} as JPEG")
+        raise DataError(f"cannot encode image {where} as JPEG")
     return encoded.tobytes()
 
 

@@ -1,0 +1,318 @@
+"""`serve`: the JSON endpoint and the page on a tiny trained run, against `infer`'s predictions.
+
+One run (2 folds, 32 px, 1 epoch of 2 steps, 2 dihedral TTA views) is trained and served once for the
+module: a real uvicorn server on a free local port, as `python -m melanoma serve` runs it.
+"""
+import ast
+import base64
+import importlib.util
+import io
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, write_config
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None for name in ("gradio", "fastapi", "uvicorn", "httpx")),
+    reason="the serve extra is not installed: pip install -e '.[serve]' (make test installs it)")
+
+MAX_BYTES = 200 * 1024  # the size limit the test server runs with (serve --max-mb), small to test it
+WEB_MODULES = ("gradio", "fastapi", "uvicorn", "starlette", "multipart", "playwright", "httpx")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _test_images(records_dir: Path) -> dict[str, bytes]:
+    """image_name -> the JPEG bytes a test record holds."""
+    import tensorflow as tf
+
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "image_name": tf.io.FixedLenFeature([], tf.string)}
+    images = {}
+    for serialized in tf.data.TFRecordDataset(sorted(str(p) for p in records_dir.glob("test*.tfrec"))):
+        example = tf.io.parse_single_example(serialized, spec)
+        images[example["image_name"].numpy().decode()] = example["image"].numpy()
+    return images
+
+
+@pytest.fixture(scope="module")
+def served(tiny_data, tmp_path_factory):
+    """A trained tiny run, its submission from `infer`, and a live server on it."""
+    import uvicorn
+
+    from melanoma import cli, serve
+    from melanoma.predictor import Predictor
+
+    folder = tmp_path_factory.mktemp("serve")
+    config = write_config(folder, tiny_data, body="tta:\n  steps: 2\n  mode: dihedral\n  batch_size: 16\n")
+    assert cli.main(["train", "--config", str(config), "--fold", "all"]) == 0
+    assert cli.main(["infer", "--config", str(config)]) == 0
+    run = folder / "outputs" / "tiny"
+    infer = pd.read_csv(folder / "submissions" / "tiny.csv").set_index("image_name")["target"]
+    fold_preds = {k: pd.read_csv(run / f"fold{k}" / "test.csv").set_index("image_name")["pred"] for k in (0, 1)}
+
+    predictor = Predictor.from_target(str(config), max_bytes=MAX_BYTES)
+    predictor.warm_up()
+    app = serve.build_app(predictor)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.1)
+    yield {"url": f"http://127.0.0.1:{port}", "config": config, "run": run, "infer": infer,
+           "fold_preds": fold_preds, "records": _test_images(tiny_data["records"]),
+           "originals": Path(tiny_data["test_images"]), "predictor": predictor}
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def _post(url: str, data: bytes | None = None, name: str = "lesion.jpg", **form):
+    import httpx
+
+    files = {"image": (name, data, "application/octet-stream")} if data is not None else None
+    return httpx.post(f"{url}/predict", files=files, data=form or None, timeout=120)
+
+
+def _png(height: int, width: int, seed: int = 0) -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _heatmap_size(answer: dict) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(answer["heatmap_png"]))) as image:
+        assert image.format == "PNG"
+        return image.height, image.width
+
+
+def test_predict_equals_infer_for_record_and_original_images(served):
+    names = sorted(served["records"])[:3]
+    for name in names:
+        # The record's own JPEG (already the run's 32 px) and the original 48 px JPEG the record was built
+        # from (resized and re-encoded the way `records` did) must both give infer's answer.
+        original = (served["originals"] / f"{name}.jpg").read_bytes()
+        for data, size, as_record in [(served["records"][name], (32, 32), True), (original, (48, 48), False)]:
+            response = _post(served["url"], data)
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            assert abs(answer["probability"] - served["infer"][name]) < 1e-5
+            assert answer["folds"] == [0, 1]
+            np.testing.assert_allclose(answer["fold_probabilities"],
+                                       [served["fold_preds"][k][name] for k in (0, 1)], atol=1e-5)
+            assert answer["tta"] == {"steps": 2, "mode": "dihedral", "views": 2}
+            assert answer["image_used_as_record"] is as_record
+            assert _heatmap_size(answer) == size
+            assert "classes" not in answer  # binary head
+
+
+def test_percentiles_and_cutoffs_match_the_runs_oof(served):
+    from melanoma import report
+
+    oof = pd.read_csv(served["run"] / "oof.csv")
+    name = sorted(served["records"])[0]
+    answer = _post(served["url"], served["records"][name]).json()
+    probability = answer["probability"]
+    for label, value in (("benign", 0), ("malignant", 1)):
+        preds = oof.loc[oof["target"] == value, "pred"].to_numpy()
+        expected = 100 * ((preds < probability).sum() + 0.5 * (preds == probability).sum()) / len(preds)
+        assert answer["percentiles"][label] == pytest.approx(expected)
+        assert answer["percentiles"][f"{label}_images"] == len(preds)
+    table = report.cutoff_table(oof["target"], oof["pred"])
+    rows = table[table["rule"].str.startswith("sensitivity")]
+    assert [row["cutoff"] for row in answer["cutoffs"]] == pytest.approx(rows["cutoff"].tolist())
+    assert answer["cutoffs_passed"] == [rule for rule, cutoff in zip(rows["rule"], rows["cutoff"])
+                                        if probability >= cutoff]
+
+
+def test_any_size_png_gets_a_heatmap_of_its_size(served):
+    answer = _post(served["url"], _png(40, 56), name="wide.png", age_approx="45", sex="female",
+                   anatom_site_general_challenge="torso")
+    assert answer.status_code == 200, answer.text
+    assert _heatmap_size(answer.json()) == (40, 56)
+    assert 0 <= answer.json()["probability"] <= 1
+    assert answer.json()["metadata_used"] is False
+
+
+def test_bad_input_gets_a_4xx_json_error_and_the_server_carries_on(served):
+    url = served["url"]
+    original = (served["originals"] / f"{sorted(served['records'])[0]}.jpg").read_bytes()
+    png = _png(48, 48)
+    bad = {
+        "not an image": (_post(url, b"name,target\nISIC_1,0\n", name="labels.csv"), 415, "not an image"),
+        "gif": (_post(url, _gif(), name="x.gif"), 415, "GIF"),
+        "empty": (_post(url, b""), 400, "empty"),
+        "truncated jpeg": (_post(url, original[: len(original) // 2]), 400, "truncated"),
+        "truncated png": (_post(url, png[: len(png) // 2], name="x.png"), 400, "truncated"),
+        # refused once read (just over the limit), and from the Content-Length header (far over it)
+        "over the limit, read": (_post(url, _png(300, 300), name="big.png"), 413, "over the limit"),
+        "over the limit, header": (_post(url, _png(450, 450), name="huge.png"), 413, "over the"),
+        "unknown site": (_post(url, original, anatom_site_general_challenge="elbow"), 422, "torso"),
+        "unknown sex": (_post(url, original, sex="x"), 422, "female, male"),
+        "bad age": (_post(url, original, age_approx="old"), 422, "age_approx"),
+        "no image": (_post(url, None, sex="male"), 400, "image"),
+    }
+    assert MAX_BYTES < len(_png(300, 300)) < MAX_BYTES + 256 * 1024 < len(_png(450, 450))
+    for what, (response, status, words) in bad.items():
+        assert response.status_code == status, (what, response.text)
+        assert words in response.json()["error"], (what, response.json())
+    assert _post(url, original).status_code == 200
+
+
+def _gif() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
+def test_eight_concurrent_requests_each_get_their_own_answer(served, monkeypatch):
+    import keras
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("a request read a checkpoint")
+
+    monkeypatch.setattr(keras.Model, "load_weights", no_reads)
+    monkeypatch.setattr(keras.models, "load_model", no_reads)
+    names = sorted(served["records"])[:8]
+    assert len(names) == 8
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda n: _post(served["url"], served["records"][n]), names))
+    for name, response in zip(names, responses):
+        assert response.status_code == 200, response.text
+        assert abs(response.json()["probability"] - served["infer"][name]) < 1e-5, name
+
+
+def test_diagnosis_head_with_metadata_gives_classes_and_uses_the_form(served):
+    """Random weights are enough to see the plumbing: two folds averaged, classes that sum to 1 with MEL
+    as the probability, and sex / site / age reaching the metadata branch."""
+    from melanoma import model as model_lib
+    from melanoma.config import Config
+    from melanoma.predictor import LoadedRun, Predictor
+
+    base = served["predictor"].config
+    config = Config({**base, "model": Config({**base.model, "head": "diagnosis", "metadata": True})})
+    models = {fold: model_lib.build_model(config, pretrained=False) for fold in (0, 1)}
+    predictor = Predictor(LoadedRun(path=str(served["run"]), config=config, models=models))
+    image = served["records"][sorted(served["records"])[0]]
+    answer = predictor.predict(image, age_approx=70, sex="male", site="head/neck").to_json()
+    assert answer["folds"] == [0, 1] and answer["fold_probabilities"][0] != answer["fold_probabilities"][1]
+    assert answer["probability"] == pytest.approx(np.mean(answer["fold_probabilities"]))
+    assert set(answer["classes"]) == set(model_lib.DIAGNOSIS_CLASSES)
+    assert sum(answer["classes"].values()) == pytest.approx(1, abs=1e-5)
+    assert answer["classes"]["MEL"] == pytest.approx(answer["probability"], abs=1e-6)
+    assert answer["metadata_used"] is True
+    other = predictor.predict(image, age_approx=20, sex="female", site="lower extremity").to_json()
+    assert other["probability"] != answer["probability"]
+    unknown = predictor.predict(image).to_json()
+    assert unknown["probability"] not in (answer["probability"], other["probability"])
+
+
+def test_gradcam_is_each_positions_share_of_the_logit_and_ignores_the_other_views(served):
+    """With pooling then one linear layer, Grad-CAM's signed map at a position is that position's share of
+    the melanoma logit: the map sums, with the layer's bias, to log(p / (1 - p)). The batched explainer
+    takes the first image's gradient only: alone or beside other views, the same map."""
+    import tensorflow as tf
+
+    from melanoma import gradcam, model as model_lib
+    from melanoma.config import Config
+
+    base = served["predictor"].config
+    config = Config({**base, "data": Config({**base.data, "image_size": 64})})
+    model = model_lib.build_model(config, pretrained=False)
+    explain = gradcam.explainer(model)
+    images = tf.constant(np.random.default_rng(1).uniform(0, 255, (3, 64, 64, 3)), tf.float32)
+    output, alone = (value.numpy() for value in explain({"image": images[:1]}))
+    assert alone.shape == (2, 2)  # EfficientNet's last block: the input size / 32
+    probability = float(output[0, 0])
+    bias = float(model.get_layer("target").bias.numpy()[0])
+    assert alone.sum() + bias == pytest.approx(np.log(probability / (1 - probability)), abs=1e-4)
+    np.testing.assert_allclose(alone, explain({"image": images})[1].numpy(), rtol=1e-4, atol=1e-6)
+    scaled = gradcam.normalise(alone)
+    assert scaled.min() == 0 and scaled.max() == 1 and np.argmax(scaled) == np.argmax(alone)
+
+
+def test_a_run_without_a_trained_fold_stops_serve_with_exit_2(tiny_data, tmp_path, capsys):
+    from melanoma import cli
+    from melanoma.config import load_config, save_config
+
+    config_path = write_config(tmp_path, tiny_data, name="untrained")
+    assert cli.main(["serve", "--config", str(config_path)]) == 2
+    assert "train.py" in capsys.readouterr().err  # no run folder at all
+    run = tmp_path / "outputs" / "untrained"
+    save_config(load_config(config_path))
+    (run / "fold0").mkdir()
+    assert cli.main(["serve", "--config", str(config_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no trained fold" in err and "train.py" in err
+
+
+def test_a_port_in_use_stops_serve_with_exit_2_before_loading(served, capsys):
+    from melanoma import cli
+
+    taken = int(served["url"].rsplit(":", 1)[1])  # the test server listens there
+    assert cli.main(["serve", "--config", str(served["config"]), "--port", str(taken)]) == 2
+    assert "choose another --port" in capsys.readouterr().err
+
+
+def test_core_modules_do_not_import_web_libraries():
+    """Only serve.py imports the serve extra; training, inference and the predictor stay free of it."""
+    for path in sorted((REPO / "src" / "melanoma").glob("*.py")):
+        if path.name == "serve.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name.split(".")[0] not in WEB_MODULES, f"{path.name} imports {name}"
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None,
+                    reason="Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
+def test_page_in_headless_chromium_shows_the_probability(served):
+    """Upload through the page's own file control; the page shows infer's probability (4 decimals)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
+    name = sorted(served["records"])[0]
+    image = served["originals"] / f"{name}.jpg"
+    screenshot = REPO / "outputs" / "serve_browser_failure.png"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(), headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        try:
+            page.goto(served["url"] + "/", timeout=60_000)
+            page.locator("#upload input[type=file]").set_input_files(str(image))
+            field = "#probability textarea, #probability input"
+            page.wait_for_function(f"() => document.querySelector('{field}')?.value", timeout=60_000)
+            shown = page.locator(field).first.input_value()
+            assert float(shown) == pytest.approx(served["infer"][name], abs=5.1e-5), shown
+            assert "fold" in page.locator("#details").inner_text()
+            page.locator("#gradcam img").first.wait_for(timeout=30_000)
+        except Exception:
+            screenshot.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(screenshot), full_page=True)
+            raise
+        finally:
+            browser.close()
