@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from melanoma import cli
@@ -12,6 +13,11 @@ from melanoma.config import load_config
 from conftest import write_config
 
 
+# The real EfficientNet through train, infer, score and validate takes two minutes on 2 cores, most of
+# it tracing the model's steps. `make test` runs the same path with the real model in the serve tests'
+# trained run (train both folds, infer), and every stage with the tiny model (test_distributed,
+# test_recipes, test_runs_cannot_lie); this full pass is in `make test-full`.
+@pytest.mark.slow
 def test_tiny_run_trains_scores_and_submits(tiny_data, tmp_path, capsys):
     path = write_config(tmp_path, tiny_data, body="tta:\n  steps: 2\n  mode: random\n  batch_size: 16\n")
     config = load_config(path)

@@ -189,7 +189,9 @@ def check_fold(config, summary):
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
-@pytest.mark.parametrize("name", list(RUNS))
+# The metadata variants retrace the step with a second input; they run in `make test-full`.
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if "metadata" in name else name
+                                  for name in RUNS])
 def test_tiny_fold_trains(tiny, tmp_path, small_model, name):
     config = tiny_config(tiny, tmp_path, *RUNS[name])
     check_fold(config, training.train_fold(config, 0))

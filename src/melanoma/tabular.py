@@ -280,8 +280,6 @@ def train(config, folds: list[int], force: bool = False, resume: bool = False, c
 
     The run is bound to its config as a CNN run is (`run.bind_run`): a changed config is refused, and
     --force moves the old run aside."""
-    from sklearn.metrics import roc_auc_score
-
     from melanoma import run as run_lib, training
 
     check_config(config)
@@ -297,14 +295,7 @@ def train(config, folds: list[int], force: bool = False, resume: bool = False, c
         print(f"fold {fold}: already finished (use --force to train it again)")
     for fold in todo:
         train_fold(config, fold, table, fold_data[fold])
-    gathered = training.gather_oof(config)
-    if gathered:
-        oof = io_utils.read_csv(gathered)
-        auc = roc_auc_score(oof["target"], oof["pred"])
-        print(f"OOF AUC over {config.data.folds} folds: {auc:.4f} ({len(oof)} images) -> {gathered}")
-    else:
-        missing = [k for k in range(config.data.folds) if not fold_finished(config, k)]
-        print(f"folds still to train: {missing}")
+    training.report_oof(config, fold_finished)
     return 0
 
 

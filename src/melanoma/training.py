@@ -662,8 +662,14 @@ def command(args: argparse.Namespace) -> int:
             print(f"run {config.name}: {kind} {index} of a cluster; the chief writes the run's files")
         for fold in todo:
             train_fold(work, fold, resume=args.resume)
-    if not chief:
-        return 0
+    if chief:
+        report_oof(config, fold_finished)
+    return 0
+
+
+def report_oof(config, finished) -> None:
+    """Gather the run's OOF once every fold has one and print its AUC, else the folds still to train
+    (`finished(config, fold)` says which folds are done; a tabular run has its own)."""
     gathered = gather_oof(config)
     if gathered:
         from sklearn.metrics import roc_auc_score
@@ -672,6 +678,5 @@ def command(args: argparse.Namespace) -> int:
         auc = roc_auc_score(oof["target"], oof["pred"])
         print(f"OOF AUC over {config.data.folds} folds: {auc:.4f} ({len(oof)} images) -> {gathered}")
     else:
-        missing = [k for k in range(config.data.folds) if not fold_finished(config, k)]
+        missing = [k for k in range(config.data.folds) if not finished(config, k)]
         print(f"folds still to train: {missing}")
-    return 0
