@@ -48,21 +48,28 @@ def _test_images(records_dir: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def served(tiny_data, tmp_path_factory):
-    """A trained tiny run, its submission from `infer`, and a live server on it."""
+    """A trained tiny run, its submission from `infer`, and a live server on it.
+
+    The run's model is the tests' tiny batch-norm network (a convolution, then the `pool` layer and the
+    output layer, as in model.build_model): train, infer and serve all build it through
+    model.build_model, and tracing EfficientNet's steps would take most of this file's time."""
+    import reliability_helpers as helpers
     import uvicorn
 
-    from melanoma import cli, serve
+    from melanoma import cli, model as model_lib, serve
     from melanoma.predictor import Predictor
 
     folder = tmp_path_factory.mktemp("serve")
     config = write_config(folder, tiny_data, body="tta:\n  steps: 2\n  mode: dihedral\n  batch_size: 16\n")
-    assert cli.main(["train", "--config", str(config), "--fold", "all"]) == 0
-    assert cli.main(["infer", "--config", str(config)]) == 0
+    with pytest.MonkeyPatch.context() as patch:  # while the run is trained, predicted and loaded
+        patch.setattr(model_lib, "build_model", helpers.build_tiny_normalised_model)
+        assert cli.main(["train", "--config", str(config), "--fold", "all"]) == 0
+        assert cli.main(["infer", "--config", str(config)]) == 0
+        predictor = Predictor.from_target(str(config), max_bytes=MAX_BYTES)
     run = folder / "outputs" / "tiny"
     infer = pd.read_csv(folder / "submissions" / "tiny.csv").set_index("image_name")["target"]
     fold_preds = {k: pd.read_csv(run / f"fold{k}" / "test.csv").set_index("image_name")["pred"] for k in (0, 1)}
 
-    predictor = Predictor.from_target(str(config), max_bytes=MAX_BYTES)
     predictor.warm_up()
     app = serve.build_app(predictor)
     port = _free_port()
