@@ -68,11 +68,12 @@ demo: install $(DEMO)/records/encodings.json ## synth -> records -> train all fo
 	$(PY) -m melanoma report configs/demo.yaml $(SETARG)
 	@echo "submission: submissions/demo.csv   report: outputs/demo/report/"
 
-test: install $(SERVE_INSTALLED) ## fast tests (under 10 minutes on 2 cores)
-	$(PY) -m pytest -q
+TEST_WORKERS ?= 2
+test: install $(SERVE_INSTALLED) ## fast tests in TEST_WORKERS processes (about 6 minutes on 2 cores)
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-full: install $(SERVE_INSTALLED) ## every test, the slow ones too
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -m "" -n $(TEST_WORKERS)
 
 train: install ## train FOLD (a number or all) of CONFIG
 	$(PY) train.py --config $(CONFIG) --fold $(FOLD) $(SETARG)
