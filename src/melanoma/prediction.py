@@ -12,6 +12,7 @@ the work, and each worker then holds the same validation score to choose its che
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -50,6 +51,9 @@ def sync_replicas(model, strategy) -> None:
             variable.assign(variable.read_value())
 
 
+_PREDICTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 class Predictor:
     """The model's inference step on every replica of `strategy` for host batches of up to `rows` rows.
 
@@ -58,17 +62,28 @@ class Predictor:
     """
 
     def __init__(self, model, strategy, rows: int):
-        self.model = model
         self.strategy = strategy
         self.local = hardware.local_replicas(strategy)
         self.per_replica = max(1, math.ceil(rows / self.local))
         self.rows = self.per_replica * self.local
 
+        network = weakref.ref(model)  # the cache below must not keep a finished fold's model alive
+
         @tf.function
         def step(inputs):
-            return strategy.run(lambda values: model(values, training=False), args=(inputs,))
+            return strategy.run(lambda values: network()(values, training=False), args=(inputs,))
 
         self._step = step
+
+    @classmethod
+    def cached(cls, model, strategy, rows: int) -> "Predictor":
+        """The model's predictor for this strategy and batch size, built (and traced) once: the
+        per-epoch validation then reuses the compiled step instead of tracing the model every epoch."""
+        per_model = _PREDICTORS.setdefault(model, {})
+        key = (id(strategy), rows)
+        if key not in per_model:
+            per_model[key] = cls(model, strategy, rows)
+        return per_model[key]
 
     def _slices(self, inputs: dict):
         local, size = self.local, self.per_replica
@@ -113,7 +128,7 @@ def predict_files(model, paths: list[str], config, split: str, count: int | None
     from melanoma import model as model_lib, taxonomy
 
     network, classes = model_lib.prediction_head(model)
-    predictor = Predictor(network, strategy, max(1, batch_size // views) * views)
+    predictor = Predictor.cached(network, strategy, max(1, batch_size // views) * views)
     names, preds, extras = [], [], {"target": [], "patient_id": [], "diagnosis": []}
     hint = integrity.HINT_TRAIN if split == "train" else integrity.HINT_PREDICT
     with integrity.named_data_errors(paths, split, config.data.image_size, desc, hint), \
