@@ -30,11 +30,19 @@ CPU_DEVICES_VARIABLE = "MELANOMA_CPU_DEVICES"
 cluster_workers = kerasapi.cluster_tasks
 
 
+def _tf_config() -> dict:
+    text = os.environ.get("TF_CONFIG", "")
+    return json.loads(text) if text.strip() else {}
+
+
 def worker_task() -> tuple[str, int]:
     """(type, index) of this process's task in TF_CONFIG; ('worker', 0) without one."""
-    text = os.environ.get("TF_CONFIG", "")
-    task = json.loads(text).get("task", {}) if text.strip() else {}
+    task = _tf_config().get("task", {})
     return str(task.get("type", "worker")), int(task.get("index", 0))
+
+
+def _has_chief() -> bool:
+    return bool(_tf_config().get("cluster", {}).get("chief"))
 
 
 def is_chief() -> bool:
@@ -43,8 +51,7 @@ def is_chief() -> bool:
     if cluster_workers() <= 1:
         return True
     kind, index = worker_task()
-    cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
-    return kind == "chief" or (kind == "worker" and index == 0 and not cluster.get("chief"))
+    return kind == "chief" or (kind == "worker" and index == 0 and not _has_chief())
 
 
 def input_shard() -> tuple[int, int]:
@@ -53,8 +60,7 @@ def input_shard() -> tuple[int, int]:
     if workers <= 1:
         return 1, 0
     kind, index = worker_task()
-    has_chief = bool(json.loads(os.environ["TF_CONFIG"]).get("cluster", {}).get("chief"))
-    return workers, (0 if kind == "chief" else index + int(has_chief))
+    return workers, (0 if kind == "chief" else index + int(_has_chief()))
 
 
 def cpu_devices() -> int:
