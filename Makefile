@@ -1,6 +1,6 @@
 # The verbs a user types. `make help` lists them. Every target uses the project's own .venv/, except on
 # a Kaggle or Colab notebook (or with USE_SYSTEM_PYTHON=1), where they use the notebook's own Python and
-# install into it without touching its TensorFlow (src/melanoma/notebook.py).
+# install into it without touching its TensorFlow (src/melanoma/tools/notebook.py).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -44,7 +44,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(NOTEBOOK_STAMP): pyproject.toml
-	$(PY) src/melanoma/notebook.py --extras dev
+	$(PY) src/melanoma/tools/notebook.py --extras dev
 	touch $@
 
 $(VENV)/.installed-serve: $(VENV)/.installed
@@ -52,7 +52,7 @@ $(VENV)/.installed-serve: $(VENV)/.installed
 	touch $@
 
 $(NOTEBOOK_STAMP)-serve: $(NOTEBOOK_STAMP)
-	$(PY) src/melanoma/notebook.py --extras dev serve
+	$(PY) src/melanoma/tools/notebook.py --extras dev serve
 	touch $@
 
 $(DEMO)/train.csv: | $(INSTALLED)  # train.csv comes last: without it, an earlier synth was interrupted

@@ -18,7 +18,8 @@ REAL_METADATA = REPO.parent / "shared" / "data" / "siim-isic-2020-train.csv"
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict:
     """32 px demo data (about 150 train images of 30 patients, 6 parts) and its records."""
-    from melanoma import records, synth
+    from melanoma.data import records
+    from melanoma.tools import synth
 
     root = tmp_path_factory.mktemp("tiny")
     summary = synth.synthesize(str(root / "data"), size=48, patients=30, test_patients=6, seed=3,

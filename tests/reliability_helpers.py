@@ -17,7 +17,7 @@ REPO = TESTS.parent
 
 
 def build_tiny_model(config, pretrained: bool = True):
-    from melanoma.kerasapi import keras
+    from melanoma.core.kerasapi import keras
 
     size = config.data.image_size
     image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
@@ -31,7 +31,7 @@ def build_tiny_model(config, pretrained: bool = True):
 def build_tiny_normalised_model(config, pretrained: bool = True):
     """The tiny model with a batch-norm layer: replicas keep moving statistics of their own, which
     the distributed tests need to see handled."""
-    from melanoma.kerasapi import keras
+    from melanoma.core.kerasapi import keras
 
     size = config.data.image_size
     image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
@@ -45,7 +45,7 @@ def build_tiny_normalised_model(config, pretrained: bool = True):
 
 
 def install_tiny_model(monkeypatch=None) -> None:
-    from melanoma import model
+    from melanoma.model import network as model
 
     if monkeypatch is None:
         model.build_model = build_tiny_model
@@ -55,7 +55,7 @@ def install_tiny_model(monkeypatch=None) -> None:
 
 def add_callback(make_callback, monkeypatch=None) -> None:
     """Put one more callback first in the fold's callbacks (make_callback() builds it)."""
-    from melanoma import training
+    from melanoma.train import training
 
     original = training.make_callbacks
 

@@ -1,4 +1,4 @@
-"""Augmentation ops of every backend (melanoma.augment), eagerly and inside tf.data, and TTA decoding."""
+"""Augmentation ops of every backend (melanoma.input.augment), eagerly and inside tf.data, and TTA decoding."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from melanoma import augment, pipeline, records
-from melanoma import config as config_lib
+from melanoma.input import augment, pipeline
+from melanoma.data import records
+from melanoma.core import config as config_lib
 
 BASE = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
 OFF = {"flip": False, "transpose": False, "rotate_limit": 0, "scale_limit": 0.0, "shift_limit": 0.0,

@@ -1,4 +1,4 @@
-"""The `bench` command (melanoma.bench): figures and JSON keys on a tiny generated dataset."""
+"""The `bench` command (melanoma.tools.bench): figures and JSON keys on a tiny generated dataset."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from melanoma import bench, cli
-from melanoma import config as config_lib
+from melanoma.tools import bench
+from melanoma import cli
+from melanoma.core import config as config_lib
 
 BASE = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
 TINY = ["--set", "data.image_size=32", "train.batch_size=8", "tta.batch_size=16", "tta.steps=4",

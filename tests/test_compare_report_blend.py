@@ -10,9 +10,10 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from melanoma import blend, cli, compare, report, scoring
-from melanoma.config import load_config
-from melanoma.errors import DataError
+from melanoma.evaluate import blend, compare, report, scoring
+from melanoma import cli
+from melanoma.core.config import load_config
+from melanoma.core.errors import DataError
 
 FOLDS = 5
 ROWS = 500
@@ -272,7 +273,7 @@ def test_blend_command_writes_a_run_and_a_submission(project, capsys):
     assert sum(summary["weights"].values()) == pytest.approx(1)
     assert summary["auc_in_sample"] >= summary["auc"] - 0.01
     submission = project.submissions / "blend-trio.csv"
-    from melanoma.submission import validate_submission
+    from melanoma.predict.submission import validate_submission
 
     validated = validate_submission(str(submission), str(project.sample))
     assert len(validated) == TEST_ROWS

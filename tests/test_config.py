@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from melanoma import config as config_lib
-from melanoma.config import ConfigError, load_config
+from melanoma.core import config as config_lib
+from melanoma.core.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

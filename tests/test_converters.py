@@ -18,8 +18,11 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from melanoma import cli, converters, pipeline, records, sources, taxonomy, training
-from melanoma.config import ConfigError, load_config
+from melanoma import cli
+from melanoma.data import converters, records, sources, taxonomy
+from melanoma.input import pipeline
+from melanoma.train import training
+from melanoma.core.config import ConfigError, load_config
 
 ISIC2019_CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]  # published column order
 HAM10000_DX = {"akiec": "AK", "bcc": "BCC", "bkl": "BKL", "df": "DF", "mel": "MEL", "nv": "NV", "vasc": "VASC"}
@@ -334,7 +337,7 @@ def small_diagnosis_model(monkeypatch):
     """Pooling + a 9-way softmax in the diagnosis head's wrapper: the data flow is what is under test."""
     import keras
 
-    from melanoma import model
+    from melanoma.model import network as model
 
     def build(config, pretrained=True):
         size = config.data.image_size

@@ -48,15 +48,16 @@ def run(command, env, timeout=600) -> subprocess.CompletedProcess:
 
 
 def validation_paths(config) -> list[str]:
-    from melanoma import pipeline
+    from melanoma.input import pipeline
 
     files = pipeline.list_files(config.data.train_files, "data.train_files")
     return [f.path for f in pipeline.split_folds(files, 0, config.data.folds)[1]]
 
 
 def test_two_replicas_train_predict_and_agree_with_one(tiny_data, tmp_path):
-    from melanoma import config as config_lib, prediction
-    from melanoma.kerasapi import keras
+    from melanoma.core import config as config_lib
+    from melanoma.model import prediction
+    from melanoma.core.kerasapi import keras
 
     path = write_config(tmp_path, tiny_data, BODY)
     env = environment(MELANOMA_CPU_DEVICES="2")
@@ -96,8 +97,8 @@ def test_predictor_pads_splits_and_unpads_across_replicas():
     padding arithmetic on the default strategy, which the subprocess tests run on two replicas)."""
     import tensorflow as tf
 
-    from melanoma import prediction
-    from melanoma.kerasapi import keras
+    from melanoma.model import prediction
+    from melanoma.core.kerasapi import keras
 
     inputs = keras.Input(shape=(3,), name="x")
     model = keras.Model({"x": inputs}, keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(inputs))
@@ -191,7 +192,8 @@ def test_describe_reports_the_replicas_strategy_keras_and_augmentation_actually_
 
 
 def test_auto_augmentation_is_the_graph_backend_on_a_tpu_and_opencv_elsewhere(monkeypatch):
-    from melanoma import augment, hardware
+    from melanoma.input import augment
+    from melanoma.core import hardware
 
     assert augment.resolve_backend("auto") == "opencv"
     assert augment.resolve_backend("albumentations") == "albumentations"
@@ -201,14 +203,14 @@ def test_auto_augmentation_is_the_graph_backend_on_a_tpu_and_opencv_elsewhere(mo
 
 
 def augment_config(backend):
-    from melanoma import config as config_lib
+    from melanoma.core import config as config_lib
 
     return config_lib.load_config(str(helpers.REPO / "configs" / "demo.yaml"), [f"augment.backend={backend}"]).augment
 
 
 def test_each_worker_reads_its_own_shard_of_every_file(tiny_data):
     """Two workers' record streams are disjoint and together hold every record once."""
-    from melanoma import pipeline
+    from melanoma.input import pipeline
 
     paths = sorted(str(p) for p in tiny_data["records"].glob("train*.tfrec"))
     names = []
@@ -222,7 +224,8 @@ def test_each_worker_reads_its_own_shard_of_every_file(tiny_data):
 
 
 def test_steps_per_execution_reaches_the_compiled_model(tiny_data, tmp_path):
-    from melanoma import config as config_lib, training
+    from melanoma.core import config as config_lib
+    from melanoma.train import training
 
     config = config_lib.load_config(str(write_config(tmp_path, tiny_data)), ["train.steps_per_execution=4"])
     model = training.compile_model(helpers.build_tiny_model(config), config, global_batch=8)
@@ -237,7 +240,7 @@ def test_every_module_takes_keras_from_kerasapi():
     import re
 
     offenders = []
-    for path in sorted((helpers.REPO / "src" / "melanoma").glob("*.py")):
+    for path in sorted((helpers.REPO / "src" / "melanoma").rglob("*.py")):
         if path.name == "kerasapi.py":
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from melanoma import cli
-from melanoma.config import load_config
+from melanoma.core.config import load_config
 
 from conftest import write_config
 

@@ -1,4 +1,4 @@
-"""Patient-grouped, stratified parts and folds (melanoma.folds)."""
+"""Patient-grouped, stratified parts and folds (melanoma.data.folds)."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from melanoma import cli, folds
-from melanoma.errors import DataError
+from melanoma import cli
+from melanoma.data import folds
+from melanoma.core.errors import DataError
 
 REAL_METADATA = "/work/shared/data/siim-isic-2020-train.csv"
 

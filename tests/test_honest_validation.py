@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from melanoma import cli, compare, report, scoring, selection
-from melanoma.config import ConfigError, load_config
+from melanoma import cli
+from melanoma.evaluate import compare, report, scoring, selection
+from melanoma.core.config import ConfigError, load_config
 
 from conftest import REPO
 from test_compare_report_blend import FOLDS, Project, truth
@@ -417,7 +418,7 @@ def test_training_keeps_every_epochs_validation_predictions(tiny_data, tmp_path,
 
 
 def test_val_epoch_rows_keep_the_committed_epochs_only(tmp_path):
-    from melanoma import runstate
+    from melanoma.core import runstate
 
     rows = pd.DataFrame({"image_name": ["a", "b"] * 3, "epoch": [1, 1, 2, 2, 3, 3], "pred": np.linspace(0, 1, 6)})
     rows.to_csv(tmp_path / "val_epochs.csv", index=False)

@@ -1,4 +1,4 @@
-"""Backbones, pretrained weights, heads, precision and strategy detection (melanoma.model, .hardware)."""
+"""Backbones, pretrained weights, heads, precision and strategy detection (melanoma.model.network, .hardware)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from melanoma import config as config_lib, hardware, model as model_lib
-from melanoma.config import ConfigError
+from melanoma.core import config as config_lib, hardware
+from melanoma.model import network as model_lib
+from melanoma.core.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -162,7 +163,7 @@ def test_cached_pretrained_file_is_used_offline(offline):
 
 
 def inputs(batch: int = 3, metadata: bool = False, seed: int = 0):
-    from melanoma.pipeline import METADATA_SIZE
+    from melanoma.input.pipeline import METADATA_SIZE
 
     rng = np.random.default_rng(seed)
     values = {"image": rng.uniform(0, 255, (batch, SIZE, SIZE, 3)).astype("float32")}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from melanoma import notebook
+from melanoma.tools import notebook
 
 REPO = Path(__file__).resolve().parents[1]
 LIST_PACKAGES = ("import importlib.metadata as m, json; "

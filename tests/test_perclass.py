@@ -1,4 +1,4 @@
-"""Per-class evaluation (melanoma.perclass) on hand-worked examples, and the report's confusion matrices
+"""Per-class evaluation (melanoma.evaluate.perclass) on hand-worked examples, and the report's confusion matrices
 (no training, no TensorFlow)."""
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from melanoma import perclass, report, taxonomy
-from melanoma.errors import DataError
+from melanoma.evaluate import perclass, report
+from melanoma.data import taxonomy
+from melanoma.core.errors import DataError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

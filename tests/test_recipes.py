@@ -16,7 +16,13 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from melanoma import cli, config as config_lib, describe, model as model_lib, pipeline, records, schedules, training
+from melanoma import cli
+from melanoma.core import config as config_lib
+from melanoma.tools import describe
+from melanoma.model import network as model_lib
+from melanoma.input import pipeline
+from melanoma.data import records
+from melanoma.train import schedules, training
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "base.yaml")

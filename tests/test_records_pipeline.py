@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from melanoma import pipeline, records
-from melanoma.config import load_config
-from melanoma.errors import DataError
+from melanoma.input import pipeline
+from melanoma.data import records
+from melanoma.core.config import load_config
+from melanoma.core.errors import DataError
 
 from conftest import write_config
 
@@ -72,7 +73,7 @@ def test_eval_pipeline_keeps_order_and_every_image(tiny_data, tmp_path):
 
 
 def test_dihedral_views_are_the_eight_symmetries():
-    from melanoma import augment
+    from melanoma.input import augment
 
     image = tf.reshape(tf.range(2 * 2 * 3, dtype=tf.int32), (2, 2, 3))
     views = augment.dihedral_views(image).numpy()
@@ -82,7 +83,7 @@ def test_dihedral_views_are_the_eight_symmetries():
 
 
 def test_train_pipeline_shuffles_repeats_and_drops_remainder(tiny_data, tmp_path):
-    from melanoma import augment
+    from melanoma.input import augment
 
     config = load_config(write_config(tmp_path, tiny_data))
     paths = [f.path for f in pipeline.list_files(f"{tiny_data['records']}/train*.tfrec")][:2]

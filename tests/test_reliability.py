@@ -15,7 +15,9 @@ import yaml
 
 import reliability_helpers as helpers
 from conftest import write_config
-from melanoma import cli, config as config_lib, integrity
+from melanoma import cli
+from melanoma.core import config as config_lib
+from melanoma.data import integrity
 
 
 def run_dir(tmp_path):
@@ -28,7 +30,7 @@ def run_dir(tmp_path):
 @pytest.fixture
 def no_model(monkeypatch):
     """Fail the test if anything builds a model."""
-    from melanoma import model
+    from melanoma.model import network as model
 
     def refuse(config):
         raise AssertionError("a model was built although the config is wrong")

@@ -15,7 +15,9 @@ import pytest
 
 import reliability_helpers as helpers
 from conftest import write_config
-from melanoma import cli, config as config_lib, io_utils, runstate, schedules
+from melanoma import cli
+from melanoma.core import config as config_lib, io_utils, runstate
+from melanoma.train import schedules
 
 EPOCHS = 4
 STEPS = 2
@@ -77,7 +79,7 @@ def test_killed_fold_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, 
     assert runstate.leftovers(str(fold)) == [str(leftover)]
 
     # inference leaves the half-trained fold out of an ensemble
-    from melanoma import inference
+    from melanoma.predict import inference
 
     assert inference.trained_folds(config) == []
     # without --resume the interrupted fold is neither restarted nor continued

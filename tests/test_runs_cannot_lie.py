@@ -22,7 +22,10 @@ import yaml
 
 import reliability_helpers as helpers
 from conftest import write_config
-from melanoma import cli, config as config_lib, progress, quiet, records, training
+from melanoma import cli
+from melanoma.core import config as config_lib, progress, quiet
+from melanoma.data import records
+from melanoma.train import training
 
 STARTUP_LINES = ("All log messages before absl::InitializeLog()", "Could not find cuda drivers")
 
@@ -68,7 +71,7 @@ def test_training_a_run_again_under_another_config_is_refused(run_copy, tmp_path
     assert "data.image_size: 32 -> 48" in err and "model.backbone: 'efficientnet-b0' -> 'efficientnet-b2'" in err
     assert "--force" in err and "--set name=" in err and "Traceback" not in err
     assert snapshot(run) == before, "a refused run must not change a file"
-    from melanoma import run as run_lib
+    from melanoma.core import run as run_lib
 
     changed = config_lib.load_config(run_copy, ["data.image_size=48"])
     run_lib.bind_run(changed, run_copy, force=True, write=False)  # a cluster's other workers: no writes
@@ -166,7 +169,7 @@ def test_a_checkpoint_that_does_not_fit_is_one_line(run_copy, tmp_path, capsys, 
         features = keras.layers.GlobalAveragePooling2D(name="pool")(features)
         return keras.Model({"image": image}, keras.layers.Dense(1, activation="sigmoid", name="target")(features))
 
-    from melanoma import model
+    from melanoma.model import network as model
 
     monkeypatch.setattr(model, "build_model", wider)
     assert cli.main(["infer", "--config", str(run_copy), "--recompute"]) == 2
@@ -279,7 +282,7 @@ def test_records_killed_midway_leaves_nothing_that_training_would_take(jpeg_data
     assert not out.exists(), "a killed records must not leave a folder under its final name"
     assert [p.name for p in tmp_path.glob(".records.tmp-*")], "the half-written folder is hidden aside"
 
-    from melanoma import model
+    from melanoma.model import network as model
 
     monkeypatch.setattr(model, "build_model", helpers.build_tiny_model)
     path = write_config(tmp_path, tiny_data)
@@ -300,7 +303,7 @@ def test_records_killed_midway_leaves_nothing_that_training_would_take(jpeg_data
 
 
 def test_training_refuses_a_records_folder_that_is_not_complete(tiny_data, tmp_path, capsys, monkeypatch):
-    from melanoma import model
+    from melanoma.model import network as model
 
     monkeypatch.setattr(model, "build_model", helpers.build_tiny_model)
     path = write_config(tmp_path, tiny_data)
@@ -405,7 +408,7 @@ def test_a_partial_ensemble_is_named_as_such_and_submitted_only_when_asked(run_c
     assert cli.main(["submit", sub, "-m", "one fold", "--allow-partial"]) == 0
     [row] = pd.read_csv("submissions/log.csv", dtype=str).to_dict("records")
     assert row["folds"] == "0 of 2" and row["config"] == "tiny"
-    from melanoma.scoring import competition_auc
+    from melanoma.evaluate.scoring import competition_auc
 
     fold0 = pd.read_csv(run / "fold0" / "oof.csv")
     assert float(row["oof_auc"]) == pytest.approx(competition_auc(fold0["target"], fold0["pred"]), abs=1e-6)

@@ -1,4 +1,4 @@
-"""Learning-rate schedules (melanoma.schedules), per epoch, against their formulas."""
+"""Learning-rate schedules (melanoma.train.schedules), per epoch, against their formulas."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from melanoma import config as config_lib, schedules
+from melanoma.core import config as config_lib
+from melanoma.train import schedules
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,7 @@ def test_schedule_reaches_the_optimizer(tmp_path):
     """The Keras callback that training uses sets the optimizer's rate to the formula's value."""
     import keras
 
-    from melanoma import training
+    from melanoma.train import training
 
     config = config_lib.load_config(REPO / "configs" / "demo.yaml", ["train.schedule=cosine"])
     callbacks, _, _ = training.make_callbacks(config, str(tmp_path), 32, [])

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from melanoma import cli, scoring
-from melanoma.errors import DataError
+from melanoma import cli
+from melanoma.evaluate import scoring
+from melanoma.core.errors import DataError
 
 HYPOTHESIS = settings(deadline=None, max_examples=120,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

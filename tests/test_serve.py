@@ -56,8 +56,10 @@ def served(tiny_data, tmp_path_factory):
     import reliability_helpers as helpers
     import uvicorn
 
-    from melanoma import cli, model as model_lib, serve
-    from melanoma.predictor import Predictor
+    from melanoma import cli
+    from melanoma.model import network as model_lib
+    from melanoma.serve import app as serve
+    from melanoma.serve.predictor import Predictor
 
     folder = tmp_path_factory.mktemp("serve")
     config = write_config(folder, tiny_data, body="tta:\n  steps: 2\n  mode: dihedral\n  batch_size: 16\n")
@@ -132,7 +134,7 @@ def test_predict_equals_infer_for_record_and_original_images(served):
 
 
 def test_percentiles_and_cutoffs_match_the_runs_oof(served):
-    from melanoma import report
+    from melanoma.evaluate import report
 
     oof = pd.read_csv(served["run"] / "oof.csv")
     name = sorted(served["records"])[0]
@@ -212,9 +214,9 @@ def test_eight_concurrent_requests_each_get_their_own_answer(served, monkeypatch
 def test_diagnosis_head_with_metadata_gives_classes_and_uses_the_form(served):
     """Random weights are enough to see the plumbing: two folds averaged, classes that sum to 1 with MEL
     as the probability, and sex / site / age reaching the metadata branch."""
-    from melanoma import model as model_lib
-    from melanoma.config import Config
-    from melanoma.predictor import LoadedRun, Predictor
+    from melanoma.model import network as model_lib
+    from melanoma.core.config import Config
+    from melanoma.serve.predictor import LoadedRun, Predictor
 
     base = served["predictor"].config
     config = Config({**base, "model": Config({**base.model, "head": "diagnosis", "metadata": True})})
@@ -240,8 +242,8 @@ def test_gradcam_is_each_positions_share_of_the_logit_and_ignores_the_other_view
     takes the first image's gradient only: alone or beside other views, the same map."""
     import tensorflow as tf
 
-    from melanoma import gradcam, model as model_lib
-    from melanoma.config import Config
+    from melanoma.model import gradcam, network as model_lib
+    from melanoma.core.config import Config
 
     base = served["predictor"].config
     config = Config({**base, "data": Config({**base.data, "image_size": 64})})
@@ -260,7 +262,7 @@ def test_gradcam_is_each_positions_share_of_the_logit_and_ignores_the_other_view
 
 def test_a_run_without_a_trained_fold_stops_serve_with_exit_2(tiny_data, tmp_path, capsys):
     from melanoma import cli
-    from melanoma.config import load_config, save_config
+    from melanoma.core.config import load_config, save_config
 
     config_path = write_config(tmp_path, tiny_data, name="untrained")
     assert cli.main(["serve", "--config", str(config_path)]) == 2

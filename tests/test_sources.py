@@ -1,4 +1,4 @@
-"""Data sources of a fold (melanoma.sources): fake copies of each public source in its exact format, one
+"""Data sources of a fold (melanoma.data.sources): fake copies of each public source in its exact format, one
 tiny fold trained on each, duplicates planted and dropped, and the leak checks.
 
 Training here uses a stand-in model (pooling + one dense layer): these tests are about which images
@@ -16,9 +16,11 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from melanoma import cli, converters, pipeline, records, sources, taxonomy
-from melanoma.config import ConfigError, load_config
-from melanoma.errors import CheckFailed
+from melanoma import cli
+from melanoma.data import converters, records, sources, taxonomy
+from melanoma.input import pipeline
+from melanoma.core.config import ConfigError, load_config
+from melanoma.core.errors import CheckFailed
 
 REAL_METADATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "siim-isic-2020-train.csv"
 PUBLIC_TRAIN_COLUMNS = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge",
@@ -175,7 +177,7 @@ def fast_model(monkeypatch):
     """Swap the EfficientNet for pooling + one dense layer: the data flow is what is under test."""
     import keras
 
-    from melanoma import model
+    from melanoma.model import network as model
 
     def build(config):
         size = config.data.image_size

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from melanoma import cli, submission
-from melanoma.errors import CheckFailed, ExternalToolError
+from melanoma import cli
+from melanoma.predict import submission
+from melanoma.core.errors import CheckFailed, ExternalToolError
 
 COMPETITION = "siim-isic-melanoma-classification"
 IDS = [f"ISIC_{i:07d}" for i in range(20)]

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from melanoma import cli, synth
+from melanoma import cli
+from melanoma.tools import synth
 
 TRAIN_COLUMNS = [
     "image_name",

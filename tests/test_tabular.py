@@ -11,8 +11,12 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from melanoma import cli, compare, features, imagestats, synth, tabular
-from melanoma.config import ConfigError, load_config
+from melanoma import cli
+from melanoma.evaluate import compare
+from melanoma.input import features, imagestats
+from melanoma.tools import synth
+from melanoma.train import tabular
+from melanoma.core.config import ConfigError, load_config
 
 from conftest import write_config
 
@@ -263,8 +267,8 @@ def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer
 def test_an_undecodable_image_is_named_with_its_file(tiny_data, tmp_path):
     import tensorflow as tf
 
-    from melanoma import records
-    from melanoma.errors import DataError
+    from melanoma.data import records
+    from melanoma.core.errors import DataError
 
     folder = tmp_path / "records"
     folder.mkdir()

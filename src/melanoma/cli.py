@@ -13,29 +13,29 @@ import sys
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("melanoma.synth", "write a competition-shaped demo dataset (CSV + JPEGs)"),
-    "folds": ("melanoma.folds", "assign patient-grouped, stratified parts and folds"),
-    "records": ("melanoma.records", "JPEGs + CSV -> TFRecords in the public schema"),
-    "data": ("melanoma.download", "download the competition CSVs and public TFRecords (Kaggle CLI)"),
-    "train": ("melanoma.training", "train one fold (or all) of a config"),
-    "infer": ("melanoma.inference", "TTA + fold ensemble -> submissions/<name>.csv"),
-    "score": ("melanoma.scoring", "competition AUC of an OOF file"),
-    "compare": ("melanoma.compare", "table of OOF AUC across runs"),
-    "report": ("melanoma.report", "ROC, histograms, curves and cutoff table of a run"),
-    "blend": ("melanoma.blend", "blend several runs' predictions"),
-    "validate": ("melanoma.submission", "check a submission CSV against the sample"),
-    "submit": ("melanoma.submission:submit", "validate, then upload with the Kaggle CLI"),
-    "leaderboard": ("melanoma.submission:leaderboard", "join Kaggle leaderboard scores to the log"),
-    "describe": ("melanoma.describe", "strategy, precision, batch, learning rate and size of a config"),
-    "bench": ("melanoma.bench", "throughput figures as JSON"),
-    "serve": ("melanoma.serve", "web page and POST /predict for one image, on a trained run"),
+    "synth": ("melanoma.tools.synth", "write a competition-shaped demo dataset (CSV + JPEGs)"),
+    "folds": ("melanoma.data.folds", "assign patient-grouped, stratified parts and folds"),
+    "records": ("melanoma.data.records", "JPEGs + CSV -> TFRecords in the public schema"),
+    "data": ("melanoma.kaggle.download", "download the competition CSVs and public TFRecords (Kaggle CLI)"),
+    "train": ("melanoma.train.training", "train one fold (or all) of a config"),
+    "infer": ("melanoma.predict.inference", "TTA + fold ensemble -> submissions/<name>.csv"),
+    "score": ("melanoma.evaluate.scoring", "competition AUC of an OOF file"),
+    "compare": ("melanoma.evaluate.compare", "table of OOF AUC across runs"),
+    "report": ("melanoma.evaluate.report", "ROC, histograms, curves and cutoff table of a run"),
+    "blend": ("melanoma.evaluate.blend", "blend several runs' predictions"),
+    "validate": ("melanoma.predict.submission", "check a submission CSV against the sample"),
+    "submit": ("melanoma.predict.submission:submit", "validate, then upload with the Kaggle CLI"),
+    "leaderboard": ("melanoma.predict.submission:leaderboard", "join Kaggle leaderboard scores to the log"),
+    "describe": ("melanoma.tools.describe", "strategy, precision, batch, learning rate and size of a config"),
+    "bench": ("melanoma.tools.bench", "throughput figures as JSON"),
+    "serve": ("melanoma.serve.app", "web page and POST /predict for one image, on a trained run"),
 }
 
 
 def quiet_environment() -> None:
     """Keep TensorFlow's C++ start-up lines and albumentations' online version check out of the way
     (see `quiet`: both must be set up before TensorFlow is imported)."""
-    from melanoma import quiet
+    from melanoma.core import quiet
 
     quiet.install()
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 0 if not argv else 2
-    from melanoma.errors import run_guarded
+    from melanoma.core.errors import run_guarded
 
     return run_guarded(args.run, args)
 

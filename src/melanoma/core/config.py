@@ -1,0 +1,459 @@
+"""Experiment configuration: YAML files layered on `configs/base.yaml`, plus `--set` overrides.
+
+`base.yaml` is the schema: it holds every key with its default, so a key that is not there is a typo, and
+the type of its default is the type a value must have. An experiment file may name another experiment to
+start from with `extends: other.yaml`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+BASE_NAME = "base.yaml"
+
+# Keys whose default is null, or which accept more than the default's type.
+EXTRA_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "data.train_files": (str, list),
+    "data.test_files": (str, list),
+    "data.external_files": (str, list, dict),
+    "data.duplicates_csv": (str, list),
+    "data.cache": (bool, str),
+    "data.diagnosis_names": (list, dict),
+    "model.weights": (str,),
+    "model.drop_connect": (int, float),
+    "model.bn_momentum": (int, float),
+    "train.steps_per_epoch": (int,),
+    "train.class_weight": (int, float),
+    "train.checkpoint_epoch": (int,),
+    "features.image_size": (int,),
+    "features.workers": (int,),
+    "tabular.class_weight": (int, float),
+}
+
+# Keys with a default that may also be set to null.
+NULLABLE = {"data.test_files"}  # a data set without test images (e.g. HAM10000 on its own)
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "augment.backend": ("auto", "albumentations", "opencv", "tf"),
+    "model.backbone": tuple(f"efficientnet-b{i}" for i in range(8))
+    + tuple(f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")),
+    "model.head": ("binary", "diagnosis"),
+    "model.family": ("cnn", "tabular"),
+    "train.optimizer": ("adam",),
+    "train.loss": ("bce", "focal"),
+    "train.schedule": ("rampup", "cosine"),
+    "train.checkpoint": ("best_auc", "best_loss", "last", "epoch"),
+    "tta.mode": ("random", "dihedral"),
+}
+
+
+class ConfigError(ValueError):
+    """A config problem found before any work starts; the CLI exits with status 2."""
+
+
+class Config(dict):
+    """A nested dict that also reads as attributes: `cfg.train.epochs`."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def get_path(self, dotted: str) -> Any:
+        node: Any = self
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: _plain(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_plain(value) for value in node]
+    return node
+
+
+def _wrap(node: Any) -> Any:
+    if isinstance(node, dict):
+        return Config({key: _wrap(value) for key, value in node.items()})
+    if isinstance(node, list):
+        return [_wrap(value) for value in node]
+    return node
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _all_keys(node: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        if isinstance(value, dict):
+            keys.extend(_all_keys(value, dotted + "."))
+    return keys
+
+
+def _unknown_key(dotted: str, schema: dict, source: str) -> ConfigError:
+    candidates = _all_keys(schema)
+    close = difflib.get_close_matches(dotted, candidates, n=1, cutoff=0.5)
+    if not close:
+        leaf = dotted.rsplit(".", 1)[-1]
+        close = [c for c in candidates if c.rsplit(".", 1)[-1] in difflib.get_close_matches(
+            leaf, [k.rsplit(".", 1)[-1] for k in candidates], n=1, cutoff=0.6)]
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{dotted}' in {source}{hint}")
+
+
+def _merge(target: dict, update: dict, schema: dict, source: str, prefix: str = "",
+           root: dict | None = None) -> None:
+    root = schema if root is None else root
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            raise _unknown_key(dotted, root, source)
+        if isinstance(schema[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{dotted}' in {source} is a section; give its keys, "
+                                  f"not {value!r}")
+            _merge(target[key], value, schema[key], source, dotted + ".", root)
+        else:
+            target[key] = value
+
+
+def _set_dotted(target: dict, schema: dict, dotted: str, value: Any, source: str) -> None:
+    nested: Any = value
+    for part in reversed(dotted.split(".")):
+        nested = {part: nested}
+    _merge(target, nested, schema, source)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.epochs=2` -> ('train.epochs', 2); the value is parsed as YAML (`[a,b]` is a list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _type_name(types: Iterable[type]) -> str:
+    return " or ".join(t.__name__ for t in types)
+
+
+def _check_types(config: dict, schema: dict, prefix: str = "") -> None:
+    for key, default in schema.items():
+        dotted = f"{prefix}{key}"
+        value = config[key]
+        if isinstance(default, dict):
+            _check_types(value, default, dotted + ".")
+            continue
+        allowed: tuple[type, ...] = EXTRA_TYPES.get(dotted, ())
+        if default is not None:
+            allowed = allowed + (type(default),)
+        if value is None:
+            if default is None or dotted in NULLABLE:
+                continue
+            raise ConfigError(f"config key '{dotted}' must be {_type_name(allowed)}, got null")
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            config[key] = value = float(value)
+        if float in allowed and isinstance(value, str):
+            # YAML 1.1 reads `1e-5` (no dot) as a string; a number is what was meant.
+            try:
+                config[key] = value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        else:
+            ok = isinstance(value, allowed)
+        if not ok:
+            raise ConfigError(f"config key '{dotted}' must be {_type_name(allowed)}, "
+                              f"got {type(value).__name__} {value!r}")
+        if dotted in CHOICES and value not in CHOICES[dotted]:
+            close = difflib.get_close_matches(str(value), CHOICES[dotted], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"config key '{dotted}' is '{value}'{hint}; choose one of "
+                              f"{', '.join(CHOICES[dotted])}")
+
+
+def _check_values(config: Config) -> None:
+    positive = ["data.folds", "data.image_size", "train.epochs", "train.batch_size", "train.steps_per_execution",
+                "tta.batch_size"]
+    for dotted in positive:
+        if config.get_path(dotted) < 1:
+            raise ConfigError(f"config key '{dotted}' must be at least 1, got {config.get_path(dotted)}")
+    if config.data.folds < 2:
+        raise ConfigError(f"config key 'data.folds' must be at least 2, got {config.data.folds}")
+    if config.tta.steps < 0:
+        raise ConfigError(f"config key 'tta.steps' must be 0 or more, got {config.tta.steps}")
+    if not 0 <= config.train.label_smoothing < 1:
+        raise ConfigError("config key 'train.label_smoothing' must be in [0, 1)")
+    if not 0 <= config.model.dropout < 1:
+        raise ConfigError("config key 'model.dropout' must be in [0, 1)")
+    if config.model.drop_connect is not None and config.model.backbone.startswith("efficientnetv2-"):
+        raise ConfigError(f"config key 'model.drop_connect' applies to efficientnet-b0..b7, not "
+                          f"{config.model.backbone}: set model.drop_connect=null")
+    if config.train.upsample_malignant < 1:
+        raise ConfigError(f"config key 'train.upsample_malignant' must be at least 1, got "
+                          f"{config.train.upsample_malignant}")
+    if config.train.class_weight is not None and config.train.class_weight <= 0:
+        raise ConfigError(f"config key 'train.class_weight' must be positive, got {config.train.class_weight}")
+    _check_checkpoint_epoch(config.train)
+
+
+def _check_checkpoint_epoch(train: Config) -> None:
+    """train.checkpoint: epoch needs train.checkpoint_epoch in 1..train.epochs, and only it uses the key."""
+    epoch = train.checkpoint_epoch
+    if train.checkpoint == "epoch":
+        if epoch is None:
+            raise ConfigError("config key 'train.checkpoint' is 'epoch': set train.checkpoint_epoch to the "
+                              f"epoch to keep (1..{train.epochs})")
+        if not 1 <= epoch <= train.epochs:
+            raise ConfigError(f"config key 'train.checkpoint_epoch' must be in 1..train.epochs "
+                              f"({train.epochs}), got {epoch}")
+    elif epoch is not None:
+        raise ConfigError(f"config key 'train.checkpoint_epoch' ({epoch}) is used only with "
+                          f"train.checkpoint: epoch, which is '{train.checkpoint}': set "
+                          "train.checkpoint=epoch or train.checkpoint_epoch=null")
+
+
+def base_path(config_path: Path) -> Path:
+    """base.yaml beside the experiment file, else the repository's configs/base.yaml."""
+    beside = config_path.parent / BASE_NAME
+    if beside.is_file():
+        return beside
+    repo = Path(__file__).resolve().parents[2] / "configs" / BASE_NAME
+    if repo.is_file():
+        return repo
+    raise ConfigError(f"cannot find {BASE_NAME} beside {config_path} (it holds every key's default)")
+
+
+def _layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    if path in seen:
+        raise ConfigError(f"config files extend each other in a loop: {' -> '.join(map(str, seen + (path,)))}")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    layers: list[tuple[Path, dict]] = []
+    if parent:
+        layers = _layers((path.parent / parent).resolve(), seen + (path,))
+    return layers + [(path, data)]
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
+    """Resolve an experiment: base.yaml, the `extends` chain, the file itself, then `--set` values."""
+    path = Path(path)
+    schema = _read_yaml(base_path(path))
+    config = copy.deepcopy(schema)
+    if path.resolve() != base_path(path).resolve():
+        for layer_path, data in _layers(path.resolve()):
+            _merge(config, data, schema, str(layer_path))
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(config, schema, key, value, f"--set {text}")
+    _check_types(config, schema)
+    resolved = _wrap(config)
+    if not resolved["name"]:
+        resolved["name"] = path.stem
+    _check_values(resolved)
+    return resolved
+
+
+# Weights named by the model package rather than by a file.
+PACKAGE_WEIGHTS = ("none", "imagenet", "noisy-student")
+INPUTS_OF = {
+    # command -> keys it reads: (key, kind); a glob must match a file, a file must exist
+    "train": (("data.train_files", "glob"), ("data.test_files", "glob"), ("data.external_files", "globs"),
+              ("data.duplicates_csv", "file"), ("model.weights", "weights")),
+    # infer builds its models from the folds' checkpoints, so it needs no pretrained weights file
+    "infer": (("data.test_files", "glob"), ("data.sample_submission", "file")),
+}
+
+
+def _near_names(path: str) -> str:
+    """' (did you mean ...?)' with the closest entries of the path's folder, or where the folder is missing."""
+    from melanoma.core import io_utils
+
+    folder, name = os.path.split(path.rstrip("/"))
+    folder = folder or "."
+    if any(ch in folder for ch in "*?["):
+        return ""
+    if not io_utils.exists(folder):
+        return f" (folder {folder} does not exist)"
+    try:
+        entries = io_utils.listdir(folder)
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(name, entries, n=1, cutoff=0.6)
+    return f" (did you mean '{os.path.join(folder, close[0])}'?)" if close else ""
+
+
+def _globs(value: Any) -> list:
+    """The glob strings of a value that is a glob, a list of globs, or (data.external_files) mappings
+    {set name: glob} or a list mixing both."""
+    items = value if isinstance(value, list) else [value]
+    patterns = []
+    for item in items:
+        patterns.extend(item.values() if isinstance(item, dict) else [item])
+    return patterns
+
+
+def _input_problems(key: str, kind: str, value: Any) -> list[str]:
+    from melanoma.core import io_utils
+
+    if value is None or (kind == "weights" and value in PACKAGE_WEIGHTS):
+        return []
+    if kind == "file" or kind == "weights":
+        problems = []
+        for path in (value if isinstance(value, list) else [value]):
+            if isinstance(path, str) and path and io_utils.exists(path) and not io_utils.isdir(path):
+                continue
+            if not isinstance(path, str) or not path:
+                problems.append(f"config key '{key}' holds {path!r}; give a file path")
+                continue
+            what = "is a folder, not a file" if io_utils.exists(path) else "file not found"
+            extra = " (use none, imagenet, noisy-student or a weights file)" if kind == "weights" else ""
+            problems.append(f"config key '{key}' = {path!r}: {what}{_near_names(path)}{extra}")
+        return problems
+    patterns = _globs(value)
+    problems = []
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            problems.append(f"config key '{key}' holds {pattern!r}; give glob strings")
+            continue
+        if not io_utils.glob(pattern):
+            hint = _near_names(pattern) if not any(c in os.path.basename(pattern) for c in "*?[") else ""
+            if not hint:
+                folder = os.path.dirname(pattern) or "."
+                if not any(c in folder for c in "*?[") and not io_utils.exists(folder):
+                    hint = f" (folder {folder} does not exist)"
+            problems.append(f"config key '{key}' = {pattern!r} matched no file{hint}")
+    if kind == "glob" and not problems:
+        from melanoma.data import records
+        from melanoma.core.errors import DataError
+
+        for path in io_utils.glob(patterns):
+            try:
+                records.parse_file_name(path)
+            except DataError as error:
+                problems.append(f"config key '{key}' = {value!r}: {error}")
+                break
+    if not problems:  # a records folder that is not complete (see records.folder_problem)
+        from melanoma.data import records
+
+        for folder in sorted({os.path.dirname(path) for path in io_utils.glob(patterns)}):
+            problem = records.folder_problem(folder)
+            if problem:
+                problems.append(f"config key '{key}': folder {folder} {problem}; it is not complete: build it "
+                                "again with `python -m melanoma records ...` (or copy it whole)")
+    return problems
+
+
+def check_inputs(config: Config, for_command: str) -> None:
+    """Every file and glob that `for_command` ("train" or "infer") will read exists and matches.
+
+    Called before a model is built or anything is written, so a typo in a path costs seconds, not a
+    training run. All problems are reported at once, each with its key and value.
+    """
+    if for_command not in INPUTS_OF:
+        raise ValueError(f"unknown command '{for_command}'; choose one of {', '.join(INPUTS_OF)}")
+    problems: list[str] = []
+    for key, kind in INPUTS_OF[for_command]:
+        problems.extend(_input_problems(key, kind, config.get_path(key)))
+    if problems:
+        intro = "the config names input that is not there" if len(problems) == 1 else \
+            f"the config names input that is not there ({len(problems)} problems)"
+        raise ConfigError(intro + ":\n  " + "\n  ".join(problems))
+
+
+def git_commit() -> str | None:
+    """The code's commit (with '-dirty' when the tree has changes), or None outside a git checkout."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def run_dir(config: Config) -> str:
+    return os.path.join(config.output_dir, config.name)
+
+
+@contextlib.contextmanager
+def worker_outputs(config: Config, chief: bool):
+    """The config a process writes with: `config` itself on the chief; on the other workers of a
+    cluster, a copy whose output_dir and submission_dir are a temporary folder of their own, removed at
+    the end. Those workers take every step the chief takes (a cluster saves models collectively), but
+    nothing of theirs lands in the run's folders."""
+    if chief:
+        yield config
+        return
+    scratch = tempfile.mkdtemp(prefix="melanoma-worker-")
+    work = copy.deepcopy(config)
+    work["output_dir"] = os.path.join(scratch, "outputs")
+    work["submission_dir"] = os.path.join(scratch, "submissions")
+    try:
+        yield work
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def dump_config(config: Config) -> str:
+    data = config.to_dict()
+    data["git_commit"] = git_commit()
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def save_config(config: Config, directory: str | None = None) -> str:
+    """Write the resolved config (+ git commit) as <run dir>/config.yaml, atomically."""
+    from melanoma.core import io_utils
+
+    directory = directory or run_dir(config)
+    target = os.path.join(directory, "config.yaml")
+    io_utils.write_text_atomic(target, dump_config(config))
+    return target
+
+
+def load_run_config(directory: str | os.PathLike) -> Config:
+    """The resolved config a run saved (its git_commit dropped)."""
+    from melanoma.core import io_utils
+
+    text = io_utils.read_text(os.path.join(str(directory), "config.yaml"))
+    data = yaml.safe_load(text)
+    data.pop("git_commit", None)
+    return _wrap(data)

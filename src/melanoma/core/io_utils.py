@@ -1,0 +1,227 @@
+"""File I/O that works on local paths and on `gs://` (through tf.io.gfile), with atomic writes.
+
+TensorFlow is imported only for remote paths, so local-only commands (score, validate) start fast.
+Every write goes to a temporary name in the same folder and is then renamed over the target, so an
+interrupted process never leaves a half-written file under the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob as local_glob
+import io
+import os
+import shutil
+import uuid
+from typing import Iterable
+
+
+def is_remote(path: str) -> bool:
+    return "://" in str(path)
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def exists(path: str) -> bool:
+    path = str(path)
+    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    path = str(path)
+    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+    path = str(path)
+    return sorted(_gfile().listdir(path) if is_remote(path) else os.listdir(path))
+
+
+def makedirs(path: str) -> None:
+    path = str(path)
+    if is_remote(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def glob(patterns: str | Iterable[str]) -> list[str]:
+    """Sorted, de-duplicated matches of one glob or a list of globs."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    found: set[str] = set()
+    for pattern in patterns:
+        pattern = str(pattern)
+        found.update(_gfile().glob(pattern) if is_remote(pattern) else local_glob.glob(pattern))
+    return sorted(found)
+
+
+def read_bytes(path: str) -> bytes:
+    path = str(path)
+    if is_remote(path):
+        with _gfile().GFile(path, "rb") as handle:
+            return handle.read()
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def temporary_name(path: str) -> str:
+    """A sibling of `path` that keeps its extension (Keras insists on `.keras`)."""
+    folder, name = os.path.split(str(path))
+    stem, ext = os.path.splitext(name)
+    return os.path.join(folder, f".{stem}.tmp-{uuid.uuid4().hex[:8]}{ext}")
+
+
+def replace(source: str, target: str) -> None:
+    if is_remote(target):
+        _gfile().rename(source, target, overwrite=True)
+    else:
+        os.replace(source, target)
+
+
+def copy(source: str, target: str) -> None:
+    """Copy a file (local or gs://), replacing `target`."""
+    if is_remote(source) or is_remote(target):
+        _gfile().copy(source, target, overwrite=True)
+    else:
+        shutil.copyfile(source, target)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    path = str(path)
+    folder = os.path.dirname(path)
+    if folder:
+        makedirs(folder)
+    temporary = temporary_name(path)
+    if is_remote(path):
+        with _gfile().GFile(temporary, "wb") as handle:
+            handle.write(data)
+    else:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    replace(temporary, path)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_csv_atomic(frame, path: str) -> None:
+    """Write a pandas DataFrame as CSV (no index) atomically."""
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def read_csv(path: str, **kwargs):
+    """pandas.read_csv; a missing file is FileNotFoundError, an empty or unparsable one a DataError naming it."""
+    import pandas as pd
+
+    from melanoma.core.errors import DataError
+
+    path = str(path)
+    if not exists(path):
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        if is_remote(path):
+            return pd.read_csv(io.BytesIO(read_bytes(path)), **kwargs)
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty (no header, no rows): give the CSV file itself") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path} is not a readable CSV file ({first})") from None
+
+
+# --- folders that are complete or absent ------------------------------------------------------------
+
+INCOMPLETE_MARKER = ".incomplete"  # in a remote folder while its files are moved into place
+
+
+def remove_tree(path: str) -> None:
+    path = str(path)
+    if is_remote(path):
+        if _gfile().exists(path):
+            _gfile().rmtree(path)
+    elif os.path.isdir(path):
+        import shutil
+
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def move(source: str, target: str) -> None:
+    """Move a file or a folder (on a cloud bucket, file by file)."""
+    source, target = str(source).rstrip("/"), str(target).rstrip("/")
+    if not is_remote(source):
+        os.rename(source, target)
+        return
+    gfile = _gfile()
+    if not gfile.isdir(source):
+        gfile.rename(source, target, overwrite=True)
+        return
+    for folder, _, files in gfile.walk(source):
+        relative = os.path.relpath(folder.rstrip("/"), source)
+        destination = target if relative == "." else os.path.join(target, relative)
+        gfile.makedirs(destination)
+        for name in files:
+            gfile.rename(os.path.join(folder, name), os.path.join(destination, name), overwrite=True)
+    gfile.rmtree(source)
+
+
+def temporary_folder_name(path: str) -> str:
+    """A hidden sibling of folder `path`: `.<name>.tmp-<hex>`; no glob of the folder's files matches it."""
+    parent, name = os.path.split(str(path).rstrip("/"))
+    return os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def folder_written_whole(path: str, last: str | None = None):
+    """Fill a temporary folder (yielded), then put it in place of `path` whole.
+
+    Locally the temporary folder is renamed over `path` (an old folder is first renamed aside, then
+    removed): a process killed at any point leaves `path` as it was or complete, never partly written,
+    and never old and new files side by side. If the body raises, the temporary folder is removed.
+    A cloud bucket has no folder rename: there the old files are removed, `path/.incomplete` is written,
+    the files are moved one by one (`last` moved last), and the marker removed; readers refuse a folder
+    with the marker (see records.folder_problem).
+    """
+    path = str(path).rstrip("/")
+    temporary = temporary_folder_name(path)
+    makedirs(temporary)
+    try:
+        yield temporary
+    except BaseException:
+        remove_tree(temporary)
+        raise
+    if not is_remote(path):
+        old = None
+        if os.path.exists(path):
+            old = temporary_folder_name(path).replace(".tmp-", ".old-")
+            os.rename(path, old)
+        os.rename(temporary, path)
+        if old:
+            remove_tree(old)
+        return
+    gfile = _gfile()
+    remove_tree(path)
+    gfile.makedirs(path)
+    marker = os.path.join(path, INCOMPLETE_MARKER)
+    write_text_atomic(marker, "files are being moved into this folder\n")
+    names = sorted(name.rstrip("/") for name in gfile.listdir(temporary))
+    if last in names:
+        names = [name for name in names if name != last] + [last]
+    for name in names:
+        gfile.rename(os.path.join(temporary, name), os.path.join(path, name), overwrite=True)
+    gfile.remove(marker)
+    remove_tree(temporary)

@@ -1,0 +1,238 @@
+"""A run and the config it was trained with: outputs/<name>/config.yaml is the truth about the run.
+
+Training binds a run to its config: once outputs/<name>/config.yaml exists, training more folds under
+a config that differs in anything that shapes the model or the data is refused (`bind_run`), unless
+--force, which moves the previous run aside and starts again. Everything that uses a run's checkpoints
+(infer, report, blend, serve) gets its config from `load_run_config`: the saved config for what
+defines the model and its inputs, the current config for where files are and how to predict (TTA).
+
+Keys are compared flat and dotted. File paths compare by their file names only (a Kaggle dataset's
+gs:// folder changes every session, the files in it do not), as `runstate.fingerprint` lets a resumed
+fold move between machines. A key the saved config lacks (a run saved before the key existed) counts
+as base.yaml's default.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+from melanoma.core import config as config_lib
+from melanoma.core import io_utils, runstate
+from melanoma.core.config import ConfigError
+
+CONFIG_FILE = "config.yaml"
+SUPERSEDED = "superseded"
+FOLD_FOLDER = re.compile(r"^fold\d+$")
+# Keys that never shape what a run learns or predicts.
+RUN_FREE = ("name", "output_dir", "submission_dir", "data.cache", "train.verbose", "tta.batch_size")
+# ... and what inference may choose for itself: the test set and how to look at it (TTA).
+INFER_FREE = RUN_FREE + ("tta", "data.test_files", "data.sample_submission")
+# Keys holding file paths (or globs): compared by file name.
+LOCATED = ("data.train_files", "data.test_files", "data.external_files", "data.sample_submission",
+           "data.duplicates_csv", "model.weights")
+
+
+def _file_names(value):
+    if isinstance(value, str):
+        return os.path.basename(value.rstrip("/"))
+    if isinstance(value, list):
+        return [_file_names(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _file_names(item) for key, item in value.items()}
+    return value
+
+
+def binding(config, free: tuple[str, ...] = RUN_FREE) -> dict:
+    """The flat keys a run is bound to, file paths reduced to file names."""
+    flat = runstate.fingerprint(config, free)
+    return {key: _file_names(value) if key in LOCATED else value for key, value in flat.items()}
+
+
+def base_defaults(config_path: str | os.PathLike) -> dict:
+    """base.yaml's values (flat), for keys that a run saved before they existed."""
+    return runstate.flatten(config_lib.load_config(config_lib.base_path(Path(config_path))))
+
+
+def code_defaults() -> dict:
+    """The repository's base.yaml values (flat): the defaults of the code that is running."""
+    return base_defaults(Path(__file__).resolve().parents[2] / "configs" / config_lib.BASE_NAME)
+
+
+def run_folder(config) -> str:
+    return config_lib.run_dir(config)
+
+
+def saved_config(config) -> config_lib.Config | None:
+    """The config saved with the run that `config` names, or None when there is none yet."""
+    folder = run_folder(config)
+    if not io_utils.exists(os.path.join(folder, CONFIG_FILE)):
+        return None
+    import yaml
+
+    try:
+        return config_lib.load_run_config(folder)
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as error:  # not YAML, not a mapping
+        raise ConfigError(f"{os.path.join(folder, CONFIG_FILE)} is not a readable run config "
+                          f"({type(error).__name__}: {error}); restore it, or train under a new name") from None
+
+
+def trained_as(flat: dict) -> str:
+    """`efficientnet-b0 at 32 px, binary head` from flat config keys (a fingerprint or a config)."""
+    text = f"{flat.get('model.backbone', '?')} at {flat.get('data.image_size', '?')} px, " \
+           f"{flat.get('model.head', '?')} head"
+    return text + (" with metadata" if flat.get("model.metadata") else "")
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def bind_run(config, config_path: str | os.PathLike, force: bool = False, write: bool = True) -> str:
+    """Tie the run to `config` before any fold trains; returns the path of its saved config.
+
+    A new run saves the config. A run whose saved config agrees with `config` keeps its file untouched.
+    One that differs is refused with ConfigError naming each key and both values, unless `force`: then
+    the previous run (config, folds, OOF) is moved to <run>/superseded/<time>/ and the new config saved,
+    so no fold of the old experiment stays beside the new one. `write=False` checks only (the workers
+    of a cluster other than the chief, which writes).
+    """
+    folder = run_folder(config)
+    target = os.path.join(folder, CONFIG_FILE)
+    saved = saved_config(config)
+    if saved is None:
+        return config_lib.save_config(config) if write else target
+    differences = runstate.config_differences(binding(saved), binding(config),
+                                              defaults=binding(base_defaults(config_path)))
+    if not differences:
+        return target
+    if not trained_work(folder):
+        if write:
+            print(f"run {config.name}: no fold was trained under its previous config; saving the new one")
+            return config_lib.save_config(config)
+        return target
+    if not force:
+        raise ConfigError(
+            f"run '{config.name}' was trained with another config ({target}): "
+            f"{runstate.describe_differences(differences)}. Its folds would mix two experiments. Give the new "
+            f"experiment its own name (--set name=...), or add --force to retrain under the new config "
+            f"(the previous run is moved to {os.path.join(folder, SUPERSEDED)}/)")
+    if not write:
+        return target
+    moved = supersede(folder)
+    print(f"run {config.name}: the config changed ({runstate.describe_differences(differences, 3)}); "
+          f"--force: the previous run is moved to {moved}")
+    return config_lib.save_config(config)
+
+
+def trained_work(folder: str) -> list[str]:
+    """The fold folders of a run that hold training results (a state or a checkpoint)."""
+    if not io_utils.exists(folder):
+        return []
+    folds = [name.rstrip("/") for name in io_utils.listdir(folder) if FOLD_FOLDER.match(name.rstrip("/"))]
+    return [os.path.join(folder, name) for name in folds
+            if any(io_utils.exists(os.path.join(folder, name, artifact))
+                   for artifact in (runstate.STATE, runstate.BEST_MODEL, "oof.csv"))]
+
+
+def supersede(folder: str) -> str:
+    """Move everything of a run folder (but earlier superseded runs) to <folder>/superseded/<UTC time>/.
+
+    config.yaml moves last: a process killed part-way leaves the run still claiming its old config, and
+    the folds not yet moved are still the old config's (the next --force moves them).
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = os.path.join(folder, SUPERSEDED, stamp)
+    counter = 1
+    while io_utils.exists(target):
+        target = os.path.join(folder, SUPERSEDED, f"{stamp}-{counter}")
+        counter += 1
+    io_utils.makedirs(target)
+    entries = [name.rstrip("/") for name in io_utils.listdir(folder) if name.rstrip("/") != SUPERSEDED]
+    entries.sort(key=lambda name: name == CONFIG_FILE)
+    for name in entries:
+        io_utils.move(os.path.join(folder, name), os.path.join(target, name))
+    return target
+
+
+def fold_config_problem(config, fold_folder: str, defaults: dict | None = None) -> str | None:
+    """Why a fold's checkpoint was not trained under `config` (from its state.json), or None.
+
+    state.json records the config each fold trained under; a fold without one (trained before it was
+    written) cannot be checked and passes. A key its record lacks counts as base.yaml's default.
+    """
+    try:
+        state = runstate.read_state(fold_folder)
+    except ConfigError as error:
+        return str(error)
+    if not state or not state.get("config"):
+        return None
+    trained = state["config"]
+    if defaults is None:
+        defaults = runstate.fingerprint(code_defaults())
+    differences = runstate.config_differences(trained, runstate.fingerprint(config), defaults)
+    if not differences:
+        return None
+    return (f"{fold_folder} was trained as {trained_as(trained)} under another config "
+            f"({runstate.describe_differences(differences, 4)})")
+
+
+# --- inference, report, blend, serve ----------------------------------------------------------------
+
+
+def _overridden(key: str, overrides: Iterable[str]) -> str | None:
+    """The --set text that set `key` (or a section holding it), or None."""
+    for text in overrides:
+        name = config_lib.parse_override(text)[0]
+        if key == name or key.startswith(name + "."):
+            return text
+    return None
+
+
+def load_run_config(config_path: str | os.PathLike, overrides: Iterable[str] = (),
+                    free: tuple[str, ...] = INFER_FREE, quiet: bool = False) -> config_lib.Config:
+    """The config to use a trained run with: what defines the model and its inputs from the run's saved
+    config, the rest (file locations, TTA, output folders) from `config_path` and `overrides`.
+
+    `config_path` (with `overrides`) names the run: outputs/<name>/config.yaml must exist, else
+    FileNotFoundError. A --set value that contradicts the saved config is refused (ConfigError naming
+    the key and both values); where the config file alone differs (a forgotten training --set, an
+    edited file) the saved value is used and a note names it.
+    """
+    overrides = list(overrides)
+    requested = config_lib.load_config(config_path, overrides)
+    folder = run_folder(requested)
+    saved = saved_config(requested)
+    if saved is None:
+        raise FileNotFoundError(f"no trained run for {config_path}: {os.path.join(folder, CONFIG_FILE)} does "
+                                f"not exist; train it first (python train.py --config {config_path})")
+    defaults = base_defaults(config_path)
+    now, before = binding(requested, free), binding(saved, free)
+    differences = runstate.config_differences(before, now, defaults=binding(defaults, free))
+    conflicts = [(key, old, new, _overridden(key, overrides)) for key, old, new in differences
+                 if _overridden(key, overrides)]
+    if conflicts:
+        shown = "; ".join(f"--set {text} but the run was trained with {key}={old!r}"
+                          for key, old, _, text in conflicts)
+        raise ConfigError(f"{shown} ({os.path.join(folder, CONFIG_FILE)}): its checkpoints need the config "
+                          "they were trained with; drop the --set, or train a new run (--set name=...)")
+    merged = requested.to_dict()
+    saved_flat = runstate.flatten(saved)
+    for key, old, new in differences:
+        value = saved_flat.get(key, defaults.get(key))
+        _set(merged, key, value)
+    if differences and not quiet:
+        shown = ", ".join(f"{key}={old!r} ({config_path}: {new!r})" for key, old, new in differences[:6])
+        more = f" and {len(differences) - 6} more" if len(differences) > 6 else ""
+        print(f"note: run {requested.name} uses the config it was trained with "
+              f"({os.path.join(folder, CONFIG_FILE)}): {shown}{more}", file=sys.stderr)
+    return config_lib._wrap(merged)
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value

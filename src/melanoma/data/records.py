@@ -1,0 +1,416 @@
+"""JPEGs + CSV -> TFRecords in the public `melanoma-NxN` schema, one file per part.
+
+Train records: image (JPEG bytes), image_name (bytes), int64 patient_id, sex, age_approx,
+anatom_site_general_challenge, diagnosis, target. Test records: the same without diagnosis and target.
+Files are named `train%.2i-%i.tfrec` / `test%.2i-%i.tfrec` (part, image count) so that parts and counts
+come from the names. Categoricals are label-encoded over train and test together (missing -> -1), and a
+CSV with the encodings and each image's part is written next to the records.
+
+The output folder is complete or absent: everything is written into a hidden sibling folder, which
+replaces `--out` whole once every part, CSV, `encodings.json` and the manifest `records.json` (file ->
+image count) are written (`io_utils.folder_written_whole`). A killed or failed run leaves `--out` as it
+was; a rerun leaves no stale part beside the new ones. `folder_problem` tells a reader (training) that a
+folder is not complete: a manifest that disagrees with the files, or a part left half-written by an
+interrupted run of an earlier version.
+
+`python -m melanoma records --data DIR --out OUT --size N`: the competition's layout (train.csv,
+test.csv, jpeg/train/, jpeg/test/). `python -m melanoma records --isic2019 DIR` / `--ham10000 DIR --out
+OUT --size N [--malignant-only]`: the raw files of those sources as train records with their labels
+kept (see `converters`).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from melanoma.core import io_utils, progress as progress_lib, quiet
+from melanoma.data import taxonomy
+from melanoma.core.config import ConfigError
+from melanoma.core.errors import DataError
+
+TRAIN_INT_FEATURES = ("patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
+                      "target")
+TEST_INT_FEATURES = ("patient_id", "sex", "age_approx", "anatom_site_general_challenge")
+CATEGORICAL = taxonomy.CATEGORICAL
+FILE_PATTERN = re.compile(r"(?P<split>train|test)(?P<part>\d+)-(?P<count>\d+)\.tfrec$")
+DEFAULT_TEST_PARTS = 16
+MANIFEST = "records.json"
+# What `records` writes into its folder (anything else there means --out is not a records folder).
+OUTPUTS = ("train.csv", "test.csv", "encodings.json", MANIFEST, io_utils.INCOMPLETE_MARKER)
+HALF_WRITTEN = re.compile(r"^\..+\.tmp-[0-9a-f]{8}\.tfrec$")  # io_utils.temporary_name of a part
+
+
+@dataclass(frozen=True)
+class RecordFile:
+    path: str
+    split: str
+    part: int
+    count: int
+
+
+def parse_file_name(path: str) -> RecordFile:
+    """Part and image count from a public-schema file name; a name that does not fit is an error."""
+    match = FILE_PATTERN.search(os.path.basename(str(path)))
+    if not match:
+        raise DataError(f"TFRecord file name '{os.path.basename(str(path))}' does not follow the public "
+                        "schema 'train%.2i-%i.tfrec' / 'test%.2i-%i.tfrec' (part index, image count)")
+    return RecordFile(str(path), match["split"], int(match["part"]), int(match["count"]))
+
+
+def record_name(split: str, part: int, count: int) -> str:
+    return f"{split}{part:02d}-{count}.tfrec"
+
+
+def encode_metadata(train: pd.DataFrame, test: pd.DataFrame | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+    """Integer-encode categoricals over train and test together, the same way for both.
+
+    Categories are sorted so the encoding does not depend on row order; missing values become -1,
+    as do missing ages. patient_id strings map to integers over both sets.
+    """
+    frames = [train] + ([test] if test is not None else [])
+    encodings: dict[str, dict[str, int]] = {}
+    out = [frame.copy() for frame in frames]
+    for column in CATEGORICAL + ("patient_id",):
+        values = pd.concat([f[column] for f in frames if column in f]).dropna().astype(str)
+        mapping = {value: index for index, value in enumerate(sorted(values.unique()))}
+        encodings[column] = mapping
+        for frame in out:
+            if column in frame:
+                frame[column] = frame[column].map(
+                    lambda v: -1 if pd.isna(v) else mapping[str(v)]).astype(np.int64)
+    for frame in out:
+        frame["age_approx"] = frame["age_approx"].fillna(-1).round().astype(np.int64)
+        if "target" in frame:
+            frame["target"] = frame["target"].astype(np.int64)
+    # thousands of ids: the CSV keeps the original beside the code; encodings.json keeps their range,
+    # which the converted sources' ranges never meet (taxonomy.PATIENT_CODE_START)
+    encodings["patient_id"] = taxonomy.patient_range("competition", len(encodings["patient_id"]))
+    return out[0], (out[1] if test is not None else None), encodings
+
+
+def _bytes_feature(value: bytes):
+    import tensorflow as tf
+
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value: int):
+    import tensorflow as tf
+
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def serialize_example(image: bytes, row: dict, int_features) -> bytes:
+    import tensorflow as tf
+
+    feature = {"image": _bytes_feature(image), "image_name": _bytes_feature(str(row["image_name"]).encode())}
+    for name in int_features:
+        feature[name] = _int_feature(row[name])
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def resize_jpeg(path: str, size: int, quality: int = 95) -> bytes:
+    """Read any JPEG, resize it to size x size (as the public datasets do) and encode it again."""
+    return resize_image_bytes(io_utils.read_bytes(path), size, quality, where=path)
+
+
+def resize_image_bytes(data: bytes, size: int, quality: int = 95, where: str = "image") -> bytes:
+    """An image file's bytes (JPEG, PNG, ...) -> the JPEG bytes a record of `size` px holds for it.
+
+    `serve` passes an uploaded image through here, so it reaches the model as a record built from it would.
+    """
+    import cv2
+
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if image is None:
+        raise DataError(f"cannot decode image {where}: the file is empty, truncated or not an image")
+    interpolation = cv2.INTER_AREA if max(image.shape[:2]) > size else cv2.INTER_CUBIC
+    image = cv2.resize(image, (size, size), interpolation=interpolation)
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise DataError(f"cannot encode image {where} as JPEG")
+    return encoded.tobytes()
+
+
+def _resize_task(task: tuple[str, int]) -> bytes:
+    return resize_jpeg(*task)
+
+
+def write_split(frame: pd.DataFrame, image_dir: str, out_dir: str, split: str, size: int,
+                workers: int | None = None, progress: bool = True,
+                image_paths: list[str] | None = None) -> list[str]:
+    """Write one TFRecord file per value of frame['part']; images resized in parallel on all cores.
+    Images are `<image_dir>/<image_name>.jpg`, or `image_paths` (one per row) where given."""
+    int_features = TRAIN_INT_FEATURES if split == "train" else TEST_INT_FEATURES
+    missing = [c for c in ("image_name", "part") + int_features if c not in frame]
+    if missing:
+        raise DataError(f"{split} table lacks column(s) {', '.join(missing)}")
+    paths = (list(image_paths) if image_paths is not None else
+             [os.path.join(image_dir, f"{name}.jpg") for name in frame["image_name"]])
+    absent = [p for p in paths if not io_utils.exists(p)]
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} {split} image(s) missing, first: {', '.join(absent[:3])}")
+    io_utils.makedirs(out_dir)
+    workers = workers or os.cpu_count() or 1
+    written = []
+    rows = frame.to_dict("records")
+    order = np.argsort(frame["part"].to_numpy(), kind="stable")
+    tasks = [(paths[i], size) for i in order]
+    # Workers read the JPEGs; gs:// reads go through TensorFlow, which must not be used in a forked
+    # child of a process that has already started TensorFlow's threads, so those workers are spawned.
+    remote = io_utils.is_remote(image_dir) or any(io_utils.is_remote(p) for p in paths[:1])
+    context = multiprocessing.get_context("spawn" if remote else "fork")
+    # (a spawned worker imports TensorFlow afresh: quiet.install keeps its start-up lines off the screen)
+    pool = context.Pool(workers, initializer=quiet.install) if workers > 1 else None
+    try:
+        results: Iterator[bytes] = (pool.imap(_resize_task, tasks, chunksize=8) if pool
+                                    else map(_resize_task, tasks))
+        import tensorflow as tf
+
+        bar = progress_lib.bar(total=len(tasks), desc=f"{split} records", unit="img", disable=not progress)
+        position = 0
+        for part, count in frame["part"].value_counts().sort_index().items():
+            target = os.path.join(out_dir, record_name(split, int(part), int(count)))
+            temporary = io_utils.temporary_name(target)
+            with tf.io.TFRecordWriter(temporary) as writer:
+                for _ in range(count):
+                    row = rows[order[position]]
+                    writer.write(serialize_example(next(results), row, int_features))
+                    position += 1
+                    bar.update(1)
+            io_utils.replace(temporary, target)
+            written.append(target)
+        bar.close()
+    finally:
+        if pool:
+            pool.terminate()
+    return written
+
+
+def build_records(train_csv: str, test_csv: str | None, train_images: str, test_images: str | None,
+                  out_dir: str, size: int, parts: int = 15, test_parts: int = DEFAULT_TEST_PARTS,
+                  seed: int = 42, workers: int | None = None) -> dict:
+    """Competition layout -> public-schema TFRecords + `train.csv`/`test.csv`/`encodings.json` beside them."""
+    from melanoma.data import folds
+
+    train = io_utils.read_csv(train_csv)
+    test = io_utils.read_csv(test_csv) if test_csv else None
+    for path, frame, needed in ((train_csv, train, TRAIN_INT_FEATURES), (test_csv, test, TEST_INT_FEATURES)):
+        if frame is None:
+            continue
+        missing = [column for column in ("image_name",) + needed if column not in frame.columns]
+        if missing:
+            raise DataError(f"{path} lacks column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})")
+        if frame.empty:
+            raise DataError(f"{path} has a header but no rows")
+    train_out, test_out, encodings = encode_metadata(train, test)
+    if "part" not in train_out:
+        train_out["part"] = folds.assign_parts(train, parts=parts, seed=seed)["part"].to_numpy()
+    folds.check_patient_disjoint(train_out.assign(patient_id=train["patient_id"].to_numpy()), "part")
+    written = write_split(train_out, train_images, out_dir, "train", size, workers)
+    summary = {"train_files": len(written), "train_images": len(train_out)}
+    table = train.copy()
+    table["part"] = train_out["part"].to_numpy()
+    for column in TRAIN_INT_FEATURES:
+        table[f"{column}_code"] = train_out[column].to_numpy()
+    io_utils.write_csv_atomic(table, os.path.join(out_dir, "train.csv"))
+    if test is not None:
+        test_parts = max(1, min(test_parts, len(test_out)))
+        test_out["part"] = np.arange(len(test_out)) * test_parts // len(test_out)
+        written = write_split(test_out, test_images, out_dir, "test", size, workers)
+        summary.update(test_files=len(written), test_images=len(test_out))
+        table = test.copy()
+        table["part"] = test_out["part"].to_numpy()
+        for column in TEST_INT_FEATURES:
+            table[f"{column}_code"] = test_out[column].to_numpy()
+        io_utils.write_csv_atomic(table, os.path.join(out_dir, "test.csv"))
+    io_utils.write_text_atomic(os.path.join(out_dir, "encodings.json"), json.dumps(encodings, indent=1))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# converted sources (converters.py: ISIC 2019, HAM10000)
+
+
+def write_train_records(table: pd.DataFrame, image_paths: list[str], out_dir: str, size: int,
+                        encodings: dict, workers: int | None = None) -> list[str]:
+    """Train records of a converted source: `table` holds `part` and the `<feature>_code` columns of
+    the public schema; `train.csv` (the whole table) and `encodings.json` are written beside them."""
+    frame = table[["image_name", "part"]].copy()
+    for column in TRAIN_INT_FEATURES:
+        frame[column] = table[f"{column}_code"].to_numpy()
+    written = write_split(frame, "", out_dir, "train", size, workers, image_paths=image_paths)
+    io_utils.write_csv_atomic(table, os.path.join(out_dir, "train.csv"))
+    io_utils.write_text_atomic(os.path.join(out_dir, "encodings.json"), json.dumps(encodings, indent=1))
+    return written
+
+
+def write_manifest(folder: str) -> None:
+    """records.json: every part written, with its image count; written last, so it vouches for them."""
+    parts = {os.path.basename(path): parse_file_name(path).count
+             for path in io_utils.glob(os.path.join(folder, "*.tfrec"))}
+    io_utils.write_text_atomic(os.path.join(folder, MANIFEST), json.dumps({"files": parts}, indent=1))
+
+
+def folder_problem(folder: str) -> str | None:
+    """Why a folder of records is not complete, or None (also for folders not written by `records`,
+    such as the public datasets, unless they hold a half-written part)."""
+    if not io_utils.isdir(folder):
+        return None
+    names = [name.rstrip("/") for name in io_utils.listdir(folder)]
+    if io_utils.INCOMPLETE_MARKER in names:
+        return f"is being written, or its writing was interrupted ({io_utils.INCOMPLETE_MARKER} is there)"
+    half = [name for name in names if HALF_WRITTEN.match(name)]
+    if half:
+        return f"holds a part left half-written by an interrupted `records` ({half[0]})"
+    if MANIFEST not in names:
+        return None
+    try:
+        listed = json.loads(io_utils.read_text(os.path.join(folder, MANIFEST)))["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"has an unreadable {MANIFEST}"
+    present = {name for name in names if FILE_PATTERN.search(name)}
+    missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
+    if missing:
+        return f"lacks {len(missing)} of the {len(listed)} parts its {MANIFEST} lists (first: {missing[0]})"
+    if extra:
+        return f"holds {len(extra)} part(s) its {MANIFEST} does not list (first: {extra[0]}), left from another run"
+    return None
+
+
+def check_out_folder(out: str, inputs: list[str | None]) -> None:
+    """--out is replaced whole, so it must be a folder of its own: not holding the input, and either
+    absent, empty, or a records folder (parts, CSVs, encodings.json, records.json only)."""
+    target = os.path.abspath(out) if not io_utils.is_remote(out) else out.rstrip("/")
+    for path in filter(None, inputs):
+        where = os.path.abspath(path) if not io_utils.is_remote(path) else path
+        if where == target or where.startswith(target.rstrip("/") + "/"):
+            raise ConfigError(f"--out {out} holds the input {path}; records replaces its --out folder whole: "
+                              "give it a folder of its own (e.g. input/records-256)")
+    if not io_utils.isdir(out):
+        if io_utils.exists(out):
+            raise ConfigError(f"--out {out} is a file; give a folder")
+        return
+    others = [name.rstrip("/") for name in io_utils.listdir(out)
+              if not (FILE_PATTERN.search(name) or name.rstrip("/") in OUTPUTS or HALF_WRITTEN.match(name))]
+    if others:
+        raise ConfigError(f"--out {out} holds other things than records ({', '.join(others[:3])}); records "
+                          "replaces its --out folder whole: give it a folder of its own")
+
+
+def remove_abandoned(out: str) -> None:
+    """Hidden sibling folders a killed `records` left (`.<name>.tmp-*`, `.<name>.old-*`)."""
+    parent, name = os.path.split(out.rstrip("/"))
+    for kind in ("tmp", "old"):
+        for path in io_utils.glob(os.path.join(parent, f".{name}.{kind}-" + "[0-9a-f]" * 8)):
+            print(f"removing {path}, left by an interrupted run", file=sys.stderr)
+            io_utils.remove_tree(path)
+
+
+@contextlib.contextmanager
+def output_folder(out: str, inputs: list[str | None]):
+    """The folder to write into (yielded): checked, then put in place of `out` whole with its manifest."""
+    check_out_folder(out, inputs)
+    remove_abandoned(out)
+    with io_utils.folder_written_whole(out, last=MANIFEST) as folder:
+        yield folder
+        write_manifest(folder)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from melanoma.data import converters as c
+
+    parser.add_argument("--data", help="folder in the competition's layout: train.csv, test.csv, "
+                        "jpeg/train/, jpeg/test/ (each may also be given below)")
+    parser.add_argument("--train-csv")
+    parser.add_argument("--test-csv")
+    parser.add_argument("--train-images", help="folder of train JPEGs (<image_name>.jpg)")
+    parser.add_argument("--test-images", help="folder of test JPEGs")
+    parser.add_argument("--isic2019", metavar="DIR", help="raw ISIC 2019 training files instead: "
+                        f"{c.ISIC2019_GROUND_TRUTH}, {c.ISIC2019_METADATA}, {c.ISIC2019_IMAGES}/")
+    parser.add_argument("--isic2019-ground-truth", help=f"path of {c.ISIC2019_GROUND_TRUTH}")
+    parser.add_argument("--isic2019-metadata", help=f"path of {c.ISIC2019_METADATA}")
+    parser.add_argument("--isic2019-images", help="folder of the ISIC 2019 JPEGs (<image>.jpg)")
+    parser.add_argument("--ham10000", metavar="DIR", help="HAM10000 instead: a folder with "
+                        f"{c.HAM10000_METADATA}, {', '.join(c.HAM10000_IMAGE_FOLDERS)}/")
+    parser.add_argument("--malignant-only", action="store_true",
+                        help="ISIC 2019 / HAM10000: keep only the melanoma images")
+    parser.add_argument("--encodings", help="ISIC 2019 / HAM10000: encodings.json of the competition records "
+                        "to extend (default: the competition's own codes)")
+    parser.add_argument("--out", required=True, help="folder for the TFRecords")
+    parser.add_argument("--size", type=int, default=256, help="images are resized to size x size")
+    parser.add_argument("--parts", type=int, default=15, help="train parts when the CSV has no 'part'")
+    parser.add_argument("--test-parts", type=int, default=DEFAULT_TEST_PARTS)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+
+
+def convert_source(args: argparse.Namespace) -> dict:
+    """`records --isic2019` / `--ham10000`: another source's raw files -> train records (converters)."""
+    from melanoma.data import converters
+
+    if args.data or args.train_csv or (args.ham10000 and (args.isic2019 or args.isic2019_ground_truth)):
+        raise FileNotFoundError("records takes one source: competition data (--data/--train-csv), ISIC 2019 "
+                                "files (--isic2019) or HAM10000 (--ham10000)")
+    options = dict(malignant_only=args.malignant_only, parts=args.parts, seed=args.seed, workers=args.workers,
+                   encodings_json=args.encodings)
+    if args.ham10000:
+        with output_folder(args.out, [args.ham10000, args.encodings]) as folder:
+            return converters.build_ham10000_records(args.ham10000, folder, args.size, **options)
+
+    def raw(explicit, name):
+        if explicit:
+            return explicit
+        if not args.isic2019:
+            raise FileNotFoundError(f"records needs --isic2019 DIR or the path of {name}")
+        return os.path.join(args.isic2019, name)
+
+    paths = (raw(args.isic2019_ground_truth, converters.ISIC2019_GROUND_TRUTH),
+             raw(args.isic2019_metadata, converters.ISIC2019_METADATA),
+             raw(args.isic2019_images, converters.ISIC2019_IMAGES))
+    with output_folder(args.out, list(paths) + [args.encodings]) as folder:
+        return converters.build_isic2019_records(*paths, folder, args.size, **options)
+
+
+def command(args: argparse.Namespace) -> int:
+    def pick(explicit, *relative):
+        if explicit:
+            return explicit
+        return os.path.join(args.data, *relative) if args.data else None
+
+    if args.size < 8:
+        raise DataError(f"--size must be at least 8, got {args.size}")
+    if args.isic2019 or args.isic2019_ground_truth or args.ham10000:
+        summary = convert_source(args)
+        print(json.dumps(summary))
+        print(f"records written to {args.out} (list them under data.external_files as training-only "
+              "external data, or under data.train_files as a data set of their own)")
+        return 0
+    if args.malignant_only or args.encodings:
+        raise FileNotFoundError("--malignant-only and --encodings apply to ISIC 2019 (--isic2019) or "
+                                "HAM10000 (--ham10000) files")
+    train_csv = pick(args.train_csv, "train.csv")
+    if not train_csv:
+        raise FileNotFoundError("records needs --data DIR, --train-csv CSV, --isic2019 DIR or --ham10000 DIR")
+    test_csv = pick(args.test_csv, "test.csv")
+    if test_csv and not args.test_csv and not io_utils.exists(test_csv):
+        test_csv = None
+    images = pick(args.train_images, "jpeg", "train"), pick(args.test_images, "jpeg", "test")
+    with output_folder(args.out, [train_csv, test_csv, *images]) as folder:
+        summary = build_records(train_csv, test_csv, *images, folder, args.size, parts=args.parts,
+                                test_parts=args.test_parts, seed=args.seed, workers=args.workers)
+    print(json.dumps(summary))
+    print(f"records written to {args.out}")
+    return 0

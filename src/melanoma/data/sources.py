@@ -1,0 +1,601 @@
+"""Which images a fold trains and validates on: competition parts, external sets, duplicates dropped.
+
+A fold's training set is the competition's training parts (`data.train_files`, parts with
+`part % k != fold`) plus the selected external TFRecords (`data.external_files`); its validation set is
+the competition's parts with `part % k == fold` and nothing else. External images never reach
+validation or OOF.
+
+External sets. Each entry of `data.external_files` is a glob, or a one-key mapping `{NAME: GLOB}` that
+names the set (useful when the files sit under a path that says nothing, such as a cloud bucket). A plain
+glob's files are grouped into sets by the folder they are in, named after it. A set named like the public
+`isic2019-NxN` dataset has 30 files: even part = 2017+2018 images, odd part = 2019-only images (the part
+comes from the file name), used as `data.external_2018` / `data.external_2019` say. Every file of any
+other set (e.g. `malignant-v2-NxN`, or records built from the raw ISIC 2019 files) is read
+`data.external_upsample` times per pass.
+
+Duplicates, each drop reported with its reason (`duplicates_dropped` in data.json, every image in
+duplicates.csv):
+
+* `duplicates_csv_pair`: ISIC's `2020_Challenge_duplicates.csv` (ISIC_id, ISIC_id_paired, partition)
+  pairs two competition images; of each group of paired training images one is kept (the first name)
+  and the others are dropped from training and validation;
+* `train_csv_tfrecord_-1`: the public dataset's train.csv marks duplicates with `tfrecord == -1`; those
+  images are dropped (the public TFRecords already lack them; records built from the JPEGs do not);
+* `external_same_name`: an external image named like a competition training image is that image
+  (ISIC ids are shared across the challenges; malignant-v2 holds the 2020 malignant images);
+* `external_exact_hash`: an external image whose JPEG bytes equal a competition image's
+  (`data.dedupe_external`);
+* `external_perceptual_hash`: an external image whose 64-bit difference hash (of a 9x8 grey thumbnail)
+  is within `data.dedupe_perceptual_bits` bits of a competition image's (`data.dedupe_perceptual`).
+
+Drops reach tf.data as (file, image_name) pairs, filtered before decoding, so the same name can be
+dropped from an external file and kept in the competition file. Validation drops are taken out of the
+per-epoch score and the OOF by name.
+
+Per-file tables (names, patients, targets, hashes) come from one pass over each file without decoding
+images, and are cached under `<output_dir>/.cache/tables/`, keyed by path, size and modification time, so
+the folds after the first read only small CSVs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from melanoma.core import io_utils, progress as progress_lib
+from melanoma.data import records
+from melanoma.core.config import ConfigError
+from melanoma.core.errors import CheckFailed, DataError
+
+COMPETITION = "competition"
+ISIC2019_SET = re.compile(r"^isic2019-\d+x\d+$")
+REASONS = ("duplicates_csv_pair", "train_csv_tfrecord_-1", "external_same_name", "external_exact_hash",
+           "external_perceptual_hash")
+HASH_BITS = 64
+CACHE_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# external sets
+
+
+@dataclass(frozen=True)
+class ExternalSet:
+    """One external dataset: its selected files (each listed once) and how often each is read."""
+
+    name: str
+    files: tuple[records.RecordFile, ...]
+    matched: int  # files matched before the 2018/2019 selection
+    repeats: int
+    selection: str
+
+
+def _entries(value) -> list[tuple[str | None, str]]:
+    """`data.external_files` -> [(set name or None, glob)]."""
+    if not value:
+        return []
+    if isinstance(value, (str, dict)):
+        value = [value]
+    entries = []
+    for item in value:
+        if isinstance(item, str):
+            entries.append((None, item))
+        elif isinstance(item, dict) and item and all(isinstance(v, str) for v in item.values()):
+            entries.extend((str(name), pattern) for name, pattern in item.items())
+        else:
+            raise ConfigError(f"data.external_files holds {item!r}; each entry is a glob or a mapping "
+                              "{set name: glob}")
+    return entries
+
+
+def external_sets(data_config) -> list[ExternalSet]:
+    """The external sets of a config's data section, files selected, sorted by set name."""
+    if not 0 <= data_config.dedupe_perceptual_bits < HASH_BITS:
+        raise ConfigError(f"config key 'data.dedupe_perceptual_bits' must be in 0..{HASH_BITS - 1}, got "
+                          f"{data_config.dedupe_perceptual_bits}")
+    if data_config.external_upsample < 0:
+        raise ConfigError(f"config key 'data.external_upsample' must be 0 or more, got "
+                          f"{data_config.external_upsample}")
+    grouped: dict[str, dict[str, records.RecordFile]] = {}
+    for name, pattern in _entries(data_config.external_files):
+        paths = io_utils.glob(pattern)
+        if not paths:
+            raise FileNotFoundError(f"data.external_files entry {pattern!r} matched no file")
+        for path in paths:
+            record_file = records.parse_file_name(path)
+            if record_file.split != "train":
+                raise DataError(f"external file {path} is a {record_file.split} file; external data must be "
+                                "labelled train records")
+            set_name = name or os.path.basename(os.path.dirname(path.rstrip("/"))) or "external"
+            if set_name == COMPETITION:
+                raise ConfigError("an external set may not be named 'competition'")
+            grouped.setdefault(set_name, {})[path] = record_file
+    sets = []
+    for set_name in sorted(grouped):
+        files = sorted(grouped[set_name].values(), key=lambda f: (f.part, f.path))
+        if ISIC2019_SET.match(set_name):
+            wanted = {0: data_config.external_2018, 1: data_config.external_2019}
+            chosen = tuple(f for f in files if wanted[f.part % 2])
+            labels = [label for label, on in (("2017+2018 (even parts)", data_config.external_2018),
+                                              ("2019 (odd parts)", data_config.external_2019)) if on]
+            sets.append(ExternalSet(set_name, chosen, len(files), 1, " + ".join(labels) or "none"))
+        else:
+            repeats = int(data_config.external_upsample)
+            sets.append(ExternalSet(set_name, tuple(files) if repeats else (), len(files), repeats,
+                                    "all" if repeats else "none (external_upsample 0)"))
+    return sets
+
+
+# ---------------------------------------------------------------------------------------------------
+# per-file tables and hashes
+
+
+def difference_hash(jpeg: bytes) -> int:
+    """64-bit difference hash: a 9x8 grey thumbnail, one bit per pair of horizontal neighbours."""
+    import cv2
+
+    data = np.frombuffer(jpeg, dtype=np.uint8)
+    grey = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    if grey is None:
+        raise DataError("cannot decode an image to hash it (empty or corrupt JPEG)")
+    thumbnail = cv2.resize(grey, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
+    bits = (thumbnail[:, 1:] > thumbnail[:, :-1]).ravel()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def _stat_key(path: str) -> str:
+    if io_utils.is_remote(path):
+        import tensorflow as tf
+
+        stat = tf.io.gfile.stat(path)
+        size, mtime = stat.length, stat.mtime_nsec
+    else:
+        stat = os.stat(path)
+        size, mtime = stat.st_size, stat.st_mtime_ns
+    text = f"{CACHE_VERSION}|{os.path.abspath(path) if not io_utils.is_remote(path) else path}|{size}|{mtime}"
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def _read_file(path: str, content_hash: bool, perceptual: bool, bar, skip_corrupt: bool = False) -> pd.DataFrame:
+    """image_name, patient_id, target (+ sha1, dhash) of every record of one file, in file order.
+
+    skip_corrupt (data.skip_corrupt) leaves out records that cannot be read or parsed, as training will;
+    otherwise such a record is a DataError naming the file, the record and its image (integrity.py)."""
+    import tensorflow as tf
+
+    spec = {"image_name": tf.io.FixedLenFeature([], tf.string),
+            "patient_id": tf.io.FixedLenFeature([], tf.int64),
+            "target": tf.io.FixedLenFeature([], tf.int64)}
+    if content_hash or perceptual:
+        spec["image"] = tf.io.FixedLenFeature([], tf.string)
+    dataset = tf.data.TFRecordDataset(path).map(lambda s: tf.io.parse_single_example(s, spec),
+                                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if skip_corrupt:
+        dataset = dataset.ignore_errors()
+    columns: dict[str, list] = {"image_name": [], "patient_id": [], "target": []}
+    if content_hash:
+        columns["sha1"] = []
+    if perceptual:
+        columns["dhash"] = []
+    try:
+        for batch in dataset.batch(256):
+            names = [n.decode() for n in batch["image_name"].numpy()]
+            columns["image_name"].extend(names)
+            columns["patient_id"].extend(batch["patient_id"].numpy().tolist())
+            columns["target"].extend(batch["target"].numpy().tolist())
+            if "image" in batch:
+                for name, jpeg in zip(names, batch["image"].numpy()):
+                    if content_hash:
+                        columns["sha1"].append(hashlib.sha1(jpeg).hexdigest())
+                    if perceptual:
+                        try:
+                            columns["dhash"].append(f"{difference_hash(jpeg):016x}")
+                        except DataError:
+                            raise DataError(f"cannot decode image {name} in {path} to hash it") from None
+            bar.update(len(names))
+    except tf.errors.OpError as error:
+        from melanoma.data import integrity
+
+        scan = integrity.scan_file(path, "train", image_size=None)
+        found = f":\n  {scan.describe()}\n" if not scan.ok else \
+            f": {error.message.splitlines()[0]} (a truncated or corrupt TFRecord, or not the public train schema); "
+        raise DataError(f"cannot read {path}{found}{integrity.HINT_TRAIN}") from None
+    return pd.DataFrame(columns)
+
+
+class TableReader:
+    """Per-file tables, read once per process and cached on disk between processes."""
+
+    def __init__(self, cache_dir: str | None, progress: bool = True, skip_corrupt: bool = False):
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self.skip_corrupt = skip_corrupt
+        self.memory: dict[tuple[str, bool, bool], pd.DataFrame] = {}
+
+    def _cache_path(self, path: str) -> str | None:
+        return os.path.join(self.cache_dir, f"{_stat_key(path)}.csv") if self.cache_dir else None
+
+    def _cached(self, path: str, content_hash: bool, perceptual: bool) -> pd.DataFrame | None:
+        cache_path = self._cache_path(path)
+        if not cache_path or not io_utils.exists(cache_path):
+            return None
+        table = io_utils.read_csv(cache_path, dtype={"image_name": str, "sha1": str, "dhash": str})
+        needed = {"image_name", "patient_id", "target"} | ({"sha1"} if content_hash else set()) | (
+            {"dhash"} if perceptual else set())
+        return table if needed <= set(table.columns) else None
+
+    def tables(self, files: Iterable[records.RecordFile], content_hash: bool = False,
+               perceptual: bool = False, desc: str = "reading records") -> dict[str, pd.DataFrame]:
+        """{path: table} for the files; one pass (with a progress bar) over those not cached."""
+        files = list({f.path: f for f in files}.values())
+        found, missing = {}, []
+        for record_file in files:
+            key = (record_file.path, content_hash, perceptual)
+            table = self.memory.get(key)
+            if table is None:
+                table = self._cached(record_file.path, content_hash, perceptual)
+            if table is None:
+                missing.append(record_file)
+            else:
+                found[record_file.path] = self.memory[key] = table
+        if missing:
+            total = sum(f.count for f in missing)
+            with progress_lib.bar(total=total, desc=desc, unit="img", disable=not self.progress, leave=False) as bar:
+                for record_file in missing:
+                    table = _read_file(record_file.path, content_hash, perceptual, bar, self.skip_corrupt)
+                    short = len(table) != record_file.count
+                    if short and not self.skip_corrupt:
+                        raise DataError(f"{record_file.path} holds {len(table)} records but its name says "
+                                        f"{record_file.count}; the file is truncated or misnamed")
+                    cache_path = self._cache_path(record_file.path)
+                    if cache_path and not short:  # a damaged file's partial table is never reused
+                        io_utils.write_csv_atomic(table, cache_path)
+                    found[record_file.path] = self.memory[(record_file.path, content_hash, perceptual)] = table
+        return found
+
+
+# ---------------------------------------------------------------------------------------------------
+# competition duplicates
+
+
+def read_duplicates(paths) -> dict[str, pd.DataFrame]:
+    """{reason: frame of image_name, duplicate_of} from each duplicates CSV, recognised by its columns.
+
+    `2020_Challenge_duplicates.csv` (ISIC_id, ISIC_id_paired[, partition]) gives pairs; the public
+    train.csv (image_name, tfrecord) gives the images marked -1.
+    """
+    if not paths:
+        return {}
+    found: dict[str, list[pd.DataFrame]] = {}
+    for path in [paths] if isinstance(paths, str) else paths:
+        table = io_utils.read_csv(path, dtype=str)
+        columns = set(table.columns)
+        if {"ISIC_id", "ISIC_id_paired"} <= columns:
+            pairs = table[["ISIC_id", "ISIC_id_paired"]].dropna().astype(str)
+            found.setdefault("duplicates_csv_pair", []).append(
+                pairs.rename(columns={"ISIC_id": "image_name", "ISIC_id_paired": "duplicate_of"}))
+        elif {"image_name", "tfrecord"} <= columns:
+            marked = table.loc[pd.to_numeric(table["tfrecord"], errors="coerce") == -1, ["image_name"]]
+            found.setdefault("train_csv_tfrecord_-1", []).append(marked.assign(duplicate_of=""))
+        else:
+            raise DataError(f"duplicates CSV {path} has columns {', '.join(table.columns)}; expected ISIC's "
+                            "2020_Challenge_duplicates.csv (ISIC_id, ISIC_id_paired, partition) or the "
+                            "public train.csv (image_name, tfrecord; -1 marks a duplicate)")
+    return {reason: pd.concat(frames, ignore_index=True) for reason, frames in found.items()}
+
+
+def pair_drops(pairs: pd.DataFrame, present: set[str]) -> pd.DataFrame:
+    """Of each connected group of paired images present in the training data, all but the first name."""
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.get(name, name) != name:
+            parent[name] = parent.get(parent[name], parent[name])
+            name = parent[name]
+        return name
+
+    for a, b in zip(pairs["image_name"], pairs["duplicate_of"]):
+        if a in present and b in present:
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    rows = [(name, root(name)) for name in sorted(parent) if root(name) != name]
+    return pd.DataFrame(rows, columns=["image_name", "duplicate_of"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# near duplicates
+
+
+def hamming_matches(queries: np.ndarray, references: np.ndarray, max_bits: int,
+                    block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """(query index, reference index) of the nearest reference within max_bits, for queries that have one."""
+    if not len(queries) or not len(references):
+        return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    hits_q, hits_r = [], []
+    for start in range(0, len(queries), block):
+        chunk = queries[start:start + block]
+        distance = np.bitwise_count(chunk[:, None] ^ references[None, :])
+        nearest = distance.argmin(axis=1)
+        close = distance[np.arange(len(chunk)), nearest] <= max_bits
+        hits_q.append(np.nonzero(close)[0] + start)
+        hits_r.append(nearest[close])
+    return np.concatenate(hits_q), np.concatenate(hits_r)
+
+
+def _hashes(values: pd.Series) -> np.ndarray:
+    return np.array([int(v, 16) for v in values], dtype=np.uint64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the fold
+
+
+@dataclass
+class FoldData:
+    """What train_fold reads: files, what to drop from them, counts, and the summary for data.json."""
+
+    fold: int
+    train_files: list[records.RecordFile]  # competition training files, then external files (repeated)
+    valid_files: list[records.RecordFile]
+    excluded: set[tuple[str, str]]  # (file path, image_name) pairs left out of training and validation
+    valid_dropped: frozenset[str]  # validation image names left out of the score and the OOF
+    valid_names: frozenset[str]  # the competition validation images that the OOF must hold
+    train_images: int  # images per pass over the training files (drops out, repeats in)
+    valid_images: int
+    summary: dict
+    drops: pd.DataFrame = field(repr=False)
+    train_sources: list[str] = field(default_factory=list)  # source of each of train_files
+
+    @property
+    def train_paths(self) -> list[str]:
+        return [f.path for f in self.train_files]
+
+    @property
+    def valid_paths(self) -> list[str]:
+        return [f.path for f in self.valid_files]
+
+    def record_filter(self) -> Callable | None:
+        """tf predicate (file path, serialized record) -> keep?, or None when nothing is dropped."""
+        return record_filter(self.excluded) if self.excluded else None
+
+
+def record_filter(excluded: Iterable[tuple[str, str]]) -> Callable:
+    """A tf.data predicate that drops the given (file path, image_name) records before decoding."""
+    import tensorflow as tf
+
+    keys = sorted({f"{path}\n{name}" for path, name in excluded})
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.string), tf.ones(len(keys), tf.int64)),
+        default_value=0)
+    spec = {"image_name": tf.io.FixedLenFeature([], tf.string)}
+
+    def keep(path, serialized):
+        name = tf.io.parse_single_example(serialized, spec)["image_name"]
+        return tf.equal(table.lookup(tf.strings.join([path, name], separator="\n")), 0)
+
+    return keep
+
+
+def check_competition_files(files: list[records.RecordFile]) -> None:
+    """One file per part, train records only: a second file with the same part is data in the wrong key."""
+    by_part: dict[int, list[str]] = {}
+    for record_file in files:
+        if record_file.split != "train":
+            raise CheckFailed(f"data.train_files matched the {record_file.split} file {record_file.path}")
+        by_part.setdefault(record_file.part, []).append(record_file.path)
+    doubled = {part: paths for part, paths in by_part.items() if len(paths) > 1}
+    if doubled:
+        part, paths = min(doubled.items())
+        raise CheckFailed(f"data.train_files has {len(paths)} files for part {part} ({', '.join(paths[:3])}); "
+                          "the competition has one file per part. External TFRecords (isic2019, "
+                          "malignant-v2, ...) belong in data.external_files, never in data.train_files")
+
+
+def _counts(table: pd.DataFrame, files: int, **extra) -> dict:
+    patients = table.loc[table["patient_id"] >= 0, "patient_id"]
+    row = {"files": files, "images": int(len(table)), "malignant": int((table["target"] == 1).sum()),
+           "patients": int(patients.nunique()),
+           "images_without_patient": int((table["patient_id"] < 0).sum())}
+    row.update(extra)
+    return row
+
+
+def _examples(values: Iterable, limit: int = 3) -> str:
+    values = sorted({str(v) for v in values})
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return ", ".join(values[:limit]) + more
+
+
+def prepare_fold(config, fold: int, progress: bool = True, reader: TableReader | None = None) -> FoldData:
+    """The fold's files and drops, after the integrity checks; CheckFailed on any leak."""
+    from melanoma.input import pipeline
+
+    data = config.data
+    files = pipeline.list_files(data.train_files, "data.train_files")
+    check_competition_files(files)
+    train_files, valid_files = pipeline.split_folds(files, fold, data.folds)
+    sets = external_sets(data)
+    competition_paths = {f.path for f in files}
+    for external in sets:
+        shared = sorted(competition_paths & {f.path for f in external.files})
+        if shared:
+            raise CheckFailed(f"{shared[0]} is matched by both data.train_files and data.external_files "
+                              f"(set '{external.name}'); external images must never be in validation")
+    external_files = [f for s in sets for f in s.files]
+    content_hash = bool(external_files) and bool(data.dedupe_external)
+    perceptual = bool(external_files) and bool(data.dedupe_perceptual)
+    reader = reader or TableReader(os.path.join(config.output_dir, ".cache", "tables"), progress,
+                                   skip_corrupt=bool(data.skip_corrupt))
+    tables = reader.tables(files, content_hash, perceptual, desc="competition records")
+    tables.update(reader.tables(external_files, content_hash, perceptual, desc="external records"))
+
+    def joined(record_files, source: str) -> pd.DataFrame:
+        frames = [tables[f.path].assign(path=f.path, source=source) for f in record_files]
+        return (pd.concat(frames, ignore_index=True) if frames else
+                pd.DataFrame(columns=["image_name", "patient_id", "target", "path", "source"]))
+
+    training = joined(train_files, COMPETITION)
+    validation = joined(valid_files, COMPETITION)
+    competition = pd.concat([training, validation], ignore_index=True)
+    repeated = competition.loc[competition["image_name"].duplicated(), "image_name"]
+    if len(repeated):
+        raise CheckFailed(f"image(s) {_examples(repeated)} appear more than once in data.train_files; the "
+                          "parts overlap (two copies of the data, or an external file among them)")
+    unknown = validation.loc[validation["patient_id"] < 0]
+    if len(unknown):
+        paths = sorted(set(unknown["path"]))
+        raise CheckFailed(f"validation file(s) {_examples(paths, 2)} hold {len(unknown)} image(s) without a "
+                          "patient id (e.g. " + _examples(unknown["image_name"]) + "): external data given as "
+                          "data.train_files would put non-competition images in validation and OOF; list "
+                          "them under data.external_files")
+
+    # competition duplicates, dropped from training and validation
+    drop_rows = []
+    present = set(competition["image_name"])
+    for reason, listed in read_duplicates(data.duplicates_csv).items():
+        if reason == "duplicates_csv_pair":
+            listed = pair_drops(listed, present)
+        listed = listed[listed["image_name"].isin(present)].drop_duplicates("image_name")
+        drop_rows.append(competition.merge(listed, on="image_name").assign(reason=reason))
+    competition_drops = (pd.concat(drop_rows, ignore_index=True).drop_duplicates("image_name")
+                         if drop_rows else pd.DataFrame(columns=["image_name", "path", "source", "reason"]))
+    dropped_names = set(competition_drops["image_name"])
+
+    # external images that are competition images
+    external_frames, external_drop_rows = {}, []
+    competition_names = set(competition["image_name"])
+    sha_index = (competition.drop_duplicates("sha1").set_index("sha1")["image_name"]
+                 if content_hash else None)
+    reference_hashes = _hashes(competition["dhash"]) if perceptual else None
+    for external in sets:
+        frame = joined(external.files, external.name)
+        if frame.empty:
+            external_frames[external.name] = frame
+            continue
+        reason = pd.Series("", index=frame.index, dtype=object)
+        duplicate_of = pd.Series("", index=frame.index, dtype=object)
+        same = frame["image_name"].isin(competition_names)
+        reason[same], duplicate_of[same] = "external_same_name", frame.loc[same, "image_name"]
+        if content_hash:
+            hit = (reason == "") & frame["sha1"].isin(sha_index.index)
+            reason[hit] = "external_exact_hash"
+            duplicate_of[hit] = sha_index.loc[frame.loc[hit, "sha1"]].to_numpy()
+        if perceptual:
+            open_rows = np.nonzero((reason == "").to_numpy())[0]
+            queries, refs = hamming_matches(_hashes(frame["dhash"].iloc[open_rows]), reference_hashes,
+                                            int(data.dedupe_perceptual_bits))
+            rows = frame.index[open_rows[queries]]
+            reason[rows] = "external_perceptual_hash"
+            duplicate_of[rows] = competition["image_name"].to_numpy()[refs]
+        hit = reason != ""
+        external_drop_rows.append(frame.loc[hit].assign(reason=reason[hit], duplicate_of=duplicate_of[hit]))
+        external_frames[external.name] = frame.loc[~hit]
+
+    columns = ["image_name", "source", "path", "reason", "duplicate_of"]
+    drops = pd.concat([competition_drops.reindex(columns=columns)]
+                      + [d.reindex(columns=columns) for d in external_drop_rows], ignore_index=True)
+    drops["duplicate_of"] = drops["duplicate_of"].fillna("")
+    excluded = set(zip(drops["path"], drops["image_name"]))
+    kept_training = training[~training["image_name"].isin(dropped_names)]
+    kept_validation = validation[~validation["image_name"].isin(dropped_names)]
+
+    # the leak checks, on what will actually be read
+    shared_patients = (set(kept_training.loc[kept_training["patient_id"] >= 0, "patient_id"])
+                       & set(kept_validation.loc[kept_validation["patient_id"] >= 0, "patient_id"]))
+    if shared_patients:
+        raise CheckFailed(f"fold {fold}: {len(shared_patients)} patient(s) (codes {_examples(shared_patients)}) "
+                          "have images in both training and validation; the parts are not patient-disjoint. "
+                          "Rebuild the records with `python -m melanoma records` (its parts never split a "
+                          "patient) or check data.train_files")
+    valid_names = set(kept_validation["image_name"])
+    leaked = {name for frame in external_frames.values() for name in frame["image_name"]} & valid_names
+    if leaked:
+        raise CheckFailed(f"fold {fold}: external image(s) {_examples(leaked)} would be in validation")
+
+    repeats = {s.name: s.repeats for s in sets}
+    # train.upsample_malignant repeats malignant competition images (pipeline.train_dataset)
+    upsampled = (int(config.train.upsample_malignant) - 1) * int((kept_training["target"] == 1).sum())
+    train_images = (len(kept_training) + upsampled
+                    + sum(len(f) * repeats[name] for name, f in external_frames.items()))
+    train_list = list(train_files) + [f for s in sets for f in s.files for _ in range(s.repeats)]
+    train_sources = [COMPETITION] * len(train_files) + [s.name for s in sets for _ in s.files
+                                                        for _ in range(s.repeats)]
+    summary = build_summary(fold, data.folds, kept_training, kept_validation, train_files, valid_files,
+                            sets, external_frames, drops, train_images,
+                            upsample=int(config.train.upsample_malignant))
+    return FoldData(fold=fold, train_files=train_list, valid_files=list(valid_files), excluded=excluded,
+                    valid_dropped=frozenset(validation.loc[validation["image_name"].isin(dropped_names),
+                                                           "image_name"]),
+                    valid_names=frozenset(valid_names), train_images=int(train_images),
+                    valid_images=len(kept_validation), summary=summary, drops=drops,
+                    train_sources=train_sources)
+
+
+def build_summary(fold, folds, training, validation, train_files, valid_files, sets, external_frames,
+                  drops, train_images, upsample: int = 1) -> dict:
+    training_rows = {COMPETITION: _counts(training, len(train_files), repeats=1, malignant_repeats=upsample)}
+    for external in sets:
+        training_rows[external.name] = _counts(external_frames[external.name], len(external.files),
+                                               repeats=external.repeats, files_matched=external.matched,
+                                               selection=external.selection)
+    drops = drops.assign(split=np.where(drops["path"].isin({f.path for f in valid_files}), "validation",
+                                        "training"))
+    by_split = {split: {reason: int(((drops["reason"] == reason) & (drops["split"] == split)).sum())
+                        for reason in REASONS} for split in ("training", "validation")}
+    return {
+        "fold": fold,
+        "folds": folds,
+        "training": training_rows,
+        "validation": {COMPETITION: _counts(validation, len(valid_files))},
+        "training_images_per_epoch": int(train_images),
+        "duplicates_dropped": {reason: int((drops["reason"] == reason).sum()) for reason in REASONS},
+        "duplicates_dropped_by_split": by_split,
+        "checks": {"patients_in_training_and_validation": 0, "external_images_in_validation": 0,
+                   "non_competition_images_in_validation": 0},
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"fold {summary['fold']} data:",
+             f"  {'split':<11}{'source':<26}{'files':>6}{'images':>9}{'malignant':>10}{'patients':>9}"
+             f"{'repeats':>8}"]
+    for split in ("training", "validation"):
+        for source, row in summary[split].items():
+            lines.append(f"  {split:<11}{source:<26}{row['files']:>6}{row['images']:>9}{row['malignant']:>10}"
+                         f"{row['patients']:>9}{row.get('repeats', 1):>8}")
+    dropped = {k: v for k, v in summary["duplicates_dropped"].items() if v}
+    lines.append("  duplicates dropped: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
+    lines.append(f"  training images per epoch: {summary['training_images_per_epoch']}")
+    return "\n".join(lines)
+
+
+def write_summary(fold_data: FoldData, folder: str) -> str:
+    """Print the fold's data summary; write data.json and duplicates.csv (every dropped image) in folder."""
+    path = os.path.join(folder, "data.json")
+    io_utils.write_text_atomic(path, json.dumps(fold_data.summary, indent=1) + "\n")
+    io_utils.write_csv_atomic(fold_data.drops, os.path.join(folder, "duplicates.csv"))
+    print(format_summary(fold_data.summary))
+    return path
+
+
+def check_oof(oof: pd.DataFrame, fold_data: FoldData) -> pd.DataFrame:
+    """The fold's OOF without the dropped validation duplicates; CheckFailed unless it is exactly the
+    competition's validation images."""
+    oof = oof[~oof["image_name"].isin(fold_data.valid_dropped)].reset_index(drop=True)
+    names = set(oof["image_name"])
+    stray = names - fold_data.valid_names
+    if stray:
+        raise CheckFailed(f"fold {fold_data.fold}: OOF would hold image(s) {_examples(stray)} that are not "
+                          "competition validation images")
+    missing = fold_data.valid_names - names
+    if missing or oof["image_name"].duplicated().any():
+        raise CheckFailed(f"fold {fold_data.fold}: OOF lacks or repeats validation images "
+                          f"({_examples(missing) or _examples(oof.loc[oof['image_name'].duplicated(), 'image_name'])})")
+    return oof

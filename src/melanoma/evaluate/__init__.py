@@ -1,0 +1,1 @@
+"""OOF scoring as the competition scores, run comparison, reports and blends."""

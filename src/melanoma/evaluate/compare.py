@@ -1,0 +1,328 @@
+"""Compare runs: one row per run folder with its OOF AUC, interval, folds and the gap to the best run.
+
+`python -m melanoma compare [DIR] [--json] [--by auc|unselected] [--test patient|image] [--bootstrap N] [--seed S]`
+
+A run folder (`outputs/<name>/`) holds `config.yaml`, `fold<K>/oof.csv` per finished fold and `oof.csv`
+over all folds; a blend folder holds `blend.json` instead of `config.yaml`. A run is complete when every
+fold 0..data.folds-1 has its OOF; an incomplete run is listed with its partial AUC marked as such and is
+never ranked against complete runs. The difference from the best run comes with a p-value on the images
+both runs scored: DeLong's test clustered by patient (Obuchowski, 1997) by default, since images of one
+patient are correlated, or the per-image DeLong test with `--test image` (for reference: on OOF
+predictions it calls too many equal runs different).
+
+Beside the OOF AUC each run shows `auc_unselected` (each fold at the epoch chosen on the other folds;
+see `selection`) and `pauc_tpr80` (ISIC 2024's partial AUC above 80% sensitivity). `--by unselected`
+ranks complete runs by auc_unselected instead, and then compares the runs' unselected predictions.
+
+The helpers here (find_runs, inspect_run, load_run_oof) are shared with `report` and `blend`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from melanoma.core import io_utils
+from melanoma.evaluate import scoring, selection
+from melanoma.core.errors import DataError
+from melanoma.evaluate.scoring import (ScoreWarning, clustered_delong_test, delong_test, prepare_oof, read_oof,
+                              read_string_table, score_oof)
+
+FOLD_DIR = re.compile(r"^fold(\d+)$")
+BLEND_FILE = "blend.json"
+RANK_BY = {"auc": "auc", "unselected": "auc_unselected"}
+TESTS = ("patient", "image")
+
+
+@dataclass
+class Run:
+    """What a run folder holds, before any OOF is read."""
+    name: str
+    path: str
+    config: Any = None                  # the resolved Config, for a trained run
+    blend: dict | None = None           # blend.json, for a blend
+    folds_expected: int | None = None   # data.folds (None when nothing says)
+    fold_files: list[int] = field(default_factory=list)  # K with fold<K>/oof.csv
+    has_oof: bool = False               # <run>/oof.csv exists
+    problem: str | None = None          # why the folder cannot be described (bad config.yaml)
+
+    @property
+    def kind(self) -> str:
+        return "blend" if self.blend is not None else "run"
+
+
+def is_run_folder(path: str) -> bool:
+    if not os.path.isdir(path):
+        return False
+    if any(os.path.exists(os.path.join(path, name)) for name in ("config.yaml", "oof.csv", BLEND_FILE)):
+        return True
+    return any(FOLD_DIR.match(entry) and os.path.isfile(os.path.join(path, entry, "oof.csv"))
+               for entry in os.listdir(path))
+
+
+def find_runs(directory: str) -> list[str]:
+    """Run folders directly under `directory` (sorted by name)."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no such folder of runs: {directory}")
+    return [os.path.join(directory, entry) for entry in sorted(os.listdir(directory))
+            if not entry.startswith(".") and is_run_folder(os.path.join(directory, entry))]
+
+
+def inspect_run(path: str) -> Run:
+    """Describe a run folder: its config (or blend description), expected folds and finished folds."""
+    from melanoma.core.config import ConfigError, load_run_config
+
+    path = str(path).rstrip("/")
+    run = Run(name=os.path.basename(path), path=path)
+    run.has_oof = os.path.isfile(os.path.join(path, "oof.csv"))
+    if os.path.isdir(path):
+        run.fold_files = sorted(int(match.group(1)) for entry in os.listdir(path)
+                                if (match := FOLD_DIR.match(entry))
+                                and os.path.isfile(os.path.join(path, entry, "oof.csv")))
+    blend_path = os.path.join(path, BLEND_FILE)
+    if os.path.isfile(os.path.join(path, "config.yaml")):
+        try:
+            run.config = load_run_config(path)
+            run.name = run.config.get("name") or run.name
+            run.folds_expected = int(run.config["data"]["folds"])
+        except (ConfigError, OSError, KeyError, TypeError, ValueError, AttributeError) as error:
+            run.problem = f"unreadable config.yaml: {error}"
+    elif os.path.isfile(blend_path):
+        try:
+            run.blend = json.loads(io_utils.read_text(blend_path))
+            run.folds_expected = len(run.blend["folds"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            run.problem = f"unreadable {BLEND_FILE}: {error}"
+            run.blend = {}
+    return run
+
+
+def load_run_oof(run: Run) -> tuple[pd.DataFrame, bool, list[int]]:
+    """(checked OOF of the competition rows, complete?, folds present).
+
+    Complete when every expected fold is there: `oof.csv` is used when it covers them all, otherwise the
+    per-fold files are joined. A run whose folds are not all done gets whichever covers more folds, with
+    complete False. Raises DataError when there is no OOF at all or it does not read.
+    """
+    expected = set(range(run.folds_expected)) if run.folds_expected else None
+    whole = read_oof(os.path.join(run.path, "oof.csv")) if run.has_oof else None
+    if whole is not None:
+        present = sorted(set(whole["fold"]))
+        if expected is None or expected <= set(present):
+            return whole, True, present
+    if run.fold_files:
+        parts = [read_string_table(os.path.join(run.path, f"fold{fold}", "oof.csv"))
+                 for fold in run.fold_files]
+        joined = prepare_oof(pd.concat(parts, ignore_index=True), where=f"{run.path}/fold*/oof.csv")
+        present = sorted(set(joined["fold"]))
+        if whole is None or len(present) > len(set(whole["fold"])):
+            complete = expected is not None and expected <= set(present)
+            return joined, complete, present
+    if whole is not None:
+        return whole, False, sorted(set(whole["fold"]))
+    raise DataError(f"{run.path} has no OOF predictions yet (no oof.csv, no fold<K>/oof.csv)")
+
+
+def _describe(run: Run) -> dict:
+    config = run.config
+    if run.blend is not None:
+        members = run.blend.get("members", [])
+        return {"backbone": "blend: " + "+".join(str(member.get("name", "?")) for member in members),
+                "image_size": None, "external": None, "tta": None}
+    if config is None:
+        return {"backbone": None, "image_size": None, "external": None, "tta": None}
+
+    def get(dotted: str):
+        try:
+            return config.get_path(dotted)
+        except (KeyError, TypeError, AttributeError):
+            return None
+
+    external = get("data.external_files")
+    if isinstance(external, str):
+        external = [external] if external.strip() else []
+    if get("model.family") == "tabular":
+        return {"backbone": "tabular (trees)", "image_size": get("features.image_size")
+                or get("data.image_size"), "external": False, "tta": None}
+    return {"backbone": get("model.backbone"), "image_size": get("data.image_size"),
+            "external": bool(external) if external is not None else None, "tta": get("tta.steps")}
+
+
+def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str = "auc",
+                 test: str = "patient") -> list[dict]:
+    """One dict per run folder, best complete run first (see the module docstring for the fields).
+
+    by: "auc" ranks complete runs by OOF AUC; "unselected" by auc_unselected (complete runs without
+    it follow, unranked). test: "patient" (clustered DeLong) or "image" (per-image DeLong).
+    """
+    from tqdm.auto import tqdm
+
+    if by not in RANK_BY:
+        raise DataError(f"--by must be one of {', '.join(RANK_BY)}, got '{by}'")
+    if test not in TESTS:
+        raise DataError(f"--test must be one of {', '.join(TESTS)}, got '{test}'")
+    rows: list[dict] = []
+    frames: dict[str, pd.DataFrame] = {}
+    paths = find_runs(directory)
+    for path in tqdm(paths, desc="runs", unit="run", disable=len(paths) < 4 or not sys.stderr.isatty(), leave=False):
+        run = inspect_run(path)
+        row: dict[str, Any] = {"name": run.name, "path": run.path, "kind": run.kind, **_describe(run),
+                               "folds_done": len(run.fold_files), "folds": run.folds_expected,
+                               "status": "error", "auc": None, "auc_partial": None, "auc_unselected": None,
+                               "selection_gain": None, "pauc_tpr80": None, "ci95": None,
+                               "fold_mean": None, "fold_std": None, "n": None, "n_positive": None,
+                               "delta_best": None, "p_best": None, "p_test": test, "n_common": None,
+                               "note": run.problem}
+        rows.append(row)
+        if run.problem:
+            continue
+        try:
+            frame, complete, present = load_run_oof(run)
+            chosen = selection.epoch_selection(frame, run.path) if complete else selection.Selection(
+                reason="incomplete run")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ScoreWarning)
+                score = score_oof(frame, bootstrap=bootstrap if complete else 0, seed=seed, selection=chosen)
+        except DataError as error:
+            row["note"] = str(error)
+            continue
+        row.update(folds_done=len(present), n=score["n"], n_positive=score["n_positive"],
+                   fold_mean=score["fold_mean"], fold_std=score["fold_std"])
+        if complete:
+            row.update(status="complete", auc=score["auc"], ci95=score["ci95"], pauc_tpr80=score["pauc_tpr80"],
+                       auc_unselected=score["auc_unselected"], selection_gain=score["selection_gain"])
+            frames[run.path] = frame if by == "auc" else chosen.frame
+        else:
+            row.update(status="incomplete", auc_partial=score["auc"],
+                       note=f"partial: folds {','.join(map(str, present))} of "
+                            f"{run.folds_expected if run.folds_expected else '?'}")
+        if score["warnings"]:
+            row["note"] = "; ".join(filter(None, [row["note"]] + score["warnings"]))
+
+    key = RANK_BY[by]
+    ranked = sorted((row for row in rows if row["status"] == "complete" and row[key] is not None),
+                    key=lambda r: -r[key])
+    unranked = [row for row in rows if row["status"] == "complete" and row[key] is None]
+    for row in unranked:
+        row["note"] = "; ".join(filter(None, [row["note"], "no auc_unselected: not ranked"]))
+    partial_rows = sorted((row for row in rows if row["status"] == "incomplete"),
+                          key=lambda r: -(r["auc_partial"] or 0))
+    error_rows = [row for row in rows if row["status"] == "error"]
+    if ranked:
+        best = ranked[0]
+        best_frame = frames[best["path"]]
+        for row in ranked[1:]:
+            row["delta_best"] = round(row[key] - best[key], 6)
+            _test_against(row, best_frame, frames[row["path"]], test)
+        best["delta_best"] = 0.0
+    for rank, row in enumerate(ranked, start=1):
+        row["rank"] = rank
+    for row in unranked + partial_rows + error_rows:
+        row["rank"] = None
+    return ranked + unranked + partial_rows + error_rows
+
+
+def _test_against(row: dict, best: pd.DataFrame, other: pd.DataFrame, test: str) -> None:
+    """p-value of DeLong's test (clustered by patient, or per image) between the best run and this
+    one, on the images both scored."""
+    common = best[["image_name", "patient_id", "target", "pred"]].merge(
+        other[["image_name", "patient_id", "target", "pred"]], on="image_name", suffixes=("_best", "_run"))
+    row["n_common"] = int(len(common))
+    if common.empty:
+        row["note"] = "no images in common with the best run"
+        return
+    if (common["target_best"] != common["target_run"]).any():
+        row["note"] = "targets differ from the best run's on shared images; no p-value"
+        return
+    if common["target_best"].nunique() < 2:
+        row["note"] = "shared images with the best run hold one class; no p-value"
+        return
+    if test == "image":
+        _, _, p_value = delong_test(common["target_best"], common["pred_best"], common["pred_run"])
+    else:
+        if (common["patient_id_best"] != common["patient_id_run"]).any():
+            row["note"] = "patient ids differ from the best run's on shared images; no p-value"
+            return
+        if common["patient_id_best"].nunique() < 2:
+            row["note"] = "shared images with the best run are of one patient; no p-value"
+            return
+        _, _, p_value = clustered_delong_test(common["target_best"], common["pred_best"], common["pred_run"],
+                                              common["patient_id_best"])
+    row["p_best"] = float(f"{p_value:.3g}")
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width table of compare_runs' rows."""
+    header = ["#", "name", "backbone", "size", "ext", "folds", "tta", "OOF AUC", "unselected", "pAUC80",
+              "95% CI", "fold mean±std", "vs best", "p", "status"]
+    lines = []
+    for row in rows:
+        if row["status"] == "complete":
+            auc = _cell(row["auc"])
+        elif row["auc_partial"] is not None:
+            auc = f"({_cell(row['auc_partial'])})*"
+        else:
+            auc = "-"
+        ci = f"{row['ci95'][0]:.4f}-{row['ci95'][1]:.4f}" if row["ci95"] else "-"
+        spread = "-" if row["fold_mean"] is None else (
+            f"{row['fold_mean']:.4f}±{row['fold_std']:.4f}" if row["fold_std"] is not None
+            else f"{row['fold_mean']:.4f}")
+        delta = "-" if row["delta_best"] is None else (
+            "best" if row["rank"] == 1 else f"{row['delta_best']:+.4f}")
+        p_value = "-" if row["p_best"] is None else f"{row['p_best']:.3g}"
+        folds = f"{row['folds_done']}/{row['folds'] if row['folds'] else '?'}"
+        status = row["status"] + (f" ({row['note']})" if row["note"] else "")
+        lines.append([_cell(row["rank"]), row["name"], _cell(row["backbone"]), _cell(row["image_size"]),
+                      _cell(row["external"]), folds, _cell(row["tta"]), auc, _cell(row.get("auc_unselected")),
+                      _cell(row.get("pauc_tpr80")), ci, spread, delta, p_value, status])
+    widths = [max(len(str(item)) for item in column) for column in zip(header, *lines)]
+    text = ["  ".join(str(item).ljust(width) for item, width in zip(line, widths)).rstrip()
+            for line in [header] + lines]
+    if any(row["status"] == "incomplete" for row in rows):
+        text.append("(...)* partial AUC of an incomplete run, over the folds done; not ranked")
+    tests = {row.get("p_test") for row in rows if row["p_best"] is not None}
+    if tests:
+        how = ("DeLong's test clustered by patient" if tests == {"patient"}
+               else "per-image DeLong test (ignores patients: too small for OOF)")
+        text.append(f"p: {how}, against the best run on the images both scored")
+    return "\n".join(text)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", nargs="?", default="outputs", metavar="DIR",
+                        help="folder of run folders (default: outputs)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--by", choices=tuple(RANK_BY), default="auc",
+                        help="rank by OOF AUC (default) or by auc_unselected (epochs chosen on other folds)")
+    parser.add_argument("--test", choices=TESTS, default="patient",
+                        help="p-value vs the best run: DeLong clustered by patient (default) or per image")
+    scoring.add_bootstrap_arguments(parser, "each run's 95%% interval")
+
+
+def command(args: argparse.Namespace) -> int:
+    scoring.check_bootstrap_arguments(args)
+    rows = compare_runs(args.directory, bootstrap=args.bootstrap, seed=args.seed, by=args.by, test=args.test)
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print(f"no runs in {args.directory}", file=sys.stderr)
+    else:
+        print(format_table(rows))
+    return 0

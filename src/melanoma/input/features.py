@@ -1,0 +1,373 @@
+"""Tabular features of the competition's records, for `model.family: tabular` (see `tabular`).
+
+Groups, each switched in the config's `features` section:
+
+* image statistics (`features.image`), from each record's image decoded with OpenCV at
+  `features.image_size` (null: `data.image_size`): colour moments and histograms in RGB, HSV and LAB,
+  and the shape and colour of a lesion mask; all finite (see `imagestats` for each one).
+* metadata (`features.metadata`): `meta_age`, `meta_sex`, `meta_site` (categorical code), and
+  `meta_patient_images` (the patient's images in the same split); missing values are NaN, which the
+  trees route on their own.
+* stacking (`features.from_runs`): `run_<name>`, the named run's OOF prediction for a training row and
+  its test prediction (mean over folds) for a test row; a run whose folds differ from this config's is
+  refused, so no row's feature comes from a model that trained on that row.
+* patient context (`features.patient_context`): for each image statistic, stacked prediction and the
+  age, `pdiff_<feature>` (the value minus the mean over the patient's images) and `prank_<feature>` (its
+  rank among them, 0 lowest to 1 highest), plus `patient_distance` (how far the image's standardised
+  statistics lie from its patient's mean): the "ugly duckling" sign. A patient with one image gets
+  difference 0 and the middle rank 0.5. Computed over the same split only (training records, or test
+  records), so training and test patients never mix; no target is used.
+
+Image statistics and the records' metadata are computed once per records file and cached under
+`<output_dir>/.cache/features/`, keyed by the file (path, size, modification time) and the settings they
+depend on, so a second config on the same records does not decode again. TensorFlow reads the records in
+this process; the images are decoded and measured with OpenCV in spawned worker processes (a forked child
+of a process running TensorFlow can hang), `features.workers` of them (null: every core).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from melanoma.input import imagestats
+from melanoma.core.config import ConfigError
+from melanoma.core.errors import DataError
+
+FEATURE_VERSION = 1  # bump when a feature's definition changes: the cache keys include it
+CHUNK = 64            # images per task sent to a worker
+GROUPS = (("moment_", "colour moments"), ("hist_", "colour histograms"), ("lesion_", "lesion"),
+          ("meta_", "metadata"), ("run_", "stacking"), ("pdiff_", "patient context"),
+          ("prank_", "patient context"), ("patient_distance", "patient context"))
+CATEGORICAL = ("meta_site",)
+# Constant over a patient's images by definition: no patient context for them.
+PATIENT_LEVEL = ("meta_sex", "meta_site", "meta_patient_images")
+
+
+# ---------------------------------------------------------------------------------------------------
+# per-file tables, cached
+
+
+def image_size(config) -> int:
+    return int(config.features.image_size or config.data.image_size)
+
+
+def settings_key(config) -> str:
+    """What a file's cached table depends on besides the file itself."""
+    image = bool(config.features.image)
+    settings = {"version": FEATURE_VERSION, "image": image,
+                "image_size": image_size(config) if image else None,
+                "bins": int(config.features.histogram_bins) if image else None}
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _read_file(path: str, split: str, with_images: bool):
+    """(metadata table in file order, JPEG bytes or None) of one records file, read with TensorFlow."""
+    import tensorflow as tf
+
+    from melanoma.data import integrity, records
+
+    names = records.TRAIN_INT_FEATURES if split == "train" else records.TEST_INT_FEATURES
+    spec = {"image_name": tf.io.FixedLenFeature([], tf.string)}
+    spec.update({name: tf.io.FixedLenFeature([], tf.int64) for name in names})
+    if with_images:
+        spec["image"] = tf.io.FixedLenFeature([], tf.string)
+    dataset = tf.data.TFRecordDataset(path).map(lambda s: tf.io.parse_single_example(s, spec),
+                                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    columns: dict[str, list] = {"image_name": [], **{name: [] for name in names}}
+    jpegs: list[bytes] = []
+    hint = integrity.HINT_PREDICT + " The tabular model needs every image."
+    with integrity.named_data_errors([path], split, None, f"reading {path}", hint):
+        for batch in dataset.batch(512):
+            columns["image_name"].extend(n.decode() for n in batch["image_name"].numpy())
+            for name in names:
+                columns[name].extend(batch[name].numpy().tolist())
+            if with_images:
+                jpegs.extend(batch["image"].numpy().tolist())
+    table = pd.DataFrame(columns)
+    expected = records.parse_file_name(path).count
+    if len(table) != expected:
+        raise DataError(f"{path} holds {len(table)} records but its name says {expected}; the file is "
+                        "truncated or misnamed. Download or rebuild it.")
+    return table, (jpegs if with_images else None)
+
+
+class _Workers:
+    """A pool of spawned processes, started on first use (only when there is enough to share)."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.pool = None
+
+    def map(self, tasks: list[tuple]):
+        if self.count <= 1 or len(tasks) < 2:
+            return map(imagestats.features_task, tasks)
+        if self.pool is None:
+            self.pool = multiprocessing.get_context("spawn").Pool(self.count)
+        return self.pool.imap(imagestats.features_task, tasks)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def worker_count(config) -> int:
+    workers = config.features.workers
+    return int(workers) if workers else (os.cpu_count() or 1)
+
+
+def split_table(config, split: str, progress: bool = True) -> pd.DataFrame:
+    """Metadata codes (+ image statistics) of every record of `split` (train | test), file by file in
+    part order, with each file's `part`; cached per file under <output_dir>/.cache/features/."""
+    from tqdm import tqdm
+
+    from melanoma.core import io_utils
+    from melanoma.input import pipeline
+    from melanoma.data import sources
+
+    key = "data.train_files" if split == "train" else "data.test_files"
+    files = pipeline.list_files(config.get_path(key), key)
+    wrong = [f.path for f in files if f.split != split]
+    if wrong:
+        raise DataError(f"{key} matched {wrong[0]}, which is not a {split} file")
+    with_images = bool(config.features.image)
+    size, bins = image_size(config), int(config.features.histogram_bins)
+    cache_dir = os.path.join(config.output_dir, ".cache", "features")
+    suffix = settings_key(config)
+    tables, missing = {}, []
+    for record_file in files:
+        cache = os.path.join(cache_dir, f"{sources._stat_key(record_file.path)}-{suffix}.csv")
+        if io_utils.exists(cache):
+            tables[record_file.path] = io_utils.read_csv(cache, dtype={"image_name": str})
+        else:
+            missing.append((record_file, cache))
+    if missing:
+        workers = _Workers(min(worker_count(config), max(1, sum(f.count for f, _ in missing) // CHUNK)))
+        total = sum(f.count for f, _ in missing)
+        desc = f"{split} image statistics" if with_images else f"{split} metadata"
+        try:
+            with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+                for record_file, cache in missing:
+                    table, jpegs = _read_file(record_file.path, split, with_images)
+                    if with_images:
+                        table = _with_image_features(table, jpegs, record_file.path, size, bins, workers, bar)
+                    else:
+                        bar.update(len(table))
+                    io_utils.write_csv_atomic(table, cache)
+                    tables[record_file.path] = table
+        finally:
+            workers.close()
+    table = pd.concat([tables[f.path] for f in files], ignore_index=True).copy()  # .copy(): one block per dtype
+    table["part"] = np.repeat([f.part for f in files], [len(tables[f.path]) for f in files])
+    return table
+
+
+def _with_image_features(table, jpegs, path, size, bins, workers, bar) -> pd.DataFrame:
+    names = table["image_name"].tolist()
+    tasks = [(names[i:i + CHUNK], jpegs[i:i + CHUNK], size, bins) for i in range(0, len(jpegs), CHUNK)]
+    blocks = []
+    try:
+        for block in workers.map(tasks):
+            blocks.append(block)
+            bar.update(len(block))
+    except DataError as error:
+        raise DataError(f"{path}: {error}. Download or rebuild the file: the tabular model needs every "
+                        "image.") from None
+    values = np.concatenate(blocks) if blocks else np.zeros((0, len(imagestats.image_feature_names(bins))))
+    statistics = pd.DataFrame(values, columns=imagestats.image_feature_names(bins))
+    return pd.concat([table.reset_index(drop=True), statistics], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# metadata, patient context, stacking
+
+
+def metadata_features(raw: pd.DataFrame) -> pd.DataFrame:
+    """meta_* from the records' codes (-1 missing -> NaN); the image count over the rows given."""
+    def known(column):
+        values = raw[column].astype(np.float64)
+        return values.where(values >= 0)
+
+    patients = raw["patient_id"]
+    counts = patients.map(patients[patients >= 0].value_counts()).astype(np.float64)
+    return pd.DataFrame({"meta_age": known("age_approx"), "meta_sex": known("sex"),
+                         "meta_site": known("anatom_site_general_challenge"),
+                         "meta_patient_images": counts.where(patients >= 0)})
+
+
+def patient_keys(patients: pd.Series) -> np.ndarray:
+    """Group key per row: the patient code, or a key of its own for a row without a patient (-1)."""
+    codes = patients.to_numpy(dtype=np.int64)
+    return np.where(codes >= 0, codes, -1 - np.arange(len(codes)))
+
+
+def patient_context(frame: pd.DataFrame, columns: list[str], patients: pd.Series,
+                    distance_columns: list[str] = ()) -> pd.DataFrame:
+    """pdiff_<c> (value minus the patient's mean) and prank_<c> (rank among the patient's values, 0..1;
+    0.5 for a patient with one value) for each column, plus patient_distance over `distance_columns`.
+
+    Rows are grouped by patient only within `frame`: pass one split at a time. A missing value stays
+    missing and takes no part in its patient's mean or ranks.
+    """
+    keys = patient_keys(patients)
+    values = frame[columns].astype(np.float64).reset_index(drop=True)
+    grouped = values.groupby(keys)
+    difference = values - grouped.transform("mean")
+    ranks = grouped.rank(method="average")
+    counts = grouped.transform("count")
+    scaled = (ranks - 1).to_numpy() / np.maximum(counts.to_numpy() - 1, 1)
+    rank = np.where(counts.to_numpy() > 1, scaled, 0.5)
+    rank = np.where(values.isna().to_numpy(), np.nan, rank)
+    parts = [difference.add_prefix("pdiff_"),
+             pd.DataFrame(rank, columns=[f"prank_{c}" for c in columns])]
+    if len(distance_columns):
+        standard = frame[list(distance_columns)].astype(np.float64).reset_index(drop=True)
+        spread = standard.std(ddof=0).replace(0.0, 1.0)
+        standard = ((standard - standard.mean()) / spread).fillna(0.0)
+        offset = standard - standard.groupby(keys).transform("mean")
+        distance = np.sqrt((offset.to_numpy() ** 2).mean(axis=1))
+        parts.append(pd.DataFrame({"patient_distance": distance}))
+    return pd.concat(parts, axis=1)
+
+
+def stacking_features(config, train_names: pd.Series, test_names: pd.Series,
+                      folds: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """run_<name> for each run of features.from_runs: its OOF prediction for training rows, its test
+    prediction for test rows.
+
+    `folds` (image_name -> fold) holds every training row this config scores, with this config's fold;
+    each run must have scored each of them out of fold with the same fold number, so the value of a row
+    never comes from a model that trained on it. Rows outside `folds` (dropped duplicates) get NaN.
+    """
+    from melanoma.evaluate import blend
+
+    train_columns, test_columns = {}, {}
+    for name in config.features.from_runs:
+        name = str(name)
+        where = f"features.from_runs entry '{name}'"
+        if name == config.name:
+            raise ConfigError(f"{where} is this run itself; stack other runs")
+        path = os.path.join(config.output_dir, name)
+        if not os.path.isdir(path):
+            raise ConfigError(f"{where}: no run folder {path}; train and infer that run first "
+                              f"(`python train.py --config configs/{name}.yaml`)")
+        try:
+            member = blend.Member(path)
+            test, source = member.test_predictions()
+        except DataError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        oof = member.oof.drop_duplicates("image_name").set_index("image_name")
+        absent = folds.index[~folds.index.isin(oof.index)]
+        if len(absent):
+            raise ConfigError(f"{where}: its OOF lacks {len(absent)} of this run's training images (e.g. "
+                              f"{', '.join(map(str, absent[:3]))}); stack only runs trained on the same "
+                              "data.train_files (and data.duplicates_csv)")
+        theirs = oof.loc[folds.index, "fold"].astype(np.int64)
+        differ = theirs.to_numpy() != folds.to_numpy(dtype=np.int64)
+        if differ.any():
+            image = folds.index[np.argmax(differ)]
+            raise ConfigError(
+                f"{where}: its folds differ from this config's ({int(differ.sum())} images, e.g. {image} in its "
+                f"fold {int(theirs[image])}, here fold {int(folds[image])}): its OOF prediction of a training "
+                "row could come from a model that trained on rows this run validates on. Stack only runs "
+                "with the same data.train_files and data.folds")
+        if test is None:
+            raise ConfigError(f"{where}: no test predictions ({source}); run "
+                              f"`python infer.py --config configs/{name}.yaml` first")
+        absent = test_names[~test_names.isin(test.index)]
+        if len(absent):
+            raise ConfigError(f"{where}: its test predictions ({source}) lack {len(absent)} test images "
+                              f"(e.g. {', '.join(absent.head(3))}); predict the same test files")
+        column = f"run_{name}"
+        known = pd.Series(oof["pred"].to_numpy(dtype=np.float64), index=oof.index)
+        train_columns[column] = train_names.map(known.where(known.index.isin(folds.index))).to_numpy()
+        test_columns[column] = test_names.map(test).to_numpy(dtype=np.float64)
+    return (pd.DataFrame(train_columns, index=train_names.index),
+            pd.DataFrame(test_columns, index=test_names.index))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the table
+
+
+@dataclass
+class FeatureTable:
+    """Feature columns for every training record (with image_name, patient_id, target, part) and every
+    test record (with image_name, patient_id); `columns` in model order."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    columns: list[str]
+    categorical: list[str]
+
+    def group(self, column: str) -> str:
+        return feature_group(column)
+
+
+def feature_group(column: str) -> str:
+    for prefix, group in GROUPS:
+        if column.startswith(prefix):
+            return group
+    raise ValueError(f"feature '{column}' belongs to no group")
+
+
+def _assemble(raw: pd.DataFrame, stacked: pd.DataFrame, config, bins: int) -> pd.DataFrame:
+    raw = raw.reset_index(drop=True)
+    parts = []
+    image_columns = imagestats.image_feature_names(bins) if config.features.image else []
+    if image_columns:
+        parts.append(raw[image_columns])
+    if config.features.metadata:
+        parts.append(metadata_features(raw))
+    parts.append(stacked.reset_index(drop=True))
+    features = pd.concat(parts, axis=1) if parts else pd.DataFrame(index=raw.index)
+    if config.features.patient_context:
+        varying = [c for c in features.columns if c not in PATIENT_LEVEL]
+        if varying:
+            features = pd.concat([features, patient_context(features, varying, raw["patient_id"],
+                                                            image_columns)], axis=1)
+    return features
+
+
+def build_table(config, folds: pd.Series, progress: bool = True) -> FeatureTable:
+    """Every enabled feature group for the training and test records. `folds` (image_name -> fold) lists
+    the training rows this config scores, for the stacking check."""
+    check_settings(config)
+    train_raw = split_table(config, "train", progress)
+    test_raw = split_table(config, "test", progress)
+    stacked_train, stacked_test = stacking_features(config, train_raw["image_name"], test_raw["image_name"],
+                                                    folds)
+    bins = int(config.features.histogram_bins)
+    train = _assemble(train_raw, stacked_train, config, bins)
+    test = _assemble(test_raw, stacked_test, config, bins)
+    columns = list(train.columns)
+    if not columns:
+        raise ConfigError("every feature group is off: turn on features.image, features.metadata or "
+                          "features.from_runs")
+    ids = ["image_name", "patient_id", "target", "part"]
+    train = pd.concat([train_raw[ids].reset_index(drop=True), train], axis=1)
+    test = pd.concat([test_raw[["image_name", "patient_id"]].reset_index(drop=True), test], axis=1)
+    return FeatureTable(train=train, test=test, columns=columns,
+                        categorical=[c for c in columns if c in CATEGORICAL])
+
+
+def check_settings(config) -> None:
+    """The features section's values, checked before any record is read."""
+    section = config.features
+    if section.image_size is not None and section.image_size < 16:
+        raise ConfigError(f"config key 'features.image_size' must be at least 16 (or null), got {section.image_size}")
+    if not 2 <= section.histogram_bins <= 64:
+        raise ConfigError(f"config key 'features.histogram_bins' must be in 2..64, got {section.histogram_bins}")
+    if section.workers is not None and section.workers < 1:
+        raise ConfigError(f"config key 'features.workers' must be at least 1 (or null), got {section.workers}")
+    runs = section.from_runs
+    if not isinstance(runs, list) or not all(isinstance(name, str) and name for name in runs):
+        raise ConfigError(f"config key 'features.from_runs' must be a list of run names, got {runs!r}")
+    if len(set(runs)) < len(runs):
+        raise ConfigError(f"config key 'features.from_runs' names a run twice: {runs}")

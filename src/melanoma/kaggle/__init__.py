@@ -1,0 +1,1 @@
+"""The Kaggle side: downloading the data, submitting and reading the leaderboard."""

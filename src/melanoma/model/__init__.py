@@ -1,0 +1,1 @@
+"""The network (EfficientNet + heads) and running it on any strategy."""

@@ -1,0 +1,1 @@
+"""Test predictions per fold, the fold ensemble, and the submission file."""

@@ -1,0 +1,208 @@
+"""Inference: TTA test predictions of every trained fold, averaged into `submissions/<name>.csv`.
+
+The model and its inputs come from the run's saved config (`run.load_run_config`): a --set that
+contradicts it is refused, file locations and TTA may change. A fold's `test.csv` written at training
+time is reused when it was made with the same prediction settings (TTA, augmentation, image size, test
+files, seed; its `test.json`); otherwise, or with --recompute, the fold's checkpoint predicts the test set
+again. With folds missing, infer stops unless --allow-partial, which writes
+`submissions/<name>-folds<K>_<K>.csv`. Beside every submission, `<same name>.json` records the run and
+the folds it averages (read by `submit`).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+
+from melanoma.core import config as config_lib
+from melanoma.core import io_utils
+from melanoma.core.errors import CheckFailed
+
+
+def trained_folds(config) -> list[int]:
+    """Folds with a checkpoint whose training ran all its epochs; a fold interrupted part-way (its
+    state.json short of the last epoch) holds a half-trained best checkpoint and is left out. A fold
+    trained under another config than the run's is a ConfigError naming what it was trained as."""
+    from melanoma.core import run as run_lib, runstate
+    from melanoma.train.training import fold_dir
+
+    folds = []
+    for k in range(config.data.folds):
+        folder = fold_dir(config, k)
+        if not io_utils.exists(os.path.join(folder, "model.keras")):
+            continue
+        state = runstate.read_state(folder)
+        if state is not None and state["epoch"] < state.get("epochs", state["epoch"]):
+            print(f"warning: fold {k} was interrupted after epoch {state['epoch']} of {state['epochs']}; "
+                  f"left out (finish it with `python train.py --config ... --fold {k} --resume`)", file=sys.stderr)
+            continue
+        problem = run_lib.fold_config_problem(config, folder)
+        if problem:
+            raise config_lib.ConfigError(f"{problem}; its checkpoint does not belong to this run: train it again "
+                                         f"(python train.py --config ... --fold {k} --force)")
+        folds.append(k)
+    return folds
+
+
+def load_checkpoint(model, path: str, config, folder: str) -> None:
+    """Weights of a fold's checkpoint; one that does not fit the model is a ConfigError naming what was
+    trained (from the fold's state.json) instead of Keras' page-long message."""
+    from melanoma.core import run as run_lib, runstate
+
+    try:
+        model.load_weights(path)
+    except ValueError as error:
+        state = runstate.read_state(folder) or {}
+        trained = (f"it was trained as {run_lib.trained_as(state['config'])}" if state.get("config")
+                   else str(error).strip().splitlines()[0][:200])
+        raise config_lib.ConfigError(
+            f"{path} does not fit a {run_lib.trained_as(runstate.flatten(config))}: {trained}; predict with "
+            "the config the run was trained with (outputs/<name>/config.yaml)") from None
+
+
+def fold_test_predictions(config, fold: int, recompute: bool = False) -> pd.DataFrame:
+    from melanoma.train.training import fold_dir, prediction_settings
+
+    folder = fold_dir(config, fold)
+    path, settings_path = os.path.join(folder, "test.csv"), os.path.join(folder, "test.json")
+    wanted = prediction_settings(config)
+    if not recompute and io_utils.exists(path) and io_utils.exists(settings_path):
+        made = json.loads(io_utils.read_text(settings_path))
+        if made == wanted:
+            print(f"fold {fold}: reusing {path}")
+            return io_utils.read_csv(path)
+        changed = sorted(key for key in set(made) | set(wanted) if made.get(key) != wanted.get(key))
+        print(f"fold {fold}: {path} was predicted with other settings ({', '.join(changed)}); predicting again")
+    from melanoma.core import hardware, runstate
+    from melanoma.model import network as model_lib, prediction
+    from melanoma.input import pipeline
+    from melanoma.data import taxonomy
+
+    test_files = pipeline.list_files(config.data.test_files, "data.test_files")
+    strategy = hardware.get_strategy(cluster=False)
+    with strategy.scope():
+        model = model_lib.build_model(config, pretrained=False)  # weights come from the checkpoint
+        load_checkpoint(model, os.path.join(folder, "model.keras"), config, folder)
+    frame = prediction.predict_files(model, [f.path for f in test_files], config, "test",
+                                     pipeline.count_images(test_files), desc=f"fold {fold} test",
+                                     strategy=strategy)
+    frame = frame[["image_name", "pred"] + taxonomy.class_columns(frame.columns)]  # + p_<CLASS>: diagnosis head
+    # test.json goes first and comes back last: a process killed in between leaves a test.csv that no
+    # settings vouch for, which is predicted again rather than taken for the new settings' predictions.
+    if io_utils.exists(settings_path):
+        runstate.remove(settings_path)
+    io_utils.write_csv_atomic(frame, path)
+    io_utils.write_text_atomic(settings_path, json.dumps(wanted))
+    return frame
+
+
+def ensemble(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Mean of the folds' predictions, matched by image_name (every fold must cover the same images)."""
+    merged = None
+    for index, frame in enumerate(frames):
+        if frame["image_name"].duplicated().any():
+            raise CheckFailed(f"fold predictions {index} name an image twice")
+        part = frame.set_index("image_name")["pred"].rename(index)
+        merged = part.to_frame() if merged is None else merged.join(part, how="outer")
+    if merged.isna().any().any():
+        missing = merged[merged.isna().any(axis=1)].index[:3].tolist()
+        raise CheckFailed(f"folds disagree on the test images (e.g. {missing} missing from one fold)")
+    return pd.DataFrame({"image_name": merged.index, "target": merged.mean(axis=1).to_numpy()})
+
+
+def to_submission(predictions: pd.DataFrame, sample_path: str) -> pd.DataFrame:
+    """Rows in the sample submission's order; every sample id must have a prediction."""
+    sample = io_utils.read_csv(sample_path)
+    indexed = predictions.set_index("image_name")["target"]
+    missing = sample.loc[~sample["image_name"].isin(indexed.index), "image_name"]
+    if len(missing):
+        raise CheckFailed(f"{len(missing)} image(s) of {sample_path} have no prediction, first: "
+                          f"{missing.head(3).tolist()}: the test records and the sample disagree")
+    return pd.DataFrame({"image_name": sample["image_name"],
+                         "target": indexed.loc[sample["image_name"]].to_numpy(dtype=np.float64)})
+
+
+def submission_name(config, folds: list[int]) -> str:
+    """<name>.csv for every fold, <name>-folds0_2.csv for a partial ensemble (folds 0 and 2)."""
+    if folds == list(range(config.data.folds)):
+        return f"{config.name}.csv"
+    return f"{config.name}-folds{'_'.join(map(str, folds))}.csv"
+
+
+def record_path(submission_path: str) -> str:
+    """The JSON beside a submission that says which run and folds it holds."""
+    return os.path.splitext(str(submission_path))[0] + ".json"
+
+
+def run_inference(config, recompute: bool = False, force: bool = False, allow_partial: bool = False) -> str:
+    from melanoma.predict import submission
+
+    if config.model.family == "tabular":  # gradient-boosted trees on features (tabular.py)
+        from melanoma.train import tabular
+
+        return tabular.run_inference(config, recompute=recompute, force=force)
+
+    folds = trained_folds(config)
+    if not folds:
+        raise FileNotFoundError(f"no trained fold in {config_lib.run_dir(config)}: run "
+                                f"`python train.py --config ... --fold all` first")
+    missing = sorted(set(range(config.data.folds)) - set(folds))
+    if missing and not allow_partial:
+        raise config_lib.ConfigError(
+            f"fold(s) {', '.join(map(str, missing))} of run {config.name} are not trained ({len(folds)} of "
+            f"{config.data.folds} are): train them (python train.py --config ... --fold "
+            f"{','.join(map(str, missing))}), or add --allow-partial to write "
+            f"{os.path.join(config.submission_dir, submission_name(config, folds))} from folds "
+            f"{', '.join(map(str, folds))}")
+    if missing:
+        print(f"warning: a partial ensemble: folds {missing} are not trained; averaging folds {folds}",
+              file=sys.stderr)
+    frames = [fold_test_predictions(config, fold, recompute) for fold in folds]
+    result = to_submission(ensemble(frames), config.data.sample_submission)
+    path = os.path.join(config.submission_dir, submission_name(config, folds))
+    submission.write_submission(result, path, sample_path=config.data.sample_submission, force=force)
+    record = {"config": config.name, "run": config_lib.run_dir(config), "folds": folds,
+              "folds_expected": config.data.folds, "partial": bool(missing), "tta": config.tta.to_dict(),
+              "sha256": hashlib.sha256(io_utils.read_bytes(path)).hexdigest()}
+    io_utils.write_text_atomic(record_path(path), json.dumps(record, indent=1) + "\n")
+    print(f"submission: {path} ({len(result)} images, {len(folds)} fold(s){' of ' + str(config.data.folds) if missing else ''}, "
+          f"TTA {config.tta.steps})")
+    return path
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
+                        help="file locations and TTA may change; what defines the model comes from the "
+                             "run's saved config, and a --set that contradicts it is refused")
+    parser.add_argument("--recompute", action="store_true",
+                        help="predict again even where a fold's test.csv matches the settings")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="with folds missing, ensemble the trained ones into <name>-folds<K>_<K>.csv")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite a differing submission file without keeping a backup")
+
+
+def command(args: argparse.Namespace) -> int:
+    from melanoma.core import hardware, run as run_lib
+
+    config = config_lib.load_config(args.config, args.set)
+    if not config.data.test_files:
+        raise config_lib.ConfigError(f"{args.config}: data.test_files is null, so there are no test images "
+                                     "to predict; set it to the test records' glob (--set data.test_files=...)")
+    # the files to read first (their locations come from this config), then the run's saved config
+    config_lib.check_inputs(config, "infer")  # before any model is built or file written
+    config = run_lib.load_run_config(args.config, args.set)
+    if not hardware.is_chief():
+        kind, index = hardware.worker_task()
+        print(f"{kind} {index} of a cluster: inference runs on the chief alone (with its own devices); "
+              "nothing to do here")
+        return 0
+    hardware.get_strategy(cluster=False)  # this machine's devices; before other TensorFlow work
+    run_inference(config, recompute=args.recompute, force=args.force, allow_partial=args.allow_partial)
+    return 0

@@ -1,0 +1,1 @@
+"""A web page and HTTP endpoint that predict one image with a trained run."""

@@ -1,0 +1,1 @@
+"""Demo data, benchmarks, a config's description and the notebook installer."""

@@ -1,0 +1,691 @@
+"""Training one fold: schedule, callbacks, best checkpoint, history, then OOF and test predictions.
+
+`python train.py --config C --fold K` (or `--fold all`). Artifacts in outputs/<name>/fold<K>/:
+data.json (images per source and split, duplicates dropped; see sources.py), duplicates.csv,
+model.keras (the checkpoint chosen by train.checkpoint), history.csv, val_epochs.csv (plain validation
+predictions of every epoch, for `selection`), oof.csv, test.csv; after the last
+fold, outputs/<name>/oof.csv gathers every fold. Every file is written atomically. After each epoch,
+last.keras (model + optimizer) and state.json let `--resume` continue a killed fold (see `runstate`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from melanoma.core import config as config_lib
+from melanoma.core import io_utils, kerasapi, runstate
+from melanoma.core.errors import CheckFailed, DataError
+
+
+def fold_dir(config, fold: int) -> str:
+    return os.path.join(config_lib.run_dir(config), f"fold{fold}")
+
+
+def fold_finished(config, fold: int) -> bool:
+    folder = fold_dir(config, fold)
+    return all(io_utils.exists(os.path.join(folder, name)) for name in ("model.keras", "oof.csv"))
+
+
+def set_seed(seed: int) -> None:
+    from melanoma.core.kerasapi import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def make_loss(config):
+    """The configured loss for the configured head.
+
+    binary: cross-entropy (with label smoothing) or focal loss on the sigmoid. diagnosis: the same two
+    over the 9-class softmax (categorical cross-entropy / categorical focal loss, one-hot labels).
+    """
+    from melanoma.core.kerasapi import keras
+
+    train = config.train
+    if config.model.head == "diagnosis":
+        if train.loss == "bce":
+            return keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing)
+        return keras.losses.CategoricalFocalCrossentropy(alpha=train.focal_alpha, gamma=train.focal_gamma,
+                                                         label_smoothing=train.label_smoothing)
+    if train.loss == "bce":
+        return keras.losses.BinaryCrossentropy(label_smoothing=train.label_smoothing)
+    return keras.losses.BinaryFocalCrossentropy(gamma=train.focal_gamma, alpha=train.focal_alpha,
+                                                apply_class_balancing=True,
+                                                label_smoothing=train.label_smoothing)
+
+
+def compile_model(model, config, global_batch: int):
+    from melanoma.core.kerasapi import keras
+
+    from melanoma.core import hardware
+    from melanoma.model import network as model_lib
+    from melanoma.train import schedules
+
+    train = config.train
+    if hardware.cluster_workers() > 1:
+        metrics = []  # tf_keras on a cluster shows streaming training metrics summed over the workers
+    elif config.model.head == "diagnosis":
+        metrics = [model_lib.MelanomaAUC(name="auc"), keras.metrics.CategoricalAccuracy(name="accuracy")]
+    else:
+        metrics = [keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision"),
+                   keras.metrics.Recall(name="recall")]
+    optimizer = keras.optimizers.Adam(learning_rate=schedules.learning_rate(0, train, global_batch))
+    # Under mixed_float16 Keras 3 wraps the optimizer in a LossScaleOptimizer itself (auto_scale_loss);
+    # tf_keras does the same in compile when the global policy is mixed_float16.
+    model.compile(optimizer=optimizer, loss=make_loss(config), jit_compile=bool(train.xla), metrics=metrics,
+                  steps_per_execution=int(train.steps_per_execution))
+    return model
+
+
+def class_weights(config) -> dict | None:
+    """Keras class_weight for train.class_weight: the malignant class (MEL for the diagnosis head)
+    weighted, every other class 1. All classes are listed: Keras looks weights up by class index."""
+    if not config.train.class_weight:
+        return None
+    if config.model.head == "diagnosis":
+        from melanoma.model.network import DIAGNOSIS_CLASSES, MELANOMA_CLASS
+
+        weights = {index: 1.0 for index in range(len(DIAGNOSIS_CLASSES))}
+        weights[MELANOMA_CLASS] = float(config.train.class_weight)
+        return weights
+    return {0: 1.0, 1: float(config.train.class_weight)}
+
+
+def diagnosis_names(config, files, sources: list[str] | None = None) -> dict[str, list[str]]:
+    """Diagnosis names in code order for each source of `files` ({source: names}).
+
+    Records store diagnosis as an integer code, and each source may code its names differently (the
+    competition's records, ISIC 2019 or HAM10000 records, a public dataset), so only the names say which
+    code is which diagnosis: `data.diagnosis_names` (one list for every source, or {source: list}), else
+    the encodings.json beside the source's files (written by `melanoma records`). `sources` names each
+    file's source (sources.FoldData.train_sources); None: all competition. A folder without
+    encodings.json is an error unless the config names its codes.
+    """
+    from melanoma.data import taxonomy
+    from melanoma.data.sources import COMPETITION
+
+    sources = [COMPETITION] * len(files) if sources is None else list(sources)
+    configured = config.data.diagnosis_names
+    if isinstance(configured, dict) and not all(isinstance(names, list) for names in configured.values()):
+        raise config_lib.ConfigError("data.diagnosis_names is a list of names in code order, or a mapping "
+                                     "{source: list of names} ('competition' for data.train_files)")
+    folders: dict[str, list[str]] = {}
+    for record_file, source in zip(files, sources):
+        folder = os.path.dirname(record_file.path)
+        if folder not in folders.setdefault(source, []):
+            folders[source].append(folder)
+    result = {}
+    for source, source_folders in folders.items():
+        names = configured.get(source) if isinstance(configured, dict) else configured
+        if names:
+            result[source] = [str(name) for name in names]
+            continue
+        found = {}
+        for folder in source_folders:
+            path = os.path.join(folder, "encodings.json")
+            if not io_utils.exists(path):
+                per_source = (f", or {{{source}: [names]}} for this source alone" if len(folders) > 1 else "")
+                raise config_lib.ConfigError(
+                    f"model.head=diagnosis needs the diagnosis name of each code, and the records folder "
+                    f"{folder} (source '{source}') has no encodings.json (written by `melanoma records`): "
+                    f"set data.diagnosis_names to the names (or ISIC classes MEL, NV, ...) in code "
+                    f"order{per_source}")
+            codes = json.loads(io_utils.read_text(path)).get("diagnosis")
+            if not codes:
+                raise config_lib.ConfigError(f"{path} has no 'diagnosis' encoding; set data.diagnosis_names")
+            try:
+                found[folder] = taxonomy.names_in_code_order(codes)
+            except ValueError as error:
+                raise config_lib.ConfigError(f"{path}: {error}; set data.diagnosis_names") from None
+        if len({tuple(names) for names in found.values()}) > 1:
+            raise config_lib.ConfigError(
+                f"the records folders of source '{source}' ({', '.join(found)}) code diagnoses differently; "
+                "build them with the same encodings (`melanoma records --encodings`), list them as separate "
+                "external sets, or set data.diagnosis_names")
+        result[source] = next(iter(found.values()))
+    return result
+
+
+def diagnosis_lookup(config, files, sources: list[str] | None = None) -> dict[str, list[int]] | None:
+    """Class index per diagnosis code of each source ({source: lookup}) for the diagnosis head, so that
+    sources that code diagnoses differently are mapped by name; None for the binary head."""
+    if config.model.head != "diagnosis":
+        return None
+    from melanoma.data import taxonomy
+
+    lookups = {}
+    for source, names in diagnosis_names(config, files, sources).items():
+        try:
+            lookups[source] = taxonomy.diagnosis_lookup(names)
+        except ValueError as error:
+            raise config_lib.ConfigError(f"source '{source}': {error}") from None
+    return lookups
+
+
+def check_diagnosis_sources(config) -> None:
+    """Before any work: every source a diagnosis-head run reads says which diagnosis each code is."""
+    if config.model.head != "diagnosis":
+        return
+    from melanoma.input import pipeline
+    from melanoma.data import sources as sources_lib
+
+    files = pipeline.list_files(config.data.train_files, "data.train_files")
+    names = [sources_lib.COMPETITION] * len(files)
+    sets = sources_lib.external_sets(config.data)
+    for external in sets:
+        files += list(external.files)
+        names += [external.name] * len(external.files)
+    configured = config.data.diagnosis_names
+    if isinstance(configured, dict):
+        known = [sources_lib.COMPETITION] + [external.name for external in sets]
+        unknown = sorted(set(map(str, configured)) - set(known))
+        if unknown:
+            raise config_lib.ConfigError(
+                f"data.diagnosis_names names source(s) {', '.join(unknown)} that this run does not read; its "
+                f"sources are {', '.join(known)} ('competition' is data.train_files)")
+    diagnosis_lookup(config, files, names)
+
+
+def true_diagnosis(frame: pd.DataFrame, lookup: list[int]) -> pd.Series:
+    """The ISIC class (MEL, NV, ...) of each predicted record, from its diagnosis code and target."""
+    from melanoma.data import taxonomy
+
+    classes = taxonomy.true_classes(frame["diagnosis"].to_numpy(), frame["target"].to_numpy(), lookup)
+    return pd.Series(np.asarray(taxonomy.DIAGNOSIS_CLASSES)[classes], index=frame.index)
+
+
+def binary_log_loss(target: np.ndarray, pred: np.ndarray) -> float:
+    pred = np.clip(pred, 1e-7, 1 - 1e-7)
+    return float(-np.mean(target * np.log(pred) + (1 - target) * np.log(1 - pred)))
+
+
+def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str],
+                   valid_dropped: frozenset = frozenset(), state: dict | None = None, strategy=None):
+    """Exact validation AUC (and each epoch's plain validation predictions in val_epochs.csv), learning
+    rate per epoch, NaN guard, atomic best checkpoint and history.
+
+    After each epoch the fold's resumable state is committed (see `runstate`): val_epochs.csv and
+    history.csv, last.keras (model and optimizer), the best checkpoint, then state.json. `state` is a
+    resumed fold's state.json: the best metric so far, the history and the per-epoch predictions of its
+    completed epochs carry on from it.
+
+    Keras' streaming AUC bins predictions into fixed thresholds, which reads 0.5 when a young model's
+    outputs all fall in one bin; the validation AUC here is scikit-learn's on every validation image,
+    the same number the competition would give. It runs first so later callbacks see it in `logs`.
+    """
+    from melanoma.core.kerasapi import keras
+    from sklearn.metrics import roc_auc_score
+
+    from melanoma.core import hardware
+    from melanoma.model import prediction
+    from melanoma.train import schedules
+
+    strategy = strategy or hardware.get_strategy()
+
+    class ValidationScore(keras.callbacks.Callback):
+        """Scores each epoch and keeps its plain predictions in val_epochs.csv (see `selection`)."""
+
+        def __init__(self):
+            super().__init__()
+            self.epochs = [runstate.val_epoch_rows(folder, state["epoch"])] if state else []
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is None or guard.failure:
+                return
+            prediction.sync_replicas(self.model, strategy)  # predict what the checkpoint will hold
+            frame = prediction.predict_files(self.model, valid_paths, config, "train", tta=False,
+                                             progress=False, strategy=strategy)
+            frame = frame[~frame["image_name"].isin(valid_dropped)]  # duplicates (sources.py)
+            target = frame["target"].to_numpy(dtype=np.float64)
+            logs["val_loss"] = binary_log_loss(target, frame["pred"].to_numpy())
+            logs["val_auc"] = (float(roc_auc_score(target, frame["pred"])) if len(np.unique(target)) == 2
+                               else float("nan"))
+            self.epochs.append(pd.DataFrame({"image_name": frame["image_name"].to_numpy(), "epoch": epoch + 1,
+                                             "pred": frame["pred"].to_numpy()}))
+            io_utils.write_csv_atomic(pd.concat(self.epochs, ignore_index=True),
+                                      os.path.join(folder, runstate.VAL_EPOCHS))
+
+    monitor = {"best_auc": ("val_auc", "max"), "best_loss": ("val_loss", "min"), "last": (None, None),
+               "epoch": (None, None)}
+    metric, mode = monitor[config.train.checkpoint]
+    fixed_epoch = config.train.checkpoint_epoch if config.train.checkpoint == "epoch" else None
+
+    class NanGuard(keras.callbacks.Callback):
+        """Stops at the end of an epoch whose loss or weights are not finite, before any checkpoint
+        or validation sees the broken weights.
+
+        It looks once per epoch, not after every batch: reading the loss after each batch would make
+        the accelerator wait for the host at every step (and defeat train.steps_per_execution). The
+        epoch's loss is the mean over its batches, so one non-finite batch shows in it.
+        """
+
+        def __init__(self):
+            super().__init__()
+            self.failure = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.failure = f"loss became {float(loss)} at epoch {epoch + 1}"
+            # Weights can turn non-finite in an epoch's last step, after the last loss was taken.
+            elif not all(np.all(np.isfinite(np.asarray(w))) for w in self.model.trainable_weights):
+                self.failure = f"the weights became non-finite in epoch {epoch + 1}"
+            if self.failure:
+                self.model.stop_training = True
+
+    guard = NanGuard()
+
+    class Checkpoint(keras.callbacks.Callback):
+        """Best checkpoint and the resumable state, committed in the order `runstate` relies on."""
+
+        def __init__(self):
+            super().__init__()
+            self.best = state.get("best") if state else None
+            self.best_epoch = state.get("best_epoch") if state else None
+            self.best_weights = None  # the best epoch's weights when this process trained it
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            if guard.failure:  # broken weights are never saved, neither as best nor as last
+                return
+            value = logs.get(metric) if metric else None
+            finite = not metric or (value is not None and math.isfinite(float(value)))
+            improved = finite and (metric is None or self.best is None
+                                   or (value > self.best if mode == "max" else value < self.best))
+            if fixed_epoch is not None:  # train.checkpoint: epoch, chosen before any fold was seen
+                improved = epoch + 1 == fixed_epoch
+            target = os.path.join(folder, runstate.BEST_MODEL)
+            last = os.path.join(folder, runstate.LAST_MODEL)
+            temporary = io_utils.temporary_name(last)
+            # One save per epoch, whatever the metric did: on a cluster saving is a collective step
+            # that every worker takes together. The best checkpoint is a copy of that file.
+            self.model.save(temporary)
+            pending = None
+            if improved:
+                pending = io_utils.temporary_name(target)
+                io_utils.copy(temporary, pending)
+                self.best, self.best_epoch = (float(value) if metric else None), epoch + 1
+                self.best_weights = self.model.get_weights()
+            io_utils.replace(temporary, last)
+            committed = {"epoch": epoch + 1, "epochs": config.train.epochs, "monitor": metric,
+                         "best": self.best, "best_epoch": self.best_epoch,
+                         "pending_best": os.path.basename(pending) if pending else None,
+                         "config": runstate.fingerprint(config)}
+            runstate.write_state(folder, committed)
+            if pending:
+                io_utils.replace(pending, target)
+                runstate.write_state(folder, dict(committed, pending_best=None))
+                shown = (f"{metric} {value:.4f}" if metric else
+                         "train.checkpoint_epoch" if fixed_epoch is not None else "last epoch")
+                print(f"  checkpoint: epoch {epoch + 1} ({shown})")
+
+    checkpoint = Checkpoint()
+
+    class History(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.rows = runstate.history_rows(folder, state["epoch"]) if state else []
+
+        def on_epoch_end(self, epoch, logs=None):
+            row = {"epoch": epoch + 1}
+            row.update({k: float(v) for k, v in (logs or {}).items()})
+            row["lr"] = float(schedules.learning_rate(epoch, config.train, global_batch))
+            self.rows.append(row)
+            io_utils.write_csv_atomic(pd.DataFrame(self.rows), os.path.join(folder, "history.csv"))
+
+    schedule = keras.callbacks.LearningRateScheduler(
+        lambda epoch: schedules.learning_rate(epoch, config.train, global_batch))
+    # History before Checkpoint: state.json, written last, then never records an epoch history lacks.
+    return [schedule, guard, ValidationScore(), History(), checkpoint], guard, checkpoint
+
+
+def prepare_fold(config, fold: int, resume: bool) -> dict | None:
+    """The fold folder ready to train: leftovers of a killed process removed; with `resume`, the
+    state to continue from (None when there is none); without it, a clean folder."""
+    folder = fold_dir(config, fold)
+    io_utils.makedirs(folder)
+    state = runstate.read_state(folder) if resume else None
+    if state is not None:
+        runstate.check_same_config(state, config, folder)
+        runstate.finish_pending(folder, state)
+    removed = runstate.clean_leftovers(folder)
+    if removed:
+        print(f"fold {fold}: removed {len(removed)} temporary file(s) left by an interrupted run")
+    if resume and state is None:
+        print(f"fold {fold}: nothing to resume (no {runstate.STATE}); training it from scratch")
+    gathered = os.path.join(config_lib.run_dir(config), "oof.csv")
+    if io_utils.exists(gathered):  # it held this fold's previous OOF; gather_oof writes it again
+        runstate.remove(gathered)
+    if state is None:
+        runstate.reset_fold(folder)
+    elif not io_utils.exists(os.path.join(folder, runstate.LAST_MODEL)):
+        raise config_lib.ConfigError(f"cannot resume {folder}: {runstate.LAST_MODEL} is missing; train "
+                                     "the fold again with --force")
+    return state
+
+
+def read_fold_data(config, fold: int):
+    """sources.prepare_fold; when a file cannot be read, every file of the run is checked so that one
+    message names all the bad records, not only the first one met."""
+    from melanoma.data import integrity, sources
+    from melanoma.input import pipeline
+
+    try:
+        return sources.prepare_fold(config, fold)
+    except DataError:
+        if config.data.skip_corrupt:
+            raise
+        paths = [f.path for f in pipeline.list_files(config.data.train_files, "data.train_files")]
+        paths += [f.path for external in sources.external_sets(config.data) for f in external.files]
+        scans = integrity.scan_files(sorted(set(paths)), "train", config.data.image_size)
+        integrity.raise_if_bad(scans, f"fold {fold} data", integrity.HINT_TRAIN)
+        raise
+
+
+def skip_corrupt_records(config, fold_data):
+    """Under data.skip_corrupt: find the fold's bad records before training, say how many and which
+    (also in fold<K>/skipped.csv), and take the named ones out of the fold like dropped duplicates:
+    filtered before decoding, out of the validation score and the OOF. Records without a name, and a
+    truncated file's lost tail, are not in the fold's tables and are dropped by the pipelines.
+    Returns (fold data, {path: records skipped in that file})."""
+    import dataclasses
+
+    from melanoma.data import integrity
+
+    if not config.data.skip_corrupt:
+        return fold_data, {}
+    fold = fold_data.fold
+    paths = sorted({f.path for f in fold_data.train_files + fold_data.valid_files})
+    scans = integrity.scan_files(paths, "train", config.data.image_size)
+    rows = [{"file": b.path, "record": b.index + 1, "image_name": b.image_name or "", "reason": b.reason}
+            for b in integrity.bad_images(scans)]
+    rows += [{"file": scan.path, "record": scan.readable + 1, "image_name": "",
+              "reason": f"{scan.lost} record(s) unreadable from here: {scan.read_error or 'file truncated'}"}
+             for scan in scans if scan.lost]
+    target = os.path.join(fold_dir(config, fold), "skipped.csv")
+    io_utils.write_csv_atomic(pd.DataFrame(rows, columns=["file", "record", "image_name", "reason"]), target)
+    bad = [scan for scan in scans if not scan.ok]
+    if not bad:
+        return fold_data, {}
+    count = sum(scan.skipped for scan in bad)
+    print(f"fold {fold}: skipping {count} corrupt training image(s) (data.skip_corrupt: true), listed in "
+          f"{target}:\n  {integrity.summary(scans)}")
+    named = {(b.path, b.image_name) for b in integrity.bad_images(scans) if b.image_name}
+    valid_paths = {f.path for f in fold_data.valid_files}
+    valid_bad = {name for path, name in named if path in valid_paths} & set(fold_data.valid_names)
+    train_bad = sum(1 for f in fold_data.train_files for path, _ in named if path == f.path)
+    fold_data = dataclasses.replace(
+        fold_data, excluded=set(fold_data.excluded) | named,
+        valid_dropped=frozenset(fold_data.valid_dropped | valid_bad),
+        valid_names=frozenset(fold_data.valid_names - valid_bad),
+        valid_images=fold_data.valid_images - len(valid_bad),
+        train_images=fold_data.train_images - train_bad)
+    return fold_data, {scan.path: scan.skipped for scan in scans}
+
+
+def train_fold(config, fold: int, resume: bool = False) -> dict:
+    """Train fold `fold` of `config`; returns a summary with the fold's OOF AUC.
+
+    With `resume`, a fold that was interrupted continues after its last completed epoch, with its model,
+    optimizer state, best checkpoint and history (see `runstate`)."""
+    from melanoma.core.kerasapi import keras
+    from sklearn.metrics import roc_auc_score
+
+    from melanoma.input import augment, pipeline
+    from melanoma.core import hardware
+    from melanoma.data import integrity, sources, taxonomy
+    from melanoma.model import network as model_lib, prediction
+
+    strategy = hardware.get_strategy()  # first: a multi-worker strategy must precede other TF work
+    precision = hardware.set_precision(config, strategy)
+    folder = fold_dir(config, fold)
+    state = prepare_fold(config, fold, resume)
+    initial_epoch = state["epoch"] if state else 0
+    set_seed(config.seed + fold)
+    test_files = (pipeline.list_files(config.data.test_files, "data.test_files")
+                  if config.data.test_files else [])  # null: a data set without test images
+    # competition training parts + external sets, duplicates dropped, leak checks (CheckFailed)
+    fold_data = read_fold_data(config, fold)
+    fold_data, skipped = skip_corrupt_records(config, fold_data)  # data.skip_corrupt only
+    sources.write_summary(fold_data, folder)
+    train_files, valid_files = fold_data.train_files, fold_data.valid_files
+
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.train.batch_size * replicas
+    n_train = fold_data.train_images
+    n_valid = fold_data.valid_images
+    if n_valid < 1 or n_train < 1:
+        raise DataError(f"fold {fold}: no {'validation' if n_valid < 1 else 'training'} image is left "
+                        "after skipping the corrupt ones")
+    steps = config.train.steps_per_epoch or max(1, n_train // global_batch)
+    print(f"fold {fold}: {n_train} training images in {len(train_files)} file(s), {n_valid} validation "
+          f"images in {len(valid_files)}; {steps} steps of {global_batch} per epoch, "
+          f"{config.train.epochs} epochs, {replicas} replica(s) ({hardware.strategy_name(strategy)}), "
+          f"{precision}{', XLA' if config.train.xla else ''}, augmentation "
+          f"{augment.resolve_backend(config.augment.backend)}, {kerasapi.name()}")
+
+    # A resumed fold draws a new data order rather than replaying its first epochs' order.
+    data_seed = config.seed + fold + 1000 * initial_epoch
+    shard = hardware.input_shard()
+    if shard[0] > 1:
+        print(f"fold {fold}: worker {shard[1]} of {shard[0]} reads every {shard[0]}th training record")
+    augmenter = augment.make_augmenter(config.augment, seed=data_seed + shard[1])
+    lookups = diagnosis_lookup(config, train_files, fold_data.train_sources)
+    train_ds = pipeline.train_dataset([f.path for f in train_files], config, global_batch,
+                                      seed=data_seed + shard[1], augmenter=augmenter,
+                                      keep=fold_data.record_filter(), diagnosis_lookup=lookups,
+                                      sources=fold_data.train_sources, shard=shard)
+    with strategy.scope():
+        model = compile_model(model_lib.build_model(config), config, global_batch)
+        if state:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(os.path.join(folder, runstate.LAST_MODEL))  # weights and optimizer state
+            print(f"fold {fold}: resuming after epoch {initial_epoch} of {config.train.epochs} "
+                  f"(best epoch so far: {state.get('best_epoch')})")
+    callbacks, guard, checkpoint = make_callbacks(config, folder, global_batch,
+                                                  [f.path for f in valid_files], fold_data.valid_dropped, state,
+                                                  strategy=strategy)
+    class_weight = class_weights(config)
+    started = time.time()
+    with integrity.named_data_errors(sorted({f.path for f in train_files + valid_files}), "train",
+                                     config.data.image_size, f"fold {fold} training", integrity.HINT_TRAIN):
+        verbose, extra = fit_verbosity(config, steps)
+        model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps, shuffle=False,
+                  callbacks=callbacks + extra, class_weight=class_weight, verbose=verbose,
+                  initial_epoch=initial_epoch)
+    seconds = time.time() - started
+    if guard.failure:
+        kept = (f"the best checkpoint (epoch {checkpoint.best_epoch}) is kept in {folder}"
+                if checkpoint.best_epoch else "no checkpoint was written")
+        raise CheckFailed(f"fold {fold}: {guard.failure}; training stopped and {kept}. Lower "
+                          "train.lr_max, check the data, or turn off train.mixed_precision.")
+    if checkpoint.best_epoch is None:
+        raise CheckFailed(f"fold {fold}: no epoch gave a finite {config.train.checkpoint} metric")
+    if checkpoint.best_weights is not None:
+        # The weights model.keras holds, kept from that epoch: tf_keras cannot load a .keras file into
+        # a model under MultiWorkerMirroredStrategy, and this saves reading it back.
+        model.set_weights(checkpoint.best_weights)
+    else:  # chosen before a resume
+        model.load_weights(os.path.join(folder, "model.keras"))
+
+    oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train",
+                                   pipeline.count_images(valid_files) - sum(skipped.get(f.path, 0)
+                                                                            for f in valid_files),
+                                   desc=f"fold {fold} OOF", strategy=strategy)
+    oof = sources.check_oof(oof, fold_data)  # competition validation images only, duplicates out
+    oof["fold"] = fold
+    class_columns = taxonomy.class_columns(oof.columns)  # diagnosis head: p_MEL, p_NV, ...
+    extra = []
+    if class_columns:
+        oof["diagnosis"] = true_diagnosis(oof, lookups[sources.COMPETITION])  # validation: competition
+        extra = ["diagnosis"] + class_columns
+    oof = oof[["image_name", "patient_id", "target", "pred", "fold"] + extra]
+    io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))
+    if test_files:
+        test = prediction.predict_files(model, [f.path for f in test_files], config, "test",
+                                        pipeline.count_images(test_files), desc=f"fold {fold} test",
+                                        strategy=strategy)
+        io_utils.write_csv_atomic(test[["image_name", "pred"] + class_columns], os.path.join(folder, "test.csv"))
+        io_utils.write_text_atomic(os.path.join(folder, "test.json"),
+                                   json.dumps(prediction_settings(config)))
+    else:
+        print(f"fold {fold}: data.test_files is null, no test predictions")
+    auc = float(roc_auc_score(oof["target"], oof["pred"])) if oof["target"].nunique() == 2 else float("nan")
+    print(f"fold {fold}: best epoch {checkpoint.best_epoch}, OOF AUC {auc:.4f} "
+          f"({len(oof)} images, TTA {config.tta.steps}), {seconds:.0f} s training")
+    del model
+    keras.backend.clear_session()
+    return {"fold": fold, "auc": auc, "best_epoch": checkpoint.best_epoch, "seconds": seconds}
+
+
+def fit_verbosity(config, steps: int) -> tuple[int, list]:
+    """Keras' verbose and extra callbacks for train.verbose: 1 is Keras' bar on a terminal and, in a
+    log (stdout not a terminal), plain lines within each epoch and at its end instead of the bar's
+    carriage-return fragments; 0 and 2 are Keras' own (silent; one line per epoch)."""
+    from melanoma.core import progress
+
+    if config.train.verbose == 1 and not progress.on_terminal(sys.stdout):
+        return 0, [progress.training_lines(config.train.epochs, steps)]
+    return config.train.verbose, []
+
+
+def prediction_settings(config) -> dict:
+    """What a fold's test predictions depend on besides the checkpoint (so infer can reuse them)."""
+    return {"tta": config.tta.to_dict(), "augment": config.augment.to_dict(),
+            "image_size": config.data.image_size, "test_files": config.data.test_files, "seed": config.seed}
+
+
+def gather_oof(config) -> str | None:
+    """Write outputs/<name>/oof.csv once every fold has its OOF, each trained under this config (its
+    state.json says so); returns its path (None if incomplete, and then no oof.csv is left there)."""
+    from melanoma.core import run as run_lib
+
+    target = os.path.join(config_lib.run_dir(config), "oof.csv")
+    paths = [os.path.join(fold_dir(config, k), "oof.csv") for k in range(config.data.folds)]
+    problems = [run_lib.fold_config_problem(config, fold_dir(config, k)) for k in range(config.data.folds)
+                if io_utils.exists(paths[k])]
+    for problem in filter(None, problems):
+        print(f"warning: {problem}: left out of the OOF; train it again with --force")
+    if not all(io_utils.exists(p) for p in paths) or any(problems):
+        if io_utils.exists(target):
+            runstate.remove(target)
+        return None
+    oof = pd.concat([io_utils.read_csv(p) for p in paths], ignore_index=True)
+    if oof["image_name"].duplicated().any():
+        names = oof.loc[oof["image_name"].duplicated(), "image_name"].head(3).tolist()
+        raise CheckFailed(f"an image is in the OOF of two folds (e.g. {names}): the folds overlap")
+    io_utils.write_csv_atomic(oof, target)
+    return target
+
+
+def parse_folds(text: str, folds: int) -> list[int]:
+    if text == "all":
+        return list(range(folds))
+    try:
+        chosen = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise config_lib.ConfigError(f"--fold takes a fold number, a comma list or 'all', got '{text}'") from None
+    bad = [k for k in chosen if not 0 <= k < folds]
+    if bad:
+        raise config_lib.ConfigError(f"--fold {bad[0]} is out of range: data.folds = {folds} (0..{folds - 1})")
+    return chosen
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML in configs/")
+    parser.add_argument("--fold", default="all", help="fold number, comma list, or 'all' (default)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
+                        help="override config keys, e.g. --set train.epochs=2 data.image_size=64")
+    parser.add_argument("--force", action="store_true",
+                        help="train folds from scratch, even finished or interrupted ones")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue interrupted folds after their last completed epoch")
+
+
+def check_interrupted(config, folds: list[int], resume: bool, force: bool) -> None:
+    """Refuse to start an interrupted fold from scratch unless asked to: its epochs are work to keep.
+    With --resume, refuse when no chosen fold has anything to resume (it would silently start afresh)."""
+    if resume or force:
+        if resume:
+            check_resumable(config, folds)
+        return
+    for fold in folds:
+        folder = fold_dir(config, fold)
+        state = runstate.read_state(folder)
+        if state is not None and not fold_finished(config, fold):
+            raise config_lib.ConfigError(
+                f"fold {fold} was interrupted after epoch {state['epoch']} of {state.get('epochs', '?')} "
+                f"({os.path.join(folder, runstate.STATE)}): add --resume to continue it, or --force to "
+                "train it from scratch")
+
+
+def check_resumable(config, folds: list[int]) -> None:
+    pending = [fold for fold in folds if not fold_finished(config, fold)]
+    if pending and all(runstate.read_state(fold_dir(config, fold)) is None for fold in pending):
+        raise config_lib.ConfigError(
+            f"--resume: nothing to resume in {config_lib.run_dir(config)}: fold(s) "
+            f"{', '.join(map(str, pending))} have no {runstate.STATE} (a fold keeps its progress from the end "
+            "of its first epoch on); train without --resume")
+
+
+def command(args: argparse.Namespace) -> int:
+    from melanoma.core import hardware, run as run_lib
+
+    config = config_lib.load_config(args.config, args.set)
+    folds = parse_folds(args.fold, config.data.folds)
+    config_lib.check_inputs(config, "train")  # before any model is built or file written
+    if args.resume and args.force:
+        raise config_lib.ConfigError("--resume continues interrupted folds and --force restarts them; "
+                                     "give one of the two")
+    if config.model.family == "tabular":  # gradient-boosted trees on features (tabular.py)
+        from melanoma.train import tabular
+
+        return tabular.train(config, folds, force=args.force, resume=args.resume,
+                             config_file=args.config)
+    check_diagnosis_sources(config)
+    check_interrupted(config, folds, args.resume, args.force)
+    if args.resume and hardware.cluster_workers() > 1:
+        raise config_lib.ConfigError("--resume is not supported on a multi-worker cluster: the workers "
+                                     "would not start from the same state. Resume on one machine, or "
+                                     "train the fold again with --force")
+    hardware.get_strategy()  # before other TensorFlow work (the CPU split, the cluster handshake)
+    chief = hardware.is_chief()
+    # a changed config is refused; --force moves the old run aside (the chief alone writes)
+    config_path = run_lib.bind_run(config, args.config, force=args.force, write=chief)
+    # Every worker decides from the run's own folder, so all of them train the same folds.
+    todo = [fold for fold in folds if args.force or not fold_finished(config, fold)]
+    for fold in sorted(set(folds) - set(todo)):
+        print(f"fold {fold}: already finished (use --force to train it again)")
+    with config_lib.worker_outputs(config, chief) as work:
+        if chief:
+            print(f"run {config.name}: resolved config in {config_path}")
+        else:
+            config_lib.save_config(work)  # into its temporary folder: the fold code reads it there
+            kind, index = hardware.worker_task()
+            print(f"run {config.name}: {kind} {index} of a cluster; the chief writes the run's files")
+        for fold in todo:
+            train_fold(work, fold, resume=args.resume)
+    if chief:
+        report_oof(config, fold_finished)
+    return 0
+
+
+def report_oof(config, finished) -> None:
+    """Gather the run's OOF once every fold has one and print its AUC, else the folds still to train
+    (`finished(config, fold)` says which folds are done; a tabular run has its own)."""
+    gathered = gather_oof(config)
+    if gathered:
+        from sklearn.metrics import roc_auc_score
+
+        oof = io_utils.read_csv(gathered)
+        auc = roc_auc_score(oof["target"], oof["pred"])
+        print(f"OOF AUC over {config.data.folds} folds: {auc:.4f} ({len(oof)} images) -> {gathered}")
+    else:
+        missing = [k for k in range(config.data.folds) if not finished(config, k)]
+        print(f"folds still to train: {missing}")
