@@ -18,16 +18,16 @@ REAL_METADATA = REPO.parent / "shared" / "data" / "siim-isic-2020-train.csv"
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict:
     """32 px demo data (about 150 train images of 30 patients, 6 parts) and its records."""
-    from melanoma.data import records
+    from melanoma.data import make_records
     from melanoma.tools import synth
 
     root = tmp_path_factory.mktemp("tiny")
     summary = synth.synthesize(str(root / "data"), size=48, patients=30, test_patients=6, seed=3,
                                progress=False)
     paths = summary["paths"]
-    records.build_records(paths["train_csv"], paths["test_csv"], paths["train_images"],
-                          paths["test_images"], str(root / "records"), size=32, parts=6, test_parts=3,
-                          workers=1)
+    make_records.build_records(paths["train_csv"], paths["test_csv"], paths["train_images"],
+                               paths["test_images"], str(root / "records"), size=32, parts=6, test_parts=3,
+                               workers=1)
     return {"root": root, "records": root / "records", "summary": summary, **paths}
 
 

@@ -130,7 +130,7 @@ def entry_command(script: str, args: list[str], audit_dir: Path | None = None,
         f"sys.path[:0] = [{str(REPO / 'src')!r}, {str(TESTS)!r}]\n"
         + audit +
         "import reliability_helpers as h\n"
-        "from melanoma import model\n"
+        "from melanoma.model import network as model\n"
         "model.build_model = h.build_tiny_normalised_model\n"
         f"sys.argv = [{script!r}] + {[str(a) for a in args]!r}\n"
         f"runpy.run_path({str(REPO / script)!r}, run_name='__main__')\n"

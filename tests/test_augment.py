@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from melanoma.input import augment, pipeline
-from melanoma.data import records
 from melanoma.core import config as config_lib
+from melanoma.data import examples, records
+from melanoma.input import augment, pipeline
 
 BASE = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
 OFF = {"flip": False, "transpose": False, "rotate_limit": 0, "scale_limit": 0.0, "shift_limit": 0.0,
@@ -293,9 +293,9 @@ def write_test_records(folder: Path, files: int = 2, per_file: int = 3, size: in
 
 @pytest.fixture()
 def decode_counter(monkeypatch):
-    """Counts pipeline.decode_image calls made by the graph (a variable incremented in the graph)."""
+    """Counts examples.decode_image calls made by the graph (a variable incremented in the graph)."""
     counter = tf.Variable(0, dtype=tf.int64, trainable=False)
-    original = pipeline.decode_image
+    original = examples.decode_image
 
     def counting(data, image_size):
         with tf.control_dependencies([counter.assign_add(1)]):

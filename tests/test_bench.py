@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from melanoma.tools import bench
 from melanoma import cli
 from melanoma.core import config as config_lib
+from melanoma.tools import bench
 
 BASE = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
 TINY = ["--set", "data.image_size=32", "train.batch_size=8", "tta.batch_size=16", "tta.steps=4",

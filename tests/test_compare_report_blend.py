@@ -10,10 +10,11 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from melanoma.evaluate import blend, compare, report, scoring
 from melanoma import cli
+from melanoma.core import metrics, tables
 from melanoma.core.config import load_config
 from melanoma.core.errors import DataError
+from melanoma.evaluate import blend, compare, report, scoring
 
 FOLDS = 5
 ROWS = 500
@@ -88,7 +89,7 @@ def project(tmp_path, monkeypatch):
 
 
 def oof_of(project: Project, name: str) -> pd.DataFrame:
-    return scoring.read_oof(str(project.outputs / name / "oof.csv"))
+    return tables.read_oof(str(project.outputs / name / "oof.csv"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,8 +245,8 @@ def test_cross_validated_blend_auc_is_not_optimistic():
     target = (rng.random(rows) < 0.3).astype(int)
     noise = rng.random((rows, 12))                       # twelve models that know nothing
     blended, _ = blend.cross_validated_blend(noise, target, np.arange(rows) % 5, progress=False)
-    in_sample = scoring.competition_auc(target, noise @ blend.fit_weights(noise, target))
-    cross_validated = scoring.competition_auc(target, blended)
+    in_sample = metrics.auc(target, noise @ blend.fit_weights(noise, target))
+    cross_validated = metrics.auc(target, blended)
     assert in_sample > cross_validated + 0.03
     assert abs(cross_validated - 0.5) < 0.06
 
@@ -267,8 +268,8 @@ def test_blend_command_writes_a_run_and_a_submission(project, capsys):
     assert "cross-validated OOF AUC" in out and "optimistic" in out
     folder = project.outputs / "blend-trio"
     summary = json.loads((folder / "blend.json").read_text())
-    oof = scoring.read_oof(str(folder / "oof.csv"))
-    assert len(oof) == ROWS and summary["auc"] == scoring.competition_auc(oof["target"], oof["pred"])
+    oof = tables.read_oof(str(folder / "oof.csv"))
+    assert len(oof) == ROWS and summary["auc"] == metrics.auc(oof["target"], oof["pred"])
     assert sorted(summary["fold_weights"]) == [str(fold) for fold in range(FOLDS)]
     assert sum(summary["weights"].values()) == pytest.approx(1)
     assert summary["auc_in_sample"] >= summary["auc"] - 0.01
@@ -295,7 +296,7 @@ def test_mean_and_rank_blends(project):
     second = project.make_run("beta", 1.0, seed=12)
     summary = blend.blend([first, second], method="mean")
     assert summary["name"] == "blend-mean-alpha-beta"
-    blended = scoring.read_oof(str(project.outputs / summary["name"] / "oof.csv")).set_index("image_name")
+    blended = tables.read_oof(str(project.outputs / summary["name"] / "oof.csv")).set_index("image_name")
     alpha = oof_of(project, "alpha").set_index("image_name")
     beta = oof_of(project, "beta").set_index("image_name")
     np.testing.assert_allclose(blended["pred"], (alpha["pred"] + beta["pred"]).loc[blended.index] / 2)
@@ -305,9 +306,9 @@ def test_mean_and_rank_blends(project):
     np.testing.assert_allclose(submission["target"], ((tests[0] + tests[1]) / 2).loc[submission.index])
 
     ranked = blend.blend([project.outputs / "alpha", project.outputs / "beta"], method="rank")
-    rank_oof = scoring.read_oof(str(project.outputs / ranked["name"] / "oof.csv"))
+    rank_oof = tables.read_oof(str(project.outputs / ranked["name"] / "oof.csv"))
     assert rank_oof["pred"].between(0, 1).all()
-    assert ranked["auc"] == pytest.approx(scoring.competition_auc(rank_oof["target"], rank_oof["pred"]))
+    assert ranked["auc"] == pytest.approx(metrics.auc(rank_oof["target"], rank_oof["pred"]))
 
 
 def test_blend_refuses_incomplete_runs_and_different_images(project, capsys):

@@ -19,10 +19,9 @@ import tensorflow as tf
 import yaml
 
 from melanoma import cli
-from melanoma.data import converters, records, sources, taxonomy
-from melanoma.input import pipeline
-from melanoma.train import training
 from melanoma.core.config import ConfigError, load_config
+from melanoma.data import diagnoses, records, sources, taxonomy
+from melanoma.input import pipeline
 
 ISIC2019_CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]  # published column order
 HAM10000_DX = {"akiec": "AK", "bcc": "BCC", "bkl": "BKL", "df": "DF", "mel": "MEL", "nv": "NV", "vasc": "VASC"}
@@ -44,7 +43,7 @@ def read_records(pattern: str) -> pd.DataFrame:
     spec = {"image_name": tf.io.FixedLenFeature([], tf.string)}
     spec.update({name: tf.io.FixedLenFeature([], tf.int64) for name in records.TRAIN_INT_FEATURES})
     rows = []
-    for record_file in pipeline.list_files(pattern):
+    for record_file in records.list_files(pattern):
         for serialized in tf.data.TFRecordDataset(record_file.path):
             example = {k: v.numpy() for k, v in tf.io.parse_single_example(serialized, spec).items()}
             rows.append({**example, "image_name": example["image_name"].decode(), "part": record_file.part})
@@ -205,7 +204,7 @@ def test_ham10000_records_in_the_published_layout(ham_raw, ham_records, tiny_dat
     assert cli.main(["records", "--ham10000", str(ham_raw["root"]), "--out", str(only), "--size", "32",
                      "--malignant-only", "--workers", "1"]) == 0
     assert set(read_records(f"{only}/train*.tfrec")["target"]) == {1}
-    assert sum(f.count for f in pipeline.list_files(f"{only}/train*.tfrec")) == 6
+    assert sum(f.count for f in records.list_files(f"{only}/train*.tfrec")) == 6
     capsys.readouterr()
     assert cli.main(["records", "--ham10000", str(tmp_path), "--out", str(tmp_path / "x"), "--size", "32"]) == 2
     assert "HAM10000_metadata.csv" in capsys.readouterr().err
@@ -246,7 +245,7 @@ def test_external_ham10000_duplicates_and_classes_mapped_by_name(ham_raw, ham_re
     assert set(fold.summary["validation"]) == {"competition"}
 
     # the two sources code diagnoses differently; each is mapped by its own names
-    lookups = training.diagnosis_lookup(config, fold.train_files, fold.train_sources)
+    lookups = diagnoses.source_lookups(config, fold.train_files, fold.train_sources)
     competition_codes = json.loads((tiny_data["records"] / "encodings.json").read_text())["diagnosis"]
     ham_codes = json.loads((ham_records / "encodings.json").read_text())["diagnosis"]
     assert competition_codes["melanoma"] != ham_codes["melanoma"]
@@ -320,12 +319,12 @@ def test_records_without_encodings_are_an_error_for_the_diagnosis_head(ham_recor
     # the way out: the codes' names for that source alone
     names = taxonomy.names_in_code_order(json.loads((ham_records / "encodings.json").read_text())["diagnosis"])
     config = load_config(path, [f"data.diagnosis_names={{bare-ham: [{', '.join(repr(n) for n in names)}]}}"])
-    training.check_diagnosis_sources(config)
-    files = pipeline.list_files(f"{bare}/train*.tfrec")
-    lookups = training.diagnosis_lookup(config, files, ["bare-ham"] * len(files))
+    diagnoses.check_diagnosis_sources(config)
+    files = records.list_files(f"{bare}/train*.tfrec")
+    lookups = diagnoses.source_lookups(config, files, ["bare-ham"] * len(files))
     assert lookups["bare-ham"] == taxonomy.diagnosis_lookup(names)
     with pytest.raises(ConfigError, match="elsewhere"):  # a source the run does not read
-        training.check_diagnosis_sources(load_config(path, ["data.diagnosis_names={elsewhere: [MEL]}"]))
+        diagnoses.check_diagnosis_sources(load_config(path, ["data.diagnosis_names={elsewhere: [MEL]}"]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -343,7 +342,7 @@ def small_diagnosis_model(monkeypatch):
         size = config.data.image_size
         image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
         pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(image))
-        output = keras.layers.Dense(len(model.DIAGNOSIS_CLASSES), activation="softmax", dtype="float32",
+        output = keras.layers.Dense(len(taxonomy.DIAGNOSIS_CLASSES), activation="softmax", dtype="float32",
                                     name="diagnosis")(pooled)
         wrapper = model.DiagnosisModel(keras.Model({"image": image}, output))
         wrapper({"image": keras.ops.zeros((1, size, size, 3))})

@@ -17,9 +17,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 import reliability_helpers as helpers
 from conftest import write_config
+
+from melanoma.data import records
 
 # 74 validation images (fold 0 of the tiny data) with 2 dihedral views in host batches of 16 images
 # per replica: the last batch holds 10 images, which does not fill the replicas' share.
@@ -48,16 +49,16 @@ def run(command, env, timeout=600) -> subprocess.CompletedProcess:
 
 
 def validation_paths(config) -> list[str]:
-    from melanoma.input import pipeline
+    pass
 
-    files = pipeline.list_files(config.data.train_files, "data.train_files")
-    return [f.path for f in pipeline.split_folds(files, 0, config.data.folds)[1]]
+    files = records.list_files(config.data.train_files, "data.train_files")
+    return [f.path for f in records.split_folds(files, 0, config.data.folds)[1]]
 
 
 def test_two_replicas_train_predict_and_agree_with_one(tiny_data, tmp_path):
     from melanoma.core import config as config_lib
-    from melanoma.model import prediction
     from melanoma.core.kerasapi import keras
+    from melanoma.model import prediction
 
     path = write_config(tmp_path, tiny_data, BODY)
     env = environment(MELANOMA_CPU_DEVICES="2")
@@ -97,8 +98,8 @@ def test_predictor_pads_splits_and_unpads_across_replicas():
     padding arithmetic on the default strategy, which the subprocess tests run on two replicas)."""
     import tensorflow as tf
 
-    from melanoma.model import prediction
     from melanoma.core.kerasapi import keras
+    from melanoma.model import prediction
 
     inputs = keras.Input(shape=(3,), name="x")
     model = keras.Model({"x": inputs}, keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(inputs))
@@ -192,8 +193,8 @@ def test_describe_reports_the_replicas_strategy_keras_and_augmentation_actually_
 
 
 def test_auto_augmentation_is_the_graph_backend_on_a_tpu_and_opencv_elsewhere(monkeypatch):
-    from melanoma.input import augment
     from melanoma.core import hardware
+    from melanoma.input import augment
 
     assert augment.resolve_backend("auto") == "opencv"
     assert augment.resolve_backend("albumentations") == "albumentations"

@@ -5,12 +5,11 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_config
 from sklearn.metrics import roc_auc_score
 
 from melanoma import cli
 from melanoma.core.config import load_config
-
-from conftest import write_config
 
 
 # The real EfficientNet through train, infer, score and validate takes two minutes on 2 cores, most of

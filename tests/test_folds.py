@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from melanoma import cli
-from melanoma.data import folds
 from melanoma.core.errors import DataError
+from melanoma.data import folds
 
 REAL_METADATA = "/work/shared/data/siim-isic-2020-train.csv"
 

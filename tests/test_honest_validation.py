@@ -11,15 +11,14 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
-
-from melanoma import cli
-from melanoma.evaluate import compare, report, scoring, selection
-from melanoma.core.config import ConfigError, load_config
-
 from conftest import REPO
+from sklearn.metrics import roc_auc_score
 from test_compare_report_blend import FOLDS, Project, truth
 
+from melanoma import cli
+from melanoma.core import tables
+from melanoma.core.config import ConfigError, load_config
+from melanoma.evaluate import compare, report, scoring, selection
 
 # --------------------------------------------------------------------------------------------------
 # pauc_tpr80, sens_at_spec90, spec_at_sens95
@@ -265,7 +264,7 @@ def test_auc_unselected_with_a_one_class_fold_and_with_missing_files(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     add_val_epochs(run_dir, frame, seed=3)
-    prepared = scoring.prepare_oof(frame)
+    prepared = tables.prepare_oof(frame)
     chosen = selection.epoch_selection(prepared, str(run_dir))
     unselected, _, epochs = recompute_unselected(frame, run_dir)
     assert chosen.auc_unselected == pytest.approx(unselected, abs=1e-12)

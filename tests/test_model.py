@@ -9,9 +9,11 @@ import keras
 import numpy as np
 import pytest
 
-from melanoma.core import config as config_lib, hardware
-from melanoma.model import network as model_lib
+from melanoma.core import config as config_lib
+from melanoma.core import hardware
 from melanoma.core.config import ConfigError
+from melanoma.data import taxonomy
+from melanoma.model import network as model_lib
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -190,7 +192,7 @@ def test_diagnosis_head_predicts_melanoma_probability(tmp_path):
     full = np.asarray(model.network(batch, training=False))
     melanoma = model.predict_on_batch(batch)
     assert melanoma.shape == (3, 1)
-    np.testing.assert_allclose(melanoma[:, 0], full[:, model_lib.MELANOMA_CLASS], rtol=1e-5)
+    np.testing.assert_allclose(melanoma[:, 0], full[:, taxonomy.MELANOMA_CLASS], rtol=1e-5)
     path = tmp_path / "model.keras"
     model.save(path)
     again = model_lib.build_model(demo_config("model.head=diagnosis"))
@@ -202,11 +204,11 @@ def test_diagnosis_names_map_to_isic_classes():
     competition = ["atypical melanocytic proliferation", "cafe-au-lait macule", "lentigo NOS",
                    "lichenoid keratosis", "melanoma", "nevus", "seborrheic keratosis", "solar lentigo",
                    "unknown"]
-    classes = [model_lib.DIAGNOSIS_CLASSES[i] for i in model_lib.diagnosis_lookup(competition)]
+    classes = [taxonomy.DIAGNOSIS_CLASSES[i] for i in taxonomy.diagnosis_lookup(competition)]
     assert classes == ["UNK", "UNK", "BKL", "BKL", "MEL", "NV", "BKL", "BKL", "UNK"]
-    assert model_lib.diagnosis_lookup(["MEL", "scc", "basal cell carcinoma"]) == [0, 7, 2]
+    assert taxonomy.diagnosis_lookup(["MEL", "scc", "basal cell carcinoma"]) == [0, 7, 2]
     with pytest.raises(ValueError, match="wart"):
-        model_lib.diagnosis_class("wart")
+        taxonomy.diagnosis_class("wart")
 
 
 def test_mixed_precision_keeps_output_layers_float32():

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from melanoma.evaluate import perclass, report
-from melanoma.data import taxonomy
 from melanoma.core.errors import DataError
+from melanoma.data import taxonomy
+from melanoma.evaluate import perclass, report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

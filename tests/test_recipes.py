@@ -18,10 +18,10 @@ import tensorflow as tf
 
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.tools import describe
-from melanoma.model import network as model_lib
+from melanoma.data import diagnoses, records
 from melanoma.input import pipeline
-from melanoma.data import records
+from melanoma.model import network as model_lib
+from melanoma.tools import describe
 from melanoma.train import schedules, training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,7 +261,7 @@ def test_checkpoint_rules(tmp_path, rule, expected_epoch):
 
 
 def test_patient_counts_and_metadata_vector(tiny):
-    paths = [f.path for f in pipeline.list_files(tiny["train"])]
+    paths = [f.path for f in records.list_files(tiny["train"])]
     counts = pipeline.patient_counts(paths, "train")
     assert set(counts.values()) == {4} and len(counts) == 8
     config = config_lib.load_config(REPO / "configs" / "demo.yaml",
@@ -278,7 +278,7 @@ def test_patient_counts_and_metadata_vector(tiny):
 def test_unknown_patient_count_is_flagged(tiny):
     import tensorflow as tf
 
-    paths = [f.path for f in pipeline.list_files(tiny["train"])][:1]
+    paths = [f.path for f in records.list_files(tiny["train"])][:1]
     dataset = tf.data.Dataset.from_tensors({"patient_id": tf.constant(-1, tf.int64)})
     example = next(iter(pipeline.with_patient_counts(dataset, paths, "train")))
     assert float(example["patient_count"]) == 0.0
@@ -286,8 +286,8 @@ def test_unknown_patient_count_is_flagged(tiny):
 
 def test_diagnosis_targets_follow_the_encodings(tiny, tmp_path):
     config = tiny_config(tiny, tmp_path, "model.head=diagnosis")
-    files = pipeline.list_files(tiny["train"])
-    lookup = training.diagnosis_lookup(config, files)["competition"]
+    files = records.list_files(tiny["train"])
+    lookup = diagnoses.source_lookups(config, files)["competition"]
     assert lookup == [0, 1, 4, 8]  # melanoma MEL, nevus NV, seborrheic keratosis BKL, unknown UNK
     batch = {"diagnosis": np.array([0, 1, 2, 3, 0, 7, -1]), "target": np.array([1, 0, 0, 0, 0, 0, 1])}
     labels = pipeline.diagnosis_target(batch, lookup).numpy().argmax(axis=1)
@@ -297,22 +297,22 @@ def test_diagnosis_targets_follow_the_encodings(tiny, tmp_path):
 
 def test_diagnosis_names_from_config_or_error(tiny, tmp_path):
     config = tiny_config(tiny, tmp_path, "model.head=diagnosis", "data.diagnosis_names=[MEL, nevus, BKL, UNK]")
-    assert training.diagnosis_lookup(config, pipeline.list_files(tiny["train"])) == {"competition": [0, 1, 4, 8]}
+    assert diagnoses.source_lookups(config, records.list_files(tiny["train"])) == {"competition": [0, 1, 4, 8]}
     bare = tmp_path / "bare"
     bare.mkdir()
-    for path in pipeline.list_files(tiny["train"]):
+    for path in records.list_files(tiny["train"]):
         (bare / os.path.basename(path.path)).symlink_to(path.path)
     config = tiny_config(tiny, tmp_path, "model.head=diagnosis", f"data.train_files={bare}/train*.tfrec")
     with pytest.raises(config_lib.ConfigError, match="data.diagnosis_names"):
-        training.diagnosis_lookup(config, pipeline.list_files(config.data.train_files))
+        diagnoses.source_lookups(config, records.list_files(config.data.train_files))
     config = tiny_config(tiny, tmp_path, "model.head=diagnosis", "data.diagnosis_names=[melanoma, wart]")
     with pytest.raises(config_lib.ConfigError, match="wart"):
-        training.diagnosis_lookup(config, pipeline.list_files(tiny["train"]))
+        diagnoses.source_lookups(config, records.list_files(tiny["train"]))
 
 
 def test_upsampling_repeats_malignant_images(tiny, tmp_path):
     config = tiny_config(tiny, tmp_path, "train.upsample_malignant=3")
-    paths = [f.path for f in pipeline.list_files(tiny["train"])]
+    paths = [f.path for f in records.list_files(tiny["train"])]
     dataset = pipeline.train_dataset(paths, config, batch_size=4, seed=1)
     # the shuffle buffer holds a whole pass, so the first 48 images are one pass over the files:
     # 24 benign + 8 malignant x 3

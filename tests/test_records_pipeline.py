@@ -1,20 +1,18 @@
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from conftest import write_config
 
-from melanoma.input import pipeline
-from melanoma.data import records
 from melanoma.core.config import load_config
 from melanoma.core.errors import DataError
-
-from conftest import write_config
+from melanoma.data import examples, records
+from melanoma.input import pipeline
 
 
 def test_file_names_give_parts_and_counts(tiny_data):
-    files = pipeline.list_files(f"{tiny_data['records']}/train*.tfrec")
+    files = records.list_files(f"{tiny_data['records']}/train*.tfrec")
     assert [f.part for f in files] == list(range(6))
     table = pd.read_csv(tiny_data["records"] / "train.csv")
     assert sum(f.count for f in files) == len(table)
@@ -23,23 +21,23 @@ def test_file_names_give_parts_and_counts(tiny_data):
     with pytest.raises(DataError, match="does not follow the public schema"):
         records.parse_file_name("images-3.tfrec")
     with pytest.raises(FileNotFoundError, match="matched no file"):
-        pipeline.list_files(str(tiny_data["records"] / "nothing*.tfrec"))
+        records.list_files(str(tiny_data["records"] / "nothing*.tfrec"))
 
 
 def test_records_round_trip(tiny_data):
     """Every value written is read back equal; images decode to the asked size."""
     table = pd.read_csv(tiny_data["records"] / "train.csv").set_index("image_name")
-    paths = [f.path for f in pipeline.list_files(f"{tiny_data['records']}/train*.tfrec")]
-    read = pipeline.read_table(paths, "train").set_index("image_name")
+    paths = [f.path for f in records.list_files(f"{tiny_data['records']}/train*.tfrec")]
+    read = examples.read_table(paths, "train").set_index("image_name")
     assert sorted(read.index) == sorted(table.index)
     for column in records.TRAIN_INT_FEATURES:
         np.testing.assert_array_equal(read[column].to_numpy(), table.loc[read.index, f"{column}_code"].to_numpy())
     # patient ids are encoded consistently: one code per patient
     assert table.groupby("patient_id")["patient_id_code"].nunique().max() == 1
-    example = next(iter(tf.data.TFRecordDataset(paths[:1]).map(lambda s: pipeline.parse_examples(s, "train"))))
-    image = pipeline.decode_image(example["image"], 32)
+    example = next(iter(tf.data.TFRecordDataset(paths[:1]).map(lambda s: examples.parse_examples(s, "train"))))
+    image = examples.decode_image(example["image"], 32)
     assert image.shape == (32, 32, 3) and image.dtype == tf.uint8
-    assert pipeline.decode_image(example["image"], 24).shape == (24, 24, 3)
+    assert examples.decode_image(example["image"], 24).shape == (24, 24, 3)
 
 
 def test_encoding_is_shared_by_train_and_test():
@@ -58,8 +56,8 @@ def test_encoding_is_shared_by_train_and_test():
 
 def test_eval_pipeline_keeps_order_and_every_image(tiny_data, tmp_path):
     config = load_config(write_config(tmp_path, tiny_data))
-    paths = [f.path for f in pipeline.list_files(f"{tiny_data['records']}/test*.tfrec")]
-    expected = pipeline.read_table(paths, "test")["image_name"].tolist()
+    paths = [f.path for f in records.list_files(f"{tiny_data['records']}/test*.tfrec")]
+    expected = examples.read_table(paths, "test")["image_name"].tolist()
     for steps, mode in ((0, "random"), (3, "dihedral")):
         dataset, views = pipeline.prediction_dataset(paths, config, "test", tta_steps=steps, tta_mode=mode,
                                                      batch_size=7 * max(1, steps))
@@ -86,7 +84,7 @@ def test_train_pipeline_shuffles_repeats_and_drops_remainder(tiny_data, tmp_path
     from melanoma.input import augment
 
     config = load_config(write_config(tmp_path, tiny_data))
-    paths = [f.path for f in pipeline.list_files(f"{tiny_data['records']}/train*.tfrec")][:2]
+    paths = [f.path for f in records.list_files(f"{tiny_data['records']}/train*.tfrec")][:2]
     total = sum(records.parse_file_name(p).count for p in paths)
     dataset = pipeline.train_dataset(paths, config, batch_size=8, seed=1,
                                      augmenter=augment.BatchAugmenter(config.augment, seed=1))
@@ -100,9 +98,9 @@ def test_train_pipeline_shuffles_repeats_and_drops_remainder(tiny_data, tmp_path
 
 
 def test_fold_split_by_part(tiny_data):
-    files = pipeline.list_files(f"{tiny_data['records']}/train*.tfrec")
-    train, valid = pipeline.split_folds(files, 1, 3)
+    files = records.list_files(f"{tiny_data['records']}/train*.tfrec")
+    train, valid = records.split_folds(files, 1, 3)
     assert {f.part for f in valid} == {1, 4}
     assert not {f.path for f in train} & {f.path for f in valid}
     with pytest.raises(ValueError, match="out of range"):
-        pipeline.split_folds(files, 3, 3)
+        records.split_folds(files, 3, 3)

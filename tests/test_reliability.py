@@ -11,13 +11,13 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-
 import reliability_helpers as helpers
+import yaml
 from conftest import write_config
+
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.data import integrity
+from melanoma.data import inputs, integrity
 
 
 def run_dir(tmp_path):
@@ -91,8 +91,8 @@ def test_every_input_problem_is_reported_at_once(tiny_data, tmp_path, capsys, no
 
 def test_check_inputs_accepts_a_good_config(tiny_data, tmp_path):
     config = config_lib.load_config(write_config(tmp_path, tiny_data))
-    config_lib.check_inputs(config, "train")
-    config_lib.check_inputs(config, "infer")
+    inputs.check_inputs(config, "train")
+    inputs.check_inputs(config, "infer")
 
 
 # --- corrupt data: named, file and image ------------------------------------------------------------

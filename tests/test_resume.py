@@ -12,11 +12,12 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
 import reliability_helpers as helpers
 from conftest import write_config
+
 from melanoma import cli
-from melanoma.core import config as config_lib, io_utils, runstate
+from melanoma.core import config as config_lib
+from melanoma.core import io_utils, runstate
 from melanoma.train import schedules
 
 EPOCHS = 4

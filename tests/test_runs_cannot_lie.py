@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-
 import reliability_helpers as helpers
+import yaml
 from conftest import write_config
+
 from melanoma import cli
-from melanoma.core import config as config_lib, progress, quiet
-from melanoma.data import records
-from melanoma.train import training
+from melanoma.core import config as config_lib
+from melanoma.core import progress, quiet, runs
+from melanoma.data import inputs, records
 
 STARTUP_LINES = ("All log messages before absl::InitializeLog()", "Could not find cuda drivers")
 
@@ -106,7 +106,7 @@ def test_oof_is_gathered_only_from_folds_trained_under_the_run_config(run_copy, 
     state["config"]["model.backbone"] = "efficientnet-b2"
     (run / "fold1" / "state.json").write_text(json.dumps(state))
     config = config_lib.load_config(run_copy)
-    assert training.gather_oof(config) is None
+    assert runs.gather_oof(config) is None
     assert "fold1 was trained as efficientnet-b2 at 32 px" in capsys.readouterr().out
     assert not (run / "oof.csv").exists()
     assert cli.main(["infer", "--config", str(run_copy)]) == 2
@@ -236,7 +236,8 @@ def stalled_records_command(argv: list[str], marker: Path, after: int) -> list[s
     bootstrap = (
         "import sys, time, os\n"
         f"sys.path[:0] = [{str(helpers.REPO / 'src')!r}]\n"
-        "from melanoma import cli, records\n"
+        "from melanoma import cli\n"
+        "from melanoma.data import records\n"
         "serialize, written = records.serialize_example, []\n"
         "def stalling(*args):\n"
         f"    if len(written) == {after}:\n"
@@ -299,7 +300,7 @@ def test_records_killed_midway_leaves_nothing_that_training_would_take(jpeg_data
     before = snapshot(out)
     kill_midway(records_argv(jpeg_data, out, "--parts", "4"), tmp_path)
     assert snapshot(out) == before
-    config_lib.check_inputs(config_lib.load_config(path, argv[-2:]), "train")  # complete: accepted
+    inputs.check_inputs(config_lib.load_config(path, argv[-2:]), "train")  # complete: accepted
 
 
 def test_training_refuses_a_records_folder_that_is_not_complete(tiny_data, tmp_path, capsys, monkeypatch):
@@ -408,7 +409,7 @@ def test_a_partial_ensemble_is_named_as_such_and_submitted_only_when_asked(run_c
     assert cli.main(["submit", sub, "-m", "one fold", "--allow-partial"]) == 0
     [row] = pd.read_csv("submissions/log.csv", dtype=str).to_dict("records")
     assert row["folds"] == "0 of 2" and row["config"] == "tiny"
-    from melanoma.evaluate.scoring import competition_auc
+    from melanoma.core.metrics import auc as competition_auc
 
     fold0 = pd.read_csv(run / "fold0" / "oof.csv")
     assert float(row["oof_auc"]) == pytest.approx(competition_auc(fold0["target"], fold0["pred"]), abs=1e-6)

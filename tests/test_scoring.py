@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from melanoma import cli
-from melanoma.evaluate import scoring
+from melanoma.core import tables
 from melanoma.core.errors import DataError
+from melanoma.evaluate import scoring
 
 HYPOTHESIS = settings(deadline=None, max_examples=120,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -169,26 +170,26 @@ def test_single_class_fold_warning_is_printed_by_the_command(tmp_path, capsys):
 def test_missing_columns_are_named(tmp_path):
     path = write(tmp_path, make_oof().drop(columns=["patient_id", "fold"]))
     with pytest.raises(DataError, match="patient_id, fold"):
-        scoring.read_oof(path)
+        tables.read_oof(path)
 
 
 def test_nan_predictions_are_rejected(tmp_path):
     frame = make_oof()
     frame.loc[[3, 7], "pred"] = np.nan
     with pytest.raises(DataError, match="NaN.*ISIC_0000003, ISIC_0000007"):
-        scoring.read_oof(write(tmp_path, frame))
+        tables.read_oof(write(tmp_path, frame))
 
 
 def test_single_class_is_rejected(tmp_path):
     with pytest.raises(DataError, match="both"):
-        scoring.read_oof(write(tmp_path, make_oof().assign(target=0)))
+        tables.read_oof(write(tmp_path, make_oof().assign(target=0)))
 
 
 def test_duplicate_image_names_are_named(tmp_path):
     frame = make_oof()
     frame = pd.concat([frame, frame.iloc[:8]], ignore_index=True)
     with pytest.raises(DataError, match=r"duplicate image names ISIC_0000000, .*\(8 in all\)"):
-        scoring.read_oof(write(tmp_path, frame))
+        tables.read_oof(write(tmp_path, frame))
 
 
 @pytest.mark.parametrize("column,value,message", [("pred", "high", "non-numeric"), ("pred", "inf", "infinite"),
@@ -197,7 +198,7 @@ def test_bad_values_are_rejected(tmp_path, column, value, message):
     frame = make_oof().astype({column: object})
     frame.loc[4, column] = value
     with pytest.raises(DataError, match=message):
-        scoring.read_oof(write(tmp_path, frame))
+        tables.read_oof(write(tmp_path, frame))
 
 
 def test_bad_file_and_missing_file_both_exit_2_with_a_message(tmp_path, capsys):
@@ -212,7 +213,7 @@ def test_only_competition_rows_are_scored(tmp_path):
     external = make_oof(rows=50, seed=9).assign(source="isic2019", pred=1.0, target=0)
     external["image_name"] = "EXT_" + external["image_name"]
     both = pd.concat([frame, external], ignore_index=True)
-    oof = scoring.read_oof(write(tmp_path, both))
+    oof = tables.read_oof(write(tmp_path, both))
     result = scoring.score_oof(oof, bootstrap=0)
     assert result["n"] == len(frame) and result["excluded"] == 50
     assert result["auc"] == roc_auc_score(frame["target"], frame["pred"])
@@ -294,7 +295,7 @@ CELLS = st.one_of(st.sampled_from(["0", "1", "0.5", "1.0", "", "nan", "NaN", "in
                                    "IP_1", "IP_2", "ISIC_1", "ISIC_2", "competition", "isic2019", " 1 ",
                                    "0x1", "-0", "2", '"', "a,b", "\n"]),
                   st.text(max_size=6))
-COLUMNS = st.lists(st.sampled_from(list(scoring.OOF_COLUMNS) + ["source", "extra", "pred"]),
+COLUMNS = st.lists(st.sampled_from(list(tables.OOF_COLUMNS) + ["source", "extra", "pred"]),
                    min_size=1, max_size=7)
 
 
@@ -314,7 +315,7 @@ def test_score_of_arbitrary_csv_gives_a_result_or_a_clear_error(tmp_path, docume
     path = tmp_path / "oof.csv"
     path.write_bytes(document)
     try:
-        frame = scoring.read_oof(str(path))
+        frame = tables.read_oof(str(path))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", scoring.ScoreWarning)
             result = scoring.score_oof(frame, bootstrap=20)
@@ -339,9 +340,9 @@ def test_score_of_valid_csv_is_exact(tmp_path, rows):
     path.write_text(frame.to_csv(index=False))
     if frame["target"].nunique() < 2:
         with pytest.raises(DataError):
-            scoring.read_oof(str(path))
+            tables.read_oof(str(path))
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scoring.ScoreWarning)
-        result = scoring.score_oof(scoring.read_oof(str(path)), bootstrap=10)
+        result = scoring.score_oof(tables.read_oof(str(path)), bootstrap=10)
     assert result["auc"] == roc_auc_score(frame["target"], frame["pred"])

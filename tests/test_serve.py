@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO, write_config
+
+from melanoma.data import taxonomy
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(name) is None for name in ("gradio", "fastapi", "uvicorn", "httpx")),
@@ -214,8 +215,8 @@ def test_eight_concurrent_requests_each_get_their_own_answer(served, monkeypatch
 def test_diagnosis_head_with_metadata_gives_classes_and_uses_the_form(served):
     """Random weights are enough to see the plumbing: two folds averaged, classes that sum to 1 with MEL
     as the probability, and sex / site / age reaching the metadata branch."""
-    from melanoma.model import network as model_lib
     from melanoma.core.config import Config
+    from melanoma.model import network as model_lib
     from melanoma.serve.predictor import LoadedRun, Predictor
 
     base = served["predictor"].config
@@ -226,7 +227,7 @@ def test_diagnosis_head_with_metadata_gives_classes_and_uses_the_form(served):
     answer = predictor.predict(image, age_approx=70, sex="male", site="head/neck").to_json()
     assert answer["folds"] == [0, 1] and answer["fold_probabilities"][0] != answer["fold_probabilities"][1]
     assert answer["probability"] == pytest.approx(np.mean(answer["fold_probabilities"]))
-    assert set(answer["classes"]) == set(model_lib.DIAGNOSIS_CLASSES)
+    assert set(answer["classes"]) == set(taxonomy.DIAGNOSIS_CLASSES)
     assert sum(answer["classes"].values()) == pytest.approx(1, abs=1e-5)
     assert answer["classes"]["MEL"] == pytest.approx(answer["probability"], abs=1e-6)
     assert answer["metadata_used"] is True
@@ -242,8 +243,9 @@ def test_gradcam_is_each_positions_share_of_the_logit_and_ignores_the_other_view
     takes the first image's gradient only: alone or beside other views, the same map."""
     import tensorflow as tf
 
-    from melanoma.model import gradcam, network as model_lib
     from melanoma.core.config import Config
+    from melanoma.model import gradcam
+    from melanoma.model import network as model_lib
 
     base = served["predictor"].config
     config = Config({**base, "data": Config({**base.data, "image_size": 64})})

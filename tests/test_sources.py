@@ -17,10 +17,10 @@ import pytest
 import tensorflow as tf
 
 from melanoma import cli
-from melanoma.data import converters, records, sources, taxonomy
-from melanoma.input import pipeline
 from melanoma.core.config import ConfigError, load_config
 from melanoma.core.errors import CheckFailed
+from melanoma.data import converters, records, sources, taxonomy
+from melanoma.input import pipeline
 
 REAL_METADATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "siim-isic-2020-train.csv"
 PUBLIC_TRAIN_COLUMNS = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge",
@@ -99,7 +99,7 @@ def public(tiny_data, tmp_path_factory) -> dict:
     for path in sorted(tiny_data["records"].glob("*.tfrec")):
         shutil.copy(path, melanoma / path.name)
     table = pd.read_csv(tiny_data["records"] / "train.csv")
-    files = pipeline.list_files(str(melanoma / "train*.tfrec"))
+    files = records.list_files(str(melanoma / "train*.tfrec"))
     competition = {f.part: read_records(f.path) for f in files}
     valid0 = [e for part, rs in competition.items() if part % 2 == 0 for _, e in rs]
     train0 = [e for part, rs in competition.items() if part % 2 == 1 for _, e in rs]
@@ -294,7 +294,7 @@ def test_raw_isic2019_through_records(raw2019, public, tiny_data, tmp_path, fast
     out = tmp_path / "isic2019-raw-32"
     assert cli.main(["records", "--isic2019", str(raw2019), "--out", str(out), "--size", "32", "--parts", "3",
                      "--workers", "1"]) == 0
-    files = pipeline.list_files(str(out / "train*.tfrec"))
+    files = records.list_files(str(out / "train*.tfrec"))
     assert [f.part for f in files] == [0, 1, 2] and sum(f.count for f in files) == 12
     table = pd.read_csv(out / "train.csv").set_index("image_name")
     assert table["target"].sum() == 3 and table.loc["ISIC_0000000", "diagnosis"] == "melanoma"
@@ -316,7 +316,7 @@ def test_raw_isic2019_through_records(raw2019, public, tiny_data, tmp_path, fast
     only = tmp_path / "malignant-only"
     assert cli.main(["records", "--isic2019", str(raw2019), "--out", str(only), "--size", "32",
                      "--malignant-only", "--workers", "1"]) == 0
-    assert sum(f.count for f in pipeline.list_files(str(only / "train*.tfrec"))) == 3
+    assert sum(f.count for f in records.list_files(str(only / "train*.tfrec"))) == 3
 
     config = write_yaml(tmp_path, "raw2019", tiny_data, {"external_files": [f"{out}/train*.tfrec"]})
     summary, oof, _ = train_fold0(config)
@@ -385,7 +385,7 @@ def test_leak_checks_refuse_to_train(public, tiny_data, tmp_path, capsys):
 
     # a patient in both training and validation: move one record of a patient to a part of the other fold
     moved = tmp_path / "moved"
-    files = pipeline.list_files(f"{melanoma}/train*.tfrec")
+    files = records.list_files(f"{melanoma}/train*.tfrec")
     parts = {f.part: read_records(f.path) for f in files}
     patients = pd.Series([e["patient_id"] for _, e in parts[0]])
     shared = patients.duplicated(keep=False).to_numpy().nonzero()[0][0]  # a patient with 2+ images

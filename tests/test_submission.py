@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from melanoma import cli
-from melanoma.predict import submission
 from melanoma.core.errors import CheckFailed, ExternalToolError
+from melanoma.kaggle import kaggle_cli
+from melanoma.predict import submission
 
 COMPETITION = "siim-isic-melanoma-classification"
 IDS = [f"ISIC_{i:07d}" for i in range(20)]
@@ -433,9 +434,9 @@ def test_leaderboard_without_credentials_fails_clearly(kaggle, monkeypatch, caps
 
 
 def test_kaggle_credentials_sources(kaggle, monkeypatch, tmp_path):
-    assert submission.kaggle_credentials().endswith("kaggle.json")
+    assert kaggle_cli.kaggle_credentials().endswith("kaggle.json")
     (kaggle.config_dir / "kaggle.json").write_text(json.dumps({"username": "someone"}))
     with pytest.raises(ExternalToolError, match="lacks 'username' and 'key'"):
-        submission.kaggle_credentials()
+        kaggle_cli.kaggle_credentials()
     monkeypatch.setenv("KAGGLE_API_TOKEN", "token")
-    assert submission.kaggle_credentials() == "KAGGLE_API_TOKEN"
+    assert kaggle_cli.kaggle_credentials() == "KAGGLE_API_TOKEN"

@@ -9,17 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import write_config
 from sklearn.metrics import roc_auc_score
 
 from melanoma import cli
+from melanoma.core.config import ConfigError, load_config
 from melanoma.evaluate import compare
 from melanoma.input import features, imagestats
 from melanoma.tools import synth
 from melanoma.train import tabular
-from melanoma.core.config import ConfigError, load_config
-
-from conftest import write_config
-
 
 
 def tiny_tabular(from_runs: str = "[]") -> str:
@@ -267,8 +265,8 @@ def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer
 def test_an_undecodable_image_is_named_with_its_file(tiny_data, tmp_path):
     import tensorflow as tf
 
-    from melanoma.data import records
     from melanoma.core.errors import DataError
+    from melanoma.data import records
 
     folder = tmp_path / "records"
     folder.mkdir()

@@ -18,7 +18,11 @@ from typing import Any, Iterable
 
 import yaml
 
+from melanoma.core import io_utils, layout
+from melanoma.core.errors import ConfigError
+
 BASE_NAME = "base.yaml"
+REPOSITORY = Path(__file__).resolve().parents[3]  # the checkout: src/melanoma/core/config.py
 
 # Keys whose default is null, or which accept more than the default's type.
 EXTRA_TYPES: dict[str, tuple[type, ...]] = {
@@ -55,10 +59,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.checkpoint": ("best_auc", "best_loss", "last", "epoch"),
     "tta.mode": ("random", "dihedral"),
 }
-
-
-class ConfigError(ValueError):
-    """A config problem found before any work starts; the CLI exits with status 2."""
+# model.weights: one of these names, or the path of a weights file
+WEIGHT_NAMES = ("none", "imagenet", "noisy-student")
 
 
 class Config(dict):
@@ -88,11 +90,11 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def _wrap(node: Any) -> Any:
+def as_config(node: Any) -> Any:
     if isinstance(node, dict):
-        return Config({key: _wrap(value) for key, value in node.items()})
+        return Config({key: as_config(value) for key, value in node.items()})
     if isinstance(node, list):
-        return [_wrap(value) for value in node]
+        return [as_config(value) for value in node]
     return node
 
 
@@ -254,7 +256,7 @@ def base_path(config_path: Path) -> Path:
     beside = config_path.parent / BASE_NAME
     if beside.is_file():
         return beside
-    repo = Path(__file__).resolve().parents[2] / "configs" / BASE_NAME
+    repo = REPOSITORY / "configs" / BASE_NAME
     if repo.is_file():
         return repo
     raise ConfigError(f"cannot find {BASE_NAME} beside {config_path} (it holds every key's default)")
@@ -283,123 +285,16 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Confi
         key, value = parse_override(text)
         _set_dotted(config, schema, key, value, f"--set {text}")
     _check_types(config, schema)
-    resolved = _wrap(config)
+    resolved = as_config(config)
     if not resolved["name"]:
         resolved["name"] = path.stem
     _check_values(resolved)
     return resolved
 
 
-# Weights named by the model package rather than by a file.
-PACKAGE_WEIGHTS = ("none", "imagenet", "noisy-student")
-INPUTS_OF = {
-    # command -> keys it reads: (key, kind); a glob must match a file, a file must exist
-    "train": (("data.train_files", "glob"), ("data.test_files", "glob"), ("data.external_files", "globs"),
-              ("data.duplicates_csv", "file"), ("model.weights", "weights")),
-    # infer builds its models from the folds' checkpoints, so it needs no pretrained weights file
-    "infer": (("data.test_files", "glob"), ("data.sample_submission", "file")),
-}
-
-
-def _near_names(path: str) -> str:
-    """' (did you mean ...?)' with the closest entries of the path's folder, or where the folder is missing."""
-    from melanoma.core import io_utils
-
-    folder, name = os.path.split(path.rstrip("/"))
-    folder = folder or "."
-    if any(ch in folder for ch in "*?["):
-        return ""
-    if not io_utils.exists(folder):
-        return f" (folder {folder} does not exist)"
-    try:
-        entries = io_utils.listdir(folder)
-    except OSError:
-        return ""
-    close = difflib.get_close_matches(name, entries, n=1, cutoff=0.6)
-    return f" (did you mean '{os.path.join(folder, close[0])}'?)" if close else ""
-
-
-def _globs(value: Any) -> list:
-    """The glob strings of a value that is a glob, a list of globs, or (data.external_files) mappings
-    {set name: glob} or a list mixing both."""
-    items = value if isinstance(value, list) else [value]
-    patterns = []
-    for item in items:
-        patterns.extend(item.values() if isinstance(item, dict) else [item])
-    return patterns
-
-
-def _input_problems(key: str, kind: str, value: Any) -> list[str]:
-    from melanoma.core import io_utils
-
-    if value is None or (kind == "weights" and value in PACKAGE_WEIGHTS):
-        return []
-    if kind == "file" or kind == "weights":
-        problems = []
-        for path in (value if isinstance(value, list) else [value]):
-            if isinstance(path, str) and path and io_utils.exists(path) and not io_utils.isdir(path):
-                continue
-            if not isinstance(path, str) or not path:
-                problems.append(f"config key '{key}' holds {path!r}; give a file path")
-                continue
-            what = "is a folder, not a file" if io_utils.exists(path) else "file not found"
-            extra = " (use none, imagenet, noisy-student or a weights file)" if kind == "weights" else ""
-            problems.append(f"config key '{key}' = {path!r}: {what}{_near_names(path)}{extra}")
-        return problems
-    patterns = _globs(value)
-    problems = []
-    for pattern in patterns:
-        if not isinstance(pattern, str) or not pattern:
-            problems.append(f"config key '{key}' holds {pattern!r}; give glob strings")
-            continue
-        if not io_utils.glob(pattern):
-            hint = _near_names(pattern) if not any(c in os.path.basename(pattern) for c in "*?[") else ""
-            if not hint:
-                folder = os.path.dirname(pattern) or "."
-                if not any(c in folder for c in "*?[") and not io_utils.exists(folder):
-                    hint = f" (folder {folder} does not exist)"
-            problems.append(f"config key '{key}' = {pattern!r} matched no file{hint}")
-    if kind == "glob" and not problems:
-        from melanoma.data import records
-        from melanoma.core.errors import DataError
-
-        for path in io_utils.glob(patterns):
-            try:
-                records.parse_file_name(path)
-            except DataError as error:
-                problems.append(f"config key '{key}' = {value!r}: {error}")
-                break
-    if not problems:  # a records folder that is not complete (see records.folder_problem)
-        from melanoma.data import records
-
-        for folder in sorted({os.path.dirname(path) for path in io_utils.glob(patterns)}):
-            problem = records.folder_problem(folder)
-            if problem:
-                problems.append(f"config key '{key}': folder {folder} {problem}; it is not complete: build it "
-                                "again with `python -m melanoma records ...` (or copy it whole)")
-    return problems
-
-
-def check_inputs(config: Config, for_command: str) -> None:
-    """Every file and glob that `for_command` ("train" or "infer") will read exists and matches.
-
-    Called before a model is built or anything is written, so a typo in a path costs seconds, not a
-    training run. All problems are reported at once, each with its key and value.
-    """
-    if for_command not in INPUTS_OF:
-        raise ValueError(f"unknown command '{for_command}'; choose one of {', '.join(INPUTS_OF)}")
-    problems: list[str] = []
-    for key, kind in INPUTS_OF[for_command]:
-        problems.extend(_input_problems(key, kind, config.get_path(key)))
-    if problems:
-        intro = "the config names input that is not there" if len(problems) == 1 else \
-            f"the config names input that is not there ({len(problems)} problems)"
-        raise ConfigError(intro + ":\n  " + "\n  ".join(problems))
-
-
 def git_commit() -> str | None:
     """The code's commit (with '-dirty' when the tree has changes), or None outside a git checkout."""
-    repo = Path(__file__).resolve().parents[2]
+    repo = REPOSITORY
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                                 check=True, timeout=10).stdout.strip()
@@ -408,10 +303,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
-
-
-def run_dir(config: Config) -> str:
-    return os.path.join(config.output_dir, config.name)
 
 
 @contextlib.contextmanager
@@ -441,19 +332,15 @@ def dump_config(config: Config) -> str:
 
 def save_config(config: Config, directory: str | None = None) -> str:
     """Write the resolved config (+ git commit) as <run dir>/config.yaml, atomically."""
-    from melanoma.core import io_utils
-
-    directory = directory or run_dir(config)
-    target = os.path.join(directory, "config.yaml")
+    directory = directory or layout.run_dir(config)
+    target = os.path.join(directory, layout.CONFIG_FILE)
     io_utils.write_text_atomic(target, dump_config(config))
     return target
 
 
 def load_run_config(directory: str | os.PathLike) -> Config:
     """The resolved config a run saved (its git_commit dropped)."""
-    from melanoma.core import io_utils
-
-    text = io_utils.read_text(os.path.join(str(directory), "config.yaml"))
+    text = io_utils.read_text(os.path.join(str(directory), layout.CONFIG_FILE))
     data = yaml.safe_load(text)
     data.pop("git_commit", None)
-    return _wrap(data)
+    return as_config(data)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from melanoma.core.config import ConfigError
+
+class ConfigError(ValueError):
+    """A config problem found before any work starts; the CLI exits with status 2."""
 
 
 class DataError(ValueError):

@@ -19,7 +19,7 @@ import sys
 import tensorflow as tf
 
 from melanoma.core import kerasapi
-from melanoma.core.config import ConfigError
+from melanoma.core.errors import ConfigError
 
 # Environment variables through which Cloud TPU nodes, Colab and GKE name the TPU to connect to.
 TPU_NAME_VARIABLES = ("TPU_NAME", "TPU_CONFIG", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS")

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Iterable
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, runstate
-from melanoma.core.config import ConfigError
+from melanoma.core import io_utils, layout, runstate
+from melanoma.core.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
 SUPERSEDED = "superseded"
@@ -59,11 +59,11 @@ def base_defaults(config_path: str | os.PathLike) -> dict:
 
 def code_defaults() -> dict:
     """The repository's base.yaml values (flat): the defaults of the code that is running."""
-    return base_defaults(Path(__file__).resolve().parents[2] / "configs" / config_lib.BASE_NAME)
+    return base_defaults(config_lib.REPOSITORY / "configs" / config_lib.BASE_NAME)
 
 
 def run_folder(config) -> str:
-    return config_lib.run_dir(config)
+    return layout.run_dir(config)
 
 
 def saved_config(config) -> config_lib.Config | None:
@@ -228,7 +228,7 @@ def load_run_config(config_path: str | os.PathLike, overrides: Iterable[str] = (
         more = f" and {len(differences) - 6} more" if len(differences) > 6 else ""
         print(f"note: run {requested.name} uses the config it was trained with "
               f"({os.path.join(folder, CONFIG_FILE)}): {shown}{more}", file=sys.stderr)
-    return config_lib._wrap(merged)
+    return config_lib.as_config(merged)
 
 
 def _set(tree: dict, dotted: str, value) -> None:

@@ -25,7 +25,7 @@ import os
 import re
 
 from melanoma.core import io_utils
-from melanoma.core.config import ConfigError
+from melanoma.core.errors import ConfigError
 
 STATE = "state.json"
 LAST_MODEL = "last.keras"

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import io_utils
-from melanoma.data import records, taxonomy
 from melanoma.core.errors import DataError
+from melanoma.data import records, taxonomy
 
 ISIC2019_GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
 ISIC2019_METADATA = "ISIC_2019_Training_Metadata.csv"

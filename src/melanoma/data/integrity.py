@@ -20,8 +20,10 @@ import contextlib
 import re
 from dataclasses import dataclass, field
 
-from melanoma.data import records
+import tensorflow as tf
+
 from melanoma.core.errors import DataError
+from melanoma.data import examples, records
 
 SHOWN = 5  # bad records named in a message; the rest are counted
 
@@ -93,18 +95,12 @@ def _expected_count(path: str) -> int | None:
 
 def _expected_features(split: str) -> dict[str, str]:
     """feature -> the kind of list it must be ('bytes_list' or 'int64_list'), as the pipeline parses it."""
-    import tensorflow as tf
-
-    from melanoma.input import pipeline
-
     return {key: "bytes_list" if spec.dtype == tf.string else "int64_list"
-            for key, spec in pipeline._feature_spec(split).items()}
+            for key, spec in examples.feature_spec(split).items()}
 
 
 def _check_example(serialized: bytes, expected: dict[str, str]) -> tuple[str | None, str | None]:
     """(image_name or None, reason the record is unusable or None), from the raw bytes."""
-    import tensorflow as tf
-
     try:
         example = tf.train.Example.FromString(serialized)
     except Exception as error:  # noqa: BLE001 - protobuf's DecodeError has no stable import path
@@ -127,13 +123,9 @@ def _check_example(serialized: bytes, expected: dict[str, str]) -> tuple[str | N
 
 def _decode_reason(serialized: bytes, split: str, image_size: int) -> str:
     """Why the pipeline's own parse + decode fails on this record (run eagerly, on bad records only)."""
-    import tensorflow as tf
-
-    from melanoma.input import pipeline
-
     try:
-        example = pipeline.parse_examples(tf.constant(serialized), split)
-        pipeline.decode_image(example["image"], image_size)
+        example = examples.parse_examples(tf.constant(serialized), split)
+        examples.decode_image(example["image"], image_size)
     except (tf.errors.InvalidArgumentError, ValueError) as error:
         return f"the image cannot be decoded ({clean_message(error)})"
     return "the record fails in the input pipeline"
@@ -147,10 +139,6 @@ def scan_file(path: str, split: str, image_size: int | None) -> FileScan:
     found); the images are decoded in a tf.data pass with the pipeline's own parse and decode, which
     drops failing records with `ignore_errors`; the positions that did not come through are the bad ones.
     """
-    import tensorflow as tf
-
-    from melanoma.input import pipeline
-
     scan = FileScan(path=str(path), expected=_expected_count(path), readable=0)
     names: dict[int, str | None] = {}
     structural: set[int] = set()
@@ -177,8 +165,8 @@ def scan_file(path: str, split: str, image_size: int | None) -> FileScan:
         return scan
 
     def decodes(index, serialized):
-        example = pipeline.parse_examples(serialized, split)
-        image = pipeline.decode_image(example["image"], image_size)
+        example = examples.parse_examples(serialized, split)
+        image = examples.decode_image(example["image"], image_size)
         # A value computed from the pixels: a static shape alone would let the decode be pruned.
         return index, tf.reduce_max(image)
 
@@ -202,8 +190,6 @@ _SCANS: dict[tuple, FileScan] = {}
 
 
 def _scan_key(path: str, split: str, image_size: int) -> tuple:
-    import tensorflow as tf
-
     stat = tf.io.gfile.stat(str(path))
     return (str(path), split, image_size, stat.length, stat.mtime_nsec)
 
@@ -259,8 +245,6 @@ HINT_PREDICT = "Download or rebuild the named file(s): predictions need every im
 def named_data_errors(paths: list[str], split: str, image_size: int, what: str, hint: str = HINT_PREDICT):
     """Turn a pipeline's DataLossError / InvalidArgumentError into a DataError that names the bad files
     and images. When the scan finds nothing wrong the error was not about the data and is re-raised."""
-    import tensorflow as tf
-
     try:
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):

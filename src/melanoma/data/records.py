@@ -20,28 +20,25 @@ kept (see `converters`).
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import multiprocessing
 import os
 import re
-import sys
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, progress as progress_lib, quiet
-from melanoma.data import taxonomy
-from melanoma.core.config import ConfigError
+from melanoma.core import io_utils
+from melanoma.core import progress as progress_lib
+from melanoma.core import quiet
 from melanoma.core.errors import DataError
+from melanoma.data import taxonomy
 
 TRAIN_INT_FEATURES = ("patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
                       "target")
 TEST_INT_FEATURES = ("patient_id", "sex", "age_approx", "anatom_site_general_challenge")
-CATEGORICAL = taxonomy.CATEGORICAL
 FILE_PATTERN = re.compile(r"(?P<split>train|test)(?P<part>\d+)-(?P<count>\d+)\.tfrec$")
 DEFAULT_TEST_PARTS = 16
 MANIFEST = "records.json"
@@ -81,7 +78,7 @@ def encode_metadata(train: pd.DataFrame, test: pd.DataFrame | None = None
     frames = [train] + ([test] if test is not None else [])
     encodings: dict[str, dict[str, int]] = {}
     out = [frame.copy() for frame in frames]
-    for column in CATEGORICAL + ("patient_id",):
+    for column in taxonomy.CATEGORICAL + ("patient_id",):
         values = pd.concat([f[column] for f in frames if column in f]).dropna().astype(str)
         mapping = {value: index for index, value in enumerate(sorted(values.unique()))}
         encodings[column] = mapping
@@ -199,47 +196,6 @@ def write_split(frame: pd.DataFrame, image_dir: str, out_dir: str, split: str, s
     return written
 
 
-def build_records(train_csv: str, test_csv: str | None, train_images: str, test_images: str | None,
-                  out_dir: str, size: int, parts: int = 15, test_parts: int = DEFAULT_TEST_PARTS,
-                  seed: int = 42, workers: int | None = None) -> dict:
-    """Competition layout -> public-schema TFRecords + `train.csv`/`test.csv`/`encodings.json` beside them."""
-    from melanoma.data import folds
-
-    train = io_utils.read_csv(train_csv)
-    test = io_utils.read_csv(test_csv) if test_csv else None
-    for path, frame, needed in ((train_csv, train, TRAIN_INT_FEATURES), (test_csv, test, TEST_INT_FEATURES)):
-        if frame is None:
-            continue
-        missing = [column for column in ("image_name",) + needed if column not in frame.columns]
-        if missing:
-            raise DataError(f"{path} lacks column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})")
-        if frame.empty:
-            raise DataError(f"{path} has a header but no rows")
-    train_out, test_out, encodings = encode_metadata(train, test)
-    if "part" not in train_out:
-        train_out["part"] = folds.assign_parts(train, parts=parts, seed=seed)["part"].to_numpy()
-    folds.check_patient_disjoint(train_out.assign(patient_id=train["patient_id"].to_numpy()), "part")
-    written = write_split(train_out, train_images, out_dir, "train", size, workers)
-    summary = {"train_files": len(written), "train_images": len(train_out)}
-    table = train.copy()
-    table["part"] = train_out["part"].to_numpy()
-    for column in TRAIN_INT_FEATURES:
-        table[f"{column}_code"] = train_out[column].to_numpy()
-    io_utils.write_csv_atomic(table, os.path.join(out_dir, "train.csv"))
-    if test is not None:
-        test_parts = max(1, min(test_parts, len(test_out)))
-        test_out["part"] = np.arange(len(test_out)) * test_parts // len(test_out)
-        written = write_split(test_out, test_images, out_dir, "test", size, workers)
-        summary.update(test_files=len(written), test_images=len(test_out))
-        table = test.copy()
-        table["part"] = test_out["part"].to_numpy()
-        for column in TEST_INT_FEATURES:
-            table[f"{column}_code"] = test_out[column].to_numpy()
-        io_utils.write_csv_atomic(table, os.path.join(out_dir, "test.csv"))
-    io_utils.write_text_atomic(os.path.join(out_dir, "encodings.json"), json.dumps(encodings, indent=1))
-    return summary
-
-
 # ---------------------------------------------------------------------------------------------------
 # converted sources (converters.py: ISIC 2019, HAM10000)
 
@@ -290,127 +246,28 @@ def folder_problem(folder: str) -> str | None:
     return None
 
 
-def check_out_folder(out: str, inputs: list[str | None]) -> None:
-    """--out is replaced whole, so it must be a folder of its own: not holding the input, and either
-    absent, empty, or a records folder (parts, CSVs, encodings.json, records.json only)."""
-    target = os.path.abspath(out) if not io_utils.is_remote(out) else out.rstrip("/")
-    for path in filter(None, inputs):
-        where = os.path.abspath(path) if not io_utils.is_remote(path) else path
-        if where == target or where.startswith(target.rstrip("/") + "/"):
-            raise ConfigError(f"--out {out} holds the input {path}; records replaces its --out folder whole: "
-                              "give it a folder of its own (e.g. input/records-256)")
-    if not io_utils.isdir(out):
-        if io_utils.exists(out):
-            raise ConfigError(f"--out {out} is a file; give a folder")
-        return
-    others = [name.rstrip("/") for name in io_utils.listdir(out)
-              if not (FILE_PATTERN.search(name) or name.rstrip("/") in OUTPUTS or HALF_WRITTEN.match(name))]
-    if others:
-        raise ConfigError(f"--out {out} holds other things than records ({', '.join(others[:3])}); records "
-                          "replaces its --out folder whole: give it a folder of its own")
+def list_files(patterns, key: str = "data files") -> list[RecordFile]:
+    """Public-schema files matching the glob(s), sorted by part; an empty match is an error."""
+    paths = io_utils.glob(patterns)
+    if not paths:
+        raise FileNotFoundError(f"{key} {patterns!r} matched no file")
+    files = [parse_file_name(path) for path in paths]
+    return sorted(files, key=lambda f: (f.part, f.path))
 
 
-def remove_abandoned(out: str) -> None:
-    """Hidden sibling folders a killed `records` left (`.<name>.tmp-*`, `.<name>.old-*`)."""
-    parent, name = os.path.split(out.rstrip("/"))
-    for kind in ("tmp", "old"):
-        for path in io_utils.glob(os.path.join(parent, f".{name}.{kind}-" + "[0-9a-f]" * 8)):
-            print(f"removing {path}, left by an interrupted run", file=sys.stderr)
-            io_utils.remove_tree(path)
+def split_folds(files: list[RecordFile], fold: int, folds: int):
+    """(training files, validation files): a fold validates on the parts with part % folds == fold."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} is out of range for {folds} folds (0..{folds - 1})")
+    valid = [f for f in files if f.part % folds == fold]
+    train = [f for f in files if f.part % folds != fold]
+    if not valid:
+        raise DataError(f"fold {fold} has no validation file: parts found are "
+                        f"{sorted({f.part for f in files})}, folds = {folds}")
+    if not train:
+        raise DataError(f"fold {fold} has no training file")
+    return train, valid
 
 
-@contextlib.contextmanager
-def output_folder(out: str, inputs: list[str | None]):
-    """The folder to write into (yielded): checked, then put in place of `out` whole with its manifest."""
-    check_out_folder(out, inputs)
-    remove_abandoned(out)
-    with io_utils.folder_written_whole(out, last=MANIFEST) as folder:
-        yield folder
-        write_manifest(folder)
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from melanoma.data import converters as c
-
-    parser.add_argument("--data", help="folder in the competition's layout: train.csv, test.csv, "
-                        "jpeg/train/, jpeg/test/ (each may also be given below)")
-    parser.add_argument("--train-csv")
-    parser.add_argument("--test-csv")
-    parser.add_argument("--train-images", help="folder of train JPEGs (<image_name>.jpg)")
-    parser.add_argument("--test-images", help="folder of test JPEGs")
-    parser.add_argument("--isic2019", metavar="DIR", help="raw ISIC 2019 training files instead: "
-                        f"{c.ISIC2019_GROUND_TRUTH}, {c.ISIC2019_METADATA}, {c.ISIC2019_IMAGES}/")
-    parser.add_argument("--isic2019-ground-truth", help=f"path of {c.ISIC2019_GROUND_TRUTH}")
-    parser.add_argument("--isic2019-metadata", help=f"path of {c.ISIC2019_METADATA}")
-    parser.add_argument("--isic2019-images", help="folder of the ISIC 2019 JPEGs (<image>.jpg)")
-    parser.add_argument("--ham10000", metavar="DIR", help="HAM10000 instead: a folder with "
-                        f"{c.HAM10000_METADATA}, {', '.join(c.HAM10000_IMAGE_FOLDERS)}/")
-    parser.add_argument("--malignant-only", action="store_true",
-                        help="ISIC 2019 / HAM10000: keep only the melanoma images")
-    parser.add_argument("--encodings", help="ISIC 2019 / HAM10000: encodings.json of the competition records "
-                        "to extend (default: the competition's own codes)")
-    parser.add_argument("--out", required=True, help="folder for the TFRecords")
-    parser.add_argument("--size", type=int, default=256, help="images are resized to size x size")
-    parser.add_argument("--parts", type=int, default=15, help="train parts when the CSV has no 'part'")
-    parser.add_argument("--test-parts", type=int, default=DEFAULT_TEST_PARTS)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-
-
-def convert_source(args: argparse.Namespace) -> dict:
-    """`records --isic2019` / `--ham10000`: another source's raw files -> train records (converters)."""
-    from melanoma.data import converters
-
-    if args.data or args.train_csv or (args.ham10000 and (args.isic2019 or args.isic2019_ground_truth)):
-        raise FileNotFoundError("records takes one source: competition data (--data/--train-csv), ISIC 2019 "
-                                "files (--isic2019) or HAM10000 (--ham10000)")
-    options = dict(malignant_only=args.malignant_only, parts=args.parts, seed=args.seed, workers=args.workers,
-                   encodings_json=args.encodings)
-    if args.ham10000:
-        with output_folder(args.out, [args.ham10000, args.encodings]) as folder:
-            return converters.build_ham10000_records(args.ham10000, folder, args.size, **options)
-
-    def raw(explicit, name):
-        if explicit:
-            return explicit
-        if not args.isic2019:
-            raise FileNotFoundError(f"records needs --isic2019 DIR or the path of {name}")
-        return os.path.join(args.isic2019, name)
-
-    paths = (raw(args.isic2019_ground_truth, converters.ISIC2019_GROUND_TRUTH),
-             raw(args.isic2019_metadata, converters.ISIC2019_METADATA),
-             raw(args.isic2019_images, converters.ISIC2019_IMAGES))
-    with output_folder(args.out, list(paths) + [args.encodings]) as folder:
-        return converters.build_isic2019_records(*paths, folder, args.size, **options)
-
-
-def command(args: argparse.Namespace) -> int:
-    def pick(explicit, *relative):
-        if explicit:
-            return explicit
-        return os.path.join(args.data, *relative) if args.data else None
-
-    if args.size < 8:
-        raise DataError(f"--size must be at least 8, got {args.size}")
-    if args.isic2019 or args.isic2019_ground_truth or args.ham10000:
-        summary = convert_source(args)
-        print(json.dumps(summary))
-        print(f"records written to {args.out} (list them under data.external_files as training-only "
-              "external data, or under data.train_files as a data set of their own)")
-        return 0
-    if args.malignant_only or args.encodings:
-        raise FileNotFoundError("--malignant-only and --encodings apply to ISIC 2019 (--isic2019) or "
-                                "HAM10000 (--ham10000) files")
-    train_csv = pick(args.train_csv, "train.csv")
-    if not train_csv:
-        raise FileNotFoundError("records needs --data DIR, --train-csv CSV, --isic2019 DIR or --ham10000 DIR")
-    test_csv = pick(args.test_csv, "test.csv")
-    if test_csv and not args.test_csv and not io_utils.exists(test_csv):
-        test_csv = None
-    images = pick(args.train_images, "jpeg", "train"), pick(args.test_images, "jpeg", "test")
-    with output_folder(args.out, [train_csv, test_csv, *images]) as folder:
-        summary = build_records(train_csv, test_csv, *images, folder, args.size, parts=args.parts,
-                                test_parts=args.test_parts, seed=args.seed, workers=args.workers)
-    print(json.dumps(summary))
-    print(f"records written to {args.out}")
-    return 0
+def count_images(files: list[RecordFile]) -> int:
+    return sum(f.count for f in files)

@@ -47,11 +47,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
-from melanoma.core import io_utils, progress as progress_lib
-from melanoma.data import records
-from melanoma.core.config import ConfigError
-from melanoma.core.errors import CheckFailed, DataError
+from melanoma.core import io_utils
+from melanoma.core import progress as progress_lib
+from melanoma.core.errors import CheckFailed, ConfigError, DataError
+from melanoma.data import examples, integrity, records
 
 COMPETITION = "competition"
 ISIC2019_SET = re.compile(r"^isic2019-\d+x\d+$")
@@ -149,7 +150,7 @@ def difference_hash(jpeg: bytes) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
-def _stat_key(path: str) -> str:
+def stat_key(path: str) -> str:
     if io_utils.is_remote(path):
         import tensorflow as tf
 
@@ -167,30 +168,20 @@ def _read_file(path: str, content_hash: bool, perceptual: bool, bar, skip_corrup
 
     skip_corrupt (data.skip_corrupt) leaves out records that cannot be read or parsed, as training will;
     otherwise such a record is a DataError naming the file, the record and its image (integrity.py)."""
-    import tensorflow as tf
-
-    spec = {"image_name": tf.io.FixedLenFeature([], tf.string),
-            "patient_id": tf.io.FixedLenFeature([], tf.int64),
-            "target": tf.io.FixedLenFeature([], tf.int64)}
-    if content_hash or perceptual:
-        spec["image"] = tf.io.FixedLenFeature([], tf.string)
-    dataset = tf.data.TFRecordDataset(path).map(lambda s: tf.io.parse_single_example(s, spec),
-                                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if skip_corrupt:
-        dataset = dataset.ignore_errors()
     columns: dict[str, list] = {"image_name": [], "patient_id": [], "target": []}
     if content_hash:
         columns["sha1"] = []
     if perceptual:
         columns["dhash"] = []
     try:
-        for batch in dataset.batch(256):
-            names = [n.decode() for n in batch["image_name"].numpy()]
+        for batch in examples.batches(path, "train", ("patient_id", "target"), images=content_hash or perceptual,
+                                      skip_corrupt=skip_corrupt, batch_size=256):
+            names = batch["image_name"].tolist()
             columns["image_name"].extend(names)
-            columns["patient_id"].extend(batch["patient_id"].numpy().tolist())
-            columns["target"].extend(batch["target"].numpy().tolist())
+            columns["patient_id"].extend(batch["patient_id"].tolist())
+            columns["target"].extend(batch["target"].tolist())
             if "image" in batch:
-                for name, jpeg in zip(names, batch["image"].numpy()):
+                for name, jpeg in zip(names, batch["image"]):
                     if content_hash:
                         columns["sha1"].append(hashlib.sha1(jpeg).hexdigest())
                     if perceptual:
@@ -200,8 +191,6 @@ def _read_file(path: str, content_hash: bool, perceptual: bool, bar, skip_corrup
                             raise DataError(f"cannot decode image {name} in {path} to hash it") from None
             bar.update(len(names))
     except tf.errors.OpError as error:
-        from melanoma.data import integrity
-
         scan = integrity.scan_file(path, "train", image_size=None)
         found = f":\n  {scan.describe()}\n" if not scan.ok else \
             f": {error.message.splitlines()[0]} (a truncated or corrupt TFRecord, or not the public train schema); "
@@ -219,7 +208,7 @@ class TableReader:
         self.memory: dict[tuple[str, bool, bool], pd.DataFrame] = {}
 
     def _cache_path(self, path: str) -> str | None:
-        return os.path.join(self.cache_dir, f"{_stat_key(path)}.csv") if self.cache_dir else None
+        return os.path.join(self.cache_dir, f"{stat_key(path)}.csv") if self.cache_dir else None
 
     def _cached(self, path: str, content_hash: bool, perceptual: bool) -> pd.DataFrame | None:
         cache_path = self._cache_path(path)
@@ -415,12 +404,12 @@ def _examples(values: Iterable, limit: int = 3) -> str:
 
 def prepare_fold(config, fold: int, progress: bool = True, reader: TableReader | None = None) -> FoldData:
     """The fold's files and drops, after the integrity checks; CheckFailed on any leak."""
-    from melanoma.input import pipeline
+
 
     data = config.data
-    files = pipeline.list_files(data.train_files, "data.train_files")
+    files = records.list_files(data.train_files, "data.train_files")
     check_competition_files(files)
-    train_files, valid_files = pipeline.split_folds(files, fold, data.folds)
+    train_files, valid_files = records.split_folds(files, fold, data.folds)
     sets = external_sets(data)
     competition_paths = {f.path for f in files}
     for external in sets:

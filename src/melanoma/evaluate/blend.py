@@ -23,9 +23,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils
+from melanoma.core import io_utils, metrics, runs
 from melanoma.core.errors import DataError
-from melanoma.evaluate.scoring import _numbers, competition_auc, first_few, read_string_table
+from melanoma.core.tables import first_few
 
 METHODS = ("mean", "rank", "weights")
 DEFAULT_ITERATIONS = 25
@@ -34,18 +34,6 @@ DEFAULT_ITERATIONS = 25
 # --------------------------------------------------------------------------------------------------
 # Blending arithmetic
 # --------------------------------------------------------------------------------------------------
-
-def fast_auc(target: np.ndarray, pred: np.ndarray) -> float:
-    """ROC AUC by the rank-sum formula (same value as roc_auc_score, ties counted one half)."""
-    from scipy.stats import rankdata
-
-    positive = np.asarray(target) == 1
-    m = int(positive.sum())
-    n = len(positive) - m
-    if m == 0 or n == 0:
-        return float("nan")
-    ranks = rankdata(pred)
-    return float((ranks[positive].sum() - m * (m + 1) / 2) / (m * n))
 
 
 def rank_scale(preds: np.ndarray) -> np.ndarray:
@@ -60,7 +48,7 @@ def fit_weights(preds: np.ndarray, target: np.ndarray, iterations: int = DEFAULT
     replacement) the model whose addition raises AUC most; stop after `iterations` picks or when no
     addition helps. Returns weights that sum to 1."""
     models = preds.shape[1]
-    single = [fast_auc(target, preds[:, j]) for j in range(models)]
+    single = [metrics.auc(target, preds[:, j]) for j in range(models)]
     counts = np.zeros(models)
     first = int(np.nanargmax(single))
     counts[first] = 1
@@ -68,7 +56,7 @@ def fit_weights(preds: np.ndarray, target: np.ndarray, iterations: int = DEFAULT
     current = single[first]
     for _ in range(iterations - 1):
         picks = counts.sum()
-        scores = [fast_auc(target, (total + preds[:, j]) / (picks + 1)) for j in range(models)]
+        scores = [metrics.auc(target, (total + preds[:, j]) / (picks + 1)) for j in range(models)]
         best = int(np.nanargmax(scores))
         if not scores[best] > current + 1e-12:
             break
@@ -108,108 +96,8 @@ def cross_validated_blend(preds: np.ndarray, target: np.ndarray, folds: np.ndarr
 # Members
 # --------------------------------------------------------------------------------------------------
 
-class Member:
-    """One run in the blend: its name, folder, config (None for a folder without one), OOF, test preds."""
 
-    def __init__(self, spec: str):
-        from melanoma.evaluate.compare import inspect_run, load_run_oof
-
-        spec = str(spec)
-        self.spec = spec
-        self.config = None
-        if os.path.isdir(spec):
-            path = spec.rstrip("/")
-        else:
-            from melanoma.core import run as run_lib
-            from melanoma.core.config import load_config, run_dir
-
-            path = run_dir(load_config(spec))
-            if not os.path.isdir(path):
-                raise FileNotFoundError(f"run folder of {spec} not found: {path} (train it first)")
-            self.config = run_lib.load_run_config(spec)  # what the run was trained with
-        run = inspect_run(path)
-        if run.problem:
-            raise DataError(f"{path}: {run.problem}")
-        self.run = run
-        self.name = run.name
-        self.path = path
-        if self.config is None:
-            self.config = run.config
-        frame, complete, present = load_run_oof(run)
-        if not complete:
-            raise DataError(f"{self.name} is incomplete (folds {','.join(map(str, present))} of "
-                            f"{run.folds_expected or '?'} done); blend only finished runs")
-        self.oof = frame
-
-    def submission_path(self) -> str | None:
-        if self.run.blend is not None:
-            return self.run.blend.get("submission")
-        if self.config is not None:
-            return os.path.join(self.config.submission_dir, f"{self.name}.csv")
-        return None
-
-    def test_predictions(self) -> tuple[pd.Series | None, str]:
-        """(pred by image_name, where it came from): the mean of fold<K>/test.csv over all folds, else
-        the run's submission file; (None, reason) when neither exists."""
-        folds = self.run.folds_expected
-        paths = [os.path.join(self.path, f"fold{fold}", "test.csv") for fold in range(folds or 0)]
-        if paths and all(os.path.isfile(path) for path in paths):
-            self.check_same_settings(paths)
-            columns = [_prediction_column(path, "pred") for path in paths]
-            reference = set(columns[0].index)
-            for path, column in zip(paths[1:], columns[1:]):
-                if set(column.index) != reference:
-                    raise DataError(f"{path} predicts other images than {paths[0]}; re-run inference")
-            table = pd.concat(columns, axis=1)
-            return table.mean(axis=1), f"mean of {len(paths)} fold test.csv"
-        submission = self.submission_path()
-        if submission and io_utils.exists(submission):
-            return _prediction_column(submission, "target"), submission
-        return None, f"no fold<K>/test.csv and no {submission or 'submission'}"
-
-    def check_same_settings(self, paths: list[str]) -> None:
-        """Every fold's test predictions made under the same settings (test.json: TTA, size, test files):
-        averaging folds predicted differently is refused, never done silently."""
-        settings = [_fold_settings(path) for path in paths]
-        unknown = [path for path, made in zip(paths, settings) if made is None]
-        if unknown:
-            raise DataError(f"{unknown[0]} has no readable test.json beside it, so what it was predicted with "
-                            f"is unknown; predict the run again (python infer.py --config ... --recompute)")
-        for path, made in zip(paths[1:], settings[1:]):
-            if made != settings[0]:
-                keys = sorted(key for key in set(made) | set(settings[0]) if made.get(key) != settings[0].get(key))
-                shown = ", ".join(f"{key}: {settings[0].get(key)!r} vs {made.get(key)!r}" for key in keys)
-                raise DataError(f"{self.name}: {paths[0]} and {path} were predicted under different settings "
-                                f"({shown}); predict every fold alike (python infer.py --config ...)")
-
-
-def _fold_settings(test_csv: str) -> dict | None:
-    path = os.path.join(os.path.dirname(test_csv), "test.json")
-    if not os.path.isfile(path):
-        return None
-    try:
-        return json.loads(io_utils.read_text(path))
-    except ValueError:
-        return None
-
-
-def _prediction_column(path: str, column: str) -> pd.Series:
-    table = read_string_table(path)
-    for needed in ("image_name", column):
-        if needed not in table.columns:
-            raise DataError(f"{path} lacks column {needed} (found: {','.join(table.columns)})")
-    values, not_numeric = _numbers(table[column])
-    bad = not_numeric | ~np.isfinite(values)
-    if bad.any():
-        raise DataError(f"{path}: missing or non-numeric {column} for images "
-                        f"{first_few(table['image_name'][bad])}")
-    names = table["image_name"].astype(str)
-    if names.duplicated().any():
-        raise DataError(f"{path}: duplicate image names {first_few(names[names.duplicated()].unique())}")
-    return pd.Series(values.to_numpy(), index=names.to_numpy(), name=path)
-
-
-def align_members(members: list[Member]) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+def align_members(members: list[runs.Member]) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     """(base OOF table from the first member, OOF matrix images x members aligned by image_name, notes)."""
     base = members[0].oof[["image_name", "patient_id", "target", "fold"]].reset_index(drop=True)
     names = base["image_name"]
@@ -233,7 +121,7 @@ def align_members(members: list[Member]) -> tuple[pd.DataFrame, np.ndarray, list
     return base, matrix, notes
 
 
-def default_name(method: str, members: list[Member]) -> str:
+def default_name(method: str, members: list[runs.Member]) -> str:
     name = f"blend-{method}-" + "-".join(member.name for member in members)
     if len(name) > 80:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -254,7 +142,7 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
         raise DataError(f"unknown blend method '{method}'; choose one of {', '.join(METHODS)}")
     if len(specs) < 2:
         raise DataError("a blend needs at least two runs")
-    members = [Member(spec) for spec in specs]
+    members = [runs.Member(spec) for spec in specs]
     seen = [member.path for member in members]
     if len(set(map(os.path.abspath, seen))) < len(seen):
         raise DataError(f"the same run is named twice: {', '.join(seen)}")
@@ -273,12 +161,12 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
         fit = lambda preds, labels: fit_weights(preds, labels, iterations)  # noqa: E731
         blended, fold_weights = cross_validated_blend(matrix, target, folds, fit)
         weights = fit(matrix, target)
-        summary["auc_in_sample"] = competition_auc(target, matrix @ weights)
+        summary["auc_in_sample"] = metrics.auc(target, matrix @ weights)
         summary["fold_weights"] = {str(fold): _named(members, w) for fold, w in fold_weights.items()}
-    summary["auc"] = competition_auc(target, blended)
+    summary["auc"] = metrics.auc(target, blended)
     summary["weights"] = _named(members, weights)
     summary["members"] = [{"name": member.name, "path": member.path,
-                           "auc": competition_auc(target, matrix[:, index])}
+                           "auc": metrics.auc(target, matrix[:, index])}
                           for index, member in enumerate(members)]
     summary["folds"] = sorted(set(folds.tolist()))
 
@@ -330,7 +218,7 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
     return summary
 
 
-def _named(members: list[Member], weights: np.ndarray) -> dict[str, float]:
+def _named(members: list[runs.Member], weights: np.ndarray) -> dict[str, float]:
     return {member.name: round(float(weight), 6) for member, weight in zip(members, weights)}
 
 

@@ -14,123 +14,28 @@ Beside the OOF AUC each run shows `auc_unselected` (each fold at the epoch chose
 see `selection`) and `pauc_tpr80` (ISIC 2024's partial AUC above 80% sensitivity). `--by unselected`
 ranks complete runs by auc_unselected instead, and then compares the runs' unselected predictions.
 
-The helpers here (find_runs, inspect_run, load_run_oof) are shared with `report` and `blend`.
+The helpers here (runs.find_runs, runs.inspect_run, runs.load_run_oof) are shared with `report` and `blend`.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from melanoma.core import io_utils
-from melanoma.evaluate import scoring, selection
+from melanoma.core import runs
 from melanoma.core.errors import DataError
-from melanoma.evaluate.scoring import (ScoreWarning, clustered_delong_test, delong_test, prepare_oof, read_oof,
-                              read_string_table, score_oof)
+from melanoma.evaluate import scoring, selection
+from melanoma.evaluate.scoring import ScoreWarning, clustered_delong_test, delong_test, score_oof
 
-FOLD_DIR = re.compile(r"^fold(\d+)$")
-BLEND_FILE = "blend.json"
 RANK_BY = {"auc": "auc", "unselected": "auc_unselected"}
 TESTS = ("patient", "image")
 
 
-@dataclass
-class Run:
-    """What a run folder holds, before any OOF is read."""
-    name: str
-    path: str
-    config: Any = None                  # the resolved Config, for a trained run
-    blend: dict | None = None           # blend.json, for a blend
-    folds_expected: int | None = None   # data.folds (None when nothing says)
-    fold_files: list[int] = field(default_factory=list)  # K with fold<K>/oof.csv
-    has_oof: bool = False               # <run>/oof.csv exists
-    problem: str | None = None          # why the folder cannot be described (bad config.yaml)
-
-    @property
-    def kind(self) -> str:
-        return "blend" if self.blend is not None else "run"
-
-
-def is_run_folder(path: str) -> bool:
-    if not os.path.isdir(path):
-        return False
-    if any(os.path.exists(os.path.join(path, name)) for name in ("config.yaml", "oof.csv", BLEND_FILE)):
-        return True
-    return any(FOLD_DIR.match(entry) and os.path.isfile(os.path.join(path, entry, "oof.csv"))
-               for entry in os.listdir(path))
-
-
-def find_runs(directory: str) -> list[str]:
-    """Run folders directly under `directory` (sorted by name)."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no such folder of runs: {directory}")
-    return [os.path.join(directory, entry) for entry in sorted(os.listdir(directory))
-            if not entry.startswith(".") and is_run_folder(os.path.join(directory, entry))]
-
-
-def inspect_run(path: str) -> Run:
-    """Describe a run folder: its config (or blend description), expected folds and finished folds."""
-    from melanoma.core.config import ConfigError, load_run_config
-
-    path = str(path).rstrip("/")
-    run = Run(name=os.path.basename(path), path=path)
-    run.has_oof = os.path.isfile(os.path.join(path, "oof.csv"))
-    if os.path.isdir(path):
-        run.fold_files = sorted(int(match.group(1)) for entry in os.listdir(path)
-                                if (match := FOLD_DIR.match(entry))
-                                and os.path.isfile(os.path.join(path, entry, "oof.csv")))
-    blend_path = os.path.join(path, BLEND_FILE)
-    if os.path.isfile(os.path.join(path, "config.yaml")):
-        try:
-            run.config = load_run_config(path)
-            run.name = run.config.get("name") or run.name
-            run.folds_expected = int(run.config["data"]["folds"])
-        except (ConfigError, OSError, KeyError, TypeError, ValueError, AttributeError) as error:
-            run.problem = f"unreadable config.yaml: {error}"
-    elif os.path.isfile(blend_path):
-        try:
-            run.blend = json.loads(io_utils.read_text(blend_path))
-            run.folds_expected = len(run.blend["folds"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            run.problem = f"unreadable {BLEND_FILE}: {error}"
-            run.blend = {}
-    return run
-
-
-def load_run_oof(run: Run) -> tuple[pd.DataFrame, bool, list[int]]:
-    """(checked OOF of the competition rows, complete?, folds present).
-
-    Complete when every expected fold is there: `oof.csv` is used when it covers them all, otherwise the
-    per-fold files are joined. A run whose folds are not all done gets whichever covers more folds, with
-    complete False. Raises DataError when there is no OOF at all or it does not read.
-    """
-    expected = set(range(run.folds_expected)) if run.folds_expected else None
-    whole = read_oof(os.path.join(run.path, "oof.csv")) if run.has_oof else None
-    if whole is not None:
-        present = sorted(set(whole["fold"]))
-        if expected is None or expected <= set(present):
-            return whole, True, present
-    if run.fold_files:
-        parts = [read_string_table(os.path.join(run.path, f"fold{fold}", "oof.csv"))
-                 for fold in run.fold_files]
-        joined = prepare_oof(pd.concat(parts, ignore_index=True), where=f"{run.path}/fold*/oof.csv")
-        present = sorted(set(joined["fold"]))
-        if whole is None or len(present) > len(set(whole["fold"])):
-            complete = expected is not None and expected <= set(present)
-            return joined, complete, present
-    if whole is not None:
-        return whole, False, sorted(set(whole["fold"]))
-    raise DataError(f"{run.path} has no OOF predictions yet (no oof.csv, no fold<K>/oof.csv)")
-
-
-def _describe(run: Run) -> dict:
+def _describe(run: runs.Run) -> dict:
     config = run.config
     if run.blend is not None:
         members = run.blend.get("members", [])
@@ -170,9 +75,9 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str =
         raise DataError(f"--test must be one of {', '.join(TESTS)}, got '{test}'")
     rows: list[dict] = []
     frames: dict[str, pd.DataFrame] = {}
-    paths = find_runs(directory)
+    paths = runs.find_runs(directory)
     for path in tqdm(paths, desc="runs", unit="run", disable=len(paths) < 4 or not sys.stderr.isatty(), leave=False):
-        run = inspect_run(path)
+        run = runs.inspect_run(path)
         row: dict[str, Any] = {"name": run.name, "path": run.path, "kind": run.kind, **_describe(run),
                                "folds_done": len(run.fold_files), "folds": run.folds_expected,
                                "status": "error", "auc": None, "auc_partial": None, "auc_unselected": None,
@@ -184,7 +89,7 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str =
         if run.problem:
             continue
         try:
-            frame, complete, present = load_run_oof(run)
+            frame, complete, present = runs.load_run_oof(run)
             chosen = selection.epoch_selection(frame, run.path) if complete else selection.Selection(
                 reason="incomplete run")
             with warnings.catch_warnings():

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from melanoma.data import taxonomy
+from melanoma.core import metrics, plots
 from melanoma.core.errors import DataError
+from melanoma.data import taxonomy
 
 PER_CLASS_COLUMNS = ["class", "precision", "recall", "f1", "support", "auc"]
 
@@ -32,7 +33,7 @@ def class_arrays(frame: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray
     if unknown:
         raise DataError(f"OOF diagnosis value(s) {', '.join(unknown)} have no p_<CLASS> column "
                         f"(columns: {', '.join(columns)})")
-    # OOF files are read as text (scoring.read_string_table)
+    # OOF files are read as text (tables.read_string_table)
     probabilities = np.column_stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=float)
                                      for c in columns])
     bad = ~np.isfinite(probabilities).all(axis=1)
@@ -46,7 +47,7 @@ def class_arrays(frame: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray
 def per_class_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per class present in the truth or the predictions, then `macro avg`, `weighted avg`,
     `accuracy` and `balanced accuracy` (the last two in the recall column)."""
-    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+    from sklearn.metrics import precision_recall_fscore_support
 
     classes, truth, predicted, probabilities = class_arrays(frame)
     labels = sorted(set(truth.tolist()) | set(predicted.tolist()))
@@ -55,8 +56,7 @@ def per_class_table(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for index, label in enumerate(labels):
         positive = truth == label
-        auc = (float(roc_auc_score(positive, probabilities[:, label])) if 0 < positive.sum() < len(truth)
-               else float("nan"))
+        auc = metrics.auc(positive, probabilities[:, label])
         rows.append({"class": classes[label], "precision": precision[index], "recall": recall[index],
                      "f1": f1[index], "support": int(support[index]), "auc": auc})
     table = pd.DataFrame(rows, columns=PER_CLASS_COLUMNS)
@@ -117,15 +117,13 @@ def _draw_matrix(axes, counts: np.ndarray, labels: list[str], title: str, normal
 
 def plot_class_confusion(labels: list[str], counts: np.ndarray, path: str, title: str) -> None:
     """Counts and row-normalised (recall per true class) confusion matrices side by side."""
-    from melanoma.evaluate.report import _pyplot, _save
-
-    plt = _pyplot()
+    plt = plots.pyplot()
     size = max(4.5, 0.6 * len(labels) + 2)
     figure, (left, right) = plt.subplots(1, 2, figsize=(2 * size + 1, size))
     _draw_matrix(left, counts, labels, "counts", normalised=False)
     _draw_matrix(right, counts, labels, "row-normalised (each true class sums to 1)", normalised=True)
     figure.suptitle(title)
-    _save(figure, path)
+    plots.save(figure, path)
 
 
 def binary_confusions(cutoffs: pd.DataFrame) -> list[tuple[str, float, np.ndarray]]:
@@ -138,9 +136,7 @@ def binary_confusions(cutoffs: pd.DataFrame) -> list[tuple[str, float, np.ndarra
 
 def plot_binary_confusion(matrices: list[tuple[str, float, np.ndarray]], path: str, title: str) -> None:
     """One 2x2 matrix per sensitivity cutoff: counts, with the row-normalised share under each."""
-    from melanoma.evaluate.report import _pyplot, _save
-
-    plt = _pyplot()
+    plt = plots.pyplot()
     figure, axes_list = plt.subplots(1, len(matrices), figsize=(5 * len(matrices), 4.5), squeeze=False)
     labels = ["benign", "malignant"]
     for axes, (rule, cutoff, counts) in zip(axes_list[0], matrices):
@@ -154,4 +150,4 @@ def plot_binary_confusion(matrices: list[tuple[str, float, np.ndarray]], path: s
                 axes.text(j, i, f"{int(counts[i, j])}\n{shares[i, j]:.1%}", ha="center", va="center",
                           color="white" if shares[i, j] > 0.5 else "black")
     figure.suptitle(title)
-    _save(figure, path)
+    plots.save(figure, path)

@@ -30,9 +30,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils
-from melanoma.evaluate import scoring
+from melanoma.core import io_utils, plots
 from melanoma.core.errors import DataError
+from melanoma.evaluate import scoring
 from melanoma.evaluate.scoring import ScoreWarning, format_score, score_oof
 
 DEFAULT_CUTOFFS = (0.1, 0.25, 0.5)
@@ -146,19 +146,11 @@ def _metric_column(frame: pd.DataFrame, metric: str, validation: bool) -> str | 
 # Figures
 # --------------------------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def plot_roc(target, pred, score: dict, table: pd.DataFrame, path: str, title: str) -> None:
     from sklearn.metrics import roc_curve
 
-    plt = _pyplot()
+    plt = plots.pyplot()
     false_rate, true_rate, _ = roc_curve(target, pred)
     label = f"AUC {score['auc']:.4f}"
     if score.get("ci95"):
@@ -173,11 +165,11 @@ def plot_roc(target, pred, score: dict, table: pd.DataFrame, path: str, title: s
              title=title, xlim=(0, 1), ylim=(0, 1.01))
     axes.legend(loc="lower right", fontsize=8)
     axes.grid(alpha=0.3)
-    _save(figure, path)
+    plots.save(figure, path)
 
 
 def plot_histograms(target, pred, path: str, title: str) -> None:
-    plt = _pyplot()
+    plt = plots.pyplot()
     target = np.asarray(target)
     pred = np.asarray(pred, dtype=float)
     low, high = float(pred.min()), float(pred.max())
@@ -190,7 +182,7 @@ def plot_histograms(target, pred, path: str, title: str) -> None:
              title=title)
     axes.legend()
     axes.grid(alpha=0.3)
-    _save(figure, path)
+    plots.save(figure, path)
 
 
 def plot_training_curves(histories: dict[int, pd.DataFrame], path: str, title: str) -> bool:
@@ -199,7 +191,7 @@ def plot_training_curves(histories: dict[int, pd.DataFrame], path: str, title: s
     if any("lr" in frame.columns or "learning_rate" in frame.columns for frame in histories.values()):
         panels.append(("lr", "learning rate"))
     drawn = False
-    plt = _pyplot()
+    plt = plots.pyplot()
     figure, axes_list = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for axes, (metric, label) in zip(axes_list[0], panels):
@@ -225,7 +217,7 @@ def plot_training_curves(histories: dict[int, pd.DataFrame], path: str, title: s
             axes.legend(fontsize=7)
     figure.suptitle(title)
     if drawn:
-        _save(figure, path)
+        plots.save(figure, path)
     else:
         plt.close(figure)
     return drawn
@@ -249,7 +241,7 @@ def plot_epoch_selection(chosen, kept: dict[int, int], path: str, title: str) ->
     """Each fold's validation AUC per epoch, marking the epoch its checkpoint kept (filled circle) and
     the epoch the other folds choose for it (open square). Returns the marks drawn as
     (fold, "kept" | "others", epoch, AUC), for the caller and the tests."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     aucs = chosen.fold_aucs
     figure, axes = plt.subplots(figsize=(7, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -274,19 +266,8 @@ def plot_epoch_selection(chosen, kept: dict[int, int], path: str, title: str) ->
     axes.set(xlabel="epoch", ylabel="validation AUC (no TTA)", title=title + subtitle)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
-    _save(figure, path)
+    plots.save(figure, path)
     return marks
-
-
-def _save(figure, path: str) -> None:
-    """Save a figure atomically (PNG bytes written to a temporary name, then renamed)."""
-    import io as _io
-
-    buffer = _io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=110)
-    _pyplot().close(figure)
-    io_utils.write_bytes_atomic(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------------------------------

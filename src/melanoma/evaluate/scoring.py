@@ -16,29 +16,21 @@ No TensorFlow here: scoring must start in a fraction of a second.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
 import sys
 import warnings
-from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils
+from melanoma.core import io_utils, metrics, tables
 from melanoma.core.errors import DataError
 
-OOF_COLUMNS = ("image_name", "patient_id", "target", "pred", "fold")
-COMPETITION_SOURCE = "competition"
-# Text that reads as "no value" in a CSV cell.
-MISSING_TEXT = frozenset({"", "nan", "na", "n/a", "null", "none"})
 # Resamples evaluated together: memory is about CHUNK x rows x 8 bytes per array. Fixed, so that the
 # random stream (and therefore the interval) depends only on the seed, the patients and N.
 BOOTSTRAP_CHUNK = 50
-SHOW_FIRST = 5
 
 
 class ScoreWarning(UserWarning):
@@ -49,157 +41,15 @@ class ScoreWarning(UserWarning):
 # Reading CSV text without surprises
 # --------------------------------------------------------------------------------------------------
 
-def first_few(values: Sequence[Any] | pd.Series | pd.Index, limit: int = SHOW_FIRST) -> str:
-    """'a, b, c' or 'a, b, c, ... (12 in all)': the offending ids a message names."""
-    values = [str(value) for value in list(values)]
-    shown = ", ".join(repr(value) if value == "" else value for value in values[:limit])
-    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
-
-
-def parse_csv_text(text: str, where: str = "CSV") -> pd.DataFrame:
-    """Parse CSV text into a DataFrame of strings, failing with a DataError that names the problem.
-
-    Pandas would quietly drop surplus fields, fill short rows and turn the first column into an index
-    when every row is one field longer than the header; here each of those is an error with its line.
-    Blank lines are ignored; every cell stays text so callers decide what "numeric" means.
-    """
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
-    except csv.Error as error:
-        raise DataError(f"{where} is not valid CSV: {error}") from None
-    numbered = [(number, row) for number, row in enumerate(rows, start=1) if row]
-    if not numbered:
-        raise DataError(f"{where} is empty: expected a header line and rows")
-    (_, header), body = numbered[0], numbered[1:]
-    bad = [number for number, row in body if len(row) != len(header)]
-    if bad:
-        raise DataError(f"{where}: line(s) {first_few(bad)} do not have {len(header)} fields like the "
-                        f"header ({','.join(header)})")
-    duplicated = sorted({name for name in header if header.count(name) > 1})
-    if duplicated:
-        raise DataError(f"{where}: column(s) {first_few(duplicated)} appear more than once in the header")
-    return pd.DataFrame([row for _, row in body], columns=header, dtype=object)
-
-
-def read_string_table(path: str, where: str | None = None) -> pd.DataFrame:
-    """Read a CSV file (local or gs://) as strings; a clear DataError for anything unreadable."""
-    where = where or str(path)
-    data = io_utils.read_bytes(str(path)) if io_utils.exists(str(path)) else None
-    if data is None:
-        raise FileNotFoundError(f"file not found: {path}")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{where} is not UTF-8 text (byte {error.start}): is it really a CSV?") from None
-    return parse_csv_text(text, where)
-
-
-def _text(series: pd.Series) -> pd.Series:
-    """Cells as stripped strings, missing cells as ''."""
-    return series.where(series.notna(), "").astype(str).str.strip()
-
-
-def _numbers(series: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """(values as float, mask of cells that are text but not a number)."""
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-        values = series.astype(float)
-        return values, pd.Series(False, index=series.index)
-    text = _text(series)
-    values = pd.to_numeric(text, errors="coerce").astype(float)
-    not_numeric = values.isna() & ~text.str.lower().isin(MISSING_TEXT)
-    return values, not_numeric
-
 
 # --------------------------------------------------------------------------------------------------
 # OOF files
 # --------------------------------------------------------------------------------------------------
 
-def prepare_oof(frame: pd.DataFrame, where: str = "OOF predictions") -> pd.DataFrame:
-    """Check an OOF table and return its competition rows with typed columns.
-
-    Raises DataError for missing columns (named), empty ids, targets other than 0/1, missing,
-    non-numeric or infinite predictions, bad fold numbers, duplicate image names, and a single class.
-    Rows whose `source` (when the column exists) is not 'competition' are dropped; their count is in
-    `result.attrs["excluded"]`.
-    """
-    if not isinstance(frame, pd.DataFrame):
-        raise DataError(f"{where}: expected a table, got {type(frame).__name__}")
-    frame = frame.copy()
-    frame.columns = [str(column).strip() for column in frame.columns]
-    missing = [column for column in OOF_COLUMNS if column not in frame.columns]
-    if missing:
-        raise DataError(f"{where} lacks column(s) {', '.join(missing)}; an OOF file has "
-                        f"{','.join(OOF_COLUMNS)} (found: {','.join(map(str, frame.columns)) or 'none'})")
-    excluded = 0
-    if "source" in frame.columns:
-        keep = _text(frame["source"]).str.lower() == COMPETITION_SOURCE
-        excluded = int((~keep).sum())
-        frame = frame[keep.to_numpy()]
-    if frame.empty:
-        extra = f" ({excluded} non-competition rows excluded)" if excluded else ""
-        raise DataError(f"{where} has no rows to score{extra}")
-    frame = frame.reset_index(drop=True)
-
-    names = _text(frame["image_name"])
-    if (names == "").any():
-        rows = (np.flatnonzero((names == "").to_numpy()) + 1).tolist()
-        raise DataError(f"{where}: empty image_name in data row(s) {first_few(rows)}")
-    duplicated = names[names.duplicated(keep="first")].unique()
-    if len(duplicated):
-        raise DataError(f"{where}: duplicate image names {first_few(duplicated)}; each image must be "
-                        f"predicted once (did two folds validate the same image?)")
-    patients = _text(frame["patient_id"])
-    if (patients == "").any():
-        raise DataError(f"{where}: empty patient_id for images {first_few(names[patients == ''])}")
-
-    target, not_numeric = _numbers(frame["target"])
-    bad = not_numeric | ~target.isin([0.0, 1.0])
-    if bad.any():
-        raise DataError(f"{where}: target must be 0 or 1; not so for images {first_few(names[bad])}")
-
-    pred, not_numeric = _numbers(frame["pred"])
-    if not_numeric.any():
-        raise DataError(f"{where}: non-numeric predictions for images {first_few(names[not_numeric])}")
-    if pred.isna().any():
-        raise DataError(f"{where}: NaN (missing) predictions for images {first_few(names[pred.isna()])}")
-    infinite = ~np.isfinite(pred)
-    if infinite.any():
-        raise DataError(f"{where}: infinite predictions for images {first_few(names[infinite])}")
-
-    fold, not_numeric = _numbers(frame["fold"])
-    integral = np.isfinite(fold) & (fold == np.round(fold)) & (fold.abs() < 2**31)
-    bad = not_numeric | ~integral
-    if bad.any():
-        raise DataError(f"{where}: fold must be a whole number; not so for images {first_few(names[bad])}")
-
-    if target.nunique() < 2:
-        only = int(target.iloc[0])
-        raise DataError(f"{where}: all {len(frame)} scored images have target {only}; AUC needs both "
-                        f"benign (0) and malignant (1) images")
-
-    frame["image_name"] = names
-    frame["patient_id"] = patients
-    frame["target"] = target.astype(int)
-    frame["pred"] = pred.astype(float)
-    frame["fold"] = fold.astype(int)
-    frame.attrs["excluded"] = excluded
-    return frame
-
-
-def read_oof(path: str) -> pd.DataFrame:
-    """Read and check an OOF CSV (`image_name,patient_id,target,pred,fold`); competition rows only."""
-    return prepare_oof(read_string_table(path, where=str(path)), where=str(path))
-
 
 # --------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------
-
-def competition_auc(target, pred) -> float:
-    """The competition's metric: ROC AUC over all rows at once (scikit-learn's tie handling)."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(np.asarray(target), np.asarray(pred, dtype=float)))
 
 
 # The ISIC 2024 challenge's metric: the area of the ROC curve above this sensitivity (0 to 1 - it).
@@ -387,11 +237,11 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be 0 or more, got {bootstrap}")
     excluded_before = int(frame.attrs.get("excluded", 0)) if isinstance(frame, pd.DataFrame) else 0
-    frame = prepare_oof(frame)
+    frame = tables.prepare_oof(frame)
     excluded = excluded_before + int(frame.attrs.get("excluded", 0))
     target = frame["target"].to_numpy()
     pred = frame["pred"].to_numpy()
-    auc = competition_auc(target, pred)
+    auc = metrics.auc(target, pred)
 
     notes: list[str] = []
     folds: dict[str, float | None] = {}
@@ -403,7 +253,7 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
             notes.append(f"fold {fold} has only {only} images ({len(rows)}); its AUC and pauc_tpr80 are "
                          "undefined")
         else:
-            folds[str(fold)] = competition_auc(rows["target"], rows["pred"])
+            folds[str(fold)] = metrics.auc(rows["target"], rows["pred"])
             folds_pauc[str(fold)] = partial_auc_above_tpr(rows["target"], rows["pred"])
     scored = [value for value in folds.values() if value is not None]
     fold_mean = float(np.mean(scored)) if scored else None
@@ -647,7 +497,7 @@ def check_bootstrap_arguments(args: argparse.Namespace) -> None:
 
 def command(args: argparse.Namespace) -> int:
     check_bootstrap_arguments(args)
-    frame = read_oof(args.oof_csv)
+    frame = tables.read_oof(args.oof_csv)
     # outputs/<name>/oof.csv: the folds' per-epoch predictions are in the sibling fold<K>/ folders
     run_dir = os.path.dirname(os.path.abspath(args.oof_csv)) if not io_utils.is_remote(args.oof_csv) \
         else os.path.dirname(args.oof_csv)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils
+from melanoma.core import io_utils, metrics
 from melanoma.core.errors import DataError
 
 VAL_EPOCHS = "val_epochs.csv"
@@ -77,12 +77,6 @@ def read_val_epochs(path: str) -> pd.DataFrame:
     if frame.duplicated(["image_name", "epoch"]).any():
         raise DataError(f"{path}: an image appears twice in one epoch")
     return frame
-
-
-def _auc(target: np.ndarray, pred: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(target, pred)) if len(np.unique(target)) == 2 else float("nan")
 
 
 def _first_best(values: pd.Series) -> int | None:
@@ -144,7 +138,7 @@ def epoch_selection(oof: pd.DataFrame, run_dir: str | None) -> Selection:
     truth = oof[["image_name", "patient_id", "target", "fold"]]
     joined = {fold: truth.merge(table[table["epoch"].isin(common)], on="image_name")
               for fold, table in tables.items()}
-    aucs = pd.DataFrame({fold: {epoch: _auc(rows["target"].to_numpy(), rows["pred"].to_numpy())
+    aucs = pd.DataFrame({fold: {epoch: metrics.auc(rows["target"].to_numpy(), rows["pred"].to_numpy())
                                 for epoch, rows in frame.groupby("epoch")}
                          for fold, frame in joined.items()}).reindex(common)
     aucs.index.name = "epoch"
@@ -167,7 +161,7 @@ def epoch_selection(oof: pd.DataFrame, run_dir: str | None) -> Selection:
         rows = pd.concat([joined[fold][joined[fold]["epoch"] == epochs[fold]] for fold in folds],
                          ignore_index=True)
         rows = rows[["image_name", "patient_id", "target", "pred", "fold"]]
-        return _auc(rows["target"].to_numpy(), rows["pred"].to_numpy()), rows
+        return metrics.auc(rows["target"].to_numpy(), rows["pred"].to_numpy()), rows
 
     result.auc_unselected, result.frame = pooled(chosen)
     one_class = [fold for fold in folds if own[fold] is None]

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from melanoma.core import runs
+from melanoma.core.errors import ConfigError, DataError
+from melanoma.data import examples, integrity, records
 from melanoma.input import imagestats
-from melanoma.core.config import ConfigError
-from melanoma.core.errors import DataError
 
 FEATURE_VERSION = 1  # bump when a feature's definition changes: the cache keys include it
 CHUNK = 64            # images per task sent to a worker
@@ -68,27 +69,16 @@ def settings_key(config) -> str:
 
 def _read_file(path: str, split: str, with_images: bool):
     """(metadata table in file order, JPEG bytes or None) of one records file, read with TensorFlow."""
-    import tensorflow as tf
-
-    from melanoma.data import integrity, records
-
-    names = records.TRAIN_INT_FEATURES if split == "train" else records.TEST_INT_FEATURES
-    spec = {"image_name": tf.io.FixedLenFeature([], tf.string)}
-    spec.update({name: tf.io.FixedLenFeature([], tf.int64) for name in names})
-    if with_images:
-        spec["image"] = tf.io.FixedLenFeature([], tf.string)
-    dataset = tf.data.TFRecordDataset(path).map(lambda s: tf.io.parse_single_example(s, spec),
-                                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    names = examples.int_features(split)
     columns: dict[str, list] = {"image_name": [], **{name: [] for name in names}}
     jpegs: list[bytes] = []
     hint = integrity.HINT_PREDICT + " The tabular model needs every image."
     with integrity.named_data_errors([path], split, None, f"reading {path}", hint):
-        for batch in dataset.batch(512):
-            columns["image_name"].extend(n.decode() for n in batch["image_name"].numpy())
-            for name in names:
-                columns[name].extend(batch[name].numpy().tolist())
+        for batch in examples.batches(path, split, images=with_images):
+            for name in columns:
+                columns[name].extend(batch[name].tolist())
             if with_images:
-                jpegs.extend(batch["image"].numpy().tolist())
+                jpegs.extend(batch["image"].tolist())
     table = pd.DataFrame(columns)
     expected = records.parse_file_name(path).count
     if len(table) != expected:
@@ -128,11 +118,10 @@ def split_table(config, split: str, progress: bool = True) -> pd.DataFrame:
     from tqdm import tqdm
 
     from melanoma.core import io_utils
-    from melanoma.input import pipeline
     from melanoma.data import sources
 
     key = "data.train_files" if split == "train" else "data.test_files"
-    files = pipeline.list_files(config.get_path(key), key)
+    files = records.list_files(config.get_path(key), key)
     wrong = [f.path for f in files if f.split != split]
     if wrong:
         raise DataError(f"{key} matched {wrong[0]}, which is not a {split} file")
@@ -142,7 +131,7 @@ def split_table(config, split: str, progress: bool = True) -> pd.DataFrame:
     suffix = settings_key(config)
     tables, missing = {}, []
     for record_file in files:
-        cache = os.path.join(cache_dir, f"{sources._stat_key(record_file.path)}-{suffix}.csv")
+        cache = os.path.join(cache_dir, f"{sources.stat_key(record_file.path)}-{suffix}.csv")
         if io_utils.exists(cache):
             tables[record_file.path] = io_utils.read_csv(cache, dtype={"image_name": str})
         else:
@@ -245,8 +234,6 @@ def stacking_features(config, train_names: pd.Series, test_names: pd.Series,
     each run must have scored each of them out of fold with the same fold number, so the value of a row
     never comes from a model that trained on it. Rows outside `folds` (dropped duplicates) get NaN.
     """
-    from melanoma.evaluate import blend
-
     train_columns, test_columns = {}, {}
     for name in config.features.from_runs:
         name = str(name)
@@ -258,7 +245,7 @@ def stacking_features(config, train_names: pd.Series, test_names: pd.Series,
             raise ConfigError(f"{where}: no run folder {path}; train and infer that run first "
                               f"(`python train.py --config configs/{name}.yaml`)")
         try:
-            member = blend.Member(path)
+            member = runs.Member(path)
             test, source = member.test_predictions()
         except DataError as error:
             raise ConfigError(f"{where}: {error}") from None

@@ -12,49 +12,13 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from melanoma.core import progress as progress_lib
+from melanoma.data import examples, records
 from melanoma.input import augment
-from melanoma.core import io_utils, progress as progress_lib
-from melanoma.data import records
-from melanoma.core.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 2048
 TTA_MODES = ("random", "dihedral")
-
-
-def _feature_spec(split: str) -> dict:
-    int_features = records.TRAIN_INT_FEATURES if split == "train" else records.TEST_INT_FEATURES
-    spec = {"image": tf.io.FixedLenFeature([], tf.string),
-            "image_name": tf.io.FixedLenFeature([], tf.string)}
-    spec.update({name: tf.io.FixedLenFeature([], tf.int64) for name in int_features})
-    return spec
-
-
-def list_files(patterns, key: str = "data files") -> list[records.RecordFile]:
-    """Public-schema files matching the glob(s), sorted by part; an empty match is an error."""
-    paths = io_utils.glob(patterns)
-    if not paths:
-        raise FileNotFoundError(f"{key} {patterns!r} matched no file")
-    files = [records.parse_file_name(path) for path in paths]
-    return sorted(files, key=lambda f: (f.part, f.path))
-
-
-def split_folds(files: list[records.RecordFile], fold: int, folds: int):
-    """(training files, validation files): a fold validates on the parts with part % folds == fold."""
-    if not 0 <= fold < folds:
-        raise ValueError(f"fold {fold} is out of range for {folds} folds (0..{folds - 1})")
-    valid = [f for f in files if f.part % folds == fold]
-    train = [f for f in files if f.part % folds != fold]
-    if not valid:
-        raise DataError(f"fold {fold} has no validation file: parts found are "
-                        f"{sorted({f.part for f in files})}, folds = {folds}")
-    if not train:
-        raise DataError(f"fold {fold} has no training file")
-    return train, valid
-
-
-def count_images(files: list[records.RecordFile]) -> int:
-    return sum(f.count for f in files)
 
 
 def per_image_train_dataset(paths: list[str], config, batch_size: int, augment_image,
@@ -77,22 +41,6 @@ def per_image_train_dataset(paths: list[str], config, batch_size: int, augment_i
     dataset = dataset.map(lambda b: (model_inputs(b, metadata), tf.cast(b["target"], tf.float32)),
                           num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
-
-
-def parse_examples(serialized, split: str):
-    return tf.io.parse_single_example(serialized, _feature_spec(split))
-
-
-def decode_image(data, image_size: int):
-    """JPEG bytes -> uint8 [image_size, image_size, 3], resized when the record holds another size."""
-    image = tf.io.decode_jpeg(data, channels=3)
-    shape = tf.shape(image)
-    image = tf.cond(
-        tf.logical_and(tf.equal(shape[0], image_size), tf.equal(shape[1], image_size)),
-        lambda: image,
-        lambda: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, [image_size, image_size])),
-                                         0, 255), tf.uint8))
-    return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
 def _read(paths: list[str], ordered: bool, seed: int | None = None, keep=None, tags: list[int] | None = None,
@@ -130,8 +78,8 @@ def _decoded(paths, split: str, image_size: int, ordered: bool, seed=None, cache
     skip_corrupt drops records that fail to read, parse or decode (data.skip_corrupt;
     `integrity.scan_files` names them beforehand with the same checks)."""
     def parse_and_decode(serialized, tag=None):
-        example = parse_examples(serialized, split)
-        example["image"] = decode_image(example["image"], image_size)
+        example = examples.parse_examples(serialized, split)
+        example["image"] = examples.decode_image(example["image"], image_size)
         if tag is not None:
             example["source"] = tag
         return example
@@ -179,16 +127,13 @@ METADATA_SIZE = 6 + SITES + 1
 
 @functools.lru_cache(maxsize=16)
 def _patient_counts(paths: tuple[str, ...], split: str) -> tuple[tuple[int, int], ...]:
-    spec = {"patient_id": tf.io.FixedLenFeature([], tf.int64)}
     # Unreadable records are passed over here: they are named (or skipped, data.skip_corrupt) by the
     # pipeline that reads the images, and a count is only a feature.
-    dataset = tf.data.TFRecordDataset(list(paths), num_parallel_reads=AUTOTUNE).map(
-        lambda s: tf.io.parse_single_example(s, spec)["patient_id"], num_parallel_calls=AUTOTUNE).ignore_errors()
     ids = [np.zeros(0, np.int64)]
     total = sum(records.parse_file_name(p).count for p in paths)
     with progress_lib.bar(total=total, desc=f"{split} patient counts", unit="img", leave=False) as bar:
-        for batch in dataset.batch(8192):
-            ids.append(batch.numpy())
+        for batch in examples.batches(list(paths), split, ("patient_id",), skip_corrupt=True, batch_size=8192):
+            ids.append(batch["patient_id"])
             bar.update(len(ids[-1]))
     ids = np.concatenate(ids)
     keys, counts = np.unique(ids[ids >= 0], return_counts=True)
@@ -397,17 +342,3 @@ def prediction_dataset(paths: list[str], config, split: str, tta_steps: int = 0,
     return dataset.prefetch(AUTOTUNE), views
 
 
-def read_table(paths: list[str], split: str) -> "pd.DataFrame":
-    """image_name, patient_id (+ target) of every record, in file order, without decoding images."""
-    import pandas as pd
-
-    spec = {k: v for k, v in _feature_spec(split).items() if k != "image"}
-    dataset = tf.data.TFRecordDataset(paths).map(lambda s: tf.io.parse_single_example(s, spec),
-                                                 num_parallel_calls=AUTOTUNE, deterministic=True)
-    columns: dict[str, list] = {name: [] for name in spec}
-    for batch in dataset.batch(4096):
-        for name in spec:
-            columns[name].append(batch[name].numpy())
-    table = {name: (np.concatenate(values) if values else np.array([])) for name, values in columns.items()}
-    table["image_name"] = [n.decode() for n in table["image_name"]]
-    return pd.DataFrame(table)

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 from melanoma.core import progress
 from melanoma.core.errors import ExternalToolError
+from melanoma.kaggle import kaggle_cli
+from melanoma.kaggle.kaggle_cli import COMPETITION
 
-COMPETITION = "siim-isic-melanoma-classification"
 COMPETITION_FILES = ("train.csv", "test.csv", "sample_submission.csv")
 DATASET_OWNER = "cdeotte"
 COMPETITION_DATASET = "melanoma"
@@ -122,7 +123,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from melanoma.predict import submission
 
     if args.size < 1:
         raise FileNotFoundError(f"--size must be a positive image size, got {args.size}")
@@ -135,8 +135,8 @@ def command(args: argparse.Namespace) -> int:
             for call in download.calls:
                 print("kaggle " + " ".join(call) + f" -p {partial_folder(args.out, download.name)}")
         return 0
-    source = submission.kaggle_credentials(NOTHING_DONE)
-    kaggle = submission.kaggle_executable(NOTHING_DONE)
+    source = kaggle_cli.kaggle_credentials(NOTHING_DONE)
+    kaggle = kaggle_cli.kaggle_executable(NOTHING_DONE)
     print(f"Kaggle credentials from {source}")
     os.makedirs(args.out, exist_ok=True)
     for download in downloads:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import io
 
-from melanoma.core.kerasapi import keras
 import numpy as np
 import tensorflow as tf
 
+from melanoma.core.kerasapi import keras
 from melanoma.model import network as model_lib
 
 FEATURE_LAYER = "pool"                   # its input is the backbone's last block, in the outer graph

@@ -17,10 +17,10 @@ import math
 import os
 import tempfile
 
-from melanoma.core.kerasapi import keras
 import tensorflow as tf
 
 from melanoma.core import io_utils
+from melanoma.core.kerasapi import keras
 from melanoma.data import taxonomy
 
 BACKBONES = {f"efficientnet-b{i}": f"EfficientNetB{i}" for i in range(8)}
@@ -32,13 +32,6 @@ PACKAGE_WEIGHTS = ("imagenet", "noisy-student")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The diagnosis taxonomy (classes, names, codes) lives in `taxonomy`; these names are kept here for the
-# model code and its callers.
-DIAGNOSIS_CLASSES = taxonomy.DIAGNOSIS_CLASSES
-MELANOMA_CLASS = taxonomy.MELANOMA_CLASS
-UNKNOWN_CLASS = taxonomy.UNKNOWN_CLASS
-diagnosis_class = taxonomy.diagnosis_class
-diagnosis_lookup = taxonomy.diagnosis_lookup
 
 
 # ---------------------------------------------------------------- backbones and their weights
@@ -183,12 +176,12 @@ def build_backbone(name: str, image_size: int, weights: str | None = "none", pre
 class DiagnosisModel(keras.Model):
     """Trains on the 9-class softmax, predicts P(MEL).
 
-    In training (`fit`) the output is the softmax over DIAGNOSIS_CLASSES, so the loss sees every class;
+    In training (`fit`) the output is the softmax over taxonomy.DIAGNOSIS_CLASSES, so the loss sees every class;
     in inference (`predict`, validation, TTA) the output is its MEL column, [batch, 1], like the binary
     head's. The two share every weight: `network` is the whole functional model.
     """
 
-    def __init__(self, network: keras.Model, melanoma_index: int = MELANOMA_CLASS, **kwargs):
+    def __init__(self, network: keras.Model, melanoma_index: int = taxonomy.MELANOMA_CLASS, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.melanoma_index = melanoma_index
@@ -216,7 +209,7 @@ def prediction_head(model: keras.Model) -> tuple[keras.Model, tuple[str, ...] | 
     The diagnosis head's network gives all 9 class probabilities (its MEL column is the prediction);
     any other model gives one column, P(malignant), and None."""
     if isinstance(model, DiagnosisModel):
-        return model.network, DIAGNOSIS_CLASSES
+        return model.network, taxonomy.DIAGNOSIS_CLASSES
     return model, None
 
 
@@ -224,7 +217,7 @@ def prediction_head(model: keras.Model) -> tuple[keras.Model, tuple[str, ...] | 
 class MelanomaAUC(keras.metrics.AUC):
     """Training AUC of the diagnosis head: one-vs-rest on the MEL column of labels and softmax."""
 
-    def __init__(self, melanoma_index: int = MELANOMA_CLASS, **kwargs):
+    def __init__(self, melanoma_index: int = taxonomy.MELANOMA_CLASS, **kwargs):
         super().__init__(**kwargs)
         self.melanoma_index = melanoma_index
 
@@ -270,7 +263,7 @@ def build_model(config, pretrained: bool = True) -> keras.Model:
         output = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="target")(features)
         return keras.Model(inputs, output, name=model_name)
     if config.model.head == "diagnosis":
-        probabilities = keras.layers.Dense(len(DIAGNOSIS_CLASSES), activation="softmax", dtype="float32",
+        probabilities = keras.layers.Dense(len(taxonomy.DIAGNOSIS_CLASSES), activation="softmax", dtype="float32",
                                            name="diagnosis")(features)
         network = keras.Model(inputs, probabilities, name=f"{model_name}_network")
         model = DiagnosisModel(network, name=f"{model_name}_diagnosis")

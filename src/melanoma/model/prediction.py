@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from melanoma.input import augment, pipeline
-from melanoma.core import hardware, progress as progress_lib
-from melanoma.data import integrity
+from melanoma.core import hardware
+from melanoma.core import progress as progress_lib
 from melanoma.core.errors import CheckFailed, DataError
+from melanoma.data import integrity
+from melanoma.input import augment, pipeline
 
 
 def tta_augmenter(config, seed: int):
@@ -127,8 +128,8 @@ def predict_files(model, paths: list[str], config, split: str, count: int | None
         paths, config, split, tta_steps=steps, tta_mode=config.tta.mode,
         batch_size=batch_size, augmenter=tta_augmenter(config, seed) if steps else None,
         skip_corrupt=skip)
-    from melanoma.model import network as model_lib
     from melanoma.data import taxonomy
+    from melanoma.model import network as model_lib
 
     network, classes = model_lib.prediction_head(model)
     predictor = Predictor.cached(network, strategy, max(1, batch_size // views) * views)

@@ -20,15 +20,20 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils
+from melanoma.core import io_utils, layout
+from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed
+from melanoma.data import inputs, records
+from melanoma.predict import submission
+from melanoma.train import tabular
 
 
 def trained_folds(config) -> list[int]:
     """Folds with a checkpoint whose training ran all its epochs; a fold interrupted part-way (its
     state.json short of the last epoch) holds a half-trained best checkpoint and is left out. A fold
     trained under another config than the run's is a ConfigError naming what it was trained as."""
-    from melanoma.core import run as run_lib, runstate
+    from melanoma.core import run as run_lib
+    from melanoma.core import runstate
     from melanoma.train.training import fold_dir
 
     folds = []
@@ -52,7 +57,8 @@ def trained_folds(config) -> list[int]:
 def load_checkpoint(model, path: str, config, folder: str) -> None:
     """Weights of a fold's checkpoint; one that does not fit the model is a ConfigError naming what was
     trained (from the fold's state.json) instead of Keras' page-long message."""
-    from melanoma.core import run as run_lib, runstate
+    from melanoma.core import run as run_lib
+    from melanoma.core import runstate
 
     try:
         model.load_weights(path)
@@ -79,17 +85,17 @@ def fold_test_predictions(config, fold: int, recompute: bool = False) -> pd.Data
         changed = sorted(key for key in set(made) | set(wanted) if made.get(key) != wanted.get(key))
         print(f"fold {fold}: {path} was predicted with other settings ({', '.join(changed)}); predicting again")
     from melanoma.core import hardware, runstate
-    from melanoma.model import network as model_lib, prediction
-    from melanoma.input import pipeline
     from melanoma.data import taxonomy
+    from melanoma.model import network as model_lib
+    from melanoma.model import prediction
 
-    test_files = pipeline.list_files(config.data.test_files, "data.test_files")
+    test_files = records.list_files(config.data.test_files, "data.test_files")
     strategy = hardware.get_strategy(cluster=False)
     with strategy.scope():
         model = model_lib.build_model(config, pretrained=False)  # weights come from the checkpoint
         load_checkpoint(model, os.path.join(folder, "model.keras"), config, folder)
     frame = prediction.predict_files(model, [f.path for f in test_files], config, "test",
-                                     pipeline.count_images(test_files), desc=f"fold {fold} test",
+                                     records.count_images(test_files), desc=f"fold {fold} test",
                                      strategy=strategy)
     frame = frame[["image_name", "pred"] + taxonomy.class_columns(frame.columns)]  # + p_<CLASS>: diagnosis head
     # test.json goes first and comes back last: a process killed in between leaves a test.csv that no
@@ -127,29 +133,13 @@ def to_submission(predictions: pd.DataFrame, sample_path: str) -> pd.DataFrame:
                          "target": indexed.loc[sample["image_name"]].to_numpy(dtype=np.float64)})
 
 
-def submission_name(config, folds: list[int]) -> str:
-    """<name>.csv for every fold, <name>-folds0_2.csv for a partial ensemble (folds 0 and 2)."""
-    if folds == list(range(config.data.folds)):
-        return f"{config.name}.csv"
-    return f"{config.name}-folds{'_'.join(map(str, folds))}.csv"
-
-
-def record_path(submission_path: str) -> str:
-    """The JSON beside a submission that says which run and folds it holds."""
-    return os.path.splitext(str(submission_path))[0] + ".json"
-
-
 def run_inference(config, recompute: bool = False, force: bool = False, allow_partial: bool = False) -> str:
-    from melanoma.predict import submission
-
     if config.model.family == "tabular":  # gradient-boosted trees on features (tabular.py)
-        from melanoma.train import tabular
-
-        return tabular.run_inference(config, recompute=recompute, force=force)
+        return tabular_inference(config, recompute=recompute, force=force)
 
     folds = trained_folds(config)
     if not folds:
-        raise FileNotFoundError(f"no trained fold in {config_lib.run_dir(config)}: run "
+        raise FileNotFoundError(f"no trained fold in {layout.run_dir(config)}: run "
                                 f"`python train.py --config ... --fold all` first")
     missing = sorted(set(range(config.data.folds)) - set(folds))
     if missing and not allow_partial:
@@ -157,19 +147,19 @@ def run_inference(config, recompute: bool = False, force: bool = False, allow_pa
             f"fold(s) {', '.join(map(str, missing))} of run {config.name} are not trained ({len(folds)} of "
             f"{config.data.folds} are): train them (python train.py --config ... --fold "
             f"{','.join(map(str, missing))}), or add --allow-partial to write "
-            f"{os.path.join(config.submission_dir, submission_name(config, folds))} from folds "
+            f"{os.path.join(config.submission_dir, layout.submission_name(config, folds))} from folds "
             f"{', '.join(map(str, folds))}")
     if missing:
         print(f"warning: a partial ensemble: folds {missing} are not trained; averaging folds {folds}",
               file=sys.stderr)
     frames = [fold_test_predictions(config, fold, recompute) for fold in folds]
     result = to_submission(ensemble(frames), config.data.sample_submission)
-    path = os.path.join(config.submission_dir, submission_name(config, folds))
+    path = os.path.join(config.submission_dir, layout.submission_name(config, folds))
     submission.write_submission(result, path, sample_path=config.data.sample_submission, force=force)
-    record = {"config": config.name, "run": config_lib.run_dir(config), "folds": folds,
+    record = {"config": config.name, "run": layout.run_dir(config), "folds": folds,
               "folds_expected": config.data.folds, "partial": bool(missing), "tta": config.tta.to_dict(),
               "sha256": hashlib.sha256(io_utils.read_bytes(path)).hexdigest()}
-    io_utils.write_text_atomic(record_path(path), json.dumps(record, indent=1) + "\n")
+    io_utils.write_text_atomic(layout.record_path(path), json.dumps(record, indent=1) + "\n")
     print(f"submission: {path} ({len(result)} images, {len(folds)} fold(s){' of ' + str(config.data.folds) if missing else ''}, "
           f"TTA {config.tta.steps})")
     return path
@@ -189,14 +179,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from melanoma.core import hardware, run as run_lib
+    from melanoma.core import hardware
+    from melanoma.core import run as run_lib
 
     config = config_lib.load_config(args.config, args.set)
     if not config.data.test_files:
         raise config_lib.ConfigError(f"{args.config}: data.test_files is null, so there are no test images "
                                      "to predict; set it to the test records' glob (--set data.test_files=...)")
     # the files to read first (their locations come from this config), then the run's saved config
-    config_lib.check_inputs(config, "infer")  # before any model is built or file written
+    inputs.check_inputs(config, "infer")  # before any model is built or file written
     config = run_lib.load_run_config(args.config, args.set)
     if not hardware.is_chief():
         kind, index = hardware.worker_task()
@@ -206,3 +197,22 @@ def command(args: argparse.Namespace) -> int:
     hardware.get_strategy(cluster=False)  # this machine's devices; before other TensorFlow work
     run_inference(config, recompute=args.recompute, force=args.force, allow_partial=args.allow_partial)
     return 0
+
+
+def tabular_inference(config: Config, recompute: bool = False, force: bool = False) -> str:
+    """Mean of the trained folds' test predictions -> submissions/<name>.csv."""
+    tabular.check_config(config)
+    folds = [fold for fold in range(config.data.folds) if tabular.fold_finished(config, fold)]
+    if not folds:
+        raise FileNotFoundError(f"no trained fold in {layout.run_dir(config)}: run "
+                                "`python train.py --config ... --fold all` first")
+    missing = sorted(set(range(config.data.folds)) - set(folds))
+    if missing:
+        print(f"warning: folds {missing} are not trained; ensembling folds {folds}")
+    cache: dict = {}
+    frames = [tabular.fold_test_predictions(config, fold, recompute, cache) for fold in folds]
+    result = to_submission(ensemble(frames), config.data.sample_submission)
+    path = os.path.join(config.submission_dir, f"{config.name}.csv")
+    submission.write_submission(result, path, sample_path=config.data.sample_submission, force=force)
+    print(f"submission: {path} ({len(result)} images, {len(folds)} fold(s), tabular)")
+    return path

@@ -176,8 +176,8 @@ def build_app(predictor: Predictor):
         """An upload far over the limit is refused from its Content-Length, before it is read."""
         length = request.headers.get("content-length", "")
         if request.url.path == "/predict" and length.isdigit() and int(length) > predictor.max_bytes + FORM_SLACK:
-            limit = predictor_lib._megabytes(predictor.max_bytes)
-            return JSONResponse({"error": f"the request is {predictor_lib._megabytes(int(length))}, over the "
+            limit = predictor_lib.megabytes(predictor.max_bytes)
+            return JSONResponse({"error": f"the request is {predictor_lib.megabytes(int(length))}, over the "
                                           f"image limit of {limit} (serve --max-mb): upload a smaller image"},
                                 status_code=413)
         return await call_next(request)
@@ -234,7 +234,7 @@ def check_port(host: str, port: int) -> None:
     """Refuse a port that cannot be listened on now, before a minute is spent loading the folds."""
     import socket
 
-    from melanoma.core.config import ConfigError
+    from melanoma.core.errors import ConfigError
 
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:

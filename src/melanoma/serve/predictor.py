@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils
-from melanoma.data import records
+from melanoma.core import io_utils, runs
 from melanoma.core.errors import DataError
+from melanoma.data import records, taxonomy
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 ACCEPTED_FORMATS = ("JPEG", "PNG")
@@ -63,8 +63,8 @@ def load_run(target: str) -> LoadedRun:
 
     FileNotFoundError (exit 2) when the run has no saved config or no trained fold.
     """
-    from melanoma.predict import inference
     from melanoma.evaluate import report
+    from melanoma.predict import inference
 
     run_path = report.resolve_run(target)
     if not io_utils.exists(os.path.join(run_path, "config.yaml")):
@@ -100,7 +100,7 @@ class Upload:
     as_is: bool               # True when the bytes were already such a record's (image_size JPEG)
 
 
-def _megabytes(count: int) -> str:
+def megabytes(count: int) -> str:
     return f"{count / 1024 / 1024:.1f} MB"
 
 
@@ -112,7 +112,7 @@ def read_upload(data: bytes, image_size: int, max_bytes: int = DEFAULT_MAX_BYTES
     if not data:
         raise RequestError("the image file is empty: upload a JPEG or PNG file")
     if len(data) > max_bytes:
-        raise RequestError(f"the image is {_megabytes(len(data))}, over the limit of {_megabytes(max_bytes)} "
+        raise RequestError(f"the image is {megabytes(len(data))}, over the limit of {megabytes(max_bytes)} "
                            "(serve --max-mb): upload a smaller image", status=413)
     kind = "image"
     try:
@@ -212,10 +212,10 @@ class OOFReference:
 
     @classmethod
     def from_run(cls, run_path: str) -> "OOFReference":
-        from melanoma.evaluate import compare, report
+        from melanoma.evaluate import report
 
         try:
-            frame, complete, present = compare.load_run_oof(compare.inspect_run(run_path))
+            frame, complete, present = runs.load_run_oof(runs.inspect_run(run_path))
         except (DataError, OSError) as error:
             return cls(note=f"no OOF predictions to compare with ({error})")
         target = frame["target"].to_numpy().astype(int)
@@ -402,10 +402,9 @@ class Predictor:
         probability = float(np.mean(probabilities))
         class_probabilities = None
         if self.diagnosis:
-            from melanoma.model.network import DIAGNOSIS_CLASSES
 
             mean = np.mean(classes, axis=0)
-            class_probabilities = {name: float(mean[index]) for index, name in enumerate(DIAGNOSIS_CLASSES)}
+            class_probabilities = {name: float(mean[index]) for index, name in enumerate(taxonomy.DIAGNOSIS_CLASSES)}
         heat = np.mean(maps, axis=0)
         return Prediction(probability=probability, folds=self.folds, fold_probabilities=probabilities,
                           tta=self.tta, position=self.reference.position(probability),

@@ -34,6 +34,7 @@ import numpy as np
 
 from melanoma.core import config as config_lib
 from melanoma.core import io_utils
+from melanoma.data import diagnoses, examples, records
 
 TRAIN_PARTS = 4
 TEST_PARTS = 2
@@ -249,21 +250,13 @@ def with_backend(config, backend: str):
     return variant
 
 
-def diagnosis_lookup(config, train_paths):
-    """What train_dataset needs for the diagnosis head (None for the binary head)."""
-    from melanoma.input import pipeline
-    from melanoma.train import training
-
-    return training.diagnosis_lookup(config, pipeline.list_files(train_paths))
-
-
 def pipeline_figures(config, train_paths, test_paths, batches: int, warmup: int,
                      min_seconds: float = MIN_SECONDS) -> dict:
     from melanoma.input import augment, pipeline
 
     batch_size = config.train.batch_size
     seed = config.seed
-    lookup = diagnosis_lookup(config, train_paths)
+    lookup = diagnoses.source_lookups(config, records.list_files(train_paths))
     figures: dict = {"train_pipeline": {}}
     for backend in augment.BACKENDS:
         variant = with_backend(config, backend)
@@ -326,12 +319,13 @@ def model_figures(config, strategy, train_paths, test_paths, pipelines: dict, mo
                   epoch_steps: int) -> dict:
     """Model figures under the dtype policy already set (hardware.set_precision); the weights are
     random (pretrained=False): speed does not depend on them, and nothing is downloaded."""
-    from melanoma.core.kerasapi import keras
     import tensorflow as tf
 
-    from melanoma.input import augment, pipeline
     from melanoma.core import hardware
-    from melanoma.model import network as model_lib, prediction
+    from melanoma.core.kerasapi import keras
+    from melanoma.input import augment, pipeline
+    from melanoma.model import network as model_lib
+    from melanoma.model import prediction
     from melanoma.train import training
 
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
@@ -340,7 +334,7 @@ def model_figures(config, strategy, train_paths, test_paths, pipelines: dict, mo
         model = training.compile_model(model_lib.build_model(config, pretrained=False), config, global_batch)
     augmenter = augment.make_augmenter(config.augment, seed=config.seed)
     train_ds = pipeline.train_dataset(train_paths, config, global_batch, seed=config.seed, augmenter=augmenter,
-                                      diagnosis_lookup=diagnosis_lookup(config, train_paths))
+                                      diagnosis_lookup=diagnoses.source_lookups(config, records.list_files(train_paths)))
     in_memory = tf.data.Dataset.from_tensors(next(iter(train_ds))).repeat()
 
     def fit_rate(dataset, steps: int) -> float:
@@ -380,7 +374,7 @@ def model_figures(config, strategy, train_paths, test_paths, pipelines: dict, mo
 
     # One pass as a user runs it: pipeline start-up and a retrace for a short last batch included
     # (the full batches' prediction function is already compiled above).
-    test_count = pipeline.count_images(pipeline.list_files(test_paths))
+    test_count = records.count_images(records.list_files(test_paths))
     config_tta = copy.deepcopy(config)
     config_tta["tta"]["steps"], config_tta["tta"]["mode"] = steps, mode
     started = time.perf_counter()
@@ -446,10 +440,10 @@ def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
 
 
 def machine(config, strategy, precision: str) -> dict:
-    from melanoma.core.kerasapi import keras
     import tensorflow as tf
 
     from melanoma.core import hardware
+    from melanoma.core.kerasapi import keras
 
     names = []
     for gpu in tf.config.list_physical_devices("GPU"):
@@ -473,8 +467,8 @@ def run_bench(config, batches: int = 20, warmup: int = 5, model_batches: int = 2
               synthetic: bool = False, train_images: int = 512, test_images: int = 32,
               records_images: int = 256, with_model: bool = True, min_seconds: float = MIN_SECONDS) -> dict:
     """Every figure as one dict (see the module docstring)."""
-    from melanoma.input import augment, pipeline
     from melanoma.core import hardware
+    from melanoma.input import augment
 
     started = time.perf_counter()
     strategy = hardware.get_strategy(cluster=False)  # this machine's devices
@@ -489,16 +483,16 @@ def run_bench(config, batches: int = 20, warmup: int = 5, model_batches: int = 2
             source = "synthetic"
         else:
             source = "config"
-        train_files = pipeline.list_files(config.data.train_files, "data.train_files")
-        test_files = pipeline.list_files(config.data.test_files, "data.test_files")
+        train_files = records.list_files(config.data.train_files, "data.train_files")
+        test_files = records.list_files(config.data.test_files, "data.test_files")
         train_paths = [f.path for f in train_files]
         test_paths = [f.path for f in test_files]
         result = {
             "machine": machine(config, strategy, precision),
             "settings": {
                 "config": config.name, "image_size": size, "record_size": record_size(train_paths[0]),
-                "data": source, "train_images": pipeline.count_images(train_files),
-                "test_images": pipeline.count_images(test_files), "batch_size": config.train.batch_size,
+                "data": source, "train_images": records.count_images(train_files),
+                "test_images": records.count_images(test_files), "batch_size": config.train.batch_size,
                 "tta_batch_size": config.tta.batch_size, "backbone": config.model.backbone,
                 "augment_backend": augment.resolve_backend(config.augment.backend), "augment_xla": bool(config.augment.xla),
                 "cache": bool(config.data.cache), "batches": batches, "min_seconds": min_seconds,
@@ -521,11 +515,10 @@ def record_size(path: str) -> list[int]:
     data.image_size, and then every image is resized on decoding)."""
     import tensorflow as tf
 
-    from melanoma.input import pipeline
 
     split = "train" if os.path.basename(path).startswith("train") else "test"
     serialized = next(iter(tf.data.TFRecordDataset([path])))
-    example = pipeline.parse_examples(serialized, split)
+    example = examples.parse_examples(serialized, split)
     return [int(v) for v in tf.io.extract_jpeg_shape(example["image"])[:2]]
 
 

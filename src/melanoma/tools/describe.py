@@ -12,32 +12,29 @@ import json
 import time
 
 from melanoma.core import config as config_lib
+from melanoma.data import records
 
 
 def _data_summary(config, global_batch: int) -> dict:
     """Image counts and steps when the config's records are on this machine (nulls when they are not)."""
-    from melanoma.input import pipeline
 
     try:
-        files = pipeline.list_files(config.data.train_files, "data.train_files")
+        files = records.list_files(config.data.train_files, "data.train_files")
     except FileNotFoundError:
         return {"train_files_found": 0, "train_images": None, "steps_per_epoch": config.train.steps_per_epoch}
-    train, _ = pipeline.split_folds(files, 0, config.data.folds)
-    images = pipeline.count_images(train)
-    return {"train_files_found": len(files), "train_images": pipeline.count_images(files),
+    train, _ = records.split_folds(files, 0, config.data.folds)
+    images = records.count_images(train)
+    return {"train_files_found": len(files), "train_images": records.count_images(files),
             "steps_per_epoch": config.train.steps_per_epoch or max(1, images // global_batch)}
 
 
 def describe(config) -> dict:
     """The facts `describe` prints, as a dict."""
+    from melanoma.core import hardware, kerasapi
     from melanoma.core.kerasapi import keras
-
-    from melanoma.core import hardware
+    from melanoma.input import augment
     from melanoma.model import network as model_lib
     from melanoma.train import schedules
-
-    from melanoma.input import augment
-    from melanoma.core import kerasapi
 
     started = time.time()
     workers = max(1, hardware.cluster_workers())

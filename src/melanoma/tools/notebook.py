@@ -30,7 +30,9 @@ TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "t
                             "tf-nightly-cpu", "tf-nightly-gpu", "tf-nightly-tpu")
 # Installed with TensorFlow and never changed here; tf-keras is installed only when missing.
 PINNED = TENSORFLOW_DISTRIBUTIONS + ("keras", "tf-keras", "tensorboard", "numpy", "ml-dtypes")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The checkout (src/melanoma/tools/notebook.py): this file runs before the package is installed, so it
+# cannot ask melanoma.core.config.
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, os.pardir))
 
 
 def canonical(name: str) -> str:

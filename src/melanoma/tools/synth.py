@@ -37,7 +37,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, progress as progress_lib
+from melanoma.core import io_utils
+from melanoma.core import progress as progress_lib
 
 TRAIN_COLUMNS = [
     "image_name",
@@ -491,7 +492,7 @@ OWN_ENTRIES = ("train.csv", "test.csv", "sample_submission.csv", "test_labels.cs
 def prepare_folder(out_dir: str, force: bool = False) -> None:
     """OUT must be new or empty, so old and new images never mix; with `force`, what an earlier synth
     wrote there is removed first (other entries are kept, and named)."""
-    from melanoma.core.config import ConfigError
+    from melanoma.core.errors import ConfigError
 
     if not io_utils.exists(out_dir):
         return

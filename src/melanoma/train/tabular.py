@@ -29,10 +29,9 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
+from melanoma.core import io_utils, layout, metrics, plots, runs
+from melanoma.core.errors import CheckFailed, ConfigError
 from melanoma.input import features
-from melanoma.core import io_utils
-from melanoma.core.config import ConfigError
-from melanoma.core.errors import CheckFailed
 
 # scikit-learn's OpenMP threads spin while they wait for work by default; on a CPU shared with other
 # processes that spinning made fitting 5-10x slower (and prediction 30x) than passive waiting. Read when
@@ -49,7 +48,7 @@ def family(config) -> str:
 
 
 def fold_dir(config, fold: int) -> str:
-    return os.path.join(config_lib.run_dir(config), f"fold{fold}")
+    return os.path.join(layout.run_dir(config), f"fold{fold}")
 
 
 def fold_finished(config, fold: int) -> bool:
@@ -144,13 +143,11 @@ def predict(model, values: np.ndarray) -> np.ndarray:
 def history(model, train_x, train_y, valid_x, valid_y) -> pd.DataFrame:
     """Loss and AUC on the training and validation rows after each boosting iteration (as `epoch`, so
     `report` draws them as training curves)."""
-    from melanoma.evaluate.blend import fast_auc
-    from melanoma.train.training import binary_log_loss
 
     def curves(values, target):
         for probabilities in model.staged_predict_proba(values):
             pred = probabilities[:, 1]
-            yield binary_log_loss(target, pred), fast_auc(target, pred)
+            yield metrics.binary_log_loss(target, pred), metrics.auc(target, pred)
 
     rows = [{"epoch": index + 1, "loss": loss, "auc": auc, "val_loss": val_loss, "val_auc": val_auc}
             for index, ((loss, auc), (val_loss, val_auc))
@@ -185,9 +182,8 @@ def permutation_importance(model, values: np.ndarray, target: np.ndarray, column
 
     The permuted copies are predicted many at a time: one call on a tall matrix costs far less than
     as many calls on the validation rows alone (scikit-learn's per-call overhead dominates those)."""
-    from melanoma.evaluate.blend import fast_auc  # the same AUC as scikit-learn's, without its per-call checks
 
-    base = fast_auc(target, predict(model, values))
+    base = metrics.auc(target, predict(model, values))
     rng = np.random.default_rng(seed)
     sets = importance_sets(columns)
     jobs = [(position, rng.permutation(len(values))) for position in range(len(sets)) for _ in range(repeats)]
@@ -202,7 +198,7 @@ def permutation_importance(model, values: np.ndarray, target: np.ndarray, column
             stacked[rows, indices] = values[order][:, indices]
         preds = predict(model, stacked).reshape(len(batch), len(values))
         for (position, _), pred in zip(batch, preds):
-            drops[position].append(base - fast_auc(target, pred))
+            drops[position].append(base - metrics.auc(target, pred))
     rows = [{"kind": kind, "name": name, "group": group, "columns": len(indices),
              "auc_drop": float(np.mean(drops[position])), "auc_drop_std": float(np.std(drops[position])),
              "repeats": repeats, "base_auc": base}
@@ -232,7 +228,6 @@ def prediction_settings(config) -> dict:
 
 def train_fold(config, fold: int, table: features.FeatureTable, fold_data) -> dict:
     """Fit fold `fold`; write its model, OOF, test predictions, history and importances."""
-    from sklearn.metrics import roc_auc_score
 
     from melanoma.core import runstate
     from melanoma.data import sources
@@ -271,7 +266,7 @@ def train_fold(config, fold: int, table: features.FeatureTable, fold_data) -> di
     io_utils.write_csv_atomic(test, os.path.join(folder, "test.csv"))
     io_utils.write_text_atomic(os.path.join(folder, "test.json"), json.dumps(prediction_settings(config)))
     io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))  # last: it marks the fold finished
-    auc = float(roc_auc_score(oof["target"], oof["pred"])) if both else float("nan")
+    auc = metrics.auc(oof["target"], oof["pred"])
     print(f"fold {fold}: OOF AUC {auc:.4f} ({len(oof)} images), {seconds:.1f} s fitting "
           f"{config.tabular.max_iter} trees")
     return {"fold": fold, "auc": auc, "seconds": seconds}
@@ -283,7 +278,6 @@ def train(config, folds: list[int], force: bool = False, resume: bool = False, c
     The run is bound to its config as a CNN run is (`run.bind_run`): a changed config is refused, and
     --force moves the old run aside."""
     from melanoma.core import run as run_lib
-    from melanoma.train import training
 
     check_config(config)
     if resume:
@@ -298,7 +292,7 @@ def train(config, folds: list[int], force: bool = False, resume: bool = False, c
         print(f"fold {fold}: already finished (use --force to train it again)")
     for fold in todo:
         train_fold(config, fold, table, fold_data[fold])
-    training.report_oof(config, fold_finished)
+    runs.report_oof(config, fold_finished)
     return 0
 
 
@@ -328,27 +322,6 @@ def fold_test_predictions(config, fold: int, recompute: bool, cache: dict) -> pd
     return frame
 
 
-def run_inference(config, recompute: bool = False, force: bool = False) -> str:
-    """Mean of the trained folds' test predictions -> submissions/<name>.csv."""
-    from melanoma.predict import inference, submission
-
-    check_config(config)
-    folds = [fold for fold in range(config.data.folds) if fold_finished(config, fold)]
-    if not folds:
-        raise FileNotFoundError(f"no trained fold in {config_lib.run_dir(config)}: run "
-                                "`python train.py --config ... --fold all` first")
-    missing = sorted(set(range(config.data.folds)) - set(folds))
-    if missing:
-        print(f"warning: folds {missing} are not trained; ensembling folds {folds}")
-    cache: dict = {}
-    frames = [fold_test_predictions(config, fold, recompute, cache) for fold in folds]
-    result = inference.to_submission(inference.ensemble(frames), config.data.sample_submission)
-    path = os.path.join(config.submission_dir, f"{config.name}.csv")
-    submission.write_submission(result, path, sample_path=config.data.sample_submission, force=force)
-    print(f"submission: {path} ({len(result)} images, {len(folds)} fold(s), tabular)")
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------
 # report
 
@@ -357,7 +330,6 @@ def importance_report(run_path: str, folder: str, top: int = 25) -> tuple[pd.Dat
     """(importances averaged over folds, files written, notes) for `report`: importance.csv over folds
     (mean and std across folds of each fold's mean AUC drop) and importance.png (the `top` features
     and every group)."""
-    from melanoma.evaluate import report
 
     frames = []
     for entry in sorted(os.listdir(run_path)):
@@ -376,7 +348,7 @@ def importance_report(run_path: str, folder: str, top: int = 25) -> tuple[pd.Dat
     io_utils.write_csv_atomic(table, path)
     files.append(path)
 
-    plt = report._pyplot()
+    plt = plots.pyplot()
     shown = [table[table["kind"] == "feature"].head(top), table[table["kind"] == "group"]]
     figure, axes_list = plt.subplots(1, 2, figsize=(13, max(4, 0.28 * len(shown[0]) + 1)),
                                      gridspec_kw={"width_ratios": [3, 2]})
@@ -389,7 +361,7 @@ def importance_report(run_path: str, folder: str, top: int = 25) -> tuple[pd.Dat
         axes.grid(alpha=0.3, axis="x")
     figure.suptitle(f"permutation importance on each fold's validation part ({len(frames)} folds)")
     path = os.path.join(folder, "importance.png")
-    report._save(figure, path)
+    plots.save(figure, path)
     files.append(path)
     return table, files, []
 

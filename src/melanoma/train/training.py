@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, kerasapi, runstate
+from melanoma.core import io_utils, kerasapi, layout, metrics, runs, runstate
 from melanoma.core.errors import CheckFailed, DataError
+from melanoma.data import diagnoses, inputs, records, taxonomy
 
 
 def fold_dir(config, fold: int) -> str:
-    return os.path.join(config_lib.run_dir(config), f"fold{fold}")
+    return os.path.join(layout.run_dir(config), f"fold{fold}")
 
 
 def fold_finished(config, fold: int) -> bool:
@@ -61,9 +62,8 @@ def make_loss(config):
 
 
 def compile_model(model, config, global_batch: int):
-    from melanoma.core.kerasapi import keras
-
     from melanoma.core import hardware
+    from melanoma.core.kerasapi import keras
     from melanoma.model import network as model_lib
     from melanoma.train import schedules
 
@@ -89,120 +89,11 @@ def class_weights(config) -> dict | None:
     if not config.train.class_weight:
         return None
     if config.model.head == "diagnosis":
-        from melanoma.model.network import DIAGNOSIS_CLASSES, MELANOMA_CLASS
 
-        weights = {index: 1.0 for index in range(len(DIAGNOSIS_CLASSES))}
-        weights[MELANOMA_CLASS] = float(config.train.class_weight)
+        weights = {index: 1.0 for index in range(len(taxonomy.DIAGNOSIS_CLASSES))}
+        weights[taxonomy.MELANOMA_CLASS] = float(config.train.class_weight)
         return weights
     return {0: 1.0, 1: float(config.train.class_weight)}
-
-
-def diagnosis_names(config, files, sources: list[str] | None = None) -> dict[str, list[str]]:
-    """Diagnosis names in code order for each source of `files` ({source: names}).
-
-    Records store diagnosis as an integer code, and each source may code its names differently (the
-    competition's records, ISIC 2019 or HAM10000 records, a public dataset), so only the names say which
-    code is which diagnosis: `data.diagnosis_names` (one list for every source, or {source: list}), else
-    the encodings.json beside the source's files (written by `melanoma records`). `sources` names each
-    file's source (sources.FoldData.train_sources); None: all competition. A folder without
-    encodings.json is an error unless the config names its codes.
-    """
-    from melanoma.data import taxonomy
-    from melanoma.data.sources import COMPETITION
-
-    sources = [COMPETITION] * len(files) if sources is None else list(sources)
-    configured = config.data.diagnosis_names
-    if isinstance(configured, dict) and not all(isinstance(names, list) for names in configured.values()):
-        raise config_lib.ConfigError("data.diagnosis_names is a list of names in code order, or a mapping "
-                                     "{source: list of names} ('competition' for data.train_files)")
-    folders: dict[str, list[str]] = {}
-    for record_file, source in zip(files, sources):
-        folder = os.path.dirname(record_file.path)
-        if folder not in folders.setdefault(source, []):
-            folders[source].append(folder)
-    result = {}
-    for source, source_folders in folders.items():
-        names = configured.get(source) if isinstance(configured, dict) else configured
-        if names:
-            result[source] = [str(name) for name in names]
-            continue
-        found = {}
-        for folder in source_folders:
-            path = os.path.join(folder, "encodings.json")
-            if not io_utils.exists(path):
-                per_source = (f", or {{{source}: [names]}} for this source alone" if len(folders) > 1 else "")
-                raise config_lib.ConfigError(
-                    f"model.head=diagnosis needs the diagnosis name of each code, and the records folder "
-                    f"{folder} (source '{source}') has no encodings.json (written by `melanoma records`): "
-                    f"set data.diagnosis_names to the names (or ISIC classes MEL, NV, ...) in code "
-                    f"order{per_source}")
-            codes = json.loads(io_utils.read_text(path)).get("diagnosis")
-            if not codes:
-                raise config_lib.ConfigError(f"{path} has no 'diagnosis' encoding; set data.diagnosis_names")
-            try:
-                found[folder] = taxonomy.names_in_code_order(codes)
-            except ValueError as error:
-                raise config_lib.ConfigError(f"{path}: {error}; set data.diagnosis_names") from None
-        if len({tuple(names) for names in found.values()}) > 1:
-            raise config_lib.ConfigError(
-                f"the records folders of source '{source}' ({', '.join(found)}) code diagnoses differently; "
-                "build them with the same encodings (`melanoma records --encodings`), list them as separate "
-                "external sets, or set data.diagnosis_names")
-        result[source] = next(iter(found.values()))
-    return result
-
-
-def diagnosis_lookup(config, files, sources: list[str] | None = None) -> dict[str, list[int]] | None:
-    """Class index per diagnosis code of each source ({source: lookup}) for the diagnosis head, so that
-    sources that code diagnoses differently are mapped by name; None for the binary head."""
-    if config.model.head != "diagnosis":
-        return None
-    from melanoma.data import taxonomy
-
-    lookups = {}
-    for source, names in diagnosis_names(config, files, sources).items():
-        try:
-            lookups[source] = taxonomy.diagnosis_lookup(names)
-        except ValueError as error:
-            raise config_lib.ConfigError(f"source '{source}': {error}") from None
-    return lookups
-
-
-def check_diagnosis_sources(config) -> None:
-    """Before any work: every source a diagnosis-head run reads says which diagnosis each code is."""
-    if config.model.head != "diagnosis":
-        return
-    from melanoma.input import pipeline
-    from melanoma.data import sources as sources_lib
-
-    files = pipeline.list_files(config.data.train_files, "data.train_files")
-    names = [sources_lib.COMPETITION] * len(files)
-    sets = sources_lib.external_sets(config.data)
-    for external in sets:
-        files += list(external.files)
-        names += [external.name] * len(external.files)
-    configured = config.data.diagnosis_names
-    if isinstance(configured, dict):
-        known = [sources_lib.COMPETITION] + [external.name for external in sets]
-        unknown = sorted(set(map(str, configured)) - set(known))
-        if unknown:
-            raise config_lib.ConfigError(
-                f"data.diagnosis_names names source(s) {', '.join(unknown)} that this run does not read; its "
-                f"sources are {', '.join(known)} ('competition' is data.train_files)")
-    diagnosis_lookup(config, files, names)
-
-
-def true_diagnosis(frame: pd.DataFrame, lookup: list[int]) -> pd.Series:
-    """The ISIC class (MEL, NV, ...) of each predicted record, from its diagnosis code and target."""
-    from melanoma.data import taxonomy
-
-    classes = taxonomy.true_classes(frame["diagnosis"].to_numpy(), frame["target"].to_numpy(), lookup)
-    return pd.Series(np.asarray(taxonomy.DIAGNOSIS_CLASSES)[classes], index=frame.index)
-
-
-def binary_log_loss(target: np.ndarray, pred: np.ndarray) -> float:
-    pred = np.clip(pred, 1e-7, 1 - 1e-7)
-    return float(-np.mean(target * np.log(pred) + (1 - target) * np.log(1 - pred)))
 
 
 def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str],
@@ -219,10 +110,8 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
     outputs all fall in one bin; the validation AUC here is scikit-learn's on every validation image,
     the same number the competition would give. It runs first so later callbacks see it in `logs`.
     """
-    from melanoma.core.kerasapi import keras
-    from sklearn.metrics import roc_auc_score
-
     from melanoma.core import hardware
+    from melanoma.core.kerasapi import keras
     from melanoma.model import prediction
     from melanoma.train import schedules
 
@@ -243,9 +132,8 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
                                              progress=False, strategy=strategy)
             frame = frame[~frame["image_name"].isin(valid_dropped)]  # duplicates (sources.py)
             target = frame["target"].to_numpy(dtype=np.float64)
-            logs["val_loss"] = binary_log_loss(target, frame["pred"].to_numpy())
-            logs["val_auc"] = (float(roc_auc_score(target, frame["pred"])) if len(np.unique(target)) == 2
-                               else float("nan"))
+            logs["val_loss"] = metrics.binary_log_loss(target, frame["pred"].to_numpy())
+            logs["val_auc"] = metrics.auc(target, frame["pred"])
             self.epochs.append(pd.DataFrame({"image_name": frame["image_name"].to_numpy(), "epoch": epoch + 1,
                                              "pred": frame["pred"].to_numpy()}))
             io_utils.write_csv_atomic(pd.concat(self.epochs, ignore_index=True),
@@ -359,7 +247,7 @@ def prepare_fold(config, fold: int, resume: bool) -> dict | None:
         print(f"fold {fold}: removed {len(removed)} temporary file(s) left by an interrupted run")
     if resume and state is None:
         print(f"fold {fold}: nothing to resume (no {runstate.STATE}); training it from scratch")
-    gathered = os.path.join(config_lib.run_dir(config), "oof.csv")
+    gathered = os.path.join(layout.run_dir(config), "oof.csv")
     if io_utils.exists(gathered):  # it held this fold's previous OOF; gather_oof writes it again
         runstate.remove(gathered)
     if state is None:
@@ -374,14 +262,13 @@ def read_fold_data(config, fold: int):
     """sources.prepare_fold; when a file cannot be read, every file of the run is checked so that one
     message names all the bad records, not only the first one met."""
     from melanoma.data import integrity, sources
-    from melanoma.input import pipeline
 
     try:
         return sources.prepare_fold(config, fold)
     except DataError:
         if config.data.skip_corrupt:
             raise
-        paths = [f.path for f in pipeline.list_files(config.data.train_files, "data.train_files")]
+        paths = [f.path for f in records.list_files(config.data.train_files, "data.train_files")]
         paths += [f.path for external in sources.external_sets(config.data) for f in external.files]
         scans = integrity.scan_files(sorted(set(paths)), "train", config.data.image_size)
         integrity.raise_if_bad(scans, f"fold {fold} data", integrity.HINT_TRAIN)
@@ -434,13 +321,12 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
 
     With `resume`, a fold that was interrupted continues after its last completed epoch, with its model,
     optimizer state, best checkpoint and history (see `runstate`)."""
-    from melanoma.core.kerasapi import keras
-    from sklearn.metrics import roc_auc_score
-
-    from melanoma.input import augment, pipeline
     from melanoma.core import hardware
+    from melanoma.core.kerasapi import keras
     from melanoma.data import integrity, sources, taxonomy
-    from melanoma.model import network as model_lib, prediction
+    from melanoma.input import augment, pipeline
+    from melanoma.model import network as model_lib
+    from melanoma.model import prediction
 
     strategy = hardware.get_strategy()  # first: a multi-worker strategy must precede other TF work
     precision = hardware.set_precision(config, strategy)
@@ -448,7 +334,7 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     state = prepare_fold(config, fold, resume)
     initial_epoch = state["epoch"] if state else 0
     set_seed(config.seed + fold)
-    test_files = (pipeline.list_files(config.data.test_files, "data.test_files")
+    test_files = (records.list_files(config.data.test_files, "data.test_files")
                   if config.data.test_files else [])  # null: a data set without test images
     # competition training parts + external sets, duplicates dropped, leak checks (CheckFailed)
     fold_data = read_fold_data(config, fold)
@@ -476,7 +362,7 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     if shard[0] > 1:
         print(f"fold {fold}: worker {shard[1]} of {shard[0]} reads every {shard[0]}th training record")
     augmenter = augment.make_augmenter(config.augment, seed=data_seed + shard[1])
-    lookups = diagnosis_lookup(config, train_files, fold_data.train_sources)
+    lookups = diagnoses.source_lookups(config, train_files, fold_data.train_sources)
     train_ds = pipeline.train_dataset([f.path for f in train_files], config, global_batch,
                                       seed=data_seed + shard[1], augmenter=augmenter,
                                       keep=fold_data.record_filter(), diagnosis_lookup=lookups,
@@ -515,7 +401,7 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
         model.load_weights(os.path.join(folder, "model.keras"))
 
     oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train",
-                                   pipeline.count_images(valid_files) - sum(skipped.get(f.path, 0)
+                                   records.count_images(valid_files) - sum(skipped.get(f.path, 0)
                                                                             for f in valid_files),
                                    desc=f"fold {fold} OOF", strategy=strategy)
     oof = sources.check_oof(oof, fold_data)  # competition validation images only, duplicates out
@@ -523,20 +409,20 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     class_columns = taxonomy.class_columns(oof.columns)  # diagnosis head: p_MEL, p_NV, ...
     extra = []
     if class_columns:
-        oof["diagnosis"] = true_diagnosis(oof, lookups[sources.COMPETITION])  # validation: competition
+        oof["diagnosis"] = diagnoses.true_diagnosis(oof, lookups[sources.COMPETITION])  # validation: competition
         extra = ["diagnosis"] + class_columns
     oof = oof[["image_name", "patient_id", "target", "pred", "fold"] + extra]
     io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))
     if test_files:
         test = prediction.predict_files(model, [f.path for f in test_files], config, "test",
-                                        pipeline.count_images(test_files), desc=f"fold {fold} test",
+                                        records.count_images(test_files), desc=f"fold {fold} test",
                                         strategy=strategy)
         io_utils.write_csv_atomic(test[["image_name", "pred"] + class_columns], os.path.join(folder, "test.csv"))
         io_utils.write_text_atomic(os.path.join(folder, "test.json"),
                                    json.dumps(prediction_settings(config)))
     else:
         print(f"fold {fold}: data.test_files is null, no test predictions")
-    auc = float(roc_auc_score(oof["target"], oof["pred"])) if oof["target"].nunique() == 2 else float("nan")
+    auc = metrics.auc(oof["target"], oof["pred"])
     print(f"fold {fold}: best epoch {checkpoint.best_epoch}, OOF AUC {auc:.4f} "
           f"({len(oof)} images, TTA {config.tta.steps}), {seconds:.0f} s training")
     del model
@@ -559,29 +445,6 @@ def prediction_settings(config) -> dict:
     """What a fold's test predictions depend on besides the checkpoint (so infer can reuse them)."""
     return {"tta": config.tta.to_dict(), "augment": config.augment.to_dict(),
             "image_size": config.data.image_size, "test_files": config.data.test_files, "seed": config.seed}
-
-
-def gather_oof(config) -> str | None:
-    """Write outputs/<name>/oof.csv once every fold has its OOF, each trained under this config (its
-    state.json says so); returns its path (None if incomplete, and then no oof.csv is left there)."""
-    from melanoma.core import run as run_lib
-
-    target = os.path.join(config_lib.run_dir(config), "oof.csv")
-    paths = [os.path.join(fold_dir(config, k), "oof.csv") for k in range(config.data.folds)]
-    problems = [run_lib.fold_config_problem(config, fold_dir(config, k)) for k in range(config.data.folds)
-                if io_utils.exists(paths[k])]
-    for problem in filter(None, problems):
-        print(f"warning: {problem}: left out of the OOF; train it again with --force")
-    if not all(io_utils.exists(p) for p in paths) or any(problems):
-        if io_utils.exists(target):
-            runstate.remove(target)
-        return None
-    oof = pd.concat([io_utils.read_csv(p) for p in paths], ignore_index=True)
-    if oof["image_name"].duplicated().any():
-        names = oof.loc[oof["image_name"].duplicated(), "image_name"].head(3).tolist()
-        raise CheckFailed(f"an image is in the OOF of two folds (e.g. {names}): the folds overlap")
-    io_utils.write_csv_atomic(oof, target)
-    return target
 
 
 def parse_folds(text: str, folds: int) -> list[int]:
@@ -629,17 +492,18 @@ def check_resumable(config, folds: list[int]) -> None:
     pending = [fold for fold in folds if not fold_finished(config, fold)]
     if pending and all(runstate.read_state(fold_dir(config, fold)) is None for fold in pending):
         raise config_lib.ConfigError(
-            f"--resume: nothing to resume in {config_lib.run_dir(config)}: fold(s) "
+            f"--resume: nothing to resume in {layout.run_dir(config)}: fold(s) "
             f"{', '.join(map(str, pending))} have no {runstate.STATE} (a fold keeps its progress from the end "
             "of its first epoch on); train without --resume")
 
 
 def command(args: argparse.Namespace) -> int:
-    from melanoma.core import hardware, run as run_lib
+    from melanoma.core import hardware
+    from melanoma.core import run as run_lib
 
     config = config_lib.load_config(args.config, args.set)
     folds = parse_folds(args.fold, config.data.folds)
-    config_lib.check_inputs(config, "train")  # before any model is built or file written
+    inputs.check_inputs(config, "train")  # before any model is built or file written
     if args.resume and args.force:
         raise config_lib.ConfigError("--resume continues interrupted folds and --force restarts them; "
                                      "give one of the two")
@@ -648,7 +512,7 @@ def command(args: argparse.Namespace) -> int:
 
         return tabular.train(config, folds, force=args.force, resume=args.resume,
                              config_file=args.config)
-    check_diagnosis_sources(config)
+    diagnoses.check_diagnosis_sources(config)
     check_interrupted(config, folds, args.resume, args.force)
     if args.resume and hardware.cluster_workers() > 1:
         raise config_lib.ConfigError("--resume is not supported on a multi-worker cluster: the workers "
@@ -672,20 +536,7 @@ def command(args: argparse.Namespace) -> int:
         for fold in todo:
             train_fold(work, fold, resume=args.resume)
     if chief:
-        report_oof(config, fold_finished)
+        runs.report_oof(config, fold_finished)
     return 0
 
 
-def report_oof(config, finished) -> None:
-    """Gather the run's OOF once every fold has one and print its AUC, else the folds still to train
-    (`finished(config, fold)` says which folds are done; a tabular run has its own)."""
-    gathered = gather_oof(config)
-    if gathered:
-        from sklearn.metrics import roc_auc_score
-
-        oof = io_utils.read_csv(gathered)
-        auc = roc_auc_score(oof["target"], oof["pred"])
-        print(f"OOF AUC over {config.data.folds} folds: {auc:.4f} ({len(oof)} images) -> {gathered}")
-    else:
-        missing = [k for k in range(config.data.folds) if not finished(config, k)]
-        print(f"folds still to train: {missing}")

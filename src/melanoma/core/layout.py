@@ -1,0 +1,72 @@
+"""Every path of a run in one place.
+
+```
+<output_dir>/<name>/config.yaml           the resolved config the run was trained with
+<output_dir>/<name>/fold<K>/...           one fold: state, checkpoints, history, OOF and test predictions
+<output_dir>/<name>/oof.csv               all folds' OOF, gathered once every fold has one
+<output_dir>/<name>/blend.json            (a blend's folder instead of config.yaml)
+<output_dir>/<name>/report/               what `report` draws
+<output_dir>/<name>/superseded/<time>/    an older run moved aside by --force
+<submission_dir>/<name>[-folds0_2].csv    the fold ensemble, with <name>[-folds...].json beside a partial one
+```
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: the config module itself saves into these paths
+    from melanoma.core.config import Config
+
+CONFIG_FILE = "config.yaml"
+OOF = "oof.csv"
+BLEND_FILE = "blend.json"
+REPORT = "report"
+SUPERSEDED = "superseded"
+
+# in fold<K>/
+STATE = "state.json"
+LAST_MODEL = "last.keras"
+BEST_MODEL = "model.keras"
+TREES_MODEL = "model.joblib"  # model.family: tabular
+HISTORY = "history.csv"
+VAL_EPOCHS = "val_epochs.csv"
+TEST = "test.csv"
+TEST_SETTINGS = "test.json"   # the TTA settings and test files TEST was predicted with
+IMPORTANCE = "importance.csv"
+
+FOLD_FOLDER = re.compile(r"^fold(\d+)$")
+
+
+def run_dir(config: Config) -> str:
+    return os.path.join(config.output_dir, config.name)
+
+
+def fold_path(run_path: str, fold: int) -> str:
+    return os.path.join(run_path, f"fold{fold}")
+
+
+def fold_dir(config: Config, fold: int) -> str:
+    return fold_path(run_dir(config), fold)
+
+
+def fold_numbers(run_path: str, holding: str = OOF) -> list[int]:
+    """The K of every fold<K>/ folder under `run_path` that holds `holding` (sorted)."""
+    if not os.path.isdir(run_path):
+        return []
+    return sorted(int(match.group(1)) for entry in os.listdir(run_path)
+                  if (match := FOLD_FOLDER.match(entry.rstrip("/")))
+                  and os.path.isfile(os.path.join(run_path, entry, holding)))
+
+
+def submission_name(config: Config, folds: list[int]) -> str:
+    """<name>.csv for every fold, <name>-folds0_2.csv for a partial ensemble (folds 0 and 2)."""
+    if folds == list(range(config.data.folds)):
+        return f"{config.name}.csv"
+    return f"{config.name}-folds{'_'.join(map(str, folds))}.csv"
+
+
+def record_path(submission_path: str) -> str:
+    """The JSON beside a submission that says which run and folds it holds."""
+    return os.path.splitext(str(submission_path))[0] + ".json"

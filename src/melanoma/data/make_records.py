@@ -1,0 +1,183 @@
+"""The `records` command: JPEGs + CSV -> a complete folder of TFRecords in the public schema.
+
+`python -m melanoma records --data DIR --out FOLDER` (the competition's layout), or `--isic2019 DIR` /
+`--ham10000 DIR` (converters.py). The competition's train images get patient-grouped parts (folds.py)
+unless the CSV has a `part` column. The folder is written whole under a hidden name and put in place
+with its manifest only when complete, so an interrupted run never leaves a folder that looks finished.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+
+import numpy as np
+
+from melanoma.core import io_utils
+from melanoma.core.errors import ConfigError, DataError
+from melanoma.data import converters, folds
+from melanoma.data.records import (DEFAULT_TEST_PARTS, FILE_PATTERN, HALF_WRITTEN, MANIFEST, OUTPUTS, TEST_INT_FEATURES,
+                                   TRAIN_INT_FEATURES, encode_metadata, write_manifest, write_split)
+
+
+def build_records(train_csv: str, test_csv: str | None, train_images: str, test_images: str | None,
+                  out_dir: str, size: int, parts: int = 15, test_parts: int = DEFAULT_TEST_PARTS,
+                  seed: int = 42, workers: int | None = None) -> dict:
+    """Competition layout -> public-schema TFRecords + `train.csv`/`test.csv`/`encodings.json` beside them."""
+    train = io_utils.read_csv(train_csv)
+    test = io_utils.read_csv(test_csv) if test_csv else None
+    for path, frame, needed in ((train_csv, train, TRAIN_INT_FEATURES), (test_csv, test, TEST_INT_FEATURES)):
+        if frame is None:
+            continue
+        missing = [column for column in ("image_name",) + needed if column not in frame.columns]
+        if missing:
+            raise DataError(f"{path} lacks column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})")
+        if frame.empty:
+            raise DataError(f"{path} has a header but no rows")
+    train_out, test_out, encodings = encode_metadata(train, test)
+    if "part" not in train_out:
+        train_out["part"] = folds.assign_parts(train, parts=parts, seed=seed)["part"].to_numpy()
+    folds.check_patient_disjoint(train_out.assign(patient_id=train["patient_id"].to_numpy()), "part")
+    written = write_split(train_out, train_images, out_dir, "train", size, workers)
+    summary = {"train_files": len(written), "train_images": len(train_out)}
+    table = train.copy()
+    table["part"] = train_out["part"].to_numpy()
+    for column in TRAIN_INT_FEATURES:
+        table[f"{column}_code"] = train_out[column].to_numpy()
+    io_utils.write_csv_atomic(table, os.path.join(out_dir, "train.csv"))
+    if test is not None:
+        test_parts = max(1, min(test_parts, len(test_out)))
+        test_out["part"] = np.arange(len(test_out)) * test_parts // len(test_out)
+        written = write_split(test_out, test_images, out_dir, "test", size, workers)
+        summary.update(test_files=len(written), test_images=len(test_out))
+        table = test.copy()
+        table["part"] = test_out["part"].to_numpy()
+        for column in TEST_INT_FEATURES:
+            table[f"{column}_code"] = test_out[column].to_numpy()
+        io_utils.write_csv_atomic(table, os.path.join(out_dir, "test.csv"))
+    io_utils.write_text_atomic(os.path.join(out_dir, "encodings.json"), json.dumps(encodings, indent=1))
+    return summary
+
+
+def check_out_folder(out: str, inputs: list[str | None]) -> None:
+    """--out is replaced whole, so it must be a folder of its own: not holding the input, and either
+    absent, empty, or a records folder (parts, CSVs, encodings.json, records.json only)."""
+    target = os.path.abspath(out) if not io_utils.is_remote(out) else out.rstrip("/")
+    for path in filter(None, inputs):
+        where = os.path.abspath(path) if not io_utils.is_remote(path) else path
+        if where == target or where.startswith(target.rstrip("/") + "/"):
+            raise ConfigError(f"--out {out} holds the input {path}; records replaces its --out folder whole: "
+                              "give it a folder of its own (e.g. input/records-256)")
+    if not io_utils.isdir(out):
+        if io_utils.exists(out):
+            raise ConfigError(f"--out {out} is a file; give a folder")
+        return
+    others = [name.rstrip("/") for name in io_utils.listdir(out)
+              if not (FILE_PATTERN.search(name) or name.rstrip("/") in OUTPUTS or HALF_WRITTEN.match(name))]
+    if others:
+        raise ConfigError(f"--out {out} holds other things than records ({', '.join(others[:3])}); records "
+                          "replaces its --out folder whole: give it a folder of its own")
+
+
+def remove_abandoned(out: str) -> None:
+    """Hidden sibling folders a killed `records` left (`.<name>.tmp-*`, `.<name>.old-*`)."""
+    parent, name = os.path.split(out.rstrip("/"))
+    for kind in ("tmp", "old"):
+        for path in io_utils.glob(os.path.join(parent, f".{name}.{kind}-" + "[0-9a-f]" * 8)):
+            print(f"removing {path}, left by an interrupted run", file=sys.stderr)
+            io_utils.remove_tree(path)
+
+
+@contextlib.contextmanager
+def output_folder(out: str, inputs: list[str | None]):
+    """The folder to write into (yielded): checked, then put in place of `out` whole with its manifest."""
+    check_out_folder(out, inputs)
+    remove_abandoned(out)
+    with io_utils.folder_written_whole(out, last=MANIFEST) as folder:
+        yield folder
+        write_manifest(folder)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="folder in the competition's layout: train.csv, test.csv, "
+                        "jpeg/train/, jpeg/test/ (each may also be given below)")
+    parser.add_argument("--train-csv")
+    parser.add_argument("--test-csv")
+    parser.add_argument("--train-images", help="folder of train JPEGs (<image_name>.jpg)")
+    parser.add_argument("--test-images", help="folder of test JPEGs")
+    parser.add_argument("--isic2019", metavar="DIR", help="raw ISIC 2019 training files instead: "
+                        f"{converters.ISIC2019_GROUND_TRUTH}, {converters.ISIC2019_METADATA}, {converters.ISIC2019_IMAGES}/")
+    parser.add_argument("--isic2019-ground-truth", help=f"path of {converters.ISIC2019_GROUND_TRUTH}")
+    parser.add_argument("--isic2019-metadata", help=f"path of {converters.ISIC2019_METADATA}")
+    parser.add_argument("--isic2019-images", help="folder of the ISIC 2019 JPEGs (<image>.jpg)")
+    parser.add_argument("--ham10000", metavar="DIR", help="HAM10000 instead: a folder with "
+                        f"{converters.HAM10000_METADATA}, {', '.join(converters.HAM10000_IMAGE_FOLDERS)}/")
+    parser.add_argument("--malignant-only", action="store_true",
+                        help="ISIC 2019 / HAM10000: keep only the melanoma images")
+    parser.add_argument("--encodings", help="ISIC 2019 / HAM10000: encodings.json of the competition records "
+                        "to extend (default: the competition's own codes)")
+    parser.add_argument("--out", required=True, help="folder for the TFRecords")
+    parser.add_argument("--size", type=int, default=256, help="images are resized to size x size")
+    parser.add_argument("--parts", type=int, default=15, help="train parts when the CSV has no 'part'")
+    parser.add_argument("--test-parts", type=int, default=DEFAULT_TEST_PARTS)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+
+
+def convert_source(args: argparse.Namespace) -> dict:
+    """`records --isic2019` / `--ham10000`: another source's raw files -> train records (converters)."""
+    if args.data or args.train_csv or (args.ham10000 and (args.isic2019 or args.isic2019_ground_truth)):
+        raise FileNotFoundError("records takes one source: competition data (--data/--train-csv), ISIC 2019 "
+                                "files (--isic2019) or HAM10000 (--ham10000)")
+    options = dict(malignant_only=args.malignant_only, parts=args.parts, seed=args.seed, workers=args.workers,
+                   encodings_json=args.encodings)
+    if args.ham10000:
+        with output_folder(args.out, [args.ham10000, args.encodings]) as folder:
+            return converters.build_ham10000_records(args.ham10000, folder, args.size, **options)
+
+    def raw(explicit, name):
+        if explicit:
+            return explicit
+        if not args.isic2019:
+            raise FileNotFoundError(f"records needs --isic2019 DIR or the path of {name}")
+        return os.path.join(args.isic2019, name)
+
+    paths = (raw(args.isic2019_ground_truth, converters.ISIC2019_GROUND_TRUTH),
+             raw(args.isic2019_metadata, converters.ISIC2019_METADATA),
+             raw(args.isic2019_images, converters.ISIC2019_IMAGES))
+    with output_folder(args.out, list(paths) + [args.encodings]) as folder:
+        return converters.build_isic2019_records(*paths, folder, args.size, **options)
+
+
+def command(args: argparse.Namespace) -> int:
+    def pick(explicit, *relative):
+        if explicit:
+            return explicit
+        return os.path.join(args.data, *relative) if args.data else None
+
+    if args.size < 8:
+        raise DataError(f"--size must be at least 8, got {args.size}")
+    if args.isic2019 or args.isic2019_ground_truth or args.ham10000:
+        summary = convert_source(args)
+        print(json.dumps(summary))
+        print(f"records written to {args.out} (list them under data.external_files as training-only "
+              "external data, or under data.train_files as a data set of their own)")
+        return 0
+    if args.malignant_only or args.encodings:
+        raise FileNotFoundError("--malignant-only and --encodings apply to ISIC 2019 (--isic2019) or "
+                                "HAM10000 (--ham10000) files")
+    train_csv = pick(args.train_csv, "train.csv")
+    if not train_csv:
+        raise FileNotFoundError("records needs --data DIR, --train-csv CSV, --isic2019 DIR or --ham10000 DIR")
+    test_csv = pick(args.test_csv, "test.csv")
+    if test_csv and not args.test_csv and not io_utils.exists(test_csv):
+        test_csv = None
+    images = pick(args.train_images, "jpeg", "train"), pick(args.test_images, "jpeg", "test")
+    with output_folder(args.out, [train_csv, test_csv, *images]) as folder:
+        summary = build_records(train_csv, test_csv, *images, folder, args.size, parts=args.parts,
+                                test_parts=args.test_parts, seed=args.seed, workers=args.workers)
+    print(json.dumps(summary))
+    print(f"records written to {args.out}")
+    return 0

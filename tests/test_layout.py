@@ -1,0 +1,210 @@
+"""The package's layout is its data flow (README, "Layout"): stage folders import only earlier stages and
+`core`, nothing imports in a circle or reaches into another module's private names, functions stay short,
+and an import inside a function says why it waits.
+
+The imports are read from the source (every `import`, also those inside functions; those under
+`if TYPE_CHECKING:` are annotations only and left out), so nothing here depends on what a test imported.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "melanoma"
+# The stages in data-flow order: a module may import its own stage, the ones before it, and core.
+STAGES = ("core", "data", "input", "model", "train", "predict", "evaluate", "serve", "kaggle", "tools")
+FRONT_DOOR = ("melanoma", "melanoma.__main__", "melanoma.cli")  # the entry points stand above every stage
+LONGEST_FUNCTION = 60
+
+
+@dataclass
+class Module:
+    name: str
+    path: Path
+    tree: ast.Module
+    lines: list[str]
+    imports: list[tuple[str, int, list[str]]] = field(default_factory=list)  # (module, line, names taken)
+
+    @property
+    def stage(self) -> str | None:
+        parts = self.name.split(".")
+        return parts[1] if len(parts) > 1 and self.name not in FRONT_DOOR else None
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def type_checking_nodes(tree: ast.Module) -> set[int]:
+    hidden = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            hidden.update(id(child) for statement in node.body for child in ast.walk(statement))
+    return hidden
+
+
+def read_package(root: Path = PACKAGE) -> dict[str, Module]:
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        modules[module_name(path)] = Module(module_name(path), path, ast.parse(text), text.splitlines())
+    for module in modules.values():
+        hidden = type_checking_nodes(module.tree)
+        for node in ast.walk(module.tree):
+            if id(node) in hidden:
+                continue
+            if isinstance(node, ast.Import):
+                module.imports += [(alias.name, node.lineno, []) for alias in node.names
+                                   if alias.name.split(".")[0] == "melanoma"]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "melanoma":
+                for alias in node.names:
+                    child = f"{node.module}.{alias.name}"
+                    if child in modules:  # `from melanoma.core import config`: the module config
+                        module.imports.append((child, node.lineno, []))
+                    else:
+                        module.imports.append((node.module, node.lineno, [alias.name]))
+    return modules
+
+
+def import_edges(modules: dict[str, Module]) -> dict[str, set[str]]:
+    edges = {name: set() for name in modules}
+    for module in modules.values():
+        for target, _, _ in module.imports:
+            if target in modules and target != module.name and not module.name.startswith(target + "."):
+                if modules[target].path.name == "__init__.py" and target != "melanoma":
+                    continue  # a stage folder's __init__ holds only its docstring
+                edges[module.name].add(target)
+    return edges
+
+
+def find_circle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import circle (as a path that returns to its start), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(edges[node]):
+            if state.get(target) == 1:
+                return stack[stack.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def backward_imports(modules: dict[str, Module]) -> list[str]:
+    found = []
+    for module in modules.values():
+        if module.name in FRONT_DOOR:
+            continue
+        if module.stage not in STAGES:
+            found.append(f"{module.name}: in no stage folder ({', '.join(STAGES)})")
+            continue
+        for target, line, _ in module.imports:
+            stage = modules[target].stage if target in modules else None
+            if stage is None and target in FRONT_DOOR and target != "melanoma":
+                found.append(f"{module.name}:{line} imports the entry point {target}")
+            elif stage is not None and STAGES.index(stage) > STAGES.index(module.stage):
+                found.append(f"{module.name}:{line} ({module.stage}) imports {target} ({stage}), a later stage")
+    return found
+
+
+def private_imports(modules: dict[str, Module]) -> list[str]:
+    found = []
+    for module in modules.values():
+        aliases = {}
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("melanoma"):
+                for alias in node.names:
+                    if alias.name.startswith("_") and alias.name != "__version__":
+                        found.append(f"{module.name}:{node.lineno} takes {node.module}.{alias.name}")
+                    if f"{node.module}.{alias.name}" in modules:
+                        aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        for node in ast.walk(module.tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.attr.startswith("_")
+                    and not node.attr.startswith("__") and node.value.id in aliases):
+                found.append(f"{module.name}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def long_functions(modules: dict[str, Module], limit: int = LONGEST_FUNCTION) -> list[str]:
+    return [f"{module.name}.{node.name} ({node.end_lineno - node.lineno + 1} lines, line {node.lineno})"
+            for module in modules.values() for node in ast.walk(module.tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > limit]
+
+
+def unexplained_late_imports(modules: dict[str, Module]) -> list[str]:
+    """Imports inside a function without a comment on their line or the line above saying why."""
+    found = []
+    for module in modules.values():
+        for function in ast.walk(module.tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    here, above = module.lines[node.lineno - 1], module.lines[node.lineno - 2].strip()
+                    if "#" not in here and not above.startswith("#"):
+                        found.append(f"{module.name}:{node.lineno}: {here.strip()}")
+    return sorted(set(found))
+
+
+@pytest.fixture(scope="module")
+def modules() -> dict[str, Module]:
+    return read_package()
+
+
+def test_every_module_stands_in_a_stage_folder_and_imports_only_earlier_stages(modules):
+    assert not backward_imports(modules), "\n".join(backward_imports(modules))
+
+
+def test_no_import_circle(modules):
+    circle = find_circle(import_edges(modules))
+    assert circle is None, " -> ".join(circle or [])
+
+
+def test_no_module_takes_another_modules_private_names(modules):
+    assert not private_imports(modules), "\n".join(private_imports(modules))
+
+
+def test_no_function_is_longer_than_sixty_lines(modules):
+    assert not long_functions(modules), "\n".join(long_functions(modules))
+
+
+def test_imports_inside_functions_say_why_they_wait(modules):
+    assert not unexplained_late_imports(modules), "\n".join(unexplained_late_imports(modules))
+
+
+def test_the_checks_find_what_they_look_for(tmp_path):
+    """Each check above fails on a small package made to break it, so a pass means something."""
+    root = tmp_path / "melanoma"
+    for folder in ("core", "data", "train"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "__init__.py").write_text('"""a stage"""\n')
+    (root / "__init__.py").write_text("")
+    (root / "core" / "config.py").write_text("from melanoma.data import records\n")
+    (root / "data" / "records.py").write_text("from melanoma.core import config\n"
+                                              "from melanoma.train.training import _secret\n")
+    body = "\n".join(f"    x{i} = {i}" for i in range(LONGEST_FUNCTION))
+    (root / "train" / "training.py").write_text(f"def _secret():\n{body}\n    import json\n    return json\n")
+    broken = read_package(root)
+    assert find_circle(import_edges(broken)) == ["melanoma.core.config", "melanoma.data.records",
+                                                 "melanoma.core.config"]
+    assert backward_imports(broken) == [
+        "melanoma.core.config:1 (core) imports melanoma.data.records (data), a later stage",
+        "melanoma.data.records:2 (data) imports melanoma.train.training (train), a later stage"]
+    assert private_imports(broken) == ["melanoma.data.records:2 takes melanoma.train.training._secret"]
+    assert long_functions(broken) == ["melanoma.train.training._secret (63 lines, line 1)"]
+    assert unexplained_late_imports(broken) == ["melanoma.train.training:62: import json"]
