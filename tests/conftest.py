@@ -12,7 +12,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as tabular.py: scikit-lea
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The competition's real train metadata, beside the checkout (never committed): tests that use it skip
+# where it is absent.
 REAL_METADATA = REPO.parent / "shared" / "data" / "siim-isic-2020-train.csv"
+
+
+@pytest.fixture(scope="session")
+def real_metadata() -> Path:
+    """Path of the real train.csv of the competition; the test is skipped where it is not there."""
+    if not REAL_METADATA.is_file():
+        pytest.skip(f"the real competition metadata is not here ({REAL_METADATA})")
+    return REAL_METADATA
 
 
 @pytest.fixture(scope="session")

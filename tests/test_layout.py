@@ -34,8 +34,8 @@ class Module:
         return parts[1] if len(parts) > 1 and self.name not in FRONT_DOOR else None
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -51,7 +51,8 @@ def read_package(root: Path = PACKAGE) -> dict[str, Module]:
     modules = {}
     for path in sorted(root.rglob("*.py")):
         text = path.read_text()
-        modules[module_name(path)] = Module(module_name(path), path, ast.parse(text), text.splitlines())
+        name = module_name(path, root)
+        modules[name] = Module(name, path, ast.parse(text), text.splitlines())
     for module in modules.values():
         hidden = type_checking_nodes(module.tree)
         for node in ast.walk(module.tree):
@@ -208,3 +209,33 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     assert private_imports(broken) == ["melanoma.data.records:2 takes melanoma.train.training._secret"]
     assert long_functions(broken) == ["melanoma.train.training._secret (63 lines, line 1)"]
     assert unexplained_late_imports(broken) == ["melanoma.train.training:62: import json"]
+
+
+def test_every_command_loads_without_tensorflow():
+    """The commands that need no trained model at start (score, compare, validate, submit, folds, report,
+    serve, ...) start in a fraction of the 4-6 s TensorFlow takes: their modules and what those import at
+    the top never load TensorFlow, scikit-learn's metrics or matplotlib; the work that needs them imports
+    them when it runs (with a comment saying so)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\n"
+             "from melanoma import cli\n"
+             "cli.build_parser(only=sys.argv[1])\n"
+             "heavy = ('tensorflow', 'keras', 'tf_keras', 'sklearn.metrics', 'matplotlib')\n"
+             "print(','.join(module for module in heavy if module in sys.modules) or '-')\n")
+    from melanoma import cli
+
+    runs = {name: subprocess.Popen([sys.executable, "-c", probe, name], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, cwd=PACKAGE.parents[1])
+            for name in cli.COMMANDS}
+    loaded = {}
+    for name, process in runs.items():
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        loaded[name] = out.strip()
+    assert set(loaded) == {"synth", "folds", "records", "data", "train", "infer", "score", "compare", "report",
+                           "blend", "validate", "submit", "leaderboard", "describe", "bench", "serve"}
+    # train, infer and bench build a model whatever they are asked, so their modules may load TensorFlow
+    assert {name: heavy for name, heavy in loaded.items() if heavy != "-"} == {
+        name: loaded[name] for name in ("train", "infer", "bench") if loaded[name] != "-"}

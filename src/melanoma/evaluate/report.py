@@ -30,7 +30,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, plots
+from melanoma.core import config as config_lib
+from melanoma.core import io_utils, layout, plots
+from melanoma.core import run as run_lib
+from melanoma.core import runs
 from melanoma.core.errors import DataError
 from melanoma.evaluate import scoring
 from melanoma.evaluate.scoring import ScoreWarning, format_score, score_oof
@@ -45,13 +48,10 @@ def resolve_run(target: str, overrides: list[str] | None = None) -> str:
     or `target` itself when it is a folder."""
     if os.path.isdir(target):
         return target.rstrip("/")
-    from melanoma.core import run as run_lib
-    from melanoma.core.config import load_config, run_dir
-
-    folder = run_dir(load_config(target, overrides or []))
+    folder = layout.run_dir(config_lib.load_config(target, overrides or []))
     if not os.path.isdir(folder):
         return folder
-    return run_dir(run_lib.load_run_config(target, overrides or []))
+    return layout.run_dir(run_lib.load_run_config(target, overrides or []))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,12 +278,10 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
                 bootstrap: int = 1000, seed: int = 0) -> dict:
     """Write the report of a run folder; returns {'files': [...], 'score': ..., 'cutoffs': DataFrame,
     'notes': [...], 'complete': bool, 'frame': the OOF scored}."""
-    from melanoma.evaluate.compare import inspect_run, load_run_oof
-
-    run = inspect_run(run_path)
+    run = runs.inspect_run(run_path)
     if run.problem:
         raise DataError(f"{run_path}: {run.problem}")
-    frame, complete, present = load_run_oof(run)
+    frame, complete, present = runs.load_run_oof(run)
     notes: list[str] = []
     name = run.name
     if not complete:

@@ -162,7 +162,7 @@ def metadata_encodings(config) -> tuple[dict, str]:
             found = json.loads(io_utils.read_text(path))
             if all(found.get(key) for key in ("sex", "anatom_site_general_challenge")):
                 return {key: found[key] for key in ("sex", "anatom_site_general_challenge")}, path
-    return ({key: records.COMPETITION_ENCODINGS[key] for key in ("sex", "anatom_site_general_challenge")},
+    return ({key: taxonomy.COMPETITION_ENCODINGS[key] for key in ("sex", "anatom_site_general_challenge")},
             "the competition's codes (no encodings.json beside the train files)")
 
 

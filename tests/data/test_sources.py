@@ -22,7 +22,6 @@ from melanoma.core.errors import CheckFailed
 from melanoma.data import converters, records, sources, taxonomy
 from melanoma.input import pipeline
 
-REAL_METADATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "siim-isic-2020-train.csv"
 PUBLIC_TRAIN_COLUMNS = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge",
                         "diagnosis", "benign_malignant", "target", "tfrecord", "width", "height"]
 
@@ -444,10 +443,8 @@ def test_difference_hash_matches_near_copies():
     assert q.tolist() == [0] and r.tolist() == [0]
 
 
-def test_real_metadata_duplicate_marks(tmp_path):
+def test_real_metadata_duplicate_marks(tmp_path, real_metadata):
     """The real public train.csv: every tfrecord == -1 row is read as a duplicate (no copy is kept)."""
-    if not REAL_METADATA.exists():
-        pytest.skip(f"{REAL_METADATA} is not here")
-    found = sources.read_duplicates(str(REAL_METADATA))
-    marked = pd.read_csv(REAL_METADATA)
+    found = sources.read_duplicates(str(real_metadata))
+    marked = pd.read_csv(real_metadata)
     assert set(found["train_csv_tfrecord_-1"]["image_name"]) == set(marked.loc[marked["tfrecord"] == -1, "image_name"])

@@ -18,7 +18,7 @@ import pytest
 
 from melanoma.tools import notebook
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LIST_PACKAGES = ("import importlib.metadata as m, json; "
                  "print(json.dumps(sorted({(d.metadata['Name'], d.version) for d in m.distributions()})))")
 

@@ -15,7 +15,7 @@ from melanoma.core.config import ConfigError
 from melanoma.data import taxonomy
 from melanoma.model import network as model_lib
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = 32
 # Parameters of each backbone without its top (convolutional trunk, batch norms included), as
 # published for EfficientNet-B0..B7 (Tan & Le 2019 trunks; the efficientnet package's and

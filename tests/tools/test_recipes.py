@@ -24,7 +24,7 @@ from melanoma.model import network as model_lib
 from melanoma.tools import describe
 from melanoma.train import schedules, training
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "base.yaml")
 SIZE = 32
 DIAGNOSES = ["melanoma", "nevus", "seborrheic keratosis", "unknown"]  # sorted, as encode_metadata codes them

@@ -12,7 +12,6 @@ from melanoma import cli
 from melanoma.core.errors import DataError
 from melanoma.data import folds
 
-REAL_METADATA = "/work/shared/data/siim-isic-2020-train.csv"
 
 
 def make_frame(patients: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -267,10 +266,8 @@ def test_cli_few_patients_says_so(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("drop_duplicates", [True, False], ids=["without-duplicates", "all-rows"])
-def test_real_metadata(drop_duplicates):
-    if not os.path.exists(REAL_METADATA):
-        pytest.skip(f"{REAL_METADATA} is not here")
-    metadata = pd.read_csv(REAL_METADATA)
+def test_real_metadata(drop_duplicates, real_metadata):
+    metadata = pd.read_csv(real_metadata)
     if drop_duplicates:
         # the public TFRecords leave out the rows marked tfrecord == -1 (duplicate images)
         metadata = metadata[metadata["tfrecord"] != -1].reset_index(drop=True)

@@ -6,7 +6,7 @@ import yaml
 from melanoma.core import config as config_lib
 from melanoma.core.config import ConfigError, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 

@@ -12,7 +12,7 @@ from melanoma.core import config as config_lib
 from melanoma.data import examples, records
 from melanoma.input import augment, pipeline
 
-BASE = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
+BASE = Path(__file__).resolve().parents[2] / "configs" / "base.yaml"
 OFF = {"flip": False, "transpose": False, "rotate_limit": 0, "scale_limit": 0.0, "shift_limit": 0.0,
        "brightness_limit": 0.0, "contrast_limit": 0.0, "hue_shift_limit": 0, "saturation_shift_limit": 0}
 ALONE = {  # each transform on its own, every other one off
@@ -301,7 +301,7 @@ def decode_counter(monkeypatch):
         with tf.control_dependencies([counter.assign_add(1)]):
             return tf.identity(original(data, image_size))
 
-    monkeypatch.setattr(pipeline, "decode_image", counting)
+    monkeypatch.setattr(examples, "decode_image", counting)
     return counter
 
 
