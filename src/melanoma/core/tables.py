@@ -92,6 +92,28 @@ def prepare_oof(frame: pd.DataFrame, where: str = "OOF predictions") -> pd.DataF
     Rows whose `source` (when the column exists) is not 'competition' are dropped; their count is in
     `result.attrs["excluded"]`.
     """
+    frame, excluded = _competition_rows(frame, where)
+    names, patients = _checked_ids(frame, where)
+    target = _checked_target(frame, names, where)
+    pred = _checked_pred(frame, names, where)
+    fold = _checked_fold(frame, names, where)
+    if target.nunique() < 2:
+        only = int(target.iloc[0])
+        raise DataError(f"{where}: all {len(frame)} scored images have target {only}; AUC needs both "
+                        f"benign (0) and malignant (1) images")
+
+    frame["image_name"] = names
+    frame["patient_id"] = patients
+    frame["target"] = target.astype(int)
+    frame["pred"] = pred.astype(float)
+    frame["fold"] = fold.astype(int)
+    frame.attrs["excluded"] = excluded
+    return frame
+
+
+def _competition_rows(frame: pd.DataFrame, where: str) -> tuple[pd.DataFrame, int]:
+    """A copy of the table's competition rows (stripped column names, a fresh index) once every OOF
+    column is there, and how many other rows were dropped."""
     if not isinstance(frame, pd.DataFrame):
         raise DataError(f"{where}: expected a table, got {type(frame).__name__}")
     frame = frame.copy()
@@ -108,8 +130,11 @@ def prepare_oof(frame: pd.DataFrame, where: str = "OOF predictions") -> pd.DataF
     if frame.empty:
         extra = f" ({excluded} non-competition rows excluded)" if excluded else ""
         raise DataError(f"{where} has no rows to score{extra}")
-    frame = frame.reset_index(drop=True)
+    return frame.reset_index(drop=True), excluded
 
+
+def _checked_ids(frame: pd.DataFrame, where: str) -> tuple[pd.Series, pd.Series]:
+    """(image names, patient ids) as text: none empty, no image twice."""
     names = text_cells(frame["image_name"])
     if (names == "").any():
         rows = (np.flatnonzero((names == "").to_numpy()) + 1).tolist()
@@ -121,12 +146,20 @@ def prepare_oof(frame: pd.DataFrame, where: str = "OOF predictions") -> pd.DataF
     patients = text_cells(frame["patient_id"])
     if (patients == "").any():
         raise DataError(f"{where}: empty patient_id for images {first_few(names[patients == ''])}")
+    return names, patients
 
+
+def _checked_target(frame: pd.DataFrame, names: pd.Series, where: str) -> pd.Series:
+    """The targets as float, each 0 or 1."""
     target, not_numeric = numbers(frame["target"])
     bad = not_numeric | ~target.isin([0.0, 1.0])
     if bad.any():
         raise DataError(f"{where}: target must be 0 or 1; not so for images {first_few(names[bad])}")
+    return target
 
+
+def _checked_pred(frame: pd.DataFrame, names: pd.Series, where: str) -> pd.Series:
+    """The predictions as float, each a finite number."""
     pred, not_numeric = numbers(frame["pred"])
     if not_numeric.any():
         raise DataError(f"{where}: non-numeric predictions for images {first_few(names[not_numeric])}")
@@ -135,25 +168,17 @@ def prepare_oof(frame: pd.DataFrame, where: str = "OOF predictions") -> pd.DataF
     infinite = ~np.isfinite(pred)
     if infinite.any():
         raise DataError(f"{where}: infinite predictions for images {first_few(names[infinite])}")
+    return pred
 
+
+def _checked_fold(frame: pd.DataFrame, names: pd.Series, where: str) -> pd.Series:
+    """The fold numbers as float, each a whole number that fits an int32."""
     fold, not_numeric = numbers(frame["fold"])
     integral = np.isfinite(fold) & (fold == np.round(fold)) & (fold.abs() < 2**31)
     bad = not_numeric | ~integral
     if bad.any():
         raise DataError(f"{where}: fold must be a whole number; not so for images {first_few(names[bad])}")
-
-    if target.nunique() < 2:
-        only = int(target.iloc[0])
-        raise DataError(f"{where}: all {len(frame)} scored images have target {only}; AUC needs both "
-                        f"benign (0) and malignant (1) images")
-
-    frame["image_name"] = names
-    frame["patient_id"] = patients
-    frame["target"] = target.astype(int)
-    frame["pred"] = pred.astype(float)
-    frame["fold"] = fold.astype(int)
-    frame.attrs["excluded"] = excluded
-    return frame
+    return fold
 
 
 def read_oof(path: str) -> pd.DataFrame:

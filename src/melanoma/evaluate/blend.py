@@ -26,6 +26,7 @@ import pandas as pd
 from melanoma.core import io_utils, metrics, runs
 from melanoma.core.errors import DataError
 from melanoma.core.tables import first_few
+from melanoma.predict.submission import validate_frame, write_submission
 
 METHODS = ("mean", "rank", "weights")
 DEFAULT_ITERATIONS = 25
@@ -136,8 +137,40 @@ def default_name(method: str, members: list[runs.Member]) -> str:
 def blend(specs: list[str], method: str = "mean", name: str | None = None,
           iterations: int = DEFAULT_ITERATIONS, force: bool = False) -> dict:
     """Blend the runs of `specs` (configs or run folders); writes the outputs and returns a summary."""
-    from melanoma.predict.submission import validate_frame, write_submission
+    members = _check_members(specs, method)
+    base, matrix, notes = align_members(members)
+    target = base["target"].to_numpy()
+    folds = base["fold"].to_numpy()
+    summary, blended, weights = _blend_oof(method, members, matrix, target, folds, iterations)
 
+    first = members[0].config
+    output_dir = first.output_dir if first is not None else os.path.dirname(members[0].path)
+    submission_dir = first.submission_dir if first is not None else "submissions"
+    name = name or default_name(method, members)
+    if not name.startswith("blend-"):
+        name = f"blend-{name}"
+    summary["name"] = name
+    folder = os.path.join(output_dir, name)
+    oof = base.assign(pred=blended)[["image_name", "patient_id", "target", "pred", "fold"]]
+
+    test, sources = _member_test_predictions(members, notes)
+    summary["submission"] = None
+    submission = sample = None
+    if test is not None:
+        submission, sample = _blend_submission(members, test, method, weights, name, notes)
+        summary["submission"] = os.path.join(submission_dir, f"{name}.csv")
+        summary["test_sources"] = sources
+    summary["notes"] = notes
+    io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))
+    io_utils.write_text_atomic(os.path.join(folder, "blend.json"), json.dumps(summary, indent=2) + "\n")
+    if submission is not None:
+        write_submission(submission, summary["submission"], sample_path=sample, force=force)
+    summary["folder"] = folder
+    return summary
+
+
+def _check_members(specs: list[str], method: str) -> list[runs.Member]:
+    """The runs of `specs`, once a known method, two runs or more and no run twice are confirmed."""
     if method not in METHODS:
         raise DataError(f"unknown blend method '{method}'; choose one of {', '.join(METHODS)}")
     if len(specs) < 2:
@@ -146,10 +179,12 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
     seen = [member.path for member in members]
     if len(set(map(os.path.abspath, seen))) < len(seen):
         raise DataError(f"the same run is named twice: {', '.join(seen)}")
-    base, matrix, notes = align_members(members)
-    target = base["target"].to_numpy()
-    folds = base["fold"].to_numpy()
+    return members
 
+
+def _blend_oof(method: str, members: list[runs.Member], matrix: np.ndarray, target: np.ndarray,
+               folds: np.ndarray, iterations: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(summary so far, blended OOF predictions, weights for the test predictions)."""
     summary: dict = {"method": method, "iterations": iterations if method == "weights" else None}
     if method == "mean":
         weights = np.full(len(members), 1 / len(members))
@@ -169,53 +204,44 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
                            "auc": metrics.auc(target, matrix[:, index])}
                           for index, member in enumerate(members)]
     summary["folds"] = sorted(set(folds.tolist()))
+    return summary, blended, weights
 
-    first = members[0].config
-    output_dir = first.output_dir if first is not None else os.path.dirname(members[0].path)
-    submission_dir = first.submission_dir if first is not None else "submissions"
-    name = name or default_name(method, members)
-    if not name.startswith("blend-"):
-        name = f"blend-{name}"
-    summary["name"] = name
-    folder = os.path.join(output_dir, name)
-    oof = base.assign(pred=blended)[["image_name", "patient_id", "target", "pred", "fold"]]
 
+def _member_test_predictions(members: list[runs.Member], notes: list) -> tuple[list | None, list]:
+    """Every member's test predictions and their sources; None (with a note) at the first member
+    without them."""
     test, sources = [], []
     for member in members:
         predictions, source = member.test_predictions()
         if predictions is None:
             notes.append(f"no submission written: {member.name} has {source}")
-            test = None
-            break
+            return None, sources
         test.append(predictions)
         sources.append(source)
-    summary["submission"] = None
-    submission = sample = None
-    if test is not None:
-        index = test[0].index
-        for member, predictions in zip(members[1:], test[1:]):
-            if set(predictions.index) != set(index):
-                raise DataError(f"{member.name}'s test predictions cover other images than "
-                                f"{members[0].name}'s; re-run inference")
-        test_matrix = np.column_stack([predictions.loc[index].to_numpy() for predictions in test])
-        if method == "rank":
-            test_matrix = rank_scale(test_matrix)
-        submission = pd.DataFrame({"image_name": index, "target": test_matrix @ weights})
-        sample = first.data.sample_submission if first is not None else None
-        if sample and not io_utils.exists(sample):
-            notes.append(f"sample submission {sample} not found; the blended submission was checked for "
-                         f"format only, not against the test ids")
-            sample = None
-        validate_frame(submission, sample, where=f"blended submission {name}")  # before writing anything
-        summary["submission"] = os.path.join(submission_dir, f"{name}.csv")
-        summary["test_sources"] = sources
-    summary["notes"] = notes
-    io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))
-    io_utils.write_text_atomic(os.path.join(folder, "blend.json"), json.dumps(summary, indent=2) + "\n")
-    if submission is not None:
-        write_submission(submission, summary["submission"], sample_path=sample, force=force)
-    summary["folder"] = folder
-    return summary
+    return test, sources
+
+
+def _blend_submission(members: list[runs.Member], test: list, method: str, weights: np.ndarray,
+                      name: str, notes: list) -> tuple[pd.DataFrame, str | None]:
+    """The checked blended submission and the sample submission to check it against (None when
+    there is none to find)."""
+    first = members[0].config
+    index = test[0].index
+    for member, predictions in zip(members[1:], test[1:]):
+        if set(predictions.index) != set(index):
+            raise DataError(f"{member.name}'s test predictions cover other images than "
+                            f"{members[0].name}'s; re-run inference")
+    test_matrix = np.column_stack([predictions.loc[index].to_numpy() for predictions in test])
+    if method == "rank":
+        test_matrix = rank_scale(test_matrix)
+    submission = pd.DataFrame({"image_name": index, "target": test_matrix @ weights})
+    sample = first.data.sample_submission if first is not None else None
+    if sample and not io_utils.exists(sample):
+        notes.append(f"sample submission {sample} not found; the blended submission was checked for "
+                     f"format only, not against the test ids")
+        sample = None
+    validate_frame(submission, sample, where=f"blended submission {name}")  # before writing anything
+    return submission, sample
 
 
 def _named(members: list[runs.Member], weights: np.ndarray) -> dict[str, float]:

@@ -25,6 +25,7 @@ import warnings
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from melanoma.core import runs
 from melanoma.core.errors import DataError
@@ -67,8 +68,6 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str =
     by: "auc" ranks complete runs by OOF AUC; "unselected" by auc_unselected (complete runs without
     it follow, unranked). test: "patient" (clustered DeLong) or "image" (per-image DeLong).
     """
-    from tqdm.auto import tqdm
-
     if by not in RANK_BY:
         raise DataError(f"--by must be one of {', '.join(RANK_BY)}, got '{by}'")
     if test not in TESTS:
@@ -78,39 +77,55 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str =
     paths = runs.find_runs(directory)
     for path in tqdm(paths, desc="runs", unit="run", disable=len(paths) < 4 or not sys.stderr.isatty(), leave=False):
         run = runs.inspect_run(path)
-        row: dict[str, Any] = {"name": run.name, "path": run.path, "kind": run.kind, **_describe(run),
-                               "folds_done": len(run.fold_files), "folds": run.folds_expected,
-                               "status": "error", "auc": None, "auc_partial": None, "auc_unselected": None,
-                               "selection_gain": None, "pauc_tpr80": None, "ci95": None,
-                               "fold_mean": None, "fold_std": None, "n": None, "n_positive": None,
-                               "delta_best": None, "p_best": None, "p_test": test, "n_common": None,
-                               "note": run.problem}
+        row = _blank_row(run, test)
         rows.append(row)
-        if run.problem:
-            continue
-        try:
-            frame, complete, present = runs.load_run_oof(run)
-            chosen = selection.epoch_selection(frame, run.path) if complete else selection.Selection(
-                reason="incomplete run")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ScoreWarning)
-                score = score_oof(frame, bootstrap=bootstrap if complete else 0, seed=seed, selection=chosen)
-        except DataError as error:
-            row["note"] = str(error)
-            continue
-        row.update(folds_done=len(present), n=score["n"], n_positive=score["n_positive"],
-                   fold_mean=score["fold_mean"], fold_std=score["fold_std"])
-        if complete:
-            row.update(status="complete", auc=score["auc"], ci95=score["ci95"], pauc_tpr80=score["pauc_tpr80"],
-                       auc_unselected=score["auc_unselected"], selection_gain=score["selection_gain"])
-            frames[run.path] = frame if by == "auc" else chosen.frame
-        else:
-            row.update(status="incomplete", auc_partial=score["auc"],
-                       note=f"partial: folds {','.join(map(str, present))} of "
-                            f"{run.folds_expected if run.folds_expected else '?'}")
-        if score["warnings"]:
-            row["note"] = "; ".join(filter(None, [row["note"]] + score["warnings"]))
+        if not run.problem:
+            _score_run(run, row, frames, bootstrap, seed, by)
+    return _ranked(rows, frames, by, test)
 
+
+def _blank_row(run: runs.Run, test: str) -> dict[str, Any]:
+    """A run's row before scoring: what its folder says, every score empty, status "error"."""
+    return {"name": run.name, "path": run.path, "kind": run.kind, **_describe(run),
+            "folds_done": len(run.fold_files), "folds": run.folds_expected,
+            "status": "error", "auc": None, "auc_partial": None, "auc_unselected": None,
+            "selection_gain": None, "pauc_tpr80": None, "ci95": None,
+            "fold_mean": None, "fold_std": None, "n": None, "n_positive": None,
+            "delta_best": None, "p_best": None, "p_test": test, "n_common": None,
+            "note": run.problem}
+
+
+def _score_run(run: runs.Run, row: dict, frames: dict[str, pd.DataFrame], bootstrap: int, seed: int,
+               by: str) -> None:
+    """Fill `row` with the run's scores; keep a complete run's compared predictions in `frames`. A
+    DataError leaves the row an error with the message as its note."""
+    try:
+        frame, complete, present = runs.load_run_oof(run)
+        chosen = selection.epoch_selection(frame, run.path) if complete else selection.Selection(
+            reason="incomplete run")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ScoreWarning)
+            score = score_oof(frame, bootstrap=bootstrap if complete else 0, seed=seed, selection=chosen)
+    except DataError as error:
+        row["note"] = str(error)
+        return
+    row.update(folds_done=len(present), n=score["n"], n_positive=score["n_positive"],
+               fold_mean=score["fold_mean"], fold_std=score["fold_std"])
+    if complete:
+        row.update(status="complete", auc=score["auc"], ci95=score["ci95"], pauc_tpr80=score["pauc_tpr80"],
+                   auc_unselected=score["auc_unselected"], selection_gain=score["selection_gain"])
+        frames[run.path] = frame if by == "auc" else chosen.frame
+    else:
+        row.update(status="incomplete", auc_partial=score["auc"],
+                   note=f"partial: folds {','.join(map(str, present))} of "
+                        f"{run.folds_expected if run.folds_expected else '?'}")
+    if score["warnings"]:
+        row["note"] = "; ".join(filter(None, [row["note"]] + score["warnings"]))
+
+
+def _ranked(rows: list[dict], frames: dict[str, pd.DataFrame], by: str, test: str) -> list[dict]:
+    """The rows in order (ranked complete runs, unranked complete ones, partial runs, errors), each
+    ranked run tested against the best."""
     key = RANK_BY[by]
     ranked = sorted((row for row in rows if row["status"] == "complete" and row[key] is not None),
                     key=lambda r: -r[key])

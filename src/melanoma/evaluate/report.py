@@ -36,6 +36,7 @@ from melanoma.core import run as run_lib
 from melanoma.core import runs
 from melanoma.core.errors import DataError
 from melanoma.evaluate import scoring
+from melanoma.evaluate import selection as selection_lib
 from melanoma.evaluate.scoring import ScoreWarning, format_score, score_oof
 
 DEFAULT_CUTOFFS = (0.1, 0.25, 0.5)
@@ -288,8 +289,6 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
         notes.append(f"incomplete run: only folds {','.join(map(str, present))} of "
                      f"{run.folds_expected or '?'} have OOF predictions; figures show those folds")
         name += " (incomplete)"
-    from melanoma.evaluate import selection as selection_lib
-
     chosen = selection_lib.epoch_selection(frame, run.path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScoreWarning)
@@ -300,6 +299,23 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
     table = cutoff_table(target, pred, cutoffs, sensitivities)
 
     folder = os.path.join(run.path, "report")
+    files = _score_outputs(target, pred, score, table, complete, folder, name)
+    confusion = _confusion_outputs(frame, table, folder, name, files)
+    _training_curves_output(run.path, folder, name, files, notes)
+    marks = []
+    if chosen.fold_aucs is not None:
+        path = os.path.join(folder, "epoch_selection.png")
+        marks = plot_epoch_selection(chosen, kept_epochs(run.path, chosen.fold_aucs.columns), path,
+                                     f"epoch choice of {name}")
+        files.append(path)
+    importance = _importance_outputs(run, folder, files, notes)
+    return {"files": files, "score": score, "cutoffs": table, "notes": notes, "complete": complete,
+            "frame": frame, "epoch_marks": marks, "importance": importance, **confusion}
+
+
+def _score_outputs(target: np.ndarray, pred: np.ndarray, score: dict, table: pd.DataFrame, complete: bool,
+                   folder: str, name: str) -> list[str]:
+    """cutoffs.csv, score.json, roc.png and histograms.png; returns their paths in that order."""
     files = []
     path = os.path.join(folder, "cutoffs.csv")
     io_utils.write_csv_atomic(table, path)
@@ -313,29 +329,31 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
     path = os.path.join(folder, "histograms.png")
     plot_histograms(target, pred, path, f"OOF predictions of {name}")
     files.append(path)
-    confusion = _confusion_outputs(frame, table, folder, name, files)
-    histories, history_notes = read_histories(run.path)
+    return files
+
+
+def _training_curves_output(run_path: str, folder: str, name: str, files: list[str], notes: list[str]) -> None:
+    """training_curves.png from the folds' histories, or a note saying why there is none."""
+    histories, history_notes = read_histories(run_path)
     notes.extend(history_notes)
     path = os.path.join(folder, "training_curves.png")
     if histories and plot_training_curves(histories, path, f"training of {name}"):
         files.append(path)
     else:
         notes.append("no fold<K>/history.csv with loss or AUC columns; training curves left out")
-    marks = []
-    if chosen.fold_aucs is not None:
-        path = os.path.join(folder, "epoch_selection.png")
-        marks = plot_epoch_selection(chosen, kept_epochs(run.path, chosen.fold_aucs.columns), path,
-                                     f"epoch choice of {name}")
-        files.append(path)
-    importance = None
-    if run.config is not None and (run.config.get("model") or {}).get("family") == "tabular":
-        from melanoma.train import tabular
 
-        importance, written, importance_notes = tabular.importance_report(run.path, folder)
-        files.extend(written)
-        notes.extend(importance_notes)
-    return {"files": files, "score": score, "cutoffs": table, "notes": notes, "complete": complete,
-            "frame": frame, "epoch_marks": marks, "importance": importance, **confusion}
+
+def _importance_outputs(run: runs.Run, folder: str, files: list[str], notes: list[str]):
+    """A tabular run's permutation importances (written beside the report), or None for other runs."""
+    if run.config is None or (run.config.get("model") or {}).get("family") != "tabular":
+        return None
+    # tabular pulls in TensorFlow (through input.features); only a tabular run's report pays for it
+    from melanoma.train import tabular
+
+    importance, written, importance_notes = tabular.importance_report(run.path, folder)
+    files.extend(written)
+    notes.extend(importance_notes)
+    return importance
 
 
 def _confusion_outputs(frame: pd.DataFrame, cutoffs: pd.DataFrame, folder: str, name: str,

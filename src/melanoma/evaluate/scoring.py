@@ -27,6 +27,7 @@ import pandas as pd
 
 from melanoma.core import io_utils, metrics, tables
 from melanoma.core.errors import DataError
+from melanoma.evaluate import selection as selection_lib
 
 # Resamples evaluated together: memory is about CHUNK x rows x 8 bytes per array. Fixed, so that the
 # random stream (and therefore the interval) depends only on the seed, the patients and N.
@@ -244,34 +245,14 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
     auc = metrics.auc(target, pred)
 
     notes: list[str] = []
-    folds: dict[str, float | None] = {}
-    folds_pauc: dict[str, float | None] = {}
-    for fold, rows in frame.groupby("fold", sort=True):
-        if rows["target"].nunique() < 2:
-            folds[str(fold)] = folds_pauc[str(fold)] = None
-            only = "malignant" if rows["target"].iloc[0] == 1 else "benign"
-            notes.append(f"fold {fold} has only {only} images ({len(rows)}); its AUC and pauc_tpr80 are "
-                         "undefined")
-        else:
-            folds[str(fold)] = metrics.auc(rows["target"], rows["pred"])
-            folds_pauc[str(fold)] = partial_auc_above_tpr(rows["target"], rows["pred"])
+    folds, folds_pauc = _fold_scores(frame, notes)
     scored = [value for value in folds.values() if value is not None]
     fold_mean = float(np.mean(scored)) if scored else None
     fold_std = float(np.std(scored, ddof=1)) if len(scored) >= 2 else None
-
     ci95 = None
     if bootstrap:
-        aucs = bootstrap_aucs(target, pred, frame["patient_id"].to_numpy(), bootstrap, seed, progress)
-        valid = aucs[np.isfinite(aucs)]
-        if len(valid) < len(aucs):
-            notes.append(f"{len(aucs) - len(valid)} of {len(aucs)} bootstrap resamples drew patients of "
-                         f"one class only and were left out of the interval")
-        if len(valid):
-            low, high = np.percentile(valid, [2.5, 97.5])
-            ci95 = [_json_number(low), _json_number(high)]
+        ci95 = _bootstrap_interval(target, pred, frame["patient_id"].to_numpy(), bootstrap, seed, progress, notes)
     if selection is None:
-        from melanoma.evaluate import selection as selection_lib
-
         selection = selection_lib.epoch_selection(frame, run_dir)
     notes.extend(selection.notes)
     for note in notes:
@@ -294,6 +275,37 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
         "seed": int(seed),
         "warnings": notes,
     }
+
+
+def _fold_scores(frame: pd.DataFrame, notes: list[str]) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """str(fold) -> AUC and str(fold) -> pauc_tpr80, None for a fold with one class (with a note)."""
+    folds: dict[str, float | None] = {}
+    folds_pauc: dict[str, float | None] = {}
+    for fold, rows in frame.groupby("fold", sort=True):
+        if rows["target"].nunique() < 2:
+            folds[str(fold)] = folds_pauc[str(fold)] = None
+            only = "malignant" if rows["target"].iloc[0] == 1 else "benign"
+            notes.append(f"fold {fold} has only {only} images ({len(rows)}); its AUC and pauc_tpr80 are "
+                         "undefined")
+        else:
+            folds[str(fold)] = metrics.auc(rows["target"], rows["pred"])
+            folds_pauc[str(fold)] = partial_auc_above_tpr(rows["target"], rows["pred"])
+    return folds, folds_pauc
+
+
+def _bootstrap_interval(target, pred, patient_id, bootstrap: int, seed: int, progress: bool | None,
+                        notes: list[str]) -> list | None:
+    """The 95% percentile interval of the patient bootstrap; None when no resample has both classes.
+    Resamples of one class are left out, with a note."""
+    aucs = bootstrap_aucs(target, pred, patient_id, bootstrap, seed, progress)
+    valid = aucs[np.isfinite(aucs)]
+    if len(valid) < len(aucs):
+        notes.append(f"{len(aucs) - len(valid)} of {len(aucs)} bootstrap resamples drew patients of "
+                     f"one class only and were left out of the interval")
+    if not len(valid):
+        return None
+    low, high = np.percentile(valid, [2.5, 97.5])
+    return [_json_number(low), _json_number(high)]
 
 
 def _structural_components(target: np.ndarray, scores: np.ndarray):

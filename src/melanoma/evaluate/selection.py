@@ -94,21 +94,53 @@ def epoch_selection(oof: pd.DataFrame, run_dir: str | None) -> Selection:
     """
     result = Selection()
     folds = sorted(int(fold) for fold in oof["fold"].unique())
+    found = _val_epoch_files(folds, run_dir, result)
+    if found is None:
+        return result
+    tables = _read_fold_tables(oof, found, result)
+    if tables is None:
+        return result
+    common = _common_epochs(tables, result)
+    if common is None:
+        return result
+    joined, result.fold_aucs = _fold_aucs(oof, tables, common)
+    chosen, own = _choose_epochs(result.fold_aucs, folds, result)
+    if chosen is None:
+        return result
+    result.auc_unselected, result.frame = _pooled(joined, folds, chosen)
+    one_class = [fold for fold in folds if own[fold] is None]
+    if one_class:
+        result.notes.append(f"selection_gain left out: fold(s) {', '.join(map(str, one_class))} hold one "
+                            "class, so they have no best epoch of their own")
+    else:
+        result.auc_own_best, _ = _pooled(joined, folds, own)
+        result.selection_gain = result.auc_own_best - result.auc_unselected
+    return result
+
+
+def _val_epoch_files(folds: list, run_dir: str | None, result: Selection) -> dict | None:
+    """fold -> its val_epochs.csv when every fold has one and there are two folds or more; otherwise
+    None, with the reason (and any note) set on `result`."""
     paths = {fold: val_epochs_path(run_dir, fold) for fold in folds} if run_dir else {}
     found = {fold: path for fold, path in paths.items() if io_utils.exists(path)}
     if not found:
         result.reason = ("no fold<K>/val_epochs.csv beside the OOF (a blend, a run older than them, or an "
                          "OOF file outside its run folder)")
-        return result
+        return None
     if len(found) < len(folds):
         absent = [fold for fold in folds if fold not in found]
         result.reason = f"fold(s) {', '.join(map(str, absent))} have no val_epochs.csv"
         result.notes.append(f"auc_unselected left out: {result.reason} ({paths[absent[0]]} and so on)")
-        return result
+        return None
     if len(folds) < 2:
         result.reason = "one fold only: no other fold to choose its epoch"
-        return result
+        return None
+    return found
 
+
+def _read_fold_tables(oof: pd.DataFrame, found: dict, result: Selection) -> dict | None:
+    """fold -> its checked per-epoch predictions, each epoch holding exactly the fold's OOF images;
+    None at the first fold that fails, with the reason and a note set on `result`."""
     tables = {}
     for fold, path in found.items():
         try:
@@ -116,25 +148,35 @@ def epoch_selection(oof: pd.DataFrame, run_dir: str | None) -> Selection:
         except DataError as error:  # the OOF still scores; only this number is lost
             result.reason = f"fold {fold}'s val_epochs.csv does not read"
             result.notes.append(f"auc_unselected left out: {error}")
-            return result
+            return None
         expected = set(oof.loc[oof["fold"] == fold, "image_name"])
         bad_epochs = [int(epoch) for epoch, rows in epochs.groupby("epoch") if set(rows["image_name"]) != expected]
         if bad_epochs:
             result.reason = f"fold {fold}'s val_epochs.csv does not hold the fold's OOF images at every epoch"
             result.notes.append(f"auc_unselected left out: {path} does not list exactly the fold's "
                                 f"{len(expected)} OOF images at epoch(s) {', '.join(map(str, bad_epochs[:5]))}")
-            return result
+            return None
         tables[fold] = epochs
+    return tables
+
+
+def _common_epochs(tables: dict, result: Selection) -> list | None:
+    """The sorted epochs every fold has; None (reason set) when there are none."""
     epoch_sets = {fold: set(table["epoch"]) for fold, table in tables.items()}
     common = sorted(set.intersection(*epoch_sets.values()))
     if not common:
         result.reason = "the folds' val_epochs.csv share no epoch"
         result.notes.append(f"auc_unselected left out: {result.reason}")
-        return result
+        return None
     if any(epochs != set(common) for epochs in epoch_sets.values()):
         result.notes.append(f"the folds' val_epochs.csv hold different epochs; epochs "
                             f"{common[0]}..{common[-1]} that every fold has are compared")
+    return common
 
+
+def _fold_aucs(oof: pd.DataFrame, tables: dict, common: list) -> tuple[dict, pd.DataFrame]:
+    """fold -> its OOF truth joined to its predictions at the common epochs, and the validation AUC
+    table (epochs x folds)."""
     truth = oof[["image_name", "patient_id", "target", "fold"]]
     joined = {fold: truth.merge(table[table["epoch"].isin(common)], on="image_name")
               for fold, table in tables.items()}
@@ -142,8 +184,12 @@ def epoch_selection(oof: pd.DataFrame, run_dir: str | None) -> Selection:
                                 for epoch, rows in frame.groupby("epoch")}
                          for fold, frame in joined.items()}).reindex(common)
     aucs.index.name = "epoch"
-    result.fold_aucs = aucs
+    return joined, aucs
 
+
+def _choose_epochs(aucs: pd.DataFrame, folds: list, result: Selection) -> tuple[dict | None, dict | None]:
+    """fold -> the epoch its other folds choose, and fold -> its own best epoch, recorded in
+    `result.folds`; (None, None) with the reason set when some fold's others have no AUC."""
     chosen, own = {}, {}
     for fold in folds:
         others = aucs.drop(columns=fold)
@@ -155,20 +201,13 @@ def epoch_selection(oof: pd.DataFrame, run_dir: str | None) -> Selection:
         result.reason = (f"the other folds of fold(s) {', '.join(map(str, undefined))} have no validation "
                          "AUC (one class only)")
         result.notes.append(f"auc_unselected left out: {result.reason}")
-        return result
+        return None, None
+    return chosen, own
 
-    def pooled(epochs: dict) -> tuple[float, pd.DataFrame]:
-        rows = pd.concat([joined[fold][joined[fold]["epoch"] == epochs[fold]] for fold in folds],
-                         ignore_index=True)
-        rows = rows[["image_name", "patient_id", "target", "pred", "fold"]]
-        return metrics.auc(rows["target"].to_numpy(), rows["pred"].to_numpy()), rows
 
-    result.auc_unselected, result.frame = pooled(chosen)
-    one_class = [fold for fold in folds if own[fold] is None]
-    if one_class:
-        result.notes.append(f"selection_gain left out: fold(s) {', '.join(map(str, one_class))} hold one "
-                            "class, so they have no best epoch of their own")
-    else:
-        result.auc_own_best, _ = pooled(own)
-        result.selection_gain = result.auc_own_best - result.auc_unselected
-    return result
+def _pooled(joined: dict, folds: list, epochs: dict) -> tuple[float, pd.DataFrame]:
+    """The pooled OOF AUC and rows when each fold takes its predictions at `epochs[fold]`."""
+    rows = pd.concat([joined[fold][joined[fold]["epoch"] == epochs[fold]] for fold in folds],
+                     ignore_index=True)
+    rows = rows[["image_name", "patient_id", "target", "pred", "fold"]]
+    return metrics.auc(rows["target"].to_numpy(), rows["pred"].to_numpy()), rows

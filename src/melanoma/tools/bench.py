@@ -319,34 +319,72 @@ def model_figures(config, strategy, train_paths, test_paths, pipelines: dict, mo
                   epoch_steps: int) -> dict:
     """Model figures under the dtype policy already set (hardware.set_precision); the weights are
     random (pretrained=False): speed does not depend on them, and nothing is downloaded."""
-    import tensorflow as tf
-
-    from melanoma.core import hardware
+    # Keras loads only when the bench measures a model (run_bench's with_model)
     from melanoma.core.kerasapi import keras
-    from melanoma.input import augment, pipeline
-    from melanoma.model import network as model_lib
-    from melanoma.model import prediction
-    from melanoma.train import training
+    from melanoma.input import augment  # with the other stages: only when a model is measured
 
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
+    model = _training_model(config, strategy, global_batch)
+    train_ds, in_memory = _train_datasets(config, train_paths, global_batch)
+
+    # The same compiled step as the epoch below (same batch signature), on one batch held in memory.
+    train_step = {"images_per_second": _fit_rate(model, global_batch, in_memory, model_batches),
+                  "batch_size": global_batch}
+    _progress("model train step", train_step)
+
+    predict, steps, mode, views = _prediction_figure(model, config, strategy, test_paths, model_batches)
+
+    # Training as model.fit runs it: the pipeline feeding the same step.
+    epoch = {"images_per_second": _fit_rate(model, global_batch, train_ds, epoch_steps), "steps": epoch_steps}
+    epoch.update(_limits(pipelines["train_pipeline"][augment.resolve_backend(config.augment.backend)]
+                         ["images_per_second"],
+                         train_step["images_per_second"], epoch["images_per_second"]))
+    _progress("training epoch", epoch)
+
+    whole = _whole_prediction_figure(model, config, strategy, test_paths, steps, mode, views)
+    whole.update(_limits(pipelines["tta_pipeline"]["images_per_second"], predict["images_per_second"],
+                         whole["images_per_second"]))
+    _progress("TTA prediction", whole)
+    del model
+    keras.backend.clear_session()
+    return {"model": {"train_step": train_step, "predict": predict}, "epoch": epoch, "tta_prediction": whole}
+
+
+def _training_model(config, strategy, global_batch: int):
+    """The config's model with random weights, compiled for training on `strategy`."""
+    from melanoma.model import network as model_lib  # TensorFlow: only when a model is measured
+    from melanoma.train import training  # TensorFlow: only when a model is measured
+
     training.set_seed(config.seed)
     with strategy.scope():
-        model = training.compile_model(model_lib.build_model(config, pretrained=False), config, global_batch)
+        return training.compile_model(model_lib.build_model(config, pretrained=False), config, global_batch)
+
+
+def _train_datasets(config, train_paths, global_batch: int):
+    """(the training pipeline, one of its batches repeated from memory)."""
+    import tensorflow as tf  # only when a model is measured
+
+    from melanoma.input import augment, pipeline  # TensorFlow: only when a model is measured
+
     augmenter = augment.make_augmenter(config.augment, seed=config.seed)
     train_ds = pipeline.train_dataset(train_paths, config, global_batch, seed=config.seed, augmenter=augmenter,
                                       diagnosis_lookup=diagnoses.source_lookups(config, records.list_files(train_paths)))
-    in_memory = tf.data.Dataset.from_tensors(next(iter(train_ds))).repeat()
+    return train_ds, tf.data.Dataset.from_tensors(next(iter(train_ds))).repeat()
 
-    def fit_rate(dataset, steps: int) -> float:
-        """Images per second of `steps` training steps after one warm-up step (which traces and
-        compiles on the first call, and fills the pipeline's buffers)."""
-        clock = _StepTimes()
-        model.fit(dataset, epochs=1, steps_per_epoch=1 + steps, callbacks=[clock], verbose=0, shuffle=False)
-        return global_batch * steps / (clock.times[-1] - clock.times[0])
 
-    # The same compiled step as the epoch below (same batch signature), on one batch held in memory.
-    train_step = {"images_per_second": fit_rate(in_memory, model_batches), "batch_size": global_batch}
-    _progress("model train step", train_step)
+def _fit_rate(model, global_batch: int, dataset, steps: int) -> float:
+    """Images per second of `steps` training steps after one warm-up step (which traces and
+    compiles on the first call, and fills the pipeline's buffers)."""
+    clock = _StepTimes()
+    model.fit(dataset, epochs=1, steps_per_epoch=1 + steps, callbacks=[clock], verbose=0, shuffle=False)
+    return global_batch * steps / (clock.times[-1] - clock.times[0])
+
+
+def _prediction_figure(model, config, strategy, test_paths, model_batches: int) -> tuple[dict, int, str, int]:
+    """(prediction alone on one batch of TTA views held in memory, TTA steps, TTA mode, views per image)."""
+    from melanoma.core import hardware  # TensorFlow: only when a model is measured
+    from melanoma.input import augment, pipeline  # TensorFlow: only when a model is measured
+    from melanoma.model import prediction  # TensorFlow: only when a model is measured
 
     steps, mode = tta_settings(config)
     tta_augmenter = augment.make_augmenter(config.augment, seed=config.seed) if mode == "random" else None
@@ -364,29 +402,21 @@ def model_figures(config, strategy, train_paths, test_paths, pipelines: dict, mo
     predict = {"views_per_second": predict_batch * model_batches / seconds, "batch_size": predict_batch}
     predict["images_per_second"] = predict["views_per_second"] / views
     _progress("model prediction", predict)
+    return predict, steps, mode, views
 
-    # Training as model.fit runs it: the pipeline feeding the same step.
-    epoch = {"images_per_second": fit_rate(train_ds, epoch_steps), "steps": epoch_steps}
-    epoch.update(_limits(pipelines["train_pipeline"][augment.resolve_backend(config.augment.backend)]
-                         ["images_per_second"],
-                         train_step["images_per_second"], epoch["images_per_second"]))
-    _progress("training epoch", epoch)
 
-    # One pass as a user runs it: pipeline start-up and a retrace for a short last batch included
-    # (the full batches' prediction function is already compiled above).
+def _whole_prediction_figure(model, config, strategy, test_paths, steps: int, mode: str, views: int) -> dict:
+    """One pass as a user runs it: pipeline start-up and a retrace for a short last batch included
+    (the full batches' prediction function is already compiled by `_prediction_figure`)."""
+    from melanoma.model import prediction  # TensorFlow: only when a model is measured
+
     test_count = records.count_images(records.list_files(test_paths))
     config_tta = copy.deepcopy(config)
     config_tta["tta"]["steps"], config_tta["tta"]["mode"] = steps, mode
     started = time.perf_counter()
     prediction.predict_files(model, test_paths, config_tta, "test", progress=False, strategy=strategy)
     seconds = time.perf_counter() - started
-    whole = {"images_per_second": test_count / seconds, "images": test_count, "views": views}
-    whole.update(_limits(pipelines["tta_pipeline"]["images_per_second"], predict["images_per_second"],
-                         whole["images_per_second"]))
-    _progress("TTA prediction", whole)
-    del model
-    keras.backend.clear_session()
-    return {"model": {"train_step": train_step, "predict": predict}, "epoch": epoch, "tta_prediction": whole}
+    return {"images_per_second": test_count / seconds, "images": test_count, "views": views}
 
 
 def _limits(pipeline_rate: float, model_rate: float, whole_rate: float) -> dict:
