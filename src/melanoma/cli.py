@@ -11,6 +11,9 @@ import importlib
 import os
 import sys
 
+from melanoma.core import quiet
+from melanoma.core.errors import run_guarded
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("melanoma.tools.synth", "write a competition-shaped demo dataset (CSV + JPEGs)"),
@@ -35,8 +38,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def quiet_environment() -> None:
     """Keep TensorFlow's C++ start-up lines and albumentations' online version check out of the way
     (see `quiet`: both must be set up before TensorFlow is imported)."""
-    from melanoma.core import quiet
-
     quiet.install()
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
 
@@ -70,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 0 if not argv else 2
-    from melanoma.core.errors import run_guarded
-
     return run_guarded(args.run, args)
 
 

@@ -19,7 +19,9 @@ import sys
 import tensorflow as tf
 
 from melanoma.core import kerasapi
+from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
+from melanoma.core.kerasapi import keras
 
 # Environment variables through which Cloud TPU nodes, Colab and GKE name the TPU to connect to.
 TPU_NAME_VARIABLES = ("TPU_NAME", "TPU_CONFIG", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS")
@@ -162,13 +164,11 @@ def precision_policy(accelerator: str, mixed_precision: bool) -> str:
     return "float32"
 
 
-def set_precision(config, strategy: tf.distribute.Strategy) -> str:
+def set_precision(config: Config, strategy: tf.distribute.Strategy) -> str:
     """Set Keras' global dtype policy from train.mixed_precision and the accelerator; returns its name.
 
     Always sets it (float32 too), so a fold never inherits the policy of an earlier model in the process.
     """
-    from melanoma.core.kerasapi import keras
-
     policy = precision_policy(accelerator_name(strategy), bool(config.train.mixed_precision))
     keras.mixed_precision.set_global_policy(policy)
     return policy

@@ -14,12 +14,17 @@ import shutil
 import uuid
 from typing import Iterable
 
+import pandas as pd
+
+from melanoma.core.errors import DataError
+
 
 def is_remote(path: str) -> bool:
     return "://" in str(path)
 
 
 def _gfile():
+    # TensorFlow takes seconds to load: only the work that needs it pays for it
     import tensorflow as tf
 
     return tf.io.gfile
@@ -124,10 +129,6 @@ def write_csv_atomic(frame, path: str) -> None:
 
 def read_csv(path: str, **kwargs):
     """pandas.read_csv; a missing file is FileNotFoundError, an empty or unparsable one a DataError naming it."""
-    import pandas as pd
-
-    from melanoma.core.errors import DataError
-
     path = str(path)
     if not exists(path):
         raise FileNotFoundError(f"file not found: {path}")
@@ -153,8 +154,6 @@ def remove_tree(path: str) -> None:
         if _gfile().exists(path):
             _gfile().rmtree(path)
     elif os.path.isdir(path):
-        import shutil
-
         shutil.rmtree(path)
     elif os.path.exists(path):
         os.remove(path)

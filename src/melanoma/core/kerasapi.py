@@ -51,11 +51,11 @@ def legacy() -> bool:
 
 def _import_keras():
     if not legacy():
-        import keras
+        import keras  # decided at run time (choose): only the chosen Keras is imported
 
         return keras
     try:
-        import tf_keras
+        import tf_keras  # decided at run time (choose): only the chosen Keras is imported
     except ImportError:
         raise ImportError(
             "tf_keras is needed for multi-worker training (TF_CONFIG) and for TF_USE_LEGACY_KERAS=1: "

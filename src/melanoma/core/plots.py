@@ -12,6 +12,7 @@ def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    # matplotlib loads only when a figure is drawn
     import matplotlib.pyplot as plt
 
     return plt

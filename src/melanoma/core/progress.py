@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 import time
 
+from tqdm import tqdm
+
 INTERVAL_S = 30.0  # seconds between two plain progress lines
 
 
@@ -85,8 +87,6 @@ def bar(iterable=None, total=None, desc: str = "", unit: str = "it", disable: bo
         leave: bool = True, file=None):
     """A tqdm bar on a terminal, plain periodic lines elsewhere (see the module docstring)."""
     if on_terminal(file):
-        from tqdm import tqdm
-
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, leave=leave, file=file)
     return LogLines(iterable, total=total, desc=desc, unit=unit, disable=disable, file=file)
 
@@ -94,6 +94,7 @@ def bar(iterable=None, total=None, desc: str = "", unit: str = "it", disable: bo
 def training_lines(epochs: int, steps: int, interval: float | None = None):
     """A Keras callback that prints plain lines: every `interval` seconds within an epoch (step, loss)
     and one at each epoch's end with its metrics. Used instead of Keras' bar when stdout is not a terminal."""
+    # Keras (through TensorFlow) loads only when a model is needed
     from melanoma.core.kerasapi import keras
 
     class TrainingLines(keras.callbacks.Callback):

@@ -20,8 +20,11 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+import yaml
+
 from melanoma.core import config as config_lib
 from melanoma.core import io_utils, layout, runstate
+from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
@@ -46,7 +49,7 @@ def _file_names(value):
     return value
 
 
-def binding(config, free: tuple[str, ...] = RUN_FREE) -> dict:
+def binding(config: Config, free: tuple[str, ...] = RUN_FREE) -> dict:
     """The flat keys a run is bound to, file paths reduced to file names."""
     flat = runstate.fingerprint(config, free)
     return {key: _file_names(value) if key in LOCATED else value for key, value in flat.items()}
@@ -62,16 +65,15 @@ def code_defaults() -> dict:
     return base_defaults(config_lib.REPOSITORY / "configs" / config_lib.BASE_NAME)
 
 
-def run_folder(config) -> str:
+def run_folder(config: Config) -> str:
     return layout.run_dir(config)
 
 
-def saved_config(config) -> config_lib.Config | None:
+def saved_config(config: Config) -> config_lib.Config | None:
     """The config saved with the run that `config` names, or None when there is none yet."""
     folder = run_folder(config)
     if not io_utils.exists(os.path.join(folder, CONFIG_FILE)):
         return None
-    import yaml
 
     try:
         return config_lib.load_run_config(folder)
@@ -90,7 +92,7 @@ def trained_as(flat: dict) -> str:
 # --- training -------------------------------------------------------------------------------------
 
 
-def bind_run(config, config_path: str | os.PathLike, force: bool = False, write: bool = True) -> str:
+def bind_run(config: Config, config_path: str | os.PathLike, force: bool = False, write: bool = True) -> str:
     """Tie the run to `config` before any fold trains; returns the path of its saved config.
 
     A new run saves the config. A run whose saved config agrees with `config` keeps its file untouched.
@@ -157,7 +159,7 @@ def supersede(folder: str) -> str:
     return target
 
 
-def fold_config_problem(config, fold_folder: str, defaults: dict | None = None) -> str | None:
+def fold_config_problem(config: Config, fold_folder: str, defaults: dict | None = None) -> str | None:
     """Why a fold's checkpoint was not trained under `config` (from its state.json), or None.
 
     state.json records the config each fold trained under; a fold without one (trained before it was

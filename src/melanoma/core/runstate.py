@@ -24,7 +24,10 @@ import json
 import os
 import re
 
+import pandas as pd
+
 from melanoma.core import io_utils
+from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 
 STATE = "state.json"
@@ -55,7 +58,7 @@ def _flatten(node: dict, prefix: str = "") -> dict:
     return flat
 
 
-def flatten(config) -> dict:
+def flatten(config: Config) -> dict:
     """A config (or a plain nested dict) as {dotted key: value}."""
     return _flatten(config.to_dict() if hasattr(config, "to_dict") else dict(config))
 
@@ -64,7 +67,7 @@ def _is_free(key: str, free: tuple[str, ...]) -> bool:
     return any(key == name or key.startswith(name + ".") for name in free)
 
 
-def fingerprint(config, free: tuple[str, ...] = RESUME_FREE) -> dict:
+def fingerprint(config: Config, free: tuple[str, ...] = RESUME_FREE) -> dict:
     """The config keys that a resumed fold must share with the run it continues (flat, dotted)."""
     return {key: value for key, value in flatten(config).items() if not _is_free(key, free)}
 
@@ -114,7 +117,7 @@ def write_state(folder: str, state: dict) -> None:
     io_utils.write_text_atomic(os.path.join(folder, STATE), json.dumps(state, indent=1))
 
 
-def check_same_config(state: dict, config, folder: str) -> None:
+def check_same_config(state: dict, config: Config, folder: str) -> None:
     """A resumed fold must continue the same experiment: name the keys that changed."""
     changed = config_differences(state.get("config") or {}, fingerprint(config))
     if changed:
@@ -141,6 +144,7 @@ def leftovers(folder: str) -> list[str]:
 
 def remove(path: str) -> None:
     if io_utils.is_remote(path):
+        # gs:// only, through TensorFlow's file system: local removals need no TensorFlow
         import tensorflow as tf
 
         tf.io.gfile.remove(path)
@@ -184,8 +188,6 @@ def val_epoch_rows(folder: str, epochs: int):
     error, so that the resumed file stays continuous. A fold interrupted by a version of the code that
     did not keep per-epoch predictions has no file: it carries on without its first epochs (and says so).
     """
-    import pandas as pd
-
     path = os.path.join(folder, VAL_EPOCHS)
     columns = ["image_name", "epoch", "pred"]
     if not io_utils.exists(path):

@@ -31,7 +31,7 @@ import pandas as pd
 
 from melanoma.core import io_utils
 from melanoma.core.errors import DataError
-from melanoma.data import records, taxonomy
+from melanoma.data import folds, records, taxonomy
 
 ISIC2019_GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
 ISIC2019_METADATA = "ISIC_2019_Training_Metadata.csv"
@@ -98,8 +98,6 @@ def code_columns(table: pd.DataFrame, encodings: dict, source: str) -> dict:
 def lesion_parts(table: pd.DataFrame, parts: int, seed: int) -> np.ndarray:
     """Parts as `folds` assigns them (stratified, balanced), with each lesion as the patient group, so a
     lesion's images share one part; an image without a lesion is a group of its own."""
-    from melanoma.data import folds
-
     group = table["lesion_id"].where(table["lesion_id"].notna(), "image:" + table["image_name"].astype(str))
     frame = pd.DataFrame({"image_name": table["image_name"], "patient_id": group.astype(str),
                           "target": table["target"]})

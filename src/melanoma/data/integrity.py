@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
+from melanoma.core import progress as progress_lib
 from melanoma.core.errors import DataError
 from melanoma.data import examples, records
 
@@ -196,8 +197,6 @@ def _scan_key(path: str, split: str, image_size: int) -> tuple:
 
 def scan_files(paths: list[str], split: str, image_size: int, progress: bool = True) -> list[FileScan]:
     """Scans of `paths` (sorted); a file unchanged since this process last scanned it is not read again."""
-    from melanoma.core import progress as progress_lib
-
     scans = []
     for path in progress_lib.bar(sorted(paths), desc=f"checking {split} records", unit="file", leave=False,
                      disable=not progress):

@@ -97,18 +97,21 @@ def encode_metadata(train: pd.DataFrame, test: pd.DataFrame | None = None
 
 
 def _bytes_feature(value: bytes):
+    # TensorFlow takes seconds to load: only the work that needs it pays for it
     import tensorflow as tf
 
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
 def _int_feature(value: int):
+    # TensorFlow takes seconds to load: only the work that needs it pays for it
     import tensorflow as tf
 
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
 def serialize_example(image: bytes, row: dict, int_features) -> bytes:
+    # TensorFlow takes seconds to load: only the work that needs it pays for it
     import tensorflow as tf
 
     feature = {"image": _bytes_feature(image), "image_name": _bytes_feature(str(row["image_name"]).encode())}
@@ -127,6 +130,7 @@ def resize_image_bytes(data: bytes, size: int, quality: int = 95, where: str = "
 
     `serve` passes an uploaded image through here, so it reaches the model as a record built from it would.
     """
+    # OpenCV loads only when images are handled here
     import cv2
 
     buffer = np.frombuffer(data, dtype=np.uint8)
@@ -174,6 +178,7 @@ def write_split(frame: pd.DataFrame, image_dir: str, out_dir: str, split: str, s
     try:
         results: Iterator[bytes] = (pool.imap(_resize_task, tasks, chunksize=8) if pool
                                     else map(_resize_task, tasks))
+        # the TFRecord writer is TensorFlow's; the module itself stays light for `serve` and the checks
         import tensorflow as tf
 
         bar = progress_lib.bar(total=len(tasks), desc=f"{split} records", unit="img", disable=not progress)

@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from melanoma.core import io_utils, metrics, runs
 from melanoma.core.errors import DataError
@@ -39,6 +40,7 @@ DEFAULT_ITERATIONS = 25
 
 def rank_scale(preds: np.ndarray) -> np.ndarray:
     """Each column's ranks divided by the row count: values in (0, 1], order kept, scale removed."""
+    # scipy loads only when this runs
     from scipy.stats import rankdata
 
     return rankdata(preds, axis=0) / len(preds)
@@ -79,8 +81,6 @@ def cross_validated_blend(preds: np.ndarray, target: np.ndarray, folds: np.ndarr
 
     Returns (blended OOF predictions, {fold: weights used for it}).
     """
-    from tqdm.auto import tqdm
-
     blended = np.full(len(target), np.nan)
     weights: dict[int, np.ndarray] = {}
     for fold in tqdm(sorted(set(folds.tolist())), desc="blend CV", unit="fold", disable=not _show_progress(progress)):

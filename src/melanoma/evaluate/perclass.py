@@ -47,6 +47,7 @@ def class_arrays(frame: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray
 def per_class_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per class present in the truth or the predictions, then `macro avg`, `weighted avg`,
     `accuracy` and `balanced accuracy` (the last two in the recall column)."""
+    # scikit-learn takes about a second to load: only when this runs
     from sklearn.metrics import precision_recall_fscore_support
 
     classes, truth, predicted, probabilities = class_arrays(frame)
@@ -76,6 +77,7 @@ def per_class_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def confusion(frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     """(classes shown, counts[true, predicted]) over the classes present in the truth or predictions."""
+    # scikit-learn takes about a second to load: only when this runs
     from sklearn.metrics import confusion_matrix
 
     classes, truth, predicted, _ = class_arrays(frame)

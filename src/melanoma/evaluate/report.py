@@ -35,7 +35,7 @@ from melanoma.core import io_utils, layout, plots
 from melanoma.core import run as run_lib
 from melanoma.core import runs
 from melanoma.core.errors import DataError
-from melanoma.evaluate import scoring
+from melanoma.evaluate import perclass, scoring
 from melanoma.evaluate import selection as selection_lib
 from melanoma.evaluate.scoring import ScoreWarning, format_score, score_oof
 
@@ -87,6 +87,7 @@ def cutoff_for_sensitivity(target: np.ndarray, pred: np.ndarray, sensitivity: fl
 
 def cutoff_table(target, pred, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SENSITIVITIES) -> pd.DataFrame:
     """Rows for fixed cutoffs, for the cutoffs that reach each sensitivity, and for Youden's J."""
+    # scikit-learn takes about a second to load: only when this runs
     from sklearn.metrics import roc_curve
 
     target = np.asarray(target).astype(int)
@@ -149,6 +150,7 @@ def _metric_column(frame: pd.DataFrame, metric: str, validation: bool) -> str | 
 
 
 def plot_roc(target, pred, score: dict, table: pd.DataFrame, path: str, title: str) -> None:
+    # scikit-learn takes about a second to load: only when this runs
     from sklearn.metrics import roc_curve
 
     plt = plots.pyplot()
@@ -360,8 +362,6 @@ def _confusion_outputs(frame: pd.DataFrame, cutoffs: pd.DataFrame, folder: str, 
                        files: list[str]) -> dict:
     """confusion_matrix.png (and per_class.csv for the diagnosis head); returns what the command prints:
     {'per_class': table or None, 'confusion_text': str}."""
-    from melanoma.evaluate import perclass
-
     path = os.path.join(folder, "confusion_matrix.png")
     if perclass.has_classes(frame):
         per_class = perclass.per_class_table(frame)
@@ -412,13 +412,12 @@ def command(args: argparse.Namespace) -> int:
     print(format_cutoffs(report["cutoffs"]))
     print()
     if report["per_class"] is not None:
-        from melanoma.evaluate.perclass import format_per_class
-
-        print(format_per_class(report["per_class"]))
+        print(perclass.format_per_class(report["per_class"]))
         print()
     print(report["confusion_text"])
     print()
     if report["importance"] is not None:
+        # the tree family's module loads TensorFlow (through its feature tables): only its runs pay for it
         from melanoma.train import tabular
 
         print(tabular.format_importance(report["importance"]))

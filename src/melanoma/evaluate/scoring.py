@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from melanoma.core import io_utils, metrics, tables
 from melanoma.core.errors import DataError
@@ -65,6 +66,7 @@ def partial_auc_above_tpr(target, pred, min_tpr: float = PAUC_MIN_TPR) -> float:
     min_tpr to 1. The curve is scikit-learn's (tied predictions make one diagonal step) and the segment
     that crosses min_tpr is cut there by linear interpolation.
     """
+    # scikit-learn takes about a second to load: only when this runs
     from sklearn.metrics import roc_curve
 
     false_rate, true_rate, _ = roc_curve(np.asarray(target), np.asarray(pred, dtype=float),
@@ -90,6 +92,7 @@ def operating_points(target, pred) -> dict:
     specificity of a cutoff whose sensitivity is at least 0.95. No interpolation between cutoffs: the
     numbers are ones a user can actually get.
     """
+    # scikit-learn takes about a second to load: only when this runs
     from sklearn.metrics import roc_curve
 
     false_rate, true_rate, _ = roc_curve(np.asarray(target), np.asarray(pred, dtype=float),
@@ -183,8 +186,6 @@ def bootstrap_aucs(target, pred, patient_id, resamples: int = 1000, seed: int = 
     weight matrices ("images") or as products of patient-count matrices ("patients", chosen by "auto"
     when patients x minority-class images is small). Both give the same numbers for the same seed.
     """
-    from tqdm.auto import tqdm
-
     target = np.asarray(target, dtype=float)
     pred = np.asarray(pred, dtype=float)
     _, patient_index = np.unique(np.asarray(patient_id).astype(str), return_inverse=True)
@@ -315,6 +316,7 @@ def _structural_components(target: np.ndarray, scores: np.ndarray):
     of benign images it outscores; per benign image, the share of malignant images that outscore it;
     ties count one half. Midrank form (Sun & Xu, 2014), O(n log n) per row.
     """
+    # scipy loads only when this runs
     from scipy.stats import rankdata
 
     positive = target == 1
@@ -368,6 +370,7 @@ def delong_pvalues(target, preds_a, preds_b, cluster=None) -> tuple[np.ndarray, 
     Cov(AUC) = S10/M + S01/N + (S11 + S11')/(MN). With one image per patient it is DeLong's test up to
     small-sample factors. A zero variance of the difference (the same ranking) gives p = 1.
     """
+    # scipy loads only when this runs
     from scipy.stats import norm
 
     caller = "delong_test" if cluster is None else "clustered_delong_test"

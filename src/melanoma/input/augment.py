@@ -26,6 +26,8 @@ import os
 
 import numpy as np
 
+from melanoma.core.config import Config
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 # Columns of the one [B, DRAWS] uniform draw per batch of the opencv and tf backends: one draw (not one
@@ -35,9 +37,11 @@ CONTRAST_ON, CONTRAST, BRIGHTNESS, HSV_ON, HUE, SATURATION, SCALE_Y = range(8, 1
 DRAWS = 15
 
 
-def build_transform(augment_config, seed: int | None = None):
+def build_transform(augment_config: Config, seed: int | None = None):
     """The albumentations pipeline that `augment_config` (the config's `augment` section) describes."""
+    # albumentations loads (and is checked) only for its backend
     import albumentations as A
+    # OpenCV loads only when images are handled here
     import cv2
 
     steps = []
@@ -65,7 +69,7 @@ def build_transform(augment_config, seed: int | None = None):
 class BatchAugmenter:
     """Callable numpy uint8 [B, H, W, 3] -> uint8 [B, H, W, 3], each image augmented independently."""
 
-    def __init__(self, augment_config, seed: int | None = None):
+    def __init__(self, augment_config: Config, seed: int | None = None):
         self.transform = build_transform(augment_config, seed)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -79,7 +83,7 @@ class OpenCVBatchAugmenter:
     """Callable numpy uint8 [B, H, W, 3] -> uint8 [B, H, W, 3]: `build_transform`'s steps, in its order
     and with its parameter ranges, done with OpenCV directly and driven per batch (module docstring)."""
 
-    def __init__(self, augment_config, seed: int | None = None):
+    def __init__(self, augment_config: Config, seed: int | None = None):
         a = augment_config
         self.flip = bool(a.flip)
         self.transpose = bool(a.transpose)
@@ -98,6 +102,7 @@ class OpenCVBatchAugmenter:
         self.levels = np.arange(256, dtype=np.float32)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        # OpenCV loads only when images are handled here
         import cv2
 
         count, height, width = images.shape[:3]
@@ -148,6 +153,7 @@ class OpenCVBatchAugmenter:
     def _shift_hsv(self, image: np.ndarray, hue: float, saturation: float) -> np.ndarray:
         """albumentations' uint8 hue/saturation shift: OpenCV HSV (hue 0..179), hue turned modulo 180,
         saturation added and clipped, grey (saturation 0) left grey; one 3-channel lookup."""
+        # OpenCV loads only when images are handled here
         import cv2
 
         hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
@@ -173,6 +179,7 @@ def _dihedral_matrix(flips, height: int, width: int) -> np.ndarray:
 
 def _dihedral(image: np.ndarray, flips) -> np.ndarray:
     """The flips and transpose alone, with OpenCV (contiguous results, no slow strided numpy copies)."""
+    # OpenCV loads only when images are handled here
     import cv2
 
     if flips[0] and flips[1]:
@@ -194,12 +201,13 @@ def resolve_backend(backend: str) -> str:
     """The backend `augment.backend` stands for on this machine: `auto` is `tf` on a TPU, else `opencv`."""
     if backend != "auto":
         return backend
+    # this module loads TensorFlow: only the work that needs it pays for it
     from melanoma.core import hardware
 
     return "tf" if hardware.accelerator_name(hardware.get_strategy()) == "tpu" else "opencv"
 
 
-def make_augmenter(augment_config, seed: int | None = None):
+def make_augmenter(augment_config: Config, seed: int | None = None):
     """The augmenter of the backend that `augment_config.backend` names (see the module docstring)."""
     backend = resolve_backend(getattr(augment_config, "backend", "auto"))
     if backend == "albumentations":
@@ -214,6 +222,7 @@ def make_augmenter(augment_config, seed: int | None = None):
 def augment_batch_op(images, augmenter):
     """Graph op: apply `augmenter` (of any backend) to a uint8 batch, keeping the static shape. A host
     augmenter runs through one numpy_function per call; a TFAugmenter is plain graph ops."""
+    # TensorFlow takes seconds to load: only the work that needs it pays for it
     import tensorflow as tf
 
     if isinstance(augmenter, TFAugmenter):
@@ -225,6 +234,7 @@ def augment_batch_op(images, augmenter):
 
 def dihedral_views(image):
     """The 8 flips/transposes of one image (H == W), stacked as [8, H, W, C]."""
+    # TensorFlow takes seconds to load: only the work that needs it pays for it
     import tensorflow as tf
 
     transposed = tf.transpose(image, [1, 0, 2])
@@ -246,7 +256,7 @@ class TFAugmenter:
     to an image with `probability`. Square images only (the transpose needs H == W).
     """
 
-    def __init__(self, augment_config, seed: int | None = None):
+    def __init__(self, augment_config: Config, seed: int | None = None):
         self.flip = bool(augment_config.flip)
         self.transpose = bool(augment_config.transpose)
         self.rotate_limit = float(augment_config.rotate_limit)
@@ -275,6 +285,7 @@ class TFAugmenter:
 
     def __call__(self, images):
         """Augment a uint8 batch; the random draws happen here, the transforms in `apply`."""
+        # TensorFlow takes seconds to load: only the work that needs it pays for it
         import tensorflow as tf
 
         images = tf.convert_to_tensor(images)
@@ -292,6 +303,7 @@ class TFAugmenter:
         """The transforms for given draws (uniform [B, DRAWS] in [0, 1)): compiled with XLA when
         `jit_compile` (some 3x faster on CPU, where TensorFlow's unfused uint8 selects are slow)."""
         if self._compiled is None:
+            # TensorFlow only for the tf backend: `describe` and the other backends never load it here
             import tensorflow as tf
 
             self._compiled = tf.function(self._transform, jit_compile=self.jit_compile,
@@ -299,6 +311,7 @@ class TFAugmenter:
         return self._compiled(images, draws)
 
     def _transform(self, images, draws):
+        # TensorFlow takes seconds to load: only the work that needs it pays for it
         import tensorflow as tf
 
         static_shape = images.shape
@@ -346,6 +359,7 @@ class TFAugmenter:
 def _reflect101(coordinate, size):
     """Fold a pixel coordinate into [0, size - 1] by mirroring about the edge pixels' centres, as
     OpenCV's BORDER_REFLECT_101 does (… 2 1 | 0 1 2 … n-1 | n-2 …), continuous for bilinear sampling."""
+    # TensorFlow takes seconds to load: only the work that needs it pays for it
     import tensorflow as tf
 
     period = 2.0 * (size - 1.0)
@@ -364,6 +378,7 @@ def warp_affine(images, angle, scale, shift_x, shift_y, flips=None, scale_y=None
     first, so the pixels are read once. Where the map is the identity or a flip (angle 0, scale 1,
     shift 0) the sources are whole pixels and the result is exact.
     """
+    # TensorFlow takes seconds to load: only the work that needs it pays for it
     import tensorflow as tf
 
     shape = tf.shape(images)
@@ -415,6 +430,7 @@ def shift_hue_saturation(images, hue, saturation, skip=None):
     maximum is recomputed with another rounding, and then returns a wrong hue. Here the formula is
     chosen by comparisons that always choose one, and near ties give near-equal hues.
     """
+    # TensorFlow takes seconds to load: only the work that needs it pays for it
     import tensorflow as tf
 
     r, g, b = tf.unstack(images, axis=-1)

@@ -34,10 +34,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
-from melanoma.core import runs
+from melanoma.core import io_utils, runs
+from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
-from melanoma.data import examples, integrity, records
+from melanoma.data import examples, integrity, records, sources
 from melanoma.input import imagestats
 
 FEATURE_VERSION = 1  # bump when a feature's definition changes: the cache keys include it
@@ -54,11 +56,11 @@ PATIENT_LEVEL = ("meta_sex", "meta_site", "meta_patient_images")
 # per-file tables, cached
 
 
-def image_size(config) -> int:
+def image_size(config: Config) -> int:
     return int(config.features.image_size or config.data.image_size)
 
 
-def settings_key(config) -> str:
+def settings_key(config: Config) -> str:
     """What a file's cached table depends on besides the file itself."""
     image = bool(config.features.image)
     settings = {"version": FEATURE_VERSION, "image": image,
@@ -107,19 +109,14 @@ class _Workers:
             self.pool.join()
 
 
-def worker_count(config) -> int:
+def worker_count(config: Config) -> int:
     workers = config.features.workers
     return int(workers) if workers else (os.cpu_count() or 1)
 
 
-def split_table(config, split: str, progress: bool = True) -> pd.DataFrame:
+def split_table(config: Config, split: str, progress: bool = True) -> pd.DataFrame:
     """Metadata codes (+ image statistics) of every record of `split` (train | test), file by file in
     part order, with each file's `part`; cached per file under <output_dir>/.cache/features/."""
-    from tqdm import tqdm
-
-    from melanoma.core import io_utils
-    from melanoma.data import sources
-
     key = "data.train_files" if split == "train" else "data.test_files"
     files = records.list_files(config.get_path(key), key)
     wrong = [f.path for f in files if f.split != split]
@@ -225,7 +222,7 @@ def patient_context(frame: pd.DataFrame, columns: list[str], patients: pd.Series
     return pd.concat(parts, axis=1)
 
 
-def stacking_features(config, train_names: pd.Series, test_names: pd.Series,
+def stacking_features(config: Config, train_names: pd.Series, test_names: pd.Series,
                       folds: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
     """run_<name> for each run of features.from_runs: its OOF prediction for training rows, its test
     prediction for test rows.
@@ -304,7 +301,7 @@ def feature_group(column: str) -> str:
     raise ValueError(f"feature '{column}' belongs to no group")
 
 
-def _assemble(raw: pd.DataFrame, stacked: pd.DataFrame, config, bins: int) -> pd.DataFrame:
+def _assemble(raw: pd.DataFrame, stacked: pd.DataFrame, config: Config, bins: int) -> pd.DataFrame:
     raw = raw.reset_index(drop=True)
     parts = []
     image_columns = imagestats.image_feature_names(bins) if config.features.image else []
@@ -322,7 +319,7 @@ def _assemble(raw: pd.DataFrame, stacked: pd.DataFrame, config, bins: int) -> pd
     return features
 
 
-def build_table(config, folds: pd.Series, progress: bool = True) -> FeatureTable:
+def build_table(config: Config, folds: pd.Series, progress: bool = True) -> FeatureTable:
     """Every enabled feature group for the training and test records. `folds` (image_name -> fold) lists
     the training rows this config scores, for the stacking check."""
     check_settings(config)
@@ -344,7 +341,7 @@ def build_table(config, folds: pd.Series, progress: bool = True) -> FeatureTable
                         categorical=[c for c in columns if c in CATEGORICAL])
 
 
-def check_settings(config) -> None:
+def check_settings(config: Config) -> None:
     """The features section's values, checked before any record is read."""
     section = config.features
     if section.image_size is not None and section.image_size < 16:

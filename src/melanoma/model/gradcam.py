@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import tensorflow as tf
+from matplotlib import colormaps
+from PIL import Image
 
 from melanoma.core.kerasapi import keras
 from melanoma.model import network as model_lib
@@ -80,9 +83,6 @@ def normalise(heat) -> np.ndarray:
 
 def overlay(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """The map stretched to the image's size, coloured (jet: blue low, red high) and blended over it."""
-    import cv2
-    from matplotlib import colormaps
-
     height, width = image_rgb.shape[:2]
     stretched = cv2.resize(heat.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     coloured = colormaps["jet"](np.clip(stretched, 0, 1))[..., :3] * 255.0
@@ -92,8 +92,6 @@ def overlay(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.
 
 def png_bytes(image_rgb: np.ndarray) -> bytes:
     """An RGB uint8 image as PNG bytes."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image_rgb)).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -13,13 +13,17 @@ head, and the predictions also keep each class's probability (`prediction_head`)
 """
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import tempfile
 
+import efficientnet.tfkeras as efn
 import tensorflow as tf
+from efficientnet import weights as table
 
 from melanoma.core import io_utils
+from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
 from melanoma.data import taxonomy
 
@@ -38,8 +42,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def backbone_builder(name: str):
     if name in BACKBONES:
-        import efficientnet.tfkeras as efn
-
         return getattr(efn, BACKBONES[name])
     if name in BACKBONES_V2:
         return getattr(keras.applications, BACKBONES_V2[name])
@@ -61,8 +63,6 @@ def pretrained_file(backbone: str, weights: str) -> tuple[str, str, str]:
     if weights not in PACKAGE_WEIGHTS:
         raise ValueError(f"'{weights}' is not a pretrained weights name; use {' or '.join(PACKAGE_WEIGHTS)}")
     if backbone in BACKBONES:
-        from efficientnet import weights as table
-
         if weights == "imagenet":
             name = f"{backbone}_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5"
             return name, table.IMAGENET_WEIGHTS_PATH + name, table.IMAGENET_WEIGHTS_HASHES[backbone][1]
@@ -72,8 +72,6 @@ def pretrained_file(backbone: str, weights: str) -> tuple[str, str, str]:
         if weights != "imagenet":
             raise ValueError(f"{backbone} has ImageNet weights only; set model.weights to imagenet, none "
                              "or a path")
-        import importlib
-
         # keras.applications' module of the library in use (Keras 3 or tf_keras): its weight table
         v2 = importlib.import_module(f"{keras.__name__.split('.')[0]}.src.applications.efficientnet_v2")
 
@@ -197,7 +195,7 @@ class DiagnosisModel(keras.Model):
                 "melanoma_index": self.melanoma_index, "name": self.name}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
@@ -229,7 +227,7 @@ class MelanomaAUC(keras.metrics.AUC):
         return {**super().get_config(), "melanoma_index": self.melanoma_index}
 
 
-def build_model(config, pretrained: bool = True) -> keras.Model:
+def build_model(config: Config, pretrained: bool = True) -> keras.Model:
     """Backbone, global average pooling, (metadata branch,) dropout, head; float32 output layer.
 
     pretrained=False skips the pretrained weights (random initialisation), for a model whose weights

@@ -20,12 +20,14 @@ import tensorflow as tf
 
 from melanoma.core import hardware
 from melanoma.core import progress as progress_lib
+from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, DataError
-from melanoma.data import integrity
+from melanoma.data import integrity, taxonomy
 from melanoma.input import augment, pipeline
+from melanoma.model import network as model_lib
 
 
-def tta_augmenter(config, seed: int):
+def tta_augmenter(config: Config, seed: int):
     if config.tta.steps and config.tta.mode == "random":
         return augment.make_augmenter(config.augment, seed=seed)
     return None
@@ -107,7 +109,7 @@ class Predictor:
         return np.concatenate([np.asarray(output) for output in outputs])[:count]
 
 
-def predict_files(model, paths: list[str], config, split: str, count: int | None = None,
+def predict_files(model, paths: list[str], config: Config, split: str, count: int | None = None,
                   desc: str = "predict", seed: int | None = None, tta: bool = True,
                   progress: bool = True, strategy=None) -> pd.DataFrame:
     """image_name, pred (+ patient_id, target, diagnosis code for train records), one row per record, in
@@ -128,8 +130,6 @@ def predict_files(model, paths: list[str], config, split: str, count: int | None
         paths, config, split, tta_steps=steps, tta_mode=config.tta.mode,
         batch_size=batch_size, augmenter=tta_augmenter(config, seed) if steps else None,
         skip_corrupt=skip)
-    from melanoma.data import taxonomy
-    from melanoma.model import network as model_lib
 
     network, classes = model_lib.prediction_head(model)
     predictor = Predictor.cached(network, strategy, max(1, batch_size // views) * views)

@@ -20,22 +20,23 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, layout
+from melanoma.core import hardware, io_utils, layout
+from melanoma.core import run as run_lib
+from melanoma.core import runstate
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed
-from melanoma.data import inputs, records
+from melanoma.data import inputs, records, taxonomy
+from melanoma.model import network as model_lib
+from melanoma.model import prediction
 from melanoma.predict import submission
 from melanoma.train import tabular
+from melanoma.train.training import fold_dir, prediction_settings
 
 
-def trained_folds(config) -> list[int]:
+def trained_folds(config: Config) -> list[int]:
     """Folds with a checkpoint whose training ran all its epochs; a fold interrupted part-way (its
     state.json short of the last epoch) holds a half-trained best checkpoint and is left out. A fold
     trained under another config than the run's is a ConfigError naming what it was trained as."""
-    from melanoma.core import run as run_lib
-    from melanoma.core import runstate
-    from melanoma.train.training import fold_dir
-
     folds = []
     for k in range(config.data.folds):
         folder = fold_dir(config, k)
@@ -54,12 +55,9 @@ def trained_folds(config) -> list[int]:
     return folds
 
 
-def load_checkpoint(model, path: str, config, folder: str) -> None:
+def load_checkpoint(model, path: str, config: Config, folder: str) -> None:
     """Weights of a fold's checkpoint; one that does not fit the model is a ConfigError naming what was
     trained (from the fold's state.json) instead of Keras' page-long message."""
-    from melanoma.core import run as run_lib
-    from melanoma.core import runstate
-
     try:
         model.load_weights(path)
     except ValueError as error:
@@ -71,9 +69,7 @@ def load_checkpoint(model, path: str, config, folder: str) -> None:
             "the config the run was trained with (outputs/<name>/config.yaml)") from None
 
 
-def fold_test_predictions(config, fold: int, recompute: bool = False) -> pd.DataFrame:
-    from melanoma.train.training import fold_dir, prediction_settings
-
+def fold_test_predictions(config: Config, fold: int, recompute: bool = False) -> pd.DataFrame:
     folder = fold_dir(config, fold)
     path, settings_path = os.path.join(folder, "test.csv"), os.path.join(folder, "test.json")
     wanted = prediction_settings(config)
@@ -84,10 +80,6 @@ def fold_test_predictions(config, fold: int, recompute: bool = False) -> pd.Data
             return io_utils.read_csv(path)
         changed = sorted(key for key in set(made) | set(wanted) if made.get(key) != wanted.get(key))
         print(f"fold {fold}: {path} was predicted with other settings ({', '.join(changed)}); predicting again")
-    from melanoma.core import hardware, runstate
-    from melanoma.data import taxonomy
-    from melanoma.model import network as model_lib
-    from melanoma.model import prediction
 
     test_files = records.list_files(config.data.test_files, "data.test_files")
     strategy = hardware.get_strategy(cluster=False)
@@ -133,7 +125,7 @@ def to_submission(predictions: pd.DataFrame, sample_path: str) -> pd.DataFrame:
                          "target": indexed.loc[sample["image_name"]].to_numpy(dtype=np.float64)})
 
 
-def run_inference(config, recompute: bool = False, force: bool = False, allow_partial: bool = False) -> str:
+def run_inference(config: Config, recompute: bool = False, force: bool = False, allow_partial: bool = False) -> str:
     if config.model.family == "tabular":  # gradient-boosted trees on features (tabular.py)
         return tabular_inference(config, recompute=recompute, force=force)
 
@@ -179,9 +171,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from melanoma.core import hardware
-    from melanoma.core import run as run_lib
-
     config = config_lib.load_config(args.config, args.set)
     if not config.data.test_files:
         raise config_lib.ConfigError(f"{args.config}: data.test_files is null, so there are no test images "

@@ -19,6 +19,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from melanoma.core import io_utils, layout
 from melanoma.core.config import load_config, load_run_config
@@ -204,8 +205,6 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
     names its run; else `submissions/<name>.csv` belongs to the run `outputs/<name>/` (the naming
     contract of infer and blend). The run's saved config gives the sample, else configs/base.yaml does.
     """
-    import yaml
-
     if config_path:
         config = load_config(config_path)
         return Context(config.name, sample or config.data.sample_submission, layout.run_dir(config),

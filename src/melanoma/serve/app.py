@@ -15,8 +15,10 @@ a run with no trained fold stops here with exit status 2. Bad input gets a 4xx J
 import argparse
 import importlib.util
 import os
+import socket
 import sys
 
+from melanoma.core.errors import ConfigError
 from melanoma.serve import predictor as predictor_lib
 from melanoma.serve.predictor import Predictor, RequestError
 
@@ -93,6 +95,7 @@ def details_markdown(result: predictor_lib.Prediction) -> str:
 
 def _for_display(image):
     """Small images scaled up to the page's image height (the JSON's heatmap keeps the image's size)."""
+    # OpenCV loads only when images are handled here
     import cv2
 
     height, width = image.shape[:2]
@@ -105,6 +108,7 @@ def _for_display(image):
 def build_page(predictor: Predictor):
     """The Gradio Blocks of the page (not launched: `build_app` mounts it)."""
     _quiet_web_libraries()
+    # the serve extra: loaded only by `serve`
     import gradio as gr
 
     encodings = predictor.encodings
@@ -164,9 +168,13 @@ def build_page(predictor: Predictor):
 def build_app(predictor: Predictor):
     """FastAPI app with POST /predict, and the Gradio page mounted at /."""
     _quiet_web_libraries()
+    # the serve extra: loaded only by `serve`
     import gradio as gr
+    # the serve extra: loaded only by `serve`
     from fastapi import FastAPI, File, Form, Request, UploadFile
+    # the serve extra: loaded only by `serve`
     from fastapi.exceptions import RequestValidationError
+    # the serve extra: loaded only by `serve`
     from fastapi.responses import JSONResponse
 
     app = FastAPI(title="melanoma serve", docs_url=None, redoc_url=None)
@@ -232,10 +240,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def check_port(host: str, port: int) -> None:
     """Refuse a port that cannot be listened on now, before a minute is spent loading the folds."""
-    import socket
-
-    from melanoma.core.errors import ConfigError
-
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
@@ -255,6 +259,7 @@ def command(args: argparse.Namespace) -> int:
     predictor = Predictor.from_target(args.config, max_bytes=int(args.max_mb * 2**20))
     predictor.warm_up()
     app = build_app(predictor)
+    # the serve extra: loaded only by `serve`
     import uvicorn
 
     about = predictor.describe()

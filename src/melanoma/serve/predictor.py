@@ -28,8 +28,10 @@ import numpy as np
 
 from melanoma.core import config as config_lib
 from melanoma.core import io_utils, runs
+from melanoma.core.config import Config
 from melanoma.core.errors import DataError
 from melanoma.data import records, taxonomy
+from melanoma.evaluate import report
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 ACCEPTED_FORMATS = ("JPEG", "PNG")
@@ -63,7 +65,7 @@ def load_run(target: str) -> LoadedRun:
 
     FileNotFoundError (exit 2) when the run has no saved config or no trained fold.
     """
-    from melanoma.evaluate import report
+    # this module loads TensorFlow: only the work that needs it pays for it
     from melanoma.predict import inference
 
     run_path = report.resolve_run(target)
@@ -106,7 +108,9 @@ def megabytes(count: int) -> str:
 
 def read_upload(data: bytes, image_size: int, max_bytes: int = DEFAULT_MAX_BYTES) -> Upload:
     """Check an uploaded file and turn it into a record's JPEG; RequestError (4xx) when it is not one."""
+    # OpenCV loads only when images are handled here
     import cv2
+    # Pillow loads only when an image is decoded here
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -149,7 +153,7 @@ def read_upload(data: bytes, image_size: int, max_bytes: int = DEFAULT_MAX_BYTES
 # Age, sex and site as the records encode them
 # --------------------------------------------------------------------------------------------------
 
-def metadata_encodings(config) -> tuple[dict, str]:
+def metadata_encodings(config: Config) -> tuple[dict, str]:
     """({'sex': {name: code}, 'anatom_site_general_challenge': {...}}, where they come from).
 
     The codes of `encodings.json` beside the train files (written by `melanoma records`), else the
@@ -212,8 +216,6 @@ class OOFReference:
 
     @classmethod
     def from_run(cls, run_path: str) -> "OOFReference":
-        from melanoma.evaluate import report
-
         try:
             frame, complete, present = runs.load_run_oof(runs.inspect_run(run_path))
         except (DataError, OSError) as error:
@@ -274,6 +276,7 @@ class Prediction:
     as_is: bool
 
     def to_json(self) -> dict:
+        # this module loads TensorFlow: only the work that needs it pays for it
         from melanoma.model import gradcam
 
         height, width = self.image_rgb.shape[:2]
@@ -297,6 +300,7 @@ class Predictor:
     """
 
     def __init__(self, run: LoadedRun, max_bytes: int = DEFAULT_MAX_BYTES):
+        # this module loads TensorFlow: only the work that needs it pays for it
         from melanoma.model import gradcam
 
         self.run = run
@@ -341,7 +345,9 @@ class Predictor:
         """`infer`'s prediction pipeline over the one-record file. Built once per view count; random TTA
         builds it per request, so its views are drawn with the run's seed every time (same image, same
         answer)."""
+        # this module loads TensorFlow: only the work that needs it pays for it
         from melanoma.input import pipeline
+        # this module loads TensorFlow: only the work that needs it pays for it
         from melanoma.model import prediction
 
         config = self.config
@@ -365,14 +371,17 @@ class Predictor:
 
     def warm_up(self) -> None:
         """One prediction on a grey image, so that the first request does not pay for tracing."""
+        # OpenCV loads only when images are handled here
         import cv2
 
         ok, encoded = cv2.imencode(".png", np.full((8, 8, 3), 128, np.uint8))
         self.predict(encoded.tobytes())
 
     def predict(self, data: bytes, age_approx=None, sex=None, site=None) -> Prediction:
+        # TensorFlow takes seconds to load: only the work that needs it pays for it
         import tensorflow as tf
 
+        # this module loads TensorFlow: only the work that needs it pays for it
         from melanoma.model import gradcam
 
         upload = read_upload(data, int(self.config.data.image_size), self.max_bytes)

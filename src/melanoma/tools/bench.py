@@ -30,11 +30,22 @@ import sys
 import tempfile
 import time
 
+import cv2
 import numpy as np
+import pandas as pd
+import tensorflow
+import tensorflow as tf
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils
+from melanoma.core import hardware, io_utils
+from melanoma.core.config import Config
+from melanoma.core.kerasapi import keras
 from melanoma.data import diagnoses, examples, records
+from melanoma.input import augment, pipeline
+from melanoma.model import network as model_lib
+from melanoma.model import prediction
+from melanoma.tools import synth
+from melanoma.train import training
 
 TRAIN_PARTS = 4
 TEST_PARTS = 2
@@ -46,8 +57,6 @@ TEST_PARTS = 2
 def simple_lesion(rng: np.random.Generator, size: int) -> np.ndarray:
     """A lesion-like RGB uint8 image: a dark irregular blob on skin with sensor noise (JPEGs of it
     compress and decode about like dermoscopy photos of the same size)."""
-    import cv2
-
     axis = np.arange(size, dtype=np.float32) / size
     x, y = np.meshgrid(axis, axis)
     skin = np.array([200, 160, 140], np.float32) * np.float32(rng.uniform(0.8, 1.1))
@@ -66,18 +75,12 @@ def simple_lesion(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _synth_renderer():
     """melanoma.tools.synth's lesion renderer when the package has that module, else None."""
-    try:
-        from melanoma.tools import synth
-    except ImportError:
-        return None
     return getattr(synth, "render_lesion", None)
 
 
 def _render(task: tuple[int, int, str, bool]) -> None:
     """Write one generated JPEG (seed, size, path, realistic): melanoma.tools.synth's renderer when asked
     for and present, else `simple_lesion` (cheaper, enough for timing decodes and resizes)."""
-    import cv2
-
     seed, size, path, realistic = task
     rng = np.random.default_rng(seed)
     render = _synth_renderer() if realistic else None
@@ -110,8 +113,6 @@ def write_jpegs(folder: str, count: int, size: int, seed: int, prefix: str,
 
 
 def _table(names: list[str], parts: int, split: str, seed: int):
-    import pandas as pd
-
     rng = np.random.default_rng(seed)
     count = len(names)
     table = pd.DataFrame({
@@ -135,8 +136,6 @@ SYNTHETIC_ENCODINGS = {"diagnosis": {"melanoma": 0, "nevus": 1}}
 def synthetic_dataset(folder: str, size: int, train_images: int, test_images: int,
                       seed: int = 0) -> tuple[str, str]:
     """Public-schema train and test TFRecords of generated lesions at `size`; (train glob, test glob)."""
-    from melanoma.data import records
-
     out = os.path.join(folder, "records")
     for split, count, parts in (("train", train_images, TRAIN_PARTS), ("test", test_images, TEST_PARTS)):
         image_dir = os.path.join(folder, "jpeg", split)
@@ -185,13 +184,11 @@ def measure_dataset(dataset, batches: int, warmup: int, min_seconds: float = MIN
             "cores_busy": cpu / seconds, "images": images, "batches": count, "seconds": seconds}
 
 
-def per_image_augmenter(augment_config):
+def per_image_augmenter(augment_config: Config):
     """uint8 [H, W, 3] -> uint8 [H, W, 3]: the same kinds of transforms as the backends, written the
     plain per-image way with tf.image and ImageProjectiveTransform (as keras' random layers do), mapped
     over images before batching. Only a reference for the benchmark (unseeded: tf.image ops that share
     an op seed would share their draws)."""
-    import tensorflow as tf
-
     a = augment_config
     probability = float(a.probability)
     affine = bool(a.rotate_limit or a.scale_limit or a.shift_limit)
@@ -244,16 +241,14 @@ def per_image_augmenter(augment_config):
     return augment_image
 
 
-def with_backend(config, backend: str):
+def with_backend(config: Config, backend: str):
     variant = copy.deepcopy(config)
     variant["augment"]["backend"] = backend
     return variant
 
 
-def pipeline_figures(config, train_paths, test_paths, batches: int, warmup: int,
+def pipeline_figures(config: Config, train_paths, test_paths, batches: int, warmup: int,
                      min_seconds: float = MIN_SECONDS) -> dict:
-    from melanoma.input import augment, pipeline
-
     batch_size = config.train.batch_size
     seed = config.seed
     lookup = diagnoses.source_lookups(config, records.list_files(train_paths))
@@ -291,7 +286,7 @@ def pipeline_figures(config, train_paths, test_paths, batches: int, warmup: int,
     return figures
 
 
-def tta_settings(config) -> tuple[int, str]:
+def tta_settings(config: Config) -> tuple[int, str]:
     """The config's TTA, or the 8 dihedral views when it asks for none (so TTA is always measured)."""
     if config.tta.steps:
         return config.tta.steps, config.tta.mode
@@ -302,8 +297,6 @@ class _StepTimes:
     """Keras callback: wall time at the end of each training batch."""
 
     def __new__(cls):
-        from melanoma.core.kerasapi import keras
-
         class StepTimes(keras.callbacks.Callback):
             def __init__(self):
                 super().__init__()
@@ -315,13 +308,11 @@ class _StepTimes:
         return StepTimes()
 
 
-def model_figures(config, strategy, train_paths, test_paths, pipelines: dict, model_batches: int,
+def model_figures(config: Config, strategy, train_paths, test_paths, pipelines: dict, model_batches: int,
                   epoch_steps: int) -> dict:
     """Model figures under the dtype policy already set (hardware.set_precision); the weights are
     random (pretrained=False): speed does not depend on them, and nothing is downloaded."""
     # Keras loads only when the bench measures a model (run_bench's with_model)
-    from melanoma.core.kerasapi import keras
-    from melanoma.input import augment  # with the other stages: only when a model is measured
 
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
     model = _training_model(config, strategy, global_batch)
@@ -350,22 +341,15 @@ def model_figures(config, strategy, train_paths, test_paths, pipelines: dict, mo
     return {"model": {"train_step": train_step, "predict": predict}, "epoch": epoch, "tta_prediction": whole}
 
 
-def _training_model(config, strategy, global_batch: int):
+def _training_model(config: Config, strategy, global_batch: int):
     """The config's model with random weights, compiled for training on `strategy`."""
-    from melanoma.model import network as model_lib  # TensorFlow: only when a model is measured
-    from melanoma.train import training  # TensorFlow: only when a model is measured
-
     training.set_seed(config.seed)
     with strategy.scope():
         return training.compile_model(model_lib.build_model(config, pretrained=False), config, global_batch)
 
 
-def _train_datasets(config, train_paths, global_batch: int):
+def _train_datasets(config: Config, train_paths, global_batch: int):
     """(the training pipeline, one of its batches repeated from memory)."""
-    import tensorflow as tf  # only when a model is measured
-
-    from melanoma.input import augment, pipeline  # TensorFlow: only when a model is measured
-
     augmenter = augment.make_augmenter(config.augment, seed=config.seed)
     train_ds = pipeline.train_dataset(train_paths, config, global_batch, seed=config.seed, augmenter=augmenter,
                                       diagnosis_lookup=diagnoses.source_lookups(config, records.list_files(train_paths)))
@@ -380,12 +364,8 @@ def _fit_rate(model, global_batch: int, dataset, steps: int) -> float:
     return global_batch * steps / (clock.times[-1] - clock.times[0])
 
 
-def _prediction_figure(model, config, strategy, test_paths, model_batches: int) -> tuple[dict, int, str, int]:
+def _prediction_figure(model, config: Config, strategy, test_paths, model_batches: int) -> tuple[dict, int, str, int]:
     """(prediction alone on one batch of TTA views held in memory, TTA steps, TTA mode, views per image)."""
-    from melanoma.core import hardware  # TensorFlow: only when a model is measured
-    from melanoma.input import augment, pipeline  # TensorFlow: only when a model is measured
-    from melanoma.model import prediction  # TensorFlow: only when a model is measured
-
     steps, mode = tta_settings(config)
     tta_augmenter = augment.make_augmenter(config.augment, seed=config.seed) if mode == "random" else None
     predict_ds, views = pipeline.prediction_dataset(
@@ -405,11 +385,9 @@ def _prediction_figure(model, config, strategy, test_paths, model_batches: int) 
     return predict, steps, mode, views
 
 
-def _whole_prediction_figure(model, config, strategy, test_paths, steps: int, mode: str, views: int) -> dict:
+def _whole_prediction_figure(model, config: Config, strategy, test_paths, steps: int, mode: str, views: int) -> dict:
     """One pass as a user runs it: pipeline start-up and a retrace for a short last batch included
     (the full batches' prediction function is already compiled by `_prediction_figure`)."""
-    from melanoma.model import prediction  # TensorFlow: only when a model is measured
-
     test_count = records.count_images(records.list_files(test_paths))
     config_tta = copy.deepcopy(config)
     config_tta["tta"]["steps"], config_tta["tta"]["mode"] = steps, mode
@@ -430,11 +408,6 @@ def _limits(pipeline_rate: float, model_rate: float, whole_rate: float) -> dict:
 def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
     """`records` building (read JPEG, resize to `size`, encode, write) on all cores and on one; the
     source JPEGs are generated at twice the size, so every image is really resized."""
-    import cv2
-    import tensorflow  # noqa: F401  (imported by write_split; not to be timed here)
-
-    from melanoma.data import records
-
     source = 2 * size
     image_dir = os.path.join(folder, "records_source")
     # A few distinct images, copied under more names: enough work to time, little time to render.
@@ -469,12 +442,7 @@ def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
 # ------------------------------------------------------------------------------------- the command
 
 
-def machine(config, strategy, precision: str) -> dict:
-    import tensorflow as tf
-
-    from melanoma.core import hardware
-    from melanoma.core.kerasapi import keras
-
+def machine(config: Config, strategy, precision: str) -> dict:
     names = []
     for gpu in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(gpu)
@@ -493,13 +461,10 @@ def _progress(label: str, figures: dict) -> None:
     print(f"bench: {label}: {shown} [{time.strftime('%H:%M:%S')}]", file=sys.stderr, flush=True)
 
 
-def run_bench(config, batches: int = 20, warmup: int = 5, model_batches: int = 2, epoch_steps: int = 2,
+def run_bench(config: Config, batches: int = 20, warmup: int = 5, model_batches: int = 2, epoch_steps: int = 2,
               synthetic: bool = False, train_images: int = 512, test_images: int = 32,
               records_images: int = 256, with_model: bool = True, min_seconds: float = MIN_SECONDS) -> dict:
     """Every figure as one dict (see the module docstring)."""
-    from melanoma.core import hardware
-    from melanoma.input import augment
-
     started = time.perf_counter()
     strategy = hardware.get_strategy(cluster=False)  # this machine's devices
     precision = hardware.set_precision(config, strategy)
@@ -543,8 +508,6 @@ def run_bench(config, batches: int = 20, warmup: int = 5, model_batches: int = 2
 def record_size(path: str) -> list[int]:
     """Height and width of the first image of a record file (the records may hold another size than
     data.image_size, and then every image is resized on decoding)."""
-    import tensorflow as tf
-
 
     split = "train" if os.path.basename(path).startswith("train") else "test"
     serialized = next(iter(tf.data.TFRecordDataset([path])))

@@ -12,10 +12,13 @@ import json
 import time
 
 from melanoma.core import config as config_lib
+from melanoma.core.config import Config
 from melanoma.data import records
+from melanoma.input import augment
+from melanoma.train import schedules
 
 
-def _data_summary(config, global_batch: int) -> dict:
+def _data_summary(config: Config, global_batch: int) -> dict:
     """Image counts and steps when the config's records are on this machine (nulls when they are not)."""
 
     try:
@@ -28,13 +31,14 @@ def _data_summary(config, global_batch: int) -> dict:
             "steps_per_epoch": config.train.steps_per_epoch or max(1, images // global_batch)}
 
 
-def describe(config) -> dict:
+def describe(config: Config) -> dict:
     """The facts `describe` prints, as a dict."""
+    # this module loads TensorFlow: only the work that needs it pays for it
     from melanoma.core import hardware, kerasapi
+    # Keras (through TensorFlow) loads only when a model is needed
     from melanoma.core.kerasapi import keras
-    from melanoma.input import augment
+    # this module loads TensorFlow: only the work that needs it pays for it
     from melanoma.model import network as model_lib
-    from melanoma.train import schedules
 
     started = time.time()
     workers = max(1, hardware.cluster_workers())

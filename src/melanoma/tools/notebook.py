@@ -62,7 +62,7 @@ def tensorflow_related(packages: dict[str, str]) -> dict[str, str]:
 def project_requirements(pyproject: str, extras: list[str]) -> list[str]:
     """`dependencies` (and the named optional extras) of pyproject.toml."""
     try:
-        import tomllib
+        import tomllib  # in the standard library from Python 3.11 on
     except ImportError:  # Python 3.10: read the two lists by hand (they are plain string lists)
         tomllib = None
     text = open(pyproject, encoding="utf-8").read()

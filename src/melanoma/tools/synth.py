@@ -39,6 +39,7 @@ import pandas as pd
 
 from melanoma.core import io_utils
 from melanoma.core import progress as progress_lib
+from melanoma.core.errors import ConfigError
 
 TRAIN_COLUMNS = [
     "image_name",
@@ -492,8 +493,6 @@ OWN_ENTRIES = ("train.csv", "test.csv", "sample_submission.csv", "test_labels.cs
 def prepare_folder(out_dir: str, force: bool = False) -> None:
     """OUT must be new or empty, so old and new images never mix; with `force`, what an earlier synth
     wrote there is removed first (other entries are kept, and named)."""
-    from melanoma.core.errors import ConfigError
-
     if not io_utils.exists(out_dir):
         return
     if not io_utils.isdir(out_dir):

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import math
 
+from melanoma.core.config import Config
 
-def peak_rate(train_config, global_batch: int) -> float:
+
+def peak_rate(train_config: Config, global_batch: int) -> float:
     """The peak scales with the global batch (batch_size x replicas): lr_max x global batch."""
     return train_config.lr_max * global_batch
 
 
-def learning_rate(epoch: int, train_config, global_batch: int) -> float:
+def learning_rate(epoch: int, train_config: Config, global_batch: int) -> float:
     """Rate for a 0-based epoch.
 
     rampup: linear from lr_start to the peak over lr_ramp_epochs, held for lr_sustain_epochs, then
@@ -32,6 +34,6 @@ def learning_rate(epoch: int, train_config, global_batch: int) -> float:
     raise ValueError(f"unknown schedule '{train_config.schedule}'; choose rampup or cosine")
 
 
-def learning_rates(train_config, global_batch: int) -> list[float]:
+def learning_rates(train_config: Config, global_batch: int) -> list[float]:
     """The rate of every epoch of a run (0-based epochs 0 .. epochs - 1)."""
     return [learning_rate(epoch, train_config, global_batch) for epoch in range(train_config.epochs)]

@@ -25,12 +25,18 @@ import json
 import os
 import time
 
+import joblib
 import numpy as np
 import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, layout, metrics, plots, runs
+from melanoma.core import io_utils, layout, metrics, plots
+from melanoma.core import run as run_lib
+from melanoma.core import runs, runstate
+from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
+from melanoma.data import sources
 from melanoma.input import features
 
 # scikit-learn's OpenMP threads spin while they wait for work by default; on a CPU shared with other
@@ -42,21 +48,21 @@ MODEL_FILE = "model.joblib"
 FOLD_FILES = (MODEL_FILE, "oof.csv", "test.csv", "test.json", "history.csv", "importance.csv")
 
 
-def family(config) -> str:
+def family(config: Config) -> str:
     """model.family of a config, `cnn` for a run saved before the key existed."""
     return (config.get("model") or {}).get("family", "cnn")
 
 
-def fold_dir(config, fold: int) -> str:
+def fold_dir(config: Config, fold: int) -> str:
     return os.path.join(layout.run_dir(config), f"fold{fold}")
 
 
-def fold_finished(config, fold: int) -> bool:
+def fold_finished(config: Config, fold: int) -> bool:
     folder = fold_dir(config, fold)
     return all(io_utils.exists(os.path.join(folder, name)) for name in (MODEL_FILE, "oof.csv"))
 
 
-def check_config(config) -> None:
+def check_config(config: Config) -> None:
     """The tabular section's values, checked before any record is read."""
     section = config.tabular
     if not 0 < section.learning_rate <= 1:
@@ -82,7 +88,7 @@ def check_config(config) -> None:
 # data
 
 
-def competition_only(config):
+def competition_only(config: Config):
     """The config without external records (the tabular model reads the competition's only)."""
     if not config.data.external_files:
         return config
@@ -92,10 +98,8 @@ def competition_only(config):
     return trimmed
 
 
-def prepare(config, progress: bool = True):
+def prepare(config: Config, progress: bool = True):
     """(feature table, {fold: sources.FoldData}) for every fold of the config."""
-    from melanoma.data import sources
-
     data_config = competition_only(config)
     fold_data = {fold: sources.prepare_fold(data_config, fold, progress) for fold in range(config.data.folds)}
     scored = pd.Series({name: fold for fold, data in fold_data.items() for name in data.valid_names},
@@ -118,9 +122,7 @@ def fold_rows(table: features.FeatureTable, fold_data) -> tuple[pd.DataFrame, pd
 # the model
 
 
-def build_model(config, table: features.FeatureTable, fold: int):
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
+def build_model(config: Config, table: features.FeatureTable, fold: int):
     section = config.tabular
     categorical = [column in table.categorical for column in table.columns]
     weight = section.class_weight
@@ -207,30 +209,24 @@ def permutation_importance(model, values: np.ndarray, target: np.ndarray, column
 
 
 def save_model(model, columns: list[str], path: str) -> None:
-    import joblib
-
     buffer = io.BytesIO()
     joblib.dump({"model": model, "columns": columns}, buffer)
     io_utils.write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_model(path: str) -> dict:
-    import joblib
-
     return joblib.load(io.BytesIO(io_utils.read_bytes(path)))
 
 
-def prediction_settings(config) -> dict:
+def prediction_settings(config: Config) -> dict:
     """What a fold's test predictions depend on besides its model (so infer can reuse them)."""
     return {"family": "tabular", "features": config.features.to_dict(), "test_files": config.data.test_files,
             "seed": config.seed}
 
 
-def train_fold(config, fold: int, table: features.FeatureTable, fold_data) -> dict:
+def train_fold(config: Config, fold: int, table: features.FeatureTable, fold_data) -> dict:
     """Fit fold `fold`; write its model, OOF, test predictions, history and importances."""
 
-    from melanoma.core import runstate
-    from melanoma.data import sources
 
     folder = fold_dir(config, fold)
     io_utils.makedirs(folder)
@@ -272,13 +268,11 @@ def train_fold(config, fold: int, table: features.FeatureTable, fold_data) -> di
     return {"fold": fold, "auc": auc, "seconds": seconds}
 
 
-def train(config, folds: list[int], force: bool = False, resume: bool = False, config_file: str | None = None) -> int:
+def train(config: Config, folds: list[int], force: bool = False, resume: bool = False, config_file: str | None = None) -> int:
     """`train.py` for model.family tabular: every fold of `folds` not finished yet (all with force).
 
     The run is bound to its config as a CNN run is (`run.bind_run`): a changed config is refused, and
     --force moves the old run aside."""
-    from melanoma.core import run as run_lib
-
     check_config(config)
     if resume:
         print("note: a tabular fold trains in one go; --resume trains the folds not finished yet")
@@ -300,7 +294,7 @@ def train(config, folds: list[int], force: bool = False, resume: bool = False, c
 # inference
 
 
-def fold_test_predictions(config, fold: int, recompute: bool, cache: dict) -> pd.DataFrame:
+def fold_test_predictions(config: Config, fold: int, recompute: bool, cache: dict) -> pd.DataFrame:
     """The fold's test.csv when it was made with the same settings, else its model predicts again."""
     folder = fold_dir(config, fold)
     path, settings_path = os.path.join(folder, "test.csv"), os.path.join(folder, "test.json")
