@@ -14,7 +14,6 @@ as base.yaml's default.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,9 +26,6 @@ from melanoma.core import io_utils, layout, runstate
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 
-CONFIG_FILE = "config.yaml"
-SUPERSEDED = "superseded"
-FOLD_FOLDER = re.compile(r"^fold\d+$")
 # Keys that never shape what a run learns or predicts.
 RUN_FREE = ("name", "output_dir", "submission_dir", "data.cache", "train.verbose", "tta.batch_size")
 # ... and what inference may choose for itself: the test set and how to look at it (TTA).
@@ -72,13 +68,13 @@ def run_folder(config: Config) -> str:
 def saved_config(config: Config) -> config_lib.Config | None:
     """The config saved with the run that `config` names, or None when there is none yet."""
     folder = run_folder(config)
-    if not io_utils.exists(os.path.join(folder, CONFIG_FILE)):
+    if not io_utils.exists(os.path.join(folder, layout.CONFIG_FILE)):
         return None
 
     try:
         return config_lib.load_run_config(folder)
     except (yaml.YAMLError, AttributeError, TypeError, ValueError) as error:  # not YAML, not a mapping
-        raise ConfigError(f"{os.path.join(folder, CONFIG_FILE)} is not a readable run config "
+        raise ConfigError(f"{os.path.join(folder, layout.CONFIG_FILE)} is not a readable run config "
                           f"({type(error).__name__}: {error}); restore it, or train under a new name") from None
 
 
@@ -102,7 +98,7 @@ def bind_run(config: Config, config_path: str | os.PathLike, force: bool = False
     of a cluster other than the chief, which writes).
     """
     folder = run_folder(config)
-    target = os.path.join(folder, CONFIG_FILE)
+    target = os.path.join(folder, layout.CONFIG_FILE)
     saved = saved_config(config)
     if saved is None:
         return config_lib.save_config(config) if write else target
@@ -120,7 +116,7 @@ def bind_run(config: Config, config_path: str | os.PathLike, force: bool = False
             f"run '{config.name}' was trained with another config ({target}): "
             f"{runstate.describe_differences(differences)}. Its folds would mix two experiments. Give the new "
             f"experiment its own name (--set name=...), or add --force to retrain under the new config "
-            f"(the previous run is moved to {os.path.join(folder, SUPERSEDED)}/)")
+            f"(the previous run is moved to {os.path.join(folder, layout.SUPERSEDED)}/)")
     if not write:
         return target
     moved = supersede(folder)
@@ -133,10 +129,10 @@ def trained_work(folder: str) -> list[str]:
     """The fold folders of a run that hold training results (a state or a checkpoint)."""
     if not io_utils.exists(folder):
         return []
-    folds = [name.rstrip("/") for name in io_utils.listdir(folder) if FOLD_FOLDER.match(name.rstrip("/"))]
+    folds = [name.rstrip("/") for name in io_utils.listdir(folder) if layout.FOLD_FOLDER.match(name.rstrip("/"))]
     return [os.path.join(folder, name) for name in folds
             if any(io_utils.exists(os.path.join(folder, name, artifact))
-                   for artifact in (runstate.STATE, runstate.BEST_MODEL, "oof.csv"))]
+                   for artifact in (layout.STATE, layout.BEST_MODEL, layout.OOF))]
 
 
 def supersede(folder: str) -> str:
@@ -146,14 +142,14 @@ def supersede(folder: str) -> str:
     the folds not yet moved are still the old config's (the next --force moves them).
     """
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = os.path.join(folder, SUPERSEDED, stamp)
+    target = os.path.join(folder, layout.SUPERSEDED, stamp)
     counter = 1
     while io_utils.exists(target):
-        target = os.path.join(folder, SUPERSEDED, f"{stamp}-{counter}")
+        target = os.path.join(folder, layout.SUPERSEDED, f"{stamp}-{counter}")
         counter += 1
     io_utils.makedirs(target)
-    entries = [name.rstrip("/") for name in io_utils.listdir(folder) if name.rstrip("/") != SUPERSEDED]
-    entries.sort(key=lambda name: name == CONFIG_FILE)
+    entries = [name.rstrip("/") for name in io_utils.listdir(folder) if name.rstrip("/") != layout.SUPERSEDED]
+    entries.sort(key=lambda name: name == layout.CONFIG_FILE)
     for name in entries:
         io_utils.move(os.path.join(folder, name), os.path.join(target, name))
     return target
@@ -208,7 +204,7 @@ def load_run_config(config_path: str | os.PathLike, overrides: Iterable[str] = (
     folder = run_folder(requested)
     saved = saved_config(requested)
     if saved is None:
-        raise FileNotFoundError(f"no trained run for {config_path}: {os.path.join(folder, CONFIG_FILE)} does "
+        raise FileNotFoundError(f"no trained run for {config_path}: {os.path.join(folder, layout.CONFIG_FILE)} does "
                                 f"not exist; train it first (python train.py --config {config_path})")
     defaults = base_defaults(config_path)
     now, before = binding(requested, free), binding(saved, free)
@@ -218,7 +214,7 @@ def load_run_config(config_path: str | os.PathLike, overrides: Iterable[str] = (
     if conflicts:
         shown = "; ".join(f"--set {text} but the run was trained with {key}={old!r}"
                           for key, old, _, text in conflicts)
-        raise ConfigError(f"{shown} ({os.path.join(folder, CONFIG_FILE)}): its checkpoints need the config "
+        raise ConfigError(f"{shown} ({os.path.join(folder, layout.CONFIG_FILE)}): its checkpoints need the config "
                           "they were trained with; drop the --set, or train a new run (--set name=...)")
     merged = requested.to_dict()
     saved_flat = runstate.flatten(saved)
@@ -229,7 +225,7 @@ def load_run_config(config_path: str | os.PathLike, overrides: Iterable[str] = (
         shown = ", ".join(f"{key}={old!r} ({config_path}: {new!r})" for key, old, new in differences[:6])
         more = f" and {len(differences) - 6} more" if len(differences) > 6 else ""
         print(f"note: run {requested.name} uses the config it was trained with "
-              f"({os.path.join(folder, CONFIG_FILE)}): {shown}{more}", file=sys.stderr)
+              f"({os.path.join(folder, layout.CONFIG_FILE)}): {shown}{more}", file=sys.stderr)
     return config_lib.as_config(merged)
 
 

@@ -26,17 +26,13 @@ import re
 
 import pandas as pd
 
-from melanoma.core import io_utils
+from melanoma.core import io_utils, layout
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
+from melanoma.core.layout import BEST_MODEL, HISTORY, LAST_MODEL, STATE, VAL_EPOCHS
 
-STATE = "state.json"
-LAST_MODEL = "last.keras"
-BEST_MODEL = "model.keras"
-HISTORY = "history.csv"
-VAL_EPOCHS = "val_epochs.csv"  # see melanoma.evaluate.selection
 # Everything a fold writes; a fresh start (no --resume) removes them so old and new never mix.
-FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, VAL_EPOCHS, "oof.csv", "test.csv", "test.json",
+FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, VAL_EPOCHS, layout.OOF, layout.TEST, layout.TEST_SETTINGS,
                   "skipped.csv", "data.json", "duplicates.csv")
 TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
 

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, metrics
+from melanoma.core import io_utils, layout, metrics
 from melanoma.core.errors import DataError
 
-VAL_EPOCHS = "val_epochs.csv"
 VAL_EPOCH_COLUMNS = ("image_name", "epoch", "pred")
 
 
@@ -52,7 +51,7 @@ class Selection:
 
 
 def val_epochs_path(run_dir: str, fold: int) -> str:
-    return os.path.join(run_dir, f"fold{fold}", VAL_EPOCHS)
+    return os.path.join(layout.fold_path(run_dir, fold), layout.VAL_EPOCHS)
 
 
 def read_val_epochs(path: str) -> pd.DataFrame:

@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from melanoma.core import config as config_lib
 from melanoma.core.config import Config
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -193,8 +194,8 @@ def _dihedral(image: np.ndarray, flips) -> np.ndarray:
     return image
 
 
-BACKENDS = ("albumentations", "opencv", "tf")
-CHOICES = ("auto",) + BACKENDS
+CHOICES = config_lib.CHOICES["augment.backend"]  # auto, then the backends
+BACKENDS = tuple(choice for choice in CHOICES if choice != "auto")
 
 
 def resolve_backend(backend: str) -> str:

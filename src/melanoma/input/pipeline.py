@@ -12,13 +12,14 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from melanoma.core import config as config_lib
 from melanoma.core import progress as progress_lib
 from melanoma.data import examples, records
 from melanoma.input import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 2048
-TTA_MODES = ("random", "dihedral")
+TTA_MODES = config_lib.CHOICES["tta.mode"]
 
 
 def per_image_train_dataset(paths: list[str], config, batch_size: int, augment_image,

@@ -22,17 +22,19 @@ import efficientnet.tfkeras as efn
 import tensorflow as tf
 from efficientnet import weights as table
 
+from melanoma.core import config as config_lib
 from melanoma.core import io_utils
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
 from melanoma.data import taxonomy
 
-BACKBONES = {f"efficientnet-b{i}": f"EfficientNetB{i}" for i in range(8)}
-# Keras' EfficientNetV2 family (keras.applications); ImageNet weights only, no noisy-student.
-BACKBONES_V2 = {f"efficientnetv2-{v}": f"EfficientNetV2{v.upper()}"
-                for v in ("b0", "b1", "b2", "b3", "s", "m", "l")}
-ALL_BACKBONES = tuple(BACKBONES) + tuple(BACKBONES_V2)
-PACKAGE_WEIGHTS = ("imagenet", "noisy-student")
+# model.backbone's choices (config.CHOICES) -> the class that builds each: efficientnet-b<i> from the
+# efficientnet package, efficientnetv2-<v> from Keras' applications (ImageNet weights only).
+ALL_BACKBONES = config_lib.CHOICES["model.backbone"]
+BACKBONES = {name: f"EfficientNetB{name[-1]}" for name in ALL_BACKBONES if name.startswith("efficientnet-b")}
+BACKBONES_V2 = {name: f"EfficientNetV2{name.rsplit('-', 1)[1].upper()}" for name in ALL_BACKBONES
+                if name.startswith("efficientnetv2-")}
+PACKAGE_WEIGHTS = tuple(name for name in config_lib.WEIGHT_NAMES if name != "none")  # fetched by name
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
