@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from melanoma.core import io_utils, metrics, runs
+from melanoma.core import io_utils, layout, metrics, runs
 from melanoma.core.errors import DataError
 from melanoma.core.tables import first_few
 from melanoma.predict.submission import validate_frame, write_submission
@@ -161,8 +161,8 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
         summary["submission"] = os.path.join(submission_dir, f"{name}.csv")
         summary["test_sources"] = sources
     summary["notes"] = notes
-    io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))
-    io_utils.write_text_atomic(os.path.join(folder, "blend.json"), json.dumps(summary, indent=2) + "\n")
+    io_utils.write_csv_atomic(oof, os.path.join(folder, layout.OOF))
+    io_utils.write_text_atomic(os.path.join(folder, layout.BLEND_FILE), json.dumps(summary, indent=2) + "\n")
     if submission is not None:
         write_submission(submission, summary["submission"], sample_path=sample, force=force)
     summary["folder"] = folder

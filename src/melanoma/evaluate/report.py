@@ -124,7 +124,7 @@ def read_histories(run_path: str) -> tuple[dict[int, pd.DataFrame], list[str]]:
         return histories, notes
     for entry in sorted(os.listdir(run_path)):
         match = re.match(r"^fold(\d+)$", entry)
-        path = os.path.join(run_path, entry, "history.csv")
+        path = os.path.join(run_path, entry, layout.HISTORY)
         if not match or not os.path.isfile(path):
             continue
         try:
@@ -230,7 +230,7 @@ def kept_epochs(run_path: str, folds) -> dict[int, int]:
     """{fold: the epoch of its model.keras} from fold<K>/state.json, for the folds that record it."""
     kept = {}
     for fold in folds:
-        path = os.path.join(run_path, f"fold{fold}", "state.json")
+        path = os.path.join(layout.fold_path(run_path, fold), layout.STATE)
         try:
             state = json.loads(io_utils.read_text(path)) if os.path.isfile(path) else {}
         except (ValueError, UnicodeDecodeError, OSError):
@@ -300,7 +300,7 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
     pred = frame["pred"].to_numpy()
     table = cutoff_table(target, pred, cutoffs, sensitivities)
 
-    folder = os.path.join(run.path, "report")
+    folder = os.path.join(run.path, layout.REPORT)
     files = _score_outputs(target, pred, score, table, complete, folder, name)
     confusion = _confusion_outputs(frame, table, folder, name, files)
     _training_curves_output(run.path, folder, name, files, notes)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from melanoma.core import io_utils, metrics
+from melanoma.core import io_utils, layout, metrics
 from melanoma.core.errors import ConfigError, DataError, ExternalToolError
 from melanoma.core.tables import parse_csv_text, read_oof, read_string_table
 from melanoma.kaggle.kaggle_cli import COMPETITION, kaggle_credentials, run_kaggle
@@ -79,7 +79,7 @@ def read_log(log_path: str) -> pd.DataFrame:
 
 def folds_oof_auc(run: str, folds: list[int]) -> float | None:
     """OOF AUC over the named folds only (their fold<K>/oof.csv), None when one is missing or unreadable."""
-    paths = [os.path.join(run, f"fold{fold}", "oof.csv") for fold in folds]
+    paths = [os.path.join(layout.fold_path(run, fold), layout.OOF) for fold in folds]
     if not folds or not all(io_utils.exists(path) for path in paths):
         return None
     try:
@@ -92,10 +92,10 @@ def folds_oof_auc(run: str, folds: list[int]) -> float | None:
 
 def run_oof_auc(run: str | None) -> float | None:
     """OOF AUC of a run's oof.csv, or None when there is none (a note is printed when it is unreadable)."""
-    if not run or not io_utils.exists(os.path.join(run, "oof.csv")):
+    if not run or not io_utils.exists(os.path.join(run, layout.OOF)):
         return None
     try:
-        frame = read_oof(os.path.join(run, "oof.csv"))
+        frame = read_oof(os.path.join(run, layout.OOF))
     except DataError as error:
         print(f"warning: OOF AUC not logged: {error}", file=sys.stderr)
         return None

@@ -40,7 +40,7 @@ def trained_folds(config: Config) -> list[int]:
     folds = []
     for k in range(config.data.folds):
         folder = fold_dir(config, k)
-        if not io_utils.exists(os.path.join(folder, "model.keras")):
+        if not io_utils.exists(os.path.join(folder, layout.BEST_MODEL)):
             continue
         state = runstate.read_state(folder)
         if state is not None and state["epoch"] < state.get("epochs", state["epoch"]):
@@ -71,7 +71,7 @@ def load_checkpoint(model, path: str, config: Config, folder: str) -> None:
 
 def fold_test_predictions(config: Config, fold: int, recompute: bool = False) -> pd.DataFrame:
     folder = fold_dir(config, fold)
-    path, settings_path = os.path.join(folder, "test.csv"), os.path.join(folder, "test.json")
+    path, settings_path = os.path.join(folder, layout.TEST), os.path.join(folder, layout.TEST_SETTINGS)
     wanted = prediction_settings(config)
     if not recompute and io_utils.exists(path) and io_utils.exists(settings_path):
         made = json.loads(io_utils.read_text(settings_path))
@@ -85,7 +85,7 @@ def fold_test_predictions(config: Config, fold: int, recompute: bool = False) ->
     strategy = hardware.get_strategy(cluster=False)
     with strategy.scope():
         model = model_lib.build_model(config, pretrained=False)  # weights come from the checkpoint
-        load_checkpoint(model, os.path.join(folder, "model.keras"), config, folder)
+        load_checkpoint(model, os.path.join(folder, layout.BEST_MODEL), config, folder)
     frame = prediction.predict_files(model, [f.path for f in test_files], config, "test",
                                      records.count_images(test_files), desc=f"fold {fold} test",
                                      strategy=strategy)

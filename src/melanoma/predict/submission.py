@@ -214,7 +214,7 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
     if record:
         name, run = str(record.get("config", name)), str(record.get("run", run))
     if sample is None:
-        if io_utils.exists(os.path.join(run, "config.yaml")):
+        if io_utils.exists(os.path.join(run, layout.CONFIG_FILE)):
             try:
                 sample = load_run_config(run).data.sample_submission
             except (yaml.YAMLError, AttributeError, KeyError, TypeError) as error:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, runs
+from melanoma.core import io_utils, layout, runs
 from melanoma.core.config import Config
 from melanoma.core.errors import DataError
 from melanoma.data import records, taxonomy
@@ -69,7 +69,7 @@ def load_run(target: str) -> LoadedRun:
     from melanoma.predict import inference
 
     run_path = report.resolve_run(target)
-    if not io_utils.exists(os.path.join(run_path, "config.yaml")):
+    if not io_utils.exists(os.path.join(run_path, layout.CONFIG_FILE)):
         raise FileNotFoundError(f"no trained run at {run_path} (no config.yaml): train it first with "
                                 f"`python train.py --config {target} --fold all`")
     config = config_lib.load_run_config(run_path)
@@ -85,8 +85,8 @@ def load_run(target: str) -> LoadedRun:
     for fold in folds:
         model = model_lib.build_model(config, pretrained=False)  # weights come from the checkpoint
         # one line naming what was trained when a checkpoint does not fit (inference.load_checkpoint)
-        inference.load_checkpoint(model, os.path.join(run_path, f"fold{fold}", "model.keras"), config,
-                                  os.path.join(run_path, f"fold{fold}"))
+        inference.load_checkpoint(model, os.path.join(layout.fold_path(run_path, fold), layout.BEST_MODEL), config,
+                                  layout.fold_path(run_path, fold))
         models[fold] = model
     return LoadedRun(path=run_path, config=config, models=models)
 

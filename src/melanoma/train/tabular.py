@@ -44,8 +44,7 @@ from melanoma.input import features
 # OpenMP starts, so it must be set before scikit-learn's compiled code first runs in the process.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-MODEL_FILE = "model.joblib"
-FOLD_FILES = (MODEL_FILE, "oof.csv", "test.csv", "test.json", "history.csv", "importance.csv")
+FOLD_FILES = (layout.TREES_MODEL, layout.OOF, layout.TEST, layout.TEST_SETTINGS, layout.HISTORY, layout.IMPORTANCE)
 
 
 def family(config: Config) -> str:
@@ -54,12 +53,12 @@ def family(config: Config) -> str:
 
 
 def fold_dir(config: Config, fold: int) -> str:
-    return os.path.join(layout.run_dir(config), f"fold{fold}")
+    return layout.fold_dir(config, fold)
 
 
 def fold_finished(config: Config, fold: int) -> bool:
     folder = fold_dir(config, fold)
-    return all(io_utils.exists(os.path.join(folder, name)) for name in (MODEL_FILE, "oof.csv"))
+    return all(io_utils.exists(os.path.join(folder, name)) for name in (layout.TREES_MODEL, layout.OOF))
 
 
 def check_config(config: Config) -> None:
@@ -251,17 +250,17 @@ def train_fold(config: Config, fold: int, table: features.FeatureTable, fold_dat
     oof = validation[["image_name", "patient_id", "target"]].assign(pred=predict(model, valid_x), fold=fold)
     oof = sources.check_oof(oof, fold_data)[["image_name", "patient_id", "target", "pred", "fold"]]
     test = table.test[["image_name"]].assign(pred=predict(model, matrix(table.test, columns)))
-    save_model(model, columns, os.path.join(folder, MODEL_FILE))
+    save_model(model, columns, os.path.join(folder, layout.TREES_MODEL))
     io_utils.write_csv_atomic(history(model, train_x, train_y, valid_x, valid_y),
-                              os.path.join(folder, "history.csv"))
+                              os.path.join(folder, layout.HISTORY))
     repeats = int(config.tabular.importance_repeats)
     both = len(np.unique(valid_y)) == 2
     if repeats and both:
         importance = permutation_importance(model, valid_x, valid_y, columns, repeats, int(config.seed) + fold)
-        io_utils.write_csv_atomic(importance, os.path.join(folder, "importance.csv"))
-    io_utils.write_csv_atomic(test, os.path.join(folder, "test.csv"))
-    io_utils.write_text_atomic(os.path.join(folder, "test.json"), json.dumps(prediction_settings(config)))
-    io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))  # last: it marks the fold finished
+        io_utils.write_csv_atomic(importance, os.path.join(folder, layout.IMPORTANCE))
+    io_utils.write_csv_atomic(test, os.path.join(folder, layout.TEST))
+    io_utils.write_text_atomic(os.path.join(folder, layout.TEST_SETTINGS), json.dumps(prediction_settings(config)))
+    io_utils.write_csv_atomic(oof, os.path.join(folder, layout.OOF))  # last: it marks the fold finished
     auc = metrics.auc(oof["target"], oof["pred"])
     print(f"fold {fold}: OOF AUC {auc:.4f} ({len(oof)} images), {seconds:.1f} s fitting "
           f"{config.tabular.max_iter} trees")
@@ -297,7 +296,7 @@ def train(config: Config, folds: list[int], force: bool = False, resume: bool = 
 def fold_test_predictions(config: Config, fold: int, recompute: bool, cache: dict) -> pd.DataFrame:
     """The fold's test.csv when it was made with the same settings, else its model predicts again."""
     folder = fold_dir(config, fold)
-    path, settings_path = os.path.join(folder, "test.csv"), os.path.join(folder, "test.json")
+    path, settings_path = os.path.join(folder, layout.TEST), os.path.join(folder, layout.TEST_SETTINGS)
     wanted = prediction_settings(config)
     if not recompute and io_utils.exists(path) and io_utils.exists(settings_path):
         if json.loads(io_utils.read_text(settings_path)) == wanted:
@@ -306,7 +305,7 @@ def fold_test_predictions(config: Config, fold: int, recompute: bool, cache: dic
     if "table" not in cache:
         cache["table"] = prepare(config)[0]
     table = cache["table"]
-    saved = load_model(os.path.join(folder, MODEL_FILE))
+    saved = load_model(os.path.join(folder, layout.TREES_MODEL))
     if saved["columns"] != table.columns:
         raise ConfigError(f"fold {fold}'s model was trained on other features than the config's features "
                           f"section gives now; train the run again (`python train.py --config ... --force`)")
@@ -327,7 +326,7 @@ def importance_report(run_path: str, folder: str, top: int = 25) -> tuple[pd.Dat
 
     frames = []
     for entry in sorted(os.listdir(run_path)):
-        path = os.path.join(run_path, entry, "importance.csv")
+        path = os.path.join(run_path, entry, layout.IMPORTANCE)
         if entry.startswith("fold") and os.path.isfile(path):
             frames.append(io_utils.read_csv(path).assign(fold=int(entry[4:])))
     if not frames:
@@ -338,7 +337,7 @@ def importance_report(run_path: str, folder: str, top: int = 25) -> tuple[pd.Dat
     table["auc_drop_fold_std"] = table["auc_drop_fold_std"].fillna(0.0)
     table = table.sort_values(["kind", "auc_drop"], ascending=[True, False], ignore_index=True)
     files = []
-    path = os.path.join(folder, "importance.csv")
+    path = os.path.join(folder, layout.IMPORTANCE)
     io_utils.write_csv_atomic(table, path)
     files.append(path)
 
