@@ -162,6 +162,18 @@ def unexplained_late_imports(modules: dict[str, Module]) -> list[str]:
     return sorted(set(found))
 
 
+def untyped_config_parameters(modules: dict[str, Module]) -> list[str]:
+    """Parameters that hold the config (or a section of it) without the `Config` annotation."""
+    found = []
+    for module in modules.values():
+        for node in ast.walk(module.tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for argument in node.args.args + node.args.kwonlyargs:
+                    if (argument.arg == "config" or argument.arg.endswith("_config")) and argument.annotation is None:
+                        found.append(f"{module.name}.{node.name}({argument.arg}) line {node.lineno}")
+    return found
+
+
 @pytest.fixture(scope="module")
 def modules() -> dict[str, Module]:
     return read_package()
@@ -188,6 +200,23 @@ def test_imports_inside_functions_say_why_they_wait(modules):
     assert not unexplained_late_imports(modules), "\n".join(unexplained_late_imports(modules))
 
 
+def test_config_parameters_are_typed(modules):
+    assert not untyped_config_parameters(modules), "\n".join(untyped_config_parameters(modules))
+
+
+def test_help_lists_every_command():
+    """`python -m melanoma --help` names every command of the command-line contract."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "melanoma", "--help"], capture_output=True, text=True,
+                            timeout=60, cwd=PACKAGE.parents[1])
+    assert result.returncode == 0, result.stderr
+    listed = {line.split()[0] for line in result.stdout.splitlines() if line.startswith("    ") and line.split()}
+    assert {"synth", "folds", "records", "data", "train", "infer", "score", "compare", "report", "blend",
+            "validate", "submit", "leaderboard", "describe", "bench", "serve"} <= listed
+
+
 def test_the_checks_find_what_they_look_for(tmp_path):
     """Each check above fails on a small package made to break it, so a pass means something."""
     root = tmp_path / "melanoma"
@@ -199,7 +228,8 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     (root / "data" / "records.py").write_text("from melanoma.core import config\n"
                                               "from melanoma.train.training import _secret\n")
     body = "\n".join(f"    x{i} = {i}" for i in range(LONGEST_FUNCTION))
-    (root / "train" / "training.py").write_text(f"def _secret():\n{body}\n    import json\n    return json\n")
+    (root / "train" / "training.py").write_text(f"def _secret():\n{body}\n    import json\n    return json\n\n\n"
+                                                "def fit(config):\n    return config\n")
     broken = read_package(root)
     assert find_circle(import_edges(broken)) == ["melanoma.core.config", "melanoma.data.records",
                                                  "melanoma.core.config"]
@@ -209,6 +239,7 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     assert private_imports(broken) == ["melanoma.data.records:2 takes melanoma.train.training._secret"]
     assert long_functions(broken) == ["melanoma.train.training._secret (63 lines, line 1)"]
     assert unexplained_late_imports(broken) == ["melanoma.train.training:62: import json"]
+    assert untyped_config_parameters(broken) == ["melanoma.train.training.fit(config) line 66"]
 
 
 def test_every_command_loads_without_tensorflow():
