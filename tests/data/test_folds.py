@@ -13,7 +13,6 @@ from melanoma.core.errors import DataError
 from melanoma.data import folds
 
 
-
 def make_frame(patients: int = 400, seed: int = 0) -> pd.DataFrame:
     """A competition-shaped train table: skewed image counts per patient, ~2% malignant images."""
     rng = np.random.default_rng(seed)

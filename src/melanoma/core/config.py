@@ -11,14 +11,12 @@ import copy
 import difflib
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from melanoma.core import io_utils, layout
 from melanoma.core.errors import ConfigError
 
 BASE_NAME = "base.yaml"
@@ -292,19 +290,6 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Confi
     return resolved
 
 
-def git_commit() -> str | None:
-    """The code's commit (with '-dirty' when the tree has changes), or None outside a git checkout."""
-    repo = REPOSITORY
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
-
-
 @contextlib.contextmanager
 def worker_outputs(config: Config, chief: bool):
     """The config a process writes with: `config` itself on the chief; on the other workers of a
@@ -324,23 +309,3 @@ def worker_outputs(config: Config, chief: bool):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def dump_config(config: Config) -> str:
-    data = config.to_dict()
-    data["git_commit"] = git_commit()
-    return yaml.safe_dump(data, sort_keys=False)
-
-
-def save_config(config: Config, directory: str | None = None) -> str:
-    """Write the resolved config (+ git commit) as <run dir>/config.yaml, atomically."""
-    directory = directory or layout.run_dir(config)
-    target = os.path.join(directory, layout.CONFIG_FILE)
-    io_utils.write_text_atomic(target, dump_config(config))
-    return target
-
-
-def load_run_config(directory: str | os.PathLike) -> Config:
-    """The resolved config a run saved (its git_commit dropped)."""
-    text = io_utils.read_text(os.path.join(str(directory), layout.CONFIG_FILE))
-    data = yaml.safe_load(text)
-    data.pop("git_commit", None)
-    return as_config(data)

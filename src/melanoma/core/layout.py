@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # for annotations only: the config module itself saves into these paths
-    from melanoma.core.config import Config
+from melanoma.core.config import Config
 
 CONFIG_FILE = "config.yaml"
 OOF = "oof.csv"

@@ -14,6 +14,7 @@ as base.yaml's default.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,7 @@ def saved_config(config: Config) -> config_lib.Config | None:
         return None
 
     try:
-        return config_lib.load_run_config(folder)
+        return read_saved_config(folder)
     except (yaml.YAMLError, AttributeError, TypeError, ValueError) as error:  # not YAML, not a mapping
         raise ConfigError(f"{os.path.join(folder, layout.CONFIG_FILE)} is not a readable run config "
                           f"({type(error).__name__}: {error}); restore it, or train under a new name") from None
@@ -101,7 +102,7 @@ def bind_run(config: Config, config_path: str | os.PathLike, force: bool = False
     target = os.path.join(folder, layout.CONFIG_FILE)
     saved = saved_config(config)
     if saved is None:
-        return config_lib.save_config(config) if write else target
+        return save_config(config) if write else target
     differences = runstate.config_differences(binding(saved), binding(config),
                                               defaults=binding(base_defaults(config_path)))
     if not differences:
@@ -109,7 +110,7 @@ def bind_run(config: Config, config_path: str | os.PathLike, force: bool = False
     if not trained_work(folder):
         if write:
             print(f"run {config.name}: no fold was trained under its previous config; saving the new one")
-            return config_lib.save_config(config)
+            return save_config(config)
         return target
     if not force:
         raise ConfigError(
@@ -122,7 +123,7 @@ def bind_run(config: Config, config_path: str | os.PathLike, force: bool = False
     moved = supersede(folder)
     print(f"run {config.name}: the config changed ({runstate.describe_differences(differences, 3)}); "
           f"--force: the previous run is moved to {moved}")
-    return config_lib.save_config(config)
+    return save_config(config)
 
 
 def trained_work(folder: str) -> list[str]:
@@ -234,3 +235,38 @@ def _set(tree: dict, dotted: str, value) -> None:
     for part in parents:
         tree = tree.setdefault(part, {})
     tree[leaf] = value
+
+
+def git_commit() -> str | None:
+    """The code's commit (with '-dirty' when the tree has changes), or None outside a git checkout."""
+    repo = config_lib.REPOSITORY
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def dump_config(config: Config) -> str:
+    data = config.to_dict()
+    data["git_commit"] = git_commit()
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def save_config(config: Config, directory: str | None = None) -> str:
+    """Write the resolved config (+ git commit) as <run dir>/config.yaml, atomically."""
+    directory = directory or layout.run_dir(config)
+    target = os.path.join(directory, layout.CONFIG_FILE)
+    io_utils.write_text_atomic(target, dump_config(config))
+    return target
+
+
+def read_saved_config(directory: str | os.PathLike) -> Config:
+    """The resolved config a run saved (its git_commit dropped)."""
+    text = io_utils.read_text(os.path.join(str(directory), layout.CONFIG_FILE))
+    data = yaml.safe_load(text)
+    data.pop("git_commit", None)
+    return config_lib.as_config(data)

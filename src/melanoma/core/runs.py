@@ -17,7 +17,7 @@ import pandas as pd
 from melanoma.core import io_utils, layout, metrics
 from melanoma.core import run as run_lib
 from melanoma.core import runstate
-from melanoma.core.config import Config, load_config, load_run_config
+from melanoma.core.config import Config, load_config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.tables import first_few, numbers, prepare_oof, read_oof, read_string_table
 
@@ -65,7 +65,7 @@ def inspect_run(path: str) -> Run:
     blend_path = os.path.join(path, layout.BLEND_FILE)
     if os.path.isfile(os.path.join(path, layout.CONFIG_FILE)):
         try:
-            run.config = load_run_config(path)
+            run.config = run_lib.read_saved_config(path)
             run.name = run.config.get("name") or run.name
             run.folds_expected = int(run.config["data"]["folds"])
         except (ConfigError, OSError, KeyError, TypeError, ValueError, AttributeError) as error:

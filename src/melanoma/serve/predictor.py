@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, layout, runs
+from melanoma.core import io_utils, layout
+from melanoma.core import run as run_lib
+from melanoma.core import runs
 from melanoma.core.config import Config
 from melanoma.core.errors import DataError
 from melanoma.data import records, taxonomy
@@ -72,7 +74,7 @@ def load_run(target: str) -> LoadedRun:
     if not io_utils.exists(os.path.join(run_path, layout.CONFIG_FILE)):
         raise FileNotFoundError(f"no trained run at {run_path} (no config.yaml): train it first with "
                                 f"`python train.py --config {target} --fold all`")
-    config = config_lib.load_run_config(run_path)
+    config = run_lib.read_saved_config(run_path)
     # Folds are looked up where the run folder is, whatever working directory the run was trained from.
     config["output_dir"], config["name"] = os.path.split(os.path.abspath(run_path))
     folds = inference.trained_folds(config)

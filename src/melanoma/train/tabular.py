@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from melanoma.core import config as config_lib
 from melanoma.core import io_utils, layout, metrics, plots
 from melanoma.core import run as run_lib
 from melanoma.core import runs, runstate
@@ -279,7 +278,7 @@ def train(config: Config, folds: list[int], force: bool = False, resume: bool = 
     # The features (and the stacking checks) come first: a refused config leaves the run as it was.
     table, fold_data = prepare(config) if todo else (None, None)
     config_path = (run_lib.bind_run(config, config_file, force=force) if config_file
-                   else config_lib.save_config(config))
+                   else run_lib.save_config(config))
     print(f"run {config.name}: resolved config in {config_path}")
     for fold in sorted(set(folds) - set(todo)):
         print(f"fold {fold}: already finished (use --force to train it again)")

@@ -530,7 +530,7 @@ def command(args: argparse.Namespace) -> int:
         if chief:
             print(f"run {config.name}: resolved config in {config_path}")
         else:
-            config_lib.save_config(work)  # into its temporary folder: the fold code reads it there
+            run_lib.save_config(work)  # into its temporary folder: the fold code reads it there
             kind, index = hardware.worker_task()
             print(f"run {config.name}: {kind} {index} of a cluster; the chief writes the run's files")
         for fold in todo:
