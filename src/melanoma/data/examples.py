@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
 from melanoma.data import records
@@ -62,13 +61,3 @@ def batches(paths: str | list[str], split: str, columns: tuple[str, ...] | None 
         yield fields
 
 
-def read_table(paths: str | list[str], split: str, columns: tuple[str, ...] | None = None,
-               skip_corrupt: bool = False) -> pd.DataFrame:
-    """image_name and the int64 `columns` (default: all of the split's) of every record, in file order,
-    without decoding images."""
-    names = ["image_name", *(int_features(split) if columns is None else columns)]
-    parts = list(batches(paths, split, columns, skip_corrupt=skip_corrupt, batch_size=4096))
-    if not parts:
-        return pd.DataFrame({name: pd.Series(dtype=object if name == "image_name" else np.int64)
-                             for name in names})
-    return pd.DataFrame({name: np.concatenate([part[name] for part in parts]) for name in names})
