@@ -51,6 +51,7 @@ import tensorflow as tf
 
 from melanoma.core import io_utils
 from melanoma.core import progress as progress_lib
+from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.data import examples, integrity, records
 
@@ -402,10 +403,8 @@ def _examples(values: Iterable, limit: int = 3) -> str:
     return ", ".join(values[:limit]) + more
 
 
-def prepare_fold(config, fold: int, progress: bool = True, reader: TableReader | None = None) -> FoldData:
+def prepare_fold(config: Config, fold: int, progress: bool = True, reader: TableReader | None = None) -> FoldData:
     """The fold's files and drops, after the integrity checks; CheckFailed on any leak."""
-
-
     data = config.data
     files = records.list_files(data.train_files, "data.train_files")
     check_competition_files(files)
@@ -424,14 +423,51 @@ def prepare_fold(config, fold: int, progress: bool = True, reader: TableReader |
                                    skip_corrupt=bool(data.skip_corrupt))
     tables = reader.tables(files, content_hash, perceptual, desc="competition records")
     tables.update(reader.tables(external_files, content_hash, perceptual, desc="external records"))
+    training = _joined(tables, train_files, COMPETITION)
+    validation = _joined(tables, valid_files, COMPETITION)
+    competition = _checked_competition(training, validation)
+    competition_drops = _competition_drops(competition, data.duplicates_csv)
+    dropped_names = set(competition_drops["image_name"])
+    external_frames, external_drop_rows = _external_drops(data, sets, tables, competition, content_hash,
+                                                          perceptual)
+    columns = ["image_name", "source", "path", "reason", "duplicate_of"]
+    drops = pd.concat([competition_drops.reindex(columns=columns)]
+                      + [d.reindex(columns=columns) for d in external_drop_rows], ignore_index=True)
+    drops["duplicate_of"] = drops["duplicate_of"].fillna("")
+    excluded = set(zip(drops["path"], drops["image_name"]))
+    kept_training = training[~training["image_name"].isin(dropped_names)]
+    kept_validation = validation[~validation["image_name"].isin(dropped_names)]
+    valid_names = _check_leaks(fold, kept_training, kept_validation, external_frames)
 
-    def joined(record_files, source: str) -> pd.DataFrame:
-        frames = [tables[f.path].assign(path=f.path, source=source) for f in record_files]
-        return (pd.concat(frames, ignore_index=True) if frames else
-                pd.DataFrame(columns=["image_name", "patient_id", "target", "path", "source"]))
+    repeats = {s.name: s.repeats for s in sets}
+    # train.upsample_malignant repeats malignant competition images (pipeline.train_dataset)
+    upsampled = (int(config.train.upsample_malignant) - 1) * int((kept_training["target"] == 1).sum())
+    train_images = (len(kept_training) + upsampled
+                    + sum(len(f) * repeats[name] for name, f in external_frames.items()))
+    train_list = list(train_files) + [f for s in sets for f in s.files for _ in range(s.repeats)]
+    train_sources = [COMPETITION] * len(train_files) + [s.name for s in sets for _ in s.files
+                                                        for _ in range(s.repeats)]
+    summary = build_summary(fold, data.folds, kept_training, kept_validation, train_files, valid_files,
+                            sets, external_frames, drops, train_images,
+                            upsample=int(config.train.upsample_malignant))
+    return FoldData(fold=fold, train_files=train_list, valid_files=list(valid_files), excluded=excluded,
+                    valid_dropped=frozenset(validation.loc[validation["image_name"].isin(dropped_names),
+                                                           "image_name"]),
+                    valid_names=frozenset(valid_names), train_images=int(train_images),
+                    valid_images=len(kept_validation), summary=summary, drops=drops,
+                    train_sources=train_sources)
 
-    training = joined(train_files, COMPETITION)
-    validation = joined(valid_files, COMPETITION)
+
+def _joined(tables: dict[str, pd.DataFrame], record_files, source: str) -> pd.DataFrame:
+    """The record files' tables in one, each row with its file's path and the source's name."""
+    frames = [tables[f.path].assign(path=f.path, source=source) for f in record_files]
+    return (pd.concat(frames, ignore_index=True) if frames else
+            pd.DataFrame(columns=["image_name", "patient_id", "target", "path", "source"]))
+
+
+def _checked_competition(training: pd.DataFrame, validation: pd.DataFrame) -> pd.DataFrame:
+    """The fold's competition images, training then validation; CheckFailed when an image repeats or a
+    validation image has no patient id (external data given as data.train_files)."""
     competition = pd.concat([training, validation], ignore_index=True)
     repeated = competition.loc[competition["image_name"].duplicated(), "image_name"]
     if len(repeated):
@@ -444,27 +480,33 @@ def prepare_fold(config, fold: int, progress: bool = True, reader: TableReader |
                           "patient id (e.g. " + _examples(unknown["image_name"]) + "): external data given as "
                           "data.train_files would put non-competition images in validation and OOF; list "
                           "them under data.external_files")
+    return competition
 
-    # competition duplicates, dropped from training and validation
+
+def _competition_drops(competition: pd.DataFrame, duplicates_csv) -> pd.DataFrame:
+    """Competition duplicates (data.duplicates_csv), dropped from training and validation."""
     drop_rows = []
     present = set(competition["image_name"])
-    for reason, listed in read_duplicates(data.duplicates_csv).items():
+    for reason, listed in read_duplicates(duplicates_csv).items():
         if reason == "duplicates_csv_pair":
             listed = pair_drops(listed, present)
         listed = listed[listed["image_name"].isin(present)].drop_duplicates("image_name")
         drop_rows.append(competition.merge(listed, on="image_name").assign(reason=reason))
-    competition_drops = (pd.concat(drop_rows, ignore_index=True).drop_duplicates("image_name")
-                         if drop_rows else pd.DataFrame(columns=["image_name", "path", "source", "reason"]))
-    dropped_names = set(competition_drops["image_name"])
+    return (pd.concat(drop_rows, ignore_index=True).drop_duplicates("image_name")
+            if drop_rows else pd.DataFrame(columns=["image_name", "path", "source", "reason"]))
 
-    # external images that are competition images
+
+def _external_drops(data, sets: list[ExternalSet], tables: dict[str, pd.DataFrame], competition: pd.DataFrame,
+                    content_hash: bool, perceptual: bool) -> tuple[dict[str, pd.DataFrame], list[pd.DataFrame]]:
+    """External images that are competition images (same name, same bytes, or a near perceptual hash):
+    ({set name: its images kept}, [each set's dropped images with reason and duplicate_of])."""
     external_frames, external_drop_rows = {}, []
     competition_names = set(competition["image_name"])
     sha_index = (competition.drop_duplicates("sha1").set_index("sha1")["image_name"]
                  if content_hash else None)
     reference_hashes = _hashes(competition["dhash"]) if perceptual else None
     for external in sets:
-        frame = joined(external.files, external.name)
+        frame = _joined(tables, external.files, external.name)
         if frame.empty:
             external_frames[external.name] = frame
             continue
@@ -486,16 +528,13 @@ def prepare_fold(config, fold: int, progress: bool = True, reader: TableReader |
         hit = reason != ""
         external_drop_rows.append(frame.loc[hit].assign(reason=reason[hit], duplicate_of=duplicate_of[hit]))
         external_frames[external.name] = frame.loc[~hit]
+    return external_frames, external_drop_rows
 
-    columns = ["image_name", "source", "path", "reason", "duplicate_of"]
-    drops = pd.concat([competition_drops.reindex(columns=columns)]
-                      + [d.reindex(columns=columns) for d in external_drop_rows], ignore_index=True)
-    drops["duplicate_of"] = drops["duplicate_of"].fillna("")
-    excluded = set(zip(drops["path"], drops["image_name"]))
-    kept_training = training[~training["image_name"].isin(dropped_names)]
-    kept_validation = validation[~validation["image_name"].isin(dropped_names)]
 
-    # the leak checks, on what will actually be read
+def _check_leaks(fold: int, kept_training: pd.DataFrame, kept_validation: pd.DataFrame,
+                 external_frames: dict[str, pd.DataFrame]) -> set[str]:
+    """The leak checks, on what will actually be read: no patient on both sides, no external image in
+    validation. Returns the validation image names."""
     shared_patients = (set(kept_training.loc[kept_training["patient_id"] >= 0, "patient_id"])
                        & set(kept_validation.loc[kept_validation["patient_id"] >= 0, "patient_id"]))
     if shared_patients:
@@ -507,24 +546,7 @@ def prepare_fold(config, fold: int, progress: bool = True, reader: TableReader |
     leaked = {name for frame in external_frames.values() for name in frame["image_name"]} & valid_names
     if leaked:
         raise CheckFailed(f"fold {fold}: external image(s) {_examples(leaked)} would be in validation")
-
-    repeats = {s.name: s.repeats for s in sets}
-    # train.upsample_malignant repeats malignant competition images (pipeline.train_dataset)
-    upsampled = (int(config.train.upsample_malignant) - 1) * int((kept_training["target"] == 1).sum())
-    train_images = (len(kept_training) + upsampled
-                    + sum(len(f) * repeats[name] for name, f in external_frames.items()))
-    train_list = list(train_files) + [f for s in sets for f in s.files for _ in range(s.repeats)]
-    train_sources = [COMPETITION] * len(train_files) + [s.name for s in sets for _ in s.files
-                                                        for _ in range(s.repeats)]
-    summary = build_summary(fold, data.folds, kept_training, kept_validation, train_files, valid_files,
-                            sets, external_frames, drops, train_images,
-                            upsample=int(config.train.upsample_malignant))
-    return FoldData(fold=fold, train_files=train_list, valid_files=list(valid_files), excluded=excluded,
-                    valid_dropped=frozenset(validation.loc[validation["image_name"].isin(dropped_names),
-                                                           "image_name"]),
-                    valid_names=frozenset(valid_names), train_images=int(train_images),
-                    valid_images=len(kept_validation), summary=summary, drops=drops,
-                    train_sources=train_sources)
+    return valid_names
 
 
 def build_summary(fold, folds, training, validation, train_files, valid_files, sets, external_frames,

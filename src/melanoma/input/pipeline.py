@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from melanoma.core import config as config_lib
 from melanoma.core import progress as progress_lib
-from melanoma.data import examples, records
+from melanoma.core.config import Config
+from melanoma.data import examples, records, taxonomy
 from melanoma.input import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -229,7 +230,18 @@ def source_tags(paths: list[str], sources: list[str] | None) -> tuple[list[str],
     return names, [names.index(source) for source in sources]
 
 
-def train_dataset(paths: list[str], config, batch_size: int, seed: int | None = None,
+def lookup_per_tag(lookups: dict[str, list[int]], names: list[str], tags: list[int]) -> list[list[int]]:
+    """One diagnosis lookup per source tag (`source_tags`), from the lookups by source name;
+    ValueError when a source that a file carries has none."""
+    used = {names[tag] for tag in tags}
+    missing = sorted(used - set(lookups))
+    if missing:
+        raise ValueError(f"no diagnosis lookup for source(s) {', '.join(missing)}")
+    # a tag no file carries still needs a row in the table
+    return [list(lookups.get(name) or [taxonomy.UNKNOWN_CLASS]) for name in names]
+
+
+def train_dataset(paths: list[str], config: Config, batch_size: int, seed: int | None = None,
                   augmenter: augment.BatchAugmenter | None = None, keep=None,
                   diagnosis_lookup: list[int] | dict[str, list[int]] | None = None,
                   sources: list[str] | None = None, shard: tuple[int, int] = (1, 0)):
@@ -253,14 +265,7 @@ def train_dataset(paths: list[str], config, batch_size: int, seed: int | None = 
         raise ValueError("the diagnosis head needs diagnosis_lookup (class index per diagnosis code)")
     names, tags = source_tags(paths, sources)
     if isinstance(diagnosis_lookup, dict):
-        from melanoma.data.taxonomy import UNKNOWN_CLASS
-
-        used = {names[tag] for tag in tags}
-        missing = sorted(used - set(diagnosis_lookup))
-        if missing:
-            raise ValueError(f"no diagnosis lookup for source(s) {', '.join(missing)}")
-        # a tag no file carries still needs a row in the table
-        diagnosis_lookup = [list(diagnosis_lookup.get(name) or [UNKNOWN_CLASS]) for name in names]
+        diagnosis_lookup = lookup_per_tag(diagnosis_lookup, names, tags)
     dataset = _decoded(paths, "train", config.data.image_size, ordered=False, seed=seed,
                        cache=bool(config.data.cache), keep=keep,
                        skip_corrupt=bool(config.data.skip_corrupt), tags=tags, shard=shard)

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 
-import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
 from melanoma.core import io_utils, kerasapi, layout, metrics, runs, runstate
+from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, DataError
 from melanoma.data import diagnoses, inputs, records, taxonomy
 
@@ -96,7 +95,7 @@ def class_weights(config) -> dict | None:
     return {0: 1.0, 1: float(config.train.class_weight)}
 
 
-def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str],
+def make_callbacks(config: Config, folder: str, global_batch: int, valid_paths: list[str],
                    valid_dropped: frozenset = frozenset(), state: dict | None = None, strategy=None):
     """Exact validation AUC (and each epoch's plain validation predictions in val_epochs.csv), learning
     rate per epoch, NaN guard, atomic best checkpoint and history.
@@ -110,127 +109,18 @@ def make_callbacks(config, folder: str, global_batch: int, valid_paths: list[str
     outputs all fall in one bin; the validation AUC here is scikit-learn's on every validation image,
     the same number the competition would give. It runs first so later callbacks see it in `logs`.
     """
+    # hardware (TensorFlow) and callbacks (Keras): loaded only when a fold trains, not by every command
     from melanoma.core import hardware
-    from melanoma.core.kerasapi import keras
-    from melanoma.model import prediction
-    from melanoma.train import schedules
+    from melanoma.train import callbacks  # as above
 
     strategy = strategy or hardware.get_strategy()
-
-    class ValidationScore(keras.callbacks.Callback):
-        """Scores each epoch and keeps its plain predictions in val_epochs.csv (see `selection`)."""
-
-        def __init__(self):
-            super().__init__()
-            self.epochs = [runstate.val_epoch_rows(folder, state["epoch"])] if state else []
-
-        def on_epoch_end(self, epoch, logs=None):
-            if logs is None or guard.failure:
-                return
-            prediction.sync_replicas(self.model, strategy)  # predict what the checkpoint will hold
-            frame = prediction.predict_files(self.model, valid_paths, config, "train", tta=False,
-                                             progress=False, strategy=strategy)
-            frame = frame[~frame["image_name"].isin(valid_dropped)]  # duplicates (sources.py)
-            target = frame["target"].to_numpy(dtype=np.float64)
-            logs["val_loss"] = metrics.binary_log_loss(target, frame["pred"].to_numpy())
-            logs["val_auc"] = metrics.auc(target, frame["pred"])
-            self.epochs.append(pd.DataFrame({"image_name": frame["image_name"].to_numpy(), "epoch": epoch + 1,
-                                             "pred": frame["pred"].to_numpy()}))
-            io_utils.write_csv_atomic(pd.concat(self.epochs, ignore_index=True),
-                                      os.path.join(folder, runstate.VAL_EPOCHS))
-
-    monitor = {"best_auc": ("val_auc", "max"), "best_loss": ("val_loss", "min"), "last": (None, None),
-               "epoch": (None, None)}
-    metric, mode = monitor[config.train.checkpoint]
-    fixed_epoch = config.train.checkpoint_epoch if config.train.checkpoint == "epoch" else None
-
-    class NanGuard(keras.callbacks.Callback):
-        """Stops at the end of an epoch whose loss or weights are not finite, before any checkpoint
-        or validation sees the broken weights.
-
-        It looks once per epoch, not after every batch: reading the loss after each batch would make
-        the accelerator wait for the host at every step (and defeat train.steps_per_execution). The
-        epoch's loss is the mean over its batches, so one non-finite batch shows in it.
-        """
-
-        def __init__(self):
-            super().__init__()
-            self.failure = None
-
-        def on_epoch_end(self, epoch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                self.failure = f"loss became {float(loss)} at epoch {epoch + 1}"
-            # Weights can turn non-finite in an epoch's last step, after the last loss was taken.
-            elif not all(np.all(np.isfinite(np.asarray(w))) for w in self.model.trainable_weights):
-                self.failure = f"the weights became non-finite in epoch {epoch + 1}"
-            if self.failure:
-                self.model.stop_training = True
-
-    guard = NanGuard()
-
-    class Checkpoint(keras.callbacks.Callback):
-        """Best checkpoint and the resumable state, committed in the order `runstate` relies on."""
-
-        def __init__(self):
-            super().__init__()
-            self.best = state.get("best") if state else None
-            self.best_epoch = state.get("best_epoch") if state else None
-            self.best_weights = None  # the best epoch's weights when this process trained it
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            if guard.failure:  # broken weights are never saved, neither as best nor as last
-                return
-            value = logs.get(metric) if metric else None
-            finite = not metric or (value is not None and math.isfinite(float(value)))
-            improved = finite and (metric is None or self.best is None
-                                   or (value > self.best if mode == "max" else value < self.best))
-            if fixed_epoch is not None:  # train.checkpoint: epoch, chosen before any fold was seen
-                improved = epoch + 1 == fixed_epoch
-            target = os.path.join(folder, runstate.BEST_MODEL)
-            last = os.path.join(folder, runstate.LAST_MODEL)
-            temporary = io_utils.temporary_name(last)
-            # One save per epoch, whatever the metric did: on a cluster saving is a collective step
-            # that every worker takes together. The best checkpoint is a copy of that file.
-            self.model.save(temporary)
-            pending = None
-            if improved:
-                pending = io_utils.temporary_name(target)
-                io_utils.copy(temporary, pending)
-                self.best, self.best_epoch = (float(value) if metric else None), epoch + 1
-                self.best_weights = self.model.get_weights()
-            io_utils.replace(temporary, last)
-            committed = {"epoch": epoch + 1, "epochs": config.train.epochs, "monitor": metric,
-                         "best": self.best, "best_epoch": self.best_epoch,
-                         "pending_best": os.path.basename(pending) if pending else None,
-                         "config": runstate.fingerprint(config)}
-            runstate.write_state(folder, committed)
-            if pending:
-                io_utils.replace(pending, target)
-                runstate.write_state(folder, dict(committed, pending_best=None))
-                shown = (f"{metric} {value:.4f}" if metric else
-                         "train.checkpoint_epoch" if fixed_epoch is not None else "last epoch")
-                print(f"  checkpoint: epoch {epoch + 1} ({shown})")
-
-    checkpoint = Checkpoint()
-
-    class History(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.rows = runstate.history_rows(folder, state["epoch"]) if state else []
-
-        def on_epoch_end(self, epoch, logs=None):
-            row = {"epoch": epoch + 1}
-            row.update({k: float(v) for k, v in (logs or {}).items()})
-            row["lr"] = float(schedules.learning_rate(epoch, config.train, global_batch))
-            self.rows.append(row)
-            io_utils.write_csv_atomic(pd.DataFrame(self.rows), os.path.join(folder, "history.csv"))
-
-    schedule = keras.callbacks.LearningRateScheduler(
-        lambda epoch: schedules.learning_rate(epoch, config.train, global_batch))
+    guard = callbacks.NanGuard()
+    checkpoint = callbacks.Checkpoint(config, folder, state, guard)
+    schedule = callbacks.learning_rate_schedule(config, global_batch)
+    score = callbacks.ValidationScore(config, folder, valid_paths, valid_dropped, state, guard, strategy)
+    history = callbacks.History(config, folder, global_batch, state)
     # History before Checkpoint: state.json, written last, then never records an epoch history lacks.
-    return [schedule, guard, ValidationScore(), History(), checkpoint], guard, checkpoint
+    return [schedule, guard, score, history, checkpoint], guard, checkpoint
 
 
 def prepare_fold(config, fold: int, resume: bool) -> dict | None:
@@ -316,17 +206,14 @@ def skip_corrupt_records(config, fold_data):
     return fold_data, {scan.path: scan.skipped for scan in scans}
 
 
-def train_fold(config, fold: int, resume: bool = False) -> dict:
+def train_fold(config: Config, fold: int, resume: bool = False) -> dict:
     """Train fold `fold` of `config`; returns a summary with the fold's OOF AUC.
 
     With `resume`, a fold that was interrupted continues after its last completed epoch, with its model,
     optimizer state, best checkpoint and history (see `runstate`)."""
+    # TensorFlow and Keras: loaded only when a fold trains, not by every command
     from melanoma.core import hardware
-    from melanoma.core.kerasapi import keras
-    from melanoma.data import integrity, sources, taxonomy
-    from melanoma.input import augment, pipeline
-    from melanoma.model import network as model_lib
-    from melanoma.model import prediction
+    from melanoma.core.kerasapi import keras  # as above
 
     strategy = hardware.get_strategy()  # first: a multi-worker strategy must precede other TF work
     precision = hardware.set_precision(config, strategy)
@@ -336,14 +223,48 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     set_seed(config.seed + fold)
     test_files = (records.list_files(config.data.test_files, "data.test_files")
                   if config.data.test_files else [])  # null: a data set without test images
+    fold_data, skipped = _fold_data(config, fold, folder)
+    global_batch = config.train.batch_size * strategy.num_replicas_in_sync
+    steps = _epoch_steps(config, fold, fold_data, strategy, global_batch, precision)
+    train_ds, lookups = _training_batches(config, fold, fold_data, global_batch, initial_epoch)
+    model = _fold_model(config, fold, folder, state, strategy, global_batch)
+    callbacks, guard, checkpoint = make_callbacks(config, folder, global_batch,
+                                                  [f.path for f in fold_data.valid_files],
+                                                  fold_data.valid_dropped, state, strategy=strategy)
+    seconds = _fit(model, train_ds, config, fold, fold_data, steps, callbacks, initial_epoch)
+    _keep_best(model, config, fold, folder, guard, checkpoint)
+    oof, class_columns = _write_oof(model, config, fold, folder, fold_data, skipped, lookups, strategy)
+    _write_test(model, config, fold, folder, test_files, class_columns, strategy)
+    auc = metrics.auc(oof["target"], oof["pred"])
+    print(f"fold {fold}: best epoch {checkpoint.best_epoch}, OOF AUC {auc:.4f} "
+          f"({len(oof)} images, TTA {config.tta.steps}), {seconds:.0f} s training")
+    del model
+    keras.backend.clear_session()
+    return {"fold": fold, "auc": auc, "best_epoch": checkpoint.best_epoch, "seconds": seconds}
+
+
+def _fold_data(config: Config, fold: int, folder: str):
+    """The fold's files and drops, its corrupt records skipped (data.skip_corrupt only), data.json
+    written; returns (fold data, {path: records skipped in that file})."""
+    # sources reads records with TensorFlow: loaded only when a fold trains
+    from melanoma.data import sources
+
     # competition training parts + external sets, duplicates dropped, leak checks (CheckFailed)
     fold_data = read_fold_data(config, fold)
     fold_data, skipped = skip_corrupt_records(config, fold_data)  # data.skip_corrupt only
     sources.write_summary(fold_data, folder)
-    train_files, valid_files = fold_data.train_files, fold_data.valid_files
+    return fold_data, skipped
 
+
+def _epoch_steps(config: Config, fold: int, fold_data, strategy, global_batch: int, precision) -> int:
+    """Steps per epoch, after saying what the fold trains on; DataError when skipping corrupt records
+    left no training or no validation image."""
+    # TensorFlow: loaded only when a fold trains
+    from melanoma.core import hardware
+    from melanoma.input import augment  # as above
+
+    train_files, valid_files = fold_data.train_files, fold_data.valid_files
     replicas = strategy.num_replicas_in_sync
-    global_batch = config.train.batch_size * replicas
     n_train = fold_data.train_images
     n_valid = fold_data.valid_images
     if n_valid < 1 or n_train < 1:
@@ -355,7 +276,17 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
           f"{config.train.epochs} epochs, {replicas} replica(s) ({hardware.strategy_name(strategy)}), "
           f"{precision}{', XLA' if config.train.xla else ''}, augmentation "
           f"{augment.resolve_backend(config.augment.backend)}, {kerasapi.name()}")
+    return steps
 
+
+def _training_batches(config: Config, fold: int, fold_data, global_batch: int, initial_epoch: int):
+    """The fold's augmented training batches (this worker's share on a cluster) and the diagnosis
+    lookups of its sources: (dataset, lookups)."""
+    # TensorFlow: loaded only when a fold trains
+    from melanoma.core import hardware
+    from melanoma.input import augment, pipeline  # as above
+
+    train_files = fold_data.train_files
     # A resumed fold draws a new data order rather than replaying its first epochs' order.
     data_seed = config.seed + fold + 1000 * initial_epoch
     shard = hardware.input_shard()
@@ -367,25 +298,47 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
                                       seed=data_seed + shard[1], augmenter=augmenter,
                                       keep=fold_data.record_filter(), diagnosis_lookup=lookups,
                                       sources=fold_data.train_sources, shard=shard)
+    return train_ds, lookups
+
+
+def _fold_model(config: Config, fold: int, folder: str, state: dict | None, strategy, global_batch: int):
+    """The compiled model, built under the strategy; a resumed fold's holds its last epoch's weights
+    and optimizer state."""
+    # Keras: loaded only when a fold trains
+    from melanoma.model import network as model_lib
+
     with strategy.scope():
         model = compile_model(model_lib.build_model(config), config, global_batch)
         if state:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(os.path.join(folder, runstate.LAST_MODEL))  # weights and optimizer state
-            print(f"fold {fold}: resuming after epoch {initial_epoch} of {config.train.epochs} "
+            print(f"fold {fold}: resuming after epoch {state['epoch']} of {config.train.epochs} "
                   f"(best epoch so far: {state.get('best_epoch')})")
-    callbacks, guard, checkpoint = make_callbacks(config, folder, global_batch,
-                                                  [f.path for f in valid_files], fold_data.valid_dropped, state,
-                                                  strategy=strategy)
+    return model
+
+
+def _fit(model, train_ds, config: Config, fold: int, fold_data, steps: int, callbacks: list,
+         initial_epoch: int) -> float:
+    """model.fit over the fold's remaining epochs, an unreadable record named in the error; returns
+    the seconds it took."""
+    # integrity reads records with TensorFlow: loaded only when a fold trains
+    from melanoma.data import integrity
+
+    files = fold_data.train_files + fold_data.valid_files
     class_weight = class_weights(config)
     started = time.time()
-    with integrity.named_data_errors(sorted({f.path for f in train_files + valid_files}), "train",
+    with integrity.named_data_errors(sorted({f.path for f in files}), "train",
                                      config.data.image_size, f"fold {fold} training", integrity.HINT_TRAIN):
         verbose, extra = fit_verbosity(config, steps)
         model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps, shuffle=False,
                   callbacks=callbacks + extra, class_weight=class_weight, verbose=verbose,
                   initial_epoch=initial_epoch)
-    seconds = time.time() - started
+    return time.time() - started
+
+
+def _keep_best(model, config: Config, fold: int, folder: str, guard, checkpoint) -> None:
+    """The model takes the chosen checkpoint's weights; CheckFailed when training broke down or no
+    epoch could be chosen."""
     if guard.failure:
         kept = (f"the best checkpoint (epoch {checkpoint.best_epoch}) is kept in {folder}"
                 if checkpoint.best_epoch else "no checkpoint was written")
@@ -400,6 +353,15 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
     else:  # chosen before a resume
         model.load_weights(os.path.join(folder, "model.keras"))
 
+
+def _write_oof(model, config: Config, fold: int, folder: str, fold_data, skipped: dict, lookups, strategy):
+    """The fold's out-of-fold predictions, written to oof.csv: competition validation images only,
+    duplicates out; returns (oof, the diagnosis head's class columns, [] for the binary head)."""
+    # sources and prediction need TensorFlow: loaded only when a fold trains
+    from melanoma.data import sources
+    from melanoma.model import prediction  # as above
+
+    valid_files = fold_data.valid_files
     oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train",
                                    records.count_images(valid_files) - sum(skipped.get(f.path, 0)
                                                                             for f in valid_files),
@@ -413,6 +375,16 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
         extra = ["diagnosis"] + class_columns
     oof = oof[["image_name", "patient_id", "target", "pred", "fold"] + extra]
     io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))
+    return oof, class_columns
+
+
+def _write_test(model, config: Config, fold: int, folder: str, test_files: list, class_columns: list,
+                strategy) -> None:
+    """The fold's test predictions in test.csv and what they depend on in test.json (none without
+    data.test_files)."""
+    # prediction needs TensorFlow: loaded only when a fold trains
+    from melanoma.model import prediction
+
     if test_files:
         test = prediction.predict_files(model, [f.path for f in test_files], config, "test",
                                         records.count_images(test_files), desc=f"fold {fold} test",
@@ -422,12 +394,6 @@ def train_fold(config, fold: int, resume: bool = False) -> dict:
                                    json.dumps(prediction_settings(config)))
     else:
         print(f"fold {fold}: data.test_files is null, no test predictions")
-    auc = metrics.auc(oof["target"], oof["pred"])
-    print(f"fold {fold}: best epoch {checkpoint.best_epoch}, OOF AUC {auc:.4f} "
-          f"({len(oof)} images, TTA {config.tta.steps}), {seconds:.0f} s training")
-    del model
-    keras.backend.clear_session()
-    return {"fold": fold, "auc": auc, "best_epoch": checkpoint.best_epoch, "seconds": seconds}
 
 
 def fit_verbosity(config, steps: int) -> tuple[int, list]:

@@ -1,0 +1,144 @@
+"""A fold's Keras callbacks: exact validation score, NaN guard, best checkpoint with resumable state, history."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pandas as pd
+
+from melanoma.core import io_utils, metrics, runstate
+from melanoma.core.config import Config
+from melanoma.core.kerasapi import keras
+from melanoma.model import prediction
+from melanoma.train import schedules
+
+# train.checkpoint -> (the logs key it follows, "max" or "min"); None: no metric decides
+MONITOR = {"best_auc": ("val_auc", "max"), "best_loss": ("val_loss", "min"), "last": (None, None),
+           "epoch": (None, None)}
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stops at the end of an epoch whose loss or weights are not finite, before any checkpoint
+    or validation sees the broken weights.
+
+    It looks once per epoch, not after every batch: reading the loss after each batch would make
+    the accelerator wait for the host at every step (and defeat train.steps_per_execution). The
+    epoch's loss is the mean over its batches, so one non-finite batch shows in it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.failure = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failure = f"loss became {float(loss)} at epoch {epoch + 1}"
+        # Weights can turn non-finite in an epoch's last step, after the last loss was taken.
+        elif not all(np.all(np.isfinite(np.asarray(w))) for w in self.model.trainable_weights):
+            self.failure = f"the weights became non-finite in epoch {epoch + 1}"
+        if self.failure:
+            self.model.stop_training = True
+
+
+class ValidationScore(keras.callbacks.Callback):
+    """Scores each epoch and keeps its plain predictions in val_epochs.csv (see `selection`)."""
+
+    def __init__(self, config: Config, folder: str, valid_paths: list[str], valid_dropped: frozenset,
+                 state: dict | None, guard: NanGuard, strategy):
+        super().__init__()
+        self.config, self.folder, self.guard, self.strategy = config, folder, guard, strategy
+        self.valid_paths, self.valid_dropped = valid_paths, valid_dropped
+        self.epochs = [runstate.val_epoch_rows(folder, state["epoch"])] if state else []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or self.guard.failure:
+            return
+        prediction.sync_replicas(self.model, self.strategy)  # predict what the checkpoint will hold
+        frame = prediction.predict_files(self.model, self.valid_paths, self.config, "train", tta=False,
+                                         progress=False, strategy=self.strategy)
+        frame = frame[~frame["image_name"].isin(self.valid_dropped)]  # duplicates (sources.py)
+        target = frame["target"].to_numpy(dtype=np.float64)
+        logs["val_loss"] = metrics.binary_log_loss(target, frame["pred"].to_numpy())
+        logs["val_auc"] = metrics.auc(target, frame["pred"])
+        self.epochs.append(pd.DataFrame({"image_name": frame["image_name"].to_numpy(), "epoch": epoch + 1,
+                                         "pred": frame["pred"].to_numpy()}))
+        io_utils.write_csv_atomic(pd.concat(self.epochs, ignore_index=True),
+                                  os.path.join(self.folder, runstate.VAL_EPOCHS))
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Best checkpoint and the resumable state, committed in the order `runstate` relies on."""
+
+    def __init__(self, config: Config, folder: str, state: dict | None, guard: NanGuard):
+        super().__init__()
+        self.config, self.folder, self.guard = config, folder, guard
+        self.metric, self.mode = MONITOR[config.train.checkpoint]
+        self.fixed_epoch = config.train.checkpoint_epoch if config.train.checkpoint == "epoch" else None
+        self.best = state.get("best") if state else None
+        self.best_epoch = state.get("best_epoch") if state else None
+        self.best_weights = None  # the best epoch's weights when this process trained it
+
+    def improved(self, epoch: int, value) -> bool:
+        """Whether this epoch's checkpoint becomes the best one."""
+        metric = self.metric
+        if self.fixed_epoch is not None:  # train.checkpoint: epoch, chosen before any fold was seen
+            return epoch + 1 == self.fixed_epoch
+        finite = not metric or (value is not None and math.isfinite(float(value)))
+        return finite and (metric is None or self.best is None
+                           or (value > self.best if self.mode == "max" else value < self.best))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.guard.failure:  # broken weights are never saved, neither as best nor as last
+            return
+        metric, folder = self.metric, self.folder
+        value = logs.get(metric) if metric else None
+        improved = self.improved(epoch, value)
+        target = os.path.join(folder, runstate.BEST_MODEL)
+        last = os.path.join(folder, runstate.LAST_MODEL)
+        temporary = io_utils.temporary_name(last)
+        # One save per epoch, whatever the metric did: on a cluster saving is a collective step
+        # that every worker takes together. The best checkpoint is a copy of that file.
+        self.model.save(temporary)
+        pending = None
+        if improved:
+            pending = io_utils.temporary_name(target)
+            io_utils.copy(temporary, pending)
+            self.best, self.best_epoch = (float(value) if metric else None), epoch + 1
+            self.best_weights = self.model.get_weights()
+        io_utils.replace(temporary, last)
+        committed = {"epoch": epoch + 1, "epochs": self.config.train.epochs, "monitor": metric,
+                     "best": self.best, "best_epoch": self.best_epoch,
+                     "pending_best": os.path.basename(pending) if pending else None,
+                     "config": runstate.fingerprint(self.config)}
+        runstate.write_state(folder, committed)
+        if pending:
+            io_utils.replace(pending, target)
+            runstate.write_state(folder, dict(committed, pending_best=None))
+            shown = (f"{metric} {value:.4f}" if metric else
+                     "train.checkpoint_epoch" if self.fixed_epoch is not None else "last epoch")
+            print(f"  checkpoint: epoch {epoch + 1} ({shown})")
+
+
+class History(keras.callbacks.Callback):
+    """Each epoch's logs and learning rate, rewritten to history.csv after every epoch."""
+
+    def __init__(self, config: Config, folder: str, global_batch: int, state: dict | None):
+        super().__init__()
+        self.config, self.folder, self.global_batch = config, folder, global_batch
+        self.rows = runstate.history_rows(folder, state["epoch"]) if state else []
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        row["lr"] = float(schedules.learning_rate(epoch, self.config.train, self.global_batch))
+        self.rows.append(row)
+        io_utils.write_csv_atomic(pd.DataFrame(self.rows), os.path.join(self.folder, "history.csv"))
+
+
+def learning_rate_schedule(config: Config, global_batch: int):
+    """Keras' scheduler for the configured learning rate of each epoch (see `schedules`)."""
+    return keras.callbacks.LearningRateScheduler(
+        lambda epoch: schedules.learning_rate(epoch, config.train, global_batch))
