@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from melanoma import cli
 from melanoma.core import config as config_lib
+from melanoma.core import layout
 from melanoma.data import diagnoses, records
 from melanoma.input import pipeline
 from melanoma.model import network as model_lib
@@ -182,7 +183,7 @@ RUNS = {
 
 
 def check_fold(config, summary):
-    folder = Path(training.fold_dir(config, 0))
+    folder = Path(layout.fold_dir(config, 0))
     oof = pd.read_csv(folder / "oof.csv")
     test = pd.read_csv(folder / "test.csv")
     history = pd.read_csv(folder / "history.csv")

@@ -45,6 +45,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import cv2
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -96,7 +97,7 @@ def _entries(value) -> list[tuple[str | None, str]]:
     return entries
 
 
-def external_sets(data_config) -> list[ExternalSet]:
+def external_sets(data_config: Config) -> list[ExternalSet]:
     """The external sets of a config's data section, files selected, sorted by set name."""
     if not 0 <= data_config.dedupe_perceptual_bits < HASH_BITS:
         raise ConfigError(f"config key 'data.dedupe_perceptual_bits' must be in 0..{HASH_BITS - 1}, got "
@@ -140,8 +141,6 @@ def external_sets(data_config) -> list[ExternalSet]:
 
 def difference_hash(jpeg: bytes) -> int:
     """64-bit difference hash: a 9x8 grey thumbnail, one bit per pair of horizontal neighbours."""
-    import cv2
-
     data = np.frombuffer(jpeg, dtype=np.uint8)
     grey = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
     if grey is None:
@@ -153,8 +152,6 @@ def difference_hash(jpeg: bytes) -> int:
 
 def stat_key(path: str) -> str:
     if io_utils.is_remote(path):
-        import tensorflow as tf
-
         stat = tf.io.gfile.stat(path)
         size, mtime = stat.length, stat.mtime_nsec
     else:
@@ -358,8 +355,6 @@ class FoldData:
 
 def record_filter(excluded: Iterable[tuple[str, str]]) -> Callable:
     """A tf.data predicate that drops the given (file path, image_name) records before decoding."""
-    import tensorflow as tf
-
     keys = sorted({f"{path}\n{name}" for path, name in excluded})
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.string), tf.ones(len(keys), tf.int64)),

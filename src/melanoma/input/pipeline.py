@@ -16,6 +16,8 @@ from melanoma.core import config as config_lib
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.data import examples, records, taxonomy
+from melanoma.data.sources import COMPETITION
+from melanoma.data.taxonomy import DIAGNOSIS_CLASSES, MELANOMA_CLASS, UNKNOWN_CLASS
 from melanoma.input import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -23,7 +25,7 @@ SHUFFLE_BUFFER = 2048
 TTA_MODES = config_lib.CHOICES["tta.mode"]
 
 
-def per_image_train_dataset(paths: list[str], config, batch_size: int, augment_image,
+def per_image_train_dataset(paths: list[str], config: Config, batch_size: int, augment_image,
                             seed: int | None = None):
     """`train_dataset` with the augmentation mapped per image before batching (`augment_image`:
     uint8 [H, W, 3] -> uint8 [H, W, 3]): the usual per-image layout, kept as a reference for `bench`."""
@@ -197,8 +199,6 @@ def diagnosis_target(batch: dict, lookup):
     whatever its diagnosis code, and a benign one never is; an unknown code is UNK), so the head's MEL
     probability is trained on exactly the labels the AUC is measured on.
     """
-    from melanoma.data.taxonomy import DIAGNOSIS_CLASSES, MELANOMA_CLASS, UNKNOWN_CLASS
-
     if not lookup:
         raise ValueError("the diagnosis head needs the class of each diagnosis code; got none")
     tables = [list(t) for t in lookup] if isinstance(lookup[0], (list, tuple)) else [list(lookup)]
@@ -221,8 +221,6 @@ def diagnosis_target(batch: dict, lookup):
 def source_tags(paths: list[str], sources: list[str] | None) -> tuple[list[str], list[int]]:
     """(source names, tag of each path): the competition's tag is 0, other sources follow by name.
     `sources` names each path's source (sources.FoldData.train_sources); None: all competition."""
-    from melanoma.data.sources import COMPETITION
-
     sources = [COMPETITION] * len(paths) if sources is None else list(sources)
     if len(sources) != len(paths):
         raise ValueError(f"{len(sources)} source names for {len(paths)} paths")
@@ -299,7 +297,7 @@ def train_dataset(paths: list[str], config: Config, batch_size: int, seed: int |
     return dataset.prefetch(AUTOTUNE)
 
 
-def prediction_dataset(paths: list[str], config, split: str, tta_steps: int = 0,
+def prediction_dataset(paths: list[str], config: Config, split: str, tta_steps: int = 0,
                        tta_mode: str = "random", batch_size: int = 64,
                        augmenter: augment.BatchAugmenter | None = None, skip_corrupt: bool = False):
     """Ordered batches of dicts: model `inputs` ([B*V, ...] with V views per image) plus `image_name`

@@ -27,6 +27,7 @@ from melanoma.core import io_utils
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
 from melanoma.data import taxonomy
+from melanoma.input import pipeline
 
 # model.backbone's choices (config.CHOICES) -> the class that builds each: efficientnet-b<i> from the
 # efficientnet package, efficientnetv2-<v> from Keras' applications (ImageNet weights only).
@@ -250,9 +251,7 @@ def build_model(config: Config, pretrained: bool = True) -> keras.Model:
                                                 name="imagenet_normalisation")(normalised)
     features = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(normalised))
     if config.model.metadata:
-        from melanoma.input.pipeline import METADATA_SIZE
-
-        metadata = keras.Input(shape=(METADATA_SIZE,), name="metadata", dtype="float32")
+        metadata = keras.Input(shape=(pipeline.METADATA_SIZE,), name="metadata", dtype="float32")
         inputs["metadata"] = metadata
         branch = keras.layers.Dense(32, activation="relu", name="metadata_dense")(metadata)
         features = keras.layers.Concatenate(name="join")([features, branch])

@@ -30,7 +30,7 @@ from melanoma.model import network as model_lib
 from melanoma.model import prediction
 from melanoma.predict import submission
 from melanoma.train import tabular
-from melanoma.train.training import fold_dir, prediction_settings
+from melanoma.train.training import prediction_settings
 
 
 def trained_folds(config: Config) -> list[int]:
@@ -39,7 +39,7 @@ def trained_folds(config: Config) -> list[int]:
     trained under another config than the run's is a ConfigError naming what it was trained as."""
     folds = []
     for k in range(config.data.folds):
-        folder = fold_dir(config, k)
+        folder = layout.fold_dir(config, k)
         if not io_utils.exists(os.path.join(folder, layout.BEST_MODEL)):
             continue
         state = runstate.read_state(folder)
@@ -70,7 +70,7 @@ def load_checkpoint(model, path: str, config: Config, folder: str) -> None:
 
 
 def fold_test_predictions(config: Config, fold: int, recompute: bool = False) -> pd.DataFrame:
-    folder = fold_dir(config, fold)
+    folder = layout.fold_dir(config, fold)
     path, settings_path = os.path.join(folder, layout.TEST), os.path.join(folder, layout.TEST_SETTINGS)
     wanted = prediction_settings(config)
     if not recompute and io_utils.exists(path) and io_utils.exists(settings_path):

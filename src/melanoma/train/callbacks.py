@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, metrics, runstate
+from melanoma.core import io_utils, layout, metrics, runstate
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
 from melanoma.model import prediction
@@ -65,7 +65,7 @@ class ValidationScore(keras.callbacks.Callback):
         self.epochs.append(pd.DataFrame({"image_name": frame["image_name"].to_numpy(), "epoch": epoch + 1,
                                          "pred": frame["pred"].to_numpy()}))
         io_utils.write_csv_atomic(pd.concat(self.epochs, ignore_index=True),
-                                  os.path.join(self.folder, runstate.VAL_EPOCHS))
+                                  os.path.join(self.folder, layout.VAL_EPOCHS))
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -96,8 +96,8 @@ class Checkpoint(keras.callbacks.Callback):
         metric, folder = self.metric, self.folder
         value = logs.get(metric) if metric else None
         improved = self.improved(epoch, value)
-        target = os.path.join(folder, runstate.BEST_MODEL)
-        last = os.path.join(folder, runstate.LAST_MODEL)
+        target = os.path.join(folder, layout.BEST_MODEL)
+        last = os.path.join(folder, layout.LAST_MODEL)
         temporary = io_utils.temporary_name(last)
         # One save per epoch, whatever the metric did: on a cluster saving is a collective step
         # that every worker takes together. The best checkpoint is a copy of that file.
@@ -135,7 +135,7 @@ class History(keras.callbacks.Callback):
         row.update({k: float(v) for k, v in (logs or {}).items()})
         row["lr"] = float(schedules.learning_rate(epoch, self.config.train, self.global_batch))
         self.rows.append(row)
-        io_utils.write_csv_atomic(pd.DataFrame(self.rows), os.path.join(self.folder, "history.csv"))
+        io_utils.write_csv_atomic(pd.DataFrame(self.rows), os.path.join(self.folder, layout.HISTORY))
 
 
 def learning_rate_schedule(config: Config, global_batch: int):

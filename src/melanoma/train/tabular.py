@@ -51,12 +51,8 @@ def family(config: Config) -> str:
     return (config.get("model") or {}).get("family", "cnn")
 
 
-def fold_dir(config: Config, fold: int) -> str:
-    return layout.fold_dir(config, fold)
-
-
 def fold_finished(config: Config, fold: int) -> bool:
-    folder = fold_dir(config, fold)
+    folder = layout.fold_dir(config, fold)
     return all(io_utils.exists(os.path.join(folder, name)) for name in (layout.TREES_MODEL, layout.OOF))
 
 
@@ -226,7 +222,7 @@ def train_fold(config: Config, fold: int, table: features.FeatureTable, fold_dat
     """Fit fold `fold`; write its model, OOF, test predictions, history and importances."""
 
 
-    folder = fold_dir(config, fold)
+    folder = layout.fold_dir(config, fold)
     io_utils.makedirs(folder)
     for name in FOLD_FILES:  # a retrained fold never keeps an older run's files beside its new ones
         path = os.path.join(folder, name)
@@ -294,7 +290,7 @@ def train(config: Config, folds: list[int], force: bool = False, resume: bool = 
 
 def fold_test_predictions(config: Config, fold: int, recompute: bool, cache: dict) -> pd.DataFrame:
     """The fold's test.csv when it was made with the same settings, else its model predicts again."""
-    folder = fold_dir(config, fold)
+    folder = layout.fold_dir(config, fold)
     path, settings_path = os.path.join(folder, layout.TEST), os.path.join(folder, layout.TEST_SETTINGS)
     wanted = prediction_settings(config)
     if not recompute and io_utils.exists(path) and io_utils.exists(settings_path):

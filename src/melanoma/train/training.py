@@ -10,6 +10,7 @@ last.keras (model + optimizer) and state.json let `--resume` continue a killed f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -18,35 +19,34 @@ import time
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, kerasapi, layout, metrics, runs, runstate
+from melanoma.core import hardware, io_utils, kerasapi, layout, metrics, progress
+from melanoma.core import run as run_lib
+from melanoma.core import runs, runstate
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, DataError
-from melanoma.data import diagnoses, inputs, records, taxonomy
+from melanoma.core.kerasapi import keras
+from melanoma.data import diagnoses, inputs, integrity, records, sources, taxonomy
+from melanoma.input import augment, pipeline
+from melanoma.model import network as model_lib
+from melanoma.model import prediction
+from melanoma.train import callbacks, schedules, tabular
 
 
-def fold_dir(config, fold: int) -> str:
-    return os.path.join(layout.run_dir(config), f"fold{fold}")
-
-
-def fold_finished(config, fold: int) -> bool:
-    folder = fold_dir(config, fold)
-    return all(io_utils.exists(os.path.join(folder, name)) for name in ("model.keras", "oof.csv"))
+def fold_finished(config: Config, fold: int) -> bool:
+    folder = layout.fold_dir(config, fold)
+    return all(io_utils.exists(os.path.join(folder, name)) for name in (layout.BEST_MODEL, layout.OOF))
 
 
 def set_seed(seed: int) -> None:
-    from melanoma.core.kerasapi import keras
-
     keras.utils.set_random_seed(seed)
 
 
-def make_loss(config):
+def make_loss(config: Config):
     """The configured loss for the configured head.
 
     binary: cross-entropy (with label smoothing) or focal loss on the sigmoid. diagnosis: the same two
     over the 9-class softmax (categorical cross-entropy / categorical focal loss, one-hot labels).
     """
-    from melanoma.core.kerasapi import keras
-
     train = config.train
     if config.model.head == "diagnosis":
         if train.loss == "bce":
@@ -60,12 +60,7 @@ def make_loss(config):
                                                 label_smoothing=train.label_smoothing)
 
 
-def compile_model(model, config, global_batch: int):
-    from melanoma.core import hardware
-    from melanoma.core.kerasapi import keras
-    from melanoma.model import network as model_lib
-    from melanoma.train import schedules
-
+def compile_model(model, config: Config, global_batch: int):
     train = config.train
     if hardware.cluster_workers() > 1:
         metrics = []  # tf_keras on a cluster shows streaming training metrics summed over the workers
@@ -82,7 +77,7 @@ def compile_model(model, config, global_batch: int):
     return model
 
 
-def class_weights(config) -> dict | None:
+def class_weights(config: Config) -> dict | None:
     """Keras class_weight for train.class_weight: the malignant class (MEL for the diagnosis head)
     weighted, every other class 1. All classes are listed: Keras looks weights up by class index."""
     if not config.train.class_weight:
@@ -110,8 +105,6 @@ def make_callbacks(config: Config, folder: str, global_batch: int, valid_paths: 
     the same number the competition would give. It runs first so later callbacks see it in `logs`.
     """
     # hardware (TensorFlow) and callbacks (Keras): loaded only when a fold trains, not by every command
-    from melanoma.core import hardware
-    from melanoma.train import callbacks  # as above
 
     strategy = strategy or hardware.get_strategy()
     guard = callbacks.NanGuard()
@@ -123,10 +116,10 @@ def make_callbacks(config: Config, folder: str, global_batch: int, valid_paths: 
     return [schedule, guard, score, history, checkpoint], guard, checkpoint
 
 
-def prepare_fold(config, fold: int, resume: bool) -> dict | None:
+def prepare_fold(config: Config, fold: int, resume: bool) -> dict | None:
     """The fold folder ready to train: leftovers of a killed process removed; with `resume`, the
     state to continue from (None when there is none); without it, a clean folder."""
-    folder = fold_dir(config, fold)
+    folder = layout.fold_dir(config, fold)
     io_utils.makedirs(folder)
     state = runstate.read_state(folder) if resume else None
     if state is not None:
@@ -136,23 +129,21 @@ def prepare_fold(config, fold: int, resume: bool) -> dict | None:
     if removed:
         print(f"fold {fold}: removed {len(removed)} temporary file(s) left by an interrupted run")
     if resume and state is None:
-        print(f"fold {fold}: nothing to resume (no {runstate.STATE}); training it from scratch")
-    gathered = os.path.join(layout.run_dir(config), "oof.csv")
+        print(f"fold {fold}: nothing to resume (no {layout.STATE}); training it from scratch")
+    gathered = os.path.join(layout.run_dir(config), layout.OOF)
     if io_utils.exists(gathered):  # it held this fold's previous OOF; gather_oof writes it again
         runstate.remove(gathered)
     if state is None:
         runstate.reset_fold(folder)
-    elif not io_utils.exists(os.path.join(folder, runstate.LAST_MODEL)):
-        raise config_lib.ConfigError(f"cannot resume {folder}: {runstate.LAST_MODEL} is missing; train "
+    elif not io_utils.exists(os.path.join(folder, layout.LAST_MODEL)):
+        raise config_lib.ConfigError(f"cannot resume {folder}: {layout.LAST_MODEL} is missing; train "
                                      "the fold again with --force")
     return state
 
 
-def read_fold_data(config, fold: int):
+def read_fold_data(config: Config, fold: int):
     """sources.prepare_fold; when a file cannot be read, every file of the run is checked so that one
     message names all the bad records, not only the first one met."""
-    from melanoma.data import integrity, sources
-
     try:
         return sources.prepare_fold(config, fold)
     except DataError:
@@ -165,16 +156,12 @@ def read_fold_data(config, fold: int):
         raise
 
 
-def skip_corrupt_records(config, fold_data):
+def skip_corrupt_records(config: Config, fold_data):
     """Under data.skip_corrupt: find the fold's bad records before training, say how many and which
     (also in fold<K>/skipped.csv), and take the named ones out of the fold like dropped duplicates:
     filtered before decoding, out of the validation score and the OOF. Records without a name, and a
     truncated file's lost tail, are not in the fold's tables and are dropped by the pipelines.
     Returns (fold data, {path: records skipped in that file})."""
-    import dataclasses
-
-    from melanoma.data import integrity
-
     if not config.data.skip_corrupt:
         return fold_data, {}
     fold = fold_data.fold
@@ -185,7 +172,7 @@ def skip_corrupt_records(config, fold_data):
     rows += [{"file": scan.path, "record": scan.readable + 1, "image_name": "",
               "reason": f"{scan.lost} record(s) unreadable from here: {scan.read_error or 'file truncated'}"}
              for scan in scans if scan.lost]
-    target = os.path.join(fold_dir(config, fold), "skipped.csv")
+    target = os.path.join(layout.fold_dir(config, fold), "skipped.csv")
     io_utils.write_csv_atomic(pd.DataFrame(rows, columns=["file", "record", "image_name", "reason"]), target)
     bad = [scan for scan in scans if not scan.ok]
     if not bad:
@@ -212,12 +199,10 @@ def train_fold(config: Config, fold: int, resume: bool = False) -> dict:
     With `resume`, a fold that was interrupted continues after its last completed epoch, with its model,
     optimizer state, best checkpoint and history (see `runstate`)."""
     # TensorFlow and Keras: loaded only when a fold trains, not by every command
-    from melanoma.core import hardware
-    from melanoma.core.kerasapi import keras  # as above
 
     strategy = hardware.get_strategy()  # first: a multi-worker strategy must precede other TF work
     precision = hardware.set_precision(config, strategy)
-    folder = fold_dir(config, fold)
+    folder = layout.fold_dir(config, fold)
     state = prepare_fold(config, fold, resume)
     initial_epoch = state["epoch"] if state else 0
     set_seed(config.seed + fold)
@@ -247,7 +232,6 @@ def _fold_data(config: Config, fold: int, folder: str):
     """The fold's files and drops, its corrupt records skipped (data.skip_corrupt only), data.json
     written; returns (fold data, {path: records skipped in that file})."""
     # sources reads records with TensorFlow: loaded only when a fold trains
-    from melanoma.data import sources
 
     # competition training parts + external sets, duplicates dropped, leak checks (CheckFailed)
     fold_data = read_fold_data(config, fold)
@@ -260,8 +244,6 @@ def _epoch_steps(config: Config, fold: int, fold_data, strategy, global_batch: i
     """Steps per epoch, after saying what the fold trains on; DataError when skipping corrupt records
     left no training or no validation image."""
     # TensorFlow: loaded only when a fold trains
-    from melanoma.core import hardware
-    from melanoma.input import augment  # as above
 
     train_files, valid_files = fold_data.train_files, fold_data.valid_files
     replicas = strategy.num_replicas_in_sync
@@ -283,8 +265,6 @@ def _training_batches(config: Config, fold: int, fold_data, global_batch: int, i
     """The fold's augmented training batches (this worker's share on a cluster) and the diagnosis
     lookups of its sources: (dataset, lookups)."""
     # TensorFlow: loaded only when a fold trains
-    from melanoma.core import hardware
-    from melanoma.input import augment, pipeline  # as above
 
     train_files = fold_data.train_files
     # A resumed fold draws a new data order rather than replaying its first epochs' order.
@@ -305,13 +285,12 @@ def _fold_model(config: Config, fold: int, folder: str, state: dict | None, stra
     """The compiled model, built under the strategy; a resumed fold's holds its last epoch's weights
     and optimizer state."""
     # Keras: loaded only when a fold trains
-    from melanoma.model import network as model_lib
 
     with strategy.scope():
         model = compile_model(model_lib.build_model(config), config, global_batch)
         if state:
             model.optimizer.build(model.trainable_variables)
-            model.load_weights(os.path.join(folder, runstate.LAST_MODEL))  # weights and optimizer state
+            model.load_weights(os.path.join(folder, layout.LAST_MODEL))  # weights and optimizer state
             print(f"fold {fold}: resuming after epoch {state['epoch']} of {config.train.epochs} "
                   f"(best epoch so far: {state.get('best_epoch')})")
     return model
@@ -322,7 +301,6 @@ def _fit(model, train_ds, config: Config, fold: int, fold_data, steps: int, call
     """model.fit over the fold's remaining epochs, an unreadable record named in the error; returns
     the seconds it took."""
     # integrity reads records with TensorFlow: loaded only when a fold trains
-    from melanoma.data import integrity
 
     files = fold_data.train_files + fold_data.valid_files
     class_weight = class_weights(config)
@@ -351,15 +329,13 @@ def _keep_best(model, config: Config, fold: int, folder: str, guard, checkpoint)
         # a model under MultiWorkerMirroredStrategy, and this saves reading it back.
         model.set_weights(checkpoint.best_weights)
     else:  # chosen before a resume
-        model.load_weights(os.path.join(folder, "model.keras"))
+        model.load_weights(os.path.join(folder, layout.BEST_MODEL))
 
 
 def _write_oof(model, config: Config, fold: int, folder: str, fold_data, skipped: dict, lookups, strategy):
     """The fold's out-of-fold predictions, written to oof.csv: competition validation images only,
     duplicates out; returns (oof, the diagnosis head's class columns, [] for the binary head)."""
     # sources and prediction need TensorFlow: loaded only when a fold trains
-    from melanoma.data import sources
-    from melanoma.model import prediction  # as above
 
     valid_files = fold_data.valid_files
     oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train",
@@ -374,7 +350,7 @@ def _write_oof(model, config: Config, fold: int, folder: str, fold_data, skipped
         oof["diagnosis"] = diagnoses.true_diagnosis(oof, lookups[sources.COMPETITION])  # validation: competition
         extra = ["diagnosis"] + class_columns
     oof = oof[["image_name", "patient_id", "target", "pred", "fold"] + extra]
-    io_utils.write_csv_atomic(oof, os.path.join(folder, "oof.csv"))
+    io_utils.write_csv_atomic(oof, os.path.join(folder, layout.OOF))
     return oof, class_columns
 
 
@@ -383,31 +359,28 @@ def _write_test(model, config: Config, fold: int, folder: str, test_files: list,
     """The fold's test predictions in test.csv and what they depend on in test.json (none without
     data.test_files)."""
     # prediction needs TensorFlow: loaded only when a fold trains
-    from melanoma.model import prediction
 
     if test_files:
         test = prediction.predict_files(model, [f.path for f in test_files], config, "test",
                                         records.count_images(test_files), desc=f"fold {fold} test",
                                         strategy=strategy)
-        io_utils.write_csv_atomic(test[["image_name", "pred"] + class_columns], os.path.join(folder, "test.csv"))
-        io_utils.write_text_atomic(os.path.join(folder, "test.json"),
+        io_utils.write_csv_atomic(test[["image_name", "pred"] + class_columns], os.path.join(folder, layout.TEST))
+        io_utils.write_text_atomic(os.path.join(folder, layout.TEST_SETTINGS),
                                    json.dumps(prediction_settings(config)))
     else:
         print(f"fold {fold}: data.test_files is null, no test predictions")
 
 
-def fit_verbosity(config, steps: int) -> tuple[int, list]:
+def fit_verbosity(config: Config, steps: int) -> tuple[int, list]:
     """Keras' verbose and extra callbacks for train.verbose: 1 is Keras' bar on a terminal and, in a
     log (stdout not a terminal), plain lines within each epoch and at its end instead of the bar's
     carriage-return fragments; 0 and 2 are Keras' own (silent; one line per epoch)."""
-    from melanoma.core import progress
-
     if config.train.verbose == 1 and not progress.on_terminal(sys.stdout):
         return 0, [progress.training_lines(config.train.epochs, steps)]
     return config.train.verbose, []
 
 
-def prediction_settings(config) -> dict:
+def prediction_settings(config: Config) -> dict:
     """What a fold's test predictions depend on besides the checkpoint (so infer can reuse them)."""
     return {"tta": config.tta.to_dict(), "augment": config.augment.to_dict(),
             "image_size": config.data.image_size, "test_files": config.data.test_files, "seed": config.seed}
@@ -437,7 +410,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="continue interrupted folds after their last completed epoch")
 
 
-def check_interrupted(config, folds: list[int], resume: bool, force: bool) -> None:
+def check_interrupted(config: Config, folds: list[int], resume: bool, force: bool) -> None:
     """Refuse to start an interrupted fold from scratch unless asked to: its epochs are work to keep.
     With --resume, refuse when no chosen fold has anything to resume (it would silently start afresh)."""
     if resume or force:
@@ -445,28 +418,25 @@ def check_interrupted(config, folds: list[int], resume: bool, force: bool) -> No
             check_resumable(config, folds)
         return
     for fold in folds:
-        folder = fold_dir(config, fold)
+        folder = layout.fold_dir(config, fold)
         state = runstate.read_state(folder)
         if state is not None and not fold_finished(config, fold):
             raise config_lib.ConfigError(
                 f"fold {fold} was interrupted after epoch {state['epoch']} of {state.get('epochs', '?')} "
-                f"({os.path.join(folder, runstate.STATE)}): add --resume to continue it, or --force to "
+                f"({os.path.join(folder, layout.STATE)}): add --resume to continue it, or --force to "
                 "train it from scratch")
 
 
-def check_resumable(config, folds: list[int]) -> None:
+def check_resumable(config: Config, folds: list[int]) -> None:
     pending = [fold for fold in folds if not fold_finished(config, fold)]
-    if pending and all(runstate.read_state(fold_dir(config, fold)) is None for fold in pending):
+    if pending and all(runstate.read_state(layout.fold_dir(config, fold)) is None for fold in pending):
         raise config_lib.ConfigError(
             f"--resume: nothing to resume in {layout.run_dir(config)}: fold(s) "
-            f"{', '.join(map(str, pending))} have no {runstate.STATE} (a fold keeps its progress from the end "
+            f"{', '.join(map(str, pending))} have no {layout.STATE} (a fold keeps its progress from the end "
             "of its first epoch on); train without --resume")
 
 
 def command(args: argparse.Namespace) -> int:
-    from melanoma.core import hardware
-    from melanoma.core import run as run_lib
-
     config = config_lib.load_config(args.config, args.set)
     folds = parse_folds(args.fold, config.data.folds)
     inputs.check_inputs(config, "train")  # before any model is built or file written
@@ -474,8 +444,6 @@ def command(args: argparse.Namespace) -> int:
         raise config_lib.ConfigError("--resume continues interrupted folds and --force restarts them; "
                                      "give one of the two")
     if config.model.family == "tabular":  # gradient-boosted trees on features (tabular.py)
-        from melanoma.train import tabular
-
         return tabular.train(config, folds, force=args.force, resume=args.resume,
                              config_file=args.config)
     diagnoses.check_diagnosis_sources(config)
