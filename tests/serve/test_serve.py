@@ -328,3 +328,20 @@ def test_page_in_headless_chromium_shows_the_probability(served):
             raise
         finally:
             browser.close()
+
+
+def test_form_codes_fall_back_to_the_competitions_where_the_records_have_no_encodings(tmp_path):
+    """The public melanoma-NxN records come without encodings.json: the page then codes sex and site as
+    the competition's own records do (female 0, male 1; torso 4)."""
+    from melanoma.core.config import load_config
+    from melanoma.serve import predictor
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    (folder / "train00-2.tfrec").write_bytes(b"")
+    config = load_config(REPO / "configs" / "base.yaml", [f"data.train_files={folder}/train*.tfrec"])
+    codes, source = predictor.metadata_encodings(config)
+    assert codes == {"sex": {"female": 0, "male": 1},
+                     "anatom_site_general_challenge": {"head/neck": 0, "lower extremity": 1, "oral/genital": 2,
+                                                       "palms/soles": 3, "torso": 4, "upper extremity": 5}}
+    assert source == "the competition's codes (no encodings.json beside the train files)"
