@@ -14,7 +14,7 @@ from melanoma import cli
 from melanoma.core import metrics, tables
 from melanoma.core.config import load_config
 from melanoma.core.errors import DataError
-from melanoma.evaluate import blend, compare, report, scoring
+from melanoma.evaluate import blend, compare, report, statistics
 
 FOLDS = 5
 ROWS = 500
@@ -122,7 +122,7 @@ def test_compare_ranks_complete_runs_and_shows_incomplete_ones_apart(project, ca
 
     poor = by_name["poor"]
     assert poor["delta_best"] < -0.1 and poor["p_best"] < 1e-3 and poor["n_common"] == ROWS
-    _, _, p_value = scoring.clustered_delong_test(oof_of(project, "good")["target"], oof_of(project, "good")["pred"],
+    _, _, p_value = statistics.clustered_delong_test(oof_of(project, "good")["target"], oof_of(project, "good")["pred"],
                                                   oof_of(project, "poor")["pred"], oof_of(project, "good")["patient_id"])
     assert poor["p_best"] == float(f"{p_value:.3g}")  # DeLong clustered by patient (compare --test patient)
 

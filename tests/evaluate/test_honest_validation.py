@@ -18,7 +18,7 @@ from test_compare_report_blend import FOLDS, Project, truth
 from melanoma import cli
 from melanoma.core import tables
 from melanoma.core.config import ConfigError, load_config
-from melanoma.evaluate import compare, report, scoring, selection
+from melanoma.evaluate import compare, report, scoring, selection, statistics
 
 # --------------------------------------------------------------------------------------------------
 # pauc_tpr80, sens_at_spec90, spec_at_sens95
@@ -136,9 +136,9 @@ def rejection_rates(seed: int, gap: float, layouts: int = 4, pairs: int = 50) ->
     for _ in range(layouts):
         patient, target = patient_layout(rng)
         a, b = run_pairs(rng, patient, target, pairs, gap)
-        auc_a, auc_b, p_values = scoring.delong_pvalues(target, a, b, patient)
+        auc_a, auc_b, p_values = statistics.delong_pvalues(target, a, b, patient)
         rejected["patient"].append(p_values < 0.05)
-        rejected["image"].append(scoring.delong_pvalues(target, a, b)[2] < 0.05)
+        rejected["image"].append(statistics.delong_pvalues(target, a, b)[2] < 0.05)
         rejected["difference"].append(auc_a - auc_b)
     return {key: float(np.mean(np.concatenate(values))) for key, values in rejected.items()}
 
@@ -166,26 +166,26 @@ def test_clustered_delong_counts_a_patient_once_however_many_copies():
     target = (rng.random(300) < 0.2).astype(int)
     a = rng.normal(target, 1.0)
     b = rng.normal(0.8 * target, 1.0)
-    _, _, p_original = scoring.delong_test(target, a, b)
+    _, _, p_original = statistics.delong_test(target, a, b)
     copies = (np.repeat(target, 3), np.repeat(a, 3), np.repeat(b, 3))
-    _, _, p_clustered = scoring.clustered_delong_test(*copies, np.repeat(np.arange(300), 3))
-    _, _, p_naive = scoring.delong_test(*copies)
+    _, _, p_clustered = statistics.clustered_delong_test(*copies, np.repeat(np.arange(300), 3))
+    _, _, p_naive = statistics.delong_test(*copies)
     assert p_clustered == pytest.approx(p_original, rel=0.05)
     assert p_naive < p_original / 5
     # one image per patient: the clustered test is DeLong's up to small-sample factors
-    auc_a, auc_b, p_single = scoring.clustered_delong_test(target, a, b, np.arange(300))
+    auc_a, auc_b, p_single = statistics.clustered_delong_test(target, a, b, np.arange(300))
     assert p_single == pytest.approx(p_original, rel=0.05)
-    assert (auc_a, auc_b) == pytest.approx(scoring.delong_test(target, a, b)[:2])
-    assert scoring.clustered_delong_test(target, a, a, np.arange(300))[2] == 1.0
+    assert (auc_a, auc_b) == pytest.approx(statistics.delong_test(target, a, b)[:2])
+    assert statistics.clustered_delong_test(target, a, a, np.arange(300))[2] == 1.0
 
 
 def test_batched_pvalues_equal_one_pair_at_a_time():
     rng = np.random.default_rng(8)
     patient, target = patient_layout(rng, patients=40)
     a, b = run_pairs(rng, patient, target, 5, 0.3)
-    _, _, batched = scoring.delong_pvalues(target, a, b, patient)
+    _, _, batched = statistics.delong_pvalues(target, a, b, patient)
     for row in range(5):
-        assert batched[row] == pytest.approx(scoring.clustered_delong_test(target, a[row], b[row], patient)[2])
+        assert batched[row] == pytest.approx(statistics.clustered_delong_test(target, a[row], b[row], patient)[2])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,12 +305,12 @@ def test_compare_shows_unselected_and_pauc_and_ranks_by_unselected(tmp_path, cap
         recompute_unselected(strong, project.outputs / "strong")[0], abs=1e-12)
     assert rows["strong"]["pauc_tpr80"] == pytest.approx(isic2024_pauc(strong["target"], strong["pred"]), abs=1e-12)
     assert rows["no-epochs"]["auc_unselected"] is None and rows["no-epochs"]["rank"] == 3
-    _, _, p_patient = scoring.clustered_delong_test(strong["target"], strong["pred"], weaker["pred"],
+    _, _, p_patient = statistics.clustered_delong_test(strong["target"], strong["pred"], weaker["pred"],
                                                     strong["patient_id"])
     assert rows["weaker"]["p_best"] == float(f"{p_patient:.3g}") and rows["weaker"]["p_test"] == "patient"
 
     by_image = {row["name"]: row for row in compare.compare_runs(str(project.outputs), bootstrap=0, test="image")}
-    _, _, p_image = scoring.delong_test(strong["target"], strong["pred"], weaker["pred"])
+    _, _, p_image = statistics.delong_test(strong["target"], strong["pred"], weaker["pred"])
     assert by_image["weaker"]["p_best"] == float(f"{p_image:.3g}")
 
     ranked = compare.compare_runs(str(project.outputs), bootstrap=0, by="unselected")

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from melanoma import cli
 from melanoma.core import tables
 from melanoma.core.errors import DataError
-from melanoma.evaluate import scoring
+from melanoma.evaluate import scoring, statistics
 
 HYPOTHESIS = settings(deadline=None, max_examples=120,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -92,7 +92,7 @@ def test_unit_weight_auc_is_roc_auc_score(rows):
     order = np.argsort(pred, kind="mergesort")
     sorted_pred = pred[order]
     starts = np.flatnonzero(np.r_[True, sorted_pred[1:] != sorted_pred[:-1]])
-    auc = scoring._weighted_auc_rows(np.ones((1, len(pred))), target[order], starts)[0]
+    auc = statistics._weighted_auc_rows(np.ones((1, len(pred))), target[order], starts)[0]
     assert auc == pytest.approx(roc_auc_score(target, pred), abs=1e-12)
 
 
@@ -116,8 +116,8 @@ def test_bootstrap_resamples_patients_not_images():
     """Copying every image of a patient changes nothing when patients are what is resampled."""
     frame = make_oof(rows=400, patients=80, seed=5)
     doubled = pd.concat([frame, frame.assign(image_name=frame["image_name"] + "_copy")], ignore_index=True)
-    once = scoring.bootstrap_aucs(frame["target"], frame["pred"], frame["patient_id"], 300, seed=9)
-    twice = scoring.bootstrap_aucs(doubled["target"], doubled["pred"], doubled["patient_id"], 300, seed=9)
+    once = statistics.bootstrap_aucs(frame["target"], frame["pred"], frame["patient_id"], 300, seed=9)
+    twice = statistics.bootstrap_aucs(doubled["target"], doubled["pred"], doubled["patient_id"], 300, seed=9)
     np.testing.assert_allclose(once, twice, rtol=0, atol=1e-12)
     # An image-level bootstrap would see twice the data and a narrower spread; patients keep it.
     assert scoring.score_oof(frame, 300, 9)["ci95"] == pytest.approx(scoring.score_oof(doubled, 300, 9)["ci95"])
@@ -128,8 +128,8 @@ def test_bootstrap_resamples_patients_not_images():
 def test_bootstrap_methods_agree(rows, patients, rate, decimals):
     frame = make_oof(rows=rows, patients=patients, seed=2, rate=rate, decimals=decimals)
     args = (frame["target"], frame["pred"], frame["patient_id"], 120)
-    by_patients = scoring.bootstrap_aucs(*args, seed=4, method="patients")
-    by_images = scoring.bootstrap_aucs(*args, seed=4, method="images")
+    by_patients = statistics.bootstrap_aucs(*args, seed=4, method="patients")
+    by_images = statistics.bootstrap_aucs(*args, seed=4, method="images")
     np.testing.assert_allclose(by_patients, by_images, rtol=0, atol=1e-9)
 
 
@@ -232,7 +232,7 @@ def test_delong_on_a_hand_worked_example():
     target = [1, 1, 1, 0, 0]
     pred_a = [0.9, 0.7, 0.4, 0.5, 0.2]
     pred_b = [0.8, 0.3, 0.6, 0.3, 0.5]
-    auc_a, auc_b, p_value = scoring.delong_test(target, pred_a, pred_b)
+    auc_a, auc_b, p_value = statistics.delong_test(target, pred_a, pred_b)
     assert auc_a == pytest.approx(5 / 6) and auc_b == pytest.approx(3 / 4)
     z = 1 / (2 * math.sqrt(7))
     assert p_value == pytest.approx(math.erfc(z / math.sqrt(2)), rel=1e-12)
@@ -272,19 +272,19 @@ def test_delong_matches_the_slow_structural_components_reference(seed):
     pred_a = np.round(rng.normal(target * 0.8, 1.0), 1)   # rounded: ties
     pred_b = np.round(pred_a + rng.normal(0, 0.7, rows), 1)
     expected = slow_delong(target, pred_a, pred_b)
-    assert scoring.delong_test(target, pred_a, pred_b) == pytest.approx(expected, rel=1e-9)
+    assert statistics.delong_test(target, pred_a, pred_b) == pytest.approx(expected, rel=1e-9)
     assert expected[0] == pytest.approx(roc_auc_score(target, pred_a))
 
 
 def test_delong_edge_cases():
     target = [0, 1, 0, 1, 1, 0]
     pred = [0.1, 0.9, 0.3, 0.4, 0.8, 0.2]
-    assert scoring.delong_test(target, pred, pred)[2] == 1.0
-    assert scoring.delong_test(target, pred, [2 * value for value in pred])[2] == 1.0
+    assert statistics.delong_test(target, pred, pred)[2] == 1.0
+    assert statistics.delong_test(target, pred, [2 * value for value in pred])[2] == 1.0
     with pytest.raises(DataError):
-        scoring.delong_test([0, 0, 0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
+        statistics.delong_test([0, 0, 0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
     with pytest.raises(DataError):
-        scoring.delong_test([0, 1], [0.1, 0.2, 0.3], [0.3, 0.2])
+        statistics.delong_test([0, 1], [0.1, 0.2, 0.3], [0.3, 0.2])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from melanoma.core import runs
 from melanoma.core.errors import DataError
 from melanoma.evaluate import scoring, selection
-from melanoma.evaluate.scoring import ScoreWarning, clustered_delong_test, delong_test, score_oof
+from melanoma.evaluate.scoring import ScoreWarning, score_oof
+from melanoma.evaluate.statistics import clustered_delong_test, delong_test
 
 RANK_BY = {"auc": "auc", "unselected": "auc_unselected"}
 TESTS = ("patient", "image")
