@@ -6,12 +6,9 @@ start from with `extends: other.yaml`.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -288,24 +285,5 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Confi
         resolved["name"] = path.stem
     _check_values(resolved)
     return resolved
-
-
-@contextlib.contextmanager
-def worker_outputs(config: Config, chief: bool):
-    """The config a process writes with: `config` itself on the chief; on the other workers of a
-    cluster, a copy whose output_dir and submission_dir are a temporary folder of their own, removed at
-    the end. Those workers take every step the chief takes (a cluster saves models collectively), but
-    nothing of theirs lands in the run's folders."""
-    if chief:
-        yield config
-        return
-    scratch = tempfile.mkdtemp(prefix="melanoma-worker-")
-    work = copy.deepcopy(config)
-    work["output_dir"] = os.path.join(scratch, "outputs")
-    work["submission_dir"] = os.path.join(scratch, "submissions")
-    try:
-        yield work
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -10,12 +10,19 @@ Keys are compared flat and dotted. File paths compare by their file names only (
 gs:// folder changes every session, the files in it do not), as `runstate.fingerprint` lets a resumed
 fold move between machines. A key the saved config lacks (a run saved before the key existed) counts
 as base.yaml's default.
+
+Here too: writing and reading that file (`save_config`, `read_saved_config`; it carries the code's git
+commit), and the folders each worker of a cluster writes into (`worker_outputs`: the chief's are the run's).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable
@@ -270,3 +277,22 @@ def read_saved_config(directory: str | os.PathLike) -> Config:
     data = yaml.safe_load(text)
     data.pop("git_commit", None)
     return config_lib.as_config(data)
+
+
+@contextlib.contextmanager
+def worker_outputs(config: Config, chief: bool):
+    """The config a process writes with: `config` itself on the chief; on the other workers of a
+    cluster, a copy whose output_dir and submission_dir are a temporary folder of their own, removed at
+    the end. Those workers take every step the chief takes (a cluster saves models collectively), but
+    nothing of theirs lands in the run's folders."""
+    if chief:
+        yield config
+        return
+    scratch = tempfile.mkdtemp(prefix="melanoma-worker-")
+    work = copy.deepcopy(config)
+    work["output_dir"] = os.path.join(scratch, "outputs")
+    work["submission_dir"] = os.path.join(scratch, "submissions")
+    try:
+        yield work
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

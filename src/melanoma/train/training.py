@@ -460,7 +460,7 @@ def command(args: argparse.Namespace) -> int:
     todo = [fold for fold in folds if args.force or not fold_finished(config, fold)]
     for fold in sorted(set(folds) - set(todo)):
         print(f"fold {fold}: already finished (use --force to train it again)")
-    with config_lib.worker_outputs(config, chief) as work:
+    with run_lib.worker_outputs(config, chief) as work:
         if chief:
             print(f"run {config.name}: resolved config in {config_path}")
         else:
