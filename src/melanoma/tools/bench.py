@@ -312,8 +312,6 @@ def model_figures(config: Config, strategy, train_paths, test_paths, pipelines: 
                   epoch_steps: int) -> dict:
     """Model figures under the dtype policy already set (hardware.set_precision); the weights are
     random (pretrained=False): speed does not depend on them, and nothing is downloaded."""
-    # Keras loads only when the bench measures a model (run_bench's with_model)
-
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
     model = _training_model(config, strategy, global_batch)
     train_ds, in_memory = _train_datasets(config, train_paths, global_batch)

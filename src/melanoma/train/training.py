@@ -104,8 +104,6 @@ def make_callbacks(config: Config, folder: str, global_batch: int, valid_paths: 
     outputs all fall in one bin; the validation AUC here is scikit-learn's on every validation image,
     the same number the competition would give. It runs first so later callbacks see it in `logs`.
     """
-    # hardware (TensorFlow) and callbacks (Keras): loaded only when a fold trains, not by every command
-
     strategy = strategy or hardware.get_strategy()
     guard = callbacks.NanGuard()
     checkpoint = callbacks.Checkpoint(config, folder, state, guard)
@@ -198,8 +196,6 @@ def train_fold(config: Config, fold: int, resume: bool = False) -> dict:
 
     With `resume`, a fold that was interrupted continues after its last completed epoch, with its model,
     optimizer state, best checkpoint and history (see `runstate`)."""
-    # TensorFlow and Keras: loaded only when a fold trains, not by every command
-
     strategy = hardware.get_strategy()  # first: a multi-worker strategy must precede other TF work
     precision = hardware.set_precision(config, strategy)
     folder = layout.fold_dir(config, fold)
@@ -231,8 +227,6 @@ def train_fold(config: Config, fold: int, resume: bool = False) -> dict:
 def _fold_data(config: Config, fold: int, folder: str):
     """The fold's files and drops, its corrupt records skipped (data.skip_corrupt only), data.json
     written; returns (fold data, {path: records skipped in that file})."""
-    # sources reads records with TensorFlow: loaded only when a fold trains
-
     # competition training parts + external sets, duplicates dropped, leak checks (CheckFailed)
     fold_data = read_fold_data(config, fold)
     fold_data, skipped = skip_corrupt_records(config, fold_data)  # data.skip_corrupt only
@@ -243,8 +237,6 @@ def _fold_data(config: Config, fold: int, folder: str):
 def _epoch_steps(config: Config, fold: int, fold_data, strategy, global_batch: int, precision) -> int:
     """Steps per epoch, after saying what the fold trains on; DataError when skipping corrupt records
     left no training or no validation image."""
-    # TensorFlow: loaded only when a fold trains
-
     train_files, valid_files = fold_data.train_files, fold_data.valid_files
     replicas = strategy.num_replicas_in_sync
     n_train = fold_data.train_images
@@ -264,8 +256,6 @@ def _epoch_steps(config: Config, fold: int, fold_data, strategy, global_batch: i
 def _training_batches(config: Config, fold: int, fold_data, global_batch: int, initial_epoch: int):
     """The fold's augmented training batches (this worker's share on a cluster) and the diagnosis
     lookups of its sources: (dataset, lookups)."""
-    # TensorFlow: loaded only when a fold trains
-
     train_files = fold_data.train_files
     # A resumed fold draws a new data order rather than replaying its first epochs' order.
     data_seed = config.seed + fold + 1000 * initial_epoch
@@ -284,8 +274,6 @@ def _training_batches(config: Config, fold: int, fold_data, global_batch: int, i
 def _fold_model(config: Config, fold: int, folder: str, state: dict | None, strategy, global_batch: int):
     """The compiled model, built under the strategy; a resumed fold's holds its last epoch's weights
     and optimizer state."""
-    # Keras: loaded only when a fold trains
-
     with strategy.scope():
         model = compile_model(model_lib.build_model(config), config, global_batch)
         if state:
@@ -300,8 +288,6 @@ def _fit(model, train_ds, config: Config, fold: int, fold_data, steps: int, call
          initial_epoch: int) -> float:
     """model.fit over the fold's remaining epochs, an unreadable record named in the error; returns
     the seconds it took."""
-    # integrity reads records with TensorFlow: loaded only when a fold trains
-
     files = fold_data.train_files + fold_data.valid_files
     class_weight = class_weights(config)
     started = time.time()
@@ -335,8 +321,6 @@ def _keep_best(model, config: Config, fold: int, folder: str, guard, checkpoint)
 def _write_oof(model, config: Config, fold: int, folder: str, fold_data, skipped: dict, lookups, strategy):
     """The fold's out-of-fold predictions, written to oof.csv: competition validation images only,
     duplicates out; returns (oof, the diagnosis head's class columns, [] for the binary head)."""
-    # sources and prediction need TensorFlow: loaded only when a fold trains
-
     valid_files = fold_data.valid_files
     oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train",
                                    records.count_images(valid_files) - sum(skipped.get(f.path, 0)
@@ -358,8 +342,6 @@ def _write_test(model, config: Config, fold: int, folder: str, test_files: list,
                 strategy) -> None:
     """The fold's test predictions in test.csv and what they depend on in test.json (none without
     data.test_files)."""
-    # prediction needs TensorFlow: loaded only when a fold trains
-
     if test_files:
         test = prediction.predict_files(model, [f.path for f in test_files], config, "test",
                                         records.count_images(test_files), desc=f"fold {fold} test",
