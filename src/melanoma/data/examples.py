@@ -18,11 +18,13 @@ def int_features(split: str) -> tuple[str, ...]:
     return records.TRAIN_INT_FEATURES if split == "train" else records.TEST_INT_FEATURES
 
 
-def feature_spec(split: str, columns: tuple[str, ...] | None = None, images: bool = True) -> dict:
-    """tf.io feature spec of a `split` record: image_name, the int64 `columns` (default: all of the
-    split's), and the JPEG bytes when `images`."""
+def feature_spec(split: str, columns: tuple[str, ...] | None = None, images: bool = True,
+                 names: bool = True) -> dict:
+    """tf.io feature spec of a `split` record: image_name (when `names`), the int64 `columns` (default: all
+    of the split's), and the JPEG bytes when `images`."""
     spec = {"image": tf.io.FixedLenFeature([], tf.string)} if images else {}
-    spec["image_name"] = tf.io.FixedLenFeature([], tf.string)
+    if names:
+        spec["image_name"] = tf.io.FixedLenFeature([], tf.string)
     spec.update({name: tf.io.FixedLenFeature([], tf.int64)
                  for name in (int_features(split) if columns is None else columns)})
     return spec
@@ -45,19 +47,21 @@ def decode_image(data, image_size: int):
 
 
 def batches(paths: str | list[str], split: str, columns: tuple[str, ...] | None = None, images: bool = False,
-            skip_corrupt: bool = False, batch_size: int = 512) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of the records' fields as numpy arrays, in file order (image_name decoded to str).
+            skip_corrupt: bool = False, batch_size: int = 512, names: bool = True,
+            ordered: bool = True) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of the records' fields as numpy arrays (image_name decoded to str, when `names`), in file
+    order unless `ordered` is False (then files are read in parallel, for sums and counts).
 
     `skip_corrupt` passes over records that cannot be read or parsed; otherwise such a record raises
     tf.errors.OpError, which the caller names (integrity.py)."""
-    spec = feature_spec(split, columns, images)
-    dataset = tf.data.TFRecordDataset(paths).map(lambda s: tf.io.parse_single_example(s, spec),
-                                                 num_parallel_calls=AUTOTUNE, deterministic=True)
+    spec = feature_spec(split, columns, images, names)
+    dataset = tf.data.TFRecordDataset(paths, num_parallel_reads=None if ordered else AUTOTUNE)
+    dataset = dataset.map(lambda s: tf.io.parse_single_example(s, spec), num_parallel_calls=AUTOTUNE,
+                          deterministic=ordered)
     if skip_corrupt:
         dataset = dataset.ignore_errors()
     for batch in dataset.batch(batch_size):
         fields = {name: value.numpy() for name, value in batch.items()}
-        fields["image_name"] = np.array([name.decode() for name in fields["image_name"]], dtype=object)
+        if names:
+            fields["image_name"] = np.array([name.decode() for name in fields["image_name"]], dtype=object)
         yield fields
-
-

@@ -136,7 +136,8 @@ def _patient_counts(paths: tuple[str, ...], split: str) -> tuple[tuple[int, int]
     ids = [np.zeros(0, np.int64)]
     total = sum(records.parse_file_name(p).count for p in paths)
     with progress_lib.bar(total=total, desc=f"{split} patient counts", unit="img", leave=False) as bar:
-        for batch in examples.batches(list(paths), split, ("patient_id",), skip_corrupt=True, batch_size=8192):
+        for batch in examples.batches(list(paths), split, ("patient_id",), skip_corrupt=True,
+                                      batch_size=8192, names=False, ordered=False):
             ids.append(batch["patient_id"])
             bar.update(len(ids[-1]))
     ids = np.concatenate(ids)

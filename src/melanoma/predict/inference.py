@@ -11,7 +11,6 @@ the folds it averages (read by `submit`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -150,7 +149,7 @@ def run_inference(config: Config, recompute: bool = False, force: bool = False, 
     submission.write_submission(result, path, sample_path=config.data.sample_submission, force=force)
     record = {"config": config.name, "run": layout.run_dir(config), "folds": folds,
               "folds_expected": config.data.folds, "partial": bool(missing), "tta": config.tta.to_dict(),
-              "sha256": hashlib.sha256(io_utils.read_bytes(path)).hexdigest()}
+              "sha256": submission.sha256_of(path)}
     io_utils.write_text_atomic(layout.record_path(path), json.dumps(record, indent=1) + "\n")
     print(f"submission: {path} ({len(result)} images, {len(folds)} fold(s){' of ' + str(config.data.folds) if missing else ''}, "
           f"TTA {config.tta.steps})")
