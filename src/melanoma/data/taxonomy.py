@@ -123,12 +123,6 @@ def extend_codes(codes: dict, names) -> dict:
     return result
 
 
-def code_of(codes: dict, name: str) -> int:
-    """The code of `name` in `codes`, matched case-insensitively (KeyError when absent)."""
-    lowered = {key.lower(): value for key, value in codes.items()}
-    return lowered[name.lower()]
-
-
 def true_classes(codes, targets, lookup: list[int]) -> np.ndarray:
     """ISIC class index per image from its diagnosis code through `lookup` (class index per code).
 
