@@ -61,12 +61,17 @@ $(DEMO)/train.csv: | $(INSTALLED)  # train.csv comes last: without it, an earlie
 $(DEMO)/records/encodings.json: $(DEMO)/train.csv
 	$(PY) -m melanoma records --data $(DEMO) --out $(DEMO)/records --size 64
 
-demo: install $(DEMO)/records/encodings.json ## synth -> records -> train all folds -> infer -> score, on demo data
+demo: install $(DEMO)/records/encodings.json ## synth -> records -> pretrained Lite0 CNN and trees on every fold -> rank blend -> score
 	$(PY) train.py --config configs/demo.yaml --fold all $(SETARG)
 	$(PY) infer.py --config configs/demo.yaml $(SETARG)
+	$(PY) train.py --config configs/tabular.yaml --fold all $(SETARG)
+	$(PY) infer.py --config configs/tabular.yaml $(SETARG)
+	$(PY) -m melanoma blend configs/demo.yaml configs/tabular.yaml --method rank --name demo --force
 	$(PY) -m melanoma score outputs/demo/oof.csv
+	$(PY) -m melanoma score outputs/tabular/oof.csv
+	$(PY) -m melanoma score outputs/blend-demo/oof.csv
 	$(PY) -m melanoma report configs/demo.yaml $(SETARG)
-	@echo "submission: submissions/demo.csv   report: outputs/demo/report/"
+	@echo "submission: submissions/blend-demo.csv (CNN alone: submissions/demo.csv, trees alone: submissions/tabular.csv)   report: outputs/demo/report/"
 
 TEST_WORKERS ?= 2
 test: install $(SERVE_INSTALLED) ## fast tests in TEST_WORKERS processes (about 6 minutes on 2 cores)
@@ -116,5 +121,5 @@ SIZE ?= 256
 data: install ## download the competition CSVs and the public TFRecords of SIZE into input/ (Kaggle CLI)
 	$(PY) -m melanoma data --size $(SIZE) --out input
 
-clean-demo: ## remove the demo data, its run and its submission
-	rm -rf $(DEMO) outputs/demo submissions/demo.csv
+clean-demo: ## remove the demo data, its runs and their submissions
+	rm -rf $(DEMO) outputs/demo outputs/tabular outputs/blend-demo submissions/demo.csv submissions/tabular.csv submissions/blend-demo.csv

@@ -326,3 +326,59 @@ def test_two_replicas_train_a_fold_from_the_pretrained_weights(tiny_data, tmp_pa
     imagenet = lite0_state["_conv_stem.weight"].transpose(2, 3, 1, 0)
     moved = np.abs(stem - imagenet).max()
     assert 0 < moved < 0.05 * np.abs(imagenet).max(), moved  # trained, from ImageNet, not from scratch
+
+
+def test_tf_keras_loads_the_same_cache(keras_home):
+    """A multi-worker cluster trains with tf_keras: its Lite, from the cache Keras 3 wrote, names the cat."""
+    lite.imagenet_classifier("efficientnet-lite0")  # the cache, written by Keras 3
+    script = ("import numpy as np, skimage.data, cv2\n"
+              "from melanoma.core import kerasapi\n"
+              "from melanoma.model import lite\n"
+              "model, _ = lite.imagenet_classifier('efficientnet-lite0')\n"
+              "x = cv2.resize(skimage.data.chelsea(), (224, 224), interpolation=cv2.INTER_AREA).astype('float32')\n"
+              "print(kerasapi.name().split()[0], int(np.argmax(model.predict(((x - 127) / 128)[None], verbose=0)[0])))\n")
+    env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    library, top = result.stdout.split()[-2:]
+    assert library == "tf_keras" and int(top) in CATS
+    assert "converting" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_localhost_cluster_trains_a_fold_from_the_pretrained_weights(tiny_data, tmp_path, keras_home):
+    """Two workers (tf_keras, MultiWorkerMirroredStrategy) from the packaged ImageNet weights; the slow
+    suite, as tracing Lite0 twice under the cluster takes minutes (the fast suite checks tf_keras reads
+    the cache, and the cluster itself with the tiny model, in test_distributed.py)."""
+    import socket
+
+    from conftest import write_config
+
+    path = write_config(tmp_path, tiny_data, """\
+        model:
+          backbone: efficientnet-lite0
+          weights: imagenet
+          freeze_batch_norm: true
+        train:
+          epochs: 1
+          steps_per_epoch: 2
+          batch_size: 4
+        """)
+    sockets = [socket.socket() for _ in range(2)]
+    for handle in sockets:
+        handle.bind(("localhost", 0))
+    cluster = {"worker": [f"localhost:{handle.getsockname()[1]}" for handle in sockets]}
+    for handle in sockets:
+        handle.close()
+    processes = []
+    for index in range(2):
+        env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "3",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        env.pop("MELANOMA_CPU_DEVICES", None)
+        processes.append(subprocess.Popen([sys.executable, "train.py", "--config", str(path), "--fold", "0"],
+                                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True))
+    outputs = [process.communicate(timeout=1200)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], "\n\n".join(outputs)
+    assert all("2 replica(s) (MultiWorkerMirroredStrategy)" in text and "tf_keras" in text for text in outputs)
+    assert (tmp_path / "outputs" / "tiny" / "fold0" / "oof.csv").is_file()

@@ -28,7 +28,9 @@ PUBLISHED_PARAMETERS = {
 
 
 def demo_config(*overrides):
-    return config_lib.load_config(REPO / "configs" / "demo.yaml", [f"data.image_size={SIZE}", *overrides])
+    """The demo's config with the B0 these tests are about (the demo itself runs a pretrained Lite0)."""
+    b0 = ["model.backbone=efficientnet-b0", "model.weights=none", "model.freeze_batch_norm=false"]
+    return config_lib.load_config(REPO / "configs" / "demo.yaml", [f"data.image_size={SIZE}", *b0, *overrides])
 
 
 def same_weights(first: keras.Model, second: keras.Model) -> bool:
