@@ -60,7 +60,7 @@ def fake_notebook(root: Path, lacking: tuple[str, ...] = ()) -> Path:
                              "pkg_resources", "distutils-precedence") + lacking) or name.endswith(".pth")):
             continue
         (farm / entry.name).symlink_to(entry)
-    version = next(ours.glob("tensorflow-*.dist-info")).name.split("-")[1].removesuffix(".dist-info")
+    version = next(ours.glob("tensorflow-*.dist-info")).name.removesuffix(".dist-info").split("-")[1]
     info = farm / f"tensorflow_tpu-{version}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tensorflow-tpu\nVersion: {version}\n")
@@ -105,18 +105,21 @@ def test_make_install_in_notebook_mode_leaves_tensorflow_alone(tmp_path):
 LACKING = ("efficientnet", "keras_applications")  # pure-Python packages the stand-in image lacks
 
 
-def repack(distribution: str, folder: Path) -> Path:
+def repack(distribution: str, folder: Path, version: str | None = None, requires: tuple[str, ...] = ()) -> Path:
     """A wheel of an installed pure-Python distribution, made from its installed files (this machine may
-    not reach the registry in a test, and the stand-in must get these packages from the folder alone)."""
+    not reach the registry in a test, and the stand-in must get these packages from the folder alone);
+    `version` and `requires` rewrite its version and add to its requirements."""
     import base64
     import hashlib
     import importlib.metadata
     import zipfile
 
     dist = importlib.metadata.distribution(distribution)
-    info = next(f for f in dist.files if f.name == "METADATA").parent
+    info = str(next(f for f in dist.files if f.name == "METADATA").parent)
+    stem = info.removesuffix(".dist-info")
+    new_info = f"{stem.rsplit('-', 1)[0]}-{version}.dist-info" if version else info
     tag = next(line.split(":", 1)[1].strip() for line in dist.read_text("WHEEL").splitlines() if line.startswith("Tag:"))
-    wheel = folder / f"{str(info).removesuffix('.dist-info')}-{tag}.whl"
+    wheel = folder / f"{new_info.removesuffix('.dist-info')}-{tag}.whl"
     lines = []
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
         for entry in dist.files:
@@ -125,10 +128,17 @@ def repack(distribution: str, folder: Path) -> Path:
                                                                                "direct_url.json"):
                 continue
             data = dist.locate_file(entry).read_bytes()
+            if entry.name == "METADATA":
+                metadata = data.decode()
+                if version:
+                    metadata = metadata.replace(f"Version: {dist.version}\n", f"Version: {version}\n", 1)
+                head, _, body = metadata.partition("\n\n")
+                data = ("\n".join([head] + [f"Requires-Dist: {r}" for r in requires]) + "\n\n" + body).encode()
+            text = text.replace(info, new_info, 1)
             archive.writestr(text, data)
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
             lines.append(f"{text},sha256={digest},{len(data)}")
-        archive.writestr(f"{info}/RECORD", "\n".join(lines + [f"{info}/RECORD,,"]) + "\n")
+        archive.writestr(f"{new_info}/RECORD", "\n".join(lines + [f"{new_info}/RECORD,,"]) + "\n")
     return wheel
 
 
@@ -189,6 +199,28 @@ def test_offline_install_fails_loudly_when_the_folder_lacks_a_wheel(tmp_path):
                           env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "pip failed" in done.stderr and "nothing of TensorFlow was changed" in done.stderr
+    assert packages(python) == before
+
+
+def test_offline_install_never_changes_a_package_the_notebook_has(tmp_path):
+    """The folder holds a newer tqdm that a missing package asks for: without the image's versions pinned
+    pip would replace the image's tqdm; pinned, the install stops and the notebook is as it was."""
+    import importlib.metadata
+
+    python = fake_notebook(tmp_path, lacking=LACKING)
+    before = packages(python)
+    folder = wheels_folder(tmp_path / "dataset", ("efficientnet",))
+    repack("Keras_Applications", folder, requires=("tqdm>=999",))
+    repack("tqdm", folder, version="999.0")
+    assert importlib.metadata.version("tqdm") != "999.0"
+    unpinned = subprocess.run(offline([str(python), "-m", "pip", "install", "--dry-run", "--no-index", "--find-links",
+                                       str(folder), "efficientnet==1.1.1"]),
+                              env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert "tqdm-999.0" in unpinned.stdout, unpinned.stdout + unpinned.stderr  # what pinning prevents
+    done = subprocess.run(offline([str(python), str(folder / "notebook.py"), "--wheels", str(folder)]),
+                          env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ResolutionImpossible" in done.stderr and "nothing of TensorFlow was changed" in done.stderr
     assert packages(python) == before
 
 

@@ -18,7 +18,8 @@ steps with pip given `--no-index --find-links DIR`, so nothing is fetched from a
 come from the project's wheel in DIR, and the project is installed from that wheel (not editable), so no
 checkout is needed: `python DIR/notebook.py --wheels DIR`. tf-keras, when missing, comes from DIR if a
 wheel of the notebook's TensorFlow version is there, and is otherwise left out with a note (only
-multi-worker training needs it).
+multi-worker training needs it). Offline, every package the notebook has keeps its version (they are all
+given to pip as constraints): what the folder adds must fit the image, or pip says why and nothing changes.
 
 It uses the standard library only: it runs before the project is installed.
 """
@@ -174,8 +175,11 @@ def install(python: str, extras: list[str], dry_run: bool = False, wheels: str |
     if dry_run:
         print(f"would install: missing {steps['missing'] or 'none'}; tf-keras {steps['tf_keras'] or 'present'}")
         return 0
+    # Offline, every package the image has is pinned, not only TensorFlow's: the folder holds other
+    # versions of some of them (protobuf, pandas, ...), and a missing package must not replace the image's.
+    pinned = sorted(before) if wheels is not None else [name for name in PINNED if name in before]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
-        handle.write("".join(f"{name}=={before[name]}\n" for name in PINNED if name in before))
+        handle.write("".join(f"{name}=={before[name]}\n" for name in pinned))
         constraints = handle.name
     try:
         if steps["missing"]:
