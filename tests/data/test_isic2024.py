@@ -298,3 +298,15 @@ def test_training_only_ids_travel_without_a_test_set(download, tmp_path):
     out = tmp_path / "out"
     assert cli.main(["records", "--isic2024", str(alone), "--out", str(out), "--parts", "2"]) == 0
     assert not list(out.glob("test*")) and len(list(out.glob("train*.tfrec"))) == 2
+
+
+def test_a_crop_without_a_patient_is_a_group_of_its_own(download, tmp_path):
+    broken = copy_download(download, tmp_path / "broken")
+    table = pd.read_csv(broken / "train-metadata.csv")
+    lonely = table["isic_id"].iloc[[0, 50]].tolist()
+    table.loc[table["isic_id"].isin(lonely), "patient_id"] = np.nan
+    table.to_csv(broken / "train-metadata.csv", index=False)
+    out = tmp_path / "out"
+    assert cli.main(["records", "--isic2024", str(broken), "--out", str(out), "--workers", "1"]) == 0
+    found = read_records(str(out / "train*.tfrec"), "train").set_index("image_name")
+    assert (found.loc[lonely, "patient_id"] == -1).all() and len(found) == len(table)

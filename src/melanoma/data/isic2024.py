@@ -237,9 +237,11 @@ def default_parts(images: int) -> int:
 
 def assign_parts(train: pd.DataFrame, parts: int, seed: int) -> np.ndarray:
     """Parts as `folds` assigns them: a patient in one part, stratified and balanced; a tiny set gets fewer
-    parts (with a note)."""
+    parts (with a note on stderr)."""
+    # a crop without a patient is a group of its own, as converters.lesion_parts does
+    patients = train["patient_id"].where(train["patient_id"].notna(), "image:" + train[ID].astype(str))
     frame = pd.DataFrame({"image_name": train[ID].to_numpy(), "target": train["target"].to_numpy(),
-                          "patient_id": train["patient_id"].fillna("unknown patient").to_numpy()})
+                          "patient_id": patients.to_numpy()})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", folds.FewPatientsWarning)
         assigned = folds.assign_parts(frame, parts=parts, seed=seed)["part"].to_numpy()
@@ -262,25 +264,35 @@ def write_table(source_csv: str, keys: pd.DataFrame, target: str, encoded: list[
     """`source_csv` copied in chunks, every value as written, with image_name, part and the `encoded`
     code columns of `keys` (the same rows, in the same order) added; written under a temporary name."""
     remote = io_utils.is_remote(target)
-    temporary = tempfile.mkstemp(suffix=".csv")[1] if remote else io_utils.temporary_name(target)
-    position = 0
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        reader = pd.read_csv(source_csv, dtype=str, keep_default_na=False, chunksize=CHUNK_ROWS)
-        for chunk in reader:
-            rows = keys.iloc[position:position + len(chunk)]
-            if not np.array_equal(chunk[ID].to_numpy(), rows[ID].to_numpy(dtype=object)):
-                raise DataError(f"{source_csv} changed while it was read (rows from {position} differ); run again")
-            chunk.insert(0, "image_name", chunk[ID])
-            chunk.insert(1, "part", rows["part"].to_numpy())
-            for column in encoded:
-                chunk[column] = rows[column].to_numpy()
-            chunk.to_csv(handle, index=False, header=position == 0)
-            position += len(chunk)
-    if remote:  # a bucket has no rename of a local file: copied, and the copy is in the hidden folder
-        io_utils.copy(temporary, target)
-        os.remove(temporary)
+    if remote:  # written locally, then copied into the hidden folder on the bucket
+        descriptor, temporary = tempfile.mkstemp(suffix=".csv")
+        os.close(descriptor)
     else:
-        io_utils.replace(temporary, target)
+        temporary = io_utils.temporary_name(target)
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="") as handle:
+            copy_chunks(source_csv, keys, encoded, handle)
+        if remote:
+            io_utils.copy(temporary, target)
+        else:
+            io_utils.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def copy_chunks(source_csv: str, keys: pd.DataFrame, encoded: list[str], handle) -> None:
+    position = 0
+    for chunk in pd.read_csv(source_csv, dtype=str, keep_default_na=False, chunksize=CHUNK_ROWS):
+        rows = keys.iloc[position:position + len(chunk)]
+        if not np.array_equal(chunk[ID].to_numpy(), rows[ID].to_numpy(dtype=object)):
+            raise DataError(f"{source_csv} changed while it was read (rows from {position} differ); run again")
+        chunk.insert(0, "image_name", chunk[ID])
+        chunk.insert(1, "part", rows["part"].to_numpy())
+        for column in encoded:
+            chunk[column] = rows[column].to_numpy()
+        chunk.to_csv(handle, index=False, header=position == 0)
+        position += len(chunk)
 
 
 def jpeg_bytes(value, isic_id: str, path: str) -> bytes:
