@@ -27,7 +27,7 @@ SETARG = $(if $(SET),--set $(SET),)
 DEMO := input/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full train resume infer score report compare blend bench serve submit leaderboard data clean-demo
+.PHONY: help install demo test test-full train resume infer score report compare blend bench bench-trees serve submit leaderboard data wheels clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,8 +43,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# WHEELS=<folder of make wheels>: offline, from that folder alone (a notebook with the internet off)
 $(NOTEBOOK_STAMP): pyproject.toml
-	$(PY) src/melanoma/tools/notebook.py --extras dev
+	$(PY) src/melanoma/tools/notebook.py $(if $(WHEELS),--wheels $(WHEELS),--extras dev)
 	touch $@
 
 $(VENV)/.installed-serve: $(VENV)/.installed
@@ -104,6 +105,14 @@ blend: install ## blend runs: make blend CONFIGS="configs/a.yaml configs/b.yaml"
 
 bench: install ## throughput figures (input pipelines, model, records): table, JSON in outputs/bench.json
 	$(PY) -m melanoma bench --config configs/demo.yaml --set data.image_size=256 $(SET) --synthetic --out outputs/bench.json
+
+bench-trees: install ## trees on 400,000 generated ISIC 2024 rows: seconds and peak memory (JSON in outputs/bench_trees.json)
+	$(PY) -m melanoma.tools.bench_trees --out outputs/bench_trees.json $(if $(SET),--set $(SET),)
+
+WHEELS_DIR ?= wheels
+FREEZE ?=
+wheels: install ## the project + every dependency a notebook lacks as wheels in WHEELS_DIR/ (FREEZE=the notebook's pip freeze)
+	$(PY) -m melanoma.tools.wheels --out $(WHEELS_DIR) $(if $(FREEZE),--freeze $(FREEZE),)
 
 PORT ?= 7860
 HOST ?= 127.0.0.1

@@ -16,7 +16,7 @@ from melanoma.core.errors import run_guarded
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("melanoma.tools.synth", "write a competition-shaped demo dataset (CSV + JPEGs)"),
+    "synth": ("melanoma.tools.synth_command", "write a demo dataset: the competition's layout, or --layout isic2024"),
     "folds": ("melanoma.data.folds", "assign patient-grouped, stratified parts and folds"),
     "records": ("melanoma.data.make_records", "JPEGs + CSV -> TFRecords in the public schema"),
     "data": ("melanoma.kaggle.download", "download the competition CSVs and public TFRecords (Kaggle CLI)"),

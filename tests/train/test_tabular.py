@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from melanoma import cli
 from melanoma.core.config import ConfigError, load_config
 from melanoma.evaluate import compare
-from melanoma.input import features, imagestats
+from melanoma.input import features, imagestats, patientcontext
 from melanoma.tools import synth
 from melanoma.train import tabular
 
@@ -117,7 +117,7 @@ def test_patient_context_of_one_image_patients_is_zero_difference_and_middle_ran
     frame = pd.DataFrame({"x": [1.0, 3.0, 2.0, 5.0, 7.0, 4.0, np.nan, 6.0],
                           "y": [0.5, 0.5, 0.5, 2.0, 1.0, 1.0, 3.0, 9.0]})
     patients = pd.Series([10, 10, 10, 20, -1, -1, 30, 30])  # 20 has one image; -1 is no patient
-    context = features.patient_context(frame, ["x", "y"], patients, ["x", "y"])
+    context = patientcontext.patient_context(frame, ["x", "y"], patients, ["x", "y"])
     assert list(context.columns) == ["pdiff_x", "pdiff_y", "prank_x", "prank_y", "patient_distance"]
     np.testing.assert_allclose(context["pdiff_x"][:3], [-1.0, 1.0, 0.0])
     np.testing.assert_allclose(context["prank_x"][:3], [0.0, 1.0, 0.5])

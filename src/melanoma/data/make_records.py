@@ -1,8 +1,8 @@
 """The `records` command: JPEGs + CSV -> a complete folder of TFRecords in the public schema.
 
 `python -m melanoma records --data DIR --out FOLDER` (the competition's layout), or `--isic2019 DIR` /
-`--ham10000 DIR` (converters.py). The competition's train images get patient-grouped parts (folds.py)
-unless the CSV has a `part` column. The folder is written whole under a hidden name and put in place
+`--ham10000 DIR` (converters.py), or `--isic2024 DIR` (the ISIC 2024 layout: isic2024.py). The
+competition's train images get patient-grouped parts (folds.py) unless the CSV has a `part` column. The folder is written whole under a hidden name and put in place
 with its manifest only when complete, so an interrupted run never leaves a folder that looks finished.
 """
 from __future__ import annotations
@@ -17,9 +17,12 @@ import numpy as np
 
 from melanoma.core import io_utils
 from melanoma.core.errors import ConfigError, DataError
-from melanoma.data import converters, folds
+from melanoma.data import converters, folds, isic2024
 from melanoma.data.records import (DEFAULT_TEST_PARTS, FILE_PATTERN, HALF_WRITTEN, MANIFEST, OUTPUTS, TEST_INT_FEATURES,
                                    TRAIN_INT_FEATURES, encode_metadata, write_manifest, write_split)
+
+
+DEFAULT_SIZE = 256
 
 
 def build_records(train_csv: str, test_csv: str | None, train_images: str, test_images: str | None,
@@ -114,14 +117,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isic2019-images", help="folder of the ISIC 2019 JPEGs (<image>.jpg)")
     parser.add_argument("--ham10000", metavar="DIR", help="HAM10000 instead: a folder with "
                         f"{converters.HAM10000_METADATA}, {', '.join(converters.HAM10000_IMAGE_FOLDERS)}/")
+    parser.add_argument("--isic2024", metavar="DIR", help="the ISIC 2024 layout instead: a folder with "
+                        f"{isic2024.TRAIN_METADATA}, {isic2024.TRAIN_IMAGES} (and {isic2024.TEST_METADATA}, "
+                        f"{isic2024.TEST_IMAGES}); records + the metadata tables beside them")
     parser.add_argument("--malignant-only", action="store_true",
                         help="ISIC 2019 / HAM10000: keep only the melanoma images")
     parser.add_argument("--encodings", help="ISIC 2019 / HAM10000: encodings.json of the competition records "
                         "to extend (default: the competition's own codes)")
     parser.add_argument("--out", required=True, help="folder for the TFRecords")
-    parser.add_argument("--size", type=int, default=256, help="images are resized to size x size")
-    parser.add_argument("--parts", type=int, default=15, help="train parts when the CSV has no 'part'")
-    parser.add_argument("--test-parts", type=int, default=DEFAULT_TEST_PARTS)
+    parser.add_argument("--size", type=int, default=None, help="images are resized to size x size (default "
+                        f"{DEFAULT_SIZE}; --isic2024: each crop kept as it is)")
+    parser.add_argument("--parts", type=int, default=None, help="train parts when the CSV has no 'part' "
+                        f"(default {folds.DEFAULT_PARTS}; --isic2024: {isic2024.PART_MULTIPLE} per "
+                        f"{isic2024.PART_MULTIPLE * isic2024.PART_IMAGES:,} images)")
+    parser.add_argument("--test-parts", type=int, default=None, help=f"test files (default {DEFAULT_TEST_PARTS}; "
+                        f"--isic2024: one per {isic2024.PART_IMAGES:,} images)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
 
@@ -131,11 +141,11 @@ def convert_source(args: argparse.Namespace) -> dict:
     if args.data or args.train_csv or (args.ham10000 and (args.isic2019 or args.isic2019_ground_truth)):
         raise FileNotFoundError("records takes one source: competition data (--data/--train-csv), ISIC 2019 "
                                 "files (--isic2019) or HAM10000 (--ham10000)")
-    options = dict(malignant_only=args.malignant_only, parts=args.parts, seed=args.seed, workers=args.workers,
-                   encodings_json=args.encodings)
+    options = dict(malignant_only=args.malignant_only, parts=args.parts or folds.DEFAULT_PARTS, seed=args.seed,
+                   workers=args.workers, encodings_json=args.encodings)
     if args.ham10000:
         with output_folder(args.out, [args.ham10000, args.encodings]) as folder:
-            return converters.build_ham10000_records(args.ham10000, folder, args.size, **options)
+            return converters.build_ham10000_records(args.ham10000, folder, args.size or DEFAULT_SIZE, **options)
 
     def raw(explicit, name):
         if explicit:
@@ -148,7 +158,28 @@ def convert_source(args: argparse.Namespace) -> dict:
              raw(args.isic2019_metadata, converters.ISIC2019_METADATA),
              raw(args.isic2019_images, converters.ISIC2019_IMAGES))
     with output_folder(args.out, list(paths) + [args.encodings]) as folder:
-        return converters.build_isic2019_records(*paths, folder, args.size, **options)
+        return converters.build_isic2019_records(*paths, folder, args.size or DEFAULT_SIZE, **options)
+
+
+def convert_isic2024(args: argparse.Namespace) -> int:
+    """`records --isic2024 DIR`: the ISIC 2024 layout -> records and the metadata tables (isic2024.py)."""
+    others = [flag for flag, value in (("--data", args.data), ("--train-csv", args.train_csv),
+                                       ("--isic2019", args.isic2019 or args.isic2019_ground_truth),
+                                       ("--ham10000", args.ham10000), ("--malignant-only", args.malignant_only),
+                                       ("--encodings", args.encodings)) if value]
+    if others:
+        raise ConfigError(f"--isic2024 takes no {', '.join(others)}: records converts one source at a time")
+    isic2024.find_layout(args.isic2024)  # a missing file is named before anything else is looked at
+    with output_folder(args.out, [args.isic2024]) as folder:
+        summary = isic2024.build_records(args.isic2024, folder, size=args.size, parts=args.parts,
+                                         test_part_count=args.test_parts, seed=args.seed, workers=args.workers)
+    print(json.dumps(summary))
+    out = args.out.rstrip("/")
+    test = (f" data.test_files={out}/test*.tfrec data.sample_submission="
+            f"{os.path.join(args.isic2024, isic2024.SAMPLE_SUBMISSION)}") if "test_files" in summary else ""
+    print(f"records written to {out}, with the metadata tables beside them (train.csv"
+          f"{', test.csv' if test else ''}); point a config at them with --set data.train_files={out}/train*.tfrec{test}")
+    return 0
 
 
 def command(args: argparse.Namespace) -> int:
@@ -157,8 +188,13 @@ def command(args: argparse.Namespace) -> int:
             return explicit
         return os.path.join(args.data, *relative) if args.data else None
 
-    if args.size < 8:
+    if args.size is not None and args.size < 8:
         raise DataError(f"--size must be at least 8, got {args.size}")
+    for name in ("parts", "test_parts"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.isic2024:
+        return convert_isic2024(args)
     if args.isic2019 or args.isic2019_ground_truth or args.ham10000:
         summary = convert_source(args)
         print(json.dumps(summary))
@@ -176,8 +212,9 @@ def command(args: argparse.Namespace) -> int:
         test_csv = None
     images = pick(args.train_images, "jpeg", "train"), pick(args.test_images, "jpeg", "test")
     with output_folder(args.out, [train_csv, test_csv, *images]) as folder:
-        summary = build_records(train_csv, test_csv, *images, folder, args.size, parts=args.parts,
-                                test_parts=args.test_parts, seed=args.seed, workers=args.workers)
+        summary = build_records(train_csv, test_csv, *images, folder, args.size or DEFAULT_SIZE,
+                                parts=args.parts or folds.DEFAULT_PARTS, test_parts=args.test_parts or DEFAULT_TEST_PARTS,
+                                seed=args.seed, workers=args.workers)
     print(json.dumps(summary))
     print(f"records written to {args.out}")
     return 0

@@ -40,7 +40,7 @@ from melanoma.core import io_utils, runs
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import examples, integrity, records, sources
-from melanoma.input import imagestats
+from melanoma.input import imagestats, patientcontext
 
 FEATURE_VERSION = 1  # bump when a feature's definition changes: the cache keys include it
 CHUNK = 64            # images per task sent to a worker
@@ -187,41 +187,6 @@ def metadata_features(raw: pd.DataFrame) -> pd.DataFrame:
                          "meta_patient_images": counts.where(patients >= 0)})
 
 
-def patient_keys(patients: pd.Series) -> np.ndarray:
-    """Group key per row: the patient code, or a key of its own for a row without a patient (-1)."""
-    codes = patients.to_numpy(dtype=np.int64)
-    return np.where(codes >= 0, codes, -1 - np.arange(len(codes)))
-
-
-def patient_context(frame: pd.DataFrame, columns: list[str], patients: pd.Series,
-                    distance_columns: list[str] = ()) -> pd.DataFrame:
-    """pdiff_<c> (value minus the patient's mean) and prank_<c> (rank among the patient's values, 0..1;
-    0.5 for a patient with one value) for each column, plus patient_distance over `distance_columns`.
-
-    Rows are grouped by patient only within `frame`: pass one split at a time. A missing value stays
-    missing and takes no part in its patient's mean or ranks.
-    """
-    keys = patient_keys(patients)
-    values = frame[columns].astype(np.float64).reset_index(drop=True)
-    grouped = values.groupby(keys)
-    difference = values - grouped.transform("mean")
-    ranks = grouped.rank(method="average")
-    counts = grouped.transform("count")
-    scaled = (ranks - 1).to_numpy() / np.maximum(counts.to_numpy() - 1, 1)
-    rank = np.where(counts.to_numpy() > 1, scaled, 0.5)
-    rank = np.where(values.isna().to_numpy(), np.nan, rank)
-    parts = [difference.add_prefix("pdiff_"),
-             pd.DataFrame(rank, columns=[f"prank_{c}" for c in columns])]
-    if len(distance_columns):
-        standard = frame[list(distance_columns)].astype(np.float64).reset_index(drop=True)
-        spread = standard.std(ddof=0).replace(0.0, 1.0)
-        standard = ((standard - standard.mean()) / spread).fillna(0.0)
-        offset = standard - standard.groupby(keys).transform("mean")
-        distance = np.sqrt((offset.to_numpy() ** 2).mean(axis=1))
-        parts.append(pd.DataFrame({"patient_distance": distance}))
-    return pd.concat(parts, axis=1)
-
-
 def stacking_features(config: Config, train_names: pd.Series, test_names: pd.Series,
                       folds: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
     """run_<name> for each run of features.from_runs: its OOF prediction for training rows, its test
@@ -314,7 +279,7 @@ def _assemble(raw: pd.DataFrame, stacked: pd.DataFrame, config: Config, bins: in
     if config.features.patient_context:
         varying = [c for c in features.columns if c not in PATIENT_LEVEL]
         if varying:
-            features = pd.concat([features, patient_context(features, varying, raw["patient_id"],
+            features = pd.concat([features, patientcontext.patient_context(features, varying, raw["patient_id"],
                                                             image_columns)], axis=1)
     return features
 

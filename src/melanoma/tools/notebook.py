@@ -1,6 +1,6 @@
 """Install the project into a notebook's own Python (Kaggle, Colab) without touching its TensorFlow.
 
-`make install` runs this file on a notebook (see the Makefile): `python src/melanoma/notebook.py`.
+`make install` runs this file on a notebook (see the Makefile): `python src/melanoma/tools/notebook.py`.
 A notebook's TensorFlow is built for its GPU or TPU, and Kaggle's TPU images ship it under the
 distribution name `tensorflow-tpu`, which pip does not count as `tensorflow`: letting pip resolve the
 project's dependencies would install a second, plain TensorFlow over it. So this script
@@ -13,17 +13,28 @@ project's dependencies would install a second, plain TensorFlow over it. So this
 - installs the project itself editable, without dependencies and without build isolation;
 - checks afterwards that no TensorFlow-related distribution appeared, vanished or changed version.
 
+Offline (`--wheels DIR`, a folder that `make wheels` wrote and a notebook holds as a dataset): the same
+steps with pip given `--no-index --find-links DIR`, so nothing is fetched from anywhere; the requirements
+come from the project's wheel in DIR, and the project is installed from that wheel (not editable), so no
+checkout is needed: `python DIR/notebook.py --wheels DIR`. tf-keras, when missing, comes from DIR if a
+wheel of the notebook's TensorFlow version is there, and is otherwise left out with a note (only
+multi-worker training needs it). Offline, every package the notebook has keeps its version (they are all
+given to pip as constraints): what the folder adds must fit the image, or pip says why and nothing changes.
+
 It uses the standard library only: it runs before the project is installed.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib.metadata as metadata
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import zipfile
 
 TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-tpu",
                             "tensorflow-intel", "tensorflow-macos", "tensorflow-aarch64", "tf-nightly",
@@ -78,6 +89,38 @@ def project_requirements(pyproject: str, extras: list[str]) -> list[str]:
     return [requirement for group in lists for requirement in group]
 
 
+def wheel_requirements(folder: str) -> tuple[str, list[str]]:
+    """(the project's wheel in `folder`, its runtime requirements: Requires-Dist without an extra)."""
+    found = sorted(glob.glob(os.path.join(folder, "melanoma-*.whl")))
+    if len(found) != 1:
+        raise ValueError(f"{folder} holds {len(found)} wheels of the project (melanoma-*.whl), not one: give "
+                         "--wheels the folder that `make wheels` wrote")
+    with zipfile.ZipFile(found[0]) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        text = archive.read(name).decode("utf-8")
+    requirements = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Requires-Dist:")]
+    return found[0], [r for r in requirements if not re.search(r"\bextra\s*==", r)]
+
+
+def check_python(folder: str) -> None:
+    """The wheels were built for one Python (wheels.json says which): refuse another before pip does."""
+    path = os.path.join(folder, "wheels.json")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        wanted = json.load(handle).get("python")
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if wanted and wanted != here:
+        raise ValueError(f"the wheels in {folder} were gathered for Python {wanted}; this notebook runs Python "
+                         f"{here}: run `make wheels` with a Python {here} (make wheels PYTHON=python{here})")
+
+
+def local_tf_keras(folder: str, requirement: str) -> str | None:
+    """`requirement` (tf-keras==X.Y.*) when `folder` holds a wheel of that version, else None."""
+    version = requirement.split("==")[1].rstrip(".*")
+    return requirement if glob.glob(os.path.join(folder, f"tf_keras-{version}.*.whl")) else None
+
+
 def plan(requirements: list[str], packages: dict[str, str]) -> dict:
     """What to install: {'missing': [requirements], 'tf_keras': requirement or None, 'skipped': [...]}.
 
@@ -108,23 +151,42 @@ def pip(python: str, arguments: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
-def install(python: str, extras: list[str], dry_run: bool = False) -> int:
+def sources(extras: list[str], wheels: str | None) -> tuple[list[str], list[str], list[str]]:
+    """(requirements, pip's arguments for where packages come from, how to install the project)."""
+    if wheels is None:
+        requirements = project_requirements(os.path.join(REPO, "pyproject.toml"), extras)
+        return requirements, [], ["--no-build-isolation", "--editable", REPO]
+    if extras:
+        raise ValueError("--extras applies to an install from the registry; --wheels holds the runtime dependencies")
+    check_python(wheels)
+    project, requirements = wheel_requirements(wheels)
+    return requirements, ["--no-index", "--find-links", wheels], [project]
+
+
+def install(python: str, extras: list[str], dry_run: bool = False, wheels: str | None = None) -> int:
     before = installed()
-    steps = plan(project_requirements(os.path.join(REPO, "pyproject.toml"), extras), before)
+    requirements, origin, project = sources(extras, wheels)
+    steps = plan(requirements, before)
+    if wheels is not None and steps["tf_keras"] and not local_tf_keras(wheels, steps["tf_keras"]):
+        steps["skipped"].append(f"{steps['tf_keras']} (no such wheel in {wheels}; only multi-worker training needs it)")
+        steps["tf_keras"] = None
     for line in steps["skipped"]:
         print(f"not installed: {line}")
     if dry_run:
         print(f"would install: missing {steps['missing'] or 'none'}; tf-keras {steps['tf_keras'] or 'present'}")
         return 0
+    # Offline, every package the image has is pinned, not only TensorFlow's: the folder holds other
+    # versions of some of them (protobuf, pandas, ...), and a missing package must not replace the image's.
+    pinned = sorted(before) if wheels is not None else [name for name in PINNED if name in before]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
-        handle.write("".join(f"{name}=={before[name]}\n" for name in PINNED if name in before))
+        handle.write("".join(f"{name}=={before[name]}\n" for name in pinned))
         constraints = handle.name
     try:
         if steps["missing"]:
-            pip(python, ["--constraint", constraints] + steps["missing"])
+            pip(python, origin + ["--constraint", constraints] + steps["missing"])
         if steps["tf_keras"]:
-            pip(python, ["--no-deps", steps["tf_keras"]])
-        pip(python, ["--no-deps", "--no-build-isolation", "--editable", REPO])
+            pip(python, origin + ["--no-deps", steps["tf_keras"]])
+        pip(python, origin + ["--no-deps"] + project)
     finally:
         os.remove(constraints)
     after = tensorflow_related(installed())
@@ -143,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extras", nargs="*", default=[], help="optional dependency groups too, e.g. dev")
     parser.add_argument("--dry-run", action="store_true", help="say what would be installed, install nothing")
+    parser.add_argument("--wheels", metavar="DIR", help="install offline from this folder of `make wheels` "
+                        "(pip --no-index --find-links DIR); the project comes from its wheel there")
     args = parser.parse_args(argv)
     try:
-        return install(sys.executable, args.extras, dry_run=args.dry_run)
+        return install(sys.executable, args.extras, dry_run=args.dry_run, wheels=args.wheels)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """A competition-shaped demo dataset, drawn from scratch, so the whole pipeline runs with no download.
 
-`python -m melanoma synth OUT [--size N] [--patients N] [--test-patients N] [--seed S] [--force]` writes
-into a new or empty OUT (--force first removes what an earlier synth wrote there, so images never mix)
+`python -m melanoma synth OUT [--size N] [--patients N] [--test-patients N] [--seed S] [--force]`
+(the command: synth_command.py) writes into a new or empty OUT (--force first removes what an earlier
+synth wrote there, so images never mix)
 
     OUT/train.csv              image_name, patient_id, sex, age_approx, anatom_site_general_challenge,
                                diagnosis, benign_malignant, target
@@ -28,7 +29,6 @@ Output is deterministic for a given seed: each image has its own random stream k
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -241,12 +241,14 @@ def render_lesion(
     skin_tone: np.ndarray | None = None,
     hair_density: float | None = None,
     atypia: float | None = None,
+    rim_probability: float = 0.3,
 ) -> np.ndarray:
     """One dermoscopy-like image, uint8 RGB of shape (size, size, 3).
 
     `skin_tone` (RGB in [0, 1]) and `hair_density` (mean hair count) are per-person properties; they
     are drawn from `rng` when not given. `atypia` in [0, 1] overrides the class-dependent draw (useful
-    to show the range of appearances).
+    to show the range of appearances). `rim_probability`: how often the dermatoscope's black rim shows
+    (0 for crops of a total-body photograph, which has none).
     """
     size = int(size)
     if size < MIN_SIZE:
@@ -280,7 +282,7 @@ def render_lesion(
     gradient = 1.0 + x * np.float32(tilt * np.cos(light_angle)) + y * np.float32(tilt * np.sin(light_angle))
     radial2 = x * x + y * y
     light = gradient * (1.0 - np.float32(rng.uniform(0.05, 0.3) / 2.0) * radial2)
-    if rng.random() < 0.3:
+    if rng.random() < rim_probability:
         rim = np.float32(rng.uniform(0.95, 1.25))
         light = light * np.clip((rim - np.sqrt(radial2)) / np.float32(0.06), 0.0, 1.0)
     image = image * light[..., None] * np.float32(rng.uniform(0.92, 1.05))
@@ -490,9 +492,9 @@ def synthesize(
 OWN_ENTRIES = ("train.csv", "test.csv", "sample_submission.csv", "test_labels.csv", "jpeg")
 
 
-def prepare_folder(out_dir: str, force: bool = False) -> None:
+def prepare_folder(out_dir: str, force: bool = False, own_entries: tuple[str, ...] = OWN_ENTRIES) -> None:
     """OUT must be new or empty, so old and new images never mix; with `force`, what an earlier synth
-    wrote there is removed first (other entries are kept, and named)."""
+    wrote there (`own_entries`) is removed first (other entries are kept, and named)."""
     if not io_utils.exists(out_dir):
         return
     if not io_utils.isdir(out_dir):
@@ -504,10 +506,10 @@ def prepare_folder(out_dir: str, force: bool = False) -> None:
         shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
         raise ConfigError(f"{out_dir} is not empty ({shown}); synth writes a whole dataset: give it a new or "
                           "empty folder, or add --force to replace what synth wrote there")
-    for name in OWN_ENTRIES:
+    for name in own_entries:
         if name in entries:
             io_utils.remove_tree(f"{out_dir}/{name}")
-    kept = [name for name in entries if name not in OWN_ENTRIES]
+    kept = [name for name in entries if name not in own_entries]
     if kept:
         print(f"--force: kept {', '.join(kept)} in {out_dir} (not written by synth; anything built from the "
               "old images, such as records, is stale now)", file=sys.stderr)
@@ -522,36 +524,3 @@ def format_summary(summary: dict) -> str:
         f"  CSVs: {summary['out_dir']}/{{train,test,sample_submission,test_labels}}.csv\n"
         f"  JPEGs: {summary['paths']['train_images']}/, {summary['paths']['test_images']}/"
     )
-
-
-# -------------------------------------------------------------------------------------------- CLI
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", metavar="OUT", help="output folder (created if missing)")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    parser.add_argument("--patients", type=int, default=250, help="train patients (default 250)")
-    parser.add_argument("--test-patients", type=int, default=60, help="test patients (default 60)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--force", action="store_true",
-                        help="replace what an earlier synth wrote in OUT (otherwise OUT must be new or empty)")
-
-
-def command(args: argparse.Namespace) -> int:
-    try:
-        check_arguments(args.size, args.patients, args.test_patients)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    prepare_folder(args.out.rstrip("/") or "/", args.force)
-    summary = synthesize(
-        args.out,
-        size=args.size,
-        patients=args.patients,
-        test_patients=args.test_patients,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
-    print(format_summary(summary))
-    return 0

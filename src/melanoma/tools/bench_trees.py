@@ -1,0 +1,136 @@
+"""Scale of the tree model on ISIC 2024-sized metadata: fit time and peak memory on generated rows.
+
+`python -m melanoma.tools.bench_trees [--rows 400000] [--patients 1042] [--positive-rate 0.001]
+[--config configs/base.yaml] [--set key=value ...] [--json] [--out FILE]` (`make bench-trees`) draws a
+training table of `--rows` lesions in the ISIC 2024 layout (`synth_isic2024.metadata_table`, no images),
+builds every feature of `tbp_features` (measurements, categoricals, derived, patient context), and fits the
+config's tree model (`tabular` section: the same HistGradientBoostingClassifier that training builds) on all
+the rows, then predicts them. It reports each step's seconds, the process's resident memory after the
+imports and its peak (which include what the imports load), the feature count and the machine's load, as a
+table or one JSON object. A fold trains on fewer rows than this (the other folds' part), so the figure is
+an upper bound for one fold.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import types
+
+import numpy as np
+
+from melanoma.core import config as config_lib
+from melanoma.core import io_utils, quiet
+from melanoma.core.errors import ConfigError
+from melanoma.input import tbp_features
+from melanoma.tools import synth_isic2024
+
+# As in training (train/tabular.py): scikit-learn's OpenMP threads wait passively, which OpenMP reads when it
+# loads, so before anything here loads scikit-learn. Spinning threads made this fit 6x slower in CPU time on
+# the shared 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+PUBLISHED_ROWS, PUBLISHED_PATIENTS, PUBLISHED_RATE = 401_059, 1_042, 393 / 401_059  # the ISIC 2024 training table
+
+
+def resident_mb() -> float:
+    """This process's resident memory now (Linux /proc), in MiB."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def timed(step: str, figures: dict, function, *args, **kwargs):
+    started, cpu = time.perf_counter(), time.process_time()
+    result = function(*args, **kwargs)
+    figures[f"{step}_seconds"] = round(time.perf_counter() - started, 2)
+    figures[f"{step}_cpu_seconds"] = round(time.process_time() - cpu, 2)
+    figures[f"{step}_resident_mb"] = round(resident_mb(), 1)
+    print(f"  {step}: {figures[f'{step}_seconds']} s", file=sys.stderr, flush=True)
+    return result
+
+
+def run(config: config_lib.Config, rows: int, patients: int, positive_rate: float, seed: int = 0) -> dict:
+    # training's tree family brings TensorFlow (through the records readers): imported once the environment
+    # above and quiet's import hook are in place
+    from melanoma.train import tabular
+
+    figures = {"rows": rows, "patients": patients, "positive_rate": positive_rate,
+               "resident_after_imports_mb": round(resident_mb(), 1)}
+    table = timed("generate", figures, synth_isic2024.metadata_table, rows, patients, positive_rate, seed)
+    vocabulary = tbp_features.vocabularies(table)
+    built = timed("features", figures, tbp_features.build, table, vocabulary)
+    values = timed("matrix", figures, lambda: built.frame.to_numpy(dtype=np.float64))
+    target = table["target"].to_numpy()
+    del table
+    model = tabular.build_model(config, types.SimpleNamespace(columns=built.columns, categorical=built.categorical), 0)
+    timed("fit", figures, model.fit, values, target)
+    timed("predict", figures, model.predict_proba, values)
+    figures.update(features=len(built.columns), categorical=len(built.categorical), positives=int(target.sum()),
+                   iterations=int(model.n_iter_), peak_resident_mb=round(peak_mb(), 1))
+    return figures
+
+
+def machine() -> dict:
+    return {"date": datetime.date.today().isoformat(), "cpus": os.cpu_count(),
+            "load_average": [round(value, 2) for value in os.getloadavg()],
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1),
+            "python": platform.python_version(), "scikit_learn": importlib.metadata.version("scikit-learn")}
+
+
+def format_table(result: dict) -> str:
+    lines = [f"trees on {result['rows']:,} generated rows ({result['patients']} patients, {result['positives']} "
+             f"malignant), {result['features']} features ({result['categorical']} categorical), "
+             f"{result['iterations']} iterations, {result['cpus']} CPUs, load {result['load_average']}"]
+    for step in ("generate", "features", "matrix", "fit", "predict"):
+        lines.append(f"  {step:<9} {result[f'{step}_seconds']:>8.1f} s   {result[f'{step}_cpu_seconds']:>8.1f} s CPU"
+                     f"   resident after: {result[f'{step}_resident_mb']:>8,.0f} MiB")
+    lines.append(f"  peak resident memory {result['peak_resident_mb']:,.0f} MiB (after the imports: "
+                 f"{result['resident_after_imports_mb']:,.0f} MiB)")
+    return "\n".join(lines)
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m melanoma.tools.bench_trees", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=400_000, help="generated lesions (400,000)")
+    parser.add_argument("--patients", type=int, default=PUBLISHED_PATIENTS,
+                        help=f"patients they belong to ({PUBLISHED_PATIENTS:,}, as published)")
+    parser.add_argument("--positive-rate", type=float, default=PUBLISHED_RATE,
+                        help=f"share of malignant lesions ({PUBLISHED_RATE:.5f}, as published)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", default="configs/base.yaml", help="its `tabular` section configures the trees")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--out", help="also write the JSON object to this file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    quiet.install()
+    try:
+        config = config_lib.load_config(args.config, args.set)
+        synth_isic2024.check_counts(args.rows, args.patients, args.positive_rate)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    result = {**run(config, args.rows, args.patients, args.positive_rate, args.seed), **machine(),
+              "command": "python -m melanoma.tools.bench_trees " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "tabular": dict(config.tabular)}
+    print(json.dumps(result) if args.json else format_table(result))
+    if args.out:
+        io_utils.write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The tree benchmark runs anyone's rerun of the scale figure: every step timed, the memory reported, the
+trees configured by the config's `tabular` section. It measures; it asserts no speed."""
+from __future__ import annotations
+
+import json
+
+from melanoma.tools import bench_trees
+
+
+def test_bench_reports_each_step_and_the_peak_memory(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench_trees.main(["--rows", "1500", "--patients", "12", "--positive-rate", "0.02",
+                             "--set", "tabular.max_iter=7", "--json", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == printed
+    assert printed["rows"] == 1500 and printed["positives"] == 30 and printed["iterations"] == 7
+    assert printed["tabular"]["max_iter"] == 7 and printed["tabular"]["max_leaf_nodes"] == 15  # base.yaml's
+    assert printed["features"] > 150 and printed["categorical"] == 7
+    for step in ("generate", "features", "matrix", "fit", "predict"):
+        assert printed[f"{step}_seconds"] >= 0 and printed[f"{step}_resident_mb"] > 0
+    assert printed["peak_resident_mb"] >= max(printed[f"{s}_resident_mb"] for s in ("fit", "predict")) - 1
+    assert printed["command"].startswith("python -m melanoma.tools.bench_trees --rows 1500")
+
+
+def test_bench_refuses_impossible_counts_and_unknown_keys(capsys):
+    assert bench_trees.main(["--rows", "5", "--patients", "10"]) == 2
+    assert "cannot give 10 patients" in capsys.readouterr().err
+    assert bench_trees.main(["--rows", "100", "--set", "tabular.maxiter=3"]) == 2
+    assert "maxiter" in capsys.readouterr().err
