@@ -55,18 +55,18 @@ def install_tiny_model(monkeypatch=None) -> None:
 
 def add_callback(make_callback, monkeypatch=None) -> None:
     """Put one more callback first in the fold's callbacks (make_callback() builds it)."""
-    from melanoma.train import training
+    from melanoma.train import cnn_training
 
-    original = training.make_callbacks
+    original = cnn_training.make_callbacks
 
     def patched(*args, **kwargs):
         callbacks, guard, checkpoint = original(*args, **kwargs)
         return [make_callback()] + callbacks, guard, checkpoint
 
     if monkeypatch is None:
-        training.make_callbacks = patched
+        cnn_training.make_callbacks = patched
     else:
-        monkeypatch.setattr(training, "make_callbacks", patched)
+        monkeypatch.setattr(cnn_training, "make_callbacks", patched)
 
 
 def stall_callback(epoch: int, batch: int, marker: str):

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from melanoma.core import run as run_lib
+from melanoma.core import run_config
 from melanoma.core.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,10 +94,10 @@ def test_missing_and_invalid_files(tmp_path):
 
 def test_saved_config_round_trips_with_git_commit(tmp_path):
     config = load_config(write(tmp_path, "exp.yaml", f"output_dir: {tmp_path / 'out'}\n"), ["seed=7"])
-    path = run_lib.save_config(config)
+    path = run_config.save_config(config)
     saved = yaml.safe_load(Path(path).read_text())
     assert "git_commit" in saved
-    assert run_lib.read_saved_config(Path(path).parent) == config
+    assert run_config.read_saved_config(Path(path).parent) == config
 
 
 def test_drop_connect_with_a_v2_backbone_is_refused_before_any_work(tmp_path):

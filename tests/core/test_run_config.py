@@ -24,8 +24,8 @@ from conftest import write_config
 
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.core import progress, quiet, runs
-from melanoma.data import inputs, records
+from melanoma.core import progress, quiet, run_results
+from melanoma.data import preflight, record_format
 
 STARTUP_LINES = ("All log messages before absl::InitializeLog()", "Could not find cuda drivers")
 
@@ -71,10 +71,10 @@ def test_training_a_run_again_under_another_config_is_refused(run_copy, tmp_path
     assert "data.image_size: 32 -> 48" in err and "model.backbone: 'efficientnet-b0' -> 'efficientnet-b2'" in err
     assert "--force" in err and "--set name=" in err and "Traceback" not in err
     assert snapshot(run) == before, "a refused run must not change a file"
-    from melanoma.core import run as run_lib
+    from melanoma.core import run_config
 
     changed = config_lib.load_config(run_copy, ["data.image_size=48"])
-    run_lib.bind_run(changed, run_copy, force=True, write=False)  # a cluster's other workers: no writes
+    run_config.bind_run(changed, run_copy, force=True, write=False)  # a cluster's other workers: no writes
     assert snapshot(run) == before
 
     # the same data in another folder (a Kaggle session's new gs:// path) is the same run
@@ -106,7 +106,7 @@ def test_oof_is_gathered_only_from_folds_trained_under_the_run_config(run_copy, 
     state["config"]["model.backbone"] = "efficientnet-b2"
     (run / "fold1" / "state.json").write_text(json.dumps(state))
     config = config_lib.load_config(run_copy)
-    assert runs.gather_oof(config) is None
+    assert run_results.gather_oof(config) is None
     assert "fold1 was trained as efficientnet-b2 at 32 px" in capsys.readouterr().out
     assert not (run / "oof.csv").exists()
     assert cli.main(["infer", "--config", str(run_copy)]) == 2
@@ -211,7 +211,7 @@ def records_argv(data: Path, out: Path, *extra) -> list[str]:
 def test_records_with_a_bad_jpeg_leaves_the_folder_as_it_was(jpeg_data, tmp_path, capsys):
     out = tmp_path / "records"
     assert cli.main(records_argv(jpeg_data, out)) == 0
-    assert sorted(p.name for p in out.glob("train*.tfrec")) and (out / records.MANIFEST).is_file()
+    assert sorted(p.name for p in out.glob("train*.tfrec")) and (out / record_format.MANIFEST).is_file()
     before = snapshot(out)
     names = pd.read_csv(jpeg_data / "train.csv")["image_name"]
     bad = names.iloc[len(names) // 2]
@@ -228,7 +228,7 @@ def test_records_with_a_bad_jpeg_leaves_the_folder_as_it_was(jpeg_data, tmp_path
         (Path(jpeg_data) / "jpeg" / "train" / f"{names.iloc[0]}.jpg").read_bytes())
     assert cli.main(records_argv(jpeg_data, out, "--parts", "4")) == 0
     assert len(list(out.glob("train*.tfrec"))) == 4
-    assert records.folder_problem(str(out)) is None
+    assert record_format.folder_problem(str(out)) is None
 
 
 def stalled_records_command(argv: list[str], marker: Path, after: int) -> list[str]:
@@ -237,15 +237,15 @@ def stalled_records_command(argv: list[str], marker: Path, after: int) -> list[s
         "import sys, time, os\n"
         f"sys.path[:0] = [{str(helpers.REPO / 'src')!r}]\n"
         "from melanoma import cli\n"
-        "from melanoma.data import records\n"
-        "serialize, written = records.serialize_example, []\n"
+        "from melanoma.data import record_format\n"
+        "serialize, written = record_format.serialize_example, []\n"
         "def stalling(*args):\n"
         f"    if len(written) == {after}:\n"
         f"        open({str(marker)!r}, 'w').write(str(os.getpid()))\n"
         "        time.sleep(600)\n"
         "    written.append(1)\n"
         "    return serialize(*args)\n"
-        "records.serialize_example = stalling\n"
+        "record_format.serialize_example = stalling\n"
         f"sys.exit(cli.main({argv!r}))\n"
     )
     return [sys.executable, "-c", bootstrap]
@@ -300,7 +300,7 @@ def test_records_killed_midway_leaves_nothing_that_training_would_take(jpeg_data
     before = snapshot(out)
     kill_midway(records_argv(jpeg_data, out, "--parts", "4"), tmp_path)
     assert snapshot(out) == before
-    inputs.check_inputs(config_lib.load_config(path, argv[-2:]), "train")  # complete: accepted
+    preflight.check_inputs(config_lib.load_config(path, argv[-2:]), "train")  # complete: accepted
 
 
 def test_training_refuses_a_records_folder_that_is_not_complete(tiny_data, tmp_path, capsys, monkeypatch):
@@ -321,7 +321,7 @@ def test_training_refuses_a_records_folder_that_is_not_complete(tiny_data, tmp_p
     # a manifest that lists a part that is not there
     listed = tmp_path / "listed"
     shutil.copytree(tiny_data["records"], listed)
-    records.write_manifest(str(listed))
+    record_format.write_manifest(str(listed))
     (listed / parts[5].name).unlink()
     assert cli.main(["train", "--config", str(path), "--set", f"data.train_files={listed}/train*.tfrec"]) == 2
     err = capsys.readouterr().err

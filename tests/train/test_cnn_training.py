@@ -19,11 +19,11 @@ import tensorflow as tf
 from melanoma import cli
 from melanoma.core import config as config_lib
 from melanoma.core import layout
-from melanoma.data import diagnoses, records
+from melanoma.data import diagnoses, record_format
 from melanoma.input import pipeline
 from melanoma.model import network as model_lib
 from melanoma.tools import describe
-from melanoma.train import schedules, training
+from melanoma.train import schedules, cnn_training
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "base.yaml")
@@ -64,18 +64,18 @@ def write_tiny_records(folder: Path, parts: int = 4, per_part: int = 8, test_ima
                          "anatom_site_general_challenge": slot % 7 - 1, "diagnosis": diagnosis,
                          "target": int(malignant)})
             index += 1
-        path = folder / records.record_name("train", part, len(rows))
+        path = folder / record_format.record_name("train", part, len(rows))
         with tf.io.TFRecordWriter(str(path)) as writer:
             for row in rows:
-                writer.write(records.serialize_example(lesion_jpeg(rng, row["target"] == 1), row,
-                                                       records.TRAIN_INT_FEATURES))
+                writer.write(record_format.serialize_example(lesion_jpeg(rng, row["target"] == 1), row,
+                                                       record_format.TRAIN_INT_FEATURES))
     names = []
-    with tf.io.TFRecordWriter(str(folder / records.record_name("test", 0, test_images))) as writer:
+    with tf.io.TFRecordWriter(str(folder / record_format.record_name("test", 0, test_images))) as writer:
         for slot in range(test_images):
             row = {"image_name": f"ISIC_{9000000 + slot:07d}", "patient_id": 100 + slot // 3, "sex": 1,
                    "age_approx": 50, "anatom_site_general_challenge": 2}
             names.append(row["image_name"])
-            writer.write(records.serialize_example(lesion_jpeg(rng, slot == 0), row, records.TEST_INT_FEATURES))
+            writer.write(record_format.serialize_example(lesion_jpeg(rng, slot == 0), row, record_format.TEST_INT_FEATURES))
     (folder / "encodings.json").write_text(json.dumps({
         "sex": {"female": 0, "male": 1}, "diagnosis": {name: code for code, name in enumerate(DIAGNOSES)}}))
     pd.DataFrame({"image_name": names, "target": 0.0}).to_csv(folder / "sample_submission.csv", index=False)
@@ -201,7 +201,7 @@ def check_fold(config, summary):
                                   for name in RUNS])
 def test_tiny_fold_trains(tiny, tmp_path, small_model, name):
     config = tiny_config(tiny, tmp_path, *RUNS[name])
-    check_fold(config, training.train_fold(config, 0))
+    check_fold(config, cnn_training.train_fold(config, 0))
 
 
 @pytest.mark.slow
@@ -209,7 +209,7 @@ def test_tiny_fold_trains_efficientnet(tiny, tmp_path):
     """The real EfficientNet-B0, once, with the diagnosis head and the metadata branch (~30 s of CPU
     for tracing its training step, so it runs with the slow tests)."""
     config = tiny_config(tiny, tmp_path, "model.head=diagnosis", "model.metadata=true")
-    check_fold(config, training.train_fold(config, 0))
+    check_fold(config, cnn_training.train_fold(config, 0))
 
 
 @pytest.mark.parametrize("head", ["binary", "diagnosis"])
@@ -218,9 +218,9 @@ def test_float16_compiles_with_loss_scaling(tiny, tmp_path, small_model, head):
     config = tiny_config(tiny, tmp_path, f"model.head={head}")
     try:
         keras.mixed_precision.set_global_policy("mixed_float16")
-        model = training.compile_model(model_lib.build_model(config), config, 32)
+        model = cnn_training.compile_model(model_lib.build_model(config), config, 32)
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-        callbacks, _, _ = training.make_callbacks(config, str(tmp_path), 32, [])
+        callbacks, _, _ = cnn_training.make_callbacks(config, str(tmp_path), 32, [])
         callbacks[0].set_model(model)
         callbacks[0].on_epoch_begin(3)
         assert float(model.optimizer.learning_rate) == pytest.approx(
@@ -246,7 +246,7 @@ def test_two_folds_gather_oof(tiny, tmp_path, small_model):
 @pytest.mark.parametrize("rule, expected_epoch", [("best_auc", 2), ("best_loss", 3), ("last", 4)])
 def test_checkpoint_rules(tmp_path, rule, expected_epoch):
     config = config_lib.load_config(REPO / "configs" / "demo.yaml", [f"train.checkpoint={rule}"])
-    _, guard, checkpoint = training.make_callbacks(config, str(tmp_path), 32, [])
+    _, guard, checkpoint = cnn_training.make_callbacks(config, str(tmp_path), 32, [])
     inputs = keras.Input((2,))
     checkpoint.set_model(keras.Model(inputs, keras.layers.Dense(1)(inputs)))
     logs = [{"val_auc": 0.6, "val_loss": 0.5}, {"val_auc": 0.8, "val_loss": 0.4},
@@ -262,7 +262,7 @@ def test_checkpoint_rules(tmp_path, rule, expected_epoch):
 
 
 def test_patient_counts_and_metadata_vector(tiny):
-    paths = [f.path for f in records.list_files(tiny["train"])]
+    paths = [f.path for f in record_format.list_files(tiny["train"])]
     counts = pipeline.patient_counts(paths, "train")
     assert set(counts.values()) == {4} and len(counts) == 8
     config = config_lib.load_config(REPO / "configs" / "demo.yaml",
@@ -279,7 +279,7 @@ def test_patient_counts_and_metadata_vector(tiny):
 def test_unknown_patient_count_is_flagged(tiny):
     import tensorflow as tf
 
-    paths = [f.path for f in records.list_files(tiny["train"])][:1]
+    paths = [f.path for f in record_format.list_files(tiny["train"])][:1]
     dataset = tf.data.Dataset.from_tensors({"patient_id": tf.constant(-1, tf.int64)})
     example = next(iter(pipeline.with_patient_counts(dataset, paths, "train")))
     assert float(example["patient_count"]) == 0.0
@@ -287,7 +287,7 @@ def test_unknown_patient_count_is_flagged(tiny):
 
 def test_diagnosis_targets_follow_the_encodings(tiny, tmp_path):
     config = tiny_config(tiny, tmp_path, "model.head=diagnosis")
-    files = records.list_files(tiny["train"])
+    files = record_format.list_files(tiny["train"])
     lookup = diagnoses.source_lookups(config, files)["competition"]
     assert lookup == [0, 1, 4, 8]  # melanoma MEL, nevus NV, seborrheic keratosis BKL, unknown UNK
     batch = {"diagnosis": np.array([0, 1, 2, 3, 0, 7, -1]), "target": np.array([1, 0, 0, 0, 0, 0, 1])}
@@ -298,22 +298,22 @@ def test_diagnosis_targets_follow_the_encodings(tiny, tmp_path):
 
 def test_diagnosis_names_from_config_or_error(tiny, tmp_path):
     config = tiny_config(tiny, tmp_path, "model.head=diagnosis", "data.diagnosis_names=[MEL, nevus, BKL, UNK]")
-    assert diagnoses.source_lookups(config, records.list_files(tiny["train"])) == {"competition": [0, 1, 4, 8]}
+    assert diagnoses.source_lookups(config, record_format.list_files(tiny["train"])) == {"competition": [0, 1, 4, 8]}
     bare = tmp_path / "bare"
     bare.mkdir()
-    for path in records.list_files(tiny["train"]):
+    for path in record_format.list_files(tiny["train"]):
         (bare / os.path.basename(path.path)).symlink_to(path.path)
     config = tiny_config(tiny, tmp_path, "model.head=diagnosis", f"data.train_files={bare}/train*.tfrec")
     with pytest.raises(config_lib.ConfigError, match="data.diagnosis_names"):
-        diagnoses.source_lookups(config, records.list_files(config.data.train_files))
+        diagnoses.source_lookups(config, record_format.list_files(config.data.train_files))
     config = tiny_config(tiny, tmp_path, "model.head=diagnosis", "data.diagnosis_names=[melanoma, wart]")
     with pytest.raises(config_lib.ConfigError, match="wart"):
-        diagnoses.source_lookups(config, records.list_files(tiny["train"]))
+        diagnoses.source_lookups(config, record_format.list_files(tiny["train"]))
 
 
 def test_upsampling_repeats_malignant_images(tiny, tmp_path):
     config = tiny_config(tiny, tmp_path, "train.upsample_malignant=3")
-    paths = [f.path for f in records.list_files(tiny["train"])]
+    paths = [f.path for f in record_format.list_files(tiny["train"])]
     dataset = pipeline.train_dataset(paths, config, batch_size=4, seed=1)
     # the shuffle buffer holds a whole pass, so the first 48 images are one pass over the files:
     # 24 benign + 8 malignant x 3
@@ -322,7 +322,7 @@ def test_upsampling_repeats_malignant_images(tiny, tmp_path):
 
 
 def test_class_weights_cover_every_class(tiny, tmp_path):
-    assert training.class_weights(tiny_config(tiny, tmp_path)) is None
-    assert training.class_weights(tiny_config(tiny, tmp_path, "train.class_weight=4")) == {0: 1.0, 1: 4.0}
-    weights = training.class_weights(tiny_config(tiny, tmp_path, "train.class_weight=4", "model.head=diagnosis"))
+    assert cnn_training.class_weights(tiny_config(tiny, tmp_path)) is None
+    assert cnn_training.class_weights(tiny_config(tiny, tmp_path, "train.class_weight=4")) == {0: 1.0, 1: 4.0}
+    weights = cnn_training.class_weights(tiny_config(tiny, tmp_path, "train.class_weight=4", "model.head=diagnosis"))
     assert len(weights) == 9 and weights[0] == 4.0 and set(list(weights.values())[1:]) == {1.0}

@@ -20,7 +20,7 @@ import pytest
 import reliability_helpers as helpers
 from conftest import write_config
 
-from melanoma.data import records
+from melanoma.data import record_format
 
 # 74 validation images (fold 0 of the tiny data) with 2 dihedral views in host batches of 16 images
 # per replica: the last batch holds 10 images, which does not fill the replicas' share.
@@ -51,14 +51,14 @@ def run(command, env, timeout=600) -> subprocess.CompletedProcess:
 def validation_paths(config) -> list[str]:
     pass
 
-    files = records.list_files(config.data.train_files, "data.train_files")
-    return [f.path for f in records.split_folds(files, 0, config.data.folds)[1]]
+    files = record_format.list_files(config.data.train_files, "data.train_files")
+    return [f.path for f in record_format.split_folds(files, 0, config.data.folds)[1]]
 
 
 def test_two_replicas_train_predict_and_agree_with_one(tiny_data, tmp_path):
     from melanoma.core import config as config_lib
     from melanoma.core.kerasapi import keras
-    from melanoma.model import prediction
+    from melanoma.model import tta_prediction
 
     path = write_config(tmp_path, tiny_data, BODY)
     env = environment(MELANOMA_CPU_DEVICES="2")
@@ -86,7 +86,7 @@ def test_two_replicas_train_predict_and_agree_with_one(tiny_data, tmp_path):
     config = config_lib.load_config(path)
     model = helpers.build_tiny_normalised_model(config)
     model.load_weights(fold / "model.keras")
-    single = prediction.predict_files(model, validation_paths(config), config, "train", progress=False)
+    single = tta_prediction.predict_files(model, validation_paths(config), config, "train", progress=False)
     merged = oof.merge(single, on="image_name", suffixes=("_two", "_one"))
     assert len(merged) == 74
     np.testing.assert_allclose(merged["pred_two"], merged["pred_one"], atol=1e-5, rtol=0)
@@ -99,11 +99,11 @@ def test_predictor_pads_splits_and_unpads_across_replicas():
     import tensorflow as tf
 
     from melanoma.core.kerasapi import keras
-    from melanoma.model import prediction
+    from melanoma.model import tta_prediction
 
     inputs = keras.Input(shape=(3,), name="x")
     model = keras.Model({"x": inputs}, keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(inputs))
-    predictor = prediction.Predictor(model, tf.distribute.get_strategy(), rows=8)
+    predictor = tta_prediction.Predictor(model, tf.distribute.get_strategy(), rows=8)
     values = np.arange(15, dtype="float32").reshape(5, 3)
     np.testing.assert_allclose(predictor({"x": tf.constant(values)})[:, 0], values.sum(axis=1))
     with pytest.raises(ValueError, match="larger than"):
@@ -226,10 +226,10 @@ def test_each_worker_reads_its_own_shard_of_every_file(tiny_data):
 
 def test_steps_per_execution_reaches_the_compiled_model(tiny_data, tmp_path):
     from melanoma.core import config as config_lib
-    from melanoma.train import training
+    from melanoma.train import cnn_training
 
     config = config_lib.load_config(str(write_config(tmp_path, tiny_data)), ["train.steps_per_execution=4"])
-    model = training.compile_model(helpers.build_tiny_model(config), config, global_batch=8)
+    model = cnn_training.compile_model(helpers.build_tiny_model(config), config, global_batch=8)
     assert int(model.steps_per_execution) == 4
     with pytest.raises(config_lib.ConfigError, match="steps_per_execution"):
         config_lib.load_config(str(write_config(tmp_path, tiny_data)), ["train.steps_per_execution=0"])

@@ -83,10 +83,10 @@ def test_schedule_reaches_the_optimizer(tmp_path):
     """The Keras callback that training uses sets the optimizer's rate to the formula's value."""
     import keras
 
-    from melanoma.train import training
+    from melanoma.train import cnn_training
 
     config = config_lib.load_config(REPO / "configs" / "demo.yaml", ["train.schedule=cosine"])
-    callbacks, _, _ = training.make_callbacks(config, str(tmp_path), 32, [])
+    callbacks, _, _ = cnn_training.make_callbacks(config, str(tmp_path), 32, [])
     scheduler = next(c for c in callbacks if isinstance(c, keras.callbacks.LearningRateScheduler))
     inputs = keras.Input((2,))
     model = keras.Model(inputs, keras.layers.Dense(1)(inputs))

@@ -17,7 +17,7 @@ from melanoma.core.config import ConfigError, load_config
 from melanoma.evaluate import compare
 from melanoma.input import features, imagestats
 from melanoma.tools import synth
-from melanoma.train import tabular
+from melanoma.train.families import tabular
 
 
 def tiny_tabular(from_runs: str = "[]") -> str:
@@ -266,16 +266,16 @@ def test_an_undecodable_image_is_named_with_its_file(tiny_data, tmp_path):
     import tensorflow as tf
 
     from melanoma.core.errors import DataError
-    from melanoma.data import records
+    from melanoma.data import record_format
 
     folder = tmp_path / "records"
     folder.mkdir()
     good = synthetic_jpeg()
     rows = [{"image_name": name, "patient_id": 1, "sex": 0, "age_approx": 40, "anatom_site_general_challenge": 0}
             for name in ("ISIC_0000001", "ISIC_0000002")]
-    with tf.io.TFRecordWriter(str(folder / records.record_name("test", 0, 2))) as writer:
-        writer.write(records.serialize_example(good, rows[0], records.TEST_INT_FEATURES))
-        writer.write(records.serialize_example(b"not a jpeg", rows[1], records.TEST_INT_FEATURES))
+    with tf.io.TFRecordWriter(str(folder / record_format.record_name("test", 0, 2))) as writer:
+        writer.write(record_format.serialize_example(good, rows[0], record_format.TEST_INT_FEATURES))
+        writer.write(record_format.serialize_example(b"not a jpeg", rows[1], record_format.TEST_INT_FEATURES))
     config = load_config(write_config(tmp_path, tiny_data, tiny_tabular()),
                          [f"data.test_files={folder}/test*.tfrec"])
     with pytest.raises(DataError, match="ISIC_0000002.*cannot be decoded.*Download or rebuild"):

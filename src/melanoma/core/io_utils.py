@@ -193,7 +193,7 @@ def folder_written_whole(path: str, last: str | None = None):
     and never old and new files side by side. If the body raises, the temporary folder is removed.
     A cloud bucket has no folder rename: there the old files are removed, `path/.incomplete` is written,
     the files are moved one by one (`last` moved last), and the marker removed; readers refuse a folder
-    with the marker (see records.folder_problem).
+    with the marker (see record_format.folder_problem).
     """
     path = str(path).rstrip("/")
     temporary = temporary_folder_name(path)

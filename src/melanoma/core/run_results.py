@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import io_utils, layout, metrics
-from melanoma.core import run as run_lib
-from melanoma.core import runstate
+from melanoma.core import run_config
+from melanoma.core import fold_state
 from melanoma.core.config import Config, load_config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.tables import first_few, numbers, prepare_oof, read_oof, read_string_table
@@ -65,7 +65,7 @@ def inspect_run(path: str) -> Run:
     blend_path = os.path.join(path, layout.BLEND_FILE)
     if os.path.isfile(os.path.join(path, layout.CONFIG_FILE)):
         try:
-            run.config = run_lib.read_saved_config(path)
+            run.config = run_config.read_saved_config(path)
             run.name = run.config.get("name") or run.name
             run.folds_expected = int(run.config["data"]["folds"])
         except (ConfigError, OSError, KeyError, TypeError, ValueError, AttributeError) as error:
@@ -119,7 +119,7 @@ class Member:
             path = layout.run_dir(load_config(spec))
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"run folder of {spec} not found: {path} (train it first)")
-            self.config = run_lib.load_run_config(spec)  # what the run was trained with
+            self.config = run_config.load_run_config(spec)  # what the run was trained with
         run = inspect_run(path)
         if run.problem:
             raise DataError(f"{path}: {run.problem}")
@@ -207,13 +207,13 @@ def gather_oof(config: Config) -> str | None:
     state.json says so); returns its path (None if incomplete, and then no oof.csv is left there)."""
     target = os.path.join(layout.run_dir(config), layout.OOF)
     paths = [os.path.join(layout.fold_dir(config, k), layout.OOF) for k in range(config.data.folds)]
-    problems = [run_lib.fold_config_problem(config, layout.fold_dir(config, k)) for k in range(config.data.folds)
+    problems = [run_config.fold_config_problem(config, layout.fold_dir(config, k)) for k in range(config.data.folds)
                 if io_utils.exists(paths[k])]
     for problem in filter(None, problems):
         print(f"warning: {problem}: left out of the OOF; train it again with --force")
     if not all(io_utils.exists(p) for p in paths) or any(problems):
         if io_utils.exists(target):
-            runstate.remove(target)
+            fold_state.remove(target)
         return None
     oof = pd.concat([io_utils.read_csv(p) for p in paths], ignore_index=True)
     if oof["image_name"].duplicated().any():

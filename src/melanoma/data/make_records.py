@@ -18,8 +18,9 @@ import numpy as np
 from melanoma.core import io_utils
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import converters, folds
-from melanoma.data.records import (DEFAULT_TEST_PARTS, FILE_PATTERN, HALF_WRITTEN, MANIFEST, OUTPUTS, TEST_INT_FEATURES,
-                                   TRAIN_INT_FEATURES, encode_metadata, write_manifest, write_split)
+from melanoma.data.record_format import (DEFAULT_TEST_PARTS, FILE_PATTERN, HALF_WRITTEN, MANIFEST, OUTPUTS,
+                                         TEST_INT_FEATURES, TRAIN_INT_FEATURES, encode_metadata, write_manifest,
+                                         write_split)
 
 
 def build_records(train_csv: str, test_csv: str | None, train_images: str, test_images: str | None,

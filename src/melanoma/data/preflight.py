@@ -11,7 +11,7 @@ from typing import Any
 from melanoma.core import io_utils
 from melanoma.core.config import WEIGHT_NAMES, Config
 from melanoma.core.errors import ConfigError, DataError
-from melanoma.data import records
+from melanoma.data import record_format
 
 INPUTS_OF = {
     # command -> keys it reads: (key, kind); a glob must match a file, a file must exist
@@ -79,13 +79,13 @@ def _input_problems(key: str, kind: str, value: Any) -> list[str]:
     if kind == "glob" and not problems:
         for path in io_utils.glob(patterns):
             try:
-                records.parse_file_name(path)
+                record_format.parse_file_name(path)
             except DataError as error:
                 problems.append(f"config key '{key}' = {value!r}: {error}")
                 break
-    if not problems:  # a records folder that is not complete (see records.folder_problem)
+    if not problems:  # a records folder that is not complete (see record_format.folder_problem)
         for folder in sorted({os.path.dirname(path) for path in io_utils.glob(patterns)}):
-            problem = records.folder_problem(folder)
+            problem = record_format.folder_problem(folder)
             if problem:
                 problems.append(f"config key '{key}': folder {folder} {problem}; it is not complete: build it "
                                 "again with `python -m melanoma records ...` (or copy it whole)")

@@ -54,7 +54,7 @@ from melanoma.core import io_utils
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
-from melanoma.data import examples, integrity, records
+from melanoma.data import examples, integrity, record_format
 
 COMPETITION = "competition"
 ISIC2019_SET = re.compile(r"^isic2019-\d+x\d+$")
@@ -73,7 +73,7 @@ class ExternalSet:
     """One external dataset: its selected files (each listed once) and how often each is read."""
 
     name: str
-    files: tuple[records.RecordFile, ...]
+    files: tuple[record_format.RecordFile, ...]
     matched: int  # files matched before the 2018/2019 selection
     repeats: int
     selection: str
@@ -105,13 +105,13 @@ def external_sets(data_config: Config) -> list[ExternalSet]:
     if data_config.external_upsample < 0:
         raise ConfigError(f"config key 'data.external_upsample' must be 0 or more, got "
                           f"{data_config.external_upsample}")
-    grouped: dict[str, dict[str, records.RecordFile]] = {}
+    grouped: dict[str, dict[str, record_format.RecordFile]] = {}
     for name, pattern in _entries(data_config.external_files):
         paths = io_utils.glob(pattern)
         if not paths:
             raise FileNotFoundError(f"data.external_files entry {pattern!r} matched no file")
         for path in paths:
-            record_file = records.parse_file_name(path)
+            record_file = record_format.parse_file_name(path)
             if record_file.split != "train":
                 raise DataError(f"external file {path} is a {record_file.split} file; external data must be "
                                 "labelled train records")
@@ -217,7 +217,7 @@ class TableReader:
             {"dhash"} if perceptual else set())
         return table if needed <= set(table.columns) else None
 
-    def tables(self, files: Iterable[records.RecordFile], content_hash: bool = False,
+    def tables(self, files: Iterable[record_format.RecordFile], content_hash: bool = False,
                perceptual: bool = False, desc: str = "reading records") -> dict[str, pd.DataFrame]:
         """{path: table} for the files; one pass (with a progress bar) over those not cached."""
         files = list({f.path: f for f in files}.values())
@@ -329,8 +329,8 @@ class FoldData:
     """What train_fold reads: files, what to drop from them, counts, and the summary for data.json."""
 
     fold: int
-    train_files: list[records.RecordFile]  # competition training files, then external files (repeated)
-    valid_files: list[records.RecordFile]
+    train_files: list[record_format.RecordFile]  # competition training files, then external files (repeated)
+    valid_files: list[record_format.RecordFile]
     excluded: set[tuple[str, str]]  # (file path, image_name) pairs left out of training and validation
     valid_dropped: frozenset[str]  # validation image names left out of the score and the OOF
     valid_names: frozenset[str]  # the competition validation images that the OOF must hold
@@ -368,7 +368,7 @@ def record_filter(excluded: Iterable[tuple[str, str]]) -> Callable:
     return keep
 
 
-def check_competition_files(files: list[records.RecordFile]) -> None:
+def check_competition_files(files: list[record_format.RecordFile]) -> None:
     """One file per part, train records only: a second file with the same part is data in the wrong key."""
     by_part: dict[int, list[str]] = {}
     for record_file in files:
@@ -401,9 +401,9 @@ def _examples(values: Iterable, limit: int = 3) -> str:
 def prepare_fold(config: Config, fold: int, progress: bool = True, reader: TableReader | None = None) -> FoldData:
     """The fold's files and drops, after the integrity checks; CheckFailed on any leak."""
     data = config.data
-    files = records.list_files(data.train_files, "data.train_files")
+    files = record_format.list_files(data.train_files, "data.train_files")
     check_competition_files(files)
-    train_files, valid_files = records.split_folds(files, fold, data.folds)
+    train_files, valid_files = record_format.split_folds(files, fold, data.folds)
     sets = external_sets(data)
     competition_paths = {f.path for f in files}
     for external in sets:

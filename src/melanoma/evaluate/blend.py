@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from melanoma.core import io_utils, layout, metrics, runs
+from melanoma.core import io_utils, layout, metrics, run_results
 from melanoma.core.errors import DataError
 from melanoma.core.tables import first_few
 from melanoma.predict.submission import validate_frame, write_submission
@@ -98,7 +98,7 @@ def cross_validated_blend(preds: np.ndarray, target: np.ndarray, folds: np.ndarr
 # --------------------------------------------------------------------------------------------------
 
 
-def align_members(members: list[runs.Member]) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+def align_members(members: list[run_results.Member]) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     """(base OOF table from the first member, OOF matrix images x members aligned by image_name, notes)."""
     base = members[0].oof[["image_name", "patient_id", "target", "fold"]].reset_index(drop=True)
     names = base["image_name"]
@@ -122,7 +122,7 @@ def align_members(members: list[runs.Member]) -> tuple[pd.DataFrame, np.ndarray,
     return base, matrix, notes
 
 
-def default_name(method: str, members: list[runs.Member]) -> str:
+def default_name(method: str, members: list[run_results.Member]) -> str:
     name = f"blend-{method}-" + "-".join(member.name for member in members)
     if len(name) > 80:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -169,20 +169,20 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
     return summary
 
 
-def _check_members(specs: list[str], method: str) -> list[runs.Member]:
+def _check_members(specs: list[str], method: str) -> list[run_results.Member]:
     """The runs of `specs`, once a known method, two runs or more and no run twice are confirmed."""
     if method not in METHODS:
         raise DataError(f"unknown blend method '{method}'; choose one of {', '.join(METHODS)}")
     if len(specs) < 2:
         raise DataError("a blend needs at least two runs")
-    members = [runs.Member(spec) for spec in specs]
+    members = [run_results.Member(spec) for spec in specs]
     seen = [member.path for member in members]
     if len(set(map(os.path.abspath, seen))) < len(seen):
         raise DataError(f"the same run is named twice: {', '.join(seen)}")
     return members
 
 
-def _blend_oof(method: str, members: list[runs.Member], matrix: np.ndarray, target: np.ndarray,
+def _blend_oof(method: str, members: list[run_results.Member], matrix: np.ndarray, target: np.ndarray,
                folds: np.ndarray, iterations: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """(summary so far, blended OOF predictions, weights for the test predictions)."""
     summary: dict = {"method": method, "iterations": iterations if method == "weights" else None}
@@ -207,7 +207,7 @@ def _blend_oof(method: str, members: list[runs.Member], matrix: np.ndarray, targ
     return summary, blended, weights
 
 
-def _member_test_predictions(members: list[runs.Member], notes: list) -> tuple[list | None, list]:
+def _member_test_predictions(members: list[run_results.Member], notes: list) -> tuple[list | None, list]:
     """Every member's test predictions and their sources; None (with a note) at the first member
     without them."""
     test, sources = [], []
@@ -221,7 +221,7 @@ def _member_test_predictions(members: list[runs.Member], notes: list) -> tuple[l
     return test, sources
 
 
-def _blend_submission(members: list[runs.Member], test: list, method: str, weights: np.ndarray,
+def _blend_submission(members: list[run_results.Member], test: list, method: str, weights: np.ndarray,
                       name: str, notes: list) -> tuple[pd.DataFrame, str | None]:
     """The checked blended submission and the sample submission to check it against (None when
     there is none to find)."""
@@ -244,7 +244,7 @@ def _blend_submission(members: list[runs.Member], test: list, method: str, weigh
     return submission, sample
 
 
-def _named(members: list[runs.Member], weights: np.ndarray) -> dict[str, float]:
+def _named(members: list[run_results.Member], weights: np.ndarray) -> dict[str, float]:
     return {member.name: round(float(weight), 6) for member, weight in zip(members, weights)}
 
 

@@ -32,8 +32,8 @@ import pandas as pd
 
 from melanoma.core import config as config_lib
 from melanoma.core import io_utils, layout, plots
-from melanoma.core import run as run_lib
-from melanoma.core import runs
+from melanoma.core import run_config
+from melanoma.core import run_results
 from melanoma.core.errors import DataError
 from melanoma.evaluate import perclass, scoring
 from melanoma.evaluate import selection as selection_lib
@@ -52,7 +52,7 @@ def resolve_run(target: str, overrides: list[str] | None = None) -> str:
     folder = layout.run_dir(config_lib.load_config(target, overrides or []))
     if not os.path.isdir(folder):
         return folder
-    return layout.run_dir(run_lib.load_run_config(target, overrides or []))
+    return layout.run_dir(run_config.load_run_config(target, overrides or []))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,10 +281,10 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
                 bootstrap: int = 1000, seed: int = 0) -> dict:
     """Write the report of a run folder; returns {'files': [...], 'score': ..., 'cutoffs': DataFrame,
     'notes': [...], 'complete': bool, 'frame': the OOF scored}."""
-    run = runs.inspect_run(run_path)
+    run = run_results.inspect_run(run_path)
     if run.problem:
         raise DataError(f"{run_path}: {run.problem}")
-    frame, complete, present = runs.load_run_oof(run)
+    frame, complete, present = run_results.load_run_oof(run)
     notes: list[str] = []
     name = run.name
     if not complete:
@@ -345,12 +345,12 @@ def _training_curves_output(run_path: str, folder: str, name: str, files: list[s
         notes.append("no fold<K>/history.csv with loss or AUC columns; training curves left out")
 
 
-def _importance_outputs(run: runs.Run, folder: str, files: list[str], notes: list[str]):
+def _importance_outputs(run: run_results.Run, folder: str, files: list[str], notes: list[str]):
     """A tabular run's permutation importances (written beside the report), or None for other runs."""
     if run.config is None or (run.config.get("model") or {}).get("family") != "tabular":
         return None
     # tabular pulls in TensorFlow (through input.features); only a tabular run's report pays for it
-    from melanoma.train import tabular
+    from melanoma.train.families import tabular
 
     importance, written, importance_notes = tabular.importance_report(run.path, folder)
     files.extend(written)
@@ -418,7 +418,7 @@ def command(args: argparse.Namespace) -> int:
     print()
     if report["importance"] is not None:
         # the tree family's module loads TensorFlow (through its feature tables): only its runs pay for it
-        from melanoma.train import tabular
+        from melanoma.train.families import tabular
 
         print(tabular.format_importance(report["importance"]))
         print()

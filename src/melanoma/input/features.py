@@ -36,10 +36,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from melanoma.core import io_utils, runs
+from melanoma.core import io_utils, run_results
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
-from melanoma.data import examples, integrity, records, sources
+from melanoma.data import examples, integrity, record_format, sources
 from melanoma.input import imagestats
 
 FEATURE_VERSION = 1  # bump when a feature's definition changes: the cache keys include it
@@ -82,7 +82,7 @@ def _read_file(path: str, split: str, with_images: bool):
             if with_images:
                 jpegs.extend(batch["image"].tolist())
     table = pd.DataFrame(columns)
-    expected = records.parse_file_name(path).count
+    expected = record_format.parse_file_name(path).count
     if len(table) != expected:
         raise DataError(f"{path} holds {len(table)} records but its name says {expected}; the file is "
                         "truncated or misnamed. Download or rebuild it.")
@@ -118,7 +118,7 @@ def split_table(config: Config, split: str, progress: bool = True) -> pd.DataFra
     """Metadata codes (+ image statistics) of every record of `split` (train | test), file by file in
     part order, with each file's `part`; cached per file under <output_dir>/.cache/features/."""
     key = "data.train_files" if split == "train" else "data.test_files"
-    files = records.list_files(config.get_path(key), key)
+    files = record_format.list_files(config.get_path(key), key)
     wrong = [f.path for f in files if f.split != split]
     if wrong:
         raise DataError(f"{key} matched {wrong[0]}, which is not a {split} file")
@@ -242,7 +242,7 @@ def stacking_features(config: Config, train_names: pd.Series, test_names: pd.Ser
             raise ConfigError(f"{where}: no run folder {path}; train and infer that run first "
                               f"(`python train.py --config configs/{name}.yaml`)")
         try:
-            member = runs.Member(path)
+            member = run_results.Member(path)
             test, source = member.test_predictions()
         except DataError as error:
             raise ConfigError(f"{where}: {error}") from None

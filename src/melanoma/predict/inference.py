@@ -1,6 +1,6 @@
 """Inference: TTA test predictions of every trained fold, averaged into `submissions/<name>.csv`.
 
-The model and its inputs come from the run's saved config (`run.load_run_config`): a --set that
+The model and its inputs come from the run's saved config (`run_config.load_run_config`): a --set that
 contradicts it is refused, file locations and TTA may change. A fold's `test.csv` written at training
 time is reused when it was made with the same prediction settings (TTA, augmentation, image size, test
 files, seed; its `test.json`); otherwise, or with --recompute, the fold's checkpoint predicts the test set
@@ -20,16 +20,16 @@ import pandas as pd
 
 from melanoma.core import config as config_lib
 from melanoma.core import hardware, io_utils, layout
-from melanoma.core import run as run_lib
-from melanoma.core import runstate
+from melanoma.core import run_config
+from melanoma.core import fold_state
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed
-from melanoma.data import inputs, records, taxonomy
+from melanoma.data import preflight, record_format, taxonomy
 from melanoma.model import network as model_lib
-from melanoma.model import prediction
+from melanoma.model import tta_prediction
 from melanoma.predict import submission
-from melanoma.train import tabular
-from melanoma.train.training import prediction_settings
+from melanoma.train.families import tabular
+from melanoma.train.cnn_training import prediction_settings
 
 
 def trained_folds(config: Config) -> list[int]:
@@ -41,12 +41,12 @@ def trained_folds(config: Config) -> list[int]:
         folder = layout.fold_dir(config, k)
         if not io_utils.exists(os.path.join(folder, layout.BEST_MODEL)):
             continue
-        state = runstate.read_state(folder)
+        state = fold_state.read_state(folder)
         if state is not None and state["epoch"] < state.get("epochs", state["epoch"]):
             print(f"warning: fold {k} was interrupted after epoch {state['epoch']} of {state['epochs']}; "
                   f"left out (finish it with `python train.py --config ... --fold {k} --resume`)", file=sys.stderr)
             continue
-        problem = run_lib.fold_config_problem(config, folder)
+        problem = run_config.fold_config_problem(config, folder)
         if problem:
             raise config_lib.ConfigError(f"{problem}; its checkpoint does not belong to this run: train it again "
                                          f"(python train.py --config ... --fold {k} --force)")
@@ -60,11 +60,11 @@ def load_checkpoint(model, path: str, config: Config, folder: str) -> None:
     try:
         model.load_weights(path)
     except ValueError as error:
-        state = runstate.read_state(folder) or {}
-        trained = (f"it was trained as {run_lib.trained_as(state['config'])}" if state.get("config")
+        state = fold_state.read_state(folder) or {}
+        trained = (f"it was trained as {run_config.trained_as(state['config'])}" if state.get("config")
                    else str(error).strip().splitlines()[0][:200])
         raise config_lib.ConfigError(
-            f"{path} does not fit a {run_lib.trained_as(runstate.flatten(config))}: {trained}; predict with "
+            f"{path} does not fit a {run_config.trained_as(fold_state.flatten(config))}: {trained}; predict with "
             "the config the run was trained with (outputs/<name>/config.yaml)") from None
 
 
@@ -80,19 +80,19 @@ def fold_test_predictions(config: Config, fold: int, recompute: bool = False) ->
         changed = sorted(key for key in set(made) | set(wanted) if made.get(key) != wanted.get(key))
         print(f"fold {fold}: {path} was predicted with other settings ({', '.join(changed)}); predicting again")
 
-    test_files = records.list_files(config.data.test_files, "data.test_files")
+    test_files = record_format.list_files(config.data.test_files, "data.test_files")
     strategy = hardware.get_strategy(cluster=False)
     with strategy.scope():
         model = model_lib.build_model(config, pretrained=False)  # weights come from the checkpoint
         load_checkpoint(model, os.path.join(folder, layout.BEST_MODEL), config, folder)
-    frame = prediction.predict_files(model, [f.path for f in test_files], config, "test",
-                                     records.count_images(test_files), desc=f"fold {fold} test",
+    frame = tta_prediction.predict_files(model, [f.path for f in test_files], config, "test",
+                                     record_format.count_images(test_files), desc=f"fold {fold} test",
                                      strategy=strategy)
     frame = frame[["image_name", "pred"] + taxonomy.class_columns(frame.columns)]  # + p_<CLASS>: diagnosis head
     # test.json goes first and comes back last: a process killed in between leaves a test.csv that no
     # settings vouch for, which is predicted again rather than taken for the new settings' predictions.
     if io_utils.exists(settings_path):
-        runstate.remove(settings_path)
+        fold_state.remove(settings_path)
     io_utils.write_csv_atomic(frame, path)
     io_utils.write_text_atomic(settings_path, json.dumps(wanted))
     return frame
@@ -175,8 +175,8 @@ def command(args: argparse.Namespace) -> int:
         raise config_lib.ConfigError(f"{args.config}: data.test_files is null, so there are no test images "
                                      "to predict; set it to the test records' glob (--set data.test_files=...)")
     # the files to read first (their locations come from this config), then the run's saved config
-    inputs.check_inputs(config, "infer")  # before any model is built or file written
-    config = run_lib.load_run_config(args.config, args.set)
+    preflight.check_inputs(config, "infer")  # before any model is built or file written
+    config = run_config.load_run_config(args.config, args.set)
     if not hardware.is_chief():
         kind, index = hardware.worker_task()
         print(f"{kind} {index} of a cluster: inference runs on the chief alone (with its own devices); "

@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from melanoma.core import io_utils, layout
-from melanoma.core import run as run_lib
+from melanoma.core import run_config
 from melanoma.core.config import load_config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.tables import first_few, numbers, read_string_table
@@ -207,7 +207,7 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
     if sample is None:
         if io_utils.exists(os.path.join(run, layout.CONFIG_FILE)):
             try:
-                sample = run_lib.read_saved_config(run).data.sample_submission
+                sample = run_config.read_saved_config(run).data.sample_submission
             except (yaml.YAMLError, AttributeError, KeyError, TypeError) as error:
                 raise ConfigError(f"{run}/config.yaml does not say which sample submission to use "
                                   f"({error.__class__.__name__}: {error}); pass --sample or --config") from None

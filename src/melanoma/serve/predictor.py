@@ -4,7 +4,7 @@ probability, Grad-CAM averaged over the folds, and where the probability sits am
 Used by `serve` (the web page and `POST /predict`); nothing here imports a web library.
 
 An uploaded image reaches the models the way a test image reaches them in `infer`: it becomes the JPEG a
-record of the run's `data.image_size` holds for it (`records.resize_image_bytes`: decode, resize, JPEG
+record of the run's `data.image_size` holds for it (`record_format.resize_image_bytes`: decode, resize, JPEG
 quality 95), is written as a one-record test file, and goes through `pipeline.prediction_dataset` with the
 run's TTA. A JPEG that already is image_size x image_size is taken as such a record's bytes and used as it
 is, so a test record's image uploaded gives `infer`'s prediction for it. Random TTA (tta.mode: random)
@@ -28,11 +28,11 @@ import numpy as np
 
 from melanoma.core import config as config_lib
 from melanoma.core import io_utils, layout
-from melanoma.core import run as run_lib
-from melanoma.core import runs
+from melanoma.core import run_config
+from melanoma.core import run_results
 from melanoma.core.config import Config
 from melanoma.core.errors import DataError
-from melanoma.data import records, taxonomy
+from melanoma.data import record_format, taxonomy
 from melanoma.evaluate import report
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -74,7 +74,7 @@ def load_run(target: str) -> LoadedRun:
     if not io_utils.exists(os.path.join(run_path, layout.CONFIG_FILE)):
         raise FileNotFoundError(f"no trained run at {run_path} (no config.yaml): train it first with "
                                 f"`python train.py --config {target} --fold all`")
-    config = run_lib.read_saved_config(run_path)
+    config = run_config.read_saved_config(run_path)
     # Folds are looked up where the run folder is, whatever working directory the run was trained from.
     config["output_dir"], config["name"] = os.path.split(os.path.abspath(run_path))
     folds = inference.trained_folds(config)
@@ -145,7 +145,7 @@ def read_upload(data: bytes, image_size: int, max_bytes: int = DEFAULT_MAX_BYTES
     if bgr is None:
         raise RequestError("the image cannot be decoded: upload a JPEG or PNG file", status=400)
     try:
-        jpeg = data if as_is else records.resize_image_bytes(data, image_size, where="the upload")
+        jpeg = data if as_is else record_format.resize_image_bytes(data, image_size, where="the upload")
     except DataError as error:
         raise RequestError(f"{error}: upload a JPEG or PNG file", status=400) from None
     return Upload(record_jpeg=jpeg, image_rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), as_is=as_is)
@@ -219,7 +219,7 @@ class OOFReference:
     @classmethod
     def from_run(cls, run_path: str) -> "OOFReference":
         try:
-            frame, complete, present = runs.load_run_oof(runs.inspect_run(run_path))
+            frame, complete, present = run_results.load_run_oof(run_results.inspect_run(run_path))
         except (DataError, OSError) as error:
             return cls(note=f"no OOF predictions to compare with ({error})")
         target = frame["target"].to_numpy().astype(int)
@@ -318,7 +318,7 @@ class Predictor:
         self.diagnosis = self.config.model.head == "diagnosis"
         self._lock = threading.Lock()
         self._folder = tempfile.TemporaryDirectory(prefix="melanoma-serve-")
-        self._record = os.path.join(self._folder.name, records.record_name("test", 0, 1))
+        self._record = os.path.join(self._folder.name, record_format.record_name("test", 0, 1))
         self._datasets: dict[int, object] = {}
 
     @classmethod
@@ -350,12 +350,12 @@ class Predictor:
         # this module loads TensorFlow: only the work that needs it pays for it
         from melanoma.input import pipeline
         # this module loads TensorFlow: only the work that needs it pays for it
-        from melanoma.model import prediction
+        from melanoma.model import tta_prediction
 
         config = self.config
         random_views = bool(tta_steps) and config.tta.mode == "random"
         if random_views or tta_steps not in self._datasets:
-            augmenter = prediction.tta_augmenter(config, config.seed) if tta_steps else None
+            augmenter = tta_prediction.tta_augmenter(config, config.seed) if tta_steps else None
             dataset, _ = pipeline.prediction_dataset(
                 [self._record], config, "test", tta_steps=tta_steps, tta_mode=config.tta.mode,
                 batch_size=config.tta.batch_size, augmenter=augmenter)
@@ -392,7 +392,7 @@ class Predictor:
         probabilities, classes, maps = [], [], []
         with self._lock:
             with tf.io.TFRecordWriter(self._record) as writer:
-                writer.write(records.serialize_example(upload.record_jpeg, row, records.TEST_INT_FEATURES))
+                writer.write(record_format.serialize_example(upload.record_jpeg, row, record_format.TEST_INT_FEATURES))
             try:
                 inputs = self._inputs(steps)
                 # Grad-CAM explains the plain image, which is the first view unless the views are random.

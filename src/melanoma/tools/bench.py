@@ -40,12 +40,12 @@ from melanoma.core import config as config_lib
 from melanoma.core import hardware, io_utils
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
-from melanoma.data import diagnoses, examples, records
+from melanoma.data import diagnoses, examples, record_format
 from melanoma.input import augment, pipeline
 from melanoma.model import network as model_lib
-from melanoma.model import prediction
+from melanoma.model import tta_prediction
 from melanoma.tools import synth
-from melanoma.train import training
+from melanoma.train import cnn_training
 
 TRAIN_PARTS = 4
 TEST_PARTS = 2
@@ -140,7 +140,7 @@ def synthetic_dataset(folder: str, size: int, train_images: int, test_images: in
     for split, count, parts in (("train", train_images, TRAIN_PARTS), ("test", test_images, TEST_PARTS)):
         image_dir = os.path.join(folder, "jpeg", split)
         names = write_jpegs(image_dir, count, size, seed + (split == "test"), f"SYN_{split}", realistic=True)
-        records.write_split(_table(names, min(parts, count), split, seed), image_dir, out, split, size,
+        record_format.write_split(_table(names, min(parts, count), split, seed), image_dir, out, split, size,
                             progress=False)
     io_utils.write_text_atomic(os.path.join(out, "encodings.json"), json.dumps(SYNTHETIC_ENCODINGS))
     return os.path.join(out, "train*.tfrec"), os.path.join(out, "test*.tfrec")
@@ -251,7 +251,7 @@ def pipeline_figures(config: Config, train_paths, test_paths, batches: int, warm
                      min_seconds: float = MIN_SECONDS) -> dict:
     batch_size = config.train.batch_size
     seed = config.seed
-    lookup = diagnoses.source_lookups(config, records.list_files(train_paths))
+    lookup = diagnoses.source_lookups(config, record_format.list_files(train_paths))
     figures: dict = {"train_pipeline": {}}
     for backend in augment.BACKENDS:
         variant = with_backend(config, backend)
@@ -341,16 +341,16 @@ def model_figures(config: Config, strategy, train_paths, test_paths, pipelines: 
 
 def _training_model(config: Config, strategy, global_batch: int):
     """The config's model with random weights, compiled for training on `strategy`."""
-    training.set_seed(config.seed)
+    cnn_training.set_seed(config.seed)
     with strategy.scope():
-        return training.compile_model(model_lib.build_model(config, pretrained=False), config, global_batch)
+        return cnn_training.compile_model(model_lib.build_model(config, pretrained=False), config, global_batch)
 
 
 def _train_datasets(config: Config, train_paths, global_batch: int):
     """(the training pipeline, one of its batches repeated from memory)."""
     augmenter = augment.make_augmenter(config.augment, seed=config.seed)
     train_ds = pipeline.train_dataset(train_paths, config, global_batch, seed=config.seed, augmenter=augmenter,
-                                      diagnosis_lookup=diagnoses.source_lookups(config, records.list_files(train_paths)))
+                                      diagnosis_lookup=diagnoses.source_lookups(config, record_format.list_files(train_paths)))
     return train_ds, tf.data.Dataset.from_tensors(next(iter(train_ds))).repeat()
 
 
@@ -371,7 +371,7 @@ def _prediction_figure(model, config: Config, strategy, test_paths, model_batche
         batch_size=config.tta.batch_size * hardware.local_replicas(strategy), augmenter=tta_augmenter)
     predict_inputs = next(iter(predict_ds))["inputs"]
     predict_batch = int(predict_inputs["image"].shape[0])
-    predictor = prediction.Predictor(model, strategy, predict_batch)  # on every replica, as predict_files
+    predictor = tta_prediction.Predictor(model, strategy, predict_batch)  # on every replica, as predict_files
     predictor(predict_inputs)  # traces and compiles
     started = time.perf_counter()
     for _ in range(model_batches):
@@ -386,11 +386,11 @@ def _prediction_figure(model, config: Config, strategy, test_paths, model_batche
 def _whole_prediction_figure(model, config: Config, strategy, test_paths, steps: int, mode: str, views: int) -> dict:
     """One pass as a user runs it: pipeline start-up and a retrace for a short last batch included
     (the full batches' prediction function is already compiled by `_prediction_figure`)."""
-    test_count = records.count_images(records.list_files(test_paths))
+    test_count = record_format.count_images(record_format.list_files(test_paths))
     config_tta = copy.deepcopy(config)
     config_tta["tta"]["steps"], config_tta["tta"]["mode"] = steps, mode
     started = time.perf_counter()
-    prediction.predict_files(model, test_paths, config_tta, "test", progress=False, strategy=strategy)
+    tta_prediction.predict_files(model, test_paths, config_tta, "test", progress=False, strategy=strategy)
     seconds = time.perf_counter() - started
     return {"images_per_second": test_count / seconds, "images": test_count, "views": views}
 
@@ -418,7 +418,7 @@ def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
     cores = os.cpu_count() or 1
     figures = {"size": size, "source_size": source, "images": images, "workers": cores}
     started = time.perf_counter()
-    records.write_split(table, image_dir, os.path.join(folder, "records_all"), "train", size,
+    record_format.write_split(table, image_dir, os.path.join(folder, "records_all"), "train", size,
                         workers=cores, progress=False)
     figures["images_per_second"] = images / (time.perf_counter() - started)
     figures["images_per_second_per_core"] = figures["images_per_second"] / cores
@@ -427,7 +427,7 @@ def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
     cv2.setNumThreads(1)
     try:
         started = time.perf_counter()
-        records.write_split(table, image_dir, os.path.join(folder, "records_one"), "train", size,
+        record_format.write_split(table, image_dir, os.path.join(folder, "records_one"), "train", size,
                             workers=1, progress=False)
         figures["one_core_images_per_second"] = images / (time.perf_counter() - started)
     finally:
@@ -476,16 +476,16 @@ def run_bench(config: Config, batches: int = 20, warmup: int = 5, model_batches:
             source = "synthetic"
         else:
             source = "config"
-        train_files = records.list_files(config.data.train_files, "data.train_files")
-        test_files = records.list_files(config.data.test_files, "data.test_files")
+        train_files = record_format.list_files(config.data.train_files, "data.train_files")
+        test_files = record_format.list_files(config.data.test_files, "data.test_files")
         train_paths = [f.path for f in train_files]
         test_paths = [f.path for f in test_files]
         result = {
             "machine": machine(config, strategy, precision),
             "settings": {
                 "config": config.name, "image_size": size, "record_size": record_size(train_paths[0]),
-                "data": source, "train_images": records.count_images(train_files),
-                "test_images": records.count_images(test_files), "batch_size": config.train.batch_size,
+                "data": source, "train_images": record_format.count_images(train_files),
+                "test_images": record_format.count_images(test_files), "batch_size": config.train.batch_size,
                 "tta_batch_size": config.tta.batch_size, "backbone": config.model.backbone,
                 "augment_backend": augment.resolve_backend(config.augment.backend), "augment_xla": bool(config.augment.xla),
                 "cache": bool(config.data.cache), "batches": batches, "min_seconds": min_seconds,

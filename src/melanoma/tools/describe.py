@@ -13,7 +13,7 @@ import time
 
 from melanoma.core import config as config_lib
 from melanoma.core.config import Config
-from melanoma.data import records
+from melanoma.data import record_format
 from melanoma.input import augment
 from melanoma.train import schedules
 
@@ -22,12 +22,12 @@ def _data_summary(config: Config, global_batch: int) -> dict:
     """Image counts and steps when the config's records are on this machine (nulls when they are not)."""
 
     try:
-        files = records.list_files(config.data.train_files, "data.train_files")
+        files = record_format.list_files(config.data.train_files, "data.train_files")
     except FileNotFoundError:
         return {"train_files_found": 0, "train_images": None, "steps_per_epoch": config.train.steps_per_epoch}
-    train, _ = records.split_folds(files, 0, config.data.folds)
-    images = records.count_images(train)
-    return {"train_files_found": len(files), "train_images": records.count_images(files),
+    train, _ = record_format.split_folds(files, 0, config.data.folds)
+    images = record_format.count_images(train)
+    return {"train_files_found": len(files), "train_images": record_format.count_images(files),
             "steps_per_epoch": config.train.steps_per_epoch or max(1, images // global_batch)}
 
 

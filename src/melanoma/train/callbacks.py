@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, layout, metrics, runstate
+from melanoma.core import io_utils, layout, metrics, fold_state
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
-from melanoma.model import prediction
+from melanoma.model import tta_prediction
 from melanoma.train import schedules
 
 # train.checkpoint -> (the logs key it follows, "max" or "min"); None: no metric decides
@@ -50,13 +50,13 @@ class ValidationScore(keras.callbacks.Callback):
         super().__init__()
         self.config, self.folder, self.guard, self.strategy = config, folder, guard, strategy
         self.valid_paths, self.valid_dropped = valid_paths, valid_dropped
-        self.epochs = [runstate.val_epoch_rows(folder, state["epoch"])] if state else []
+        self.epochs = [fold_state.val_epoch_rows(folder, state["epoch"])] if state else []
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or self.guard.failure:
             return
-        prediction.sync_replicas(self.model, self.strategy)  # predict what the checkpoint will hold
-        frame = prediction.predict_files(self.model, self.valid_paths, self.config, "train", tta=False,
+        tta_prediction.sync_replicas(self.model, self.strategy)  # predict what the checkpoint will hold
+        frame = tta_prediction.predict_files(self.model, self.valid_paths, self.config, "train", tta=False,
                                          progress=False, strategy=self.strategy)
         frame = frame[~frame["image_name"].isin(self.valid_dropped)]  # duplicates (sources.py)
         target = frame["target"].to_numpy(dtype=np.float64)
@@ -69,7 +69,7 @@ class ValidationScore(keras.callbacks.Callback):
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """Best checkpoint and the resumable state, committed in the order `runstate` relies on."""
+    """Best checkpoint and the resumable state, committed in the order `fold_state` relies on."""
 
     def __init__(self, config: Config, folder: str, state: dict | None, guard: NanGuard):
         super().__init__()
@@ -112,11 +112,11 @@ class Checkpoint(keras.callbacks.Callback):
         committed = {"epoch": epoch + 1, "epochs": self.config.train.epochs, "monitor": metric,
                      "best": self.best, "best_epoch": self.best_epoch,
                      "pending_best": os.path.basename(pending) if pending else None,
-                     "config": runstate.fingerprint(self.config)}
-        runstate.write_state(folder, committed)
+                     "config": fold_state.fingerprint(self.config)}
+        fold_state.write_state(folder, committed)
         if pending:
             io_utils.replace(pending, target)
-            runstate.write_state(folder, dict(committed, pending_best=None))
+            fold_state.write_state(folder, dict(committed, pending_best=None))
             shown = (f"{metric} {value:.4f}" if metric else
                      "train.checkpoint_epoch" if self.fixed_epoch is not None else "last epoch")
             print(f"  checkpoint: epoch {epoch + 1} ({shown})")
@@ -128,7 +128,7 @@ class History(keras.callbacks.Callback):
     def __init__(self, config: Config, folder: str, global_batch: int, state: dict | None):
         super().__init__()
         self.config, self.folder, self.global_batch = config, folder, global_batch
-        self.rows = runstate.history_rows(folder, state["epoch"]) if state else []
+        self.rows = fold_state.history_rows(folder, state["epoch"]) if state else []
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1}

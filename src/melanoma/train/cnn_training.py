@@ -5,7 +5,7 @@ data.json (images per source and split, duplicates dropped; see sources.py), dup
 model.keras (the checkpoint chosen by train.checkpoint), history.csv, val_epochs.csv (plain validation
 predictions of every epoch, for `selection`), oof.csv, test.csv; after the last
 fold, outputs/<name>/oof.csv gathers every fold. Every file is written atomically. After each epoch,
-last.keras (model + optimizer) and state.json let `--resume` continue a killed fold (see `runstate`).
+last.keras (model + optimizer) and state.json let `--resume` continue a killed fold (see `fold_state`).
 """
 from __future__ import annotations
 
@@ -20,16 +20,17 @@ import pandas as pd
 
 from melanoma.core import config as config_lib
 from melanoma.core import hardware, io_utils, kerasapi, layout, metrics, progress
-from melanoma.core import run as run_lib
-from melanoma.core import runs, runstate
+from melanoma.core import run_config
+from melanoma.core import run_results, fold_state
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, DataError
 from melanoma.core.kerasapi import keras
-from melanoma.data import diagnoses, inputs, integrity, records, sources, taxonomy
+from melanoma.data import diagnoses, preflight, integrity, record_format, sources, taxonomy
 from melanoma.input import augment, pipeline
 from melanoma.model import network as model_lib
-from melanoma.model import prediction
-from melanoma.train import callbacks, schedules, tabular
+from melanoma.model import tta_prediction
+from melanoma.train import callbacks, schedules
+from melanoma.train.families import tabular
 
 
 def fold_finished(config: Config, fold: int) -> bool:
@@ -95,7 +96,7 @@ def make_callbacks(config: Config, folder: str, global_batch: int, valid_paths: 
     """Exact validation AUC (and each epoch's plain validation predictions in val_epochs.csv), learning
     rate per epoch, NaN guard, atomic best checkpoint and history.
 
-    After each epoch the fold's resumable state is committed (see `runstate`): val_epochs.csv and
+    After each epoch the fold's resumable state is committed (see `fold_state`): val_epochs.csv and
     history.csv, last.keras (model and optimizer), the best checkpoint, then state.json. `state` is a
     resumed fold's state.json: the best metric so far, the history and the per-epoch predictions of its
     completed epochs carry on from it.
@@ -119,20 +120,20 @@ def prepare_fold(config: Config, fold: int, resume: bool) -> dict | None:
     state to continue from (None when there is none); without it, a clean folder."""
     folder = layout.fold_dir(config, fold)
     io_utils.makedirs(folder)
-    state = runstate.read_state(folder) if resume else None
+    state = fold_state.read_state(folder) if resume else None
     if state is not None:
-        runstate.check_same_config(state, config, folder)
-        runstate.finish_pending(folder, state)
-    removed = runstate.clean_leftovers(folder)
+        fold_state.check_same_config(state, config, folder)
+        fold_state.finish_pending(folder, state)
+    removed = fold_state.clean_leftovers(folder)
     if removed:
         print(f"fold {fold}: removed {len(removed)} temporary file(s) left by an interrupted run")
     if resume and state is None:
         print(f"fold {fold}: nothing to resume (no {layout.STATE}); training it from scratch")
     gathered = os.path.join(layout.run_dir(config), layout.OOF)
     if io_utils.exists(gathered):  # it held this fold's previous OOF; gather_oof writes it again
-        runstate.remove(gathered)
+        fold_state.remove(gathered)
     if state is None:
-        runstate.reset_fold(folder)
+        fold_state.reset_fold(folder)
     elif not io_utils.exists(os.path.join(folder, layout.LAST_MODEL)):
         raise config_lib.ConfigError(f"cannot resume {folder}: {layout.LAST_MODEL} is missing; train "
                                      "the fold again with --force")
@@ -147,7 +148,7 @@ def read_fold_data(config: Config, fold: int):
     except DataError:
         if config.data.skip_corrupt:
             raise
-        paths = [f.path for f in records.list_files(config.data.train_files, "data.train_files")]
+        paths = [f.path for f in record_format.list_files(config.data.train_files, "data.train_files")]
         paths += [f.path for external in sources.external_sets(config.data) for f in external.files]
         scans = integrity.scan_files(sorted(set(paths)), "train", config.data.image_size)
         integrity.raise_if_bad(scans, f"fold {fold} data", integrity.HINT_TRAIN)
@@ -195,14 +196,14 @@ def train_fold(config: Config, fold: int, resume: bool = False) -> dict:
     """Train fold `fold` of `config`; returns a summary with the fold's OOF AUC.
 
     With `resume`, a fold that was interrupted continues after its last completed epoch, with its model,
-    optimizer state, best checkpoint and history (see `runstate`)."""
+    optimizer state, best checkpoint and history (see `fold_state`)."""
     strategy = hardware.get_strategy()  # first: a multi-worker strategy must precede other TF work
     precision = hardware.set_precision(config, strategy)
     folder = layout.fold_dir(config, fold)
     state = prepare_fold(config, fold, resume)
     initial_epoch = state["epoch"] if state else 0
     set_seed(config.seed + fold)
-    test_files = (records.list_files(config.data.test_files, "data.test_files")
+    test_files = (record_format.list_files(config.data.test_files, "data.test_files")
                   if config.data.test_files else [])  # null: a data set without test images
     fold_data, skipped = _fold_data(config, fold, folder)
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
@@ -322,8 +323,8 @@ def _write_oof(model, config: Config, fold: int, folder: str, fold_data, skipped
     """The fold's out-of-fold predictions, written to oof.csv: competition validation images only,
     duplicates out; returns (oof, the diagnosis head's class columns, [] for the binary head)."""
     valid_files = fold_data.valid_files
-    oof = prediction.predict_files(model, [f.path for f in valid_files], config, "train",
-                                   records.count_images(valid_files) - sum(skipped.get(f.path, 0)
+    oof = tta_prediction.predict_files(model, [f.path for f in valid_files], config, "train",
+                                   record_format.count_images(valid_files) - sum(skipped.get(f.path, 0)
                                                                             for f in valid_files),
                                    desc=f"fold {fold} OOF", strategy=strategy)
     oof = sources.check_oof(oof, fold_data)  # competition validation images only, duplicates out
@@ -343,8 +344,8 @@ def _write_test(model, config: Config, fold: int, folder: str, test_files: list,
     """The fold's test predictions in test.csv and what they depend on in test.json (none without
     data.test_files)."""
     if test_files:
-        test = prediction.predict_files(model, [f.path for f in test_files], config, "test",
-                                        records.count_images(test_files), desc=f"fold {fold} test",
+        test = tta_prediction.predict_files(model, [f.path for f in test_files], config, "test",
+                                        record_format.count_images(test_files), desc=f"fold {fold} test",
                                         strategy=strategy)
         io_utils.write_csv_atomic(test[["image_name", "pred"] + class_columns], os.path.join(folder, layout.TEST))
         io_utils.write_text_atomic(os.path.join(folder, layout.TEST_SETTINGS),
@@ -401,7 +402,7 @@ def check_interrupted(config: Config, folds: list[int], resume: bool, force: boo
         return
     for fold in folds:
         folder = layout.fold_dir(config, fold)
-        state = runstate.read_state(folder)
+        state = fold_state.read_state(folder)
         if state is not None and not fold_finished(config, fold):
             raise config_lib.ConfigError(
                 f"fold {fold} was interrupted after epoch {state['epoch']} of {state.get('epochs', '?')} "
@@ -411,7 +412,7 @@ def check_interrupted(config: Config, folds: list[int], resume: bool, force: boo
 
 def check_resumable(config: Config, folds: list[int]) -> None:
     pending = [fold for fold in folds if not fold_finished(config, fold)]
-    if pending and all(runstate.read_state(layout.fold_dir(config, fold)) is None for fold in pending):
+    if pending and all(fold_state.read_state(layout.fold_dir(config, fold)) is None for fold in pending):
         raise config_lib.ConfigError(
             f"--resume: nothing to resume in {layout.run_dir(config)}: fold(s) "
             f"{', '.join(map(str, pending))} have no {layout.STATE} (a fold keeps its progress from the end "
@@ -421,7 +422,7 @@ def check_resumable(config: Config, folds: list[int]) -> None:
 def command(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.set)
     folds = parse_folds(args.fold, config.data.folds)
-    inputs.check_inputs(config, "train")  # before any model is built or file written
+    preflight.check_inputs(config, "train")  # before any model is built or file written
     if args.resume and args.force:
         raise config_lib.ConfigError("--resume continues interrupted folds and --force restarts them; "
                                      "give one of the two")
@@ -437,22 +438,22 @@ def command(args: argparse.Namespace) -> int:
     hardware.get_strategy()  # before other TensorFlow work (the CPU split, the cluster handshake)
     chief = hardware.is_chief()
     # a changed config is refused; --force moves the old run aside (the chief alone writes)
-    config_path = run_lib.bind_run(config, args.config, force=args.force, write=chief)
+    config_path = run_config.bind_run(config, args.config, force=args.force, write=chief)
     # Every worker decides from the run's own folder, so all of them train the same folds.
     todo = [fold for fold in folds if args.force or not fold_finished(config, fold)]
     for fold in sorted(set(folds) - set(todo)):
         print(f"fold {fold}: already finished (use --force to train it again)")
-    with run_lib.worker_outputs(config, chief) as work:
+    with run_config.worker_outputs(config, chief) as work:
         if chief:
             print(f"run {config.name}: resolved config in {config_path}")
         else:
-            run_lib.save_config(work)  # into its temporary folder: the fold code reads it there
+            run_config.save_config(work)  # into its temporary folder: the fold code reads it there
             kind, index = hardware.worker_task()
             print(f"run {config.name}: {kind} {index} of a cluster; the chief writes the run's files")
         for fold in todo:
             train_fold(work, fold, resume=args.resume)
     if chief:
-        runs.report_oof(config, fold_finished)
+        run_results.report_oof(config, fold_finished)
     return 0
 
 

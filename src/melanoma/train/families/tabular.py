@@ -31,8 +31,8 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from melanoma.core import io_utils, layout, metrics, plots
-from melanoma.core import run as run_lib
-from melanoma.core import runs, runstate
+from melanoma.core import run_config
+from melanoma.core import run_results, fold_state
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
 from melanoma.data import sources
@@ -227,7 +227,7 @@ def train_fold(config: Config, fold: int, table: features.FeatureTable, fold_dat
     for name in FOLD_FILES:  # a retrained fold never keeps an older run's files beside its new ones
         path = os.path.join(folder, name)
         if io_utils.exists(path):
-            runstate.remove(path)
+            fold_state.remove(path)
     sources.write_summary(fold_data, folder)
     training, validation = fold_rows(table, fold_data)
     train_y = training["target"].to_numpy(dtype=np.int64)
@@ -265,7 +265,7 @@ def train_fold(config: Config, fold: int, table: features.FeatureTable, fold_dat
 def train(config: Config, folds: list[int], force: bool = False, resume: bool = False, config_file: str | None = None) -> int:
     """`train.py` for model.family tabular: every fold of `folds` not finished yet (all with force).
 
-    The run is bound to its config as a CNN run is (`run.bind_run`): a changed config is refused, and
+    The run is bound to its config as a CNN run is (`run_config.bind_run`): a changed config is refused, and
     --force moves the old run aside."""
     check_config(config)
     if resume:
@@ -273,14 +273,14 @@ def train(config: Config, folds: list[int], force: bool = False, resume: bool = 
     todo = [fold for fold in folds if force or not fold_finished(config, fold)]
     # The features (and the stacking checks) come first: a refused config leaves the run as it was.
     table, fold_data = prepare(config) if todo else (None, None)
-    config_path = (run_lib.bind_run(config, config_file, force=force) if config_file
-                   else run_lib.save_config(config))
+    config_path = (run_config.bind_run(config, config_file, force=force) if config_file
+                   else run_config.save_config(config))
     print(f"run {config.name}: resolved config in {config_path}")
     for fold in sorted(set(folds) - set(todo)):
         print(f"fold {fold}: already finished (use --force to train it again)")
     for fold in todo:
         train_fold(config, fold, table, fold_data[fold])
-    runs.report_oof(config, fold_finished)
+    run_results.report_oof(config, fold_finished)
     return 0
 
 
