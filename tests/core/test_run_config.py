@@ -38,11 +38,14 @@ def snapshot(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
-    """outputs/ of a tiny run with both folds trained (data.image_size 32, efficientnet-b0)."""
+    """outputs/ of a tiny run with both folds trained and their test images predicted by infer
+    (data.image_size 32, the stand-in model)."""
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as patch:
         helpers.install_tiny_model(patch)
         assert cli.main(["train", "--config", str(write_config(root, tiny_data)), "--fold", "all"]) == 0
+        assert cli.main(["infer", "--config", str(write_config(root, tiny_data))]) == 0
+    shutil.rmtree(root / "submissions")
     return root / "outputs"
 
 

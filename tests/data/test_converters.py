@@ -357,7 +357,8 @@ def test_diagnosis_head_on_ham10000_writes_class_probabilities_and_the_per_class
                                                    "test_files": None},
                       model={"head": "diagnosis"})
     assert cli.main(["train", "--config", str(path), "--fold", "all"]) == 0
-    assert "no test predictions" in capsys.readouterr().out
+    assert cli.main(["infer", "--config", str(path)]) == 2  # no test set: nothing to predict, said so
+    assert "data.test_files is null" in capsys.readouterr().err
     run = tmp_path / "outputs" / "ham"
     oof = pd.read_csv(run / "oof.csv")
     class_columns = [f"p_{cls}" for cls in taxonomy.DIAGNOSIS_CLASSES]

@@ -178,7 +178,7 @@ def fast_model(monkeypatch):
 
     from melanoma.model import network as model
 
-    def build(config):
+    def build(config, pretrained=True):
         size = config.data.image_size
         image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
         pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(image))
@@ -253,6 +253,7 @@ def test_raw_csv_and_jpeg_through_records(tiny_data, tmp_path, fast_model, capsy
     assert pd.read_csv(folder / "duplicates.csv")["image_name"].tolist() == [pair[1]]
     expected = fold0_validation(table) - {pair[1]}
     assert set(oof["image_name"]) == expected
+    assert cli.main(["infer", "--config", str(config), "--allow-partial"]) == 0  # fold 0 of 2
     assert len(pd.read_csv(folder / "test.csv")) == len(pd.read_csv(tiny_data["test_csv"]))
 
 

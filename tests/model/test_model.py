@@ -1,7 +1,6 @@
 """Backbones, pretrained weights, heads, precision and strategy detection (melanoma.model.network, .hardware)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
@@ -254,15 +253,6 @@ def test_strategy_on_this_machine():
     assert strategy.num_replicas_in_sync == 1
     assert hardware.accelerator_name(strategy) == "cpu"
     assert hardware.strategy_name(strategy) == "DefaultStrategy"
-
-
-def test_cluster_workers_from_tf_config():
-    assert hardware.cluster_workers("") == 0
-    config = {"cluster": {"chief": ["host0:2222"], "worker": ["host1:2222", "host2:2222"]},
-              "task": {"type": "worker", "index": 0}}
-    assert hardware.cluster_workers(json.dumps(config)) == 3
-    with pytest.raises(ValueError, match="TF_CONFIG"):
-        hardware.cluster_workers("{not json")
 
 
 def test_tpu_detection(monkeypatch):

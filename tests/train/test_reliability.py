@@ -236,6 +236,7 @@ def test_inference_never_skips_a_bad_test_image(tiny_data, tmp_path, capsys, mon
     fold = run_dir(tmp_path) / "fold0"
     fold.mkdir(parents=True)
     helpers.build_tiny_model(config).save(fold / "model.keras")
+    (fold / "oof.csv").write_text("image_name,patient_id,target,pred,fold\n")  # a finished fold
     run_config.save_config(config_lib.load_config(path, ["data.skip_corrupt=true"]))  # as trained
     assert cli.main(["infer", "--config", str(path), "--set", f"data.test_files={folder}/test*.tfrec",
                      "data.skip_corrupt=true", "--allow-partial"]) == 2

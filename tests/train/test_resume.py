@@ -17,7 +17,7 @@ from conftest import write_config
 
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, fold_state
+from melanoma.core import io_utils
 from melanoma.train import schedules
 
 EPOCHS = 4
@@ -77,12 +77,13 @@ def test_killed_fold_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, 
     # what a kill during a save leaves behind: a temporary file, which never looks complete
     leftover = fold / ".oof.tmp-0123abcd.csv"
     leftover.write_text("image_name,patient_id,target,pred,fold\nISIC_0,1,0,0.5,0\n")
-    assert fold_state.leftovers(str(fold)) == [str(leftover)]
+    assert io_utils.leftovers(str(fold)) == [str(leftover)]
 
     # inference leaves the half-trained fold out of an ensemble
     from melanoma.predict import inference
+    from melanoma.train.families import family as family_lib
 
-    assert inference.trained_folds(config) == []
+    assert inference.trained_folds(config, family_lib.lookup(config)) == []
     # without --resume the interrupted fold is neither restarted nor continued
     helpers.install_tiny_model(monkeypatch)
     assert cli.main(["train", "--config", str(path), "--fold", "0"]) == 2
@@ -125,9 +126,9 @@ def test_killed_fold_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, 
     assert state["best_epoch"] == best and state["best"] == pytest.approx(history["val_loss"].min())
     if best <= 2:
         assert (fold / "model.keras").read_bytes() == best_before
-    for name in ("model.keras", "last.keras", "history.csv", "oof.csv", "test.csv", "test.json"):
+    for name in ("model.keras", "last.keras", "history.csv", "oof.csv"):
         assert (fold / name).is_file(), name
-    assert not leftover.exists() and not fold_state.leftovers(str(fold))
+    assert not leftover.exists() and not io_utils.leftovers(str(fold))
     oof = io_utils.read_csv(str(fold / "oof.csv"))
     assert oof["image_name"].is_unique and np.isfinite(oof["pred"]).all()
 

@@ -17,7 +17,7 @@ from melanoma.core.config import ConfigError, load_config
 from melanoma.evaluate import compare
 from melanoma.input import features, imagestats
 from melanoma.tools import synth
-from melanoma.train.families import tabular
+from melanoma.train.families import tree_model
 
 
 def tiny_tabular(from_runs: str = "[]") -> str:
@@ -203,9 +203,9 @@ def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer
     train_table = pd.read_csv(tiny_data["records"] / "train.csv")
     for fold in (0, 1):
         folder = run / f"fold{fold}"
-        for name in ("model.joblib", "oof.csv", "test.csv", "test.json", "history.csv", "importance.csv",
-                     "data.json"):
+        for name in ("model.joblib", "state.json", "oof.csv", "history.csv", "importance.csv", "data.json"):
             assert (folder / name).is_file(), (fold, name)
+        assert not (folder / "test.csv").exists()  # infer predicts the test images
         oof = pd.read_csv(folder / "oof.csv")
         assert list(oof.columns) == ["image_name", "patient_id", "target", "pred", "fold"]
         assert set(oof["image_name"]) == set(train_table.loc[train_table["part"] % 2 == fold, "image_name"])
@@ -235,7 +235,7 @@ def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer
     second = write_config(tmp_path, tiny_data, tiny_tabular("[tiny]"), name="stacked")
     assert cli.main(["train", "--config", str(second)]) == 0
     assert "image statistics" not in capsys.readouterr().err  # no image decoded again
-    saved = tabular.load_model(str(tmp_path / "outputs" / "stacked" / "fold0" / "model.joblib"))
+    saved = tree_model.load_model(str(tmp_path / "outputs" / "stacked" / "fold0" / "model.joblib"))
     assert {"run_tiny", "pdiff_run_tiny", "prank_run_tiny"} <= set(saved["columns"])
     assert cli.main(["infer", "--config", str(second)]) == 0
 

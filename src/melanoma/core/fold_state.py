@@ -16,13 +16,13 @@ matches the file that resume renames into place, never a model.keras from an epo
 not know.
 
 Temporary files (`io_utils.temporary_name`: a leading '.', '.tmp-' and the real extension) left by a
-killed process never look complete and are removed when the fold starts again.
+killed process never look complete and are removed, with a line, when the fold starts again
+(`io_utils.remove_leftovers`).
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 
 import pandas as pd
 
@@ -34,7 +34,6 @@ from melanoma.core.layout import BEST_MODEL, HISTORY, LAST_MODEL, STATE, VAL_EPO
 # Everything a fold writes; a fresh start (no --resume) removes them so old and new never mix.
 FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, VAL_EPOCHS, layout.OOF, layout.TEST, layout.TEST_SETTINGS,
                   "skipped.csv", "data.json", "duplicates.csv")
-TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
 
 # Keys that may differ between an interrupted run and its resumption: where files are (a Kaggle
 # dataset's gs:// path changes every session), how progress is shown, and what happens after training.
@@ -132,36 +131,12 @@ def finish_pending(folder: str, state: dict) -> None:
             print(f"  completed the interrupted save of the best checkpoint (epoch {state.get('best_epoch')})")
 
 
-def leftovers(folder: str) -> list[str]:
-    if not io_utils.exists(folder):
-        return []
-    return [os.path.join(folder, name) for name in io_utils.listdir(folder) if TEMPORARY.match(name)]
-
-
-def remove(path: str) -> None:
-    if io_utils.is_remote(path):
-        # gs:// only, through TensorFlow's file system: local removals need no TensorFlow
-        import tensorflow as tf
-
-        tf.io.gfile.remove(path)
-    else:
-        os.remove(path)
-
-
-def clean_leftovers(folder: str) -> list[str]:
-    """Remove the temporary files a killed process left in the fold folder."""
-    removed = leftovers(folder)
-    for path in removed:
-        remove(path)
-    return removed
-
-
 def reset_fold(folder: str) -> None:
     """A fresh start: remove the fold's previous artifacts so none of them mixes with the new run."""
     for name in FOLD_ARTIFACTS:
         path = os.path.join(folder, name)
         if io_utils.exists(path):
-            remove(path)
+            io_utils.remove(path)
 
 
 def history_rows(folder: str, epochs: int) -> list[dict]:

@@ -10,9 +10,10 @@ import contextlib
 import glob as local_glob
 import io
 import os
+import re
 import shutil
 import uuid
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -84,11 +85,50 @@ def temporary_name(path: str) -> str:
     return os.path.join(folder, f".{stem}.tmp-{uuid.uuid4().hex[:8]}{ext}")
 
 
+# temporary_name's (and temporary_folder_name's) pattern: what a process killed while writing leaves
+TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
+
+
+def leftovers(folder: str, stem: Callable[[str], bool] | None = None) -> list[str]:
+    """The temporary files and folders in `folder` that a killed process left (only those whose stem,
+    the target's name without its extension, passes `stem`, when given)."""
+    if not isdir(folder):
+        return []
+    found = []
+    for name in listdir(folder):
+        match = TEMPORARY.match(name.rstrip("/"))
+        if match and (stem is None or stem(match["stem"])):
+            found.append(os.path.join(folder, name.rstrip("/")))
+    return found
+
+
+def remove_leftovers(folder: str, stem: Callable[[str], bool] | None = None) -> list[str]:
+    """Remove `leftovers(folder, stem)`, saying so in one line; returns what was removed. Call it only
+    where no other process may be writing the same names (a run's folders under its lock)."""
+    removed = leftovers(folder, stem)
+    for path in removed:
+        remove_tree(path)
+    if removed:
+        names = ", ".join(os.path.basename(path) for path in removed[:3])
+        more = f" and {len(removed) - 3} more" if len(removed) > 3 else ""
+        print(f"{folder}: removed {len(removed)} temporary file(s) left by an interrupted run ({names}{more})")
+    return removed
+
+
 def replace(source: str, target: str) -> None:
     if is_remote(target):
         _gfile().rename(source, target, overwrite=True)
     else:
         os.replace(source, target)
+
+
+def remove(path: str) -> None:
+    """Remove a file (local or gs://)."""
+    path = str(path)
+    if is_remote(path):
+        _gfile().remove(path)
+    else:
+        os.remove(path)
 
 
 def copy(source: str, target: str) -> None:

@@ -144,7 +144,8 @@ def trained_work(folder: str) -> list[str]:
 
 
 def supersede(folder: str) -> str:
-    """Move everything of a run folder (but earlier superseded runs) to <folder>/superseded/<UTC time>/.
+    """Move everything of a run folder (but earlier superseded runs and the lock held by this process)
+    to <folder>/superseded/<UTC time>/.
 
     config.yaml moves last: a process killed part-way leaves the run still claiming its old config, and
     the folds not yet moved are still the old config's (the next --force moves them).
@@ -156,7 +157,8 @@ def supersede(folder: str) -> str:
         target = os.path.join(folder, layout.SUPERSEDED, f"{stamp}-{counter}")
         counter += 1
     io_utils.makedirs(target)
-    entries = [name.rstrip("/") for name in io_utils.listdir(folder) if name.rstrip("/") != layout.SUPERSEDED]
+    entries = [name.rstrip("/") for name in io_utils.listdir(folder)
+               if name.rstrip("/") not in (layout.SUPERSEDED, layout.RUN_LOCK)]
     entries.sort(key=lambda name: name == layout.CONFIG_FILE)
     for name in entries:
         io_utils.move(os.path.join(folder, name), os.path.join(target, name))
@@ -235,6 +237,17 @@ def load_run_config(config_path: str | os.PathLike, overrides: Iterable[str] = (
         print(f"note: run {requested.name} uses the config it was trained with "
               f"({os.path.join(folder, layout.CONFIG_FILE)}): {shown}{more}", file=sys.stderr)
     return config_lib.as_config(merged)
+
+
+def run_folder_of(target: str, overrides: list[str] | None = None) -> str:
+    """The run folder of a config file (with --set overrides, checked against the run's saved config),
+    or `target` itself when it is a folder (a run folder, or a blend's, which has no config file)."""
+    if os.path.isdir(target):
+        return target.rstrip("/")
+    folder = layout.run_dir(config_lib.load_config(target, overrides or []))
+    if not os.path.isdir(folder):
+        return folder
+    return layout.run_dir(load_run_config(target, overrides or []))
 
 
 def _set(tree: dict, dotted: str, value) -> None:

@@ -14,9 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, layout, metrics
-from melanoma.core import run_config
-from melanoma.core import fold_state
+from melanoma.core import io_utils, layout, metrics, run_config
 from melanoma.core.config import Config, load_config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.tables import first_few, numbers, prepare_oof, read_oof, read_string_table
@@ -213,7 +211,7 @@ def gather_oof(config: Config) -> str | None:
         print(f"warning: {problem}: left out of the OOF; train it again with --force")
     if not all(io_utils.exists(p) for p in paths) or any(problems):
         if io_utils.exists(target):
-            fold_state.remove(target)
+            io_utils.remove(target)
         return None
     oof = pd.concat([io_utils.read_csv(p) for p in paths], ignore_index=True)
     if oof["image_name"].duplicated().any():

@@ -28,38 +28,30 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from melanoma.core import run_results
-from melanoma.core.errors import DataError
+from melanoma.core.errors import ConfigError, DataError
 from melanoma.evaluate import scoring, selection
 from melanoma.evaluate.scoring import ScoreWarning, score_oof
 from melanoma.evaluate.statistics import clustered_delong_test, delong_test
+from melanoma.train.families import family as family_lib
 
 RANK_BY = {"auc": "auc", "unselected": "auc_unselected"}
 TESTS = ("patient", "image")
 
 
 def _describe(run: run_results.Run) -> dict:
-    config = run.config
+    """The model, input size, external data and TTA of a run (its family's label), or of a blend."""
     if run.blend is not None:
         members = run.blend.get("members", [])
         return {"backbone": "blend: " + "+".join(str(member.get("name", "?")) for member in members),
                 "image_size": None, "external": None, "tta": None}
-    if config is None:
+    if run.config is None:
         return {"backbone": None, "image_size": None, "external": None, "tta": None}
-
-    def get(dotted: str):
-        try:
-            return config.get_path(dotted)
-        except (KeyError, TypeError, AttributeError):
-            return None
-
-    external = get("data.external_files")
-    if isinstance(external, str):
-        external = [external] if external.strip() else []
-    if get("model.family") == "tabular":
-        return {"backbone": "tabular (trees)", "image_size": get("features.image_size")
-                or get("data.image_size"), "external": False, "tta": None}
-    return {"backbone": get("model.backbone"), "image_size": get("data.image_size"),
-            "external": bool(external) if external is not None else None, "tta": get("tta.steps")}
+    try:
+        label = family_lib.lookup(run.config).label(run.config)
+    except (ConfigError, KeyError, TypeError, AttributeError):  # a config saved by other code
+        return {"backbone": None, "image_size": None, "external": None, "tta": None}
+    return {"backbone": label["model"], "image_size": label["image_size"], "external": label["external"],
+            "tta": label["tta"]}
 
 
 def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str = "auc",

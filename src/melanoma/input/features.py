@@ -301,7 +301,9 @@ def feature_group(column: str) -> str:
     raise ValueError(f"feature '{column}' belongs to no group")
 
 
-def _assemble(raw: pd.DataFrame, stacked: pd.DataFrame, config: Config, bins: int) -> pd.DataFrame:
+def assemble(raw: pd.DataFrame, stacked: pd.DataFrame, config: Config, bins: int) -> pd.DataFrame:
+    """The feature columns of one split's rows (`raw`: the records' metadata codes and image statistics;
+    `stacked`: the run_<name> columns), patient context computed within these rows."""
     raw = raw.reset_index(drop=True)
     parts = []
     image_columns = imagestats.image_feature_names(bins) if config.features.image else []
@@ -321,15 +323,15 @@ def _assemble(raw: pd.DataFrame, stacked: pd.DataFrame, config: Config, bins: in
 
 def build_table(config: Config, folds: pd.Series, progress: bool = True) -> FeatureTable:
     """Every enabled feature group for the training and test records. `folds` (image_name -> fold) lists
-    the training rows this config scores, for the stacking check."""
-    check_settings(config)
+    the training rows this config scores, for the stacking check. The features section's values are
+    checked before (train/families/tabular.py)."""
     train_raw = split_table(config, "train", progress)
     test_raw = split_table(config, "test", progress)
     stacked_train, stacked_test = stacking_features(config, train_raw["image_name"], test_raw["image_name"],
                                                     folds)
     bins = int(config.features.histogram_bins)
-    train = _assemble(train_raw, stacked_train, config, bins)
-    test = _assemble(test_raw, stacked_test, config, bins)
+    train = assemble(train_raw, stacked_train, config, bins)
+    test = assemble(test_raw, stacked_test, config, bins)
     columns = list(train.columns)
     if not columns:
         raise ConfigError("every feature group is off: turn on features.image, features.metadata or "
@@ -339,19 +341,3 @@ def build_table(config: Config, folds: pd.Series, progress: bool = True) -> Feat
     test = pd.concat([test_raw[["image_name", "patient_id"]].reset_index(drop=True), test], axis=1)
     return FeatureTable(train=train, test=test, columns=columns,
                         categorical=[c for c in columns if c in CATEGORICAL])
-
-
-def check_settings(config: Config) -> None:
-    """The features section's values, checked before any record is read."""
-    section = config.features
-    if section.image_size is not None and section.image_size < 16:
-        raise ConfigError(f"config key 'features.image_size' must be at least 16 (or null), got {section.image_size}")
-    if not 2 <= section.histogram_bins <= 64:
-        raise ConfigError(f"config key 'features.histogram_bins' must be in 2..64, got {section.histogram_bins}")
-    if section.workers is not None and section.workers < 1:
-        raise ConfigError(f"config key 'features.workers' must be at least 1 (or null), got {section.workers}")
-    runs = section.from_runs
-    if not isinstance(runs, list) or not all(isinstance(name, str) and name for name in runs):
-        raise ConfigError(f"config key 'features.from_runs' must be a list of run names, got {runs!r}")
-    if len(set(runs)) < len(runs):
-        raise ConfigError(f"config key 'features.from_runs' names a run twice: {runs}")

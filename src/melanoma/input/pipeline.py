@@ -247,7 +247,7 @@ def train_dataset(paths: list[str], config: Config, batch_size: int, seed: int |
     """Shuffled, repeated, remainder-dropped batches of (inputs, target) for model.fit.
 
     `batch_size` is the global batch. On a multi-worker cluster, shard = (workers, this worker's
-    index) (`hardware.input_shard`): each worker reads its own records, and tf.distribute's own
+    index) (`environment.input_shard`): each worker reads its own records, and tf.distribute's own
     sharding is turned off, so each worker's batches are split among its replicas only.
 
     A path may be listed more than once (upsampled external files); `keep` drops duplicates.

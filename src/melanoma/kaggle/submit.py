@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -37,8 +36,6 @@ LOG_COLUMNS = ("time", "file", "sha256", "config", "oof_auc", "message", "folds"
 OLD_LOG_COLUMNS = LOG_COLUMNS[:6]  # logs written before the folds column; upgraded when appended to
 
 
-# infer's name for a partial ensemble: <name>-folds0_2.csv
-PARTIAL_NAME = re.compile(r"-folds\d+(_\d+)*(\.|$)")  # (a kept older copy adds .<time>)
 
 
 def append_log(log_path: str, row: dict) -> None:
@@ -104,7 +101,7 @@ def run_oof_auc(run: str | None) -> float | None:
 
 def check_partial(path: str, record: dict | None, allow: bool) -> None:
     """A partial ensemble (infer --allow-partial) is uploaded only when asked to."""
-    partial = record.get("partial") if record else bool(PARTIAL_NAME.search(Path(path).stem))
+    partial = record.get("partial") if record else bool(layout.PARTIAL_NAME.search(Path(path).stem))
     if partial and not allow:
         which = (f"folds {', '.join(map(str, record.get('folds', [])))} of {record.get('folds_expected', '?')}"
                  if record else "its name says so")

@@ -217,8 +217,40 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
                    log or os.path.join(DEFAULT_SUBMISSION_DIR, "log.csv"))
 
 
+# --------------------------------------------------------------------------------------------------
+# Fold ensembles: the partial rule and the record beside each file (every family, blends too)
+# --------------------------------------------------------------------------------------------------
+
+def partial_rule(what: str, folds: list[int], expected: int, path: str, allow: bool, train_hint: str) -> None:
+    """With folds missing, ConfigError (exit 2) naming them, unless `allow` (--allow-partial): then a
+    warning, and the file (`path`) carries the folds in its name. `train_hint` says how to train the
+    missing ones; `{missing}` in it becomes their comma list."""
+    missing = sorted(set(range(expected)) - set(folds))
+    if not missing:
+        return
+    listed = ",".join(map(str, missing))
+    if not allow:
+        raise ConfigError(
+            f"fold(s) {', '.join(map(str, missing))} of {what} are not trained ({len(folds)} of {expected} are): "
+            f"train them ({train_hint.format(missing=listed)}), or add --allow-partial to write {path} from "
+            f"folds {', '.join(map(str, folds))}")
+    print(f"warning: a partial ensemble: folds {missing} of {what} are not trained; averaging folds {folds} "
+          f"into {path}", file=sys.stderr)
+
+
+def write_record(path: str, record: dict) -> str:
+    """`<submission>.json` beside a submission just written: who made it and from which folds (read by
+    `submit`), with `partial` and the file's sha256 added. Returns its path."""
+    record = dict(record)
+    record["partial"] = len(record["folds"]) < int(record["folds_expected"])
+    record["sha256"] = sha256_of(path)
+    location = layout.record_path(path)
+    io_utils.write_text_atomic(location, json.dumps(record, indent=1) + "\n")
+    return location
+
+
 def submission_record(path: str) -> dict | None:
-    """What infer recorded beside a submission (run, folds used), if it describes this very file."""
+    """What infer (or blend) recorded beside a submission (run, folds used), if it describes this very file."""
 
     location = layout.record_path(path)
     if not io_utils.exists(location):

@@ -1,41 +1,28 @@
-"""Training one fold: schedule, callbacks, best checkpoint, history, then OOF and test predictions.
+"""The CNN family's fold: schedule, callbacks, best checkpoint, history, then the OOF predictions.
 
-`python train.py --config C --fold K` (or `--fold all`). Artifacts in outputs/<name>/fold<K>/:
-data.json (images per source and split, duplicates dropped; see sources.py), duplicates.csv,
-model.keras (the checkpoint chosen by train.checkpoint), history.csv, val_epochs.csv (plain validation
-predictions of every epoch, for `selection`), oof.csv, test.csv; after the last
-fold, outputs/<name>/oof.csv gathers every fold. Every file is written atomically. After each epoch,
-last.keras (model + optimizer) and state.json let `--resume` continue a killed fold (see `fold_state`).
+Artifacts in outputs/<name>/fold<K>/: data.json (images per source and split, duplicates dropped; see
+data/sources.py), duplicates.csv, model.keras (the checkpoint chosen by train.checkpoint), history.csv,
+val_epochs.csv (plain validation predictions of every epoch, for `selection`), and oof.csv, written last.
+Every file is written atomically. After each epoch, last.keras (model + optimizer) and state.json let
+`--resume` continue a killed fold (see `fold_state`). `python train.py` (train/command.py) calls
+`train_fold` through the family (train/families/cnn.py); infer predicts the test images.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import os
 import sys
 import time
 
-import pandas as pd
-
-from melanoma.core import config as config_lib
-from melanoma.core import hardware, io_utils, kerasapi, layout, metrics, progress
-from melanoma.core import run_config
-from melanoma.core import run_results, fold_state
+from melanoma.core import environment, fold_state, hardware, io_utils, kerasapi, layout, metrics, progress
 from melanoma.core.config import Config
-from melanoma.core.errors import CheckFailed, DataError
+from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.kerasapi import keras
-from melanoma.data import diagnoses, preflight, integrity, record_format, sources, taxonomy
+from melanoma.data import diagnoses, integrity, record_format, sources, taxonomy
+from melanoma.data import fold_data as fold_data_lib
 from melanoma.input import augment, pipeline
 from melanoma.model import network as model_lib
 from melanoma.model import tta_prediction
 from melanoma.train import callbacks, schedules
-from melanoma.train.families import tabular
-
-
-def fold_finished(config: Config, fold: int) -> bool:
-    folder = layout.fold_dir(config, fold)
-    return all(io_utils.exists(os.path.join(folder, name)) for name in (layout.BEST_MODEL, layout.OOF))
 
 
 def set_seed(seed: int) -> None:
@@ -63,7 +50,7 @@ def make_loss(config: Config):
 
 def compile_model(model, config: Config, global_batch: int):
     train = config.train
-    if hardware.cluster_workers() > 1:
+    if environment.cluster_tasks() > 1:
         metrics = []  # tf_keras on a cluster shows streaming training metrics summed over the workers
     elif config.model.head == "diagnosis":
         metrics = [model_lib.MelanomaAUC(name="auc"), keras.metrics.CategoricalAccuracy(name="accuracy")]
@@ -124,72 +111,18 @@ def prepare_fold(config: Config, fold: int, resume: bool) -> dict | None:
     if state is not None:
         fold_state.check_same_config(state, config, folder)
         fold_state.finish_pending(folder, state)
-    removed = fold_state.clean_leftovers(folder)
-    if removed:
-        print(f"fold {fold}: removed {len(removed)} temporary file(s) left by an interrupted run")
+    io_utils.remove_leftovers(folder)
     if resume and state is None:
         print(f"fold {fold}: nothing to resume (no {layout.STATE}); training it from scratch")
     gathered = os.path.join(layout.run_dir(config), layout.OOF)
     if io_utils.exists(gathered):  # it held this fold's previous OOF; gather_oof writes it again
-        fold_state.remove(gathered)
+        io_utils.remove(gathered)
     if state is None:
         fold_state.reset_fold(folder)
     elif not io_utils.exists(os.path.join(folder, layout.LAST_MODEL)):
-        raise config_lib.ConfigError(f"cannot resume {folder}: {layout.LAST_MODEL} is missing; train "
+        raise ConfigError(f"cannot resume {folder}: {layout.LAST_MODEL} is missing; train "
                                      "the fold again with --force")
     return state
-
-
-def read_fold_data(config: Config, fold: int):
-    """sources.prepare_fold; when a file cannot be read, every file of the run is checked so that one
-    message names all the bad records, not only the first one met."""
-    try:
-        return sources.prepare_fold(config, fold)
-    except DataError:
-        if config.data.skip_corrupt:
-            raise
-        paths = [f.path for f in record_format.list_files(config.data.train_files, "data.train_files")]
-        paths += [f.path for external in sources.external_sets(config.data) for f in external.files]
-        scans = integrity.scan_files(sorted(set(paths)), "train", config.data.image_size)
-        integrity.raise_if_bad(scans, f"fold {fold} data", integrity.HINT_TRAIN)
-        raise
-
-
-def skip_corrupt_records(config: Config, fold_data):
-    """Under data.skip_corrupt: find the fold's bad records before training, say how many and which
-    (also in fold<K>/skipped.csv), and take the named ones out of the fold like dropped duplicates:
-    filtered before decoding, out of the validation score and the OOF. Records without a name, and a
-    truncated file's lost tail, are not in the fold's tables and are dropped by the pipelines.
-    Returns (fold data, {path: records skipped in that file})."""
-    if not config.data.skip_corrupt:
-        return fold_data, {}
-    fold = fold_data.fold
-    paths = sorted({f.path for f in fold_data.train_files + fold_data.valid_files})
-    scans = integrity.scan_files(paths, "train", config.data.image_size)
-    rows = [{"file": b.path, "record": b.index + 1, "image_name": b.image_name or "", "reason": b.reason}
-            for b in integrity.bad_images(scans)]
-    rows += [{"file": scan.path, "record": scan.readable + 1, "image_name": "",
-              "reason": f"{scan.lost} record(s) unreadable from here: {scan.read_error or 'file truncated'}"}
-             for scan in scans if scan.lost]
-    target = os.path.join(layout.fold_dir(config, fold), "skipped.csv")
-    io_utils.write_csv_atomic(pd.DataFrame(rows, columns=["file", "record", "image_name", "reason"]), target)
-    bad = [scan for scan in scans if not scan.ok]
-    if not bad:
-        return fold_data, {}
-    count = sum(scan.skipped for scan in bad)
-    print(f"fold {fold}: skipping {count} corrupt training image(s) (data.skip_corrupt: true), listed in "
-          f"{target}:\n  {integrity.summary(scans)}")
-    named = {(b.path, b.image_name) for b in integrity.bad_images(scans) if b.image_name}
-    valid_paths = {f.path for f in fold_data.valid_files}
-    valid_bad = {name for path, name in named if path in valid_paths} & set(fold_data.valid_names)
-    train_bad = sum(1 for f in fold_data.train_files for path, _ in named if path == f.path)
-    fold_data = dataclasses.replace(
-        fold_data, excluded=set(fold_data.excluded) | named,
-        valid_dropped=frozenset(fold_data.valid_dropped | valid_bad),
-        valid_names=frozenset(fold_data.valid_names - valid_bad),
-        valid_images=fold_data.valid_images - len(valid_bad),
-        train_images=fold_data.train_images - train_bad)
-    return fold_data, {scan.path: scan.skipped for scan in scans}
 
 
 def train_fold(config: Config, fold: int, resume: bool = False) -> dict:
@@ -203,9 +136,7 @@ def train_fold(config: Config, fold: int, resume: bool = False) -> dict:
     state = prepare_fold(config, fold, resume)
     initial_epoch = state["epoch"] if state else 0
     set_seed(config.seed + fold)
-    test_files = (record_format.list_files(config.data.test_files, "data.test_files")
-                  if config.data.test_files else [])  # null: a data set without test images
-    fold_data, skipped = _fold_data(config, fold, folder)
+    fold_data, skipped = fold_data_lib.read(config, fold, folder)
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
     steps = _epoch_steps(config, fold, fold_data, strategy, global_batch, precision)
     train_ds, lookups = _training_batches(config, fold, fold_data, global_batch, initial_epoch)
@@ -215,24 +146,13 @@ def train_fold(config: Config, fold: int, resume: bool = False) -> dict:
                                                   fold_data.valid_dropped, state, strategy=strategy)
     seconds = _fit(model, train_ds, config, fold, fold_data, steps, callbacks, initial_epoch)
     _keep_best(model, config, fold, folder, guard, checkpoint)
-    oof, class_columns = _write_oof(model, config, fold, folder, fold_data, skipped, lookups, strategy)
-    _write_test(model, config, fold, folder, test_files, class_columns, strategy)
+    oof = _write_oof(model, config, fold, folder, fold_data, skipped, lookups, strategy)
     auc = metrics.auc(oof["target"], oof["pred"])
     print(f"fold {fold}: best epoch {checkpoint.best_epoch}, OOF AUC {auc:.4f} "
           f"({len(oof)} images, TTA {config.tta.steps}), {seconds:.0f} s training")
     del model
     keras.backend.clear_session()
     return {"fold": fold, "auc": auc, "best_epoch": checkpoint.best_epoch, "seconds": seconds}
-
-
-def _fold_data(config: Config, fold: int, folder: str):
-    """The fold's files and drops, its corrupt records skipped (data.skip_corrupt only), data.json
-    written; returns (fold data, {path: records skipped in that file})."""
-    # competition training parts + external sets, duplicates dropped, leak checks (CheckFailed)
-    fold_data = read_fold_data(config, fold)
-    fold_data, skipped = skip_corrupt_records(config, fold_data)  # data.skip_corrupt only
-    sources.write_summary(fold_data, folder)
-    return fold_data, skipped
 
 
 def _epoch_steps(config: Config, fold: int, fold_data, strategy, global_batch: int, precision) -> int:
@@ -260,7 +180,7 @@ def _training_batches(config: Config, fold: int, fold_data, global_batch: int, i
     train_files = fold_data.train_files
     # A resumed fold draws a new data order rather than replaying its first epochs' order.
     data_seed = config.seed + fold + 1000 * initial_epoch
-    shard = hardware.input_shard()
+    shard = environment.input_shard()
     if shard[0] > 1:
         print(f"fold {fold}: worker {shard[1]} of {shard[0]} reads every {shard[0]}th training record")
     augmenter = augment.make_augmenter(config.augment, seed=data_seed + shard[1])
@@ -321,7 +241,7 @@ def _keep_best(model, config: Config, fold: int, folder: str, guard, checkpoint)
 
 def _write_oof(model, config: Config, fold: int, folder: str, fold_data, skipped: dict, lookups, strategy):
     """The fold's out-of-fold predictions, written to oof.csv: competition validation images only,
-    duplicates out; returns (oof, the diagnosis head's class columns, [] for the binary head)."""
+    duplicates out; returns it."""
     valid_files = fold_data.valid_files
     oof = tta_prediction.predict_files(model, [f.path for f in valid_files], config, "train",
                                    record_format.count_images(valid_files) - sum(skipped.get(f.path, 0)
@@ -336,22 +256,7 @@ def _write_oof(model, config: Config, fold: int, folder: str, fold_data, skipped
         extra = ["diagnosis"] + class_columns
     oof = oof[["image_name", "patient_id", "target", "pred", "fold"] + extra]
     io_utils.write_csv_atomic(oof, os.path.join(folder, layout.OOF))
-    return oof, class_columns
-
-
-def _write_test(model, config: Config, fold: int, folder: str, test_files: list, class_columns: list,
-                strategy) -> None:
-    """The fold's test predictions in test.csv and what they depend on in test.json (none without
-    data.test_files)."""
-    if test_files:
-        test = tta_prediction.predict_files(model, [f.path for f in test_files], config, "test",
-                                        record_format.count_images(test_files), desc=f"fold {fold} test",
-                                        strategy=strategy)
-        io_utils.write_csv_atomic(test[["image_name", "pred"] + class_columns], os.path.join(folder, layout.TEST))
-        io_utils.write_text_atomic(os.path.join(folder, layout.TEST_SETTINGS),
-                                   json.dumps(prediction_settings(config)))
-    else:
-        print(f"fold {fold}: data.test_files is null, no test predictions")
+    return oof
 
 
 def fit_verbosity(config: Config, steps: int) -> tuple[int, list]:
@@ -361,99 +266,5 @@ def fit_verbosity(config: Config, steps: int) -> tuple[int, list]:
     if config.train.verbose == 1 and not progress.on_terminal(sys.stdout):
         return 0, [progress.training_lines(config.train.epochs, steps)]
     return config.train.verbose, []
-
-
-def prediction_settings(config: Config) -> dict:
-    """What a fold's test predictions depend on besides the checkpoint (so infer can reuse them)."""
-    return {"tta": config.tta.to_dict(), "augment": config.augment.to_dict(),
-            "image_size": config.data.image_size, "test_files": config.data.test_files, "seed": config.seed}
-
-
-def parse_folds(text: str, folds: int) -> list[int]:
-    if text == "all":
-        return list(range(folds))
-    try:
-        chosen = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise config_lib.ConfigError(f"--fold takes a fold number, a comma list or 'all', got '{text}'") from None
-    bad = [k for k in chosen if not 0 <= k < folds]
-    if bad:
-        raise config_lib.ConfigError(f"--fold {bad[0]} is out of range: data.folds = {folds} (0..{folds - 1})")
-    return chosen
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML in configs/")
-    parser.add_argument("--fold", default="all", help="fold number, comma list, or 'all' (default)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override config keys, e.g. --set train.epochs=2 data.image_size=64")
-    parser.add_argument("--force", action="store_true",
-                        help="train folds from scratch, even finished or interrupted ones")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue interrupted folds after their last completed epoch")
-
-
-def check_interrupted(config: Config, folds: list[int], resume: bool, force: bool) -> None:
-    """Refuse to start an interrupted fold from scratch unless asked to: its epochs are work to keep.
-    With --resume, refuse when no chosen fold has anything to resume (it would silently start afresh)."""
-    if resume or force:
-        if resume:
-            check_resumable(config, folds)
-        return
-    for fold in folds:
-        folder = layout.fold_dir(config, fold)
-        state = fold_state.read_state(folder)
-        if state is not None and not fold_finished(config, fold):
-            raise config_lib.ConfigError(
-                f"fold {fold} was interrupted after epoch {state['epoch']} of {state.get('epochs', '?')} "
-                f"({os.path.join(folder, layout.STATE)}): add --resume to continue it, or --force to "
-                "train it from scratch")
-
-
-def check_resumable(config: Config, folds: list[int]) -> None:
-    pending = [fold for fold in folds if not fold_finished(config, fold)]
-    if pending and all(fold_state.read_state(layout.fold_dir(config, fold)) is None for fold in pending):
-        raise config_lib.ConfigError(
-            f"--resume: nothing to resume in {layout.run_dir(config)}: fold(s) "
-            f"{', '.join(map(str, pending))} have no {layout.STATE} (a fold keeps its progress from the end "
-            "of its first epoch on); train without --resume")
-
-
-def command(args: argparse.Namespace) -> int:
-    config = config_lib.load_config(args.config, args.set)
-    folds = parse_folds(args.fold, config.data.folds)
-    preflight.check_inputs(config, "train")  # before any model is built or file written
-    if args.resume and args.force:
-        raise config_lib.ConfigError("--resume continues interrupted folds and --force restarts them; "
-                                     "give one of the two")
-    if config.model.family == "tabular":  # gradient-boosted trees on features (tabular.py)
-        return tabular.train(config, folds, force=args.force, resume=args.resume,
-                             config_file=args.config)
-    diagnoses.check_diagnosis_sources(config)
-    check_interrupted(config, folds, args.resume, args.force)
-    if args.resume and hardware.cluster_workers() > 1:
-        raise config_lib.ConfigError("--resume is not supported on a multi-worker cluster: the workers "
-                                     "would not start from the same state. Resume on one machine, or "
-                                     "train the fold again with --force")
-    hardware.get_strategy()  # before other TensorFlow work (the CPU split, the cluster handshake)
-    chief = hardware.is_chief()
-    # a changed config is refused; --force moves the old run aside (the chief alone writes)
-    config_path = run_config.bind_run(config, args.config, force=args.force, write=chief)
-    # Every worker decides from the run's own folder, so all of them train the same folds.
-    todo = [fold for fold in folds if args.force or not fold_finished(config, fold)]
-    for fold in sorted(set(folds) - set(todo)):
-        print(f"fold {fold}: already finished (use --force to train it again)")
-    with run_config.worker_outputs(config, chief) as work:
-        if chief:
-            print(f"run {config.name}: resolved config in {config_path}")
-        else:
-            run_config.save_config(work)  # into its temporary folder: the fold code reads it there
-            kind, index = hardware.worker_task()
-            print(f"run {config.name}: {kind} {index} of a cluster; the chief writes the run's files")
-        for fold in todo:
-            train_fold(work, fold, resume=args.resume)
-    if chief:
-        run_results.report_oof(config, fold_finished)
-    return 0
 
 

@@ -1,38 +1,31 @@
-"""`model.family: tabular`: gradient-boosted trees per fold on the features of `features.py`.
+"""The tree family's model (train/families/tabular.py): scikit-learn's HistGradientBoostingClassifier per
+fold on the features of input/features.py, with the same folds, duplicate drops and leak checks as a CNN
+run (`sources.prepare_fold`). A fold writes into outputs/<name>/fold<K>/:
 
-`python train.py --config configs/tabular.yaml` trains scikit-learn's HistGradientBoostingClassifier on
-each fold's training part of the same records, with the same folds, duplicate drops and leak checks as a
-CNN run (`sources.prepare_fold`), and writes the artifacts every other command reads:
+    model.joblib     the fitted model, its feature columns and each column's training median
+    state.json       the config it was trained under (as a CNN fold's; one "epoch")
+    history.csv      train and validation loss and AUC after each boosting iteration
+    importance.csv   permutation importance on the fold's validation part
+    data.json        images, malignant images and patients per split (as for a CNN)
+    oof.csv          OOF predictions, written last: it marks the fold finished
 
-    outputs/<name>/fold<K>/model.joblib     the fitted model and its feature columns
-    outputs/<name>/fold<K>/oof.csv          OOF predictions of fold K
-    outputs/<name>/fold<K>/test.csv         test predictions of fold K (+ test.json: what they depend on)
-    outputs/<name>/fold<K>/history.csv      train and validation loss and AUC after each boosting iteration
-    outputs/<name>/fold<K>/importance.csv   permutation importance on fold K's validation part
-    outputs/<name>/fold<K>/data.json        images, malignant images and patients per split (as for a CNN)
-    outputs/<name>/oof.csv                  every fold's OOF
-    submissions/<name>.csv                  mean of the folds' test predictions (`python infer.py`)
-
-so `score`, `compare`, `report`, `blend` and `submit` treat it like any run. External records
-(`data.external_files`) are not used: their images have no patient context and they may never be in
-validation anyway. Training is deterministic for a given `seed`.
+External records (`data.external_files`) are not used: their images have no patient context and they may
+never be in validation anyway. Training is deterministic for a given `seed`.
 """
 from __future__ import annotations
 
 import copy
 import io
-import json
 import os
 import time
+import warnings
 
 import joblib
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from melanoma.core import io_utils, layout, metrics, plots
-from melanoma.core import run_config
-from melanoma.core import run_results, fold_state
+from melanoma.core import fold_state, io_utils, layout, metrics
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
 from melanoma.data import sources
@@ -43,39 +36,8 @@ from melanoma.input import features
 # OpenMP starts, so it must be set before scikit-learn's compiled code first runs in the process.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-FOLD_FILES = (layout.TREES_MODEL, layout.OOF, layout.TEST, layout.TEST_SETTINGS, layout.HISTORY, layout.IMPORTANCE)
-
-
-def family(config: Config) -> str:
-    """model.family of a config, `cnn` for a run saved before the key existed."""
-    return (config.get("model") or {}).get("family", "cnn")
-
-
-def fold_finished(config: Config, fold: int) -> bool:
-    folder = layout.fold_dir(config, fold)
-    return all(io_utils.exists(os.path.join(folder, name)) for name in (layout.TREES_MODEL, layout.OOF))
-
-
-def check_config(config: Config) -> None:
-    """The tabular section's values, checked before any record is read."""
-    section = config.tabular
-    if not 0 < section.learning_rate <= 1:
-        raise ConfigError(f"config key 'tabular.learning_rate' must be in (0, 1], got {section.learning_rate}")
-    for key in ("max_iter", "min_samples_leaf"):
-        if section[key] < 1:
-            raise ConfigError(f"config key 'tabular.{key}' must be at least 1, got {section[key]}")
-    if section.max_leaf_nodes < 2:
-        raise ConfigError(f"config key 'tabular.max_leaf_nodes' must be at least 2, got {section.max_leaf_nodes}")
-    if section.l2_regularization < 0:
-        raise ConfigError(f"config key 'tabular.l2_regularization' must be 0 or more, got {section.l2_regularization}")
-    if not 0 < section.max_features <= 1:
-        raise ConfigError(f"config key 'tabular.max_features' must be in (0, 1], got {section.max_features}")
-    if section.class_weight is not None and section.class_weight <= 0:
-        raise ConfigError(f"config key 'tabular.class_weight' must be positive, got {section.class_weight}")
-    if section.importance_repeats < 0:
-        raise ConfigError(f"config key 'tabular.importance_repeats' must be 0 or more, got "
-                          f"{section.importance_repeats}")
-    features.check_settings(config)
+FOLD_FILES = (layout.TREES_MODEL, layout.STATE, layout.OOF, layout.TEST, layout.TEST_SETTINGS, layout.HISTORY,
+              layout.IMPORTANCE)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -86,7 +48,6 @@ def competition_only(config: Config):
     """The config without external records (the tabular model reads the competition's only)."""
     if not config.data.external_files:
         return config
-    print("note: the tabular model uses the competition records only; data.external_files is ignored")
     trimmed = copy.deepcopy(config)
     trimmed["data"]["external_files"] = []
     return trimmed
@@ -202,9 +163,11 @@ def permutation_importance(model, values: np.ndarray, target: np.ndarray, column
     return pd.DataFrame(rows)
 
 
-def save_model(model, columns: list[str], path: str) -> None:
+def save_model(model, columns: list[str], reference: np.ndarray, path: str) -> None:
+    """The model, its feature columns (in its order) and each column's median over the fold's training
+    rows (the reference of `contributions`)."""
     buffer = io.BytesIO()
-    joblib.dump({"model": model, "columns": columns}, buffer)
+    joblib.dump({"model": model, "columns": columns, "reference": reference}, buffer)
     io_utils.write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -212,22 +175,14 @@ def load_model(path: str) -> dict:
     return joblib.load(io.BytesIO(io_utils.read_bytes(path)))
 
 
-def prediction_settings(config: Config) -> dict:
-    """What a fold's test predictions depend on besides its model (so infer can reuse them)."""
-    return {"family": "tabular", "features": config.features.to_dict(), "test_files": config.data.test_files,
-            "seed": config.seed}
+# ---------------------------------------------------------------------------------------------------
+# a fold
 
 
-def train_fold(config: Config, fold: int, table: features.FeatureTable, fold_data) -> dict:
-    """Fit fold `fold`; write its model, OOF, test predictions, history and importances."""
-
-
+def fit_fold(config: Config, fold: int, table: features.FeatureTable, fold_data) -> dict:
+    """Fit fold `fold`; write its model, state, history, importances and, last, its OOF."""
     folder = layout.fold_dir(config, fold)
-    io_utils.makedirs(folder)
-    for name in FOLD_FILES:  # a retrained fold never keeps an older run's files beside its new ones
-        path = os.path.join(folder, name)
-        if io_utils.exists(path):
-            fold_state.remove(path)
+    _fresh_folder(folder)
     sources.write_summary(fold_data, folder)
     training, validation = fold_rows(table, fold_data)
     train_y = training["target"].to_numpy(dtype=np.int64)
@@ -244,17 +199,14 @@ def train_fold(config: Config, fold: int, table: features.FeatureTable, fold_dat
 
     oof = validation[["image_name", "patient_id", "target"]].assign(pred=predict(model, valid_x), fold=fold)
     oof = sources.check_oof(oof, fold_data)[["image_name", "patient_id", "target", "pred", "fold"]]
-    test = table.test[["image_name"]].assign(pred=predict(model, matrix(table.test, columns)))
-    save_model(model, columns, os.path.join(folder, layout.TREES_MODEL))
+    save_model(model, columns, training_medians(train_x), os.path.join(folder, layout.TREES_MODEL))
+    fold_state.write_state(folder, {"epoch": 1, "epochs": 1, "config": fold_state.fingerprint(config)})
     io_utils.write_csv_atomic(history(model, train_x, train_y, valid_x, valid_y),
                               os.path.join(folder, layout.HISTORY))
     repeats = int(config.tabular.importance_repeats)
-    both = len(np.unique(valid_y)) == 2
-    if repeats and both:
+    if repeats and len(np.unique(valid_y)) == 2:
         importance = permutation_importance(model, valid_x, valid_y, columns, repeats, int(config.seed) + fold)
         io_utils.write_csv_atomic(importance, os.path.join(folder, layout.IMPORTANCE))
-    io_utils.write_csv_atomic(test, os.path.join(folder, layout.TEST))
-    io_utils.write_text_atomic(os.path.join(folder, layout.TEST_SETTINGS), json.dumps(prediction_settings(config)))
     io_utils.write_csv_atomic(oof, os.path.join(folder, layout.OOF))  # last: it marks the fold finished
     auc = metrics.auc(oof["target"], oof["pred"])
     print(f"fold {fold}: OOF AUC {auc:.4f} ({len(oof)} images), {seconds:.1f} s fitting "
@@ -262,105 +214,44 @@ def train_fold(config: Config, fold: int, table: features.FeatureTable, fold_dat
     return {"fold": fold, "auc": auc, "seconds": seconds}
 
 
-def train(config: Config, folds: list[int], force: bool = False, resume: bool = False, config_file: str | None = None) -> int:
-    """`train.py` for model.family tabular: every fold of `folds` not finished yet (all with force).
-
-    The run is bound to its config as a CNN run is (`run_config.bind_run`): a changed config is refused, and
-    --force moves the old run aside."""
-    check_config(config)
-    if resume:
-        print("note: a tabular fold trains in one go; --resume trains the folds not finished yet")
-    todo = [fold for fold in folds if force or not fold_finished(config, fold)]
-    # The features (and the stacking checks) come first: a refused config leaves the run as it was.
-    table, fold_data = prepare(config) if todo else (None, None)
-    config_path = (run_config.bind_run(config, config_file, force=force) if config_file
-                   else run_config.save_config(config))
-    print(f"run {config.name}: resolved config in {config_path}")
-    for fold in sorted(set(folds) - set(todo)):
-        print(f"fold {fold}: already finished (use --force to train it again)")
-    for fold in todo:
-        train_fold(config, fold, table, fold_data[fold])
-    run_results.report_oof(config, fold_finished)
-    return 0
+def training_medians(values: np.ndarray) -> np.ndarray:
+    """Each column's median over the training rows, NaN for a column with no value."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column's median is NaN, as meant
+        return np.nanmedian(values, axis=0) if len(values) else np.full(values.shape[1], np.nan)
 
 
-# ---------------------------------------------------------------------------------------------------
-# inference
+def _fresh_folder(folder: str) -> None:
+    """The fold folder without an older training's files (a retrained fold never keeps them beside its
+    new ones), nor the temporary files a killed process left."""
+    io_utils.makedirs(folder)
+    io_utils.remove_leftovers(folder)
+    for name in FOLD_FILES + ("data.json", "duplicates.csv"):
+        path = os.path.join(folder, name)
+        if io_utils.exists(path):
+            io_utils.remove(path)
 
 
-def fold_test_predictions(config: Config, fold: int, recompute: bool, cache: dict) -> pd.DataFrame:
-    """The fold's test.csv when it was made with the same settings, else its model predicts again."""
-    folder = layout.fold_dir(config, fold)
-    path, settings_path = os.path.join(folder, layout.TEST), os.path.join(folder, layout.TEST_SETTINGS)
-    wanted = prediction_settings(config)
-    if not recompute and io_utils.exists(path) and io_utils.exists(settings_path):
-        if json.loads(io_utils.read_text(settings_path)) == wanted:
-            print(f"fold {fold}: reusing {path}")
-            return io_utils.read_csv(path, dtype={"image_name": str})
-    if "table" not in cache:
-        cache["table"] = prepare(config)[0]
-    table = cache["table"]
-    saved = load_model(os.path.join(folder, layout.TREES_MODEL))
+def test_predictions(config: Config, fold: int, table: features.FeatureTable) -> pd.DataFrame:
+    """image_name, pred of every test row, from fold `fold`'s saved model."""
+    saved = load_model(os.path.join(layout.fold_dir(config, fold), layout.TREES_MODEL))
     if saved["columns"] != table.columns:
         raise ConfigError(f"fold {fold}'s model was trained on other features than the config's features "
-                          f"section gives now; train the run again (`python train.py --config ... --force`)")
-    frame = table.test[["image_name"]].assign(pred=predict(saved["model"], matrix(table.test, saved["columns"])))
-    io_utils.write_csv_atomic(frame, path)
-    io_utils.write_text_atomic(settings_path, json.dumps(wanted))
-    return frame
+                          "section gives now; train the run again (`python train.py --config ... --force`)")
+    return table.test[["image_name"]].assign(pred=predict(saved["model"], matrix(table.test, saved["columns"])))
 
 
-# ---------------------------------------------------------------------------------------------------
-# report
-
-
-def importance_report(run_path: str, folder: str, top: int = 25) -> tuple[pd.DataFrame | None, list[str], list[str]]:
-    """(importances averaged over folds, files written, notes) for `report`: importance.csv over folds
-    (mean and std across folds of each fold's mean AUC drop) and importance.png (the `top` features
-    and every group)."""
-
-    frames = []
-    for entry in sorted(os.listdir(run_path)):
-        path = os.path.join(run_path, entry, layout.IMPORTANCE)
-        if entry.startswith("fold") and os.path.isfile(path):
-            frames.append(io_utils.read_csv(path).assign(fold=int(entry[4:])))
-    if not frames:
-        return None, [], ["no fold<K>/importance.csv (tabular.importance_repeats: 0?); importances left out"]
-    every = pd.concat(frames, ignore_index=True)
-    table = (every.groupby(["kind", "name", "group"], sort=False)["auc_drop"]
-             .agg(auc_drop="mean", auc_drop_fold_std="std", folds="count").reset_index())
-    table["auc_drop_fold_std"] = table["auc_drop_fold_std"].fillna(0.0)
-    table = table.sort_values(["kind", "auc_drop"], ascending=[True, False], ignore_index=True)
-    files = []
-    path = os.path.join(folder, layout.IMPORTANCE)
-    io_utils.write_csv_atomic(table, path)
-    files.append(path)
-
-    plt = plots.pyplot()
-    shown = [table[table["kind"] == "feature"].head(top), table[table["kind"] == "group"]]
-    figure, axes_list = plt.subplots(1, 2, figsize=(13, max(4, 0.28 * len(shown[0]) + 1)),
-                                     gridspec_kw={"width_ratios": [3, 2]})
-    for axes, part, title in zip(axes_list, shown, (f"top {len(shown[0])} features", "feature groups")):
-        part = part.iloc[::-1]
-        axes.barh(part["name"], part["auc_drop"], xerr=part["auc_drop_fold_std"], color="tab:blue", alpha=0.8)
-        axes.axvline(0, color="grey", lw=1)
-        axes.set(xlabel="OOF AUC lost when permuted (mean over folds)", title=title)
-        axes.tick_params(axis="y", labelsize=7)
-        axes.grid(alpha=0.3, axis="x")
-    figure.suptitle(f"permutation importance on each fold's validation part ({len(frames)} folds)")
-    path = os.path.join(folder, "importance.png")
-    plots.save(figure, path)
-    files.append(path)
-    return table, files, []
-
-
-def format_importance(table: pd.DataFrame, top: int = 10) -> str:
-    """The groups and the `top` features, as text."""
-    lines = ["permutation importance (AUC lost when permuted, mean over folds):"]
-    for kind, limit in (("group", None), ("feature", top)):
-        part = table[table["kind"] == kind]
-        part = part.head(limit) if limit else part
-        lines.append(f"  {'group' if kind == 'group' else 'feature':<44}{'AUC drop':>10}{'fold std':>10}")
-        lines += [f"  {row['name']:<44}{row['auc_drop']:>10.4f}{row['auc_drop_fold_std']:>10.4f}"
-                  for _, row in part.iterrows()]
-    return "\n".join(lines)
+def log_odds_effects(saved: dict, values: np.ndarray) -> np.ndarray:
+    """How far each feature moves this row's log-odds: the log-odds with the row as it is, minus those
+    with that one feature set to its training median (`reference`; missing for a model saved without
+    one). A positive effect raises P(melanoma)."""
+    model, columns = saved["model"], saved["columns"]
+    reference = saved.get("reference")
+    if reference is None:
+        reference = np.full(len(columns), np.nan)
+    row = np.asarray(values, dtype=np.float64).reshape(1, -1)
+    changed = np.repeat(row, len(columns), axis=0)
+    changed[np.arange(len(columns)), np.arange(len(columns))] = reference
+    probabilities = np.clip(predict(model, np.vstack([row, changed])), 1e-12, 1 - 1e-12)
+    log_odds = np.log(probabilities / (1 - probabilities))
+    return log_odds[0] - log_odds[1:]
