@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def quiet_environment() -> None:
     """Keep TensorFlow's C++ start-up lines and albumentations' online version check out of the way
     (see `quiet`: both must be set up before TensorFlow is imported)."""
-    quiet.install()
+    quiet.install_filter()
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
 
 

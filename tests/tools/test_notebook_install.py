@@ -25,15 +25,15 @@ LIST_PACKAGES = ("import importlib.metadata as m, json; "
 
 def test_plan_installs_only_what_is_missing_and_never_tensorflow():
     requirements = ["tensorflow>=2.16", "tf-keras>=2.16", "pandas>=2.0", "efficientnet==1.1.1", "tqdm>=4.60"]
-    steps = notebook.plan(requirements, {"tensorflow-tpu": "2.18.1", "pandas": "2.2.0", "keras": "3.8.0"})
+    steps = notebook.install_plan(requirements, {"tensorflow-tpu": "2.18.1", "pandas": "2.2.0", "keras": "3.8.0"})
     assert steps["missing"] == ["efficientnet==1.1.1", "tqdm>=4.60"]
     assert steps["tf_keras"] == "tf-keras==2.18.*"  # TensorFlow's own version, installed without deps
     assert any("tensorflow>=2.16" in line for line in steps["skipped"])
-    present = notebook.plan(requirements, {"tensorflow": "2.21.0", "tf-keras": "2.21.0", "pandas": "2.2",
+    present = notebook.install_plan(requirements, {"tensorflow": "2.21.0", "tf-keras": "2.21.0", "pandas": "2.2",
                                            "efficientnet": "1.1.1", "tqdm": "4.66"})
     assert present["missing"] == [] and present["tf_keras"] is None
     with pytest.raises(ValueError, match="no TensorFlow"):
-        notebook.plan(requirements, {"pandas": "2.2.0"})
+        notebook.install_plan(requirements, {"pandas": "2.2.0"})
 
 
 def test_requirements_are_read_from_pyproject():

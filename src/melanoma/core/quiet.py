@@ -7,7 +7,7 @@ Importing TensorFlow 2.16+ prints, from C++ and before any Python logging exists
 
 (twice: two of its libraries log on load), whatever TF_CPP_MIN_LOG_LEVEL says: absl writes messages
 logged before its initialisation straight to file descriptor 2. The only way to keep them off the
-screen is to point descriptor 2 elsewhere while TensorFlow is imported. `install()` adds an import hook
+screen is to point descriptor 2 elsewhere while TensorFlow is imported. `install_filter()` adds an import hook
 that does that around the first `import tensorflow` (from whichever module, keras included), then
 writes back to stderr every line that is not one of the known start-up lines, so a real error raised
 during the import is still seen. `MELANOMA_TF_LOGS=1` turns the filter off.
@@ -113,7 +113,7 @@ class _QuietImport(importlib.abc.MetaPathFinder):
 _HOOK = _QuietImport()
 
 
-def install() -> None:
+def install_filter() -> None:
     """Environment defaults, and the import hook if TensorFlow is not imported yet."""
     environment_defaults()
     if "tensorflow" not in sys.modules and _HOOK not in sys.meta_path:

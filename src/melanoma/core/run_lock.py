@@ -54,7 +54,7 @@ def holder_of(path: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _describe(holder: dict) -> str:
+def _holder_text(holder: dict) -> str:
     return (f"PID {holder.get('pid', '?')} on {holder.get('host', '?')} ({holder.get('command', '?')}, "
             f"since {holder.get('started', '?')})")
 
@@ -62,7 +62,7 @@ def _describe(holder: dict) -> str:
 def _busy(config: Config, path: str, holder: dict, removable: bool = False) -> ConfigError:
     extra = (f"; if that process is gone (it ran on another machine, which this one cannot ask), remove {path}"
              if removable else "")
-    return ConfigError(f"run '{config.name}' is being written by {_describe(holder)} (lock {path}): one process "
+    return ConfigError(f"run '{config.name}' is being written by {_holder_text(holder)} (lock {path}): one process "
                        f"writes a run at a time. Wait for it to end or stop it, or give this one another "
                        f"name (--set name=...){extra}")
 
@@ -84,7 +84,7 @@ def _content(command: str, token: str) -> str:
 
 def _took_over(config: Config, path: str, holder: dict) -> None:
     if holder.get("pid"):
-        print(f"run {config.name}: took over the lock {path} left by {_describe(holder)}, which is gone",
+        print(f"run {config.name}: took over the lock {path} left by {_holder_text(holder)}, which is gone",
               file=sys.stderr)
 
 

@@ -69,7 +69,7 @@ def settings_key(config: Config) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _read_file(path: str, split: str, with_images: bool):
+def _codes_and_images(path: str, split: str, with_images: bool):
     """(metadata table in file order, JPEG bytes or None) of one records file, read with TensorFlow."""
     names = examples.int_features(split)
     columns: dict[str, list] = {"image_name": [], **{name: [] for name in names}}
@@ -140,7 +140,7 @@ def split_table(config: Config, split: str, progress: bool = True) -> pd.DataFra
         try:
             with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
                 for record_file, cache in missing:
-                    table, jpegs = _read_file(record_file.path, split, with_images)
+                    table, jpegs = _codes_and_images(record_file.path, split, with_images)
                     if with_images:
                         table = _with_image_features(table, jpegs, record_file.path, size, bins, workers, bar)
                     else:

@@ -184,7 +184,7 @@ def _age(value) -> int:
     return int(round(age))  # records hold whole years
 
 
-def encode_metadata(encodings: dict, age_approx=None, sex=None, site=None) -> dict:
+def form_codes(encodings: dict, age_approx=None, sex=None, site=None) -> dict:
     """The int64 features of a test record for these form values (-1 where missing)."""
     return {"patient_id": -1, "age_approx": _age(age_approx),
             "sex": _code(sex, encodings["sex"], "sex"),
@@ -337,7 +337,7 @@ class Predictor:
 
     def predict(self, data: bytes, age_approx=None, sex=None, site=None) -> Prediction:
         upload = read_upload(data, int(self.config.data.image_size), self.max_bytes)
-        row = {"image_name": UPLOAD_NAME, **encode_metadata(self.encodings, age_approx, sex, site)}
+        row = {"image_name": UPLOAD_NAME, **form_codes(self.encodings, age_approx, sex, site)}
         with self._lock:
             try:
                 answer = self.served.answer(upload.record_jpeg, upload.image_rgb, row)

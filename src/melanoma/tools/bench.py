@@ -513,7 +513,7 @@ def record_size(path: str) -> list[int]:
     return [int(v) for v in tf.io.extract_jpeg_shape(example["image"])[:2]]
 
 
-def format_table(result: dict) -> str:
+def format_figures(result: dict) -> str:
     """The figures as aligned lines, for people."""
     lines = []
     m, s = result["machine"], result["settings"]
@@ -596,5 +596,5 @@ def command(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=1)
     if args.out:
         io_utils.write_text_atomic(args.out, text + "\n")
-    print(text if args.json else format_table(result))
+    print(text if args.json else format_figures(result))
     return 0

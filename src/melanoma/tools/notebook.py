@@ -78,7 +78,7 @@ def project_requirements(pyproject: str, extras: list[str]) -> list[str]:
     return [requirement for group in lists for requirement in group]
 
 
-def plan(requirements: list[str], packages: dict[str, str]) -> dict:
+def install_plan(requirements: list[str], packages: dict[str, str]) -> dict:
     """What to install: {'missing': [requirements], 'tf_keras': requirement or None, 'skipped': [...]}.
 
     TensorFlow requirements are never installed (the notebook's own build stays); tf-keras, when
@@ -110,7 +110,7 @@ def pip(python: str, arguments: list[str]) -> None:
 
 def install(python: str, extras: list[str], dry_run: bool = False) -> int:
     before = installed()
-    steps = plan(project_requirements(os.path.join(REPO, "pyproject.toml"), extras), before)
+    steps = install_plan(project_requirements(os.path.join(REPO, "pyproject.toml"), extras), before)
     for line in steps["skipped"]:
         print(f"not installed: {line}")
     if dry_run:

@@ -513,7 +513,7 @@ def prepare_folder(out_dir: str, force: bool = False) -> None:
               "old images, such as records, is stale now)", file=sys.stderr)
 
 
-def format_summary(summary: dict) -> str:
+def format_written(summary: dict) -> str:
     return (
         f"wrote {summary['train_images']} train images ({summary['train_patients']} patients, "
         f"{summary['train_malignant']} malignant) and {summary['test_images']} test images "
@@ -553,5 +553,5 @@ def command(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    print(format_summary(summary))
+    print(format_written(summary))
     return 0

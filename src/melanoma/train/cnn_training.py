@@ -102,7 +102,7 @@ def make_callbacks(config: Config, folder: str, global_batch: int, valid_paths: 
     return [schedule, guard, score, history, checkpoint], guard, checkpoint
 
 
-def prepare_fold(config: Config, fold: int, resume: bool) -> dict | None:
+def ready_fold_folder(config: Config, fold: int, resume: bool) -> dict | None:
     """The fold folder ready to train: leftovers of a killed process removed; with `resume`, the
     state to continue from (None when there is none); without it, a clean folder."""
     folder = layout.fold_dir(config, fold)
@@ -133,7 +133,7 @@ def train_fold(config: Config, fold: int, resume: bool = False) -> dict:
     strategy = hardware.get_strategy()  # first: a multi-worker strategy must precede other TF work
     precision = hardware.set_precision(config, strategy)
     folder = layout.fold_dir(config, fold)
-    state = prepare_fold(config, fold, resume)
+    state = ready_fold_folder(config, fold, resume)
     initial_epoch = state["epoch"] if state else 0
     set_seed(config.seed + fold)
     fold_data, skipped = fold_data_lib.read(config, fold, folder)

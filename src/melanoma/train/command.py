@@ -71,7 +71,7 @@ def check_interrupted(config: Config, family: family_lib.Family, folds: list[int
                 "train it from scratch")
 
 
-def check_arguments(args: argparse.Namespace, config: Config, family: family_lib.Family) -> list[int]:
+def check_before_work(args: argparse.Namespace, config: Config, family: family_lib.Family) -> list[int]:
     """Everything about the command line and the machine that can be checked before any work, without
     TensorFlow; returns the folds asked for."""
     folds = parse_folds(args.fold, config.data.folds)
@@ -90,7 +90,7 @@ def check_arguments(args: argparse.Namespace, config: Config, family: family_lib
 def command(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.set)
     family = family_lib.lookup(config)
-    folds = check_arguments(args, config, family)
+    folds = check_before_work(args, config, family)
     chief = environment.is_chief()
     with run_lock.hold(config, "train", chief) as lock:
         if chief:

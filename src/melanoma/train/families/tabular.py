@@ -193,7 +193,7 @@ class Serving:
 
         config = self.config
         bins = int(config.features.histogram_bins)
-        image = imagestats.decode_image(record_jpeg, features.image_size(config))
+        image = imagestats.decode_for_statistics(record_jpeg, features.image_size(config))
         raw = pd.DataFrame([{key: row[key] for key in record_format.TEST_INT_FEATURES}])
         if config.features.image:
             raw = pd.concat([raw, pd.DataFrame([imagestats.image_features(image, bins)],

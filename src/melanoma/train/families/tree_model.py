@@ -77,7 +77,7 @@ def fold_rows(table: features.FeatureTable, fold_data) -> tuple[pd.DataFrame, pd
 # the model
 
 
-def build_model(config: Config, table: features.FeatureTable, fold: int):
+def new_trees(config: Config, table: features.FeatureTable, fold: int):
     section = config.tabular
     categorical = [column in table.categorical for column in table.columns]
     weight = section.class_weight
@@ -194,7 +194,7 @@ def fit_fold(config: Config, fold: int, table: features.FeatureTable, fold_data)
     print(f"fold {fold}: {len(training)} training images, {len(validation)} validation images, "
           f"{len(columns)} features")
     started = time.time()
-    model = build_model(config, table, fold).fit(train_x, train_y)
+    model = new_trees(config, table, fold).fit(train_x, train_y)
     seconds = time.time() - started
 
     oof = validation[["image_name", "patient_id", "target"]].assign(pred=predict(model, valid_x), fold=fold)
