@@ -15,12 +15,6 @@ def train_section(*overrides):
     return config_lib.load_config(REPO / "configs" / "base.yaml", list(overrides)).train
 
 
-def test_base_defaults_are_the_public_recipe():
-    train = train_section()
-    assert (train.schedule, train.lr_start, train.lr_max, train.lr_min) == ("rampup", 5e-6, 1.25e-6, 1e-6)
-    assert (train.lr_ramp_epochs, train.lr_sustain_epochs, train.lr_decay) == (5, 0, 0.8)
-
-
 @pytest.mark.parametrize("replicas, batch_size", [(1, 32), (8, 32), (8, 16), (2, 64)])
 def test_peak_scales_with_replicas_and_batch(replicas, batch_size):
     train = train_section(f"train.batch_size={batch_size}")

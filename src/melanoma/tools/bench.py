@@ -13,7 +13,9 @@ warm-up, on the config's data files, or on a small generated dataset when those 
 - epoch and tta_prediction: a training run of N steps and a whole TTA prediction pass, each with the
   pipeline and model figures it could reach and which of the two limits it;
 - records: JPEG resize and TFRecord writing on all cores (one worker process each), per core, and on
-  one core.
+  one core;
+- scoring: `score`'s OOF AUC with its patient-bootstrap interval on a generated OOF of the competition's
+  size (33,126 images of 2,056 patients, 1.76% malignant), 1000 resamples.
 """
 from __future__ import annotations
 
@@ -440,6 +442,27 @@ def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
 # ------------------------------------------------------------------------------------- the command
 
 
+def scoring_figures(rows: int = 33126, patients: int = 2056, resamples: int = 1000, seed: int = 0) -> dict:
+    """Seconds `score` takes for the OOF AUC and its patient-bootstrap interval on a generated OOF of the
+    competition's size (predictions with ties, patients spread over 5 folds)."""
+    # scoring loads scikit-learn's metrics: only the figure that measures it pays for them here
+    from melanoma.evaluate import scoring
+
+    rng = np.random.default_rng(seed)
+    patient = rng.integers(0, patients, rows)
+    target = (rng.random(rows) < 0.0176).astype(int)
+    frame = pd.DataFrame({"image_name": [f"ISIC_{i:07d}" for i in range(rows)],
+                          "patient_id": [f"IP_{p:05d}" for p in patient], "target": target,
+                          "pred": np.round(np.clip(rng.normal(0.3 + 0.25 * target, 0.2), 0, 1), 4),
+                          "fold": patient % 5})
+    started = time.perf_counter()
+    result = scoring.score_oof(frame, bootstrap=resamples, seed=0)
+    seconds = time.perf_counter() - started
+    _progress("scoring", {"seconds": seconds})
+    return {"rows": rows, "patients": patients, "resamples": resamples, "seconds": seconds,
+            "auc": result["auc"], "ci95": result["ci95"]}
+
+
 def machine(config: Config, strategy, precision: str) -> dict:
     names = []
     for gpu in tf.config.list_physical_devices("GPU"):
@@ -461,7 +484,8 @@ def _progress(label: str, figures: dict) -> None:
 
 def run_bench(config: Config, batches: int = 20, warmup: int = 5, model_batches: int = 2, epoch_steps: int = 2,
               synthetic: bool = False, train_images: int = 512, test_images: int = 32,
-              records_images: int = 256, with_model: bool = True, min_seconds: float = MIN_SECONDS) -> dict:
+              records_images: int = 256, with_model: bool = True, min_seconds: float = MIN_SECONDS,
+              score_rows: int = 33126) -> dict:
     """Every figure as one dict (see the module docstring)."""
     started = time.perf_counter()
     strategy = hardware.get_strategy(cluster=False)  # this machine's devices
@@ -495,6 +519,7 @@ def run_bench(config: Config, batches: int = 20, warmup: int = 5, model_batches:
         }
         # records first: its worker processes are forked before the pipelines start TensorFlow's threads
         result["records"] = records_figures(folder, size, records_images, seed=config.seed)
+        result["scoring"] = scoring_figures(rows=score_rows)
         result.update(pipeline_figures(config, train_paths, test_paths, batches, warmup, min_seconds))
         if with_model:
             result.update(model_figures(config, strategy, train_paths, test_paths, result, model_batches,
@@ -557,6 +582,9 @@ def format_figures(result: dict) -> str:
     row(f"records ({rec['source_size']} -> {rec['size']} px, {rec['workers']} workers)",
         rec["images_per_second"], f"{rec['images_per_second_per_core']:,.1f} per core; "
         f"{rec['one_core_images_per_second']:,.1f} on one core ({rec['scaling_over_one_core']:.2f}x)")
+    score = result["scoring"]
+    lines.append(f"  {'score with ' + str(score['resamples']) + ' patient resamples':<44}"
+                 f"{score['seconds']:>10.2f} s  ({score['rows']:,} OOF rows, {score['patients']:,} patients)")
     lines.append(f"({result['seconds']:.0f} s)")
     return "\n".join(lines)
 
@@ -579,11 +607,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-images", type=int, default=512, help="generated train images (512)")
     parser.add_argument("--test-images", type=int, default=32, help="generated test images (32)")
     parser.add_argument("--records-images", type=int, default=256, help="JPEGs for the records figure (256)")
+    parser.add_argument("--score-rows", type=int, default=33126,
+                        help="rows of the generated OOF that `score` bootstraps (33126, the competition's)")
 
 
 def command(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.set)
-    for name in ("batches", "model_batches", "train_images", "test_images", "records_images"):
+    for name in ("batches", "model_batches", "train_images", "test_images", "records_images", "score_rows"):
         if getattr(args, name) < 1:
             raise config_lib.ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0 or args.min_seconds < 0:
@@ -592,7 +622,7 @@ def command(args: argparse.Namespace) -> int:
                        epoch_steps=args.model_batches, synthetic=args.synthetic,
                        train_images=args.train_images, test_images=args.test_images,
                        records_images=args.records_images, with_model=not args.no_model,
-                       min_seconds=args.min_seconds)
+                       min_seconds=args.min_seconds, score_rows=args.score_rows)
     text = json.dumps(result, indent=1)
     if args.out:
         io_utils.write_text_atomic(args.out, text + "\n")
