@@ -160,3 +160,11 @@ def test_a_committed_best_checkpoint_is_completed_on_resume(tiny_data, tmp_path,
     assert cli.main(["train", "--config", str(path), "--fold", "0", "--resume"]) == 0
     assert "completed the interrupted save of the best checkpoint" in capsys.readouterr().out
     assert (fold / "model.keras").read_bytes() == expected and not pending.exists()
+
+
+def test_resume_with_nothing_to_resume_is_refused(tiny_data, tmp_path, capsys):
+    path = write_config(tmp_path, tiny_data)
+    assert cli.main(["train", "--config", str(path), "--fold", "0", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "without --resume" in err
+    assert not (tmp_path / "outputs").exists()
