@@ -168,3 +168,40 @@ def test_resume_with_nothing_to_resume_is_refused(tiny_data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nothing to resume" in err and "without --resume" in err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_kill_between_the_state_and_the_history_resumes_after_the_state(tiny_data, tmp_path, capsys, monkeypatch):
+    """kill -9 right after state.json committed epoch 2 and before history.csv followed: the history shows
+    epoch 1 and the state epoch 2 (never the reverse); --resume continues after epoch 2, the history catches
+    up from the state, and the dead process's lock is taken over with a line."""
+    path = write_config(tmp_path, tiny_data, "train:\n  epochs: 3\n  batch_size: 8\n  steps_per_epoch: 2\n"
+                                              "  verbose: 0\n  checkpoint: last\n")
+    fold = tmp_path / "outputs" / "tiny" / "fold0"
+    done = subprocess.run(helpers.script_command("train.py", ["--config", path, "--fold", "0"],
+                                                 "h.kill_after_state(2)\n"),
+                          cwd=helpers.REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+    assert json.loads((fold / "state.json").read_text())["epoch"] == 2
+    assert pd.read_csv(fold / "history.csv")["epoch"].tolist() == [1]
+    assert (tmp_path / "outputs" / "tiny" / ".lock").exists()  # the dead process's
+
+    helpers.install_tiny_model(monkeypatch)
+    epochs_run = []
+    import keras
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs_run.append(epoch + 1)
+
+    helpers.add_callback(Count, monkeypatch)
+    capsys.readouterr()
+    assert cli.main(["train", "--config", str(path), "--fold", "0", "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming after epoch 2 of 3" in captured.out and epochs_run == [3]
+    assert "took over the lock" in captured.err and "which is gone" in captured.err
+    history = pd.read_csv(fold / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3] and np.isfinite(history["loss"]).all()
+    state = json.loads((fold / "state.json").read_text())
+    assert state["epoch"] == 3 and [row["epoch"] for row in state["history"]] == [1, 2, 3]
+    assert not (tmp_path / "outputs" / "tiny" / ".lock").exists()

@@ -3,13 +3,16 @@
 After every completed epoch, a fold folder holds
 
     val_epochs.csv  the plain validation prediction of every image at every completed epoch
-    history.csv     one row per completed epoch
     last.keras      the model and optimizer state at the end of that epoch
     model.keras     the best checkpoint so far
-    state.json      the commit record: last completed epoch, best metric and its epoch, the config
+    state.json      the commit record: last completed epoch, best metric and its epoch, the config, and
+                    the history rows of the epochs it commits
+    history.csv     one row per committed epoch, written from the state
 
-written in this order, each atomically. state.json is written last, so it never claims more than the
-other files hold; rows of val_epochs.csv and history.csv past its epoch are dropped on resume. A new
+written in this order, each atomically. state.json is the commit point: it never claims more than the
+files before it hold (rows of val_epochs.csv past its epoch are dropped on resume), and history.csv,
+written after it, never shows an epoch it has not committed; a process killed between the two leaves a
+history one epoch behind, which a resumed fold rewrites from the state. A new
 best checkpoint is saved under a temporary name first and named in state.json (`pending_best`) before it
 is renamed over model.keras: a process killed between the two steps leaves a state whose best epoch
 matches the file that resume renames into place, never a model.keras from an epoch that the state does
@@ -139,8 +142,17 @@ def reset_fold(folder: str) -> None:
             io_utils.remove(path)
 
 
-def history_rows(folder: str, epochs: int) -> list[dict]:
-    """history.csv rows of the first `epochs` epochs (later rows were not committed by state.json)."""
+def history_rows(folder: str, state: dict) -> list[dict]:
+    """The history of the epochs `state` committed: the rows it carries (history.csv is written after it,
+    so it may lag one epoch behind), or, for a state written before it carried them, history.csv's first
+    `state['epoch']` rows."""
+    epochs = state["epoch"]
+    if isinstance(state.get("history"), list):
+        rows = [dict(row) for row in state["history"]]
+        if [row.get("epoch") for row in rows] != list(range(1, epochs + 1)):
+            raise ConfigError(f"{os.path.join(folder, STATE)} holds a history that is not epochs 1..{epochs}; "
+                              "train the fold again with --force")
+        return rows
     path = os.path.join(folder, HISTORY)
     if not io_utils.exists(path) or epochs == 0:
         return []

@@ -83,8 +83,8 @@ def make_callbacks(config: Config, folder: str, global_batch: int, valid_paths: 
     """Exact validation AUC (and each epoch's plain validation predictions in val_epochs.csv), learning
     rate per epoch, NaN guard, atomic best checkpoint and history.
 
-    After each epoch the fold's resumable state is committed (see `fold_state`): val_epochs.csv and
-    history.csv, last.keras (model and optimizer), the best checkpoint, then state.json. `state` is a
+    After each epoch the fold's resumable state is committed (see `fold_state`): val_epochs.csv,
+    last.keras (model and optimizer), the best checkpoint, state.json, then history.csv. `state` is a
     resumed fold's state.json: the best metric so far, the history and the per-epoch predictions of its
     completed epochs carry on from it.
 
@@ -94,12 +94,13 @@ def make_callbacks(config: Config, folder: str, global_batch: int, valid_paths: 
     """
     strategy = strategy or hardware.get_strategy()
     guard = callbacks.NanGuard()
-    checkpoint = callbacks.Checkpoint(config, folder, state, guard)
+    history = callbacks.History(config, folder, global_batch, state)
+    checkpoint = callbacks.Checkpoint(config, folder, state, guard, history)
     schedule = callbacks.learning_rate_schedule(config, global_batch)
     score = callbacks.ValidationScore(config, folder, valid_paths, valid_dropped, state, guard, strategy)
-    history = callbacks.History(config, folder, global_batch, state)
-    # History before Checkpoint: state.json, written last, then never records an epoch history lacks.
-    return [schedule, guard, score, history, checkpoint], guard, checkpoint
+    # The score first (its val_auc and val_loss are in the logs the checkpoint reads); the checkpoint
+    # commits the epoch: state.json, then history.csv, which never shows an epoch the state lacks.
+    return [schedule, guard, score, checkpoint], guard, checkpoint
 
 
 def ready_fold_folder(config: Config, fold: int, resume: bool) -> dict | None:
