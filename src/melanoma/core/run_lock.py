@@ -42,7 +42,7 @@ class Lock:
     path: str
     token: str
     handle: object | None  # the open file that holds the flock (None: the file alone is the lock)
-    created_folder: bool
+    created: list[str]     # the folders acquire made (the run folder, output_dir), deepest first
 
 
 def holder_of(path: str) -> dict:
@@ -117,7 +117,7 @@ def acquire(config: Config, command: str) -> Lock:
     """Hold the run's lock for `command` ('train', 'infer'); ConfigError (exit 2) when another process holds it."""
     folder = layout.run_dir(config)
     path = os.path.join(folder, layout.RUN_LOCK)
-    created = not io_utils.exists(folder)
+    created = _missing_folders(folder)
     io_utils.makedirs(folder)
     token = secrets.token_hex(6)
     handle = _flock(config, path) if fcntl is not None and not io_utils.is_remote(path) else None
@@ -135,12 +135,23 @@ def acquire(config: Config, command: str) -> Lock:
         os.fsync(handle.fileno())
     else:
         io_utils.write_text_atomic(path, _content(command, token))
-    return Lock(path=path, token=token, handle=handle, created_folder=created)
+    return Lock(path=path, token=token, handle=handle, created=created)
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """`folder` and those of its parents that do not exist yet, deepest first (none on cloud storage)."""
+    if io_utils.is_remote(folder):
+        return []
+    missing = []
+    folder = os.path.abspath(folder)
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
 
 
 def release(lock: Lock) -> None:
-    """Remove the lock file, then let go of it; the run folder goes too when this command created it and
-    nothing else is in it."""
+    """Remove the lock file, then let go of it; the folders acquire made go too when nothing else is in them."""
     with contextlib.suppress(FileNotFoundError):
         if io_utils.is_remote(lock.path):
             io_utils.remove(lock.path)
@@ -148,8 +159,7 @@ def release(lock: Lock) -> None:
             os.remove(lock.path)
     if lock.handle is not None:
         lock.handle.close()
-    folder = os.path.dirname(lock.path)
-    if lock.created_folder and not io_utils.is_remote(folder):
+    for folder in lock.created:
         with contextlib.suppress(OSError):
             os.rmdir(folder)  # only when empty
 

@@ -72,8 +72,8 @@ def check_interrupted(config: Config, family: family_lib.Family, folds: list[int
 
 
 def check_before_work(args: argparse.Namespace, config: Config, family: family_lib.Family) -> list[int]:
-    """Everything about the command line and the machine that can be checked before any work, without
-    TensorFlow; returns the folds asked for."""
+    """Everything about the command line, the config, its files and the machine that can be checked before
+    any work, without TensorFlow; returns the folds asked for."""
     folds = parse_folds(args.fold, config.data.folds)
     if args.resume and args.force:
         raise ConfigError("--resume continues interrupted folds and --force restarts them; give one of the two")
@@ -83,7 +83,6 @@ def check_before_work(args: argparse.Namespace, config: Config, family: family_l
                           "from the same state. Resume on one machine, or train the fold again with --force")
     family.check(config)
     preflight.check_training(config, folds, writes=environment.is_chief())
-    check_interrupted(config, family, folds, args.resume, args.force)
     return folds
 
 
@@ -93,6 +92,8 @@ def command(args: argparse.Namespace) -> int:
     folds = check_before_work(args, config, family)
     chief = environment.is_chief()
     with run_lock.hold(config, "train", chief) as lock:
+        # what the run's folder says is read under the lock: a run being trained is not "interrupted"
+        check_interrupted(config, family, folds, args.resume, args.force)
         if chief:
             io_utils.remove_leftovers(layout.run_dir(config))
         # Every worker decides from the run's own folder, so all of them train the same folds.
