@@ -6,9 +6,9 @@ scores to it.
 
 Uploading runs `kaggle competitions submit -c siim-isic-melanoma-classification -f SUB -m MSG`; only a
 successful upload is appended to `submissions/log.csv` (time, file, sha256, config, oof_auc, message,
-folds), so the log never claims a submission that did not happen. A partial ensemble (infer
---allow-partial) is uploaded only with --allow-partial, and logged with the folds it holds and their OOF
-AUC.
+folds), so the log never claims a submission that did not happen. A partial ensemble (infer or
+blend --allow-partial) is uploaded only with --allow-partial, and logged with the folds it holds and their
+OOF AUC; the record beside the file (infer's and blend's) names the run whose OOF AUC is logged.
 """
 from __future__ import annotations
 
@@ -75,14 +75,22 @@ def read_log(log_path: str) -> pd.DataFrame:
 
 
 def folds_oof_auc(run: str, folds: list[int]) -> float | None:
-    """OOF AUC over the named folds only (their fold<K>/oof.csv), None when one is missing or unreadable."""
+    """OOF AUC over the named folds only: the run's oof.csv rows of those folds (a blend's), else their
+    fold<K>/oof.csv; None when they are missing or unreadable."""
+    whole = os.path.join(run, layout.OOF)
     paths = [os.path.join(layout.fold_path(run, fold), layout.OOF) for fold in folds]
-    if not folds or not all(io_utils.exists(path) for path in paths):
-        return None
     try:
-        frame = pd.concat([read_oof(path) for path in paths], ignore_index=True)
+        if folds and all(io_utils.exists(path) for path in paths):
+            frame = pd.concat([read_oof(path) for path in paths], ignore_index=True)
+        elif folds and io_utils.exists(whole):
+            frame = read_oof(whole)
+            frame = frame[frame["fold"].isin(folds)]
+        else:
+            return None
     except DataError as error:
         print(f"warning: OOF AUC not logged: {error}", file=sys.stderr)
+        return None
+    if sorted(set(frame["fold"])) != sorted(folds):
         return None
     return metrics.auc(frame["target"], frame["pred"])
 

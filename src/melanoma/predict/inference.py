@@ -129,7 +129,8 @@ def run_inference(config: Config, recompute: bool = False, force: bool = False, 
     submission.write_submission(result, path, sample_path=config.data.sample_submission, force=force)
     submission.write_record(path, {"config": config.name, "run": layout.run_dir(config), "family": family.name,
                                    "folds": folds, "folds_expected": config.data.folds,
-                                   "prediction": prediction_settings(config, family)})
+                                   "prediction": prediction_settings(config, family),
+                                   "sample_submission": config.data.sample_submission})
     partial = len(folds) < config.data.folds
     print(f"submission: {path} ({len(result)} images, {len(folds)} fold(s)"
           f"{' of ' + str(config.data.folds) if partial else ''}, {family.name})")

@@ -192,8 +192,8 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
                        log: str | None = None, record: dict | None = None) -> Context:
     """The config name, sample, run folder and log for a submission.
 
-    With --config the config says everything. Without it, the record infer wrote beside the submission
-    names its run; else `submissions/<name>.csv` belongs to the run `outputs/<name>/` (the naming
+    With --config the config says everything. Without it, the record infer or blend wrote beside the
+    submission names its run and the sample it was checked against; else `submissions/<name>.csv` belongs to the run `outputs/<name>/` (the naming
     contract of infer and blend). The run's saved config gives the sample, else configs/base.yaml does.
     """
     if config_path:
@@ -204,6 +204,7 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
     run = os.path.join(DEFAULT_OUTPUT_DIR, name)
     if record:
         name, run = str(record.get("config", name)), str(record.get("run", run))
+        sample = sample or record.get("sample_submission")  # what infer or blend checked the file against
     if sample is None:
         if io_utils.exists(os.path.join(run, layout.CONFIG_FILE)):
             try:
