@@ -110,3 +110,37 @@ def test_drop_connect_with_a_v2_backbone_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"'model.drop_connect' applies to efficientnet-b0..b7.*=null"):
         load_config(path, ["model.backbone=efficientnetv2-b0"])
     assert load_config(path, ["model.backbone=efficientnetv2-b0", "model.drop_connect=null"])
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".", ".hidden"])
+def test_a_run_name_is_one_folder_inside_output_dir(tmp_path, name, capsys):
+    """`--set name=../../x` would write outside output_dir: refused with exit status 2 before any work."""
+    from melanoma import cli
+
+    path = write(tmp_path, "exp.yaml", f"output_dir: {tmp_path / 'outputs'}\n")
+    with pytest.raises(ConfigError, match="one folder name inside output_dir"):
+        load_config(path, [f"name={name}"])
+    assert cli.main(["train", "--config", str(path), "--set", f"name={name}"]) == 2
+    assert "one folder name inside output_dir" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_a_set_value_that_is_broken_yaml_says_so(tmp_path):
+    """`--set data.external_files=[a,b` is bad YAML, not a glob that matched nothing."""
+    path = write(tmp_path, "exp.yaml", "")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, ["data.external_files=[a,b"])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, ['name="unclosed'])
+    assert load_config(path, ["data.train_files=*.tfrec"]).data.train_files == "*.tfrec"  # a plain string
+
+
+def test_an_unknown_family_is_named_with_the_choices(tmp_path, capsys):
+    from melanoma import cli
+
+    path = write(tmp_path, "exp.yaml", "model:\n  family: tabulr\n")
+    with pytest.raises(ConfigError, match="'model.family' is 'tabulr' \\(did you mean 'tabular'\\?\\); choose one "
+                                          "of cnn, tabular"):
+        family_lib.lookup(load_config(path))
+    assert cli.main(["describe", "--config", str(path)]) == 2
+    assert "model.family" in capsys.readouterr().err
