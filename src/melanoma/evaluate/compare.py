@@ -25,9 +25,8 @@ import warnings
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from melanoma.core import run_results
+from melanoma.core import progress, run_results
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.evaluate import scoring, selection
 from melanoma.evaluate.scoring import ScoreWarning, score_oof
@@ -68,7 +67,7 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str =
     rows: list[dict] = []
     frames: dict[str, pd.DataFrame] = {}
     paths = run_results.find_runs(directory)
-    for path in tqdm(paths, desc="runs", unit="run", disable=len(paths) < 4 or not sys.stderr.isatty(), leave=False):
+    for path in progress.bar(paths, desc="runs", unit="run", disable=len(paths) < 4, leave=False):
         run = run_results.inspect_run(path)
         row = _blank_row(run, test)
         rows.append(row)

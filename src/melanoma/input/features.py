@@ -34,9 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from melanoma.core import io_utils, run_results
+from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import examples, integrity, record_format, sources
@@ -138,7 +138,7 @@ def split_table(config: Config, split: str, progress: bool = True) -> pd.DataFra
         total = sum(f.count for f, _ in missing)
         desc = f"{split} image statistics" if with_images else f"{split} metadata"
         try:
-            with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            with progress_lib.bar(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
                 for record_file, cache in missing:
                     table, jpegs = _codes_and_images(record_file.path, split, with_images)
                     if with_images:
