@@ -65,8 +65,21 @@ def glob(patterns: str | Iterable[str]) -> list[str]:
     return sorted(found)
 
 
+def folder_given_for_file(path: str) -> DataError:
+    """The error for a folder where a file is expected, naming the files in it that might be meant."""
+    try:
+        inside = [name for name in listdir(path) if not name.startswith(".")]
+    except OSError:
+        inside = []
+    meant = [name for name in inside if name.endswith((".csv", ".json", ".yaml"))][:3]
+    hint = f" (it holds {', '.join(meant)}: give {os.path.join(path, meant[0])}?)" if meant else ""
+    return DataError(f"{path} is a folder, not a file: give the file itself{hint}")
+
+
 def read_bytes(path: str) -> bytes:
     path = str(path)
+    if isdir(path):
+        raise folder_given_for_file(path)
     if is_remote(path):
         with _gfile().GFile(path, "rb") as handle:
             return handle.read()
@@ -141,6 +154,8 @@ def copy(source: str, target: str) -> None:
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
     path = str(path)
+    if isdir(path):
+        raise DataError(f"{path} is a folder; give the path of a file to write")
     folder = os.path.dirname(path)
     if folder:
         makedirs(folder)
@@ -172,6 +187,8 @@ def read_csv(path: str, **kwargs):
     path = str(path)
     if not exists(path):
         raise FileNotFoundError(f"file not found: {path}")
+    if isdir(path):
+        raise folder_given_for_file(path)
     try:
         if is_remote(path):
             return pd.read_csv(io.BytesIO(read_bytes(path)), **kwargs)

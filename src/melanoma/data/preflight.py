@@ -167,8 +167,8 @@ def check_writable(folders: dict[str, str]) -> None:
     problems = [f"{key} = {str(path)!r}: {problem}" for key, path in folders.items()
                 if (problem := writable_problem(str(path)))]
     if problems:
-        raise ConfigError("cannot write where the config says (" + "; ".join(problems) + "); choose a folder "
-                          "that can be written, or make this one writable")
+        raise ConfigError("cannot write where asked (" + "; ".join(problems) + "); choose a folder that can be "
+                          "written, or make this one writable")
 
 
 def check_training(config: Config, folds: list[int], writes: bool = True) -> None:

@@ -247,6 +247,57 @@ class TableReader:
         return found
 
 
+    def test_names(self, files: Iterable[record_format.RecordFile]) -> set[str]:
+        """image_name of every record of the test files (cached like the tables)."""
+        names: set[str] = set()
+        for record_file in files:
+            key = (record_file.path, "test names")
+            cache_path = (os.path.join(self.cache_dir, f"{stat_key(record_file.path)}-names.csv")
+                          if self.cache_dir else None)
+            table = self.memory.get(key)
+            if table is None and cache_path and io_utils.exists(cache_path):
+                table = io_utils.read_csv(cache_path, dtype={"image_name": str})
+            if table is None:
+                try:
+                    read = [name for batch in examples.batches(record_file.path, "test", columns=(), batch_size=1024)
+                            for name in batch["image_name"].tolist()]
+                except tf.errors.OpError:
+                    raise DataError(f"cannot read the image names of {record_file.path} (a truncated or corrupt "
+                                    f"TFRecord, or not the public test schema); {integrity.HINT_PREDICT}") from None
+                table = pd.DataFrame({"image_name": read})
+                if cache_path:
+                    io_utils.write_csv_atomic(table, cache_path)
+            self.memory[key] = table
+            names.update(table["image_name"].astype(str))
+        return names
+
+
+def check_train_test_overlap(data: Config, competition: pd.DataFrame, reader: TableReader) -> None:
+    """No image is both a training image and a test image (a test image trained on or scored as OOF, its
+    prediction submitted as if unseen): DataError naming them."""
+    if not data.test_files:
+        return
+    test_files = record_format.list_files(data.test_files, "data.test_files")
+    shared = sorted(set(competition["image_name"].astype(str)) & reader.test_names(test_files))
+    if shared:
+        raise DataError(f"{len(shared)} image name(s) are in both data.train_files and data.test_files (e.g. "
+                        f"{_examples(shared)}): a test image must never be trained on or scored. Rebuild the "
+                        "records from a train.csv and a test.csv that share no image")
+
+
+def check_splits_apart(config: Config, progress: bool = True) -> None:
+    """Before a run is bound and any fold trains: no competition training image is also a test image
+    (check_train_test_overlap over every train file; the tables are cached for the folds)."""
+    data = config.data
+    if not data.test_files:
+        return
+    reader = TableReader(os.path.join(config.output_dir, ".cache", "tables"), progress,
+                         skip_corrupt=bool(data.skip_corrupt))
+    files = record_format.list_files(data.train_files, "data.train_files")
+    tables = reader.tables(files, desc="competition records")
+    check_train_test_overlap(data, _joined(tables, files, COMPETITION), reader)
+
+
 # ---------------------------------------------------------------------------------------------------
 # competition duplicates
 
@@ -421,6 +472,7 @@ def prepare_fold(config: Config, fold: int, progress: bool = True, reader: Table
     training = _joined(tables, train_files, COMPETITION)
     validation = _joined(tables, valid_files, COMPETITION)
     competition = _checked_competition(training, validation)
+    check_train_test_overlap(data, competition, reader)
     competition_drops = _competition_drops(competition, data.duplicates_csv)
     dropped_names = set(competition_drops["image_name"])
     external_frames, external_drop_rows = _external_drops(data, sets, tables, competition, content_hash,

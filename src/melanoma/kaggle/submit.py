@@ -27,8 +27,9 @@ from melanoma.core import io_utils, layout, metrics
 from melanoma.core.errors import ConfigError, DataError, ExternalToolError
 from melanoma.core.tables import parse_csv_text, read_oof, read_string_table
 from melanoma.kaggle.kaggle_cli import COMPETITION, kaggle_credentials, run_kaggle
-from melanoma.predict.submission import (DEFAULT_SUBMISSION_DIR, configure_parser, require_sample, sha256_of,
-                                         submission_context, submission_record, validate_submission)
+from melanoma.predict.submission import (DEFAULT_SUBMISSION_DIR, configure_parser, require_sample,
+                                         require_submission_file, sha256_of, submission_context,
+                                         submission_record, validate_submission)
 
 LOG_COLUMNS = ("time", "file", "sha256", "config", "oof_auc", "message", "folds")
 
@@ -126,8 +127,7 @@ def configure_submit_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def submit_command(args: argparse.Namespace) -> int:
-    if not io_utils.exists(args.submission):
-        raise FileNotFoundError(f"submission not found: {args.submission}")
+    require_submission_file(args.submission)
     if not args.message.strip():
         raise ConfigError("the submission message (-m) is empty; say what this submission is")
     record = submission_record(args.submission)

@@ -289,9 +289,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "submission's name, else configs/base.yaml)")
 
 
+def require_submission_file(path: str) -> None:
+    """The submission to check is there and is a file (FileNotFoundError / DataError, exit status 2)."""
+    if not io_utils.exists(path):
+        raise FileNotFoundError(f"submission not found: {path}")
+    if io_utils.isdir(path):
+        raise io_utils.folder_given_for_file(path)
+
+
 def command(args: argparse.Namespace) -> int:
-    if not io_utils.exists(args.submission):
-        raise FileNotFoundError(f"submission not found: {args.submission}")
+    require_submission_file(args.submission)
     context = submission_context(args.submission, args.config, args.sample)
     sample = require_sample(context.sample)
     frame = validate_submission(args.submission, sample)

@@ -222,10 +222,20 @@ def _megabytes_argument(text: str) -> float:
     return value
 
 
+def _port_argument(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {text}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text}: choose another --port")
+    return port
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True,
                         help="experiment config whose run to serve (or the run folder outputs/<name>)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--port", type=_port_argument, default=7860, help="port, 1-65535 (default 7860)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--max-mb", type=_megabytes_argument, default=predictor_lib.DEFAULT_MAX_BYTES / 2**20,

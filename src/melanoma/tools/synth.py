@@ -40,6 +40,7 @@ import pandas as pd
 from melanoma.core import io_utils
 from melanoma.core import progress as progress_lib
 from melanoma.core.errors import ConfigError
+from melanoma.data import preflight
 
 TRAIN_COLUMNS = [
     "image_name",
@@ -544,6 +545,7 @@ def command(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    preflight.check_writable({"OUT": args.out})
     prepare_folder(args.out.rstrip("/") or "/", args.force)
     summary = synthesize(
         args.out,

@@ -51,16 +51,18 @@ class CNN(Family):
 
 class Training:
     """One strategy for every fold, made first (a multi-worker strategy must precede other TensorFlow
-    work), once every source of a diagnosis-head run says which diagnosis each code is."""
+    work); then, before the run is bound: every source of a diagnosis-head run says which diagnosis each
+    code is, and no test image is among the training images."""
 
     def __init__(self, config: Config, resume: bool):
         # TensorFlow loads from here on, once the config has been checked
         from melanoma.core import hardware
-        from melanoma.data import diagnoses  # (TensorFlow, as above: the sources' tables)
+        from melanoma.data import diagnoses, sources  # (TensorFlow, as above: the sources' tables)
 
         self.resume = resume
         self.strategy = hardware.get_strategy()
         diagnoses.check_diagnosis_sources(config)
+        sources.check_splits_apart(config)  # no test image among the training images
 
     def fit_fold(self, config: Config, fold: int) -> dict:
         # the training loop loads TensorFlow and the network: only when a fold trains
