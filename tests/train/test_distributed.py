@@ -182,6 +182,37 @@ def test_two_worker_cluster_trains_a_fold_and_only_the_chief_writes(tiny_data, t
     keras.backend.clear_session()
 
 
+def test_workers_that_do_not_share_the_chiefs_output_dir_stop_before_training(tiny_data, tmp_path):
+    """Each worker of a localhost cluster given its own output_dir: none of them trains; every one exits 2,
+    the worker naming the folder it sees, the chief saying a worker does not see its own."""
+    path = write_config(tmp_path, tiny_data, BODY)
+    ports = free_ports(2)
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    processes = []
+    for index in range(2):
+        env = environment(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        command = helpers.entry_command("train.py", ["--config", path, "--fold", "0", "--set",
+                                                     f"output_dir={tmp_path / f'outputs-{index}'}"])
+        log = open(tmp_path / f"worker{index}.txt", "w")
+        processes.append((subprocess.Popen(command, cwd=helpers.REPO, env=env, stdout=log,
+                                           stderr=subprocess.STDOUT), log))
+    codes = []
+    for process, log in processes:
+        try:
+            codes.append(process.wait(timeout=300))
+        finally:
+            if process.poll() is None:
+                process.kill()
+            log.close()
+    logs = [(tmp_path / f"worker{index}.txt").read_text() for index in range(2)]
+    assert codes == [2, 2], "\n\n".join(logs)
+    assert f"worker 1 of the cluster does not see the chief's output_dir: {tmp_path / 'outputs-1' / 'tiny'}" in logs[1]
+    assert "a worker of the cluster does not see this output_dir" in logs[0]
+    assert not any("Traceback" in text for text in logs), logs
+    assert not (tmp_path / "outputs-0" / "tiny" / "fold0" / "oof.csv").exists()
+    assert not (tmp_path / "outputs-0" / "tiny" / ".lock").exists()  # released on the way out
+
+
 def test_describe_reports_the_replicas_strategy_keras_and_augmentation_actually_chosen():
     done = run([sys.executable, "-m", "melanoma", "describe", "--config", "configs/demo.yaml"],
                environment(MELANOMA_CPU_DEVICES="2"))
