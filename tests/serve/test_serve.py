@@ -488,3 +488,22 @@ def test_the_tree_runs_page_in_headless_chromium_shows_probability_mask_and_feat
             raise
         finally:
             browser.close()
+
+
+def test_a_stacked_tree_run_serves_the_run_it_stacks_beside_it(served_trees, tiny_data):
+    """features.from_runs: the stacked run's probability of the upload is this run's feature, as its test
+    prediction (mean over its folds) is in infer: the answer equals infer's."""
+    from melanoma import cli
+    from melanoma.serve.predictor import Predictor
+
+    folder = served_trees["run"].parent.parent
+    config = write_config(folder, tiny_data, body=TABULAR.replace("  workers: 1\n", "  workers: 1\n  from_runs: [trees]\n"),
+                          name="stacked")
+    assert cli.main(["train", "--config", str(config), "--fold", "all"]) == 0
+    assert cli.main(["infer", "--config", str(config)]) == 0
+    infer = pd.read_csv(folder / "submissions" / "stacked.csv").set_index("image_name")["target"]
+    predictor = Predictor.from_target(str(config), max_bytes=MAX_BYTES)
+    assert "run_trees" in predictor.served.saved[0]["columns"] and list(predictor.served.members) == ["trees"]
+    name = sorted(served_trees["records"])[1]
+    answer = predictor.predict(served_trees["records"][name]).to_json()
+    assert answer["probability"] == pytest.approx(infer[name], abs=1e-9)
