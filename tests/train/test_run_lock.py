@@ -94,3 +94,25 @@ def test_the_lock_refuses_a_live_holder_and_goes_with_its_holder(tiny_data, tmp_
         with pytest.raises(config_lib.ConfigError, match=f"PID {os.getpid()} on {socket.gethostname()}"):
             run_lock.acquire(config, "infer")
     assert not (tmp_path / "outputs" / "tiny").exists()
+
+
+def test_temporary_files_a_killed_run_left_are_removed_with_a_line_by_the_next_run(run_copy, tmp_path, capsys):
+    """What a kill -9 leaves (hidden .<name>.tmp-<hex> files) never looks complete, and the next train or
+    infer of the run removes it from the folders it touches, saying so."""
+    run = tmp_path / "outputs" / "tiny"
+    left = [run / ".config.tmp-0123abcd.yaml", run / "fold0" / ".test.tmp-0123abcd.csv",
+            run / "fold1" / ".last.tmp-89abcdef.keras"]
+    submissions = tmp_path / "submissions"
+    submissions.mkdir()
+    left.append(submissions / ".tiny.tmp-0123abcd.csv")
+    other = submissions / ".other-run.tmp-0123abcd.csv"  # another run's: not this run's to remove
+    for path in left + [other]:
+        path.write_text("half")
+    assert cli.main(["infer", "--config", str(run_copy)]) == 0
+    out = capsys.readouterr().out
+    assert not any(path.exists() for path in left) and other.exists()
+    assert out.count("temporary file(s) left by an interrupted run") == 4
+    (run / ".oof.tmp-0123abcd.csv").write_text("half")
+    assert cli.main(["train", "--config", str(run_copy), "--fold", "all"]) == 0  # every fold finished
+    assert f"{run}: removed 1 temporary file(s)" in capsys.readouterr().out
+    assert not (run / ".oof.tmp-0123abcd.csv").exists()

@@ -122,6 +122,8 @@ def run_inference(config: Config, recompute: bool = False, force: bool = False, 
     path = os.path.join(config.submission_dir, layout.submission_name(config.name, folds, config.data.folds))
     submission.partial_rule(f"run {config.name}", folds, config.data.folds, path, allow_partial,
                             "python train.py --config ... --fold {missing}")
+    for folder in [layout.run_dir(config)] + [layout.fold_dir(config, fold) for fold in folds]:
+        io_utils.remove_leftovers(folder)  # what a killed train or infer left (this run's lock is held)
     io_utils.remove_leftovers(config.submission_dir, lambda stem: layout.same_submission(stem, config.name))
     predictor = family.prediction(config)
     frames = [fold_test_predictions(config, family, predictor, fold, recompute) for fold in folds]
