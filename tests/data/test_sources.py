@@ -285,9 +285,12 @@ def test_public_plus_isic2019_and_malignant(public, tiny_data, tmp_path, fast_mo
     assert set(oof["image_name"]) == fold0_validation(public["table"])  # competition images only
     assert (folder / "model.keras").is_file()
 
-    # tables (names, patients, targets, hashes) cached per file for the next folds and runs
+    # tables (names, patients, targets, hashes) cached per file for the next folds and runs, and the test
+    # files' image names (the train/test overlap check)
     cache = tmp_path / "outputs" / ".cache" / "tables"
-    assert len(list(cache.glob("*.csv"))) == 6 + 4 + 2
+    tests = len(list(public["melanoma"].glob("test*.tfrec")))
+    assert len(list(cache.glob("*-names.csv"))) == tests
+    assert len(list(cache.glob("*.csv"))) == 6 + 4 + 2 + tests
 
 
 def test_raw_isic2019_through_records(raw2019, public, tiny_data, tmp_path, fast_model):

@@ -5,6 +5,7 @@ duplicates.csv are written into the fold folder.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -31,15 +32,29 @@ def read(config: Config, fold: int, folder: str):
 def read_fold(config: Config, fold: int):
     """sources.prepare_fold; when a file cannot be read, every file of the run is checked so that one
     message names all the bad records, not only the first one met."""
-    try:
+    with bad_records_named_together(config, f"fold {fold} data"):
         return sources.prepare_fold(config, fold)
+
+
+def check_splits_apart(config: Config) -> None:
+    """sources.check_splits_apart (no test image among the training images), bad records named together."""
+    with bad_records_named_together(config, "the training records"):
+        sources.check_splits_apart(config)
+
+
+@contextlib.contextmanager
+def bad_records_named_together(config: Config, what: str):
+    """On a DataError from reading the run's training records (data.skip_corrupt off), scan every train and
+    external file and raise one DataError naming all the bad records."""
+    try:
+        yield
     except DataError:
         if config.data.skip_corrupt:
             raise
         paths = [f.path for f in record_format.list_files(config.data.train_files, "data.train_files")]
         paths += [f.path for external in sources.external_sets(config.data) for f in external.files]
         scans = integrity.scan_files(sorted(set(paths)), "train", config.data.image_size)
-        integrity.raise_if_bad(scans, f"fold {fold} data", integrity.HINT_TRAIN)
+        integrity.raise_if_bad(scans, what, integrity.HINT_TRAIN)
         raise
 
 

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from melanoma.core import io_utils
+from melanoma.core import environment, io_utils
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
@@ -287,15 +287,23 @@ def check_train_test_overlap(data: Config, competition: pd.DataFrame, reader: Ta
 
 def check_splits_apart(config: Config, progress: bool = True) -> None:
     """Before a run is bound and any fold trains: no competition training image is also a test image
-    (check_train_test_overlap over every train file; the tables are cached for the folds)."""
+    (check_train_test_overlap over every train file). The tables are read as the folds will read them, so
+    the folds find them cached; only the process that writes the run caches them (a cluster's other
+    workers keep theirs in memory)."""
     data = config.data
     if not data.test_files:
         return
-    reader = TableReader(os.path.join(config.output_dir, ".cache", "tables"), progress,
-                         skip_corrupt=bool(data.skip_corrupt))
     files = record_format.list_files(data.train_files, "data.train_files")
-    tables = reader.tables(files, desc="competition records")
+    content_hash, perceptual = _hash_flags(data, bool([f for s in external_sets(data) for f in s.files]))
+    cache = os.path.join(config.output_dir, ".cache", "tables") if environment.is_chief() else None
+    reader = TableReader(cache, progress, skip_corrupt=bool(data.skip_corrupt))
+    tables = reader.tables(files, content_hash, perceptual, desc="competition records")
     check_train_test_overlap(data, _joined(tables, files, COMPETITION), reader)
+
+
+def _hash_flags(data: Config, external: bool) -> tuple[bool, bool]:
+    """(content hashes, perceptual hashes) the duplicate checks need: only with external records."""
+    return external and bool(data.dedupe_external), external and bool(data.dedupe_perceptual)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -463,8 +471,7 @@ def prepare_fold(config: Config, fold: int, progress: bool = True, reader: Table
             raise CheckFailed(f"{shared[0]} is matched by both data.train_files and data.external_files "
                               f"(set '{external.name}'); external images must never be in validation")
     external_files = [f for s in sets for f in s.files]
-    content_hash = bool(external_files) and bool(data.dedupe_external)
-    perceptual = bool(external_files) and bool(data.dedupe_perceptual)
+    content_hash, perceptual = _hash_flags(data, bool(external_files))
     reader = reader or TableReader(os.path.join(config.output_dir, ".cache", "tables"), progress,
                                    skip_corrupt=bool(data.skip_corrupt))
     tables = reader.tables(files, content_hash, perceptual, desc="competition records")

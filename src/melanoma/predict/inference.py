@@ -134,8 +134,9 @@ def run_inference(config: Config, recompute: bool = False, force: bool = False, 
                                    "prediction": prediction_settings(config, family),
                                    "sample_submission": config.data.sample_submission})
     partial = len(folds) < config.data.folds
+    tta = family.label(config)["tta"]
     print(f"submission: {path} ({len(result)} images, {len(folds)} fold(s)"
-          f"{' of ' + str(config.data.folds) if partial else ''}, {family.name})")
+          f"{' of ' + str(config.data.folds) if partial else ''}, {family.name if tta is None else f'TTA {tta}'})")
     return path
 
 

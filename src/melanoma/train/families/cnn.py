@@ -57,12 +57,12 @@ class Training:
     def __init__(self, config: Config, resume: bool):
         # TensorFlow loads from here on, once the config has been checked
         from melanoma.core import hardware
-        from melanoma.data import diagnoses, sources  # (TensorFlow, as above: the sources' tables)
+        from melanoma.data import diagnoses, fold_data  # (TensorFlow, as above: the sources' tables)
 
         self.resume = resume
         self.strategy = hardware.get_strategy()
         diagnoses.check_diagnosis_sources(config)
-        sources.check_splits_apart(config)  # no test image among the training images
+        fold_data.check_splits_apart(config)  # no test image among the training images
 
     def fit_fold(self, config: Config, fold: int) -> dict:
         # the training loop loads TensorFlow and the network: only when a fold trains
