@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import shutil
 import tempfile
@@ -70,3 +71,54 @@ def write_config(folder: Path, tiny_data: dict, body: str = "", name: str = "tin
     path = folder / f"{name}.yaml"
     path.write_text(text + textwrap.dedent(body))
     return path
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder` (relative path -> sha256), to show that nothing changed."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data, tmp_path_factory):
+    """outputs/ of a tiny run with both folds trained and their test images predicted by infer
+    (data.image_size 32, the stand-in model)."""
+    import reliability_helpers as helpers
+
+    from melanoma import cli
+
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as patch:
+        helpers.install_tiny_model(patch)
+        assert cli.main(["train", "--config", str(write_config(root, tiny_data)), "--fold", "all"]) == 0
+        assert cli.main(["infer", "--config", str(write_config(root, tiny_data))]) == 0
+    shutil.rmtree(root / "submissions")
+    return root / "outputs"
+
+
+@pytest.fixture
+def run_copy(trained_run, tiny_data, tmp_path, monkeypatch):
+    """A copy of the trained run in tmp_path and its config (the stand-in model installed)."""
+    import reliability_helpers as helpers
+
+    helpers.install_tiny_model(monkeypatch)
+    shutil.copytree(trained_run, tmp_path / "outputs")
+    return write_config(tmp_path, tiny_data)
+
+
+def run_folder(tmp_path) -> Path:
+    return tmp_path / "outputs" / "tiny"
+
+
+@pytest.fixture
+def jpeg_data(tiny_data, tmp_path):
+    """A copy of the tiny data's CSVs and JPEGs (to damage) and the records arguments for it."""
+    source = Path(tiny_data["train_csv"]).parent
+    data = tmp_path / "data"
+    shutil.copytree(source, data)
+    return data
+
+
+def records_argv(data: Path, out: Path, *extra) -> list[str]:
+    return ["records", "--data", str(data), "--out", str(out), "--size", "32", "--parts", "6",
+            "--test-parts", "3", "--workers", "1", *extra]

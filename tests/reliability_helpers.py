@@ -55,18 +55,18 @@ def install_tiny_model(monkeypatch=None) -> None:
 
 def add_callback(make_callback, monkeypatch=None) -> None:
     """Put one more callback first in the fold's callbacks (make_callback() builds it)."""
-    from melanoma.train import training
+    from melanoma.train import cnn_training
 
-    original = training.make_callbacks
+    original = cnn_training.make_callbacks
 
     def patched(*args, **kwargs):
         callbacks, guard, checkpoint = original(*args, **kwargs)
         return [make_callback()] + callbacks, guard, checkpoint
 
     if monkeypatch is None:
-        training.make_callbacks = patched
+        cnn_training.make_callbacks = patched
     else:
-        monkeypatch.setattr(training, "make_callbacks", patched)
+        monkeypatch.setattr(cnn_training, "make_callbacks", patched)
 
 
 def stall_callback(epoch: int, batch: int, marker: str):
@@ -83,6 +83,55 @@ def stall_callback(epoch: int, batch: int, marker: str):
                 time.sleep(600)
 
     return Stall()
+
+
+def pause_callback(epoch: int, batch: int, marker: str, release: str):
+    """A callback that, at (0-based) `epoch` and `batch`, writes `marker` and waits until `release` exists."""
+    import keras
+
+    class Pause(keras.callbacks.Callback):
+        def on_epoch_begin(self, current, logs=None):
+            self.epoch = current
+
+        def on_train_batch_begin(self, current, logs=None):
+            if self.epoch == epoch and current == batch:
+                Path(marker).write_text(f"{os.getpid()}\n")
+                deadline = time.time() + 600
+                while not Path(release).exists() and time.time() < deadline:
+                    time.sleep(0.1)
+
+    return Pause()
+
+
+def kill_after_state(epoch: int) -> None:
+    """kill -9 this process right after state.json has committed `epoch` (before history.csv follows)."""
+    import signal
+
+    from melanoma.core import fold_state
+
+    original = fold_state.write_state
+
+    def write_then_die(folder, state):
+        original(folder, state)
+        if state["epoch"] == epoch and not state.get("pending_best"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    fold_state.write_state = write_then_die
+
+
+def script_command(script: str, args: list, setup: str = "") -> list[str]:
+    """`python <script> ARGS` (train.py, infer.py) as the real entry point, with the tiny model and the
+    Python statements of `setup` run first (with reliability_helpers imported as `h`)."""
+    bootstrap = (
+        "import runpy, sys\n"
+        f"sys.path[:0] = [{str(REPO / 'src')!r}, {str(TESTS)!r}]\n"
+        "import reliability_helpers as h\n"
+        "h.install_tiny_model()\n"
+        + setup +
+        f"sys.argv = [{script!r}] + {[str(a) for a in args]!r}\n"
+        f"runpy.run_path({str(REPO / script)!r}, run_name='__main__')\n"
+    )
+    return [sys.executable, "-c", bootstrap]
 
 
 def train_script_command(config: Path, fold: int, stall_epoch: int, stall_batch: int, marker: Path) -> list[str]:

@@ -15,7 +15,7 @@ from melanoma.core.config import load_config
 # The real EfficientNet through train, infer, score and validate takes two minutes on 2 cores, most of
 # it tracing the model's steps. `make test` runs the same path with the real model in the serve tests'
 # trained run (train both folds, infer), and every stage with the tiny model (test_distributed,
-# test_recipes, test_runs_cannot_lie); this full pass is in `make test-full`.
+# test_cnn_training, test_run_config); this full pass is in `make test-full`.
 @pytest.mark.slow
 def test_tiny_run_trains_scores_and_submits(tiny_data, tmp_path, capsys):
     path = write_config(tmp_path, tiny_data, body="tta:\n  steps: 2\n  mode: random\n  batch_size: 16\n")
@@ -24,8 +24,9 @@ def test_tiny_run_trains_scores_and_submits(tiny_data, tmp_path, capsys):
 
     assert cli.main(["train", "--config", str(path), "--fold", "0"]) == 0
     fold0 = run / "fold0"
-    for name in ("model.keras", "history.csv", "oof.csv", "test.csv", "test.json"):
+    for name in ("model.keras", "history.csv", "oof.csv", "state.json"):
         assert (fold0 / name).is_file(), name
+    assert not (fold0 / "test.csv").exists()  # infer predicts the test images
     assert (run / "config.yaml").is_file()
     assert not (run / "oof.csv").exists()  # one fold of two: nothing gathered yet
     history = pd.read_csv(fold0 / "history.csv")

@@ -18,6 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "melanoma"
 STAGES = ("core", "data", "input", "model", "train", "predict", "evaluate", "serve", "kaggle", "tools")
 FRONT_DOOR = ("melanoma", "melanoma.__main__", "melanoma.cli")  # the entry points stand above every stage
 LONGEST_FUNCTION = 60
+# The command contract (cli.py): every command module defines these, each for its own command.
+ENTRY_POINTS = ("configure_parser", "command", "main")
 
 
 @dataclass
@@ -174,6 +176,19 @@ def untyped_config_parameters(modules: dict[str, Module]) -> list[str]:
     return found
 
 
+def same_name_in_two_stages(modules: dict[str, Module]) -> list[str]:
+    """Module-level functions whose name another stage's module also defines: one job, two places (or
+    two jobs under one name, which a newcomer cannot tell apart). The command contract's entry points
+    are the exception: each command module has its own."""
+    where: dict[str, set[tuple[str, str]]] = {}
+    for module in modules.values():
+        for node in module.tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name not in ENTRY_POINTS:
+                where.setdefault(node.name, set()).add((module.stage or module.name, module.name))
+    return [f"{name}: {', '.join(sorted(name for _, name in places))}" for name, places in sorted(where.items())
+            if len({stage for stage, _ in places}) > 1]
+
+
 @pytest.fixture(scope="module")
 def modules() -> dict[str, Module]:
     return read_package()
@@ -198,6 +213,12 @@ def test_no_function_is_longer_than_sixty_lines(modules):
 
 def test_imports_inside_functions_say_why_they_wait(modules):
     assert not unexplained_late_imports(modules), "\n".join(unexplained_late_imports(modules))
+
+
+def test_no_two_stages_define_a_function_of_the_same_name(modules):
+    """Each job has one place (README, "Where each job lives"): test prediction, the ensemble and the
+    partial rule in predict/, fold data in data/, a fold's training in train/, ..."""
+    assert not same_name_in_two_stages(modules), "\n".join(same_name_in_two_stages(modules))
 
 
 def test_config_parameters_are_typed(modules):
@@ -229,7 +250,10 @@ def test_the_checks_find_what_they_look_for(tmp_path):
                                               "from melanoma.train.training import _secret\n")
     body = "\n".join(f"    x{i} = {i}" for i in range(LONGEST_FUNCTION))
     (root / "train" / "training.py").write_text(f"def _secret():\n{body}\n    import json\n    return json\n\n\n"
-                                                "def fit(config):\n    return config\n")
+                                                "def fit(config):\n    return config\n\n\n"
+                                                "def command(args):\n    return 0\n")
+    (root / "data" / "folds.py").write_text("def fit(table):\n    return table\n\n\ndef command(args):\n"
+                                            "    return 0\n")
     broken = read_package(root)
     assert find_circle(import_edges(broken)) == ["melanoma.core.config", "melanoma.data.records",
                                                  "melanoma.core.config"]
@@ -240,13 +264,14 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     assert long_functions(broken) == ["melanoma.train.training._secret (63 lines, line 1)"]
     assert unexplained_late_imports(broken) == ["melanoma.train.training:62: import json"]
     assert untyped_config_parameters(broken) == ["melanoma.train.training.fit(config) line 66"]
+    assert same_name_in_two_stages(broken) == ["fit: melanoma.data.folds, melanoma.train.training"]
 
 
 def test_every_command_loads_without_tensorflow():
-    """The commands that need no trained model at start (score, compare, validate, submit, folds, report,
-    serve, ...) start in a fraction of the 4-6 s TensorFlow takes: their modules and what those import at
-    the top never load TensorFlow, scikit-learn's metrics or matplotlib; the work that needs them imports
-    them when it runs (with a comment saying so)."""
+    """Every command but bench starts in a fraction of the 4-6 s TensorFlow takes: its module and what it
+    imports at the top never load TensorFlow, scikit-learn's metrics or matplotlib, so train and infer check
+    the config before TensorFlow loads; the work that needs them imports them when it runs (with a comment
+    saying so)."""
     import subprocess
     import sys
 
@@ -267,6 +292,8 @@ def test_every_command_loads_without_tensorflow():
         loaded[name] = out.strip()
     assert set(loaded) == {"synth", "folds", "records", "data", "train", "infer", "score", "compare", "report",
                            "blend", "validate", "submit", "leaderboard", "describe", "bench", "serve"}
-    # train, infer and bench build a model whatever they are asked, so their modules may load TensorFlow
-    assert {name: heavy for name, heavy in loaded.items() if heavy != "-"} == {
-        name: loaded[name] for name in ("train", "infer", "bench") if loaded[name] != "-"}
+    # bench measures TensorFlow's pipelines whatever it is asked, so its module may load it; train and infer
+    # check the config, the files and the folders first, and load TensorFlow only then (issue: a config typo
+    # took 5-12 s to report)
+    assert {name: heavy for name, heavy in loaded.items() if heavy != "-"} == (
+        {"bench": loaded["bench"]} if loaded["bench"] != "-" else {})

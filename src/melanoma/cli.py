@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "folds": ("melanoma.data.folds", "assign patient-grouped, stratified parts and folds"),
     "records": ("melanoma.data.make_records", "JPEGs + CSV -> TFRecords in the public schema"),
     "data": ("melanoma.kaggle.download", "download the competition CSVs and public TFRecords (Kaggle CLI)"),
-    "train": ("melanoma.train.training", "train one fold (or all) of a config"),
+    "train": ("melanoma.train.command", "train one fold (or all) of a config"),
     "infer": ("melanoma.predict.inference", "TTA + fold ensemble -> submissions/<name>.csv"),
     "score": ("melanoma.evaluate.scoring", "competition AUC of an OOF file"),
     "compare": ("melanoma.evaluate.compare", "table of OOF AUC across runs"),
@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def quiet_environment() -> None:
     """Keep TensorFlow's C++ start-up lines and albumentations' online version check out of the way
     (see `quiet`: both must be set up before TensorFlow is imported)."""
-    quiet.install()
+    quiet.install_filter()
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
 
 

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from melanoma.core import run as run_lib
+from melanoma.core import run_config
 from melanoma.core.config import CHOICES, ConfigError, load_config
+from melanoma.train.families import family as family_lib
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -18,10 +19,14 @@ def write(folder: Path, name: str, text: str) -> Path:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_config_loads_and_validates(path):
+    """Each file loads on base.yaml, names its run after itself, and names a family and a backbone that exist
+    (its family's own keys checked too)."""
     config = load_config(path)
-    assert config.name == (path.stem if path.stem != "base" else "base")
+    assert config.name == path.stem
+    family = family_lib.lookup(config)
+    family.check(config)
     assert config.model.backbone in CHOICES["model.backbone"]
-    assert config.data.folds >= 2
+    assert 2 <= config.data.folds
 
 
 def test_experiment_overrides_only_what_differs(tmp_path):
@@ -94,10 +99,10 @@ def test_missing_and_invalid_files(tmp_path):
 
 def test_saved_config_round_trips_with_git_commit(tmp_path):
     config = load_config(write(tmp_path, "exp.yaml", f"output_dir: {tmp_path / 'out'}\n"), ["seed=7"])
-    path = run_lib.save_config(config)
+    path = run_config.save_config(config)
     saved = yaml.safe_load(Path(path).read_text())
     assert "git_commit" in saved
-    assert run_lib.read_saved_config(Path(path).parent) == config
+    assert run_config.read_saved_config(Path(path).parent) == config
 
 
 def test_drop_connect_with_a_v2_backbone_is_refused_before_any_work(tmp_path):
@@ -105,3 +110,37 @@ def test_drop_connect_with_a_v2_backbone_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"'model.drop_connect' applies to efficientnet-b0..b7.*=null"):
         load_config(path, ["model.backbone=efficientnetv2-b0"])
     assert load_config(path, ["model.backbone=efficientnetv2-b0", "model.drop_connect=null"])
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".", ".hidden"])
+def test_a_run_name_is_one_folder_inside_output_dir(tmp_path, name, capsys):
+    """`--set name=../../x` would write outside output_dir: refused with exit status 2 before any work."""
+    from melanoma import cli
+
+    path = write(tmp_path, "exp.yaml", f"output_dir: {tmp_path / 'outputs'}\n")
+    with pytest.raises(ConfigError, match="one folder name inside output_dir"):
+        load_config(path, [f"name={name}"])
+    assert cli.main(["train", "--config", str(path), "--set", f"name={name}"]) == 2
+    assert "one folder name inside output_dir" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_a_set_value_that_is_broken_yaml_says_so(tmp_path):
+    """`--set data.external_files=[a,b` is bad YAML, not a glob that matched nothing."""
+    path = write(tmp_path, "exp.yaml", "")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, ["data.external_files=[a,b"])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, ['name="unclosed'])
+    assert load_config(path, ["data.train_files=*.tfrec"]).data.train_files == "*.tfrec"  # a plain string
+
+
+def test_an_unknown_family_is_named_with_the_choices(tmp_path, capsys):
+    from melanoma import cli
+
+    path = write(tmp_path, "exp.yaml", "model:\n  family: tabulr\n")
+    with pytest.raises(ConfigError, match="'model.family' is 'tabulr' \\(did you mean 'tabular'\\?\\); choose one "
+                                          "of cnn, tabular"):
+        family_lib.lookup(load_config(path))
+    assert cli.main(["describe", "--config", str(path)]) == 2
+    assert "model.family" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import yaml
 
 from melanoma import cli
 from melanoma.core.config import ConfigError, load_config
-from melanoma.data import diagnoses, records, sources, taxonomy
+from melanoma.data import diagnoses, record_format, sources, taxonomy
 from melanoma.input import pipeline
 
 ISIC2019_CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]  # published column order
@@ -41,9 +41,9 @@ def lesion_image(rng: np.random.Generator, large: bool, shape=(30, 40)) -> np.nd
 def read_records(pattern: str) -> pd.DataFrame:
     """Every record's int features and name (no images) of the files matching `pattern`."""
     spec = {"image_name": tf.io.FixedLenFeature([], tf.string)}
-    spec.update({name: tf.io.FixedLenFeature([], tf.int64) for name in records.TRAIN_INT_FEATURES})
+    spec.update({name: tf.io.FixedLenFeature([], tf.int64) for name in record_format.TRAIN_INT_FEATURES})
     rows = []
-    for record_file in records.list_files(pattern):
+    for record_file in record_format.list_files(pattern):
         for serialized in tf.data.TFRecordDataset(record_file.path):
             example = {k: v.numpy() for k, v in tf.io.parse_single_example(serialized, spec).items()}
             rows.append({**example, "image_name": example["image_name"].decode(), "part": record_file.part})
@@ -204,7 +204,7 @@ def test_ham10000_records_in_the_published_layout(ham_raw, ham_records, tiny_dat
     assert cli.main(["records", "--ham10000", str(ham_raw["root"]), "--out", str(only), "--size", "32",
                      "--malignant-only", "--workers", "1"]) == 0
     assert set(read_records(f"{only}/train*.tfrec")["target"]) == {1}
-    assert sum(f.count for f in records.list_files(f"{only}/train*.tfrec")) == 6
+    assert sum(f.count for f in record_format.list_files(f"{only}/train*.tfrec")) == 6
     capsys.readouterr()
     assert cli.main(["records", "--ham10000", str(tmp_path), "--out", str(tmp_path / "x"), "--size", "32"]) == 2
     assert "HAM10000_metadata.csv" in capsys.readouterr().err
@@ -285,13 +285,13 @@ def test_patient_counts_count_within_a_source(tmp_path):
     """Two sources that both use patient code 1, one file listed twice (an upsampled external set)."""
     def write(folder: Path, patients: list[int]) -> str:
         folder.mkdir()
-        path = folder / records.record_name("train", 0, len(patients))
+        path = folder / record_format.record_name("train", 0, len(patients))
         jpeg = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
         with tf.io.TFRecordWriter(str(path)) as writer:
             for index, patient in enumerate(patients):
                 row = {"image_name": f"{folder.name}_{index}", "patient_id": patient, "sex": 0, "age_approx": 50,
                        "anatom_site_general_challenge": 0, "diagnosis": 0, "target": 0}
-                writer.write(records.serialize_example(jpeg, row, records.TRAIN_INT_FEATURES))
+                writer.write(record_format.serialize_example(jpeg, row, record_format.TRAIN_INT_FEATURES))
         return str(path)
 
     competition = write(tmp_path / "competition", [1, 1, 2])
@@ -320,7 +320,7 @@ def test_records_without_encodings_are_an_error_for_the_diagnosis_head(ham_recor
     names = taxonomy.names_in_code_order(json.loads((ham_records / "encodings.json").read_text())["diagnosis"])
     config = load_config(path, [f"data.diagnosis_names={{bare-ham: [{', '.join(repr(n) for n in names)}]}}"])
     diagnoses.check_diagnosis_sources(config)
-    files = records.list_files(f"{bare}/train*.tfrec")
+    files = record_format.list_files(f"{bare}/train*.tfrec")
     lookups = diagnoses.source_lookups(config, files, ["bare-ham"] * len(files))
     assert lookups["bare-ham"] == taxonomy.diagnosis_lookup(names)
     with pytest.raises(ConfigError, match="elsewhere"):  # a source the run does not read
@@ -357,7 +357,8 @@ def test_diagnosis_head_on_ham10000_writes_class_probabilities_and_the_per_class
                                                    "test_files": None},
                       model={"head": "diagnosis"})
     assert cli.main(["train", "--config", str(path), "--fold", "all"]) == 0
-    assert "no test predictions" in capsys.readouterr().out
+    assert cli.main(["infer", "--config", str(path)]) == 2  # no test set: nothing to predict, said so
+    assert "data.test_files is null" in capsys.readouterr().err
     run = tmp_path / "outputs" / "ham"
     oof = pd.read_csv(run / "oof.csv")
     class_columns = [f"p_{cls}" for cls in taxonomy.DIAGNOSIS_CLASSES]

@@ -16,7 +16,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from melanoma import cli
-from melanoma.data import examples, folds, isic2024, records, taxonomy
+from melanoma.data import examples, folds, isic2024, record_format, taxonomy
 from melanoma.tools import synth_isic2024
 
 # The published columns (issue 24), spelled out here rather than taken from the module under test.
@@ -55,7 +55,7 @@ def read_hdf5(path: Path) -> dict[str, bytes]:
 
 
 def read_records(pattern: str, split: str) -> pd.DataFrame:
-    files = records.list_files(pattern)
+    files = record_format.list_files(pattern)
     rows = []
     for record_file in files:
         for batch in examples.batches(record_file.path, split, images=True):
@@ -179,12 +179,12 @@ def test_tables_beside_the_records_keep_every_value_as_written(download, convert
         table = pd.read_csv(converted / f"{split}.csv", dtype=str, keep_default_na=False)
         assert table["image_name"].tolist() == source["isic_id"].tolist()
         pd.testing.assert_frame_equal(table[list(source.columns)], source)
-        coded = records.TRAIN_INT_FEATURES if split == "train" else records.TEST_INT_FEATURES
+        coded = record_format.TRAIN_INT_FEATURES if split == "train" else record_format.TEST_INT_FEATURES
         assert {"part", *(f"{c}_code" for c in coded)} <= set(table.columns)
     table = pd.read_csv(converted / "train.csv")
     parts = table.groupby("part")["isic_id"].count()
     assert {f"train{part:02d}-{count}.tfrec" for part, count in parts.items()} == \
-        {os.path.basename(f.path) for f in records.list_files(str(converted / "train*.tfrec"))}
+        {os.path.basename(f.path) for f in record_format.list_files(str(converted / "train*.tfrec"))}
     with pytest.warns(folds.FewPatientsWarning):  # 8 patients fill 4 parts of 2, not 15
         expected = folds.assign_parts(table[["image_name", "patient_id", "target"]], parts=15, seed=42)
     assert table["part"].tolist() == expected["part"].tolist() and table["part"].nunique() == 4

@@ -7,7 +7,7 @@ from conftest import write_config
 
 from melanoma.core.config import load_config
 from melanoma.core.errors import DataError
-from melanoma.data import examples, records
+from melanoma.data import examples, record_format
 from melanoma.input import pipeline
 
 
@@ -18,25 +18,25 @@ def read_table(paths: list[str], split: str) -> pd.DataFrame:
 
 
 def test_file_names_give_parts_and_counts(tiny_data):
-    files = records.list_files(f"{tiny_data['records']}/train*.tfrec")
+    files = record_format.list_files(f"{tiny_data['records']}/train*.tfrec")
     assert [f.part for f in files] == list(range(6))
     table = pd.read_csv(tiny_data["records"] / "train.csv")
     assert sum(f.count for f in files) == len(table)
     for f in files:
         assert f.count == int((table["part"] == f.part).sum())
     with pytest.raises(DataError, match="does not follow the public schema"):
-        records.parse_file_name("images-3.tfrec")
+        record_format.parse_file_name("images-3.tfrec")
     with pytest.raises(FileNotFoundError, match="matched no file"):
-        records.list_files(str(tiny_data["records"] / "nothing*.tfrec"))
+        record_format.list_files(str(tiny_data["records"] / "nothing*.tfrec"))
 
 
 def test_records_round_trip(tiny_data):
     """Every value written is read back equal; images decode to the asked size."""
     table = pd.read_csv(tiny_data["records"] / "train.csv").set_index("image_name")
-    paths = [f.path for f in records.list_files(f"{tiny_data['records']}/train*.tfrec")]
+    paths = [f.path for f in record_format.list_files(f"{tiny_data['records']}/train*.tfrec")]
     read = read_table(paths, "train").set_index("image_name")
     assert sorted(read.index) == sorted(table.index)
-    for column in records.TRAIN_INT_FEATURES:
+    for column in record_format.TRAIN_INT_FEATURES:
         np.testing.assert_array_equal(read[column].to_numpy(), table.loc[read.index, f"{column}_code"].to_numpy())
     # patient ids are encoded consistently: one code per patient
     assert table.groupby("patient_id")["patient_id_code"].nunique().max() == 1
@@ -52,7 +52,7 @@ def test_encoding_is_shared_by_train_and_test():
                           "diagnosis": ["unknown", "melanoma"], "target": [0, 1]})
     test = pd.DataFrame({"patient_id": ["c"], "sex": ["female"], "age_approx": [55.0],
                          "anatom_site_general_challenge": ["oral/genital"]})
-    train_out, test_out, encodings = records.encode_metadata(train, test)
+    train_out, test_out, encodings = record_format.encode_metadata(train, test)
     assert encodings["sex"] == {"female": 0, "male": 1}
     assert train_out["sex"].tolist() == [1, -1] and test_out["sex"].tolist() == [0]
     assert train_out["age_approx"].tolist() == [40, -1]
@@ -62,7 +62,7 @@ def test_encoding_is_shared_by_train_and_test():
 
 def test_eval_pipeline_keeps_order_and_every_image(tiny_data, tmp_path):
     config = load_config(write_config(tmp_path, tiny_data))
-    paths = [f.path for f in records.list_files(f"{tiny_data['records']}/test*.tfrec")]
+    paths = [f.path for f in record_format.list_files(f"{tiny_data['records']}/test*.tfrec")]
     expected = read_table(paths, "test")["image_name"].tolist()
     for steps, mode in ((0, "random"), (3, "dihedral")):
         dataset, views = pipeline.prediction_dataset(paths, config, "test", tta_steps=steps, tta_mode=mode,
@@ -90,8 +90,8 @@ def test_train_pipeline_shuffles_repeats_and_drops_remainder(tiny_data, tmp_path
     from melanoma.input import augment
 
     config = load_config(write_config(tmp_path, tiny_data))
-    paths = [f.path for f in records.list_files(f"{tiny_data['records']}/train*.tfrec")][:2]
-    total = sum(records.parse_file_name(p).count for p in paths)
+    paths = [f.path for f in record_format.list_files(f"{tiny_data['records']}/train*.tfrec")][:2]
+    total = sum(record_format.parse_file_name(p).count for p in paths)
     dataset = pipeline.train_dataset(paths, config, batch_size=8, seed=1,
                                      augmenter=augment.BatchAugmenter(config.augment, seed=1))
     batches = list(dataset.take(total // 8 + 3))  # more batches than one pass: it repeats
@@ -104,9 +104,9 @@ def test_train_pipeline_shuffles_repeats_and_drops_remainder(tiny_data, tmp_path
 
 
 def test_fold_split_by_part(tiny_data):
-    files = records.list_files(f"{tiny_data['records']}/train*.tfrec")
-    train, valid = records.split_folds(files, 1, 3)
+    files = record_format.list_files(f"{tiny_data['records']}/train*.tfrec")
+    train, valid = record_format.split_folds(files, 1, 3)
     assert {f.part for f in valid} == {1, 4}
     assert not {f.path for f in train} & {f.path for f in valid}
     with pytest.raises(ValueError, match="out of range"):
-        records.split_folds(files, 3, 3)
+        record_format.split_folds(files, 3, 3)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from melanoma import cli
 from melanoma.core.config import ConfigError, load_config
 from melanoma.core.errors import CheckFailed
-from melanoma.data import converters, records, sources, taxonomy
+from melanoma.data import converters, record_format, sources, taxonomy
 from melanoma.input import pipeline
 
 PUBLIC_TRAIN_COLUMNS = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge",
@@ -33,7 +33,7 @@ PUBLIC_TRAIN_COLUMNS = ["image_name", "patient_id", "sex", "age_approx", "anatom
 def read_records(path) -> list[tuple[bytes, dict]]:
     """(serialized record, parsed example with the image's JPEG bytes) for each record of a file."""
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "image_name": tf.io.FixedLenFeature([], tf.string)}
-    spec.update({name: tf.io.FixedLenFeature([], tf.int64) for name in records.TRAIN_INT_FEATURES})
+    spec.update({name: tf.io.FixedLenFeature([], tf.int64) for name in record_format.TRAIN_INT_FEATURES})
     out = []
     for serialized in tf.data.TFRecordDataset(str(path)):
         example = {k: v.numpy() for k, v in tf.io.parse_single_example(serialized, spec).items()}
@@ -45,10 +45,10 @@ def read_records(path) -> list[tuple[bytes, dict]]:
 def write_records(folder: Path, part: int, rows: list[dict]) -> Path:
     """A train file named as the public datasets name theirs; rows hold `jpeg` and the int features."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / records.record_name("train", part, len(rows))
+    path = folder / record_format.record_name("train", part, len(rows))
     with tf.io.TFRecordWriter(str(path)) as writer:
         for row in rows:
-            writer.write(records.serialize_example(row["jpeg"], row, records.TRAIN_INT_FEATURES))
+            writer.write(record_format.serialize_example(row["jpeg"], row, record_format.TRAIN_INT_FEATURES))
     return path
 
 
@@ -98,7 +98,7 @@ def public(tiny_data, tmp_path_factory) -> dict:
     for path in sorted(tiny_data["records"].glob("*.tfrec")):
         shutil.copy(path, melanoma / path.name)
     table = pd.read_csv(tiny_data["records"] / "train.csv")
-    files = records.list_files(str(melanoma / "train*.tfrec"))
+    files = record_format.list_files(str(melanoma / "train*.tfrec"))
     competition = {f.part: read_records(f.path) for f in files}
     valid0 = [e for part, rs in competition.items() if part % 2 == 0 for _, e in rs]
     train0 = [e for part, rs in competition.items() if part % 2 == 1 for _, e in rs]
@@ -178,7 +178,7 @@ def fast_model(monkeypatch):
 
     from melanoma.model import network as model
 
-    def build(config):
+    def build(config, pretrained=True):
         size = config.data.image_size
         image = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
         pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(image))
@@ -253,6 +253,7 @@ def test_raw_csv_and_jpeg_through_records(tiny_data, tmp_path, fast_model, capsy
     assert pd.read_csv(folder / "duplicates.csv")["image_name"].tolist() == [pair[1]]
     expected = fold0_validation(table) - {pair[1]}
     assert set(oof["image_name"]) == expected
+    assert cli.main(["infer", "--config", str(config), "--allow-partial"]) == 0  # fold 0 of 2
     assert len(pd.read_csv(folder / "test.csv")) == len(pd.read_csv(tiny_data["test_csv"]))
 
 
@@ -284,16 +285,19 @@ def test_public_plus_isic2019_and_malignant(public, tiny_data, tmp_path, fast_mo
     assert set(oof["image_name"]) == fold0_validation(public["table"])  # competition images only
     assert (folder / "model.keras").is_file()
 
-    # tables (names, patients, targets, hashes) cached per file for the next folds and runs
+    # tables (names, patients, targets, hashes) cached per file for the next folds and runs, and the test
+    # files' image names (the train/test overlap check)
     cache = tmp_path / "outputs" / ".cache" / "tables"
-    assert len(list(cache.glob("*.csv"))) == 6 + 4 + 2
+    tests = len(list(public["melanoma"].glob("test*.tfrec")))
+    assert len(list(cache.glob("*-names.csv"))) == tests
+    assert len(list(cache.glob("*.csv"))) == 6 + 4 + 2 + tests
 
 
 def test_raw_isic2019_through_records(raw2019, public, tiny_data, tmp_path, fast_model):
     out = tmp_path / "isic2019-raw-32"
     assert cli.main(["records", "--isic2019", str(raw2019), "--out", str(out), "--size", "32", "--parts", "3",
                      "--workers", "1"]) == 0
-    files = records.list_files(str(out / "train*.tfrec"))
+    files = record_format.list_files(str(out / "train*.tfrec"))
     assert [f.part for f in files] == [0, 1, 2] and sum(f.count for f in files) == 12
     table = pd.read_csv(out / "train.csv").set_index("image_name")
     assert table["target"].sum() == 3 and table.loc["ISIC_0000000", "diagnosis"] == "melanoma"
@@ -315,7 +319,7 @@ def test_raw_isic2019_through_records(raw2019, public, tiny_data, tmp_path, fast
     only = tmp_path / "malignant-only"
     assert cli.main(["records", "--isic2019", str(raw2019), "--out", str(only), "--size", "32",
                      "--malignant-only", "--workers", "1"]) == 0
-    assert sum(f.count for f in records.list_files(str(only / "train*.tfrec"))) == 3
+    assert sum(f.count for f in record_format.list_files(str(only / "train*.tfrec"))) == 3
 
     config = write_yaml(tmp_path, "raw2019", tiny_data, {"external_files": [f"{out}/train*.tfrec"]})
     summary, oof, _ = train_fold0(config)
@@ -384,14 +388,14 @@ def test_leak_checks_refuse_to_train(public, tiny_data, tmp_path, capsys):
 
     # a patient in both training and validation: move one record of a patient to a part of the other fold
     moved = tmp_path / "moved"
-    files = records.list_files(f"{melanoma}/train*.tfrec")
+    files = record_format.list_files(f"{melanoma}/train*.tfrec")
     parts = {f.part: read_records(f.path) for f in files}
     patients = pd.Series([e["patient_id"] for _, e in parts[0]])
     shared = patients.duplicated(keep=False).to_numpy().nonzero()[0][0]  # a patient with 2+ images
     parts[1].append(parts[0].pop(shared))
     moved.mkdir()
     for part, serialized in parts.items():
-        with tf.io.TFRecordWriter(str(moved / records.record_name("train", part, len(serialized)))) as writer:
+        with tf.io.TFRecordWriter(str(moved / record_format.record_name("train", part, len(serialized)))) as writer:
             for record, _ in serialized:
                 writer.write(record)
     path = write_yaml(tmp_path, "moved", tiny_data, {"train_files": f"{moved}/train*.tfrec"})

@@ -231,7 +231,7 @@ def test_blend_weights_are_fitted_on_other_folds_and_judged_on_the_held_out_one(
         weights = np.array([0.0, len(calls), 1.0])
         return weights / weights.sum()
 
-    blended, weights = blend.cross_validated_blend(preds, target, folds, fit=recording_fit, progress=False)
+    blended, weights = blend.cross_validated_blend(preds, target, folds, fit=recording_fit, show_progress=False)
     assert len(calls) == 5
     for fold, seen in zip(range(5), calls):
         assert seen == set(np.flatnonzero(folds != fold))           # never the held-out fold's rows
@@ -244,7 +244,7 @@ def test_cross_validated_blend_auc_is_not_optimistic():
     rows = 400
     target = (rng.random(rows) < 0.3).astype(int)
     noise = rng.random((rows, 12))                       # twelve models that know nothing
-    blended, _ = blend.cross_validated_blend(noise, target, np.arange(rows) % 5, progress=False)
+    blended, _ = blend.cross_validated_blend(noise, target, np.arange(rows) % 5, show_progress=False)
     in_sample = metrics.auc(target, noise @ blend.fit_weights(noise, target))
     cross_validated = metrics.auc(target, blended)
     assert in_sample > cross_validated + 0.03
@@ -273,8 +273,20 @@ def test_blend_command_writes_a_run_and_a_submission(project, capsys):
     assert sorted(summary["fold_weights"]) == [str(fold) for fold in range(FOLDS)]
     assert sum(summary["weights"].values()) == pytest.approx(1)
     assert summary["auc_in_sample"] >= summary["auc"] - 0.01
+    assert summary["fitted_on"] == "ranks"
+    ranks = np.column_stack([blend.rank_scale(oof_of(project, name).set_index("image_name").loc[oof["image_name"],
+                                                                                            "pred"].to_numpy())
+                             for name in ("alpha", "beta", "gamma")])
+    for fold, weights in summary["fold_weights"].items():  # each fold: its weights on the runs' ranks
+        rows = (oof["fold"] == int(fold)).to_numpy()
+        np.testing.assert_allclose(oof["pred"].to_numpy()[rows], ranks[rows] @ list(weights.values()), atol=1e-6)
     submission = project.submissions / "blend-trio.csv"
-    from melanoma.predict.submission import validate_submission
+    record = json.loads((project.submissions / "blend-trio.json").read_text())
+    assert record["run"] == str(folder) and record["folds"] == list(range(FOLDS)) and record["partial"] is False
+    assert record["family"] == "blend" and record["members"] == ["alpha", "beta", "gamma"]
+    from melanoma.predict.submission import sha256_of, validate_submission
+
+    assert record["sha256"] == sha256_of(str(submission))
 
     validated = validate_submission(str(submission), str(project.sample))
     assert len(validated) == TEST_ROWS
@@ -311,15 +323,59 @@ def test_mean_and_rank_blends(project):
     assert ranked["auc"] == pytest.approx(metrics.auc(rank_oof["target"], rank_oof["pred"]))
 
 
-def test_blend_refuses_incomplete_runs_and_different_images(project, capsys):
+def test_weights_fitted_on_ranks_do_not_depend_on_a_runs_scale(project):
+    """A run whose probabilities live on another scale (a class-weighted CNN beside trees trained on the
+    prior) blends exactly as it would on the same scale: the weights are fitted on ranks."""
+    first = project.make_run("alpha", 1.4, seed=11)
+    second = project.make_run("beta", 1.0, seed=12)
+    before = blend.blend([first, second], method="weights", name="before")
+    for path in [project.outputs / "beta" / "oof.csv"] + list((project.outputs / "beta").glob("fold*/oof.csv")):
+        frame = pd.read_csv(path)
+        frame["pred"] = 0.05 * frame["pred"] ** 3  # the same order, another scale
+        frame.to_csv(path, index=False)
+    after = blend.blend([first, second], method="weights", name="after")
+    assert after["auc"] == before["auc"] and after["fold_weights"] == before["fold_weights"]
+    np.testing.assert_allclose(oof_of(project, "blend-after")["pred"], oof_of(project, "blend-before")["pred"])
+
+
+def test_a_blend_below_its_best_member_says_so(project, capsys):
+    good = project.make_run("good", 3.0, seed=11)
+    noise = project.make_run("noise", 0.0, seed=12)
+    assert cli.main(["blend", good, noise, "--method", "mean", "--name", "worse"]) == 0
+    err = capsys.readouterr().err
+    summary = json.loads((project.outputs / "blend-worse" / "blend.json").read_text())
+    assert summary["below_best_member"] is True and summary["auc"] < summary["members"][0]["auc"]
+    assert "below its best member's, good" in err and "submit that run alone" in err
+    assert cli.main(["blend", good, project.make_run("good2", 3.0, seed=13), "--name", "fine"]) == 0
+    assert "below its best member" not in capsys.readouterr().err
+
+
+def test_blend_of_a_run_with_folds_missing_follows_the_partial_rule(project, capsys):
     first = project.make_run("alpha", 1.4, seed=11)
     partial = project.make_run("partial", 1.0, seed=12, folds_done=[0, 1, 2])
-    assert cli.main(["blend", first, partial]) == 2  # the user's input: a run that is not finished
-    assert "partial is incomplete" in capsys.readouterr().err
+    assert cli.main(["blend", first, partial, "--name", "pair"]) == 2  # the user's input: a run not finished
+    err = capsys.readouterr().err
+    assert "partial is incomplete" in err and "--allow-partial" in err
+    assert not list(project.outputs.glob("blend-*")) and not project.submissions.exists()
+    assert cli.main(["blend", first, partial, "--name", "pair", "--allow-partial"]) == 0
+    assert "partial ensemble: folds [3, 4]" in capsys.readouterr().err
+    folder = project.outputs / "blend-pair-folds0_1_2"
+    assert sorted(set(oof_of(project, folder.name)["fold"])) == [0, 1, 2]
+    record = json.loads((project.submissions / "blend-pair-folds0_1_2.json").read_text())
+    assert record["partial"] is True and record["folds"] == [0, 1, 2] and record["folds_expected"] == FOLDS
+    assert not (project.submissions / "blend-pair.csv").exists()
+    rows = {row["name"]: row for row in compare.compare_runs(str(project.outputs), bootstrap=0)}
+    assert rows["blend-pair-folds0_1_2"]["status"] != "complete"
+
+
+def test_blend_refuses_different_images(project, capsys):
+    first = project.make_run("alpha", 1.4, seed=11)
     other = project.make_run("other", 1.0, seed=13)
     oof = pd.read_csv(project.outputs / "other" / "oof.csv")
     oof.iloc[:-3].to_csv(project.outputs / "other" / "oof.csv", index=False)
     with pytest.raises(DataError, match="different images"):
         blend.blend([first, other])
     assert cli.main(["blend", first]) == 2
+    assert cli.main(["blend", first, other, "--name", "../../elsewhere"]) == 2  # a name inside output_dir
+    assert "one folder name inside output_dir" in capsys.readouterr().err
     assert not list(project.outputs.glob("blend-*"))

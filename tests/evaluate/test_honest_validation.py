@@ -417,12 +417,12 @@ def test_training_keeps_every_epochs_validation_predictions(tiny_data, tmp_path,
 
 
 def test_val_epoch_rows_keep_the_committed_epochs_only(tmp_path):
-    from melanoma.core import runstate
+    from melanoma.core import fold_state
 
     rows = pd.DataFrame({"image_name": ["a", "b"] * 3, "epoch": [1, 1, 2, 2, 3, 3], "pred": np.linspace(0, 1, 6)})
     rows.to_csv(tmp_path / "val_epochs.csv", index=False)
-    kept = runstate.val_epoch_rows(str(tmp_path), 2)  # epoch 3 was written, state.json not yet
+    kept = fold_state.val_epoch_rows(str(tmp_path), 2)  # epoch 3 was written, state.json not yet
     assert kept["epoch"].tolist() == [1, 1, 2, 2] and kept["pred"].tolist() == rows["pred"][:4].tolist()
     rows[rows["epoch"] != 2].to_csv(tmp_path / "val_epochs.csv", index=False)
     with pytest.raises(ConfigError, match="does not hold epochs 1..3"):
-        runstate.val_epoch_rows(str(tmp_path), 3)
+        fold_state.val_epoch_rows(str(tmp_path), 3)

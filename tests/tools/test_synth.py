@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import snapshot
 from sklearn.metrics import roc_auc_score
 
 from melanoma import cli
@@ -223,3 +224,23 @@ def test_a_crude_feature_separates_classes_but_not_perfectly():
             targets.append(malignant)
     auc = roc_auc_score(targets, features)
     assert 0.65 < auc < 0.97, auc
+
+
+def test_synth_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["synth", str(out), "--size", "16", "--patients", "3", "--test-patients", "1", "--no-progress"]
+    assert cli.main(argv) == 0
+    stray = out / "jpeg" / "train" / "ISIC_9999999.jpg"
+    stray.write_bytes((next((out / "jpeg" / "train").glob("*.jpg"))).read_bytes())
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    capsys.readouterr()
+    assert cli.main(argv + ["--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--force" in err
+    assert snapshot(out) == before
+    assert cli.main(argv + ["--seed", "1", "--force"]) == 0
+    assert not stray.exists(), "images of the earlier dataset must not mix with the new one"
+    assert (out / "notes.txt").read_text() == "mine" and "kept notes.txt" in capsys.readouterr().err
+    names = set(pd.read_csv(out / "train.csv")["image_name"])
+    assert {p.stem for p in (out / "jpeg" / "train").glob("*.jpg")} == names

@@ -20,7 +20,7 @@ import pytest
 import reliability_helpers as helpers
 from conftest import write_config
 
-from melanoma.data import records
+from melanoma.data import record_format
 
 # 74 validation images (fold 0 of the tiny data) with 2 dihedral views in host batches of 16 images
 # per replica: the last batch holds 10 images, which does not fill the replicas' share.
@@ -51,14 +51,14 @@ def run(command, env, timeout=600) -> subprocess.CompletedProcess:
 def validation_paths(config) -> list[str]:
     pass
 
-    files = records.list_files(config.data.train_files, "data.train_files")
-    return [f.path for f in records.split_folds(files, 0, config.data.folds)[1]]
+    files = record_format.list_files(config.data.train_files, "data.train_files")
+    return [f.path for f in record_format.split_folds(files, 0, config.data.folds)[1]]
 
 
 def test_two_replicas_train_predict_and_agree_with_one(tiny_data, tmp_path):
     from melanoma.core import config as config_lib
     from melanoma.core.kerasapi import keras
-    from melanoma.model import prediction
+    from melanoma.model import tta_prediction
 
     path = write_config(tmp_path, tiny_data, BODY)
     env = environment(MELANOMA_CPU_DEVICES="2")
@@ -86,7 +86,7 @@ def test_two_replicas_train_predict_and_agree_with_one(tiny_data, tmp_path):
     config = config_lib.load_config(path)
     model = helpers.build_tiny_normalised_model(config)
     model.load_weights(fold / "model.keras")
-    single = prediction.predict_files(model, validation_paths(config), config, "train", progress=False)
+    single = tta_prediction.predict_files(model, validation_paths(config), config, "train", progress=False)
     merged = oof.merge(single, on="image_name", suffixes=("_two", "_one"))
     assert len(merged) == 74
     np.testing.assert_allclose(merged["pred_two"], merged["pred_one"], atol=1e-5, rtol=0)
@@ -99,11 +99,11 @@ def test_predictor_pads_splits_and_unpads_across_replicas():
     import tensorflow as tf
 
     from melanoma.core.kerasapi import keras
-    from melanoma.model import prediction
+    from melanoma.model import tta_prediction
 
     inputs = keras.Input(shape=(3,), name="x")
     model = keras.Model({"x": inputs}, keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(inputs))
-    predictor = prediction.Predictor(model, tf.distribute.get_strategy(), rows=8)
+    predictor = tta_prediction.Predictor(model, tf.distribute.get_strategy(), rows=8)
     values = np.arange(15, dtype="float32").reshape(5, 3)
     np.testing.assert_allclose(predictor({"x": tf.constant(values)})[:, 0], values.sum(axis=1))
     with pytest.raises(ValueError, match="larger than"):
@@ -153,8 +153,7 @@ def test_two_worker_cluster_trains_a_fold_and_only_the_chief_writes(tiny_data, t
         assert f"worker {index} of 2 reads every 2th training record" in text, text
     # the run's files are complete, written by the chief
     fold = outputs / "tiny" / "fold0"
-    for name in ("model.keras", "last.keras", "history.csv", "oof.csv", "test.csv", "test.json",
-                 "state.json", "data.json"):
+    for name in ("model.keras", "last.keras", "history.csv", "oof.csv", "state.json", "data.json"):
         assert (fold / name).is_file(), name
     assert (outputs / "tiny" / "config.yaml").is_file()
     assert not [p for p in fold.iterdir() if p.name.startswith(".")]
@@ -167,14 +166,51 @@ def test_two_worker_cluster_trains_a_fold_and_only_the_chief_writes(tiny_data, t
                  for text in logs]  # "fold 0: best epoch E, OOF AUC A (N images, TTA V)" without the time
     assert summaries[0] and summaries[0] == summaries[1], summaries
 
-    # the checkpoint a tf_keras cluster wrote is predicted again by Keras 3 on one machine, alike
-    cluster_test = pd.read_csv(fold / "test.csv")
-    inferred = run(helpers.entry_command("infer.py", ["--config", path, "--recompute", "--allow-partial"]),
-                   environment())
-    assert inferred.returncode == 0, inferred.stdout + inferred.stderr
-    submission = pd.read_csv(tmp_path / "submissions" / "tiny-folds0.csv").merge(cluster_test, on="image_name")
-    assert len(submission) == len(cluster_test)
-    np.testing.assert_allclose(submission["target"], submission["pred"], atol=1e-5, rtol=0)
+    # the checkpoint a tf_keras cluster wrote is predicted by Keras 3 on one machine alike: the validation
+    # images' predictions equal the OOF the cluster wrote
+    from melanoma.core import config as config_lib
+    from melanoma.core.kerasapi import keras
+    from melanoma.model import tta_prediction
+
+    config = config_lib.load_config(path)
+    model = helpers.build_tiny_normalised_model(config)
+    model.load_weights(fold / "model.keras")
+    single = tta_prediction.predict_files(model, validation_paths(config), config, "train", progress=False)
+    merged = pd.read_csv(fold / "oof.csv").merge(single, on="image_name", suffixes=("_cluster", "_one"))
+    assert len(merged) == 74
+    np.testing.assert_allclose(merged["pred_cluster"], merged["pred_one"], atol=1e-5, rtol=0)
+    keras.backend.clear_session()
+
+
+def test_workers_that_do_not_share_the_chiefs_output_dir_stop_before_training(tiny_data, tmp_path):
+    """Each worker of a localhost cluster given its own output_dir: none of them trains; every one exits 2,
+    the worker naming the folder it sees, the chief saying a worker does not see its own."""
+    path = write_config(tmp_path, tiny_data, BODY)
+    ports = free_ports(2)
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    processes = []
+    for index in range(2):
+        env = environment(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        command = helpers.entry_command("train.py", ["--config", path, "--fold", "0", "--set",
+                                                     f"output_dir={tmp_path / f'outputs-{index}'}"])
+        log = open(tmp_path / f"worker{index}.txt", "w")
+        processes.append((subprocess.Popen(command, cwd=helpers.REPO, env=env, stdout=log,
+                                           stderr=subprocess.STDOUT), log))
+    codes = []
+    for process, log in processes:
+        try:
+            codes.append(process.wait(timeout=300))
+        finally:
+            if process.poll() is None:
+                process.kill()
+            log.close()
+    logs = [(tmp_path / f"worker{index}.txt").read_text() for index in range(2)]
+    assert codes == [2, 2], "\n\n".join(logs)
+    assert f"worker 1 of the cluster does not see the chief's output_dir: {tmp_path / 'outputs-1' / 'tiny'}" in logs[1]
+    assert "a worker of the cluster does not see this output_dir" in logs[0]
+    assert not any("Traceback" in text for text in logs), logs
+    assert not (tmp_path / "outputs-0" / "tiny" / "fold0" / "oof.csv").exists()
+    assert not (tmp_path / "outputs-0" / "tiny" / ".lock").exists()  # released on the way out
 
 
 def test_describe_reports_the_replicas_strategy_keras_and_augmentation_actually_chosen():
@@ -226,10 +262,10 @@ def test_each_worker_reads_its_own_shard_of_every_file(tiny_data):
 
 def test_steps_per_execution_reaches_the_compiled_model(tiny_data, tmp_path):
     from melanoma.core import config as config_lib
-    from melanoma.train import training
+    from melanoma.train import cnn_training
 
     config = config_lib.load_config(str(write_config(tmp_path, tiny_data)), ["train.steps_per_execution=4"])
-    model = training.compile_model(helpers.build_tiny_model(config), config, global_batch=8)
+    model = cnn_training.compile_model(helpers.build_tiny_model(config), config, global_batch=8)
     assert int(model.steps_per_execution) == 4
     with pytest.raises(config_lib.ConfigError, match="steps_per_execution"):
         config_lib.load_config(str(write_config(tmp_path, tiny_data)), ["train.steps_per_execution=0"])

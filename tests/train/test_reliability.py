@@ -17,8 +17,8 @@ from conftest import write_config
 
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.core import run as run_lib
-from melanoma.data import inputs, integrity
+from melanoma.core import run_config
+from melanoma.data import preflight, integrity
 
 
 def run_dir(tmp_path):
@@ -92,8 +92,8 @@ def test_every_input_problem_is_reported_at_once(tiny_data, tmp_path, capsys, no
 
 def test_check_inputs_accepts_a_good_config(tiny_data, tmp_path):
     config = config_lib.load_config(write_config(tmp_path, tiny_data))
-    inputs.check_inputs(config, "train")
-    inputs.check_inputs(config, "infer")
+    preflight.check_inputs(config, "train")
+    preflight.check_inputs(config, "infer")
 
 
 # --- corrupt data: named, file and image ------------------------------------------------------------
@@ -218,8 +218,8 @@ def test_training_skips_corrupt_images_only_when_allowed_and_says_which(tiny_dat
 
     # the run saved its resolved config and the code's commit
     saved = yaml.safe_load((run_dir(tmp_path) / "config.yaml").read_text())
-    assert saved.pop("git_commit") == run_lib.git_commit() and saved["data"]["skip_corrupt"] is True
-    assert run_lib.read_saved_config(run_dir(tmp_path)) == config_lib.load_config(path, sets[1:])
+    assert saved.pop("git_commit") == run_config.git_commit() and saved["data"]["skip_corrupt"] is True
+    assert run_config.read_saved_config(run_dir(tmp_path)) == config_lib.load_config(path, sets[1:])
 
 
 def test_inference_never_skips_a_bad_test_image(tiny_data, tmp_path, capsys, monkeypatch):
@@ -236,7 +236,8 @@ def test_inference_never_skips_a_bad_test_image(tiny_data, tmp_path, capsys, mon
     fold = run_dir(tmp_path) / "fold0"
     fold.mkdir(parents=True)
     helpers.build_tiny_model(config).save(fold / "model.keras")
-    run_lib.save_config(config_lib.load_config(path, ["data.skip_corrupt=true"]))  # as trained
+    (fold / "oof.csv").write_text("image_name,patient_id,target,pred,fold\n")  # a finished fold
+    run_config.save_config(config_lib.load_config(path, ["data.skip_corrupt=true"]))  # as trained
     assert cli.main(["infer", "--config", str(path), "--set", f"data.test_files={folder}/test*.tfrec",
                      "data.skip_corrupt=true", "--allow-partial"]) == 2
     err = capsys.readouterr().err

@@ -17,7 +17,7 @@ from conftest import write_config
 
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, runstate
+from melanoma.core import io_utils
 from melanoma.train import schedules
 
 EPOCHS = 4
@@ -77,12 +77,13 @@ def test_killed_fold_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, 
     # what a kill during a save leaves behind: a temporary file, which never looks complete
     leftover = fold / ".oof.tmp-0123abcd.csv"
     leftover.write_text("image_name,patient_id,target,pred,fold\nISIC_0,1,0,0.5,0\n")
-    assert runstate.leftovers(str(fold)) == [str(leftover)]
+    assert io_utils.leftovers(str(fold)) == [str(leftover)]
 
     # inference leaves the half-trained fold out of an ensemble
     from melanoma.predict import inference
+    from melanoma.train.families import family as family_lib
 
-    assert inference.trained_folds(config) == []
+    assert inference.trained_folds(config, family_lib.lookup(config)) == []
     # without --resume the interrupted fold is neither restarted nor continued
     helpers.install_tiny_model(monkeypatch)
     assert cli.main(["train", "--config", str(path), "--fold", "0"]) == 2
@@ -125,9 +126,9 @@ def test_killed_fold_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, 
     assert state["best_epoch"] == best and state["best"] == pytest.approx(history["val_loss"].min())
     if best <= 2:
         assert (fold / "model.keras").read_bytes() == best_before
-    for name in ("model.keras", "last.keras", "history.csv", "oof.csv", "test.csv", "test.json"):
+    for name in ("model.keras", "last.keras", "history.csv", "oof.csv"):
         assert (fold / name).is_file(), name
-    assert not leftover.exists() and not runstate.leftovers(str(fold))
+    assert not leftover.exists() and not io_utils.leftovers(str(fold))
     oof = io_utils.read_csv(str(fold / "oof.csv"))
     assert oof["image_name"].is_unique and np.isfinite(oof["pred"]).all()
 
@@ -159,3 +160,48 @@ def test_a_committed_best_checkpoint_is_completed_on_resume(tiny_data, tmp_path,
     assert cli.main(["train", "--config", str(path), "--fold", "0", "--resume"]) == 0
     assert "completed the interrupted save of the best checkpoint" in capsys.readouterr().out
     assert (fold / "model.keras").read_bytes() == expected and not pending.exists()
+
+
+def test_resume_with_nothing_to_resume_is_refused(tiny_data, tmp_path, capsys):
+    path = write_config(tmp_path, tiny_data)
+    assert cli.main(["train", "--config", str(path), "--fold", "0", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "without --resume" in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_kill_between_the_state_and_the_history_resumes_after_the_state(tiny_data, tmp_path, capsys, monkeypatch):
+    """kill -9 right after state.json committed epoch 2 and before history.csv followed: the history shows
+    epoch 1 and the state epoch 2 (never the reverse); --resume continues after epoch 2, the history catches
+    up from the state, and the dead process's lock is taken over with a line."""
+    path = write_config(tmp_path, tiny_data, "train:\n  epochs: 3\n  batch_size: 8\n  steps_per_epoch: 2\n"
+                                              "  verbose: 0\n  checkpoint: last\n")
+    fold = tmp_path / "outputs" / "tiny" / "fold0"
+    done = subprocess.run(helpers.script_command("train.py", ["--config", path, "--fold", "0"],
+                                                 "h.kill_after_state(2)\n"),
+                          cwd=helpers.REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+    assert json.loads((fold / "state.json").read_text())["epoch"] == 2
+    assert pd.read_csv(fold / "history.csv")["epoch"].tolist() == [1]
+    assert (tmp_path / "outputs" / "tiny" / ".lock").exists()  # the dead process's
+
+    helpers.install_tiny_model(monkeypatch)
+    epochs_run = []
+    import keras
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs_run.append(epoch + 1)
+
+    helpers.add_callback(Count, monkeypatch)
+    capsys.readouterr()
+    assert cli.main(["train", "--config", str(path), "--fold", "0", "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming after epoch 2 of 3" in captured.out and epochs_run == [3]
+    assert "took over the lock" in captured.err and "which is gone" in captured.err
+    history = pd.read_csv(fold / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3] and np.isfinite(history["loss"]).all()
+    state = json.loads((fold / "state.json").read_text())
+    assert state["epoch"] == 3 and [row["epoch"] for row in state["history"]] == [1, 2, 3]
+    assert not (tmp_path / "outputs" / "tiny" / ".lock").exists()

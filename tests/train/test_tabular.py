@@ -17,7 +17,7 @@ from melanoma.core.config import ConfigError, load_config
 from melanoma.evaluate import compare
 from melanoma.input import features, imagestats, patientcontext
 from melanoma.tools import synth
-from melanoma.train import tabular
+from melanoma.train.families import tree_model
 
 
 def tiny_tabular(from_runs: str = "[]") -> str:
@@ -105,7 +105,7 @@ def test_records_features_equal_eager_ones_in_workers_and_from_the_cache(tiny_da
         for serialized in tf.data.TFRecordDataset(str(path)):
             example = tf.io.parse_single_example(serialized, {"image": tf.io.FixedLenFeature([], tf.string),
                                                               "image_name": tf.io.FixedLenFeature([], tf.string)})
-            image = imagestats.decode_image(example["image"].numpy(), 32)
+            image = imagestats.decode_for_statistics(example["image"].numpy(), 32)
             eager[example["image_name"].numpy().decode()] = imagestats.image_features(image, 4)
     assert sorted(eager) == sorted(computed["image_name"])
     for _, row in computed.iterrows():
@@ -203,9 +203,9 @@ def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer
     train_table = pd.read_csv(tiny_data["records"] / "train.csv")
     for fold in (0, 1):
         folder = run / f"fold{fold}"
-        for name in ("model.joblib", "oof.csv", "test.csv", "test.json", "history.csv", "importance.csv",
-                     "data.json"):
+        for name in ("model.joblib", "state.json", "oof.csv", "history.csv", "importance.csv", "data.json"):
             assert (folder / name).is_file(), (fold, name)
+        assert not (folder / "test.csv").exists()  # infer predicts the test images
         oof = pd.read_csv(folder / "oof.csv")
         assert list(oof.columns) == ["image_name", "patient_id", "target", "pred", "fold"]
         assert set(oof["image_name"]) == set(train_table.loc[train_table["part"] % 2 == fold, "image_name"])
@@ -235,7 +235,7 @@ def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer
     second = write_config(tmp_path, tiny_data, tiny_tabular("[tiny]"), name="stacked")
     assert cli.main(["train", "--config", str(second)]) == 0
     assert "image statistics" not in capsys.readouterr().err  # no image decoded again
-    saved = tabular.load_model(str(tmp_path / "outputs" / "stacked" / "fold0" / "model.joblib"))
+    saved = tree_model.load_model(str(tmp_path / "outputs" / "stacked" / "fold0" / "model.joblib"))
     assert {"run_tiny", "pdiff_run_tiny", "prank_run_tiny"} <= set(saved["columns"])
     assert cli.main(["infer", "--config", str(second)]) == 0
 
@@ -266,16 +266,16 @@ def test_an_undecodable_image_is_named_with_its_file(tiny_data, tmp_path):
     import tensorflow as tf
 
     from melanoma.core.errors import DataError
-    from melanoma.data import records
+    from melanoma.data import record_format
 
     folder = tmp_path / "records"
     folder.mkdir()
     good = synthetic_jpeg()
     rows = [{"image_name": name, "patient_id": 1, "sex": 0, "age_approx": 40, "anatom_site_general_challenge": 0}
             for name in ("ISIC_0000001", "ISIC_0000002")]
-    with tf.io.TFRecordWriter(str(folder / records.record_name("test", 0, 2))) as writer:
-        writer.write(records.serialize_example(good, rows[0], records.TEST_INT_FEATURES))
-        writer.write(records.serialize_example(b"not a jpeg", rows[1], records.TEST_INT_FEATURES))
+    with tf.io.TFRecordWriter(str(folder / record_format.record_name("test", 0, 2))) as writer:
+        writer.write(record_format.serialize_example(good, rows[0], record_format.TEST_INT_FEATURES))
+        writer.write(record_format.serialize_example(b"not a jpeg", rows[1], record_format.TEST_INT_FEATURES))
     config = load_config(write_config(tmp_path, tiny_data, tiny_tabular()),
                          [f"data.test_files={folder}/test*.tfrec"])
     with pytest.raises(DataError, match="ISIC_0000002.*cannot be decoded.*Download or rebuild"):

@@ -48,13 +48,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     + tuple(f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l"))
     + tuple(f"efficientnet-lite{i}" for i in range(3)),
     "model.head": ("binary", "diagnosis"),
-    "model.family": ("cnn", "tabular"),
     "train.optimizer": ("adam",),
     "train.loss": ("bce", "focal"),
     "train.schedule": ("rampup", "cosine"),
     "train.checkpoint": ("best_auc", "best_loss", "last", "epoch"),
     "tta.mode": ("random", "dihedral"),
 }
+# model.family is checked where the families are (train/families/family.py: lookup), so that a new family
+# is added in that one folder.
 # model.weights: one of these names, or the path of a weights file
 WEIGHT_NAMES = ("none", "imagenet", "noisy-student")
 
@@ -161,8 +162,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set expects key=value, got '{text}'")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as error:
+        if raw.lstrip()[:1] in ("[", "{", '"', "'"):  # meant as a list, a mapping or a quoted string
+            problem = str(error).strip().splitlines()[0]
+            raise ConfigError(f"--set {text}: the value is not valid YAML ({problem}); close its brackets or "
+                              "quotes, e.g. --set data.external_files=[a.tfrec,b.tfrec]") from None
+        value = raw  # a plain string YAML does not take as it stands, such as a glob starting with '*'
     return key, value
 
 
@@ -206,7 +211,17 @@ def _check_types(config: dict, schema: dict, prefix: str = "") -> None:
                               f"{', '.join(CHOICES[dotted])}")
 
 
+def check_name(name: str, key: str = "name") -> None:
+    """A run's name is one folder name inside output_dir: no path separator, not '.' or '..', not hidden
+    (output_dir's own .cache/ and the runs' hidden files start with '.')."""
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or name.startswith(".") \
+            or any(separator in name for separator in ("/", "\\", "\0")):
+        raise ConfigError(f"config key '{key}' is {name!r}: a run's name is one folder name inside output_dir "
+                          "(no '/', not starting with '.'); give another, e.g. --set name=demo-64")
+
+
 def _check_values(config: Config) -> None:
+    check_name(config.name)
     positive = ["data.folds", "data.image_size", "train.epochs", "train.batch_size", "train.steps_per_execution",
                 "tta.batch_size"]
     for dotted in positive:

@@ -31,9 +31,23 @@ class SetupError(ExternalToolError):
     """An outside tool is not set up (no credentials, not installed): the user's to fix, exit status 2."""
 
 
-# exception types -> exit status, first match wins
+# exception types -> exit status, first match wins. A path that is a folder where a file is meant (or the
+# reverse), or that this user may not write, is the user's to fix too: the commands check their paths
+# first with clearer words, and these are the net under those checks.
 EXIT_STATUS = ((ConfigError, 2), (FileNotFoundError, 2), (DataError, 2), (SetupError, 2),
+               (IsADirectoryError, 2), (NotADirectoryError, 2), (PermissionError, 2),
                (CheckFailed, 1), (ExternalToolError, 1))
+PATH_ERRORS = {IsADirectoryError: "a folder where a file is meant", NotADirectoryError: "a file where a folder is meant",
+               PermissionError: "not allowed here"}
+
+
+def message(error: BaseException) -> str:
+    """One line for the user: the project's own errors say it all; a path error says which path and what to do."""
+    for kind, what in PATH_ERRORS.items():
+        if isinstance(error, kind):
+            where = error.filename or "a path"
+            return f"{where}: {what} ({error.strerror or error}); check the path, or choose another"
+    return str(error)
 
 
 def run_guarded(function, args) -> int:
@@ -41,7 +55,7 @@ def run_guarded(function, args) -> int:
     try:
         status = function(args)
     except tuple(kind for kind, _ in EXIT_STATUS) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {message(error)}", file=sys.stderr)
         return next(status for kind, status in EXIT_STATUS if isinstance(error, kind))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

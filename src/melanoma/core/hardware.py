@@ -6,74 +6,24 @@ logical devices under MirroredStrategy: every distributed code path, on a machin
 accelerators), else the default strategy (one GPU or the CPU). `train.batch_size` is per replica, so
 the global batch is batch_size x replicas on every strategy.
 
-On a cluster every worker runs the same program; the chief (task `chief`, or worker 0 when there is
-none) alone writes a run's files (`is_chief`).
+On a cluster every worker runs the same program; the chief alone writes a run's files
+(`environment.is_chief`).
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 
 import tensorflow as tf
 
-from melanoma.core import kerasapi
+from melanoma.core import environment, kerasapi
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 from melanoma.core.kerasapi import keras
 
 # Environment variables through which Cloud TPU nodes, Colab and GKE name the TPU to connect to.
 TPU_NAME_VARIABLES = ("TPU_NAME", "TPU_CONFIG", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS")
-
-
-CPU_DEVICES_VARIABLE = "MELANOMA_CPU_DEVICES"
-
-cluster_workers = kerasapi.cluster_tasks
-
-
-def _tf_config() -> dict:
-    text = os.environ.get("TF_CONFIG", "")
-    return json.loads(text) if text.strip() else {}
-
-
-def worker_task() -> tuple[str, int]:
-    """(type, index) of this process's task in TF_CONFIG; ('worker', 0) without one."""
-    task = _tf_config().get("task", {})
-    return str(task.get("type", "worker")), int(task.get("index", 0))
-
-
-def _has_chief() -> bool:
-    return bool(_tf_config().get("cluster", {}).get("chief"))
-
-
-def is_chief() -> bool:
-    """Whether this process writes the run's files: always outside a cluster; in a cluster the task
-    `chief`, or worker 0 when the cluster has no chief."""
-    if cluster_workers() <= 1:
-        return True
-    kind, index = worker_task()
-    return kind == "chief" or (kind == "worker" and index == 0 and not _has_chief())
-
-
-def input_shard() -> tuple[int, int]:
-    """(number of workers, this worker's position): which part of the training data this worker reads."""
-    workers = cluster_workers()
-    if workers <= 1:
-        return 1, 0
-    kind, index = worker_task()
-    return workers, (0 if kind == "chief" else index + int(_has_chief()))
-
-
-def cpu_devices() -> int:
-    """MELANOMA_CPU_DEVICES as a number (0 when unset)."""
-    text = os.environ.get(CPU_DEVICES_VARIABLE, "").strip()
-    if not text:
-        return 0
-    if not text.isdigit() or int(text) < 1:
-        raise ConfigError(f"{CPU_DEVICES_VARIABLE} must be a positive number of logical CPU devices, got "
-                         f"{text!r}")
-    return int(text)
 
 
 def split_cpu(count: int) -> None:
@@ -86,9 +36,9 @@ def split_cpu(count: int) -> None:
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
     except RuntimeError:
-        raise ConfigError(f"{CPU_DEVICES_VARIABLE}={count} came too late: TensorFlow had already "
+        raise ConfigError(f"{environment.CPU_DEVICES_VARIABLE}={count} came too late: TensorFlow had already "
                            "started in this process. Set it in the environment before the command runs "
-                           f"({CPU_DEVICES_VARIABLE}={count} python train.py ...)") from None
+                           f"({environment.CPU_DEVICES_VARIABLE}={count} python train.py ...)") from None
 
 
 def tpu_resolver():
@@ -116,10 +66,10 @@ def get_strategy(cluster: bool = True) -> tf.distribute.Strategy:
     multi-worker handshake must not run twice; MultiWorkerMirroredStrategy also has to exist before
     other TensorFlow work, so training asks for it first). cluster=False leaves a TF_CONFIG cluster
     out and takes this machine's own devices (inference and benchmarks run on one machine)."""
-    simulated = cpu_devices()
+    simulated = environment.cpu_devices()
     if simulated:
         split_cpu(simulated)
-    if cluster and cluster_workers() > 1:
+    if cluster and environment.cluster_tasks() > 1:
         if not kerasapi.legacy():
             raise ConfigError(f"a multi-worker cluster (TF_CONFIG) trains with tf_keras (Keras 3 cannot "
                              f"fit under MultiWorkerMirroredStrategy), but {kerasapi.LEGACY_VARIABLE} is "
@@ -191,3 +141,28 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
             return name
     name = type(strategy).__name__
     return "DefaultStrategy" if name == "_DefaultDistributionStrategy" else name
+
+
+def from_chief(value: int) -> int:
+    """The chief's `value` (an integer below 2**48) on every worker of the cluster. A collective
+    operation: every worker calls it at the same point."""
+    strategy = get_strategy()
+    share = [float(value), 1.0] if environment.is_chief() else [0.0, 0.0]
+
+    @tf.function
+    def contribute():
+        return tf.constant(share, tf.float64)
+
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(contribute), axis=None).numpy()
+    return int(round(total[0] / total[1])) if total[1] else 0
+
+
+def all_agree(ok: bool) -> bool:
+    """Whether every worker of the cluster passed `ok` (a collective operation, as `from_chief`)."""
+    strategy = get_strategy()
+
+    @tf.function
+    def contribute():
+        return tf.constant(0.0 if ok else 1.0, tf.float64)
+
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(contribute), axis=None)) == 0.0

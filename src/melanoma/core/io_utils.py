@@ -10,9 +10,10 @@ import contextlib
 import glob as local_glob
 import io
 import os
+import re
 import shutil
 import uuid
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -64,8 +65,21 @@ def glob(patterns: str | Iterable[str]) -> list[str]:
     return sorted(found)
 
 
+def folder_given_for_file(path: str) -> DataError:
+    """The error for a folder where a file is expected, naming the files in it that might be meant."""
+    try:
+        inside = [name for name in listdir(path) if not name.startswith(".")]
+    except OSError:
+        inside = []
+    meant = [name for name in inside if name.endswith((".csv", ".json", ".yaml"))][:3]
+    hint = f" (it holds {', '.join(meant)}: give {os.path.join(path, meant[0])}?)" if meant else ""
+    return DataError(f"{path} is a folder, not a file: give the file itself{hint}")
+
+
 def read_bytes(path: str) -> bytes:
     path = str(path)
+    if isdir(path):
+        raise folder_given_for_file(path)
     if is_remote(path):
         with _gfile().GFile(path, "rb") as handle:
             return handle.read()
@@ -84,11 +98,50 @@ def temporary_name(path: str) -> str:
     return os.path.join(folder, f".{stem}.tmp-{uuid.uuid4().hex[:8]}{ext}")
 
 
+# temporary_name's (and temporary_folder_name's) pattern: what a process killed while writing leaves
+TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
+
+
+def leftovers(folder: str, stem: Callable[[str], bool] | None = None) -> list[str]:
+    """The temporary files and folders in `folder` that a killed process left (only those whose stem,
+    the target's name without its extension, passes `stem`, when given)."""
+    if not isdir(folder):
+        return []
+    found = []
+    for name in listdir(folder):
+        match = TEMPORARY.match(name.rstrip("/"))
+        if match and (stem is None or stem(match["stem"])):
+            found.append(os.path.join(folder, name.rstrip("/")))
+    return found
+
+
+def remove_leftovers(folder: str, stem: Callable[[str], bool] | None = None) -> list[str]:
+    """Remove `leftovers(folder, stem)`, saying so in one line; returns what was removed. Call it only
+    where no other process may be writing the same names (a run's folders under its lock)."""
+    removed = leftovers(folder, stem)
+    for path in removed:
+        remove_tree(path)
+    if removed:
+        names = ", ".join(os.path.basename(path) for path in removed[:3])
+        more = f" and {len(removed) - 3} more" if len(removed) > 3 else ""
+        print(f"{folder}: removed {len(removed)} temporary file(s) left by an interrupted run ({names}{more})")
+    return removed
+
+
 def replace(source: str, target: str) -> None:
     if is_remote(target):
         _gfile().rename(source, target, overwrite=True)
     else:
         os.replace(source, target)
+
+
+def remove(path: str) -> None:
+    """Remove a file (local or gs://)."""
+    path = str(path)
+    if is_remote(path):
+        _gfile().remove(path)
+    else:
+        os.remove(path)
 
 
 def copy(source: str, target: str) -> None:
@@ -101,6 +154,8 @@ def copy(source: str, target: str) -> None:
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
     path = str(path)
+    if isdir(path):
+        raise DataError(f"{path} is a folder; give the path of a file to write")
     folder = os.path.dirname(path)
     if folder:
         makedirs(folder)
@@ -132,6 +187,8 @@ def read_csv(path: str, **kwargs):
     path = str(path)
     if not exists(path):
         raise FileNotFoundError(f"file not found: {path}")
+    if isdir(path):
+        raise folder_given_for_file(path)
     try:
         if is_remote(path):
             return pd.read_csv(io.BytesIO(read_bytes(path)), **kwargs)
@@ -193,7 +250,7 @@ def folder_written_whole(path: str, last: str | None = None):
     and never old and new files side by side. If the body raises, the temporary folder is removed.
     A cloud bucket has no folder rename: there the old files are removed, `path/.incomplete` is written,
     the files are moved one by one (`last` moved last), and the marker removed; readers refuse a folder
-    with the marker (see records.folder_problem).
+    with the marker (see record_format.folder_problem).
     """
     path = str(path).rstrip("/")
     temporary = temporary_folder_name(path)

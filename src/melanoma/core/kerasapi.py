@@ -14,31 +14,21 @@ Checkpoints (`.keras` files) written by either library load into the other's mod
 """
 from __future__ import annotations
 
-import json
 import os
 
+from melanoma.core import environment
+from melanoma.core.errors import ConfigError
+
 LEGACY_VARIABLE = "TF_USE_LEGACY_KERAS"
-
-
-def cluster_tasks(tf_config: str | None = None) -> int:
-    """Number of tasks (chief + workers) that TF_CONFIG's cluster lists; 0 without TF_CONFIG."""
-    text = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
-    if not text.strip():
-        return 0
-    try:
-        cluster = json.loads(text).get("cluster", {})
-    except (ValueError, AttributeError):
-        raise ValueError(f"TF_CONFIG is not a JSON object with a 'cluster': {text[:200]!r}") from None
-    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
 def choose() -> bool:
     """Set TF_USE_LEGACY_KERAS=1 for a multi-worker process (before TensorFlow is imported); True when
     this process uses tf_keras."""
     try:
-        tasks = cluster_tasks()
-    except ValueError:
-        tasks = 0  # hardware.get_strategy reports the malformed TF_CONFIG
+        tasks = environment.cluster_tasks()
+    except ConfigError:
+        tasks = 0  # reported as one line by the command that reads it (environment.check)
     if tasks > 1 and not os.environ.get(LEGACY_VARIABLE):
         os.environ[LEGACY_VARIABLE] = "1"
     return legacy()

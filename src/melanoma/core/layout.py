@@ -6,6 +6,7 @@
 <output_dir>/<name>/oof.csv               all folds' OOF, gathered once every fold has one
 <output_dir>/<name>/blend.json            (a blend's folder instead of config.yaml)
 <output_dir>/<name>/report/               what `report` draws
+<output_dir>/<name>/.lock                 while train or infer writes the run (core/run_lock.py)
 <output_dir>/<name>/superseded/<time>/    an older run moved aside by --force
 <submission_dir>/<name>[-folds0_2].csv    the fold ensemble, with <name>[-folds...].json beside a partial one
 ```
@@ -22,6 +23,7 @@ OOF = "oof.csv"
 BLEND_FILE = "blend.json"
 REPORT = "report"
 SUPERSEDED = "superseded"
+RUN_LOCK = ".lock"
 
 # in fold<K>/
 STATE = "state.json"
@@ -58,11 +60,21 @@ def fold_numbers(run_path: str, holding: str = OOF) -> list[int]:
                   and os.path.isfile(os.path.join(run_path, entry, holding)))
 
 
-def submission_name(config: Config, folds: list[int]) -> str:
+def submission_name(name: str, folds: list[int], expected: int) -> str:
     """<name>.csv for every fold, <name>-folds0_2.csv for a partial ensemble (folds 0 and 2)."""
-    if folds == list(range(config.data.folds)):
-        return f"{config.name}.csv"
-    return f"{config.name}-folds{'_'.join(map(str, folds))}.csv"
+    if list(folds) == list(range(expected)):
+        return f"{name}.csv"
+    return f"{name}-folds{'_'.join(map(str, folds))}.csv"
+
+
+# a partial ensemble's file name (a kept older copy adds .<time> after it)
+PARTIAL_NAME = re.compile(r"-folds\d+(_\d+)*(\.|$)")
+
+
+def same_submission(stem: str, name: str) -> bool:
+    """Whether a file stem is run `name`'s submission: <name>, or <name>-folds..., or a kept older copy."""
+    return stem == name or stem.startswith(f"{name}.") or bool(
+        stem.startswith(f"{name}-folds") and PARTIAL_NAME.search(stem[len(name):]))
 
 
 def record_path(submission_path: str) -> str:

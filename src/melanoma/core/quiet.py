@@ -5,9 +5,10 @@ Importing TensorFlow 2.16+ prints, from C++ and before any Python logging exists
     WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
     I0000 ... cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
 
-(twice: two of its libraries log on load), whatever TF_CPP_MIN_LOG_LEVEL says: absl writes messages
-logged before its initialisation straight to file descriptor 2. The only way to keep them off the
-screen is to point descriptor 2 elsewhere while TensorFlow is imported. `install()` adds an import hook
+and "oneDNN custom operations are on" (each twice: two of its libraries log on load), whatever
+TF_CPP_MIN_LOG_LEVEL says: absl writes messages logged before its initialisation straight to file
+descriptor 2. The only way to keep them off the
+screen is to point descriptor 2 elsewhere while TensorFlow is imported. `install_filter()` adds an import hook
 that does that around the first `import tensorflow` (from whichever module, keras included), then
 writes back to stderr every line that is not one of the known start-up lines, so a real error raised
 during the import is still seen. `MELANOMA_TF_LOGS=1` turns the filter off.
@@ -31,6 +32,7 @@ NOISE = re.compile("|".join([
     r"Unable to register cu(DNN|FFT|BLAS) factory: Attempting to register factory for plugin",
     r"computation_placer\.cc:\d+\] computation placer already registered",
     r"TF-TRT Warning: Could not find TensorRT",
+    r"port\.cc:\d+\] oneDNN custom operations are on",  # logged by two of its libraries at import
 ]))
 # On a machine without an NVIDIA device the CUDA platform's first use fails with this: noise there,
 # the reason a GPU goes unused where there is one.
@@ -42,8 +44,15 @@ def nvidia_device_present() -> bool:
 
 
 def environment_defaults() -> None:
-    """Environment read by TensorFlow's C++ and albumentations at import: set before either loads."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Environment read by TensorFlow's C++ and albumentations at import: set before either loads.
+
+    TensorFlow's C++ log goes to level 3 (fatal messages only) unless TF_CPP_MIN_LOG_LEVEL is set or
+    MELANOMA_TF_LOGS=1: at level 2 its runtime ERROR lines include notes such as "oneDNN supports DT_UINT8
+    only on platforms with AVX-512" that say nothing a user can act on, and a failure a user must see
+    reaches Python as an exception anyway. Where an NVIDIA device is present but TensorFlow finds no GPU,
+    the import says so in a line of its own (see `_QuietImport`)."""
+    if os.environ.get("MELANOMA_TF_LOGS") != "1":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
@@ -102,9 +111,14 @@ class _QuietImport(importlib.abc.MetaPathFinder):
                 # Lists devices without creating TensorFlow's context: memory growth, logical CPU
                 # devices and multi-worker strategies can still be set up after it.
                 try:
-                    module.config.list_physical_devices("GPU")
+                    gpus = module.config.list_physical_devices("GPU")
                 except Exception as error:  # noqa: BLE001 - a device query must never break the import
                     print(f"note: listing GPUs failed: {error}", file=sys.stderr)
+                    return
+            if not gpus and nvidia_device_present():
+                print("warning: an NVIDIA device is here but TensorFlow finds no GPU (CUDA libraries or "
+                      "driver?): training runs on the CPU. MELANOMA_TF_LOGS=1 shows TensorFlow's own messages",
+                      file=sys.stderr)
 
         spec.loader.exec_module = exec_module
         return spec
@@ -113,7 +127,7 @@ class _QuietImport(importlib.abc.MetaPathFinder):
 _HOOK = _QuietImport()
 
 
-def install() -> None:
+def install_filter() -> None:
     """Environment defaults, and the import hook if TensorFlow is not imported yet."""
     environment_defaults()
     if "tensorflow" not in sys.modules and _HOOK not in sys.meta_path:

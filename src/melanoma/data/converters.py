@@ -31,7 +31,7 @@ import pandas as pd
 
 from melanoma.core import io_utils
 from melanoma.core.errors import DataError
-from melanoma.data import folds, records, taxonomy
+from melanoma.data import folds, record_format, taxonomy
 
 ISIC2019_GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
 ISIC2019_METADATA = "ISIC_2019_Training_Metadata.csv"
@@ -174,7 +174,7 @@ def build_isic2019_records(ground_truth_csv: str, metadata_csv: str, image_dir: 
                                       read_base_encodings(encodings_json), malignant_only)
     table["part"] = lesion_parts(table, parts, seed)
     paths = [os.path.join(image_dir, f"{name}.jpg") for name in table["image_name"]]
-    written = records.write_train_records(table, paths, out_dir, size, encodings, workers)
+    written = record_format.write_train_records(table, paths, out_dir, size, encodings, workers)
     return summary(table, written)
 
 
@@ -249,7 +249,7 @@ def build_ham10000_records(folder: str, out_dir: str, size: int, malignant_only:
                                 f"{' nor '.join(HAM10000_IMAGE_FOLDERS)}, first: {', '.join(absent[:3])}")
     table["part"] = lesion_parts(table, parts, seed)
     paths = [images[name] for name in table["image_name"]]
-    written = records.write_train_records(table, paths, out_dir, size, encodings, workers)
+    written = record_format.write_train_records(table, paths, out_dir, size, encodings, workers)
     return summary(table, written)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from melanoma.core import io_utils
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
-from melanoma.data import records
+from melanoma.data import record_format
 from melanoma.data import sources as sources_lib
 from melanoma.data import taxonomy
 
@@ -91,7 +91,7 @@ def check_diagnosis_sources(config: Config) -> None:
     """Before any work: every source a diagnosis-head run reads says which diagnosis each code is."""
     if config.model.head != "diagnosis":
         return
-    files = records.list_files(config.data.train_files, "data.train_files")
+    files = record_format.list_files(config.data.train_files, "data.train_files")
     names = [sources_lib.COMPETITION] * len(files)
     sets = sources_lib.external_sets(config.data)
     for external in sets:

@@ -9,13 +9,13 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from melanoma.data import records
+from melanoma.data import record_format
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
 def int_features(split: str) -> tuple[str, ...]:
-    return records.TRAIN_INT_FEATURES if split == "train" else records.TEST_INT_FEATURES
+    return record_format.TRAIN_INT_FEATURES if split == "train" else record_format.TEST_INT_FEATURES
 
 
 def feature_spec(split: str, columns: tuple[str, ...] | None = None, images: bool = True,

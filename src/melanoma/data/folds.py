@@ -59,7 +59,7 @@ class FewPatientsWarning(UserWarning):
 # validation
 
 
-def validate_frame(frame: pd.DataFrame) -> None:
+def check_train_table(frame: pd.DataFrame) -> None:
     """Raise DataError for input that cannot be split into patient-grouped folds."""
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
@@ -263,7 +263,7 @@ def assign_parts(frame: pd.DataFrame, parts: int = DEFAULT_PARTS, seed: int = DE
     A `part` column already in `frame` (e.g. from the public TFRecords) is kept, after checks, unless
     `reassign`. With fewer than 2 patients per requested part, fewer parts are used (with a warning).
     """
-    validate_frame(frame)
+    check_train_table(frame)
     result = frame.copy()
     if "part" in frame.columns and not reassign:
         result["part"] = _existing_parts(frame)
@@ -375,7 +375,7 @@ def _read_train_csv(path: str) -> pd.DataFrame:
 def command(args: argparse.Namespace) -> int:
     frame = _read_train_csv(args.train_csv)
     try:
-        validate_frame(frame)
+        check_train_table(frame)
     except DataError as error:
         raise DataError(f"{args.train_csv}: {error}") from error
     if "part" in frame.columns and not args.reassign:

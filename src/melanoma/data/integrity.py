@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from melanoma.core import progress as progress_lib
 from melanoma.core.errors import DataError
-from melanoma.data import examples, records
+from melanoma.data import examples, record_format
 
 SHOWN = 5  # bad records named in a message; the rest are counted
 
@@ -89,7 +89,7 @@ def clean_message(error: BaseException) -> str:
 
 def _expected_count(path: str) -> int | None:
     try:
-        return records.parse_file_name(path).count
+        return record_format.parse_file_name(path).count
     except DataError:
         return None
 

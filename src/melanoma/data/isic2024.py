@@ -46,7 +46,7 @@ import pandas as pd
 from melanoma.core import io_utils
 from melanoma.core import progress as progress_lib
 from melanoma.core.errors import DataError
-from melanoma.data import converters, folds, records, taxonomy
+from melanoma.data import converters, folds, record_format, taxonomy
 
 TRAIN_METADATA = "train-metadata.csv"
 TRAIN_IMAGES = "train-image.hdf5"
@@ -317,7 +317,7 @@ def check_image(task: tuple[list[str], list[bytes], int | None, str]) -> list[by
     kept = []
     for name, data in zip(names, images):
         if size:
-            kept.append(records.resize_image_bytes(data, size, where=f"{name} in {path}"))
+            kept.append(record_format.resize_image_bytes(data, size, where=f"{name} in {path}"))
             continue
         buffer = np.frombuffer(data, dtype=np.uint8)
         if not buffer.size or cv2.imdecode(buffer, cv2.IMREAD_COLOR) is None:
@@ -380,7 +380,7 @@ def write_split(table: pd.DataFrame, hdf5: str, out_dir: str, split: str, size: 
                 workers: int | None, progress: bool = True) -> list[str]:
     """One TFRecord file per part (part order; file order within a part), images streamed from the HDF5
     file and checked in `workers` processes."""
-    int_features = records.TRAIN_INT_FEATURES if split == "train" else records.TEST_INT_FEATURES
+    int_features = record_format.TRAIN_INT_FEATURES if split == "train" else record_format.TEST_INT_FEATURES
     frame = pd.DataFrame({"image_name": table[ID].to_numpy(), "part": table["part"].to_numpy()})
     for column in int_features:
         frame[column] = table[f"{column}_code"].to_numpy()
@@ -408,11 +408,11 @@ def write_parts(frame: pd.DataFrame, images: Iterator[bytes], out_dir: str, spli
     rows = ({name: values[index] for name, values in columns.items()} for index in range(len(frame)))
     with progress_lib.bar(total=len(frame), desc=f"{split} records", unit="img", disable=not progress) as bar:
         for part, count in frame["part"].value_counts().sort_index().items():
-            target = os.path.join(out_dir, records.record_name(split, int(part), int(count)))
+            target = os.path.join(out_dir, record_format.record_name(split, int(part), int(count)))
             temporary = io_utils.temporary_name(target)
             with tf.io.TFRecordWriter(temporary) as writer:
                 for _ in range(count):
-                    writer.write(records.serialize_example(next(images), next(rows), int_features))
+                    writer.write(record_format.serialize_example(next(images), next(rows), int_features))
                     bar.update(1)
             io_utils.replace(temporary, target)
             written.append(target)
@@ -439,12 +439,12 @@ def build_records(folder: str, out_dir: str, size: int | None = None, parts: int
     train["part"] = assign_parts(train, parts or default_parts(len(train)), seed)
     summary = {"train_images": len(train), "malignant_images": int(train["target"].sum()),
                "train_patients": int(train["patient_id"].nunique())}
-    coded = [f"{column}_code" for column in records.TRAIN_INT_FEATURES]
+    coded = [f"{column}_code" for column in record_format.TRAIN_INT_FEATURES]
     summary["train_files"] = len(write_split(train, layout.train_images, out_dir, "train", size, workers, progress))
     write_table(layout.train_csv, train, os.path.join(out_dir, "train.csv"), coded)
     if test is not None:
         test["part"] = test_parts(len(test), test_part_count)
-        coded = [f"{column}_code" for column in records.TEST_INT_FEATURES]
+        coded = [f"{column}_code" for column in record_format.TEST_INT_FEATURES]
         summary["test_files"] = len(write_split(test, layout.test_images, out_dir, "test", size, workers, progress))
         summary["test_images"] = len(test)
         write_table(layout.test_csv, test, os.path.join(out_dir, "test.csv"), coded)

@@ -17,9 +17,10 @@ import numpy as np
 
 from melanoma.core import io_utils
 from melanoma.core.errors import ConfigError, DataError
-from melanoma.data import converters, folds, isic2024
-from melanoma.data.records import (DEFAULT_TEST_PARTS, FILE_PATTERN, HALF_WRITTEN, MANIFEST, OUTPUTS, TEST_INT_FEATURES,
-                                   TRAIN_INT_FEATURES, encode_metadata, write_manifest, write_split)
+from melanoma.data import converters, folds, isic2024, preflight
+from melanoma.data.record_format import (DEFAULT_TEST_PARTS, FILE_PATTERN, HALF_WRITTEN, MANIFEST, OUTPUTS,
+                                         TEST_INT_FEATURES, TRAIN_INT_FEATURES, encode_metadata, write_manifest,
+                                         write_split)
 
 
 DEFAULT_SIZE = 256
@@ -39,6 +40,7 @@ def build_records(train_csv: str, test_csv: str | None, train_images: str, test_
             raise DataError(f"{path} lacks column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})")
         if frame.empty:
             raise DataError(f"{path} has a header but no rows")
+    check_tables(train_csv, train, test_csv, test)
     train_out, test_out, encodings = encode_metadata(train, test)
     if "part" not in train_out:
         train_out["part"] = folds.assign_parts(train, parts=parts, seed=seed)["part"].to_numpy()
@@ -62,6 +64,21 @@ def build_records(train_csv: str, test_csv: str | None, train_images: str, test_
         io_utils.write_csv_atomic(table, os.path.join(out_dir, "test.csv"))
     io_utils.write_text_atomic(os.path.join(out_dir, "encodings.json"), json.dumps(encodings, indent=1))
     return summary
+
+
+def check_tables(train_csv: str, train, test_csv: str | None, test) -> None:
+    """The train table can be split into folds (names, patients, 0/1 targets; folds.check_train_table), and
+    no image is in both tables: DataError naming the file and the first culprits."""
+    try:
+        folds.check_train_table(train)
+    except DataError as error:
+        raise DataError(f"{train_csv}: {error}") from None
+    if test is None:
+        return
+    shared = sorted(set(train["image_name"].astype(str)) & set(test["image_name"].astype(str)))
+    if shared:
+        raise DataError(f"{len(shared)} image name(s) are in both {train_csv} and {test_csv} (first: "
+                        f"{', '.join(shared[:3])}): a test image must never be trained on; remove them from one")
 
 
 def check_out_folder(out: str, inputs: list[str | None]) -> None:
@@ -97,6 +114,8 @@ def remove_abandoned(out: str) -> None:
 def output_folder(out: str, inputs: list[str | None]):
     """The folder to write into (yielded): checked, then put in place of `out` whole with its manifest."""
     check_out_folder(out, inputs)
+    # written beside --out first (a hidden sibling), then renamed: --out's folder must take files
+    preflight.check_writable({"--out": os.path.dirname(os.path.abspath(out)) if io_utils.exists(out) else out})
     remove_abandoned(out)
     with io_utils.folder_written_whole(out, last=MANIFEST) as folder:
         yield folder
@@ -190,9 +209,10 @@ def command(args: argparse.Namespace) -> int:
 
     if args.size is not None and args.size < 8:
         raise DataError(f"--size must be at least 8, got {args.size}")
-    for name in ("parts", "test_parts"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("parts", "test_parts", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.isic2024:
         return convert_isic2024(args)
     if args.isic2019 or args.isic2019_ground_truth or args.ham10000:
@@ -201,6 +221,9 @@ def command(args: argparse.Namespace) -> int:
         print(f"records written to {args.out} (list them under data.external_files as training-only "
               "external data, or under data.train_files as a data set of their own)")
         return 0
+    if args.data and io_utils.exists(args.data) and not io_utils.isdir(args.data):
+        raise DataError(f"--data {args.data} is a file; give the folder that holds train.csv, test.csv and jpeg/ "
+                        "(or the files themselves with --train-csv, --train-images, ...)")
     if args.malignant_only or args.encodings:
         raise FileNotFoundError("--malignant-only and --encodings apply to ISIC 2019 (--isic2019) or "
                                 "HAM10000 (--ham10000) files")

@@ -50,11 +50,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from melanoma.core import io_utils
+from melanoma.core import environment, io_utils
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
-from melanoma.data import examples, integrity, records
+from melanoma.data import examples, integrity, record_format
 
 COMPETITION = "competition"
 ISIC2019_SET = re.compile(r"^isic2019-\d+x\d+$")
@@ -73,7 +73,7 @@ class ExternalSet:
     """One external dataset: its selected files (each listed once) and how often each is read."""
 
     name: str
-    files: tuple[records.RecordFile, ...]
+    files: tuple[record_format.RecordFile, ...]
     matched: int  # files matched before the 2018/2019 selection
     repeats: int
     selection: str
@@ -105,13 +105,13 @@ def external_sets(data_config: Config) -> list[ExternalSet]:
     if data_config.external_upsample < 0:
         raise ConfigError(f"config key 'data.external_upsample' must be 0 or more, got "
                           f"{data_config.external_upsample}")
-    grouped: dict[str, dict[str, records.RecordFile]] = {}
+    grouped: dict[str, dict[str, record_format.RecordFile]] = {}
     for name, pattern in _entries(data_config.external_files):
         paths = io_utils.glob(pattern)
         if not paths:
             raise FileNotFoundError(f"data.external_files entry {pattern!r} matched no file")
         for path in paths:
-            record_file = records.parse_file_name(path)
+            record_file = record_format.parse_file_name(path)
             if record_file.split != "train":
                 raise DataError(f"external file {path} is a {record_file.split} file; external data must be "
                                 "labelled train records")
@@ -217,7 +217,7 @@ class TableReader:
             {"dhash"} if perceptual else set())
         return table if needed <= set(table.columns) else None
 
-    def tables(self, files: Iterable[records.RecordFile], content_hash: bool = False,
+    def tables(self, files: Iterable[record_format.RecordFile], content_hash: bool = False,
                perceptual: bool = False, desc: str = "reading records") -> dict[str, pd.DataFrame]:
         """{path: table} for the files; one pass (with a progress bar) over those not cached."""
         files = list({f.path: f for f in files}.values())
@@ -245,6 +245,65 @@ class TableReader:
                         io_utils.write_csv_atomic(table, cache_path)
                     found[record_file.path] = self.memory[(record_file.path, content_hash, perceptual)] = table
         return found
+
+
+    def test_names(self, files: Iterable[record_format.RecordFile]) -> set[str]:
+        """image_name of every record of the test files (cached like the tables)."""
+        names: set[str] = set()
+        for record_file in files:
+            key = (record_file.path, "test names")
+            cache_path = (os.path.join(self.cache_dir, f"{stat_key(record_file.path)}-names.csv")
+                          if self.cache_dir else None)
+            table = self.memory.get(key)
+            if table is None and cache_path and io_utils.exists(cache_path):
+                table = io_utils.read_csv(cache_path, dtype={"image_name": str})
+            if table is None:
+                try:
+                    read = [name for batch in examples.batches(record_file.path, "test", columns=(), batch_size=1024)
+                            for name in batch["image_name"].tolist()]
+                except tf.errors.OpError:
+                    raise DataError(f"cannot read the image names of {record_file.path} (a truncated or corrupt "
+                                    f"TFRecord, or not the public test schema); {integrity.HINT_PREDICT}") from None
+                table = pd.DataFrame({"image_name": read})
+                if cache_path:
+                    io_utils.write_csv_atomic(table, cache_path)
+            self.memory[key] = table
+            names.update(table["image_name"].astype(str))
+        return names
+
+
+def check_train_test_overlap(data: Config, competition: pd.DataFrame, reader: TableReader) -> None:
+    """No image is both a training image and a test image (a test image trained on or scored as OOF, its
+    prediction submitted as if unseen): DataError naming them."""
+    if not data.test_files:
+        return
+    test_files = record_format.list_files(data.test_files, "data.test_files")
+    shared = sorted(set(competition["image_name"].astype(str)) & reader.test_names(test_files))
+    if shared:
+        raise DataError(f"{len(shared)} image name(s) are in both data.train_files and data.test_files (e.g. "
+                        f"{_examples(shared)}): a test image must never be trained on or scored. Rebuild the "
+                        "records from a train.csv and a test.csv that share no image")
+
+
+def check_splits_apart(config: Config, progress: bool = True) -> None:
+    """Before a run is bound and any fold trains: no competition training image is also a test image
+    (check_train_test_overlap over every train file). The tables are read as the folds will read them, so
+    the folds find them cached; only the process that writes the run caches them (a cluster's other
+    workers keep theirs in memory)."""
+    data = config.data
+    if not data.test_files:
+        return
+    files = record_format.list_files(data.train_files, "data.train_files")
+    content_hash, perceptual = _hash_flags(data, bool([f for s in external_sets(data) for f in s.files]))
+    cache = os.path.join(config.output_dir, ".cache", "tables") if environment.is_chief() else None
+    reader = TableReader(cache, progress, skip_corrupt=bool(data.skip_corrupt))
+    tables = reader.tables(files, content_hash, perceptual, desc="competition records")
+    check_train_test_overlap(data, _joined(tables, files, COMPETITION), reader)
+
+
+def _hash_flags(data: Config, external: bool) -> tuple[bool, bool]:
+    """(content hashes, perceptual hashes) the duplicate checks need: only with external records."""
+    return external and bool(data.dedupe_external), external and bool(data.dedupe_perceptual)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -329,8 +388,8 @@ class FoldData:
     """What train_fold reads: files, what to drop from them, counts, and the summary for data.json."""
 
     fold: int
-    train_files: list[records.RecordFile]  # competition training files, then external files (repeated)
-    valid_files: list[records.RecordFile]
+    train_files: list[record_format.RecordFile]  # competition training files, then external files (repeated)
+    valid_files: list[record_format.RecordFile]
     excluded: set[tuple[str, str]]  # (file path, image_name) pairs left out of training and validation
     valid_dropped: frozenset[str]  # validation image names left out of the score and the OOF
     valid_names: frozenset[str]  # the competition validation images that the OOF must hold
@@ -368,7 +427,7 @@ def record_filter(excluded: Iterable[tuple[str, str]]) -> Callable:
     return keep
 
 
-def check_competition_files(files: list[records.RecordFile]) -> None:
+def check_competition_files(files: list[record_format.RecordFile]) -> None:
     """One file per part, train records only: a second file with the same part is data in the wrong key."""
     by_part: dict[int, list[str]] = {}
     for record_file in files:
@@ -401,9 +460,9 @@ def _examples(values: Iterable, limit: int = 3) -> str:
 def prepare_fold(config: Config, fold: int, progress: bool = True, reader: TableReader | None = None) -> FoldData:
     """The fold's files and drops, after the integrity checks; CheckFailed on any leak."""
     data = config.data
-    files = records.list_files(data.train_files, "data.train_files")
+    files = record_format.list_files(data.train_files, "data.train_files")
     check_competition_files(files)
-    train_files, valid_files = records.split_folds(files, fold, data.folds)
+    train_files, valid_files = record_format.split_folds(files, fold, data.folds)
     sets = external_sets(data)
     competition_paths = {f.path for f in files}
     for external in sets:
@@ -412,8 +471,7 @@ def prepare_fold(config: Config, fold: int, progress: bool = True, reader: Table
             raise CheckFailed(f"{shared[0]} is matched by both data.train_files and data.external_files "
                               f"(set '{external.name}'); external images must never be in validation")
     external_files = [f for s in sets for f in s.files]
-    content_hash = bool(external_files) and bool(data.dedupe_external)
-    perceptual = bool(external_files) and bool(data.dedupe_perceptual)
+    content_hash, perceptual = _hash_flags(data, bool(external_files))
     reader = reader or TableReader(os.path.join(config.output_dir, ".cache", "tables"), progress,
                                    skip_corrupt=bool(data.skip_corrupt))
     tables = reader.tables(files, content_hash, perceptual, desc="competition records")
@@ -421,6 +479,7 @@ def prepare_fold(config: Config, fold: int, progress: bool = True, reader: Table
     training = _joined(tables, train_files, COMPETITION)
     validation = _joined(tables, valid_files, COMPETITION)
     competition = _checked_competition(training, validation)
+    check_train_test_overlap(data, competition, reader)
     competition_drops = _competition_drops(competition, data.duplicates_csv)
     dropped_names = set(competition_drops["image_name"])
     external_frames, external_drop_rows = _external_drops(data, sets, tables, competition, content_hash,

@@ -5,7 +5,7 @@
 * Diagnosis names -> class (`diagnosis_class`): the 2020 competition's names, the ISIC 2017-2019 names,
   and one canonical name per class (`CLASS_NAMES`) that the converters of other sources write.
 * The competition's integer codes (`COMPETITION_ENCODINGS`, sorted names over its train + test, as
-  `records.encode_metadata` gives them) and `extend_codes`, which gives a source's new names the codes
+  `record_format.encode_metadata` gives them) and `extend_codes`, which gives a source's new names the codes
   after the last one, so that records of every source can share one code table. Records store a
   diagnosis as a code; the names in code order come from the `encodings.json` beside each records folder
   (or `data.diagnosis_names`), and training maps every source's codes to classes by name.

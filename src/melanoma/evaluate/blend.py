@@ -1,19 +1,27 @@
 """Blend several runs: plain mean, rank mean, or weights fitted on OOF and judged by cross-validation.
 
-`python -m melanoma blend CONFIG1 CONFIG2 ... [--method mean|rank|weights] [--name NAME]`
+`python -m melanoma blend CONFIG1 CONFIG2 ... [--method mean|rank|weights] [--name NAME] [--allow-partial]`
 
 `weights` fits non-negative weights by greedy hill climbing on OOF AUC (forward selection with
-replacement, so weights are multiples of 1/iterations). Fitting on the same rows it is scored on would
-flatter the blend, so the reported AUC is cross-validated: for each fold, weights are fitted on the other
-folds' OOF and applied to this fold. The blended OOF written is that cross-validated one, so `score` and
-`compare` show an honest number; the submission uses weights fitted on all folds.
+replacement, so weights are multiples of 1/iterations), on each run's ranks (its predictions' ranks over
+the rows, scaled to (0, 1]): runs whose probabilities live on different scales (a class-weighted CNN, trees
+trained on the plain prior) are blended on one scale, so a weighted mean of two runs cannot rank a fold's
+rows against another fold's on a scale of their own. Fitting on the same rows it is scored on would flatter
+the blend, so the reported AUC is cross-validated: for each fold, weights are fitted on the other folds'
+OOF and applied to this fold. The blended OOF written is that cross-validated one, so `score` and `compare`
+show an honest number; the submission uses weights fitted on all folds. A blend whose OOF AUC falls below
+its best member's says so (and blend.json records it).
 
-Writes `<output_dir>/blend-*/oof.csv` and `blend.json` (so compare and report treat it as a run) and
-`<submission_dir>/blend-*.csv`. Each argument is a config file or a run folder.
+The partial rule is infer's: a run with folds missing stops the blend (exit status 2), unless
+--allow-partial, which blends the folds every run has into `blend-...-folds0_2`. Writes
+`<output_dir>/<blend>/oof.csv` and `blend.json` (so compare and report treat it as a run),
+`<submission_dir>/<blend>.csv` and the record `<blend>.json` beside it (read by `submit`). Each argument
+is a config file or a run folder.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -22,12 +30,12 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from melanoma.core import io_utils, layout, metrics, runs
+from melanoma.core import config as config_lib
+from melanoma.core import io_utils, layout, metrics, progress, run_results
 from melanoma.core.errors import DataError
 from melanoma.core.tables import first_few
-from melanoma.predict.submission import validate_frame, write_submission
+from melanoma.predict import submission as submission_lib
 
 METHODS = ("mean", "rank", "weights")
 DEFAULT_ITERATIONS = 25
@@ -69,21 +77,16 @@ def fit_weights(preds: np.ndarray, target: np.ndarray, iterations: int = DEFAULT
     return counts / counts.sum()
 
 
-def _show_progress(progress: bool | None) -> bool:
-    """None: show a bar only when a person is watching (stderr is a terminal)."""
-    return sys.stderr.isatty() if progress is None else progress
-
-
 def cross_validated_blend(preds: np.ndarray, target: np.ndarray, folds: np.ndarray,
                           fit: Callable[[np.ndarray, np.ndarray], np.ndarray] = fit_weights,
-                          progress: bool | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+                          show_progress: bool = True) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """For each fold: weights fitted on the other folds' rows only, applied to this fold's rows.
 
     Returns (blended OOF predictions, {fold: weights used for it}).
     """
     blended = np.full(len(target), np.nan)
     weights: dict[int, np.ndarray] = {}
-    for fold in tqdm(sorted(set(folds.tolist())), desc="blend CV", unit="fold", disable=not _show_progress(progress)):
+    for fold in progress.bar(sorted(set(folds.tolist())), desc="blend CV", unit="fold", disable=not show_progress):
         held_out = folds == fold
         train_target = target[~held_out]
         if len(set(train_target.tolist())) < 2:
@@ -98,9 +101,15 @@ def cross_validated_blend(preds: np.ndarray, target: np.ndarray, folds: np.ndarr
 # --------------------------------------------------------------------------------------------------
 
 
-def align_members(members: list[runs.Member]) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    """(base OOF table from the first member, OOF matrix images x members aligned by image_name, notes)."""
-    base = members[0].oof[["image_name", "patient_id", "target", "fold"]].reset_index(drop=True)
+def align_members(members: list[run_results.Member], folds: list[int] | None = None
+                  ) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """(base OOF table from the first member, OOF matrix images x members aligned by image_name, notes),
+    over the rows of `folds` (default: every row)."""
+    base = members[0].oof[["image_name", "patient_id", "target", "fold"]]
+    if folds is not None:
+        base = base[base["fold"].isin(folds)]
+        members = [_only_folds(member, folds) for member in members]
+    base = base.reset_index(drop=True)
     names = base["image_name"]
     matrix = np.empty((len(base), len(members)))
     notes = []
@@ -122,7 +131,14 @@ def align_members(members: list[runs.Member]) -> tuple[pd.DataFrame, np.ndarray,
     return base, matrix, notes
 
 
-def default_name(method: str, members: list[runs.Member]) -> str:
+def _only_folds(member: run_results.Member, folds: list[int]) -> run_results.Member:
+    """The member with the OOF rows of `folds` only (the first member's folds name the rows)."""
+    trimmed = copy.copy(member)
+    trimmed.oof = member.oof[member.oof["fold"].isin(folds)]
+    return trimmed
+
+
+def default_name(method: str, members: list[run_results.Member]) -> str:
     name = f"blend-{method}-" + "-".join(member.name for member in members)
     if len(name) > 80:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -135,10 +151,13 @@ def default_name(method: str, members: list[runs.Member]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 def blend(specs: list[str], method: str = "mean", name: str | None = None,
-          iterations: int = DEFAULT_ITERATIONS, force: bool = False) -> dict:
+          iterations: int = DEFAULT_ITERATIONS, force: bool = False, allow_partial: bool = False) -> dict:
     """Blend the runs of `specs` (configs or run folders); writes the outputs and returns a summary."""
-    members = _check_members(specs, method)
-    base, matrix, notes = align_members(members)
+    if name is not None:  # a name inside output_dir, checked before any work
+        config_lib.check_name(name if name.startswith("blend-") else f"blend-{name}", "--name")
+    members = _check_members(specs, method, allow_partial)
+    folds_used, expected = shared_folds(members)
+    base, matrix, notes = align_members(members, folds_used)
     target = base["target"].to_numpy()
     folds = base["fold"].to_numpy()
     summary, blended, weights = _blend_oof(method, members, matrix, target, folds, iterations)
@@ -149,40 +168,63 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
     name = name or default_name(method, members)
     if not name.startswith("blend-"):
         name = f"blend-{name}"
-    summary["name"] = name
-    folder = os.path.join(output_dir, name)
+    config_lib.check_name(name, "--name")
+    stem = os.path.splitext(layout.submission_name(name, folds_used, expected))[0]  # + -folds... when partial
+    submission_lib.partial_rule(f"blend {name}", folds_used, expected,
+                                os.path.join(submission_dir, f"{stem}.csv"), allow_partial,
+                                "train every run's folds {missing}")
+    summary.update(name=stem, folds_expected=expected)
+    folder = os.path.join(output_dir, stem)
     oof = base.assign(pred=blended)[["image_name", "patient_id", "target", "pred", "fold"]]
 
-    test, sources = _member_test_predictions(members, notes)
+    test, sources = _member_test_predictions(members, folds_used, notes)
     summary["submission"] = None
     submission = sample = None
     if test is not None:
-        submission, sample = _blend_submission(members, test, method, weights, name, notes)
-        summary["submission"] = os.path.join(submission_dir, f"{name}.csv")
+        submission, sample = _blend_submission(members, test, method, weights, stem, notes)
+        summary["submission"] = os.path.join(submission_dir, f"{stem}.csv")
         summary["test_sources"] = sources
     summary["notes"] = notes
     io_utils.write_csv_atomic(oof, os.path.join(folder, layout.OOF))
     io_utils.write_text_atomic(os.path.join(folder, layout.BLEND_FILE), json.dumps(summary, indent=2) + "\n")
     if submission is not None:
-        write_submission(submission, summary["submission"], sample_path=sample, force=force)
+        submission_lib.write_submission(submission, summary["submission"], sample_path=sample, force=force)
+        submission_lib.write_record(summary["submission"], {
+            "config": stem, "run": folder, "family": "blend", "method": method,
+            "members": [member.name for member in members], "folds": folds_used, "folds_expected": expected,
+            "sample_submission": sample})
     summary["folder"] = folder
     return summary
 
 
-def _check_members(specs: list[str], method: str) -> list[runs.Member]:
+def shared_folds(members: list[run_results.Member]) -> tuple[list[int], int]:
+    """(the folds every member has, the folds the members expect); DataError when the members expect
+    different fold counts or share no fold."""
+    expected = {member.run.folds_expected for member in members}
+    if len(expected) != 1 or None in expected:
+        raise DataError(f"the runs split their data into different numbers of folds "
+                        f"({', '.join(f'{m.name}: {m.run.folds_expected}' for m in members)}); blend runs on the "
+                        "same folds")
+    shared = sorted(set.intersection(*(set(member.folds) for member in members)))
+    if not shared:
+        raise DataError("the runs have no trained fold in common; train the same folds of each")
+    return shared, expected.pop()
+
+
+def _check_members(specs: list[str], method: str, allow_partial: bool) -> list[run_results.Member]:
     """The runs of `specs`, once a known method, two runs or more and no run twice are confirmed."""
     if method not in METHODS:
         raise DataError(f"unknown blend method '{method}'; choose one of {', '.join(METHODS)}")
     if len(specs) < 2:
         raise DataError("a blend needs at least two runs")
-    members = [runs.Member(spec) for spec in specs]
+    members = [run_results.Member(spec, allow_partial=allow_partial) for spec in specs]
     seen = [member.path for member in members]
     if len(set(map(os.path.abspath, seen))) < len(seen):
         raise DataError(f"the same run is named twice: {', '.join(seen)}")
     return members
 
 
-def _blend_oof(method: str, members: list[runs.Member], matrix: np.ndarray, target: np.ndarray,
+def _blend_oof(method: str, members: list[run_results.Member], matrix: np.ndarray, target: np.ndarray,
                folds: np.ndarray, iterations: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """(summary so far, blended OOF predictions, weights for the test predictions)."""
     summary: dict = {"method": method, "iterations": iterations if method == "weights" else None}
@@ -193,26 +235,34 @@ def _blend_oof(method: str, members: list[runs.Member], matrix: np.ndarray, targ
         weights = np.full(len(members), 1 / len(members))
         blended = rank_scale(matrix) @ weights
     else:
+        ranked = rank_scale(matrix)  # one scale for every run (see the module docstring)
         fit = lambda preds, labels: fit_weights(preds, labels, iterations)  # noqa: E731
-        blended, fold_weights = cross_validated_blend(matrix, target, folds, fit)
-        weights = fit(matrix, target)
-        summary["auc_in_sample"] = metrics.auc(target, matrix @ weights)
+        blended, fold_weights = cross_validated_blend(ranked, target, folds, fit)
+        weights = fit(ranked, target)
+        summary["auc_in_sample"] = metrics.auc(target, ranked @ weights)
         summary["fold_weights"] = {str(fold): _named(members, w) for fold, w in fold_weights.items()}
+        summary["fitted_on"] = "ranks"
     summary["auc"] = metrics.auc(target, blended)
     summary["weights"] = _named(members, weights)
     summary["members"] = [{"name": member.name, "path": member.path,
                            "auc": metrics.auc(target, matrix[:, index])}
                           for index, member in enumerate(members)]
     summary["folds"] = sorted(set(folds.tolist()))
+    best = max(summary["members"], key=lambda member: member["auc"])
+    summary["below_best_member"] = summary["auc"] < best["auc"]
+    if summary["below_best_member"]:
+        summary["warning"] = (f"the blend's OOF AUC {summary['auc']:.4f} is below its best member's, {best['name']} "
+                              f"({best['auc']:.4f}): it adds nothing; submit that run alone, or try --method rank")
     return summary, blended, weights
 
 
-def _member_test_predictions(members: list[runs.Member], notes: list) -> tuple[list | None, list]:
-    """Every member's test predictions and their sources; None (with a note) at the first member
-    without them."""
+def _member_test_predictions(members: list[run_results.Member], folds: list[int],
+                             notes: list) -> tuple[list | None, list]:
+    """Every member's test predictions over `folds` and their sources; None (with a note) at the first
+    member without them."""
     test, sources = [], []
     for member in members:
-        predictions, source = member.test_predictions()
+        predictions, source = member.test_predictions(folds)
         if predictions is None:
             notes.append(f"no submission written: {member.name} has {source}")
             return None, sources
@@ -221,7 +271,7 @@ def _member_test_predictions(members: list[runs.Member], notes: list) -> tuple[l
     return test, sources
 
 
-def _blend_submission(members: list[runs.Member], test: list, method: str, weights: np.ndarray,
+def _blend_submission(members: list[run_results.Member], test: list, method: str, weights: np.ndarray,
                       name: str, notes: list) -> tuple[pd.DataFrame, str | None]:
     """The checked blended submission and the sample submission to check it against (None when
     there is none to find)."""
@@ -232,7 +282,7 @@ def _blend_submission(members: list[runs.Member], test: list, method: str, weigh
             raise DataError(f"{member.name}'s test predictions cover other images than "
                             f"{members[0].name}'s; re-run inference")
     test_matrix = np.column_stack([predictions.loc[index].to_numpy() for predictions in test])
-    if method == "rank":
+    if method in ("rank", "weights"):  # weights are fitted on ranks
         test_matrix = rank_scale(test_matrix)
     submission = pd.DataFrame({"image_name": index, "target": test_matrix @ weights})
     sample = first.data.sample_submission if first is not None else None
@@ -240,11 +290,11 @@ def _blend_submission(members: list[runs.Member], test: list, method: str, weigh
         notes.append(f"sample submission {sample} not found; the blended submission was checked for "
                      f"format only, not against the test ids")
         sample = None
-    validate_frame(submission, sample, where=f"blended submission {name}")  # before writing anything
+    submission_lib.validate_frame(submission, sample, where=f"blended submission {name}")  # before writing anything
     return submission, sample
 
 
-def _named(members: list[runs.Member], weights: np.ndarray) -> dict[str, float]:
+def _named(members: list[run_results.Member], weights: np.ndarray) -> dict[str, float]:
     return {member.name: round(float(weight), 6) for member, weight in zip(members, weights)}
 
 
@@ -257,19 +307,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help=f"hill-climbing picks for --method weights (default {DEFAULT_ITERATIONS})")
     parser.add_argument("--force", action="store_true",
                         help="overwrite a different existing blend submission without a backup")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="with folds missing in a run, blend the folds every run has into <blend>-folds<K>_<K>")
 
 
 def command(args: argparse.Namespace) -> int:
     if args.iterations < 1:
         raise DataError(f"--iterations must be at least 1, got {args.iterations}")
-    summary = blend(args.configs, args.method, args.name, args.iterations, args.force)
-    for note in summary["notes"]:
+    summary = blend(args.configs, args.method, args.name, args.iterations, args.force, args.allow_partial)
+    for note in summary["notes"] + ([summary["warning"]] if summary.get("warning") else []):
         print(f"warning: {note}", file=sys.stderr)
     for member in summary["members"]:
         print(f"  {member['name']:<40} OOF AUC {member['auc']:.4f}  weight {summary['weights'][member['name']]:.3f}")
     if args.method == "weights":
         print(f"blend {summary['name']}: cross-validated OOF AUC {summary['auc']:.4f} "
-              f"(weights fitted on the other folds; in-sample {summary['auc_in_sample']:.4f} is optimistic)")
+              f"(weights fitted on the other folds' ranks; in-sample {summary['auc_in_sample']:.4f} is optimistic)")
     else:
         print(f"blend {summary['name']}: OOF AUC {summary['auc']:.4f}")
     print(f"wrote {os.path.join(summary['folder'], 'oof.csv')}")

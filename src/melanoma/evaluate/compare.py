@@ -14,7 +14,7 @@ Beside the OOF AUC each run shows `auc_unselected` (each fold at the epoch chose
 see `selection`) and `pauc_tpr80` (ISIC 2024's partial AUC above 80% sensitivity). `--by unselected`
 ranks complete runs by auc_unselected instead, and then compares the runs' unselected predictions.
 
-The helpers here (runs.find_runs, runs.inspect_run, runs.load_run_oof) are shared with `report` and `blend`.
+The helpers here (run_results.find_runs, run_results.inspect_run, run_results.load_run_oof) are shared with `report` and `blend`.
 """
 from __future__ import annotations
 
@@ -25,41 +25,32 @@ import warnings
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from melanoma.core import runs
-from melanoma.core.errors import DataError
+from melanoma.core import progress, run_results
+from melanoma.core.errors import ConfigError, DataError
 from melanoma.evaluate import scoring, selection
 from melanoma.evaluate.scoring import ScoreWarning, score_oof
 from melanoma.evaluate.statistics import clustered_delong_test, delong_test
+from melanoma.train.families import family as family_lib
 
 RANK_BY = {"auc": "auc", "unselected": "auc_unselected"}
 TESTS = ("patient", "image")
 
 
-def _describe(run: runs.Run) -> dict:
-    config = run.config
+def _describe(run: run_results.Run) -> dict:
+    """The model, input size, external data and TTA of a run (its family's label), or of a blend."""
     if run.blend is not None:
         members = run.blend.get("members", [])
         return {"backbone": "blend: " + "+".join(str(member.get("name", "?")) for member in members),
                 "image_size": None, "external": None, "tta": None}
-    if config is None:
+    if run.config is None:
         return {"backbone": None, "image_size": None, "external": None, "tta": None}
-
-    def get(dotted: str):
-        try:
-            return config.get_path(dotted)
-        except (KeyError, TypeError, AttributeError):
-            return None
-
-    external = get("data.external_files")
-    if isinstance(external, str):
-        external = [external] if external.strip() else []
-    if get("model.family") == "tabular":
-        return {"backbone": "tabular (trees)", "image_size": get("features.image_size")
-                or get("data.image_size"), "external": False, "tta": None}
-    return {"backbone": get("model.backbone"), "image_size": get("data.image_size"),
-            "external": bool(external) if external is not None else None, "tta": get("tta.steps")}
+    try:
+        label = family_lib.lookup(run.config).label(run.config)
+    except (ConfigError, KeyError, TypeError, AttributeError):  # a config saved by other code
+        return {"backbone": None, "image_size": None, "external": None, "tta": None}
+    return {"backbone": label["model"], "image_size": label["image_size"], "external": label["external"],
+            "tta": label["tta"]}
 
 
 def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str = "auc",
@@ -75,9 +66,9 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str =
         raise DataError(f"--test must be one of {', '.join(TESTS)}, got '{test}'")
     rows: list[dict] = []
     frames: dict[str, pd.DataFrame] = {}
-    paths = runs.find_runs(directory)
-    for path in tqdm(paths, desc="runs", unit="run", disable=len(paths) < 4 or not sys.stderr.isatty(), leave=False):
-        run = runs.inspect_run(path)
+    paths = run_results.find_runs(directory)
+    for path in progress.bar(paths, desc="runs", unit="run", disable=len(paths) < 4, leave=False):
+        run = run_results.inspect_run(path)
         row = _blank_row(run, test)
         rows.append(row)
         if not run.problem:
@@ -85,7 +76,7 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str =
     return _ranked(rows, frames, by, test)
 
 
-def _blank_row(run: runs.Run, test: str) -> dict[str, Any]:
+def _blank_row(run: run_results.Run, test: str) -> dict[str, Any]:
     """A run's row before scoring: what its folder says, every score empty, status "error"."""
     return {"name": run.name, "path": run.path, "kind": run.kind, **_describe(run),
             "folds_done": len(run.fold_files), "folds": run.folds_expected,
@@ -96,12 +87,12 @@ def _blank_row(run: runs.Run, test: str) -> dict[str, Any]:
             "note": run.problem}
 
 
-def _score_run(run: runs.Run, row: dict, frames: dict[str, pd.DataFrame], bootstrap: int, seed: int,
+def _score_run(run: run_results.Run, row: dict, frames: dict[str, pd.DataFrame], bootstrap: int, seed: int,
                by: str) -> None:
     """Fill `row` with the run's scores; keep a complete run's compared predictions in `frames`. A
     DataError leaves the row an error with the message as its note."""
     try:
-        frame, complete, present = runs.load_run_oof(run)
+        frame, complete, present = run_results.load_run_oof(run)
         chosen = selection.epoch_selection(frame, run.path) if complete else selection.Selection(
             reason="incomplete run")
         with warnings.catch_warnings():

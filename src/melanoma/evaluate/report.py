@@ -14,7 +14,7 @@ Writes into `<output_dir>/<name>/report/`:
                        diagnosis head: the class confusion matrix, counts and row-normalised
   per_class.csv        diagnosis head: precision, recall, F1, support and one-vs-rest AUC per class,
                        macro and weighted averages, accuracy and balanced accuracy (see `perclass`)
-  importance.csv/.png  a tabular run's permutation importances, per feature and group, over folds
+  importance.csv/.png  a tree run's permutation importances, per feature and group, over folds (`importance`)
 CONFIG may also be a run folder (a blend has no config file). An image counts as malignant when its
 prediction is at or above the cutoff.
 """
@@ -30,11 +30,11 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from melanoma.core import config as config_lib
 from melanoma.core import io_utils, layout, plots
-from melanoma.core import run as run_lib
-from melanoma.core import runs
+from melanoma.core import run_config
+from melanoma.core import run_results
 from melanoma.core.errors import DataError
+from melanoma.evaluate import importance as importance_lib
 from melanoma.evaluate import perclass, scoring
 from melanoma.evaluate import selection as selection_lib
 from melanoma.evaluate.scoring import ScoreWarning, format_score, score_oof
@@ -42,17 +42,6 @@ from melanoma.evaluate.scoring import ScoreWarning, format_score, score_oof
 DEFAULT_CUTOFFS = (0.1, 0.25, 0.5)
 DEFAULT_SENSITIVITIES = (0.9, 0.95)
 CUTOFF_COLUMNS = ["rule", "cutoff", "sensitivity", "specificity", "precision", "tp", "fp", "tn", "fn"]
-
-
-def resolve_run(target: str, overrides: list[str] | None = None) -> str:
-    """The run folder of a config file (with --set overrides, checked against the run's saved config),
-    or `target` itself when it is a folder."""
-    if os.path.isdir(target):
-        return target.rstrip("/")
-    folder = layout.run_dir(config_lib.load_config(target, overrides or []))
-    if not os.path.isdir(folder):
-        return folder
-    return layout.run_dir(run_lib.load_run_config(target, overrides or []))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,10 +270,10 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
                 bootstrap: int = 1000, seed: int = 0) -> dict:
     """Write the report of a run folder; returns {'files': [...], 'score': ..., 'cutoffs': DataFrame,
     'notes': [...], 'complete': bool, 'frame': the OOF scored}."""
-    run = runs.inspect_run(run_path)
+    run = run_results.inspect_run(run_path)
     if run.problem:
         raise DataError(f"{run_path}: {run.problem}")
-    frame, complete, present = runs.load_run_oof(run)
+    frame, complete, present = run_results.load_run_oof(run)
     notes: list[str] = []
     name = run.name
     if not complete:
@@ -345,14 +334,11 @@ def _training_curves_output(run_path: str, folder: str, name: str, files: list[s
         notes.append("no fold<K>/history.csv with loss or AUC columns; training curves left out")
 
 
-def _importance_outputs(run: runs.Run, folder: str, files: list[str], notes: list[str]):
-    """A tabular run's permutation importances (written beside the report), or None for other runs."""
-    if run.config is None or (run.config.get("model") or {}).get("family") != "tabular":
+def _importance_outputs(run: run_results.Run, folder: str, files: list[str], notes: list[str]):
+    """The permutation importances a run's folds wrote (a tree run's), over folds, or None."""
+    if not importance_lib.has_importances(run.path):
         return None
-    # tabular pulls in TensorFlow (through input.features); only a tabular run's report pays for it
-    from melanoma.train import tabular
-
-    importance, written, importance_notes = tabular.importance_report(run.path, folder)
+    importance, written, importance_notes = importance_lib.importance_report(run.path, folder)
     files.extend(written)
     notes.extend(importance_notes)
     return importance
@@ -401,7 +387,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     scoring.check_bootstrap_arguments(args)
-    run_path = resolve_run(args.config, args.overrides)
+    run_path = run_config.run_folder_of(args.config, args.overrides)
     if not os.path.isdir(run_path):
         raise FileNotFoundError(f"run folder not found: {run_path} (train the config first)")
     report = make_report(run_path, args.cutoffs, args.sensitivity, args.bootstrap, args.seed)
@@ -417,10 +403,7 @@ def command(args: argparse.Namespace) -> int:
     print(report["confusion_text"])
     print()
     if report["importance"] is not None:
-        # the tree family's module loads TensorFlow (through its feature tables): only its runs pay for it
-        from melanoma.train import tabular
-
-        print(tabular.format_importance(report["importance"]))
+        print(importance_lib.format_importance(report["importance"]))
         print()
     for path in report["files"]:
         print(f"wrote {path}")

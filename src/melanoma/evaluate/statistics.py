@@ -6,12 +6,11 @@ would be too narrow and the test would reject too often.
 """
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from melanoma.core import progress as progress_lib
 from melanoma.core.errors import DataError
 
 # Resamples evaluated together: memory is about CHUNK x rows x 8 bytes per array. Fixed, so that the
@@ -122,9 +121,9 @@ def bootstrap_aucs(target, pred, patient_id, resamples: int = 1000, seed: int = 
     rng = np.random.default_rng(seed)
     results = np.empty(resamples, dtype=float)
     if progress is None:
-        progress = resamples * len(pred) >= 100_000_000 and sys.stderr.isatty()
-    for start in tqdm(range(0, resamples, BOOTSTRAP_CHUNK), desc="bootstrap", unit="chunk",
-                      disable=not progress, leave=False):
+        progress = resamples * len(pred) >= 100_000_000
+    for start in progress_lib.bar(range(0, resamples, BOOTSTRAP_CHUNK), desc="bootstrap", unit="chunk",
+                                  disable=not progress, leave=False):
         size = min(BOOTSTRAP_CHUNK, resamples - start)
         draws = rng.integers(0, patients, size=(size, patients))
         offsets = np.arange(size)[:, None] * patients

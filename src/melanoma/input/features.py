@@ -34,12 +34,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from melanoma.core import io_utils, runs
+from melanoma.core import io_utils, run_results
+from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
-from melanoma.data import examples, integrity, records, sources
+from melanoma.data import examples, integrity, record_format, sources
 from melanoma.input import imagestats, patientcontext
 
 FEATURE_VERSION = 1  # bump when a feature's definition changes: the cache keys include it
@@ -69,7 +69,7 @@ def settings_key(config: Config) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _read_file(path: str, split: str, with_images: bool):
+def _codes_and_images(path: str, split: str, with_images: bool):
     """(metadata table in file order, JPEG bytes or None) of one records file, read with TensorFlow."""
     names = examples.int_features(split)
     columns: dict[str, list] = {"image_name": [], **{name: [] for name in names}}
@@ -82,7 +82,7 @@ def _read_file(path: str, split: str, with_images: bool):
             if with_images:
                 jpegs.extend(batch["image"].tolist())
     table = pd.DataFrame(columns)
-    expected = records.parse_file_name(path).count
+    expected = record_format.parse_file_name(path).count
     if len(table) != expected:
         raise DataError(f"{path} holds {len(table)} records but its name says {expected}; the file is "
                         "truncated or misnamed. Download or rebuild it.")
@@ -118,7 +118,7 @@ def split_table(config: Config, split: str, progress: bool = True) -> pd.DataFra
     """Metadata codes (+ image statistics) of every record of `split` (train | test), file by file in
     part order, with each file's `part`; cached per file under <output_dir>/.cache/features/."""
     key = "data.train_files" if split == "train" else "data.test_files"
-    files = records.list_files(config.get_path(key), key)
+    files = record_format.list_files(config.get_path(key), key)
     wrong = [f.path for f in files if f.split != split]
     if wrong:
         raise DataError(f"{key} matched {wrong[0]}, which is not a {split} file")
@@ -138,9 +138,9 @@ def split_table(config: Config, split: str, progress: bool = True) -> pd.DataFra
         total = sum(f.count for f, _ in missing)
         desc = f"{split} image statistics" if with_images else f"{split} metadata"
         try:
-            with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            with progress_lib.bar(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
                 for record_file, cache in missing:
-                    table, jpegs = _read_file(record_file.path, split, with_images)
+                    table, jpegs = _codes_and_images(record_file.path, split, with_images)
                     if with_images:
                         table = _with_image_features(table, jpegs, record_file.path, size, bins, workers, bar)
                     else:
@@ -207,7 +207,7 @@ def stacking_features(config: Config, train_names: pd.Series, test_names: pd.Ser
             raise ConfigError(f"{where}: no run folder {path}; train and infer that run first "
                               f"(`python train.py --config configs/{name}.yaml`)")
         try:
-            member = runs.Member(path)
+            member = run_results.Member(path)
             test, source = member.test_predictions()
         except DataError as error:
             raise ConfigError(f"{where}: {error}") from None
@@ -266,7 +266,9 @@ def feature_group(column: str) -> str:
     raise ValueError(f"feature '{column}' belongs to no group")
 
 
-def _assemble(raw: pd.DataFrame, stacked: pd.DataFrame, config: Config, bins: int) -> pd.DataFrame:
+def assemble(raw: pd.DataFrame, stacked: pd.DataFrame, config: Config, bins: int) -> pd.DataFrame:
+    """The feature columns of one split's rows (`raw`: the records' metadata codes and image statistics;
+    `stacked`: the run_<name> columns), patient context computed within these rows."""
     raw = raw.reset_index(drop=True)
     parts = []
     image_columns = imagestats.image_feature_names(bins) if config.features.image else []
@@ -286,15 +288,15 @@ def _assemble(raw: pd.DataFrame, stacked: pd.DataFrame, config: Config, bins: in
 
 def build_table(config: Config, folds: pd.Series, progress: bool = True) -> FeatureTable:
     """Every enabled feature group for the training and test records. `folds` (image_name -> fold) lists
-    the training rows this config scores, for the stacking check."""
-    check_settings(config)
+    the training rows this config scores, for the stacking check. The features section's values are
+    checked before (train/families/tabular.py)."""
     train_raw = split_table(config, "train", progress)
     test_raw = split_table(config, "test", progress)
     stacked_train, stacked_test = stacking_features(config, train_raw["image_name"], test_raw["image_name"],
                                                     folds)
     bins = int(config.features.histogram_bins)
-    train = _assemble(train_raw, stacked_train, config, bins)
-    test = _assemble(test_raw, stacked_test, config, bins)
+    train = assemble(train_raw, stacked_train, config, bins)
+    test = assemble(test_raw, stacked_test, config, bins)
     columns = list(train.columns)
     if not columns:
         raise ConfigError("every feature group is off: turn on features.image, features.metadata or "
@@ -304,19 +306,3 @@ def build_table(config: Config, folds: pd.Series, progress: bool = True) -> Feat
     test = pd.concat([test_raw[["image_name", "patient_id"]].reset_index(drop=True), test], axis=1)
     return FeatureTable(train=train, test=test, columns=columns,
                         categorical=[c for c in columns if c in CATEGORICAL])
-
-
-def check_settings(config: Config) -> None:
-    """The features section's values, checked before any record is read."""
-    section = config.features
-    if section.image_size is not None and section.image_size < 16:
-        raise ConfigError(f"config key 'features.image_size' must be at least 16 (or null), got {section.image_size}")
-    if not 2 <= section.histogram_bins <= 64:
-        raise ConfigError(f"config key 'features.histogram_bins' must be in 2..64, got {section.histogram_bins}")
-    if section.workers is not None and section.workers < 1:
-        raise ConfigError(f"config key 'features.workers' must be at least 1 (or null), got {section.workers}")
-    runs = section.from_runs
-    if not isinstance(runs, list) or not all(isinstance(name, str) and name for name in runs):
-        raise ConfigError(f"config key 'features.from_runs' must be a list of run names, got {runs!r}")
-    if len(set(runs)) < len(runs):
-        raise ConfigError(f"config key 'features.from_runs' names a run twice: {runs}")

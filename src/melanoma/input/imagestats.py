@@ -43,7 +43,7 @@ def image_feature_names(bins: int) -> list[str]:
     return names + [f"lesion_{name}" for name in LESION_NAMES]
 
 
-def decode_image(jpeg: bytes, size: int) -> np.ndarray:
+def decode_for_statistics(jpeg: bytes, size: int) -> np.ndarray:
     """JPEG bytes -> RGB uint8 [size, size, 3] with OpenCV (resized when the record holds another size)."""
     data = np.frombuffer(jpeg, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
@@ -273,7 +273,7 @@ def features_task(task: tuple) -> np.ndarray:
     rows = []
     for name, jpeg in zip(names, jpegs):
         try:
-            rows.append(image_features(decode_image(jpeg, size), bins))
+            rows.append(image_features(decode_for_statistics(jpeg, size), bins))
         except DataError as error:
             raise DataError(f"image {name}: {error}") from None
     return np.stack(rows) if rows else np.zeros((0, len(image_feature_names(bins))))

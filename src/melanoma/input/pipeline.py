@@ -15,7 +15,7 @@ import tensorflow as tf
 from melanoma.core import config as config_lib
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
-from melanoma.data import examples, records, taxonomy
+from melanoma.data import examples, record_format, taxonomy
 from melanoma.data.sources import COMPETITION
 from melanoma.data.taxonomy import DIAGNOSIS_CLASSES, MELANOMA_CLASS, UNKNOWN_CLASS
 from melanoma.input import augment
@@ -110,7 +110,7 @@ def metadata_vector(example: dict):
     """sex, age / 100, log of the patient's image count, one-hot site (6 + missing), each with a
     missing flag where it can be missing.
 
-    Codes come from `records.encode_metadata` (sex: female 0, male 1; -1 missing everywhere). The image
+    Codes come from `record_format.encode_metadata` (sex: female 0, male 1; -1 missing everywhere). The image
     count comes from `with_patient_counts` (0 = unknown patient).
     """
     sex = tf.cast(example["sex"], tf.float32)
@@ -134,7 +134,7 @@ def _patient_counts(paths: tuple[str, ...], split: str) -> tuple[tuple[int, int]
     # Unreadable records are passed over here: they are named (or skipped, data.skip_corrupt) by the
     # pipeline that reads the images, and a count is only a feature.
     ids = [np.zeros(0, np.int64)]
-    total = sum(records.parse_file_name(p).count for p in paths)
+    total = sum(record_format.parse_file_name(p).count for p in paths)
     with progress_lib.bar(total=total, desc=f"{split} patient counts", unit="img", leave=False) as bar:
         for batch in examples.batches(list(paths), split, ("patient_id",), skip_corrupt=True,
                                       batch_size=8192, names=False, ordered=False):
@@ -247,7 +247,7 @@ def train_dataset(paths: list[str], config: Config, batch_size: int, seed: int |
     """Shuffled, repeated, remainder-dropped batches of (inputs, target) for model.fit.
 
     `batch_size` is the global batch. On a multi-worker cluster, shard = (workers, this worker's
-    index) (`hardware.input_shard`): each worker reads its own records, and tf.distribute's own
+    index) (`environment.input_shard`): each worker reads its own records, and tf.distribute's own
     sharding is turned off, so each worker's batches are split among its replicas only.
 
     A path may be listed more than once (upsampled external files); `keep` drops duplicates.
@@ -335,7 +335,7 @@ def prediction_dataset(paths: list[str], config: Config, split: str, tta_steps: 
         flat = dict(batch)
         shape = tf.shape(batch["image"])
         flat["image"] = tf.reshape(batch["image"], tf.concat([[shape[0] * views], shape[2:]], 0))
-        for name in records.TEST_INT_FEATURES + (("patient_count",) if metadata else ()):
+        for name in record_format.TEST_INT_FEATURES + (("patient_count",) if metadata else ()):
             flat[name] = tf.repeat(batch[name], views)
         out = {"inputs": model_inputs(flat, metadata), "image_name": batch["image_name"]}
         for name in ("target", "patient_id", "diagnosis"):

@@ -6,9 +6,9 @@ scores to it.
 
 Uploading runs `kaggle competitions submit -c siim-isic-melanoma-classification -f SUB -m MSG`; only a
 successful upload is appended to `submissions/log.csv` (time, file, sha256, config, oof_auc, message,
-folds), so the log never claims a submission that did not happen. A partial ensemble (infer
---allow-partial) is uploaded only with --allow-partial, and logged with the folds it holds and their OOF
-AUC.
+folds), so the log never claims a submission that did not happen. A partial ensemble (infer or
+blend --allow-partial) is uploaded only with --allow-partial, and logged with the folds it holds and their
+OOF AUC; the record beside the file (infer's and blend's) names the run whose OOF AUC is logged.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -28,8 +27,9 @@ from melanoma.core import io_utils, layout, metrics
 from melanoma.core.errors import ConfigError, DataError, ExternalToolError
 from melanoma.core.tables import parse_csv_text, read_oof, read_string_table
 from melanoma.kaggle.kaggle_cli import COMPETITION, kaggle_credentials, run_kaggle
-from melanoma.predict.submission import (DEFAULT_SUBMISSION_DIR, configure_parser, require_sample, sha256_of,
-                                         submission_context, submission_record, validate_submission)
+from melanoma.predict.submission import (DEFAULT_SUBMISSION_DIR, configure_parser, require_sample,
+                                         require_submission_file, sha256_of, submission_context,
+                                         submission_record, validate_submission)
 
 LOG_COLUMNS = ("time", "file", "sha256", "config", "oof_auc", "message", "folds")
 
@@ -37,8 +37,6 @@ LOG_COLUMNS = ("time", "file", "sha256", "config", "oof_auc", "message", "folds"
 OLD_LOG_COLUMNS = LOG_COLUMNS[:6]  # logs written before the folds column; upgraded when appended to
 
 
-# infer's name for a partial ensemble: <name>-folds0_2.csv
-PARTIAL_NAME = re.compile(r"-folds\d+(_\d+)*(\.|$)")  # (a kept older copy adds .<time>)
 
 
 def append_log(log_path: str, row: dict) -> None:
@@ -78,14 +76,22 @@ def read_log(log_path: str) -> pd.DataFrame:
 
 
 def folds_oof_auc(run: str, folds: list[int]) -> float | None:
-    """OOF AUC over the named folds only (their fold<K>/oof.csv), None when one is missing or unreadable."""
+    """OOF AUC over the named folds only: the run's oof.csv rows of those folds (a blend's), else their
+    fold<K>/oof.csv; None when they are missing or unreadable."""
+    whole = os.path.join(run, layout.OOF)
     paths = [os.path.join(layout.fold_path(run, fold), layout.OOF) for fold in folds]
-    if not folds or not all(io_utils.exists(path) for path in paths):
-        return None
     try:
-        frame = pd.concat([read_oof(path) for path in paths], ignore_index=True)
+        if folds and all(io_utils.exists(path) for path in paths):
+            frame = pd.concat([read_oof(path) for path in paths], ignore_index=True)
+        elif folds and io_utils.exists(whole):
+            frame = read_oof(whole)
+            frame = frame[frame["fold"].isin(folds)]
+        else:
+            return None
     except DataError as error:
         print(f"warning: OOF AUC not logged: {error}", file=sys.stderr)
+        return None
+    if sorted(set(frame["fold"])) != sorted(folds):
         return None
     return metrics.auc(frame["target"], frame["pred"])
 
@@ -104,7 +110,7 @@ def run_oof_auc(run: str | None) -> float | None:
 
 def check_partial(path: str, record: dict | None, allow: bool) -> None:
     """A partial ensemble (infer --allow-partial) is uploaded only when asked to."""
-    partial = record.get("partial") if record else bool(PARTIAL_NAME.search(Path(path).stem))
+    partial = record.get("partial") if record else bool(layout.PARTIAL_NAME.search(Path(path).stem))
     if partial and not allow:
         which = (f"folds {', '.join(map(str, record.get('folds', [])))} of {record.get('folds_expected', '?')}"
                  if record else "its name says so")
@@ -121,8 +127,7 @@ def configure_submit_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def submit_command(args: argparse.Namespace) -> int:
-    if not io_utils.exists(args.submission):
-        raise FileNotFoundError(f"submission not found: {args.submission}")
+    require_submission_file(args.submission)
     if not args.message.strip():
         raise ConfigError("the submission message (-m) is empty; say what this submission is")
     record = submission_record(args.submission)

@@ -15,13 +15,10 @@ EfficientNet: 2 x 2 at 64 px, 12 x 12 at 384 px) and is stretched to the image's
 """
 from __future__ import annotations
 
-import io
-
 import cv2
 import numpy as np
 import tensorflow as tf
 from matplotlib import colormaps
-from PIL import Image
 
 from melanoma.core.kerasapi import keras
 from melanoma.model import network as model_lib
@@ -88,10 +85,3 @@ def overlay(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.
     coloured = colormaps["jet"](np.clip(stretched, 0, 1))[..., :3] * 255.0
     blended = (1 - alpha) * image_rgb.astype(np.float32) + alpha * coloured
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
-
-
-def png_bytes(image_rgb: np.ndarray) -> bytes:
-    """An RGB uint8 image as PNG bytes."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image_rgb)).save(buffer, format="PNG")
-    return buffer.getvalue()

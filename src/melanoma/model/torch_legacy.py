@@ -109,7 +109,7 @@ class _Unpickler(pickle.Unpickler):
         return _Storage(key, STORAGE_TYPES[kind.name], count)
 
 
-def _load(handle, allow_state_dict: bool = False):
+def _unpickle(handle, allow_state_dict: bool = False):
     return _Unpickler(handle, allow_state_dict).load()
 
 
@@ -161,15 +161,15 @@ def read_state_dict(raw: bytes, source: str) -> dict[str, np.ndarray]:
                                "package the file came from")
     handle = io.BytesIO(raw)
     try:
-        if _load(handle) != MAGIC_NUMBER:
+        if _unpickle(handle) != MAGIC_NUMBER:
             raise ValueError("it does not start with PyTorch's magic number")
-        if _load(handle) != PROTOCOL_VERSION:
+        if _unpickle(handle) != PROTOCOL_VERSION:
             raise ValueError("its protocol version is not 1001")
-        facts = _load(handle)
+        facts = _unpickle(handle)
         if not isinstance(facts, dict) or facts.get("little_endian") is not True:
             raise ValueError("it was not saved on a little-endian machine")
-        state = _load(handle, allow_state_dict=True)
-        keys = _load(handle)
+        state = _unpickle(handle, allow_state_dict=True)
+        keys = _unpickle(handle)
         if not isinstance(state, dict) or not all(isinstance(v, _Tensor) for v in state.values()):
             raise ValueError("it holds something other than a state dict of tensors")
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):

@@ -1,12 +1,14 @@
-"""Inference: TTA test predictions of every trained fold, averaged into `submissions/<name>.csv`.
+"""Inference: each trained fold's test predictions, averaged into `submissions/<name>.csv`, for every family.
 
-The model and its inputs come from the run's saved config (`run.load_run_config`): a --set that
-contradicts it is refused, file locations and TTA may change. A fold's `test.csv` written at training
-time is reused when it was made with the same prediction settings (TTA, augmentation, image size, test
-files, seed; its `test.json`); otherwise, or with --recompute, the fold's checkpoint predicts the test set
-again. With folds missing, infer stops unless --allow-partial, which writes
-`submissions/<name>-folds<K>_<K>.csv`. Beside every submission, `<same name>.json` records the run and
-the folds it averages (read by `submit`).
+The model and its inputs come from the run's saved config (`run_config.load_run_config`): a --set that
+contradicts it is refused, file locations and TTA may change. Each fold's test predictions are made by the
+run's model family (train/families/) and kept in `fold<K>/test.csv`, with what they depend on in
+`fold<K>/test.json` (`prediction_settings`); a later infer reuses them when those are the same, and
+predicts again otherwise (or with --recompute). With folds missing, infer stops (exit status 2) unless
+--allow-partial, which writes `submissions/<name>-folds<K>_<K>.csv`. Beside every submission,
+`<same name>.json` records the run and the folds it averages (read by `submit`). Everything is checked
+before TensorFlow loads: the config, the test files, the sample submission, and that output_dir and
+submission_dir can be written. One writer per run: infer holds the run's lock (core/run_lock.py).
 """
 from __future__ import annotations
 
@@ -19,80 +21,66 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import hardware, io_utils, layout
-from melanoma.core import run as run_lib
-from melanoma.core import runstate
+from melanoma.core import environment, fold_state, io_utils, layout, run_config, run_lock
 from melanoma.core.config import Config
-from melanoma.core.errors import CheckFailed
-from melanoma.data import inputs, records, taxonomy
-from melanoma.model import network as model_lib
-from melanoma.model import prediction
+from melanoma.core.errors import CheckFailed, ConfigError
+from melanoma.data import preflight, record_format
 from melanoma.predict import submission
-from melanoma.train import tabular
-from melanoma.train.training import prediction_settings
+from melanoma.train.families import family as family_lib
 
 
-def trained_folds(config: Config) -> list[int]:
-    """Folds with a checkpoint whose training ran all its epochs; a fold interrupted part-way (its
-    state.json short of the last epoch) holds a half-trained best checkpoint and is left out. A fold
-    trained under another config than the run's is a ConfigError naming what it was trained as."""
+def trained_folds(config: Config, family: family_lib.Family) -> list[int]:
+    """Folds that finished training (their model and OOF are there). A fold interrupted part-way is left
+    out with a warning; a fold trained under another config than the run's is a ConfigError naming what
+    it was trained as."""
     folds = []
     for k in range(config.data.folds):
         folder = layout.fold_dir(config, k)
-        if not io_utils.exists(os.path.join(folder, layout.BEST_MODEL)):
+        if not family.fold_finished(config, k):
+            state = fold_state.read_state(folder)
+            if state is not None:
+                print(f"warning: fold {k} was interrupted after epoch {state['epoch']} of "
+                      f"{state.get('epochs', '?')}; left out (finish it with `python train.py --config ... "
+                      f"--fold {k} --resume`)", file=sys.stderr)
             continue
-        state = runstate.read_state(folder)
-        if state is not None and state["epoch"] < state.get("epochs", state["epoch"]):
-            print(f"warning: fold {k} was interrupted after epoch {state['epoch']} of {state['epochs']}; "
-                  f"left out (finish it with `python train.py --config ... --fold {k} --resume`)", file=sys.stderr)
-            continue
-        problem = run_lib.fold_config_problem(config, folder)
+        problem = run_config.fold_config_problem(config, folder)
         if problem:
-            raise config_lib.ConfigError(f"{problem}; its checkpoint does not belong to this run: train it again "
-                                         f"(python train.py --config ... --fold {k} --force)")
+            raise ConfigError(f"{problem}; its model does not belong to this run: train it again "
+                              f"(python train.py --config ... --fold {k} --force)")
         folds.append(k)
     return folds
 
 
-def load_checkpoint(model, path: str, config: Config, folder: str) -> None:
-    """Weights of a fold's checkpoint; one that does not fit the model is a ConfigError naming what was
-    trained (from the fold's state.json) instead of Keras' page-long message."""
-    try:
-        model.load_weights(path)
-    except ValueError as error:
-        state = runstate.read_state(folder) or {}
-        trained = (f"it was trained as {run_lib.trained_as(state['config'])}" if state.get("config")
-                   else str(error).strip().splitlines()[0][:200])
-        raise config_lib.ConfigError(
-            f"{path} does not fit a {run_lib.trained_as(runstate.flatten(config))}: {trained}; predict with "
-            "the config the run was trained with (outputs/<name>/config.yaml)") from None
+def prediction_settings(config: Config, family: family_lib.Family) -> dict:
+    """What a fold's test predictions depend on besides its model: the test files, the seed, and the
+    config keys the family names (the CNN's TTA, augmentation and image size; the trees' features)."""
+    settings = {"family": family.name, "test_files": config.data.test_files, "seed": config.seed}
+    for key in family.prediction_keys:
+        value = config.get_path(key)
+        settings[key.rsplit(".", 1)[-1]] = value.to_dict() if hasattr(value, "to_dict") else value
+    return settings
 
 
-def fold_test_predictions(config: Config, fold: int, recompute: bool = False) -> pd.DataFrame:
+def fold_test_predictions(config: Config, family: family_lib.Family, predictor, fold: int,
+                          recompute: bool = False) -> pd.DataFrame:
+    """The fold's test.csv when its test.json says it was made under the same settings; otherwise the
+    family's `predictor` predicts the test files again, and test.csv and test.json are rewritten."""
     folder = layout.fold_dir(config, fold)
     path, settings_path = os.path.join(folder, layout.TEST), os.path.join(folder, layout.TEST_SETTINGS)
-    wanted = prediction_settings(config)
+    wanted = prediction_settings(config, family)
     if not recompute and io_utils.exists(path) and io_utils.exists(settings_path):
         made = json.loads(io_utils.read_text(settings_path))
         if made == wanted:
             print(f"fold {fold}: reusing {path}")
-            return io_utils.read_csv(path)
+            return io_utils.read_csv(path, dtype={"image_name": str})
         changed = sorted(key for key in set(made) | set(wanted) if made.get(key) != wanted.get(key))
         print(f"fold {fold}: {path} was predicted with other settings ({', '.join(changed)}); predicting again")
-
-    test_files = records.list_files(config.data.test_files, "data.test_files")
-    strategy = hardware.get_strategy(cluster=False)
-    with strategy.scope():
-        model = model_lib.build_model(config, pretrained=False)  # weights come from the checkpoint
-        load_checkpoint(model, os.path.join(folder, layout.BEST_MODEL), config, folder)
-    frame = prediction.predict_files(model, [f.path for f in test_files], config, "test",
-                                     records.count_images(test_files), desc=f"fold {fold} test",
-                                     strategy=strategy)
-    frame = frame[["image_name", "pred"] + taxonomy.class_columns(frame.columns)]  # + p_<CLASS>: diagnosis head
+    test_files = record_format.list_files(config.data.test_files, "data.test_files")
+    frame = predictor.predict_fold(config, fold, test_files)
     # test.json goes first and comes back last: a process killed in between leaves a test.csv that no
     # settings vouch for, which is predicted again rather than taken for the new settings' predictions.
     if io_utils.exists(settings_path):
-        runstate.remove(settings_path)
+        io_utils.remove(settings_path)
     io_utils.write_csv_atomic(frame, path)
     io_utils.write_text_atomic(settings_path, json.dumps(wanted))
     return frame
@@ -114,7 +102,7 @@ def ensemble(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def to_submission(predictions: pd.DataFrame, sample_path: str) -> pd.DataFrame:
     """Rows in the sample submission's order; every sample id must have a prediction."""
-    sample = io_utils.read_csv(sample_path)
+    sample = io_utils.read_csv(sample_path, dtype={"image_name": str})
     indexed = predictions.set_index("image_name")["target"]
     missing = sample.loc[~sample["image_name"].isin(indexed.index), "image_name"]
     if len(missing):
@@ -125,34 +113,30 @@ def to_submission(predictions: pd.DataFrame, sample_path: str) -> pd.DataFrame:
 
 
 def run_inference(config: Config, recompute: bool = False, force: bool = False, allow_partial: bool = False) -> str:
-    if config.model.family == "tabular":  # gradient-boosted trees on features (tabular.py)
-        return tabular_inference(config, recompute=recompute, force=force)
-
-    folds = trained_folds(config)
+    """Every trained fold's test predictions, ensembled into the submission file and its record."""
+    family = family_lib.lookup(config)
+    folds = trained_folds(config, family)
     if not folds:
         raise FileNotFoundError(f"no trained fold in {layout.run_dir(config)}: run "
                                 f"`python train.py --config ... --fold all` first")
-    missing = sorted(set(range(config.data.folds)) - set(folds))
-    if missing and not allow_partial:
-        raise config_lib.ConfigError(
-            f"fold(s) {', '.join(map(str, missing))} of run {config.name} are not trained ({len(folds)} of "
-            f"{config.data.folds} are): train them (python train.py --config ... --fold "
-            f"{','.join(map(str, missing))}), or add --allow-partial to write "
-            f"{os.path.join(config.submission_dir, layout.submission_name(config, folds))} from folds "
-            f"{', '.join(map(str, folds))}")
-    if missing:
-        print(f"warning: a partial ensemble: folds {missing} are not trained; averaging folds {folds}",
-              file=sys.stderr)
-    frames = [fold_test_predictions(config, fold, recompute) for fold in folds]
+    path = os.path.join(config.submission_dir, layout.submission_name(config.name, folds, config.data.folds))
+    submission.partial_rule(f"run {config.name}", folds, config.data.folds, path, allow_partial,
+                            "python train.py --config ... --fold {missing}")
+    for folder in [layout.run_dir(config)] + [layout.fold_dir(config, fold) for fold in folds]:
+        io_utils.remove_leftovers(folder)  # what a killed train or infer left (this run's lock is held)
+    io_utils.remove_leftovers(config.submission_dir, lambda stem: layout.same_submission(stem, config.name))
+    predictor = family.prediction(config)
+    frames = [fold_test_predictions(config, family, predictor, fold, recompute) for fold in folds]
     result = to_submission(ensemble(frames), config.data.sample_submission)
-    path = os.path.join(config.submission_dir, layout.submission_name(config, folds))
     submission.write_submission(result, path, sample_path=config.data.sample_submission, force=force)
-    record = {"config": config.name, "run": layout.run_dir(config), "folds": folds,
-              "folds_expected": config.data.folds, "partial": bool(missing), "tta": config.tta.to_dict(),
-              "sha256": submission.sha256_of(path)}
-    io_utils.write_text_atomic(layout.record_path(path), json.dumps(record, indent=1) + "\n")
-    print(f"submission: {path} ({len(result)} images, {len(folds)} fold(s){' of ' + str(config.data.folds) if missing else ''}, "
-          f"TTA {config.tta.steps})")
+    submission.write_record(path, {"config": config.name, "run": layout.run_dir(config), "family": family.name,
+                                   "folds": folds, "folds_expected": config.data.folds,
+                                   "prediction": prediction_settings(config, family),
+                                   "sample_submission": config.data.sample_submission})
+    partial = len(folds) < config.data.folds
+    tta = family.label(config)["tta"]
+    print(f"submission: {path} ({len(result)} images, {len(folds)} fold(s)"
+          f"{' of ' + str(config.data.folds) if partial else ''}, {family.name if tta is None else f'TTA {tta}'})")
     return path
 
 
@@ -171,36 +155,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.set)
+    family = family_lib.lookup(config)
+    family.check(config)
+    environment.check()
     if not config.data.test_files:
-        raise config_lib.ConfigError(f"{args.config}: data.test_files is null, so there are no test images "
-                                     "to predict; set it to the test records' glob (--set data.test_files=...)")
+        raise ConfigError(f"{args.config}: data.test_files is null, so there are no test images to predict; "
+                          "set it to the test records' glob (--set data.test_files=...)")
     # the files to read first (their locations come from this config), then the run's saved config
-    inputs.check_inputs(config, "infer")  # before any model is built or file written
-    config = run_lib.load_run_config(args.config, args.set)
-    if not hardware.is_chief():
-        kind, index = hardware.worker_task()
+    preflight.check_inference(config)
+    config = run_config.load_run_config(args.config, args.set)
+    if not environment.is_chief():
+        kind, index = environment.worker_task()
         print(f"{kind} {index} of a cluster: inference runs on the chief alone (with its own devices); "
               "nothing to do here")
         return 0
-    hardware.get_strategy(cluster=False)  # this machine's devices; before other TensorFlow work
-    run_inference(config, recompute=args.recompute, force=args.force, allow_partial=args.allow_partial)
+    with run_lock.hold(config, "infer"):
+        run_inference(config, recompute=args.recompute, force=args.force, allow_partial=args.allow_partial)
     return 0
-
-
-def tabular_inference(config: Config, recompute: bool = False, force: bool = False) -> str:
-    """Mean of the trained folds' test predictions -> submissions/<name>.csv."""
-    tabular.check_config(config)
-    folds = [fold for fold in range(config.data.folds) if tabular.fold_finished(config, fold)]
-    if not folds:
-        raise FileNotFoundError(f"no trained fold in {layout.run_dir(config)}: run "
-                                "`python train.py --config ... --fold all` first")
-    missing = sorted(set(range(config.data.folds)) - set(folds))
-    if missing:
-        print(f"warning: folds {missing} are not trained; ensembling folds {folds}")
-    cache: dict = {}
-    frames = [tabular.fold_test_predictions(config, fold, recompute, cache) for fold in folds]
-    result = to_submission(ensemble(frames), config.data.sample_submission)
-    path = os.path.join(config.submission_dir, f"{config.name}.csv")
-    submission.write_submission(result, path, sample_path=config.data.sample_submission, force=force)
-    print(f"submission: {path} ({len(result)} images, {len(folds)} fold(s), tabular)")
-    return path

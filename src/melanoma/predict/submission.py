@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from melanoma.core import io_utils, layout
-from melanoma.core import run as run_lib
+from melanoma.core import run_config
 from melanoma.core.config import load_config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.tables import first_few, numbers, read_string_table
@@ -192,8 +192,8 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
                        log: str | None = None, record: dict | None = None) -> Context:
     """The config name, sample, run folder and log for a submission.
 
-    With --config the config says everything. Without it, the record infer wrote beside the submission
-    names its run; else `submissions/<name>.csv` belongs to the run `outputs/<name>/` (the naming
+    With --config the config says everything. Without it, the record infer or blend wrote beside the
+    submission names its run and the sample it was checked against; else `submissions/<name>.csv` belongs to the run `outputs/<name>/` (the naming
     contract of infer and blend). The run's saved config gives the sample, else configs/base.yaml does.
     """
     if config_path:
@@ -204,10 +204,11 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
     run = os.path.join(DEFAULT_OUTPUT_DIR, name)
     if record:
         name, run = str(record.get("config", name)), str(record.get("run", run))
+        sample = sample or record.get("sample_submission")  # what infer or blend checked the file against
     if sample is None:
         if io_utils.exists(os.path.join(run, layout.CONFIG_FILE)):
             try:
-                sample = run_lib.read_saved_config(run).data.sample_submission
+                sample = run_config.read_saved_config(run).data.sample_submission
             except (yaml.YAMLError, AttributeError, KeyError, TypeError) as error:
                 raise ConfigError(f"{run}/config.yaml does not say which sample submission to use "
                                   f"({error.__class__.__name__}: {error}); pass --sample or --config") from None
@@ -217,8 +218,40 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
                    log or os.path.join(DEFAULT_SUBMISSION_DIR, "log.csv"))
 
 
+# --------------------------------------------------------------------------------------------------
+# Fold ensembles: the partial rule and the record beside each file (every family, blends too)
+# --------------------------------------------------------------------------------------------------
+
+def partial_rule(what: str, folds: list[int], expected: int, path: str, allow: bool, train_hint: str) -> None:
+    """With folds missing, ConfigError (exit 2) naming them, unless `allow` (--allow-partial): then a
+    warning, and the file (`path`) carries the folds in its name. `train_hint` says how to train the
+    missing ones; `{missing}` in it becomes their comma list."""
+    missing = sorted(set(range(expected)) - set(folds))
+    if not missing:
+        return
+    listed = ",".join(map(str, missing))
+    if not allow:
+        raise ConfigError(
+            f"fold(s) {', '.join(map(str, missing))} of {what} are not trained ({len(folds)} of {expected} are): "
+            f"train them ({train_hint.format(missing=listed)}), or add --allow-partial to write {path} from "
+            f"folds {', '.join(map(str, folds))}")
+    print(f"warning: a partial ensemble: folds {missing} of {what} are not trained; averaging folds {folds} "
+          f"into {path}", file=sys.stderr)
+
+
+def write_record(path: str, record: dict) -> str:
+    """`<submission>.json` beside a submission just written: who made it and from which folds (read by
+    `submit`), with `partial` and the file's sha256 added. Returns its path."""
+    record = dict(record)
+    record["partial"] = len(record["folds"]) < int(record["folds_expected"])
+    record["sha256"] = sha256_of(path)
+    location = layout.record_path(path)
+    io_utils.write_text_atomic(location, json.dumps(record, indent=1) + "\n")
+    return location
+
+
 def submission_record(path: str) -> dict | None:
-    """What infer recorded beside a submission (run, folds used), if it describes this very file."""
+    """What infer (or blend) recorded beside a submission (run, folds used), if it describes this very file."""
 
     location = layout.record_path(path)
     if not io_utils.exists(location):
@@ -256,9 +289,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "submission's name, else configs/base.yaml)")
 
 
+def require_submission_file(path: str) -> None:
+    """The submission to check is there and is a file (FileNotFoundError / DataError, exit status 2)."""
+    if not io_utils.exists(path):
+        raise FileNotFoundError(f"submission not found: {path}")
+    if io_utils.isdir(path):
+        raise io_utils.folder_given_for_file(path)
+
+
 def command(args: argparse.Namespace) -> int:
-    if not io_utils.exists(args.submission):
-        raise FileNotFoundError(f"submission not found: {args.submission}")
+    require_submission_file(args.submission)
     context = submission_context(args.submission, args.config, args.sample)
     sample = require_sample(context.sample)
     frame = validate_submission(args.submission, sample)

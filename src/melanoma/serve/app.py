@@ -2,8 +2,9 @@
 for one image, on a trained run.
 
   /           a Gradio page: upload a dermoscopy image (and optionally age, sex and site), see the fold
-              ensemble's P(melanoma) with the run's TTA, each fold's, its percentile among the run's benign
-              and malignant OOF images, the report's 90%/95%-sensitivity cutoffs it passes, and Grad-CAM
+              ensemble's P(melanoma) (a CNN's with the run's TTA), each fold's, its percentile among the
+              run's benign and malignant OOF images, the report's 90%/95%-sensitivity cutoffs it passes,
+              and the family's explanation (Grad-CAM; or the lesion mask and the top features)
   /predict    POST multipart: image, optional age_approx, sex, anatom_site_general_challenge -> JSON
 
 The run's saved config and its trained folds are loaded once, before the server starts (`predictor`);
@@ -49,25 +50,19 @@ def _percent(value: float | None) -> str:
 
 def run_summary(predictor: Predictor) -> str:
     about = predictor.describe()
-    tta = about["tta"]
-    views = "no TTA" if not tta["steps"] else f"TTA: {tta['views']} {tta['mode']} views"
     folds = ",".join(map(str, about["folds"]))
-    metadata = (f"age, sex and site feed the model's metadata branch (the patient's image count is unknown; "
-                f"sex and site codes from {about['encodings']})"
-                if about["metadata"] else "this run has no metadata branch: age, sex and site are ignored")
+    metadata = (f"age, sex and site reach the model (the patient's image count is unknown; sex and site codes "
+                f"from {about['encodings']})"
+                if about["metadata"] else "this run's model takes no metadata: age, sex and site are ignored")
     return (f"# Melanoma: one image\n"
-            f"Run **{about['name']}** (`{about['path']}`): {about['backbone']} at {about['image_size']} px, "
-            f"{about['head']} head, folds {folds} of {about['folds_configured']}, {views}. "
-            f"Images are resized to {about['image_size']} x {about['image_size']} as the run's records are. "
-            f"{metadata.capitalize()}. Reference: {about['oof']}.")
+            f"Run **{about['name']}** (`{about['path']}`, {about['family']}): {about['model']}. "
+            f"Folds {folds} of {about['folds_configured']}. {metadata.capitalize()}. Reference: {about['oof']}.")
 
 
 def details_markdown(result: predictor_lib.Prediction) -> str:
-    """Each number of the answer, in words (README 'Serving one image' says the same)."""
-    tta = result.tta
-    views = "the plain image" if not tta["steps"] else f"{tta['views']} {tta['mode']} TTA views"
+    """Each number of the answer, in words (README 'A web page for one image' says the same)."""
     lines = [f"**P(melanoma) {result.probability:.4f}**: the mean over {len(result.folds)} fold model(s) of "
-             f"each one's mean over {views}.", "",
+             "each one's probability (a CNN's: its mean over the run's TTA views).", "",
              "| fold | P(melanoma) |", "|---:|---:|"]
     lines += [f"| {fold} | {value:.4f} |" for fold, value in zip(result.folds, result.fold_probabilities)]
     percentiles = result.position["percentiles"]
@@ -85,11 +80,10 @@ def details_markdown(result: predictor_lib.Prediction) -> str:
             verdict = "**passes: positive**" if row["passed"] else "below: negative"
             lines.append(f"| {row['rule']} | {row['cutoff']:.4f} | {row['sensitivity']:.3f} | "
                          f"{row['specificity']:.3f} | {verdict} |")
-    lines += ["", "Grad-CAM (below, right): red where the image raises the melanoma score most, blue where least; "
-                  "each fold's map is scaled from its lowest to its highest position, then the folds' maps are "
-                  "averaged."]
+    for note in result.answer.notes:
+        lines += ["", note]
     if not result.metadata_used:
-        lines += ["", "Age, sex and site were ignored: the run's model has no metadata branch."]
+        lines += ["", "Age, sex and site were ignored: the run's model takes no metadata."]
     return "\n".join(lines)
 
 
@@ -126,7 +120,7 @@ def build_page(predictor: Predictor):
             raise gr.Error(str(error)) from None
         classes = result.classes if result.classes is not None else {}
         return (f"{result.probability:.4f}", details_markdown(result), _for_display(result.image_rgb),
-                _for_display(result.overlay_rgb),
+                _for_display(result.answer.picture),
                 gr.update(value=classes, visible=result.classes is not None))
 
     with gr.Blocks(title=f"melanoma: {predictor.config.name}") as page:
@@ -135,7 +129,7 @@ def build_page(predictor: Predictor):
             with gr.Column(scale=1):
                 upload = gr.File(label="Dermoscopy image (JPEG or PNG, any size)",
                                  file_types=[".jpg", ".jpeg", ".png"], type="filepath", elem_id="upload")
-                note = "" if predictor.config.model.metadata else " (ignored by this run)"
+                note = "" if predictor.served.metadata_used else " (ignored by this run)"
                 age = gr.Textbox(label=f"Age in years{note}", placeholder="unknown", elem_id="age")
                 sex = gr.Dropdown([unknown] + sorted(encodings["sex"]), value=unknown, label=f"Sex{note}",
                                   elem_id="sex")
@@ -149,9 +143,9 @@ def build_page(predictor: Predictor):
                 with gr.Row():
                     image = gr.Image(label="Image", type="numpy", format="png", interactive=False,
                                      height=IMAGE_HEIGHT, elem_id="image")
-                    heat = gr.Image(label="Grad-CAM, mean of the folds",
+                    heat = gr.Image(label=predictor.served.title,
                                     type="numpy", format="png", interactive=False, height=IMAGE_HEIGHT,
-                                    elem_id="gradcam")
+                                    elem_id="explanation")
                 classes = gr.Label(label="Diagnosis classes (mean over folds and views)", num_top_classes=9,
                                    visible=predictor.diagnosis, elem_id="classes")
         outputs = [probability, details, image, heat, classes]
@@ -228,10 +222,20 @@ def _megabytes_argument(text: str) -> float:
     return value
 
 
+def _port_argument(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {text}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text}: choose another --port")
+    return port
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True,
                         help="experiment config whose run to serve (or the run folder outputs/<name>)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--port", type=_port_argument, default=7860, help="port, 1-65535 (default 7860)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--max-mb", type=_megabytes_argument, default=predictor_lib.DEFAULT_MAX_BYTES / 2**20,
@@ -263,7 +267,6 @@ def command(args: argparse.Namespace) -> int:
     import uvicorn
 
     about = predictor.describe()
-    print(f"serving run {about['name']} (folds {','.join(map(str, about['folds']))}, TTA {about['tta']['views']} "
-          f"view(s)) on http://{args.host}:{args.port}/  (POST /predict for JSON; Ctrl-C stops)", flush=True)
+    print(f"serving run {about['name']} ({about['family']}, folds {','.join(map(str, about['folds']))}) on http://{args.host}:{args.port}/  (POST /predict for JSON; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -1,16 +1,14 @@
-"""One image through a trained run: the fold ensemble's P(melanoma) with the run's TTA, each fold's
-probability, Grad-CAM averaged over the folds, and where the probability sits among the run's OOF.
+"""One image through a trained run: the fold ensemble's P(melanoma), each fold's probability, where the
+probability sits among the run's OOF, and the run's family's own explanation (Grad-CAM for a CNN, the
+lesion mask and the features that moved it most for the trees; train/families/).
 
 Used by `serve` (the web page and `POST /predict`); nothing here imports a web library.
 
 An uploaded image reaches the models the way a test image reaches them in `infer`: it becomes the JPEG a
-record of the run's `data.image_size` holds for it (`records.resize_image_bytes`: decode, resize, JPEG
-quality 95), is written as a one-record test file, and goes through `pipeline.prediction_dataset` with the
-run's TTA. A JPEG that already is image_size x image_size is taken as such a record's bytes and used as it
-is, so a test record's image uploaded gives `infer`'s prediction for it. Random TTA (tta.mode: random)
-draws its views with the run's seed for every request: the same image always gets the same answer, but
-not the views `infer` drew for it in its batch, so the two agree only up to the TTA noise; dihedral TTA
-and no TTA agree exactly. The metadata branch gets no patient image count (it is 'unknown').
+record of the run's `data.image_size` holds for it (`record_format.resize_image_bytes`: decode, resize,
+JPEG quality 95); a JPEG that already is image_size x image_size is taken as such a record's bytes and
+used as it is, so a test record's image uploaded gives `infer`'s prediction for it. The family's served
+model then answers for that record, with the form's age, sex and site coded as the records code them.
 """
 from __future__ import annotations
 
@@ -20,20 +18,19 @@ import json
 import math
 import os
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, layout
-from melanoma.core import run as run_lib
-from melanoma.core import runs
+from melanoma.core import io_utils, layout, run_config, run_results
 from melanoma.core.config import Config
 from melanoma.core.errors import DataError
-from melanoma.data import records, taxonomy
+from melanoma.data import record_format, taxonomy
 from melanoma.evaluate import report
+from melanoma.train.families import family as family_lib
+from melanoma.train.families.family import Answer
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 ACCEPTED_FORMATS = ("JPEG", "PNG")
@@ -58,39 +55,29 @@ class RequestError(ValueError):
 class LoadedRun:
     path: str                 # the run folder, outputs/<name>
     config: config_lib.Config  # the config the run saved: the truth about its model and inputs
-    models: dict               # fold -> keras.Model with the fold's best checkpoint
+    folds: list               # the trained folds
+    served: object            # the family's served model (Family.serving), every fold loaded once
 
 
 def load_run(target: str) -> LoadedRun:
     """The run of an experiment config (or a run folder): its saved config.yaml and every trained fold's
-    checkpoint, each loaded once. This is the one place `serve` reads a run.
+    model, each loaded once by the run's model family. This is the one place `serve` reads a run.
 
     FileNotFoundError (exit 2) when the run has no saved config or no trained fold.
     """
-    # this module loads TensorFlow: only the work that needs it pays for it
-    from melanoma.predict import inference
-
-    run_path = report.resolve_run(target)
+    run_path = run_config.run_folder_of(target)
     if not io_utils.exists(os.path.join(run_path, layout.CONFIG_FILE)):
         raise FileNotFoundError(f"no trained run at {run_path} (no config.yaml): train it first with "
                                 f"`python train.py --config {target} --fold all`")
-    config = run_lib.read_saved_config(run_path)
+    config = run_config.read_saved_config(run_path)
     # Folds are looked up where the run folder is, whatever working directory the run was trained from.
     config["output_dir"], config["name"] = os.path.split(os.path.abspath(run_path))
-    folds = inference.trained_folds(config)
+    family = family_lib.lookup(config)
+    folds = [fold for fold in range(config.data.folds) if family.fold_finished(config, fold)]
     if not folds:
-        raise FileNotFoundError(f"no trained fold in {run_path} (no fold<K>/model.keras of a finished "
+        raise FileNotFoundError(f"no trained fold in {run_path} (no fold<K>/{family.model_file} of a finished "
                                 f"fold): run `python train.py --config {target} --fold all` first")
-    from melanoma.model import network as model_lib  # TensorFlow only once the run is known to be there
-
-    models = {}
-    for fold in folds:
-        model = model_lib.build_model(config, pretrained=False)  # weights come from the checkpoint
-        # one line naming what was trained when a checkpoint does not fit (inference.load_checkpoint)
-        inference.load_checkpoint(model, os.path.join(layout.fold_path(run_path, fold), layout.BEST_MODEL), config,
-                                  layout.fold_path(run_path, fold))
-        models[fold] = model
-    return LoadedRun(path=run_path, config=config, models=models)
+    return LoadedRun(path=run_path, config=config, folds=folds, served=family.serving(config, run_path, folds))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,7 +132,7 @@ def read_upload(data: bytes, image_size: int, max_bytes: int = DEFAULT_MAX_BYTES
     if bgr is None:
         raise RequestError("the image cannot be decoded: upload a JPEG or PNG file", status=400)
     try:
-        jpeg = data if as_is else records.resize_image_bytes(data, image_size, where="the upload")
+        jpeg = data if as_is else record_format.resize_image_bytes(data, image_size, where="the upload")
     except DataError as error:
         raise RequestError(f"{error}: upload a JPEG or PNG file", status=400) from None
     return Upload(record_jpeg=jpeg, image_rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), as_is=as_is)
@@ -197,7 +184,7 @@ def _age(value) -> int:
     return int(round(age))  # records hold whole years
 
 
-def encode_metadata(encodings: dict, age_approx=None, sex=None, site=None) -> dict:
+def form_codes(encodings: dict, age_approx=None, sex=None, site=None) -> dict:
     """The int64 features of a test record for these form values (-1 where missing)."""
     return {"patient_id": -1, "age_approx": _age(age_approx),
             "sex": _code(sex, encodings["sex"], "sex"),
@@ -219,7 +206,7 @@ class OOFReference:
     @classmethod
     def from_run(cls, run_path: str) -> "OOFReference":
         try:
-            frame, complete, present = runs.load_run_oof(runs.inspect_run(run_path))
+            frame, complete, present = run_results.load_run_oof(run_results.inspect_run(run_path))
         except (DataError, OSError) as error:
             return cls(note=f"no OOF predictions to compare with ({error})")
         target = frame["target"].to_numpy().astype(int)
@@ -269,57 +256,59 @@ class Prediction:
     probability: float
     folds: list
     fold_probabilities: list
-    tta: dict
     position: dict            # percentiles, cutoffs, cutoffs_passed
     image_rgb: np.ndarray     # the upload
-    overlay_rgb: np.ndarray   # Grad-CAM over the upload, at its size
-    classes: dict | None      # diagnosis head: class -> probability
+    answer: Answer            # the family's: its picture (at the upload's size), fields, notes, classes
+    picture_field: str        # the picture's key in the JSON answer (heatmap_png, mask_png)
     metadata_used: bool
     as_is: bool
 
-    def to_json(self) -> dict:
-        # this module loads TensorFlow: only the work that needs it pays for it
-        from melanoma.model import gradcam
+    @property
+    def classes(self) -> dict | None:
+        return self.answer.classes
 
+    def to_json(self) -> dict:
         height, width = self.image_rgb.shape[:2]
         answer = {"probability": self.probability, "fold_probabilities": self.fold_probabilities,
-                  "folds": self.folds, "tta": self.tta, **self.position,
-                  "heatmap_png": base64.b64encode(gradcam.png_bytes(self.overlay_rgb)).decode("ascii"),
+                  "folds": self.folds, **self.answer.fields, **self.position,
+                  self.picture_field: base64.b64encode(png_bytes(self.answer.picture)).decode("ascii"),
                   "image_size": {"height": int(height), "width": int(width)},
                   "image_used_as_record": self.as_is, "metadata_used": self.metadata_used}
-        if self.classes is not None:
-            answer["classes"] = self.classes
+        if self.answer.classes is not None:
+            answer["classes"] = self.answer.classes
         return answer
+
+
+def png_bytes(image_rgb: np.ndarray) -> bytes:
+    """An RGB uint8 image as PNG bytes."""
+    # Pillow loads only when an image is encoded here
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image_rgb, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class Predictor:
     """A loaded run answering one image at a time.
 
-    Models, their compiled forward + Grad-CAM functions, the input pipelines and the OOF reference are
-    made once, here; `predict` never reads a checkpoint. The TensorFlow part of a request runs under a
-    lock, so concurrent requests (the page's and the API's threads) take turns on the models and on the
-    one-record file the pipelines read.
+    The family's served model (its folds loaded once, `Family.serving`) and the OOF reference are made
+    once, here; `predict` never reads a model file. A request's model work runs under a lock, so
+    concurrent requests (the page's and the API's threads) take turns on the models.
     """
 
     def __init__(self, run: LoadedRun, max_bytes: int = DEFAULT_MAX_BYTES):
-        # this module loads TensorFlow: only the work that needs it pays for it
-        from melanoma.model import gradcam
-
         self.run = run
         self.config = run.config
+        self.served = run.served
         self.max_bytes = int(max_bytes)
         self.encodings, self.encodings_source = metadata_encodings(self.config)
-        if self.config.model.metadata and not self.encodings_source.endswith("encodings.json"):
+        if self.served.metadata_used and not self.encodings_source.endswith("encodings.json"):
             print(f"warning: sex and site are read with {self.encodings_source}; if the run's records "
-                  "encode them otherwise, the metadata branch gets wrong codes", file=sys.stderr)
+                  "encode them otherwise, the model gets wrong codes", file=sys.stderr)
         self.reference = OOFReference.from_run(run.path)
-        self.explainers = {fold: gradcam.explainer(model) for fold, model in run.models.items()}
-        self.column = gradcam.melanoma_column(next(iter(run.models.values())))
-        self.diagnosis = self.config.model.head == "diagnosis"
+        self.diagnosis = bool(self.served.has_classes)  # the diagnosis head's 9 classes
         self._lock = threading.Lock()
-        self._folder = tempfile.TemporaryDirectory(prefix="melanoma-serve-")
-        self._record = os.path.join(self._folder.name, records.record_name("test", 0, 1))
-        self._datasets: dict[int, object] = {}
 
     @classmethod
     def from_target(cls, target: str, max_bytes: int = DEFAULT_MAX_BYTES) -> "Predictor":
@@ -327,49 +316,16 @@ class Predictor:
 
     @property
     def folds(self) -> list[int]:
-        return sorted(self.run.models)
-
-    @property
-    def tta(self) -> dict:
-        steps = int(self.config.tta.steps)
-        return {"steps": steps, "mode": self.config.tta.mode, "views": max(1, steps)}
+        return list(self.run.folds)
 
     def describe(self) -> dict:
         """What the page says about the run it serves."""
         config = self.config
         return {"name": config.name, "path": self.run.path, "folds": self.folds,
-                "folds_configured": int(config.data.folds), "backbone": config.model.backbone,
-                "image_size": int(config.data.image_size), "head": config.model.head,
-                "metadata": bool(config.model.metadata), "tta": self.tta,
+                "folds_configured": int(config.data.folds), "family": family_lib.family_name(config),
+                "model": self.served.summary(), "image_size": int(config.data.image_size),
+                "metadata": bool(self.served.metadata_used), "picture": self.served.title,
                 "oof": self.reference.note, "encodings": self.encodings_source}
-
-    def _dataset(self, tta_steps: int):
-        """`infer`'s prediction pipeline over the one-record file. Built once per view count; random TTA
-        builds it per request, so its views are drawn with the run's seed every time (same image, same
-        answer)."""
-        # this module loads TensorFlow: only the work that needs it pays for it
-        from melanoma.input import pipeline
-        # this module loads TensorFlow: only the work that needs it pays for it
-        from melanoma.model import prediction
-
-        config = self.config
-        random_views = bool(tta_steps) and config.tta.mode == "random"
-        if random_views or tta_steps not in self._datasets:
-            augmenter = prediction.tta_augmenter(config, config.seed) if tta_steps else None
-            dataset, _ = pipeline.prediction_dataset(
-                [self._record], config, "test", tta_steps=tta_steps, tta_mode=config.tta.mode,
-                batch_size=config.tta.batch_size, augmenter=augmenter)
-            if random_views:
-                return dataset
-            self._datasets[tta_steps] = dataset
-        return self._datasets[tta_steps]
-
-    def _inputs(self, tta_steps: int) -> dict:
-        """The model inputs `infer` builds for the record in the file: [views, ...] per input."""
-        batches = [batch["inputs"] for batch in self._dataset(tta_steps)]
-        if len(batches) != 1:
-            raise DataError(f"one uploaded image made {len(batches)} batches")
-        return batches[0]
 
     def warm_up(self) -> None:
         """One prediction on a grey image, so that the first request does not pay for tracing."""
@@ -380,45 +336,18 @@ class Predictor:
         self.predict(encoded.tobytes())
 
     def predict(self, data: bytes, age_approx=None, sex=None, site=None) -> Prediction:
-        # TensorFlow takes seconds to load: only the work that needs it pays for it
-        import tensorflow as tf
-
-        # this module loads TensorFlow: only the work that needs it pays for it
-        from melanoma.model import gradcam
-
         upload = read_upload(data, int(self.config.data.image_size), self.max_bytes)
-        row = {"image_name": UPLOAD_NAME, **encode_metadata(self.encodings, age_approx, sex, site)}
-        steps = self.tta["steps"]
-        probabilities, classes, maps = [], [], []
+        row = {"image_name": UPLOAD_NAME, **form_codes(self.encodings, age_approx, sex, site)}
         with self._lock:
-            with tf.io.TFRecordWriter(self._record) as writer:
-                writer.write(records.serialize_example(upload.record_jpeg, row, records.TEST_INT_FEATURES))
             try:
-                inputs = self._inputs(steps)
-                # Grad-CAM explains the plain image, which is the first view unless the views are random.
-                plain = None if (not steps or self.config.tta.mode == "dihedral") else self._inputs(0)
-            except tf.errors.OpError as error:
-                raise RequestError(f"the image cannot be decoded ({error.message.splitlines()[0]}): upload "
-                                   "a JPEG or PNG file", status=400) from None
-            for fold in self.folds:
-                output, heat = self.explainers[fold](inputs)
-                if plain is not None:
-                    heat = self.explainers[fold](plain)[1]
-                output = np.asarray(output, dtype=np.float64)
-                probabilities.append(float(output[:, self.column].mean()))
-                classes.append(output.mean(axis=0))
-                maps.append(gradcam.normalise(heat))
+                answer = self.served.answer(upload.record_jpeg, upload.image_rgb, row)
+            except DataError as error:
+                raise RequestError(f"{error}: upload a JPEG or PNG file", status=400) from None
+        probabilities = [float(p) for p in answer.fold_probabilities]
         if not all(math.isfinite(p) for p in probabilities):
-            raise DataError("a fold's model gave a non-finite probability: its weights are broken")
+            raise DataError("a fold's model gave a non-finite probability: its model is broken")
         probability = float(np.mean(probabilities))
-        class_probabilities = None
-        if self.diagnosis:
-
-            mean = np.mean(classes, axis=0)
-            class_probabilities = {name: float(mean[index]) for index, name in enumerate(taxonomy.DIAGNOSIS_CLASSES)}
-        heat = np.mean(maps, axis=0)
         return Prediction(probability=probability, folds=self.folds, fold_probabilities=probabilities,
-                          tta=self.tta, position=self.reference.position(probability),
-                          image_rgb=upload.image_rgb, overlay_rgb=gradcam.overlay(upload.image_rgb, heat),
-                          classes=class_probabilities, metadata_used=bool(self.config.model.metadata),
-                          as_is=upload.as_is)
+                          position=self.reference.position(probability), image_rgb=upload.image_rgb,
+                          answer=answer, picture_field=self.served.picture_field,
+                          metadata_used=bool(self.served.metadata_used), as_is=upload.as_is)

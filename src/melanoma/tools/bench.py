@@ -13,7 +13,9 @@ warm-up, on the config's data files, or on a small generated dataset when those 
 - epoch and tta_prediction: a training run of N steps and a whole TTA prediction pass, each with the
   pipeline and model figures it could reach and which of the two limits it;
 - records: JPEG resize and TFRecord writing on all cores (one worker process each), per core, and on
-  one core.
+  one core;
+- scoring: `score`'s OOF AUC with its patient-bootstrap interval on a generated OOF of the competition's
+  size (33,126 images of 2,056 patients, 1.76% malignant), 1000 resamples.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 
 import cv2
 import numpy as np
@@ -40,12 +43,12 @@ from melanoma.core import config as config_lib
 from melanoma.core import hardware, io_utils
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
-from melanoma.data import diagnoses, examples, records
+from melanoma.data import diagnoses, examples, record_format
 from melanoma.input import augment, pipeline
 from melanoma.model import network as model_lib
-from melanoma.model import prediction
+from melanoma.model import tta_prediction
 from melanoma.tools import synth
-from melanoma.train import training
+from melanoma.train import cnn_training
 
 TRAIN_PARTS = 4
 TEST_PARTS = 2
@@ -140,7 +143,7 @@ def synthetic_dataset(folder: str, size: int, train_images: int, test_images: in
     for split, count, parts in (("train", train_images, TRAIN_PARTS), ("test", test_images, TEST_PARTS)):
         image_dir = os.path.join(folder, "jpeg", split)
         names = write_jpegs(image_dir, count, size, seed + (split == "test"), f"SYN_{split}", realistic=True)
-        records.write_split(_table(names, min(parts, count), split, seed), image_dir, out, split, size,
+        record_format.write_split(_table(names, min(parts, count), split, seed), image_dir, out, split, size,
                             progress=False)
     io_utils.write_text_atomic(os.path.join(out, "encodings.json"), json.dumps(SYNTHETIC_ENCODINGS))
     return os.path.join(out, "train*.tfrec"), os.path.join(out, "test*.tfrec")
@@ -251,7 +254,7 @@ def pipeline_figures(config: Config, train_paths, test_paths, batches: int, warm
                      min_seconds: float = MIN_SECONDS) -> dict:
     batch_size = config.train.batch_size
     seed = config.seed
-    lookup = diagnoses.source_lookups(config, records.list_files(train_paths))
+    lookup = diagnoses.source_lookups(config, record_format.list_files(train_paths))
     figures: dict = {"train_pipeline": {}}
     for backend in augment.BACKENDS:
         variant = with_backend(config, backend)
@@ -341,16 +344,16 @@ def model_figures(config: Config, strategy, train_paths, test_paths, pipelines: 
 
 def _training_model(config: Config, strategy, global_batch: int):
     """The config's model with random weights, compiled for training on `strategy`."""
-    training.set_seed(config.seed)
+    cnn_training.set_seed(config.seed)
     with strategy.scope():
-        return training.compile_model(model_lib.build_model(config, pretrained=False), config, global_batch)
+        return cnn_training.compile_model(model_lib.build_model(config, pretrained=False), config, global_batch)
 
 
 def _train_datasets(config: Config, train_paths, global_batch: int):
     """(the training pipeline, one of its batches repeated from memory)."""
     augmenter = augment.make_augmenter(config.augment, seed=config.seed)
     train_ds = pipeline.train_dataset(train_paths, config, global_batch, seed=config.seed, augmenter=augmenter,
-                                      diagnosis_lookup=diagnoses.source_lookups(config, records.list_files(train_paths)))
+                                      diagnosis_lookup=diagnoses.source_lookups(config, record_format.list_files(train_paths)))
     return train_ds, tf.data.Dataset.from_tensors(next(iter(train_ds))).repeat()
 
 
@@ -371,7 +374,7 @@ def _prediction_figure(model, config: Config, strategy, test_paths, model_batche
         batch_size=config.tta.batch_size * hardware.local_replicas(strategy), augmenter=tta_augmenter)
     predict_inputs = next(iter(predict_ds))["inputs"]
     predict_batch = int(predict_inputs["image"].shape[0])
-    predictor = prediction.Predictor(model, strategy, predict_batch)  # on every replica, as predict_files
+    predictor = tta_prediction.Predictor(model, strategy, predict_batch)  # on every replica, as predict_files
     predictor(predict_inputs)  # traces and compiles
     started = time.perf_counter()
     for _ in range(model_batches):
@@ -386,11 +389,11 @@ def _prediction_figure(model, config: Config, strategy, test_paths, model_batche
 def _whole_prediction_figure(model, config: Config, strategy, test_paths, steps: int, mode: str, views: int) -> dict:
     """One pass as a user runs it: pipeline start-up and a retrace for a short last batch included
     (the full batches' prediction function is already compiled by `_prediction_figure`)."""
-    test_count = records.count_images(records.list_files(test_paths))
+    test_count = record_format.count_images(record_format.list_files(test_paths))
     config_tta = copy.deepcopy(config)
     config_tta["tta"]["steps"], config_tta["tta"]["mode"] = steps, mode
     started = time.perf_counter()
-    prediction.predict_files(model, test_paths, config_tta, "test", progress=False, strategy=strategy)
+    tta_prediction.predict_files(model, test_paths, config_tta, "test", progress=False, strategy=strategy)
     seconds = time.perf_counter() - started
     return {"images_per_second": test_count / seconds, "images": test_count, "views": views}
 
@@ -418,7 +421,7 @@ def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
     cores = os.cpu_count() or 1
     figures = {"size": size, "source_size": source, "images": images, "workers": cores}
     started = time.perf_counter()
-    records.write_split(table, image_dir, os.path.join(folder, "records_all"), "train", size,
+    record_format.write_split(table, image_dir, os.path.join(folder, "records_all"), "train", size,
                         workers=cores, progress=False)
     figures["images_per_second"] = images / (time.perf_counter() - started)
     figures["images_per_second_per_core"] = figures["images_per_second"] / cores
@@ -427,7 +430,7 @@ def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
     cv2.setNumThreads(1)
     try:
         started = time.perf_counter()
-        records.write_split(table, image_dir, os.path.join(folder, "records_one"), "train", size,
+        record_format.write_split(table, image_dir, os.path.join(folder, "records_one"), "train", size,
                             workers=1, progress=False)
         figures["one_core_images_per_second"] = images / (time.perf_counter() - started)
     finally:
@@ -438,6 +441,29 @@ def records_figures(folder: str, size: int, images: int, seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------------------------- the command
+
+
+def scoring_figures(rows: int = 33126, patients: int = 2056, resamples: int = 1000, seed: int = 0) -> dict:
+    """Seconds `score` takes for the OOF AUC and its patient-bootstrap interval on a generated OOF of the
+    competition's size (predictions with ties, patients spread over 5 folds)."""
+    # scoring loads scikit-learn's metrics: only the figure that measures it pays for them here
+    from melanoma.evaluate import scoring
+
+    rng = np.random.default_rng(seed)
+    patient = rng.integers(0, patients, rows)
+    target = (rng.random(rows) < 0.0176).astype(int)
+    frame = pd.DataFrame({"image_name": [f"ISIC_{i:07d}" for i in range(rows)],
+                          "patient_id": [f"IP_{p:05d}" for p in patient], "target": target,
+                          "pred": np.round(np.clip(rng.normal(0.3 + 0.25 * target, 0.2), 0, 1), 4),
+                          "fold": patient % 5})
+    started = time.perf_counter()
+    with warnings.catch_warnings():  # a small --score-rows leaves folds without a melanoma: timed all the same
+        warnings.simplefilter("ignore", scoring.ScoreWarning)
+        result = scoring.score_oof(frame, bootstrap=resamples, seed=0)
+    seconds = time.perf_counter() - started
+    _progress("scoring", {"seconds": seconds})
+    return {"rows": rows, "patients": patients, "resamples": resamples, "seconds": seconds,
+            "auc": result["auc"], "ci95": result["ci95"]}
 
 
 def machine(config: Config, strategy, precision: str) -> dict:
@@ -461,7 +487,8 @@ def _progress(label: str, figures: dict) -> None:
 
 def run_bench(config: Config, batches: int = 20, warmup: int = 5, model_batches: int = 2, epoch_steps: int = 2,
               synthetic: bool = False, train_images: int = 512, test_images: int = 32,
-              records_images: int = 256, with_model: bool = True, min_seconds: float = MIN_SECONDS) -> dict:
+              records_images: int = 256, with_model: bool = True, min_seconds: float = MIN_SECONDS,
+              score_rows: int = 33126) -> dict:
     """Every figure as one dict (see the module docstring)."""
     started = time.perf_counter()
     strategy = hardware.get_strategy(cluster=False)  # this machine's devices
@@ -476,16 +503,16 @@ def run_bench(config: Config, batches: int = 20, warmup: int = 5, model_batches:
             source = "synthetic"
         else:
             source = "config"
-        train_files = records.list_files(config.data.train_files, "data.train_files")
-        test_files = records.list_files(config.data.test_files, "data.test_files")
+        train_files = record_format.list_files(config.data.train_files, "data.train_files")
+        test_files = record_format.list_files(config.data.test_files, "data.test_files")
         train_paths = [f.path for f in train_files]
         test_paths = [f.path for f in test_files]
         result = {
             "machine": machine(config, strategy, precision),
             "settings": {
                 "config": config.name, "image_size": size, "record_size": record_size(train_paths[0]),
-                "data": source, "train_images": records.count_images(train_files),
-                "test_images": records.count_images(test_files), "batch_size": config.train.batch_size,
+                "data": source, "train_images": record_format.count_images(train_files),
+                "test_images": record_format.count_images(test_files), "batch_size": config.train.batch_size,
                 "tta_batch_size": config.tta.batch_size, "backbone": config.model.backbone,
                 "augment_backend": augment.resolve_backend(config.augment.backend), "augment_xla": bool(config.augment.xla),
                 "cache": bool(config.data.cache), "batches": batches, "min_seconds": min_seconds,
@@ -495,6 +522,7 @@ def run_bench(config: Config, batches: int = 20, warmup: int = 5, model_batches:
         }
         # records first: its worker processes are forked before the pipelines start TensorFlow's threads
         result["records"] = records_figures(folder, size, records_images, seed=config.seed)
+        result["scoring"] = scoring_figures(rows=score_rows)
         result.update(pipeline_figures(config, train_paths, test_paths, batches, warmup, min_seconds))
         if with_model:
             result.update(model_figures(config, strategy, train_paths, test_paths, result, model_batches,
@@ -513,7 +541,7 @@ def record_size(path: str) -> list[int]:
     return [int(v) for v in tf.io.extract_jpeg_shape(example["image"])[:2]]
 
 
-def format_table(result: dict) -> str:
+def format_figures(result: dict) -> str:
     """The figures as aligned lines, for people."""
     lines = []
     m, s = result["machine"], result["settings"]
@@ -557,6 +585,9 @@ def format_table(result: dict) -> str:
     row(f"records ({rec['source_size']} -> {rec['size']} px, {rec['workers']} workers)",
         rec["images_per_second"], f"{rec['images_per_second_per_core']:,.1f} per core; "
         f"{rec['one_core_images_per_second']:,.1f} on one core ({rec['scaling_over_one_core']:.2f}x)")
+    score = result["scoring"]
+    lines.append(f"  {'score with ' + str(score['resamples']) + ' patient resamples':<44}"
+                 f"{score['seconds']:>10.2f} s  ({score['rows']:,} OOF rows, {score['patients']:,} patients)")
     lines.append(f"({result['seconds']:.0f} s)")
     return "\n".join(lines)
 
@@ -579,11 +610,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-images", type=int, default=512, help="generated train images (512)")
     parser.add_argument("--test-images", type=int, default=32, help="generated test images (32)")
     parser.add_argument("--records-images", type=int, default=256, help="JPEGs for the records figure (256)")
+    parser.add_argument("--score-rows", type=int, default=33126,
+                        help="rows of the generated OOF that `score` bootstraps (33126, the competition's)")
 
 
 def command(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.set)
-    for name in ("batches", "model_batches", "train_images", "test_images", "records_images"):
+    for name in ("batches", "model_batches", "train_images", "test_images", "records_images", "score_rows"):
         if getattr(args, name) < 1:
             raise config_lib.ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0 or args.min_seconds < 0:
@@ -592,9 +625,9 @@ def command(args: argparse.Namespace) -> int:
                        epoch_steps=args.model_batches, synthetic=args.synthetic,
                        train_images=args.train_images, test_images=args.test_images,
                        records_images=args.records_images, with_model=not args.no_model,
-                       min_seconds=args.min_seconds)
+                       min_seconds=args.min_seconds, score_rows=args.score_rows)
     text = json.dumps(result, indent=1)
     if args.out:
         io_utils.write_text_atomic(args.out, text + "\n")
-    print(text if args.json else format_table(result))
+    print(text if args.json else format_figures(result))
     return 0

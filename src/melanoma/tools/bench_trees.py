@@ -31,8 +31,8 @@ from melanoma.core.errors import ConfigError
 from melanoma.input import tbp_features
 from melanoma.tools import synth_isic2024
 
-# As in training (train/tabular.py): scikit-learn's OpenMP threads wait passively, which OpenMP reads when it
-# loads, so before anything here loads scikit-learn. Spinning threads made this fit 6x slower in CPU time on
+# As in training (train/families/tree_model.py): scikit-learn's OpenMP threads wait passively, which
+# OpenMP reads when it loads, so before anything here loads scikit-learn. Spinning threads made this fit 6x slower in CPU time on
 # the shared 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -62,7 +62,7 @@ def timed(step: str, figures: dict, function, *args, **kwargs):
 def run(config: config_lib.Config, rows: int, patients: int, positive_rate: float, seed: int = 0) -> dict:
     # training's tree family brings TensorFlow (through the records readers): imported once the environment
     # above and quiet's import hook are in place
-    from melanoma.train import tabular
+    from melanoma.train.families import tree_model
 
     figures = {"rows": rows, "patients": patients, "positive_rate": positive_rate,
                "resident_after_imports_mb": round(resident_mb(), 1)}
@@ -72,7 +72,7 @@ def run(config: config_lib.Config, rows: int, patients: int, positive_rate: floa
     values = timed("matrix", figures, lambda: built.frame.to_numpy(dtype=np.float64))
     target = table["target"].to_numpy()
     del table
-    model = tabular.build_model(config, types.SimpleNamespace(columns=built.columns, categorical=built.categorical), 0)
+    model = tree_model.new_trees(config, types.SimpleNamespace(columns=built.columns, categorical=built.categorical), 0)
     timed("fit", figures, model.fit, values, target)
     timed("predict", figures, model.predict_proba, values)
     figures.update(features=len(built.columns), categorical=len(built.categorical), positives=int(target.sum()),
@@ -87,7 +87,7 @@ def machine() -> dict:
             "python": platform.python_version(), "scikit_learn": importlib.metadata.version("scikit-learn")}
 
 
-def format_table(result: dict) -> str:
+def format_report(result: dict) -> str:
     lines = [f"trees on {result['rows']:,} generated rows ({result['patients']} patients, {result['positives']} "
              f"malignant), {result['features']} features ({result['categorical']} categorical), "
              f"{result['iterations']} iterations, {result['cpus']} CPUs, load {result['load_average']}"]
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {**run(config, args.rows, args.patients, args.positive_rate, args.seed), **machine(),
               "command": "python -m melanoma.tools.bench_trees " + " ".join(argv if argv is not None else sys.argv[1:]),
               "tabular": dict(config.tabular)}
-    print(json.dumps(result) if args.json else format_table(result))
+    print(json.dumps(result) if args.json else format_report(result))
     if args.out:
         io_utils.write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
     return 0

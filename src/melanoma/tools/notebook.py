@@ -121,7 +121,7 @@ def local_tf_keras(folder: str, requirement: str) -> str | None:
     return requirement if glob.glob(os.path.join(folder, f"tf_keras-{version}.*.whl")) else None
 
 
-def plan(requirements: list[str], packages: dict[str, str]) -> dict:
+def install_plan(requirements: list[str], packages: dict[str, str]) -> dict:
     """What to install: {'missing': [requirements], 'tf_keras': requirement or None, 'skipped': [...]}.
 
     TensorFlow requirements are never installed (the notebook's own build stays); tf-keras, when
@@ -166,7 +166,7 @@ def sources(extras: list[str], wheels: str | None) -> tuple[list[str], list[str]
 def install(python: str, extras: list[str], dry_run: bool = False, wheels: str | None = None) -> int:
     before = installed()
     requirements, origin, project = sources(extras, wheels)
-    steps = plan(requirements, before)
+    steps = install_plan(requirements, before)
     if wheels is not None and steps["tf_keras"] and not local_tf_keras(wheels, steps["tf_keras"]):
         steps["skipped"].append(f"{steps['tf_keras']} (no such wheel in {wheels}; only multi-worker training needs it)")
         steps["tf_keras"] = None

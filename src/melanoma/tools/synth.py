@@ -515,7 +515,7 @@ def prepare_folder(out_dir: str, force: bool = False, own_entries: tuple[str, ..
               "old images, such as records, is stale now)", file=sys.stderr)
 
 
-def format_summary(summary: dict) -> str:
+def format_written(summary: dict) -> str:
     return (
         f"wrote {summary['train_images']} train images ({summary['train_patients']} patients, "
         f"{summary['train_malignant']} malignant) and {summary['test_images']} test images "

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from melanoma.core import io_utils
+from melanoma.data import preflight
 from melanoma.tools import synth, synth_isic2024
 
 LAYOUTS = ("competition", "isic2024")
@@ -54,9 +55,10 @@ def isic2024_command(args: argparse.Namespace) -> int:
     if io_utils.is_remote(out):
         print("error: --layout isic2024 writes HDF5 files, which need a local folder", file=sys.stderr)
         return 2
+    preflight.check_writable({"OUT": out})
     synth.prepare_folder(out, args.force, synth_isic2024.OWN_ENTRIES)
     summary = synth_isic2024.synthesize(out, seed=args.seed, progress=not args.no_progress, **values)
-    print(synth_isic2024.format_summary(summary))
+    print(synth_isic2024.format_dataset(summary))
     return 0
 
 
@@ -72,7 +74,8 @@ def command(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    preflight.check_writable({"OUT": args.out})
     synth.prepare_folder(args.out.rstrip("/") or "/", args.force)
     summary = synth.synthesize(args.out, seed=args.seed, progress=not args.no_progress, **values)
-    print(synth.format_summary(summary))
+    print(synth.format_written(summary))
     return 0

@@ -334,7 +334,7 @@ def synthesize(out_dir: str, size: int = DEFAULTS["size"], patients: int = DEFAU
             "seconds": round(time.perf_counter() - started, 2)}
 
 
-def format_summary(summary: dict) -> str:
+def format_dataset(summary: dict) -> str:
     return (f"wrote {summary['train_images']} train crops ({summary['train_patients']} patients, "
             f"{summary['train_malignant']} malignant) and {summary['test_images']} test crops "
             f"({summary['test_patients']} patients, {summary['test_malignant']} malignant, truth in test_labels.csv)\n"

@@ -76,7 +76,7 @@ def this_environment() -> dict[str, str | None]:
     return packages
 
 
-def plan(requirements: list[str], freeze: dict[str, str | None] | None) -> dict:
+def gather_plan(requirements: list[str], freeze: dict[str, str | None] | None) -> dict:
     """{'gather': requirements to build wheels of, 'tf_keras': requirement or None, 'left': notes}.
 
     TensorFlow and what comes with it stay the notebook's; tf-keras is bound to the notebook's TensorFlow
@@ -176,11 +176,11 @@ def check_out(out: str) -> None:
                           "replaced whole: give a folder of its own")
 
 
-def build(out: str, freeze_path: str | None = None) -> dict:
+def write_wheels(out: str, freeze_path: str | None = None) -> dict:
     check_out(out)
     freeze = read_freeze(freeze_path) if freeze_path else None
     requirements = notebook.project_requirements(os.path.join(REPO, "pyproject.toml"), [])
-    steps = plan(requirements, freeze)
+    steps = gather_plan(requirements, freeze)
     with io_utils.folder_written_whole(out) as folder:
         project_wheel(folder)
         gather(folder, steps, freeze if freeze is not None else this_environment())
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                         "at versions that fit what it has")
     args = parser.parse_args(argv)
     try:
-        manifest = build(args.out, args.freeze)
+        manifest = write_wheels(args.out, args.freeze)
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""A fold's Keras callbacks: exact validation score, NaN guard, best checkpoint with resumable state, history."""
+"""A fold's Keras callbacks: exact validation score, NaN guard, and the commit of each epoch (best
+checkpoint, resumable state, then the history that describes it)."""
 from __future__ import annotations
 
 import math
@@ -7,10 +8,10 @@ import os
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, layout, metrics, runstate
+from melanoma.core import io_utils, layout, metrics, fold_state
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
-from melanoma.model import prediction
+from melanoma.model import tta_prediction
 from melanoma.train import schedules
 
 # train.checkpoint -> (the logs key it follows, "max" or "min"); None: no metric decides
@@ -50,13 +51,13 @@ class ValidationScore(keras.callbacks.Callback):
         super().__init__()
         self.config, self.folder, self.guard, self.strategy = config, folder, guard, strategy
         self.valid_paths, self.valid_dropped = valid_paths, valid_dropped
-        self.epochs = [runstate.val_epoch_rows(folder, state["epoch"])] if state else []
+        self.epochs = [fold_state.val_epoch_rows(folder, state["epoch"])] if state else []
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or self.guard.failure:
             return
-        prediction.sync_replicas(self.model, self.strategy)  # predict what the checkpoint will hold
-        frame = prediction.predict_files(self.model, self.valid_paths, self.config, "train", tta=False,
+        tta_prediction.sync_replicas(self.model, self.strategy)  # predict what the checkpoint will hold
+        frame = tta_prediction.predict_files(self.model, self.valid_paths, self.config, "train", tta=False,
                                          progress=False, strategy=self.strategy)
         frame = frame[~frame["image_name"].isin(self.valid_dropped)]  # duplicates (sources.py)
         target = frame["target"].to_numpy(dtype=np.float64)
@@ -69,11 +70,13 @@ class ValidationScore(keras.callbacks.Callback):
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """Best checkpoint and the resumable state, committed in the order `runstate` relies on."""
+    """Best checkpoint, the resumable state and the history, committed in the order `fold_state` relies on:
+    last.keras and the best checkpoint (under a temporary name), state.json with the epoch's history rows,
+    the best checkpoint renamed into place, then history.csv, which describes what state.json committed."""
 
-    def __init__(self, config: Config, folder: str, state: dict | None, guard: NanGuard):
+    def __init__(self, config: Config, folder: str, state: dict | None, guard: NanGuard, history: "History"):
         super().__init__()
-        self.config, self.folder, self.guard = config, folder, guard
+        self.config, self.folder, self.guard, self.history = config, folder, guard, history
         self.metric, self.mode = MONITOR[config.train.checkpoint]
         self.fixed_epoch = config.train.checkpoint_epoch if config.train.checkpoint == "epoch" else None
         self.best = state.get("best") if state else None
@@ -109,32 +112,39 @@ class Checkpoint(keras.callbacks.Callback):
             self.best, self.best_epoch = (float(value) if metric else None), epoch + 1
             self.best_weights = self.model.get_weights()
         io_utils.replace(temporary, last)
+        rows = self.history.rows + [self.history.row(epoch, logs)]
         committed = {"epoch": epoch + 1, "epochs": self.config.train.epochs, "monitor": metric,
                      "best": self.best, "best_epoch": self.best_epoch,
                      "pending_best": os.path.basename(pending) if pending else None,
-                     "config": runstate.fingerprint(self.config)}
-        runstate.write_state(folder, committed)
+                     "config": fold_state.fingerprint(self.config), "history": rows}
+        fold_state.write_state(folder, committed)
         if pending:
             io_utils.replace(pending, target)
-            runstate.write_state(folder, dict(committed, pending_best=None))
+            fold_state.write_state(folder, dict(committed, pending_best=None))
             shown = (f"{metric} {value:.4f}" if metric else
                      "train.checkpoint_epoch" if self.fixed_epoch is not None else "last epoch")
             print(f"  checkpoint: epoch {epoch + 1} ({shown})")
+        self.history.commit(rows)  # after the state that it describes
 
 
-class History(keras.callbacks.Callback):
-    """Each epoch's logs and learning rate, rewritten to history.csv after every epoch."""
+class History:
+    """Each epoch's logs and learning rate; history.csv is rewritten by `Checkpoint` once state.json holds
+    the epoch (its rows travel in the state, so a resumed fold's history follows its state)."""
 
     def __init__(self, config: Config, folder: str, global_batch: int, state: dict | None):
-        super().__init__()
         self.config, self.folder, self.global_batch = config, folder, global_batch
-        self.rows = runstate.history_rows(folder, state["epoch"]) if state else []
+        self.rows = fold_state.history_rows(folder, state) if state else []
+        if state:
+            self.commit(self.rows)  # a history behind its state (killed between the two) catches up
 
-    def on_epoch_end(self, epoch, logs=None):
+    def row(self, epoch: int, logs: dict) -> dict:
         row = {"epoch": epoch + 1}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         row["lr"] = float(schedules.learning_rate(epoch, self.config.train, self.global_batch))
-        self.rows.append(row)
+        return row
+
+    def commit(self, rows: list[dict]) -> None:
+        self.rows = list(rows)
         io_utils.write_csv_atomic(pd.DataFrame(self.rows), os.path.join(self.folder, layout.HISTORY))
 
 

@@ -7,7 +7,7 @@ a config that differs in anything that shapes the model or the data is refused (
 defines the model and its inputs, the current config for where files are and how to predict (TTA).
 
 Keys are compared flat and dotted. File paths compare by their file names only (a Kaggle dataset's
-gs:// folder changes every session, the files in it do not), as `runstate.fingerprint` lets a resumed
+gs:// folder changes every session, the files in it do not), as `fold_state.fingerprint` lets a resumed
 fold move between machines. A key the saved config lacks (a run saved before the key existed) counts
 as base.yaml's default.
 
@@ -30,7 +30,7 @@ from typing import Iterable
 import yaml
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, layout, runstate
+from melanoma.core import io_utils, layout, fold_state
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 
@@ -55,13 +55,13 @@ def _file_names(value):
 
 def binding(config: Config, free: tuple[str, ...] = RUN_FREE) -> dict:
     """The flat keys a run is bound to, file paths reduced to file names."""
-    flat = runstate.fingerprint(config, free)
+    flat = fold_state.fingerprint(config, free)
     return {key: _file_names(value) if key in LOCATED else value for key, value in flat.items()}
 
 
 def base_defaults(config_path: str | os.PathLike) -> dict:
     """base.yaml's values (flat), for keys that a run saved before they existed."""
-    return runstate.flatten(config_lib.load_config(config_lib.base_path(Path(config_path))))
+    return fold_state.flatten(config_lib.load_config(config_lib.base_path(Path(config_path))))
 
 
 def code_defaults() -> dict:
@@ -110,7 +110,7 @@ def bind_run(config: Config, config_path: str | os.PathLike, force: bool = False
     saved = saved_config(config)
     if saved is None:
         return save_config(config) if write else target
-    differences = runstate.config_differences(binding(saved), binding(config),
+    differences = fold_state.config_differences(binding(saved), binding(config),
                                               defaults=binding(base_defaults(config_path)))
     if not differences:
         return target
@@ -122,13 +122,13 @@ def bind_run(config: Config, config_path: str | os.PathLike, force: bool = False
     if not force:
         raise ConfigError(
             f"run '{config.name}' was trained with another config ({target}): "
-            f"{runstate.describe_differences(differences)}. Its folds would mix two experiments. Give the new "
+            f"{fold_state.describe_differences(differences)}. Its folds would mix two experiments. Give the new "
             f"experiment its own name (--set name=...), or add --force to retrain under the new config "
             f"(the previous run is moved to {os.path.join(folder, layout.SUPERSEDED)}/)")
     if not write:
         return target
     moved = supersede(folder)
-    print(f"run {config.name}: the config changed ({runstate.describe_differences(differences, 3)}); "
+    print(f"run {config.name}: the config changed ({fold_state.describe_differences(differences, 3)}); "
           f"--force: the previous run is moved to {moved}")
     return save_config(config)
 
@@ -144,7 +144,8 @@ def trained_work(folder: str) -> list[str]:
 
 
 def supersede(folder: str) -> str:
-    """Move everything of a run folder (but earlier superseded runs) to <folder>/superseded/<UTC time>/.
+    """Move everything of a run folder (but earlier superseded runs and the lock held by this process)
+    to <folder>/superseded/<UTC time>/.
 
     config.yaml moves last: a process killed part-way leaves the run still claiming its old config, and
     the folds not yet moved are still the old config's (the next --force moves them).
@@ -156,7 +157,8 @@ def supersede(folder: str) -> str:
         target = os.path.join(folder, layout.SUPERSEDED, f"{stamp}-{counter}")
         counter += 1
     io_utils.makedirs(target)
-    entries = [name.rstrip("/") for name in io_utils.listdir(folder) if name.rstrip("/") != layout.SUPERSEDED]
+    entries = [name.rstrip("/") for name in io_utils.listdir(folder)
+               if name.rstrip("/") not in (layout.SUPERSEDED, layout.RUN_LOCK)]
     entries.sort(key=lambda name: name == layout.CONFIG_FILE)
     for name in entries:
         io_utils.move(os.path.join(folder, name), os.path.join(target, name))
@@ -170,19 +172,19 @@ def fold_config_problem(config: Config, fold_folder: str, defaults: dict | None 
     written) cannot be checked and passes. A key its record lacks counts as base.yaml's default.
     """
     try:
-        state = runstate.read_state(fold_folder)
+        state = fold_state.read_state(fold_folder)
     except ConfigError as error:
         return str(error)
     if not state or not state.get("config"):
         return None
     trained = state["config"]
     if defaults is None:
-        defaults = runstate.fingerprint(code_defaults())
-    differences = runstate.config_differences(trained, runstate.fingerprint(config), defaults)
+        defaults = fold_state.fingerprint(code_defaults())
+    differences = fold_state.config_differences(trained, fold_state.fingerprint(config), defaults)
     if not differences:
         return None
     return (f"{fold_folder} was trained as {trained_as(trained)} under another config "
-            f"({runstate.describe_differences(differences, 4)})")
+            f"({fold_state.describe_differences(differences, 4)})")
 
 
 # --- inference, report, blend, serve ----------------------------------------------------------------
@@ -216,7 +218,7 @@ def load_run_config(config_path: str | os.PathLike, overrides: Iterable[str] = (
                                 f"not exist; train it first (python train.py --config {config_path})")
     defaults = base_defaults(config_path)
     now, before = binding(requested, free), binding(saved, free)
-    differences = runstate.config_differences(before, now, defaults=binding(defaults, free))
+    differences = fold_state.config_differences(before, now, defaults=binding(defaults, free))
     conflicts = [(key, old, new, _overridden(key, overrides)) for key, old, new in differences
                  if _overridden(key, overrides)]
     if conflicts:
@@ -225,7 +227,7 @@ def load_run_config(config_path: str | os.PathLike, overrides: Iterable[str] = (
         raise ConfigError(f"{shown} ({os.path.join(folder, layout.CONFIG_FILE)}): its checkpoints need the config "
                           "they were trained with; drop the --set, or train a new run (--set name=...)")
     merged = requested.to_dict()
-    saved_flat = runstate.flatten(saved)
+    saved_flat = fold_state.flatten(saved)
     for key, old, new in differences:
         value = saved_flat.get(key, defaults.get(key))
         _set(merged, key, value)
@@ -235,6 +237,17 @@ def load_run_config(config_path: str | os.PathLike, overrides: Iterable[str] = (
         print(f"note: run {requested.name} uses the config it was trained with "
               f"({os.path.join(folder, layout.CONFIG_FILE)}): {shown}{more}", file=sys.stderr)
     return config_lib.as_config(merged)
+
+
+def run_folder_of(target: str, overrides: list[str] | None = None) -> str:
+    """The run folder of a config file (with --set overrides, checked against the run's saved config),
+    or `target` itself when it is a folder (a run folder, or a blend's, which has no config file)."""
+    if os.path.isdir(target):
+        return target.rstrip("/")
+    folder = layout.run_dir(config_lib.load_config(target, overrides or []))
+    if not os.path.isdir(folder):
+        return folder
+    return layout.run_dir(load_run_config(target, overrides or []))
 
 
 def _set(tree: dict, dotted: str, value) -> None:

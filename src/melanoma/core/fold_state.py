@@ -3,26 +3,29 @@
 After every completed epoch, a fold folder holds
 
     val_epochs.csv  the plain validation prediction of every image at every completed epoch
-    history.csv     one row per completed epoch
     last.keras      the model and optimizer state at the end of that epoch
     model.keras     the best checkpoint so far
-    state.json      the commit record: last completed epoch, best metric and its epoch, the config
+    state.json      the commit record: last completed epoch, best metric and its epoch, the config, and
+                    the history rows of the epochs it commits
+    history.csv     one row per committed epoch, written from the state
 
-written in this order, each atomically. state.json is written last, so it never claims more than the
-other files hold; rows of val_epochs.csv and history.csv past its epoch are dropped on resume. A new
+written in this order, each atomically. state.json is the commit point: it never claims more than the
+files before it hold (rows of val_epochs.csv past its epoch are dropped on resume), and history.csv,
+written after it, never shows an epoch it has not committed; a process killed between the two leaves a
+history one epoch behind, which a resumed fold rewrites from the state. A new
 best checkpoint is saved under a temporary name first and named in state.json (`pending_best`) before it
 is renamed over model.keras: a process killed between the two steps leaves a state whose best epoch
 matches the file that resume renames into place, never a model.keras from an epoch that the state does
 not know.
 
 Temporary files (`io_utils.temporary_name`: a leading '.', '.tmp-' and the real extension) left by a
-killed process never look complete and are removed when the fold starts again.
+killed process never look complete and are removed, with a line, when the fold starts again
+(`io_utils.remove_leftovers`).
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 
 import pandas as pd
 
@@ -34,7 +37,6 @@ from melanoma.core.layout import BEST_MODEL, HISTORY, LAST_MODEL, STATE, VAL_EPO
 # Everything a fold writes; a fresh start (no --resume) removes them so old and new never mix.
 FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, VAL_EPOCHS, layout.OOF, layout.TEST, layout.TEST_SETTINGS,
                   "skipped.csv", "data.json", "duplicates.csv")
-TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
 
 # Keys that may differ between an interrupted run and its resumption: where files are (a Kaggle
 # dataset's gs:// path changes every session), how progress is shown, and what happens after training.
@@ -132,40 +134,25 @@ def finish_pending(folder: str, state: dict) -> None:
             print(f"  completed the interrupted save of the best checkpoint (epoch {state.get('best_epoch')})")
 
 
-def leftovers(folder: str) -> list[str]:
-    if not io_utils.exists(folder):
-        return []
-    return [os.path.join(folder, name) for name in io_utils.listdir(folder) if TEMPORARY.match(name)]
-
-
-def remove(path: str) -> None:
-    if io_utils.is_remote(path):
-        # gs:// only, through TensorFlow's file system: local removals need no TensorFlow
-        import tensorflow as tf
-
-        tf.io.gfile.remove(path)
-    else:
-        os.remove(path)
-
-
-def clean_leftovers(folder: str) -> list[str]:
-    """Remove the temporary files a killed process left in the fold folder."""
-    removed = leftovers(folder)
-    for path in removed:
-        remove(path)
-    return removed
-
-
 def reset_fold(folder: str) -> None:
     """A fresh start: remove the fold's previous artifacts so none of them mixes with the new run."""
     for name in FOLD_ARTIFACTS:
         path = os.path.join(folder, name)
         if io_utils.exists(path):
-            remove(path)
+            io_utils.remove(path)
 
 
-def history_rows(folder: str, epochs: int) -> list[dict]:
-    """history.csv rows of the first `epochs` epochs (later rows were not committed by state.json)."""
+def history_rows(folder: str, state: dict) -> list[dict]:
+    """The history of the epochs `state` committed: the rows it carries (history.csv is written after it,
+    so it may lag one epoch behind), or, for a state written before it carried them, history.csv's first
+    `state['epoch']` rows."""
+    epochs = state["epoch"]
+    if isinstance(state.get("history"), list):
+        rows = [dict(row) for row in state["history"]]
+        if [row.get("epoch") for row in rows] != list(range(1, epochs + 1)):
+            raise ConfigError(f"{os.path.join(folder, STATE)} holds a history that is not epochs 1..{epochs}; "
+                              "train the fold again with --force")
+        return rows
     path = os.path.join(folder, HISTORY)
     if not io_utils.exists(path) or epochs == 0:
         return []

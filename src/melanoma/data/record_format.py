@@ -173,8 +173,8 @@ def write_split(frame: pd.DataFrame, image_dir: str, out_dir: str, split: str, s
     # child of a process that has already started TensorFlow's threads, so those workers are spawned.
     remote = io_utils.is_remote(image_dir) or any(io_utils.is_remote(p) for p in paths[:1])
     context = multiprocessing.get_context("spawn" if remote else "fork")
-    # (a spawned worker imports TensorFlow afresh: quiet.install keeps its start-up lines off the screen)
-    pool = context.Pool(workers, initializer=quiet.install) if workers > 1 else None
+    # (a spawned worker imports TensorFlow afresh: quiet.install_filter keeps its start-up lines off the screen)
+    pool = context.Pool(workers, initializer=quiet.install_filter) if workers > 1 else None
     try:
         results: Iterator[bytes] = (pool.imap(_resize_task, tasks, chunksize=8) if pool
                                     else map(_resize_task, tasks))

@@ -14,9 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, layout, metrics
-from melanoma.core import run as run_lib
-from melanoma.core import runstate
+from melanoma.core import io_utils, layout, metrics, run_config
 from melanoma.core.config import Config, load_config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.tables import first_few, numbers, prepare_oof, read_oof, read_string_table
@@ -65,7 +63,7 @@ def inspect_run(path: str) -> Run:
     blend_path = os.path.join(path, layout.BLEND_FILE)
     if os.path.isfile(os.path.join(path, layout.CONFIG_FILE)):
         try:
-            run.config = run_lib.read_saved_config(path)
+            run.config = run_config.read_saved_config(path)
             run.name = run.config.get("name") or run.name
             run.folds_expected = int(run.config["data"]["folds"])
         except (ConfigError, OSError, KeyError, TypeError, ValueError, AttributeError) as error:
@@ -73,7 +71,7 @@ def inspect_run(path: str) -> Run:
     elif os.path.isfile(blend_path):
         try:
             run.blend = json.loads(io_utils.read_text(blend_path))
-            run.folds_expected = len(run.blend["folds"])
+            run.folds_expected = int(run.blend.get("folds_expected") or len(run.blend["folds"]))
         except (OSError, ValueError, KeyError, TypeError) as error:
             run.problem = f"unreadable {layout.BLEND_FILE}: {error}"
             run.blend = {}
@@ -109,7 +107,7 @@ def load_run_oof(run: Run) -> tuple[pd.DataFrame, bool, list[int]]:
 class Member:
     """One run in the blend: its name, folder, config (None for a folder without one), OOF, test preds."""
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, allow_partial: bool = False):
         spec = str(spec)
         self.spec = spec
         self.config = None
@@ -119,20 +117,24 @@ class Member:
             path = layout.run_dir(load_config(spec))
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"run folder of {spec} not found: {path} (train it first)")
-            self.config = run_lib.load_run_config(spec)  # what the run was trained with
+            self.config = run_config.load_run_config(spec)  # what the run was trained with
         run = inspect_run(path)
         if run.problem:
             raise DataError(f"{path}: {run.problem}")
         self.run = run
         self.name = run.name
         self.path = path
-        if self.config is None:
+        if self.config is None and run.config is not None:
+            # the saved config, with the run found where its folder is now (it may have been moved)
             self.config = run.config
+            self.config["output_dir"], self.config["name"] = os.path.split(os.path.abspath(path))
         frame, complete, present = load_run_oof(run)
-        if not complete:
+        if not complete and not allow_partial:
             raise DataError(f"{self.name} is incomplete (folds {','.join(map(str, present))} of "
-                            f"{run.folds_expected or '?'} done); blend only finished runs")
+                            f"{run.folds_expected or '?'} done): train its missing folds, or add --allow-partial "
+                            "to blend only the folds every run has")
         self.oof = frame
+        self.folds = present
 
     def submission_path(self) -> str | None:
         if self.run.blend is not None:
@@ -141,11 +143,13 @@ class Member:
             return os.path.join(self.config.submission_dir, f"{self.name}.csv")
         return None
 
-    def test_predictions(self) -> tuple[pd.Series | None, str]:
-        """(pred by image_name, where it came from): the mean of fold<K>/test.csv over all folds, else
-        the run's submission file; (None, reason) when neither exists."""
-        folds = self.run.folds_expected
-        paths = [os.path.join(layout.fold_path(self.path, fold), layout.TEST) for fold in range(folds or 0)]
+    def test_predictions(self, folds: list[int] | None = None) -> tuple[pd.Series | None, str]:
+        """(pred by image_name, where it came from): the mean of fold<K>/test.csv over `folds` (default:
+        every fold), else the run's submission file when it holds those folds; (None, reason) when
+        neither exists."""
+        everything = list(range(self.run.folds_expected or 0))
+        folds = everything if folds is None else list(folds)
+        paths = [os.path.join(layout.fold_path(self.path, fold), layout.TEST) for fold in folds]
         if paths and all(os.path.isfile(path) for path in paths):
             self.check_same_settings(paths)
             columns = [_prediction_column(path, "pred") for path in paths]
@@ -156,7 +160,7 @@ class Member:
             table = pd.concat(columns, axis=1)
             return table.mean(axis=1), f"mean of {len(paths)} fold test.csv"
         submission = self.submission_path()
-        if submission and io_utils.exists(submission):
+        if submission and io_utils.exists(submission) and (folds == everything or self.run.blend is not None):
             return _prediction_column(submission, "target"), submission
         return None, f"no fold<K>/test.csv and no {submission or 'submission'}"
 
@@ -207,13 +211,13 @@ def gather_oof(config: Config) -> str | None:
     state.json says so); returns its path (None if incomplete, and then no oof.csv is left there)."""
     target = os.path.join(layout.run_dir(config), layout.OOF)
     paths = [os.path.join(layout.fold_dir(config, k), layout.OOF) for k in range(config.data.folds)]
-    problems = [run_lib.fold_config_problem(config, layout.fold_dir(config, k)) for k in range(config.data.folds)
+    problems = [run_config.fold_config_problem(config, layout.fold_dir(config, k)) for k in range(config.data.folds)
                 if io_utils.exists(paths[k])]
     for problem in filter(None, problems):
         print(f"warning: {problem}: left out of the OOF; train it again with --force")
     if not all(io_utils.exists(p) for p in paths) or any(problems):
         if io_utils.exists(target):
-            runstate.remove(target)
+            io_utils.remove(target)
         return None
     oof = pd.concat([io_utils.read_csv(p) for p in paths], ignore_index=True)
     if oof["image_name"].duplicated().any():

@@ -1,0 +1,126 @@
+"""`python train.py --config C --fold K [--set ...] [--force | --resume]`: folds of a run, through its family.
+
+Before any work, and before TensorFlow loads: the config (its keys and values, its family's own), the
+environment (TF_CONFIG, MELANOMA_CPU_DEVICES), the folds asked for against data.folds and against the parts
+the records hold, every input file, and a writable output_dir (`preflight`). Interrupted folds are not
+restarted by accident. Then the run's lock (one writer per run, held by the chief of a cluster, whose
+workers check that they see its output_dir), the family's preparation (the CNN's strategy, the trees'
+features), the run bound to its config (`run_config.bind_run`), each fold not finished yet, and the run's
+OOF once every fold has one. The model family is looked up by name (train/families/); nothing here
+depends on which one it is.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from melanoma.core import config as config_lib
+from melanoma.core import environment, fold_state, io_utils, layout, run_config, run_lock, run_results
+from melanoma.core.config import Config
+from melanoma.core.errors import ConfigError
+from melanoma.data import preflight
+from melanoma.train.families import family as family_lib
+
+
+def parse_folds(text: str, folds: int) -> list[int]:
+    if text == "all":
+        return list(range(folds))
+    try:
+        chosen = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--fold takes a fold number, a comma list or 'all', got '{text}'") from None
+    bad = [k for k in chosen if not 0 <= k < folds]
+    if bad:
+        raise ConfigError(f"--fold {bad[0]} is out of range: data.folds = {folds} (0..{folds - 1})")
+    return chosen
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML in configs/")
+    parser.add_argument("--fold", default="all", help="fold number, comma list, or 'all' (default)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
+                        help="override config keys, e.g. --set train.epochs=2 data.image_size=64")
+    parser.add_argument("--force", action="store_true",
+                        help="train folds from scratch, even finished or interrupted ones")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue interrupted folds after their last completed epoch")
+
+
+def check_interrupted(config: Config, family: family_lib.Family, folds: list[int], resume: bool,
+                      force: bool) -> None:
+    """Refuse to start an interrupted fold from scratch unless asked to: its epochs are work to keep.
+    With --resume, refuse when no chosen fold has anything to resume (it would silently start afresh).
+    A family whose folds train in one go has nothing to resume: its unfinished folds train again."""
+    if force or not family.resumable:
+        return
+    if resume:
+        pending = [fold for fold in folds if not family.fold_finished(config, fold)]
+        if pending and all(fold_state.read_state(layout.fold_dir(config, fold)) is None for fold in pending):
+            raise ConfigError(
+                f"--resume: nothing to resume in {layout.run_dir(config)}: fold(s) "
+                f"{', '.join(map(str, pending))} have no {layout.STATE} (a fold keeps its progress from the end "
+                "of its first epoch on); train without --resume")
+        return
+    for fold in folds:
+        folder = layout.fold_dir(config, fold)
+        state = fold_state.read_state(folder)
+        if state is not None and not family.fold_finished(config, fold):
+            raise ConfigError(
+                f"fold {fold} was interrupted after epoch {state['epoch']} of {state.get('epochs', '?')} "
+                f"({os.path.join(folder, layout.STATE)}): add --resume to continue it, or --force to "
+                "train it from scratch")
+
+
+def check_before_work(args: argparse.Namespace, config: Config, family: family_lib.Family) -> list[int]:
+    """Everything about the command line, the config, its files and the machine that can be checked before
+    any work, without TensorFlow; returns the folds asked for."""
+    folds = parse_folds(args.fold, config.data.folds)
+    if args.resume and args.force:
+        raise ConfigError("--resume continues interrupted folds and --force restarts them; give one of the two")
+    environment.check()
+    if args.resume and environment.cluster_tasks() > 1:
+        raise ConfigError("--resume is not supported on a multi-worker cluster: the workers would not start "
+                          "from the same state. Resume on one machine, or train the fold again with --force")
+    family.check(config)
+    preflight.check_training(config, folds, writes=environment.is_chief())
+    return folds
+
+
+def command(args: argparse.Namespace) -> int:
+    config = config_lib.load_config(args.config, args.set)
+    family = family_lib.lookup(config)
+    folds = check_before_work(args, config, family)
+    chief = environment.is_chief()
+    with run_lock.hold(config, "train", chief) as lock:
+        # what the run's folder says is read under the lock: a run being trained is not "interrupted"
+        check_interrupted(config, family, folds, args.resume, args.force)
+        if chief:
+            io_utils.remove_leftovers(layout.run_dir(config))
+        # Every worker decides from the run's own folder, so all of them train the same folds.
+        todo = [fold for fold in folds if args.force or not family.fold_finished(config, fold)]
+        training = family.training(config, resume=args.resume) if todo else None
+        if todo and environment.cluster_tasks() > 1:
+            run_lock.check_cluster_token(config, lock)
+        # a changed config is refused; --force moves the old run aside (the chief alone writes)
+        config_path = run_config.bind_run(config, args.config, force=args.force, write=chief)
+        for fold in sorted(set(folds) - set(todo)):
+            print(f"fold {fold}: already finished (use --force to train it again)")
+        if todo:
+            _fit_folds(config, config_path, training, todo, chief)
+        if chief:
+            run_results.report_oof(config, family.fold_finished)
+    return 0
+
+
+def _fit_folds(config: Config, config_path: str, training, todo: list[int], chief: bool) -> None:
+    """Each fold of `todo` through the family; the other workers of a cluster write into folders of
+    their own (run_config.worker_outputs)."""
+    with run_config.worker_outputs(config, chief) as work:
+        if chief:
+            print(f"run {config.name}: resolved config in {config_path}")
+        else:
+            run_config.save_config(work)  # into its temporary folder: the fold code reads it there
+            kind, index = environment.worker_task()
+            print(f"run {config.name}: {kind} {index} of a cluster; the chief writes the run's files")
+        for fold in todo:
+            training.fit_fold(work, fold)

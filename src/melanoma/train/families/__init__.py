@@ -1,0 +1,1 @@
+"""The model families: each one fits a fold, predicts a fold's images and describes itself."""
