@@ -51,7 +51,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adam",),
     "train.loss": ("bce", "focal"),
     "train.schedule": ("rampup", "cosine"),
-    "train.checkpoint": ("best_auc", "best_loss", "last", "epoch"),
+    "train.checkpoint": ("best_auc", "best_loss", "best_pauc_tpr80", "last", "epoch"),
     "tta.mode": ("random", "dihedral"),
 }
 # model.family is checked where the families are (train/families/family.py: lookup), so that a new family
