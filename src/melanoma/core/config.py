@@ -28,6 +28,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "data.duplicates_csv": (str, list),
     "data.cache": (bool, str),
     "data.diagnosis_names": (list, dict),
+    "data.negatives_per_positive": (int, float),
     "model.weights": (str,),
     "model.drop_connect": (int, float),
     "model.bn_momentum": (int, float),
@@ -241,6 +242,10 @@ def _check_values(config: Config) -> None:
     if config.train.upsample_malignant < 1:
         raise ConfigError(f"config key 'train.upsample_malignant' must be at least 1, got "
                           f"{config.train.upsample_malignant}")
+    ratio = config.data.negatives_per_positive
+    if ratio is not None and not ratio > 0:
+        raise ConfigError(f"config key 'data.negatives_per_positive' must be positive (benign training images kept "
+                          f"per malignant one), or null to keep every image; got {ratio}")
     if config.train.class_weight is not None and config.train.class_weight <= 0:
         raise ConfigError(f"config key 'train.class_weight' must be positive, got {config.train.class_weight}")
     _check_checkpoint_epoch(config.train)
