@@ -38,6 +38,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "features.image_size": (int,),
     "features.workers": (int,),
     "tabular.class_weight": (int, float),
+    "submission.file_name": (str,),
 }
 
 # Keys with a default that may also be set to null.
@@ -249,6 +250,19 @@ def _check_values(config: Config) -> None:
     if config.train.class_weight is not None and config.train.class_weight <= 0:
         raise ConfigError(f"config key 'train.class_weight' must be positive, got {config.train.class_weight}")
     _check_checkpoint_epoch(config.train)
+    _check_submission(config.submission)
+
+
+def _check_submission(section: Config) -> None:
+    """The submission section: a column name, a plain .csv file name, a competition's name."""
+    for key in ("id_column", "competition"):
+        if not section[key].strip() or any(character in section[key] for character in ",\n\"/"):
+            raise ConfigError(f"config key 'submission.{key}' is {section[key]!r}; give a name without commas, "
+                              "quotes or slashes")
+    name = section.file_name
+    if name is not None and (not name.endswith(".csv") or name.startswith(".") or "/" in name or "\\" in name):
+        raise ConfigError(f"config key 'submission.file_name' is {name!r}: give a file name ending in .csv (it is "
+                          "written into submission_dir), e.g. submission.csv, or null for <name>.csv")
 
 
 def _check_checkpoint_epoch(train: Config) -> None:
