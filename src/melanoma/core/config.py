@@ -38,6 +38,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "features.image_size": (int,),
     "features.workers": (int,),
     "tabular.class_weight": (int, float),
+    "tabular.importance_rows": (int,),
     "submission.file_name": (str,),
 }
 
@@ -55,6 +56,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("rampup", "cosine"),
     "train.checkpoint": ("best_auc", "best_loss", "best_pauc_tpr80", "last", "epoch"),
     "tta.mode": ("random", "dihedral"),
+    "tabular.importance_by": ("feature", "group"),
 }
 # model.family is checked where the families are (train/families/family.py: lookup), so that a new family
 # is added in that one folder.

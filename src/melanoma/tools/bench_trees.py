@@ -21,7 +21,6 @@ import platform
 import resource
 import sys
 import time
-import types
 
 import numpy as np
 
@@ -31,7 +30,7 @@ from melanoma.core.errors import ConfigError
 from melanoma.input import tbp_features
 from melanoma.tools import synth_isic2024
 
-# As in training (train/families/tree_model.py): scikit-learn's OpenMP threads wait passively, which
+# As in training (train/families/trees.py): scikit-learn's OpenMP threads wait passively, which
 # OpenMP reads when it loads, so before anything here loads scikit-learn. Spinning threads made this fit 6x slower in CPU time on
 # the shared 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -60,9 +59,8 @@ def timed(step: str, figures: dict, function, *args, **kwargs):
 
 
 def run(config: config_lib.Config, rows: int, patients: int, positive_rate: float, seed: int = 0) -> dict:
-    # training's tree family brings TensorFlow (through the records readers): imported once the environment
-    # above and quiet's import hook are in place
-    from melanoma.train.families import tree_model
+    # the trees load scikit-learn's compiled code: imported once OMP_WAIT_POLICY above is in place
+    from melanoma.train.families import trees
 
     figures = {"rows": rows, "patients": patients, "positive_rate": positive_rate,
                "resident_after_imports_mb": round(resident_mb(), 1)}
@@ -72,7 +70,7 @@ def run(config: config_lib.Config, rows: int, patients: int, positive_rate: floa
     values = timed("matrix", figures, lambda: built.frame.to_numpy(dtype=np.float64))
     target = table["target"].to_numpy()
     del table
-    model = tree_model.new_trees(config, types.SimpleNamespace(columns=built.columns, categorical=built.categorical), 0)
+    model = trees.new_trees(config, built.columns, built.categorical, 0)
     timed("fit", figures, model.fit, values, target)
     timed("predict", figures, model.predict_proba, values)
     figures.update(features=len(built.columns), categorical=len(built.categorical), positives=int(target.sum()),
