@@ -87,7 +87,11 @@ def saved_config(config: Config) -> config_lib.Config | None:
 
 
 def trained_as(flat: dict) -> str:
-    """`efficientnet-b0 at 32 px, binary head` from flat config keys (a fingerprint or a config)."""
+    """`efficientnet-b0 at 32 px, binary head` (a tree family: `tbp_trees trees`) from flat config keys (a
+    fingerprint or a config)."""
+    family = flat.get("model.family", "cnn")
+    if family != "cnn":
+        return f"{family} trees"
     text = f"{flat.get('model.backbone', '?')} at {flat.get('data.image_size', '?')} px, " \
            f"{flat.get('model.head', '?')} head"
     return text + (" with metadata" if flat.get("model.metadata") else "")

@@ -658,7 +658,7 @@ def format_summary(summary: dict) -> str:
     lines.append("  duplicates dropped: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
     sampled = summary.get("negative_downsampling") or {}
     if sampled.get("negatives_per_positive") is not None:
-        lines.append(f"  negative downsampling: {sampled['negatives_per_positive']} benign per malignant image, "
+        lines.append(f"  negative downsampling: {sampled['negatives_per_positive']:g} benign per malignant image, "
                      f"{sampled['benign_kept']} benign training images kept, {sampled['benign_left_out']} left out")
     lines.append(f"  training images per epoch: {summary['training_images_per_epoch']}")
     return "\n".join(lines)
