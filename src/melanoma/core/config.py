@@ -18,6 +18,9 @@ from melanoma.core.errors import ConfigError
 
 BASE_NAME = "base.yaml"
 REPOSITORY = Path(__file__).resolve().parents[3]  # the checkout: src/melanoma/core/config.py
+# configs/base.yaml as the installed package holds it (a link to it in the checkout; a copy in the wheel), for
+# an installation without a checkout: a notebook that predicts with a run's saved config
+PACKAGED_BASE = Path(__file__).resolve().parent / BASE_NAME
 
 # Keys whose default is null, or which accept more than the default's type.
 EXTRA_TYPES: dict[str, tuple[type, ...]] = {
@@ -284,20 +287,28 @@ def _check_checkpoint_epoch(train: Config) -> None:
 
 
 def base_path(config_path: Path) -> Path:
-    """base.yaml beside the experiment file, else the repository's configs/base.yaml."""
+    """base.yaml beside the experiment file, else the repository's configs/base.yaml, else the installed
+    package's copy of it."""
     beside = config_path.parent / BASE_NAME
     if beside.is_file():
         return beside
-    repo = REPOSITORY / "configs" / BASE_NAME
-    if repo.is_file():
-        return repo
+    for found in (REPOSITORY / "configs" / BASE_NAME, PACKAGED_BASE):
+        if found.is_file():
+            return found
     raise ConfigError(f"cannot find {BASE_NAME} beside {config_path} (it holds every key's default)")
+
+
+def code_base() -> Path:
+    """The base.yaml of the code that is running: the checkout's, else the installed package's."""
+    checkout = REPOSITORY / "configs" / BASE_NAME
+    return checkout if checkout.is_file() else PACKAGED_BASE
 
 
 def _layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     if path in seen:
         raise ConfigError(f"config files extend each other in a loop: {' -> '.join(map(str, seen + (path,)))}")
     data = _read_yaml(path)
+    data.pop("git_commit", None)  # a run's saved config (core/run_config.py) records the code's commit: no key
     parent = data.pop("extends", None)
     layers: list[tuple[Path, dict]] = []
     if parent:

@@ -65,8 +65,8 @@ def base_defaults(config_path: str | os.PathLike) -> dict:
 
 
 def code_defaults() -> dict:
-    """The repository's base.yaml values (flat): the defaults of the code that is running."""
-    return base_defaults(config_lib.REPOSITORY / "configs" / config_lib.BASE_NAME)
+    """The base.yaml values (flat) of the code that is running (the checkout's, else the package's)."""
+    return fold_state.flatten(config_lib.load_config(config_lib.code_base()))
 
 
 def run_folder(config: Config) -> str:
