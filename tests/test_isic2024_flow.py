@@ -60,6 +60,11 @@ def test_the_2024_flow_from_records_to_a_scored_submission(isic2024_data, tmp_pa
     by_name = cnn_submission.set_index("isic_id")["target"]
     np.testing.assert_allclose(stacked["run_isic2024_cnn"], by_name.loc[stacked["image_name"]])
 
+    assert cli.main(["blend", str(runs / "isic2024_cnn"), str(runs / "isic2024_stack"), "--method", "rank",
+                     "--name", "both"]) == 0
+    blended = pd.read_csv(tmp_path / "submissions" / "blend-both.csv")
+    assert list(blended.columns) == ["isic_id", "target"] and len(blended) == len(sample)  # the runs' id column
+
     capsys.readouterr()
     assert cli.main(["score", str(runs / "isic2024_stack" / "oof.csv"), "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)

@@ -3,6 +3,7 @@ every malignant one kept, validation (and so the OOF) untouched, for the CNN's r
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from conftest import write_config
 from melanoma.core.config import ConfigError, load_config
 from melanoma.data import sampling, sources
 from melanoma.input import pipeline
+from melanoma.train.families import tree_model
 
 
 def read_names(paths, keep) -> list[str]:
@@ -69,3 +71,6 @@ def test_a_fold_trains_on_the_draw_and_validates_on_every_image(tiny_data, tmp_p
     assert reseeded.excluded != fold.excluded
     assert len(fold.drops) == len(whole.drops)  # not duplicates: duplicates.csv does not list them
     assert np.isclose(len(fold.excluded), len(training) - 3 * len(malignant))
+    # the tabular family's rows of the fold: the same draw, every validation image
+    trees_rows, valid_rows = tree_model.fold_rows(SimpleNamespace(train=table), fold)
+    assert set(trees_rows["image_name"]) == set(read) and set(valid_rows["image_name"]) == fold.valid_names
