@@ -30,7 +30,7 @@ DEMO := input/demo
 .PHONY: help install demo test test-full train resume infer score report compare blend bench bench-trees serve submit leaderboard data wheels clean-demo
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' FILE=... MSG=... CONFIGS=... METHOD=... PORT=... HOST=..."
 	@echo "  USE_SYSTEM_PYTHON=1 (automatic on Kaggle/Colab): use this Python and its TensorFlow, no .venv/"
 
@@ -73,6 +73,29 @@ demo: install $(DEMO)/records/encodings.json ## synth -> records -> pretrained L
 	$(PY) -m melanoma score outputs/blend-demo/oof.csv
 	$(PY) -m melanoma report configs/demo.yaml $(SETARG)
 	@echo "submission: submissions/blend-demo.csv (CNN alone: submissions/demo.csv, trees alone: submissions/tabular.csv)   report: outputs/demo/report/"
+
+# The ISIC 2024 flow on generated data (configs/isic2024_*.yaml point at these folders)
+DEMO_2024 := input/isic2024-demo
+.PHONY: demo-2024
+
+$(DEMO_2024)/train-metadata.csv: | $(INSTALLED)  # written last by synth
+	$(PY) -m melanoma synth $(DEMO_2024) --layout isic2024 --patients 60 --test-patients 10 --lesions 30 \
+	    --positive-rate 0.02 --size 130 --seed 0 --force
+
+$(DEMO_2024)/records/records.json: $(DEMO_2024)/train-metadata.csv
+	$(PY) -m melanoma records --isic2024 $(DEMO_2024) --out $(DEMO_2024)/records
+
+demo-2024: install $(DEMO_2024)/records/records.json ## ISIC 2024 on generated data: synth -> records -> trees, Lite0 CNN, their stack -> submission.csv -> validate -> score
+	$(PY) train.py --config configs/isic2024_tabular.yaml $(SETARG)
+	$(PY) infer.py --config configs/isic2024_tabular.yaml $(SETARG)
+	$(PY) train.py --config configs/isic2024_cnn.yaml $(SETARG)
+	$(PY) infer.py --config configs/isic2024_cnn.yaml $(SETARG)
+	$(PY) train.py --config configs/isic2024_stack.yaml $(SETARG)
+	$(PY) infer.py --config configs/isic2024_stack.yaml $(SETARG)
+	$(PY) -m melanoma validate submissions/submission.csv --sample $(DEMO_2024)/sample_submission.csv
+	$(PY) -m melanoma compare outputs
+	$(PY) -m melanoma score outputs/isic2024_stack/oof.csv --json
+	@echo "submission: submissions/submission.csv (isic_id,target; trees alone: submissions/isic2024_tabular.csv, CNN alone: submissions/isic2024_cnn.csv); hidden labels: $(DEMO_2024)/test_labels.csv"
 
 TEST_WORKERS ?= 2
 test: install $(SERVE_INSTALLED) ## fast tests in TEST_WORKERS processes (about 6 minutes on 2 cores)

@@ -49,6 +49,38 @@ def tiny_data(tmp_path_factory) -> dict:
     return {"root": root, "records": root / "records", "summary": summary, **paths}
 
 
+@pytest.fixture(scope="session")
+def isic2024_data(tmp_path_factory) -> dict:
+    """A tiny dataset in the ISIC 2024 layout (12 patients of about 12 lesions, 32 px crops, 3 test patients)
+    and its records and tables (`records --isic2024`), and the --set values that point a 2024 config at
+    them and at a folder of runs of its own."""
+    import warnings
+
+    from melanoma.data import folds, isic2024
+    from melanoma.tools import synth_isic2024
+
+    root = tmp_path_factory.mktemp("isic2024-flow")
+    download = root / "download"
+    synth_isic2024.synthesize(str(download), size=32, patients=12, test_patients=3, lesions=12, positive_rate=0.08,
+                              seed=11, progress=False)
+    records = root / "records"
+    records.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", folds.FewPatientsWarning)  # 12 patients fill fewer than 15 parts
+        isic2024.build_records(str(download), str(records), parts=4, workers=1, progress=False)
+    return {"root": root, "download": download, "records": records,
+            "sample": download / "sample_submission.csv", "labels": download / "test_labels.csv"}
+
+
+def isic2024_settings(data: dict, folder: Path, *more: str) -> list[str]:
+    """--set values for the repository's isic2024_*.yaml on the tiny 2024 data: 2 folds, small trees, runs
+    and submissions under `folder`."""
+    return [f"data.train_files={data['records']}/train*.tfrec", f"data.test_files={data['records']}/test*.tfrec",
+            f"data.sample_submission={data['sample']}", "data.folds=2", f"output_dir={folder / 'outputs'}",
+            f"submission_dir={folder / 'submissions'}", "tabular.max_iter=20", "tabular.min_samples_leaf=5",
+            *more]
+
+
 def write_config(folder: Path, tiny_data: dict, body: str = "", name: str = "tiny") -> Path:
     """A config in `folder` pointing at the tiny records, small enough to train in seconds."""
     text = textwrap.dedent(f"""\

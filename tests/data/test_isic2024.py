@@ -310,3 +310,55 @@ def test_a_crop_without_a_patient_is_a_group_of_its_own(download, tmp_path):
     assert cli.main(["records", "--isic2024", str(broken), "--out", str(out), "--workers", "1"]) == 0
     found = read_records(str(out / "train*.tfrec"), "train").set_index("image_name")
     assert (found.loc[lonely, "patient_id"] == -1).all() and len(found) == len(table)
+
+
+# ---------------------------------------------------------------------------------------------------
+# records --isic2024 --test-only: what a notebook predicting the hidden test set converts
+
+
+def test_test_only_converts_the_test_files_alone_with_the_training_codes(download, converted, tmp_path):
+    out = tmp_path / "test-only"
+    assert cli.main(["records", "--isic2024", str(download), "--test-only", "--out", str(out), "--encodings",
+                     str(converted / "encodings.json"), "--workers", "1"]) == 0
+    count = len(pd.read_csv(download / "test-metadata.csv"))
+    assert sorted(path.name for path in out.iterdir()) == ["encodings.json", "records.json", "test.csv",
+                                                           f"test00-{count}.tfrec"]
+    alone = read_records(str(out / "test*.tfrec"), "test").set_index("image_name")
+    together = read_records(str(converted / "test*.tfrec"), "test").set_index("image_name").loc[alone.index]
+    for column in ("image", "sex", "age_approx", "anatom_site_general_challenge"):
+        assert (alone[column] == together[column]).all(), column
+    trained = json.loads((converted / "encodings.json").read_text())
+    encodings = json.loads((out / "encodings.json").read_text())
+    assert encodings["diagnosis"] == trained["diagnosis"] and encodings["sex"] == trained["sex"]
+    first = trained["patient_id"]["first"] + trained["patient_id"]["count"]
+    assert encodings["patient_id"] == {"source": "isic2024", "first": first, "count": 2}
+    assert set(alone["patient_id"]) == {first, first + 1}  # after every patient of the training records
+    table = pd.read_csv(out / "test.csv", dtype=str, keep_default_na=False)
+    source = pd.read_csv(download / "test-metadata.csv", dtype=str, keep_default_na=False)
+    pd.testing.assert_frame_equal(table[list(source.columns)], source)
+    plain = tmp_path / "plain"
+    assert cli.main(["records", "--isic2024", str(download), "--test-only", "--out", str(plain)]) == 0
+    assert json.loads((plain / "encodings.json").read_text())["patient_id"]["first"] == \
+        taxonomy.PATIENT_CODE_START["isic2024"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--encodings", "ENCODINGS"], "--encodings goes with --test-only"),
+    (["--test-only", "--parts", "3"], "takes no --parts with --test-only"),
+    (["--test-only", "--encodings", "MISSING"], "no such file"),
+])
+def test_test_only_options_that_do_not_fit_are_exit_2(download, converted, tmp_path, capsys, arguments, message):
+    arguments = [str(converted / "encodings.json") if a == "ENCODINGS" else str(tmp_path / "x.json") if a == "MISSING"
+                 else a for a in arguments]
+    assert cli.main(["records", "--isic2024", str(download), "--out", str(tmp_path / "out"), *arguments]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_test_only_needs_the_test_files_and_the_2024_layout(download, tmp_path, capsys):
+    alone = copy_download(download, tmp_path / "alone")
+    os.remove(alone / "test-image.hdf5")
+    assert cli.main(["records", "--isic2024", str(alone), "--test-only", "--out", str(tmp_path / "out")]) == 2
+    assert "lacks test-image.hdf5" in capsys.readouterr().err
+    assert cli.main(["records", "--data", str(alone), "--test-only", "--out", str(tmp_path / "out")]) == 2
+    assert "--test-only goes with --isic2024" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from test_compare_report_blend import FOLDS, Project, truth
 
 from melanoma import cli
-from melanoma.core import tables
+from melanoma.core import metrics, tables
 from melanoma.core.config import ConfigError, load_config
 from melanoma.evaluate import compare, report, scoring, selection, statistics
 
@@ -44,16 +44,16 @@ def test_pauc_tpr80_is_the_isic_2024_formula_with_ties(seed, decimals):
     if decimals is not None:
         pred = np.round(pred, decimals)  # ties within and across the classes
         assert len(np.unique(pred)) < rows
-    value = scoring.partial_auc_above_tpr(target, pred)
+    value = metrics.partial_auc_above_tpr(target, pred)
     assert value == pytest.approx(isic2024_pauc(target, pred), abs=1e-12)
     assert 0.0 <= value <= 0.2
 
 
 def test_pauc_tpr80_limits():
     target = np.array([0, 0, 0, 1, 1])
-    assert scoring.partial_auc_above_tpr(target, [0.1, 0.2, 0.3, 0.8, 0.9]) == pytest.approx(0.2)
-    assert scoring.partial_auc_above_tpr(target, [0.9, 0.8, 0.7, 0.2, 0.1]) == pytest.approx(0.0)
-    assert scoring.partial_auc_above_tpr(target, [0.5] * 5) == pytest.approx(isic2024_pauc(target, [0.5] * 5))
+    assert metrics.partial_auc_above_tpr(target, [0.1, 0.2, 0.3, 0.8, 0.9]) == pytest.approx(0.2)
+    assert metrics.partial_auc_above_tpr(target, [0.9, 0.8, 0.7, 0.2, 0.1]) == pytest.approx(0.0)
+    assert metrics.partial_auc_above_tpr(target, [0.5] * 5) == pytest.approx(isic2024_pauc(target, [0.5] * 5))
 
 
 def test_operating_points_on_a_small_example():

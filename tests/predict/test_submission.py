@@ -54,6 +54,24 @@ def test_a_good_submission_validates(tmp_path, capsys):
     assert "valid submission, 20 rows" in capsys.readouterr().out
 
 
+def test_the_id_column_is_the_samples(tmp_path, capsys):
+    """ISIC 2024's sample is isic_id,target: a submission is checked against that header, and a 2020-style
+    one (image_name) is refused for it, as an isic_id file is for the 2020 sample."""
+    sample = tmp_path / "sample_isic2024.csv"
+    pd.DataFrame({"isic_id": IDS, "target": 0.3}).to_csv(sample, index=False)
+    ours = good_frame().rename(columns={"image_name": "isic_id"})
+    sub = write_text(tmp_path / "submission.csv", ours.to_csv(index=False))
+    assert cli.main(["validate", sub, "--sample", str(sample)]) == 0
+    assert cli.main(["validate", write_text(tmp_path / "old.csv", good_text()), "--sample", str(sample)]) == 1
+    assert "it must be exactly 'isic_id,target'" in capsys.readouterr().err
+    assert cli.main(["validate", sub, "--sample", write_sample(tmp_path)]) == 1
+    assert "it must be exactly 'image_name,target'" in capsys.readouterr().err
+    written = submission.write_submission(ours, str(tmp_path / "out.csv"), str(sample), id_column="isic_id")
+    assert Path(written.path).read_text().splitlines()[0] == "isic_id,target"
+    with pytest.raises(CheckFailed, match="must be exactly 'isic_id,target'"):
+        submission.write_submission(good_frame(), str(tmp_path / "other.csv"), str(sample), id_column="isic_id")
+
+
 def _replace_target(rows: dict[int, str]) -> str:
     lines = good_text().splitlines()
     for index, value in rows.items():
@@ -317,6 +335,23 @@ def test_submit_takes_the_sample_from_the_run_config(kaggle):
     (kaggle.project / "outputs" / "effnet-b3" / "config.yaml").write_text(json.dumps(config))
     assert cli.main(["submit", kaggle.submission, "-m", "from run config"]) == 0
     assert len(kaggle.calls()) == 1
+
+
+def test_submit_uploads_to_the_competition_the_run_names(kaggle):
+    """submission.competition of the submission's run (or of --config) names the competition; without it,
+    the 2020 competition."""
+    config = {"name": "effnet-b3", "data": {"sample_submission": kaggle.sample, "folds": 4},
+              "submission": {"competition": "another-competition"}}
+    (kaggle.project / "outputs" / "effnet-b3" / "config.yaml").write_text(json.dumps(config))
+    assert cli.main(["submit", kaggle.submission, "-m", "elsewhere"]) == 0
+    assert kaggle.calls()[-1][:3] == ["competitions", "submit", "-c"] and kaggle.calls()[-1][3] == "another-competition"
+    experiment = kaggle.project / "other.yaml"
+    experiment.write_text("submission:\n  competition: third-competition\n")
+    base = Path(__file__).resolve().parents[2] / "configs" / "base.yaml"
+    (kaggle.project / "base.yaml").write_text(base.read_text())
+    assert cli.main(["submit", kaggle.submission, "-m", "from --config", "--config", str(experiment),
+                     "--sample", kaggle.sample]) == 0
+    assert kaggle.calls()[-1][3] == "third-competition"
 
 
 def test_submit_accepts_environment_credentials(kaggle, monkeypatch):

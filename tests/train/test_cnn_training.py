@@ -118,14 +118,17 @@ def test_two_folds_gather_oof(tiny, tmp_path, small_model):
 # checkpoint rules, on a stream of made-up epoch logs
 
 
-@pytest.mark.parametrize("rule, expected_epoch", [("best_auc", 2), ("best_loss", 3), ("last", 4)])
+@pytest.mark.parametrize("rule, expected_epoch", [("best_auc", 2), ("best_loss", 3), ("best_pauc_tpr80", 1),
+                                                   ("last", 4)])
 def test_checkpoint_rules(tmp_path, rule, expected_epoch):
     config = config_lib.load_config(REPO / "configs" / "demo.yaml", [f"train.checkpoint={rule}"])
     _, guard, checkpoint = cnn_training.make_callbacks(config, str(tmp_path), 32, [])
     inputs = keras.Input((2,))
     checkpoint.set_model(keras.Model(inputs, keras.layers.Dense(1)(inputs)))
-    logs = [{"val_auc": 0.6, "val_loss": 0.5}, {"val_auc": 0.8, "val_loss": 0.4},
-            {"val_auc": 0.7, "val_loss": 0.3}, {"val_auc": float("nan"), "val_loss": 0.35}]
+    logs = [{"val_auc": 0.6, "val_loss": 0.5, "val_pauc_tpr80": 0.09},
+            {"val_auc": 0.8, "val_loss": 0.4, "val_pauc_tpr80": 0.07},
+            {"val_auc": 0.7, "val_loss": 0.3, "val_pauc_tpr80": 0.08},
+            {"val_auc": float("nan"), "val_loss": 0.35, "val_pauc_tpr80": float("nan")}]
     for epoch, values in enumerate(logs):
         checkpoint.on_epoch_end(epoch, dict(values))
     assert checkpoint.best_epoch == expected_epoch

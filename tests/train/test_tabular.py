@@ -15,9 +15,9 @@ from sklearn.metrics import roc_auc_score
 from melanoma import cli
 from melanoma.core.config import ConfigError, load_config
 from melanoma.evaluate import compare
-from melanoma.input import features, imagestats, patientcontext
+from melanoma.input import features, imagestats, patientcontext, stacking
 from melanoma.tools import synth
-from melanoma.train.families import tree_model
+from melanoma.train.families import trees
 
 
 def tiny_tabular(from_runs: str = "[]") -> str:
@@ -172,26 +172,26 @@ def stacking_inputs(tmp_path, shuffle_folds: bool = False, drop: int = 0):
 def test_stacked_features_are_the_runs_oof_for_training_rows_and_its_test_mean_for_test_rows(tmp_path):
     path, names, test_names, ours, made = stacking_inputs(tmp_path)
     config = load_config(path)
-    train, test = features.stacking_features(config, names, test_names, ours)
+    train, test = stacking.stacking_features(config, names, test_names, ours)
     # Every training row's value is the run's out-of-fold prediction for it: made by the model of the
     # row's own fold, which never trained on it (the folds agree, or the run is refused below).
     np.testing.assert_array_equal(train["run_cnn"].to_numpy(), made["oof"].loc[names].to_numpy())
     np.testing.assert_allclose(test["run_cnn"].to_numpy(), made["test"].loc[test_names].to_numpy())
     # Rows this run does not score (dropped duplicates) get no value rather than someone else's.
-    train, _ = features.stacking_features(config, names, test_names, ours.iloc[4:])
+    train, _ = stacking.stacking_features(config, names, test_names, ours.iloc[4:])
     assert train["run_cnn"].iloc[:4].isna().all() and train["run_cnn"].iloc[4:].notna().all()
 
 
 def test_stacking_refuses_a_run_with_other_folds_or_missing_rows(tmp_path):
     path, names, test_names, ours, _ = stacking_inputs(tmp_path / "a", shuffle_folds=True)
     with pytest.raises(ConfigError, match="folds differ"):
-        features.stacking_features(load_config(path), names, test_names, ours)
+        stacking.stacking_features(load_config(path), names, test_names, ours)
     path, names, test_names, ours, _ = stacking_inputs(tmp_path / "b", drop=3)
     with pytest.raises(ConfigError, match="lacks 3 of this run's training images"):
-        features.stacking_features(load_config(path), names, test_names, ours)
+        stacking.stacking_features(load_config(path), names, test_names, ours)
     for runs, message in (("[never-trained]", "no run folder"), ("[stack]", "this run itself")):
         with pytest.raises(ConfigError, match=message):
-            features.stacking_features(load_config(path, [f"features.from_runs={runs}"]), names, test_names, ours)
+            stacking.stacking_features(load_config(path, [f"features.from_runs={runs}"]), names, test_names, ours)
 
 
 def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer_accept_it(
@@ -235,7 +235,7 @@ def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer
     second = write_config(tmp_path, tiny_data, tiny_tabular("[tiny]"), name="stacked")
     assert cli.main(["train", "--config", str(second)]) == 0
     assert "image statistics" not in capsys.readouterr().err  # no image decoded again
-    saved = tree_model.load_model(str(tmp_path / "outputs" / "stacked" / "fold0" / "model.joblib"))
+    saved = trees.load_model(str(tmp_path / "outputs" / "stacked" / "fold0" / "model.joblib"))
     assert {"run_tiny", "pdiff_run_tiny", "prank_run_tiny"} <= set(saved["columns"])
     assert cli.main(["infer", "--config", str(second)]) == 0
 

@@ -18,6 +18,9 @@ from melanoma.core.errors import ConfigError
 
 BASE_NAME = "base.yaml"
 REPOSITORY = Path(__file__).resolve().parents[3]  # the checkout: src/melanoma/core/config.py
+# configs/base.yaml as the installed package holds it (a link to it in the checkout; a copy in the wheel), for
+# an installation without a checkout: a notebook that predicts with a run's saved config
+PACKAGED_BASE = Path(__file__).resolve().parent / BASE_NAME
 
 # Keys whose default is null, or which accept more than the default's type.
 EXTRA_TYPES: dict[str, tuple[type, ...]] = {
@@ -28,6 +31,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "data.duplicates_csv": (str, list),
     "data.cache": (bool, str),
     "data.diagnosis_names": (list, dict),
+    "data.negatives_per_positive": (int, float),
     "model.weights": (str,),
     "model.drop_connect": (int, float),
     "model.bn_momentum": (int, float),
@@ -37,6 +41,8 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "features.image_size": (int,),
     "features.workers": (int,),
     "tabular.class_weight": (int, float),
+    "tabular.importance_rows": (int,),
+    "submission.file_name": (str,),
 }
 
 # Keys with a default that may also be set to null.
@@ -51,8 +57,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adam",),
     "train.loss": ("bce", "focal"),
     "train.schedule": ("rampup", "cosine"),
-    "train.checkpoint": ("best_auc", "best_loss", "last", "epoch"),
+    "train.checkpoint": ("best_auc", "best_loss", "best_pauc_tpr80", "last", "epoch"),
     "tta.mode": ("random", "dihedral"),
+    "tabular.importance_by": ("feature", "group"),
 }
 # model.family is checked where the families are (train/families/family.py: lookup), so that a new family
 # is added in that one folder.
@@ -241,9 +248,26 @@ def _check_values(config: Config) -> None:
     if config.train.upsample_malignant < 1:
         raise ConfigError(f"config key 'train.upsample_malignant' must be at least 1, got "
                           f"{config.train.upsample_malignant}")
+    ratio = config.data.negatives_per_positive
+    if ratio is not None and not ratio > 0:
+        raise ConfigError(f"config key 'data.negatives_per_positive' must be positive (benign training images kept "
+                          f"per malignant one), or null to keep every image; got {ratio}")
     if config.train.class_weight is not None and config.train.class_weight <= 0:
         raise ConfigError(f"config key 'train.class_weight' must be positive, got {config.train.class_weight}")
     _check_checkpoint_epoch(config.train)
+    _check_submission(config.submission)
+
+
+def _check_submission(section: Config) -> None:
+    """The submission section: a column name, a plain .csv file name, a competition's name."""
+    for key in ("id_column", "competition"):
+        if not section[key].strip() or any(character in section[key] for character in ",\n\"/"):
+            raise ConfigError(f"config key 'submission.{key}' is {section[key]!r}; give a name without commas, "
+                              "quotes or slashes")
+    name = section.file_name
+    if name is not None and (not name.endswith(".csv") or name.startswith(".") or "/" in name or "\\" in name):
+        raise ConfigError(f"config key 'submission.file_name' is {name!r}: give a file name ending in .csv (it is "
+                          "written into submission_dir), e.g. submission.csv, or null for <name>.csv")
 
 
 def _check_checkpoint_epoch(train: Config) -> None:
@@ -263,20 +287,28 @@ def _check_checkpoint_epoch(train: Config) -> None:
 
 
 def base_path(config_path: Path) -> Path:
-    """base.yaml beside the experiment file, else the repository's configs/base.yaml."""
+    """base.yaml beside the experiment file, else the repository's configs/base.yaml, else the installed
+    package's copy of it."""
     beside = config_path.parent / BASE_NAME
     if beside.is_file():
         return beside
-    repo = REPOSITORY / "configs" / BASE_NAME
-    if repo.is_file():
-        return repo
+    for found in (REPOSITORY / "configs" / BASE_NAME, PACKAGED_BASE):
+        if found.is_file():
+            return found
     raise ConfigError(f"cannot find {BASE_NAME} beside {config_path} (it holds every key's default)")
+
+
+def code_base() -> Path:
+    """The base.yaml of the code that is running: the checkout's, else the installed package's."""
+    checkout = REPOSITORY / "configs" / BASE_NAME
+    return checkout if checkout.is_file() else PACKAGED_BASE
 
 
 def _layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     if path in seen:
         raise ConfigError(f"config files extend each other in a loop: {' -> '.join(map(str, seen + (path,)))}")
     data = _read_yaml(path)
+    data.pop("git_commit", None)  # a run's saved config (core/run_config.py) records the code's commit: no key
     parent = data.pop("extends", None)
     layers: list[tuple[Path, dict]] = []
     if parent:

@@ -42,7 +42,7 @@ FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, VAL_EPOCHS, layout.OOF
 # dataset's gs:// path changes every session), how progress is shown, and what happens after training.
 RESUME_FREE = ("name", "output_dir", "submission_dir", "data.train_files", "data.test_files",
                "data.external_files", "data.sample_submission", "data.duplicates_csv", "data.cache",
-               "model.weights", "train.verbose", "tta")
+               "model.weights", "train.verbose", "tta", "submission")
 
 
 def _flatten(node: dict, prefix: str = "") -> dict:

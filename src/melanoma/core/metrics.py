@@ -1,8 +1,9 @@
-"""The one ROC AUC every stage uses (per-epoch validation, OOF, blends, importances, scoring), and the log loss.
+"""The one ROC AUC every stage uses (per-epoch validation, OOF, blends, importances, scoring), the ISIC 2024
+challenge's partial AUC (per-epoch validation and its checkpoint choice, scoring), and the log loss.
 
 The AUC is scikit-learn's `roc_auc_score`, as the competition computes it (ties count one half); where
-the rows hold one class only it is NaN instead of an error, so a fold or an epoch without a malignant
-image is reported, not fatal.
+the rows hold one class only it and the partial AUC are NaN instead of an error, so a fold or an epoch
+without a malignant image is reported, not fatal.
 """
 from __future__ import annotations
 
@@ -25,3 +26,36 @@ def binary_log_loss(target, pred) -> float:
     pred = np.clip(np.asarray(pred, dtype=float), 1e-7, 1 - 1e-7)
     target = np.asarray(target)
     return float(-np.mean(target * np.log(pred) + (1 - target) * np.log(1 - pred)))
+
+
+# The ISIC 2024 challenge's metric: the area of the ROC curve above this sensitivity (0 to 1 - it).
+PAUC_MIN_TPR = 0.8
+
+
+def partial_auc_above_tpr(target, pred, min_tpr: float = PAUC_MIN_TPR) -> float:
+    """Area under the ROC curve where sensitivity is at least `min_tpr`, unstandardised; NaN when `target`
+    holds one class.
+
+    This is how the ISIC 2024 challenge scored (range 0 to 1 - min_tpr, 0.2 for its 80%, `pauc_tpr80`): the
+    area between the curve and the line TPR = min_tpr, i.e. the integral of specificity over sensitivity
+    from min_tpr to 1. The curve is scikit-learn's (tied predictions make one diagonal step) and the
+    segment that crosses min_tpr is cut there by linear interpolation.
+    """
+    # scikit-learn's metrics take about a second to import: only the commands that score pay for it
+    from sklearn.metrics import roc_curve
+
+    target = np.asarray(target)
+    if len(np.unique(target)) < 2:
+        return float("nan")
+    false_rate, true_rate, _ = roc_curve(target, np.asarray(pred, dtype=float), drop_intermediate=False)
+    t0, t1 = true_rate[:-1], true_rate[1:]
+    f0, f1 = false_rate[:-1], false_rate[1:]
+    low, high = np.maximum(t0, min_tpr), np.maximum(t1, min_tpr)
+    rising = t1 > t0
+    span = np.where(rising, t1 - t0, 1.0)
+
+    def false_rate_at(level):
+        return f0 + (f1 - f0) * np.where(rising, (level - t0) / span, 0.0)
+
+    width = high - low
+    return float(np.sum(width * (1.0 - 0.5 * (false_rate_at(low) + false_rate_at(high)))))

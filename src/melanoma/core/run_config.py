@@ -35,7 +35,7 @@ from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 
 # Keys that never shape what a run learns or predicts.
-RUN_FREE = ("name", "output_dir", "submission_dir", "data.cache", "train.verbose", "tta.batch_size")
+RUN_FREE = ("name", "output_dir", "submission_dir", "submission", "data.cache", "train.verbose", "tta.batch_size")
 # ... and what inference may choose for itself: the test set and how to look at it (TTA).
 INFER_FREE = RUN_FREE + ("tta", "data.test_files", "data.sample_submission")
 # Keys holding file paths (or globs): compared by file name.
@@ -65,8 +65,8 @@ def base_defaults(config_path: str | os.PathLike) -> dict:
 
 
 def code_defaults() -> dict:
-    """The repository's base.yaml values (flat): the defaults of the code that is running."""
-    return base_defaults(config_lib.REPOSITORY / "configs" / config_lib.BASE_NAME)
+    """The base.yaml values (flat) of the code that is running (the checkout's, else the package's)."""
+    return fold_state.flatten(config_lib.load_config(config_lib.code_base()))
 
 
 def run_folder(config: Config) -> str:
@@ -87,7 +87,11 @@ def saved_config(config: Config) -> config_lib.Config | None:
 
 
 def trained_as(flat: dict) -> str:
-    """`efficientnet-b0 at 32 px, binary head` from flat config keys (a fingerprint or a config)."""
+    """`efficientnet-b0 at 32 px, binary head` (a tree family: `tbp_trees trees`) from flat config keys (a
+    fingerprint or a config)."""
+    family = flat.get("model.family", "cnn")
+    if family != "cnn":
+        return f"{family} trees"
     text = f"{flat.get('model.backbone', '?')} at {flat.get('data.image_size', '?')} px, " \
            f"{flat.get('model.head', '?')} head"
     return text + (" with metadata" if flat.get("model.metadata") else "")

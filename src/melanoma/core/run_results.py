@@ -140,7 +140,8 @@ class Member:
         if self.run.blend is not None:
             return self.run.blend.get("submission")
         if self.config is not None:
-            return os.path.join(self.config.submission_dir, f"{self.name}.csv")
+            named = (self.config.get("submission") or {}).get("file_name")  # submission.file_name, if set
+            return os.path.join(self.config.submission_dir, named or f"{self.name}.csv")
         return None
 
     def test_predictions(self, folds: list[int] | None = None) -> tuple[pd.Series | None, str]:
@@ -234,7 +235,9 @@ def report_oof(config: Config, finished) -> None:
     if gathered:
         oof = io_utils.read_csv(gathered)
         auc = metrics.auc(oof["target"], oof["pred"])
-        print(f"OOF AUC over {config.data.folds} folds: {auc:.4f} ({len(oof)} images) -> {gathered}")
+        pauc = metrics.partial_auc_above_tpr(oof["target"], oof["pred"])
+        print(f"OOF AUC over {config.data.folds} folds: {auc:.4f} ({len(oof)} images; pauc_tpr80 {pauc:.4f}) "
+              f"-> {gathered}")
     else:
         missing = [k for k in range(config.data.folds) if not finished(config, k)]
         print(f"folds still to train: {missing}")

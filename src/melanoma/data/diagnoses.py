@@ -16,7 +16,7 @@ import pandas as pd
 from melanoma.core import io_utils
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
-from melanoma.data import record_format
+from melanoma.data import isic2024, record_format
 from melanoma.data import sources as sources_lib
 from melanoma.data import taxonomy
 
@@ -88,7 +88,8 @@ def source_lookups(config: Config, files, sources: list[str] | None = None) -> d
 
 
 def check_diagnosis_sources(config: Config) -> None:
-    """Before any work: every source a diagnosis-head run reads says which diagnosis each code is."""
+    """Before any work: every source a diagnosis-head run reads says which diagnosis each code is, and none
+    is ISIC 2024's (`refuse_isic2024`)."""
     if config.model.head != "diagnosis":
         return
     files = record_format.list_files(config.data.train_files, "data.train_files")
@@ -97,6 +98,7 @@ def check_diagnosis_sources(config: Config) -> None:
     for external in sets:
         files += list(external.files)
         names += [external.name] * len(external.files)
+    refuse_isic2024(files)
     configured = config.data.diagnosis_names
     if isinstance(configured, dict):
         known = [sources_lib.COMPETITION] + [external.name for external in sets]
@@ -106,6 +108,23 @@ def check_diagnosis_sources(config: Config) -> None:
                 f"data.diagnosis_names names source(s) {', '.join(unknown)} that this run does not read; its "
                 f"sources are {', '.join(known)} ('competition' is data.train_files)")
     source_lookups(config, files, names)
+
+
+def refuse_isic2024(files) -> None:
+    """The diagnosis head learns P(melanoma) as the MEL class and takes every target 1 for MEL; the ISIC
+    2024 target also counts basal and squamous cell carcinomas (and other malignancies) as 1, so on its
+    records the head would learn those as melanoma. Refused, naming the folder (encodings.json says which
+    source a records folder holds)."""
+    for folder in sorted({os.path.dirname(f.path) for f in files}):
+        path = os.path.join(folder, "encodings.json")
+        if not io_utils.exists(path):
+            continue
+        patients = json.loads(io_utils.read_text(path)).get("patient_id")
+        if isinstance(patients, dict) and patients.get("source") == isic2024.SOURCE:
+            raise ConfigError(
+                f"model.head=diagnosis is refused for the ISIC 2024 records in {folder}: their target counts "
+                "basal and squamous cell carcinomas as malignant too, while the diagnosis head would learn every "
+                "target 1 as melanoma (MEL). Use model.head=binary, whose target is the challenge's")
 
 
 def true_diagnosis(frame: pd.DataFrame, lookup: list[int]) -> pd.Series:

@@ -1,7 +1,7 @@
 """The ISIC 2024 challenge's layout (SLICE-3D: crops of 3D total-body photographs) -> records and tables.
 
 `python -m melanoma records --isic2024 DIR --out OUT [--size N] [--parts P] [--test-parts P]` reads DIR in
-the published layout
+the published layout (`--test-only [--encodings TRAIN_OUT/encodings.json]`: its test files alone)
 
     train-metadata.csv   one row per lesion crop: isic_id, target, patient_id, ... (TRAIN_COLUMNS)
     train-image.hdf5     one dataset per isic_id holding the crop's JPEG bytes (about 130 px)
@@ -54,6 +54,7 @@ TEST_METADATA = "test-metadata.csv"
 TEST_IMAGES = "test-image.hdf5"
 SAMPLE_SUBMISSION = "sample_submission.csv"
 ID = "isic_id"
+SOURCE = "isic2024"  # the source name in encodings.json's patient range (taxonomy.PATIENT_CODE_START)
 
 # Colour, shape and position of each lesion from the 3D total-body photograph.
 TBP_NUMERIC = (
@@ -99,14 +100,15 @@ DIAGNOSIS_WORDS = (("melanoma", "MEL"), ("basal cell", "BCC"), ("squamous", "SCC
 class Layout:
     """Paths of one download in the published layout; the test files may be absent together."""
 
-    train_csv: str
-    train_images: str
+    train_csv: str | None      # None only for the test files alone (records --isic2024 --test-only)
+    train_images: str | None
     test_csv: str | None
     test_images: str | None
 
 
-def find_layout(folder: str) -> Layout:
-    """The files of `folder`, checked: both train files there, both test files or neither."""
+def find_layout(folder: str, test_only: bool = False) -> Layout:
+    """The files of `folder`, checked: both train files there, both test files or neither; with
+    `test_only`, both test files (the train files are not looked at)."""
     if io_utils.is_remote(folder):
         raise DataError(f"--isic2024 {folder}: the HDF5 files are read from a local disk; copy the folder "
                         "there first")
@@ -114,6 +116,12 @@ def find_layout(folder: str) -> Layout:
         raise FileNotFoundError(f"--isic2024 {folder} is not a folder: give the folder of the ISIC 2024 "
                                 f"download ({TRAIN_METADATA}, {TRAIN_IMAGES}, ...)")
     path = {name: os.path.join(folder, name) for name in (TRAIN_METADATA, TRAIN_IMAGES, TEST_METADATA, TEST_IMAGES)}
+    if test_only:
+        missing = [name for name in (TEST_METADATA, TEST_IMAGES) if not os.path.isfile(path[name])]
+        if missing:
+            raise FileNotFoundError(f"{folder} lacks {' and '.join(missing)}: --test-only converts the test files "
+                                    "of the ISIC 2024 layout; give the folder that holds them")
+        return Layout(None, None, path[TEST_METADATA], path[TEST_IMAGES])
     missing = [name for name in (TRAIN_METADATA, TRAIN_IMAGES) if not os.path.isfile(path[name])]
     if missing:
         raise FileNotFoundError(f"{folder} lacks {' and '.join(missing)}: give --isic2024 the folder of the "
@@ -199,35 +207,53 @@ def _codes(values: pd.Series, mapping: dict, what: str) -> np.ndarray:
     return text.map(lowered).fillna(-1).astype(np.int64).to_numpy()
 
 
-def code_tables(train: pd.DataFrame, test: pd.DataFrame | None) -> dict:
-    """Adds the public schema's `<feature>_code` columns to both tables; returns the encodings.
+def code_tables(train: pd.DataFrame | None, test: pd.DataFrame | None, base: dict | None = None) -> dict:
+    """Adds the public schema's `<feature>_code` columns to both tables (either may be None); returns the
+    encodings.
 
     Sex and site take the competition's codes (2024's anterior and posterior torso are the competition's
     torso, as ISIC 2019's are); the diagnosis is named after its ISIC class, with the competition's
     diagnosis codes extended by the classes' names; patients of both tables are numbered together, in
-    sorted order, from the `isic2024` range."""
-    classes = diagnosis_classes(train)
-    encodings = converters.source_encodings(None, classes.unique(), "isic2024")
-    patients = sorted(set(train["patient_id"].dropna()) | (set(test["patient_id"].dropna()) if test is not None else set()))
-    first = taxonomy.PATIENT_CODE_START["isic2024"]
+    sorted order, from the `isic2024` range. `base` (the training records' encodings.json, for the test
+    files alone) keeps its diagnosis codes and numbers the patients after its own."""
+    classes = diagnosis_classes(train) if train is not None else pd.Series([], dtype=object)
+    encodings = converters.source_encodings(base, classes.unique(), SOURCE)
+    tables = [table for table in (train, test) if table is not None]
+    patients = sorted(set().union(*(set(table["patient_id"].dropna()) for table in tables)))
+    first = first_patient_code(base)
     number = {patient: first + index for index, patient in enumerate(patients)}
-    site_names = {name: name for name in encodings["anatom_site_general_challenge"]}
-    site_names.update(taxonomy.ISIC2019_SITES)
-    for table in (train, test) if test is not None else (train,):
-        sites = table["anatom_site_general"].astype("string").str.strip().str.lower()
-        unknown = sorted(set(sites.dropna()) - set(site_names))
-        if unknown:
-            raise DataError(f"unknown anatom_site_general value(s) {', '.join(unknown)}; known: "
-                            f"{', '.join(sorted(site_names))}")
-        table["sex_code"] = _codes(table["sex"], encodings["sex"], "sex")
-        table["age_approx_code"] = pd.to_numeric(table["age_approx"], errors="coerce").fillna(-1).round().astype(np.int64)
-        table["anatom_site_general_challenge_code"] = _codes(
-            sites.map(site_names), encodings["anatom_site_general_challenge"], "site")
-        table["patient_id_code"] = table["patient_id"].map(number).fillna(-1).astype(np.int64)
-    if len(train):
+    for table in tables:
+        code_metadata(table, encodings, number)
+    if train is not None and len(train):
         train["diagnosis_code"] = _codes(classes.map(taxonomy.CLASS_NAMES), encodings["diagnosis"], "diagnosis")
         train["target_code"] = train["target"].astype(np.int64)
-    return {**encodings, "patient_id": taxonomy.patient_range("isic2024", len(patients))}
+    used = taxonomy.patient_range(SOURCE, first - taxonomy.PATIENT_CODE_START[SOURCE] + len(patients))
+    return {**encodings, "patient_id": dict(used, first=first, count=len(patients))}
+
+
+def first_patient_code(base: dict | None) -> int:
+    """Where this folder's patient codes start: after the ISIC 2024 patients `base` numbered, else at the
+    start of the isic2024 range."""
+    used = (base or {}).get("patient_id")
+    if isinstance(used, dict) and used.get("source") == SOURCE:
+        return int(used["first"]) + int(used["count"])
+    return taxonomy.PATIENT_CODE_START[SOURCE]
+
+
+def code_metadata(table: pd.DataFrame, encodings: dict, number: dict) -> None:
+    """sex, age, site and patient codes of one table, as `<feature>_code` columns."""
+    site_names = {name: name for name in encodings["anatom_site_general_challenge"]}
+    site_names.update(taxonomy.ISIC2019_SITES)
+    sites = table["anatom_site_general"].astype("string").str.strip().str.lower()
+    unknown = sorted(set(sites.dropna()) - set(site_names))
+    if unknown:
+        raise DataError(f"unknown anatom_site_general value(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(sorted(site_names))}")
+    table["sex_code"] = _codes(table["sex"], encodings["sex"], "sex")
+    table["age_approx_code"] = pd.to_numeric(table["age_approx"], errors="coerce").fillna(-1).round().astype(np.int64)
+    table["anatom_site_general_challenge_code"] = _codes(
+        sites.map(site_names), encodings["anatom_site_general_challenge"], "site")
+    table["patient_id_code"] = table["patient_id"].map(number).fillna(-1).astype(np.int64)
 
 
 def default_parts(images: int) -> int:
@@ -450,4 +476,22 @@ def build_records(folder: str, out_dir: str, size: int | None = None, parts: int
         write_table(layout.test_csv, test, os.path.join(out_dir, "test.csv"), coded)
     io_utils.write_text_atomic(os.path.join(out_dir, "encodings.json"), json.dumps(encodings, indent=1))
     summary["parts"] = int(train["part"].nunique())
+    return summary
+
+
+def build_test_records(folder: str, out_dir: str, size: int | None = None, test_part_count: int | None = None,
+                       workers: int | None = None, base: dict | None = None, progress: bool = True) -> dict:
+    """The test files of DIR alone -> test records, test.csv and encodings.json in `out_dir`: what a
+    notebook predicting the hidden test set needs, without reading the training crops. `base` (the training
+    records' encodings.json) keeps their codes, the test patients numbered after theirs."""
+    layout = find_layout(folder, test_only=True)
+    test = read_keys(layout.test_csv, "test")
+    check_keys(layout.test_images, test[ID])
+    encodings = code_tables(None, test, base)
+    test["part"] = test_parts(len(test), test_part_count)
+    coded = [f"{column}_code" for column in record_format.TEST_INT_FEATURES]
+    summary = {"test_files": len(write_split(test, layout.test_images, out_dir, "test", size, workers, progress)),
+               "test_images": len(test)}
+    write_table(layout.test_csv, test, os.path.join(out_dir, "test.csv"), coded)
+    io_utils.write_text_atomic(os.path.join(out_dir, "encodings.json"), json.dumps(encodings, indent=1))
     return summary

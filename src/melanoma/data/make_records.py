@@ -139,10 +139,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isic2024", metavar="DIR", help="the ISIC 2024 layout instead: a folder with "
                         f"{isic2024.TRAIN_METADATA}, {isic2024.TRAIN_IMAGES} (and {isic2024.TEST_METADATA}, "
                         f"{isic2024.TEST_IMAGES}); records + the metadata tables beside them")
+    parser.add_argument("--test-only", action="store_true",
+                        help="--isic2024: convert the test files alone (a notebook predicting the hidden test set); "
+                        "--encodings keeps the training records' codes")
     parser.add_argument("--malignant-only", action="store_true",
                         help="ISIC 2019 / HAM10000: keep only the melanoma images")
     parser.add_argument("--encodings", help="ISIC 2019 / HAM10000: encodings.json of the competition records "
-                        "to extend (default: the competition's own codes)")
+                        "to extend (default: the competition's own codes); --isic2024 --test-only: the training "
+                        "records' encodings.json")
     parser.add_argument("--out", required=True, help="folder for the TFRecords")
     parser.add_argument("--size", type=int, default=None, help="images are resized to size x size (default "
                         f"{DEFAULT_SIZE}; --isic2024: each crop kept as it is)")
@@ -181,24 +185,51 @@ def convert_source(args: argparse.Namespace) -> dict:
 
 
 def convert_isic2024(args: argparse.Namespace) -> int:
-    """`records --isic2024 DIR`: the ISIC 2024 layout -> records and the metadata tables (isic2024.py)."""
+    """`records --isic2024 DIR`: the ISIC 2024 layout -> records and the metadata tables (isic2024.py);
+    `--test-only [--encodings JSON]`: its test files alone."""
     others = [flag for flag, value in (("--data", args.data), ("--train-csv", args.train_csv),
                                        ("--isic2019", args.isic2019 or args.isic2019_ground_truth),
                                        ("--ham10000", args.ham10000), ("--malignant-only", args.malignant_only),
-                                       ("--encodings", args.encodings)) if value]
+                                       ("--encodings", args.encodings and not args.test_only),
+                                       ("--parts", args.parts is not None and args.test_only)) if value]
     if others:
-        raise ConfigError(f"--isic2024 takes no {', '.join(others)}: records converts one source at a time")
-    isic2024.find_layout(args.isic2024)  # a missing file is named before anything else is looked at
-    with output_folder(args.out, [args.isic2024]) as folder:
-        summary = isic2024.build_records(args.isic2024, folder, size=args.size, parts=args.parts,
-                                         test_part_count=args.test_parts, seed=args.seed, workers=args.workers)
+        raise ConfigError(f"--isic2024 takes no {', '.join(others)}"
+                          f"{' with --test-only' if args.test_only else ''}: records converts one source at a time "
+                          "(--encodings goes with --test-only, --parts without it)")
+    isic2024.find_layout(args.isic2024, args.test_only)  # a missing file is named before anything else is looked at
+    base = read_encodings(args.encodings) if args.encodings else None
+    with output_folder(args.out, [args.isic2024, args.encodings]) as folder:
+        if args.test_only:
+            summary = isic2024.build_test_records(args.isic2024, folder, size=args.size, workers=args.workers,
+                                                  test_part_count=args.test_parts, base=base)
+        else:
+            summary = isic2024.build_records(args.isic2024, folder, size=args.size, parts=args.parts,
+                                             test_part_count=args.test_parts, seed=args.seed, workers=args.workers)
     print(json.dumps(summary))
     out = args.out.rstrip("/")
     test = (f" data.test_files={out}/test*.tfrec data.sample_submission="
             f"{os.path.join(args.isic2024, isic2024.SAMPLE_SUBMISSION)}") if "test_files" in summary else ""
+    if args.test_only:
+        print(f"test records written to {out}, with test.csv beside them; predict a trained run's folds with "
+              f"`python -m melanoma infer --config RUN/config.yaml --set{test}`")
+        return 0
     print(f"records written to {out}, with the metadata tables beside them (train.csv"
           f"{', test.csv' if test else ''}); point a config at them with --set data.train_files={out}/train*.tfrec{test}")
     return 0
+
+
+def read_encodings(path: str) -> dict:
+    """The training records' encodings.json (--encodings), checked to be one."""
+    if not io_utils.exists(path) or io_utils.isdir(path):
+        raise FileNotFoundError(f"--encodings {path}: no such file; give the encodings.json beside the training "
+                                "records")
+    try:
+        encodings = json.loads(io_utils.read_text(path))
+    except ValueError:
+        raise DataError(f"--encodings {path} is not JSON; give the encodings.json beside the training records") from None
+    if not isinstance(encodings, dict) or "diagnosis" not in encodings:
+        raise DataError(f"--encodings {path} holds no diagnosis codes: is it the encodings.json `records` wrote?")
+    return encodings
 
 
 def command(args: argparse.Namespace) -> int:
@@ -215,6 +246,8 @@ def command(args: argparse.Namespace) -> int:
             raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.isic2024:
         return convert_isic2024(args)
+    if args.test_only:
+        raise ConfigError("--test-only goes with --isic2024 (the ISIC 2024 layout's test files alone)")
     if args.isic2019 or args.isic2019_ground_truth or args.ham10000:
         summary = convert_source(args)
         print(json.dumps(summary))

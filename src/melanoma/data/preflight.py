@@ -180,8 +180,21 @@ def check_training(config: Config, folds: list[int], writes: bool = True) -> Non
         check_writable({"config key 'output_dir'": config.output_dir})
 
 
+def check_sample_columns(config: Config) -> None:
+    """The sample submission has the id column the submission will have (`submission.id_column`)."""
+    sample, wanted = config.data.sample_submission, config.submission.id_column
+    columns = [str(column) for column in io_utils.read_csv(sample, nrows=0).columns]
+    if wanted not in columns:
+        found = [column for column in columns if column != "target"]
+        hint = f"set submission.id_column={found[0]}" if len(found) == 1 else "check data.sample_submission"
+        raise ConfigError(f"config key 'submission.id_column' is '{wanted}', but the sample submission {sample} has "
+                          f"the columns {','.join(columns)}: {hint}")
+
+
 def check_inference(config: Config) -> None:
-    """What `infer` checks before any work: the test files and sample, output_dir and submission_dir."""
+    """What `infer` checks before any work: the test files and sample (with the submission's id column),
+    output_dir and submission_dir."""
     check_inputs(config, "infer")
+    check_sample_columns(config)
     check_writable({"config key 'output_dir'": config.output_dir,
                     "config key 'submission_dir'": config.submission_dir})

@@ -28,6 +28,10 @@ duplicates.csv):
 * `external_perceptual_hash`: an external image whose 64-bit difference hash (of a 9x8 grey thumbnail)
   is within `data.dedupe_perceptual_bits` bits of a competition image's (`data.dedupe_perceptual`).
 
+Negative downsampling (`data.negatives_per_positive`, sampling.py) leaves benign competition training images
+out of the fold's training files the same way (never a validation image): data.json's
+`negative_downsampling` says how many were kept and left out.
+
 Drops reach tf.data as (file, image_name) pairs, filtered before decoding, so the same name can be
 dropped from an external file and kept in the competition file. Validation drops are taken out of the
 per-epoch score and the OOF by name.
@@ -54,7 +58,7 @@ from melanoma.core import environment, io_utils
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
-from melanoma.data import examples, integrity, record_format
+from melanoma.data import examples, integrity, record_format, sampling
 
 COMPETITION = "competition"
 ISIC2019_SET = re.compile(r"^isic2019-\d+x\d+$")
@@ -492,6 +496,7 @@ def prepare_fold(config: Config, fold: int, progress: bool = True, reader: Table
     kept_training = training[~training["image_name"].isin(dropped_names)]
     kept_validation = validation[~validation["image_name"].isin(dropped_names)]
     valid_names = _check_leaks(fold, kept_training, kept_validation, external_frames)
+    kept_training, excluded, sampled = _downsampled(config, fold, kept_training, excluded)
 
     repeats = {s.name: s.repeats for s in sets}
     # train.upsample_malignant repeats malignant competition images (pipeline.train_dataset)
@@ -504,12 +509,26 @@ def prepare_fold(config: Config, fold: int, progress: bool = True, reader: Table
     summary = build_summary(fold, data.folds, kept_training, kept_validation, train_files, valid_files,
                             sets, external_frames, drops, train_images,
                             upsample=int(config.train.upsample_malignant))
+    summary["negative_downsampling"] = sampled
     return FoldData(fold=fold, train_files=train_list, valid_files=list(valid_files), excluded=excluded,
                     valid_dropped=frozenset(validation.loc[validation["image_name"].isin(dropped_names),
                                                            "image_name"]),
                     valid_names=frozenset(valid_names), train_images=int(train_images),
                     valid_images=len(kept_validation), summary=summary, drops=drops,
                     train_sources=train_sources)
+
+
+def _downsampled(config: Config, fold: int, training: pd.DataFrame, excluded: set) -> tuple[pd.DataFrame, set, dict]:
+    """data.negatives_per_positive (sampling.py): the competition training images the fold trains on, the
+    pairs left out of its training files (duplicates and the benign images not drawn), and the draw's
+    summary for data.json. Validation is never sampled; external sets keep data.external_upsample."""
+    left_out = sampling.negatives_dropped(training, config.data.negatives_per_positive, int(config.seed) + fold)
+    info = sampling.summary(training, left_out, config.data.negatives_per_positive)
+    if not len(left_out):
+        return training, excluded, info
+    out = training["image_name"].isin(left_out)
+    excluded = set(excluded) | set(zip(training.loc[out, "path"], training.loc[out, "image_name"]))
+    return training[~out], excluded, info
 
 
 def _joined(tables: dict[str, pd.DataFrame], record_files, source: str) -> pd.DataFrame:
@@ -637,6 +656,10 @@ def format_summary(summary: dict) -> str:
                          f"{row['patients']:>9}{row.get('repeats', 1):>8}")
     dropped = {k: v for k, v in summary["duplicates_dropped"].items() if v}
     lines.append("  duplicates dropped: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
+    sampled = summary.get("negative_downsampling") or {}
+    if sampled.get("negatives_per_positive") is not None:
+        lines.append(f"  negative downsampling: {sampled['negatives_per_positive']:g} benign per malignant image, "
+                     f"{sampled['benign_kept']} benign training images kept, {sampled['benign_left_out']} left out")
     lines.append(f"  training images per epoch: {summary['training_images_per_epoch']}")
     return "\n".join(lines)
 

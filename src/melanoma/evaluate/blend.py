@@ -188,7 +188,8 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
     io_utils.write_csv_atomic(oof, os.path.join(folder, layout.OOF))
     io_utils.write_text_atomic(os.path.join(folder, layout.BLEND_FILE), json.dumps(summary, indent=2) + "\n")
     if submission is not None:
-        submission_lib.write_submission(submission, summary["submission"], sample_path=sample, force=force)
+        submission_lib.write_submission(submission, summary["submission"], sample_path=sample, force=force,
+                                        id_column=str(submission.columns[0]))
         submission_lib.write_record(summary["submission"], {
             "config": stem, "run": folder, "family": "blend", "method": method,
             "members": [member.name for member in members], "folds": folds_used, "folds_expected": expected,
@@ -284,13 +285,15 @@ def _blend_submission(members: list[run_results.Member], test: list, method: str
     test_matrix = np.column_stack([predictions.loc[index].to_numpy() for predictions in test])
     if method in ("rank", "weights"):  # weights are fitted on ranks
         test_matrix = rank_scale(test_matrix)
-    submission = pd.DataFrame({"image_name": index, "target": test_matrix @ weights})
+    id_column = first.submission.id_column if first is not None else "image_name"  # the first run's sample's
+    submission = pd.DataFrame({id_column: index, "target": test_matrix @ weights})
     sample = first.data.sample_submission if first is not None else None
     if sample and not io_utils.exists(sample):
         notes.append(f"sample submission {sample} not found; the blended submission was checked for "
                      f"format only, not against the test ids")
         sample = None
-    submission_lib.validate_frame(submission, sample, where=f"blended submission {name}")  # before writing anything
+    # before writing anything
+    submission_lib.validate_frame(submission, sample, where=f"blended submission {name}", id_column=id_column)
     return submission, sample
 
 

@@ -8,7 +8,7 @@ bootstrap that resamples *patients*, not images: images of one patient are corre
 images would give an interval that is too narrow. For the same reason two runs scored on the same images
 are compared with DeLong's test clustered by patient (Obuchowski, 1997); the per-image test is kept for
 reference. Beside the AUC: `pauc_tpr80`, the ISIC 2024 challenge's partial AUC above 80% sensitivity
-(0 to 0.2), the sensitivity at 90% specificity and the specificity at 95% sensitivity, and, when the
+(0 to 0.2; defined in core/metrics.py, which training's checkpoint choice also reads), the sensitivity at 90% specificity and the specificity at 95% sensitivity, and, when the
 OOF file sits in its run folder, `auc_unselected` (see `selection`).
 
 No TensorFlow here: scoring must start in a fraction of a second.
@@ -38,36 +38,6 @@ class ScoreWarning(UserWarning):
 # --------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------
-
-
-# The ISIC 2024 challenge's metric: the area of the ROC curve above this sensitivity (0 to 1 - it).
-PAUC_MIN_TPR = 0.8
-
-
-def partial_auc_above_tpr(target, pred, min_tpr: float = PAUC_MIN_TPR) -> float:
-    """Area under the ROC curve where sensitivity is at least `min_tpr`, unstandardised.
-
-    This is how the ISIC 2024 challenge scored (range 0 to 1 - min_tpr, 0.2 for its 80%): the area
-    between the curve and the line TPR = min_tpr, i.e. the integral of specificity over sensitivity from
-    min_tpr to 1. The curve is scikit-learn's (tied predictions make one diagonal step) and the segment
-    that crosses min_tpr is cut there by linear interpolation.
-    """
-    # scikit-learn takes about a second to load: only when this runs
-    from sklearn.metrics import roc_curve
-
-    false_rate, true_rate, _ = roc_curve(np.asarray(target), np.asarray(pred, dtype=float),
-                                         drop_intermediate=False)
-    t0, t1 = true_rate[:-1], true_rate[1:]
-    f0, f1 = false_rate[:-1], false_rate[1:]
-    low, high = np.maximum(t0, min_tpr), np.maximum(t1, min_tpr)
-    rising = t1 > t0
-    span = np.where(rising, t1 - t0, 1.0)
-
-    def false_rate_at(level):
-        return f0 + (f1 - f0) * np.where(rising, (level - t0) / span, 0.0)
-
-    width = high - low
-    return float(np.sum(width * (1.0 - 0.5 * (false_rate_at(low) + false_rate_at(high)))))
 
 
 def operating_points(target, pred) -> dict:
@@ -133,7 +103,7 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
     return {
         "auc": _json_number(auc),
         **selection.to_json(),
-        "pauc_tpr80": _json_number(partial_auc_above_tpr(target, pred)),
+        "pauc_tpr80": _json_number(metrics.partial_auc_above_tpr(target, pred)),
         **operating_points(target, pred),
         "folds": {key: _json_number(value) for key, value in folds.items()},
         "folds_pauc_tpr80": {key: _json_number(value) for key, value in folds_pauc.items()},
@@ -162,7 +132,7 @@ def _fold_scores(frame: pd.DataFrame, notes: list[str]) -> tuple[dict[str, float
                          "undefined")
         else:
             folds[str(fold)] = metrics.auc(rows["target"], rows["pred"])
-            folds_pauc[str(fold)] = partial_auc_above_tpr(rows["target"], rows["pred"])
+            folds_pauc[str(fold)] = metrics.partial_auc_above_tpr(rows["target"], rows["pred"])
     return folds, folds_pauc
 
 

@@ -35,12 +35,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, run_results
+from melanoma.core import io_utils
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import examples, integrity, record_format, sources
-from melanoma.input import imagestats, patientcontext
+from melanoma.input import imagestats, patientcontext, stacking
 
 FEATURE_VERSION = 1  # bump when a feature's definition changes: the cache keys include it
 CHUNK = 64            # images per task sent to a worker
@@ -171,7 +171,7 @@ def _with_image_features(table, jpegs, path, size, bins, workers, bar) -> pd.Dat
 
 
 # ---------------------------------------------------------------------------------------------------
-# metadata, patient context, stacking
+# metadata, patient context (stacking: input/stacking.py)
 
 
 def metadata_features(raw: pd.DataFrame) -> pd.DataFrame:
@@ -185,60 +185,6 @@ def metadata_features(raw: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"meta_age": known("age_approx"), "meta_sex": known("sex"),
                          "meta_site": known("anatom_site_general_challenge"),
                          "meta_patient_images": counts.where(patients >= 0)})
-
-
-def stacking_features(config: Config, train_names: pd.Series, test_names: pd.Series,
-                      folds: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """run_<name> for each run of features.from_runs: its OOF prediction for training rows, its test
-    prediction for test rows.
-
-    `folds` (image_name -> fold) holds every training row this config scores, with this config's fold;
-    each run must have scored each of them out of fold with the same fold number, so the value of a row
-    never comes from a model that trained on it. Rows outside `folds` (dropped duplicates) get NaN.
-    """
-    train_columns, test_columns = {}, {}
-    for name in config.features.from_runs:
-        name = str(name)
-        where = f"features.from_runs entry '{name}'"
-        if name == config.name:
-            raise ConfigError(f"{where} is this run itself; stack other runs")
-        path = os.path.join(config.output_dir, name)
-        if not os.path.isdir(path):
-            raise ConfigError(f"{where}: no run folder {path}; train and infer that run first "
-                              f"(`python train.py --config configs/{name}.yaml`)")
-        try:
-            member = run_results.Member(path)
-            test, source = member.test_predictions()
-        except DataError as error:
-            raise ConfigError(f"{where}: {error}") from None
-        oof = member.oof.drop_duplicates("image_name").set_index("image_name")
-        absent = folds.index[~folds.index.isin(oof.index)]
-        if len(absent):
-            raise ConfigError(f"{where}: its OOF lacks {len(absent)} of this run's training images (e.g. "
-                              f"{', '.join(map(str, absent[:3]))}); stack only runs trained on the same "
-                              "data.train_files (and data.duplicates_csv)")
-        theirs = oof.loc[folds.index, "fold"].astype(np.int64)
-        differ = theirs.to_numpy() != folds.to_numpy(dtype=np.int64)
-        if differ.any():
-            image = folds.index[np.argmax(differ)]
-            raise ConfigError(
-                f"{where}: its folds differ from this config's ({int(differ.sum())} images, e.g. {image} in its "
-                f"fold {int(theirs[image])}, here fold {int(folds[image])}): its OOF prediction of a training "
-                "row could come from a model that trained on rows this run validates on. Stack only runs "
-                "with the same data.train_files and data.folds")
-        if test is None:
-            raise ConfigError(f"{where}: no test predictions ({source}); run "
-                              f"`python infer.py --config configs/{name}.yaml` first")
-        absent = test_names[~test_names.isin(test.index)]
-        if len(absent):
-            raise ConfigError(f"{where}: its test predictions ({source}) lack {len(absent)} test images "
-                              f"(e.g. {', '.join(absent.head(3))}); predict the same test files")
-        column = f"run_{name}"
-        known = pd.Series(oof["pred"].to_numpy(dtype=np.float64), index=oof.index)
-        train_columns[column] = train_names.map(known.where(known.index.isin(folds.index))).to_numpy()
-        test_columns[column] = test_names.map(test).to_numpy(dtype=np.float64)
-    return (pd.DataFrame(train_columns, index=train_names.index),
-            pd.DataFrame(test_columns, index=test_names.index))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -292,8 +238,8 @@ def build_table(config: Config, folds: pd.Series, progress: bool = True) -> Feat
     checked before (train/families/tabular.py)."""
     train_raw = split_table(config, "train", progress)
     test_raw = split_table(config, "test", progress)
-    stacked_train, stacked_test = stacking_features(config, train_raw["image_name"], test_raw["image_name"],
-                                                    folds)
+    stacked_train, stacked_test = stacking.stacking_features(config, train_raw["image_name"],
+                                                             test_raw["image_name"], folds)
     bins = int(config.features.histogram_bins)
     train = assemble(train_raw, stacked_train, config, bins)
     test = assemble(test_raw, stacked_test, config, bins)

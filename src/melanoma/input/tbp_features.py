@@ -224,4 +224,6 @@ def feature_group(column: str) -> str:
         return "clinical"
     if column in DERIVED:
         return "derived"
+    if column.startswith("run_"):  # another run's prediction (features.from_runs)
+        return "stacking"
     return "extra"

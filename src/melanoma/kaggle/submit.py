@@ -4,7 +4,8 @@ scores to it.
 `python -m melanoma submit SUB_CSV -m MSG [--sample SAMPLE_CSV] [--config CONFIG] [--allow-partial]`
 `python -m melanoma leaderboard [--log submissions/log.csv]`
 
-Uploading runs `kaggle competitions submit -c siim-isic-melanoma-classification -f SUB -m MSG`; only a
+Uploading runs `kaggle competitions submit -c siim-isic-melanoma-classification -f SUB -m MSG` (another
+competition when the submission's run, or --config, says so in `submission.competition`); only a
 successful upload is appended to `submissions/log.csv` (time, file, sha256, config, oof_auc, message,
 folds), so the log never claims a submission that did not happen. A partial ensemble (infer or
 blend --allow-partial) is uploaded only with --allow-partial, and logged with the folds it holds and their
@@ -146,8 +147,9 @@ def submit_command(args: argparse.Namespace) -> int:
     print(f"uploading {args.submission} (sha256 {digest[:12]}, OOF AUC "
           f"{'-' if oof_auc is None else f'{oof_auc:.4f}'}{', folds ' + folds_text if folds_text else ''}) "
           f"with credentials from {source}", file=sys.stderr)
-    output = run_kaggle(["competitions", "submit", "-c", COMPETITION, "-f", args.submission,
-                         "-m", args.message], what=f"uploading {args.submission}")
+    competition = context.competition or COMPETITION  # the run's submission.competition
+    output = run_kaggle(["competitions", "submit", "-c", competition, "-f", args.submission,
+                         "-m", args.message], what=f"uploading {args.submission} to {competition}")
     if output.strip():
         print(output.strip())
     append_log(context.log, {

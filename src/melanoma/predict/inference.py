@@ -1,4 +1,5 @@
-"""Inference: each trained fold's test predictions, averaged into `submissions/<name>.csv`, for every family.
+"""Inference: each trained fold's test predictions, averaged into `submissions/<name>.csv`, for every family
+(`submission.file_name` names another file, `submission.id_column` the sample's id column).
 
 The model and its inputs come from the run's saved config (`run_config.load_run_config`): a --set that
 contradicts it is refused, file locations and TTA may change. Each fold's test predictions are made by the
@@ -100,16 +101,22 @@ def ensemble(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame({"image_name": merged.index, "target": merged.mean(axis=1).to_numpy()})
 
 
-def to_submission(predictions: pd.DataFrame, sample_path: str) -> pd.DataFrame:
-    """Rows in the sample submission's order; every sample id must have a prediction."""
-    sample = io_utils.read_csv(sample_path, dtype={"image_name": str})
+def to_submission(predictions: pd.DataFrame, sample_path: str, id_column: str = "image_name") -> pd.DataFrame:
+    """Rows in the sample submission's order, under its id column (the records' image_name is that id);
+    every sample id must have a prediction."""
+    sample = io_utils.read_csv(sample_path, dtype={id_column: str})
     indexed = predictions.set_index("image_name")["target"]
-    missing = sample.loc[~sample["image_name"].isin(indexed.index), "image_name"]
+    missing = sample.loc[~sample[id_column].isin(indexed.index), id_column]
     if len(missing):
         raise CheckFailed(f"{len(missing)} image(s) of {sample_path} have no prediction, first: "
                           f"{missing.head(3).tolist()}: the test records and the sample disagree")
-    return pd.DataFrame({"image_name": sample["image_name"],
-                         "target": indexed.loc[sample["image_name"]].to_numpy(dtype=np.float64)})
+    return pd.DataFrame({id_column: sample[id_column],
+                         "target": indexed.loc[sample[id_column]].to_numpy(dtype=np.float64)})
+
+
+def submission_stem(config: Config) -> str:
+    """The submission's file name without .csv: submission.file_name's, else the run's name."""
+    return os.path.splitext(config.submission.file_name)[0] if config.submission.file_name else config.name
 
 
 def run_inference(config: Config, recompute: bool = False, force: bool = False, allow_partial: bool = False) -> str:
@@ -119,16 +126,19 @@ def run_inference(config: Config, recompute: bool = False, force: bool = False, 
     if not folds:
         raise FileNotFoundError(f"no trained fold in {layout.run_dir(config)}: run "
                                 f"`python train.py --config ... --fold all` first")
-    path = os.path.join(config.submission_dir, layout.submission_name(config.name, folds, config.data.folds))
+    stem = submission_stem(config)
+    path = os.path.join(config.submission_dir, layout.submission_name(stem, folds, config.data.folds))
     submission.partial_rule(f"run {config.name}", folds, config.data.folds, path, allow_partial,
                             "python train.py --config ... --fold {missing}")
     for folder in [layout.run_dir(config)] + [layout.fold_dir(config, fold) for fold in folds]:
         io_utils.remove_leftovers(folder)  # what a killed train or infer left (this run's lock is held)
-    io_utils.remove_leftovers(config.submission_dir, lambda stem: layout.same_submission(stem, config.name))
+    io_utils.remove_leftovers(config.submission_dir, lambda found: layout.same_submission(found, stem))
     predictor = family.prediction(config)
     frames = [fold_test_predictions(config, family, predictor, fold, recompute) for fold in folds]
-    result = to_submission(ensemble(frames), config.data.sample_submission)
-    submission.write_submission(result, path, sample_path=config.data.sample_submission, force=force)
+    id_column = config.submission.id_column
+    result = to_submission(ensemble(frames), config.data.sample_submission, id_column)
+    submission.write_submission(result, path, sample_path=config.data.sample_submission, force=force,
+                                id_column=id_column)
     submission.write_record(path, {"config": config.name, "run": layout.run_dir(config), "family": family.name,
                                    "folds": folds, "folds_expected": config.data.folds,
                                    "prediction": prediction_settings(config, family),

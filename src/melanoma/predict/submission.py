@@ -2,8 +2,10 @@
 
 `python -m melanoma validate SUB_CSV [--sample SAMPLE_CSV | --config CONFIG]`
 
-A submission is `image_name,target` with every id of the sample submission exactly once and finite
-predictions in [0, 1]. Uploading them is kaggle/submit.py's job.
+A submission is `<id>,target` with every id of the sample submission exactly once and finite predictions
+in [0, 1]. The id column is the sample's: `image_name` for the 2020 competition, `isic_id` for ISIC 2024
+(a run names it in `submission.id_column`; `validate` reads it from the sample's header). Uploading them is
+kaggle/submit.py's job.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from melanoma.core.config import load_config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.tables import first_few, numbers, read_string_table
 
-SUBMISSION_COLUMNS = ("image_name", "target")
+SUBMISSION_COLUMNS = ("image_name", "target")  # the 2020 competition's; submission.id_column names another id
 DEFAULT_SUBMISSION_DIR = "submissions"
 DEFAULT_OUTPUT_DIR = "outputs"
 DEFAULT_BASE_CONFIG = os.path.join("configs", "base.yaml")
@@ -37,14 +39,30 @@ DEFAULT_BASE_CONFIG = os.path.join("configs", "base.yaml")
 # Validation
 # --------------------------------------------------------------------------------------------------
 
-def read_sample_ids(sample_path: str) -> list[str]:
-    """The image ids of a sample submission, in its order."""
+def sample_id_column(columns, sample_path: str, id_column: str | None = None) -> str:
+    """The id column of a sample submission with these columns: `id_column` when given, else image_name,
+    else the one column beside `target` (isic_id, say); DataError naming what it found otherwise."""
+    columns = [str(column) for column in columns]
+    if id_column is None:
+        others = [column for column in columns if column != "target"]
+        id_column = "image_name" if "image_name" in columns or len(others) != 1 else others[0]
+    if id_column not in columns:
+        raise DataError(f"sample submission {sample_path} has no {id_column} column (found: {','.join(columns)})"
+                        + ("; set submission.id_column to its id column" if "target" in columns else ""))
+    return id_column
+
+
+def read_sample(sample_path: str, id_column: str | None = None) -> tuple[str, list[str]]:
+    """(the id column, the ids of a sample submission in its order); see `sample_id_column`."""
     sample = read_string_table(sample_path, where=f"sample submission {sample_path}")
-    if "image_name" not in sample.columns:
-        raise DataError(f"sample submission {sample_path} has no image_name column "
-                        f"(found: {','.join(sample.columns)})")
-    ids = _ids(sample["image_name"])
-    return list(dict.fromkeys(ids[ids != ""]))
+    id_column = sample_id_column(sample.columns, sample_path, id_column)
+    ids = _ids(sample[id_column])
+    return id_column, list(dict.fromkeys(ids[ids != ""]))
+
+
+def read_sample_ids(sample_path: str, id_column: str | None = None) -> list[str]:
+    """The image ids of a sample submission, in its order."""
+    return read_sample(sample_path, id_column)[1]
 
 
 def _ids(series: pd.Series) -> pd.Series:
@@ -52,23 +70,25 @@ def _ids(series: pd.Series) -> pd.Series:
     return series.where(series.notna(), "").astype(str)
 
 
-def submission_problems(frame: pd.DataFrame, sample_ids: Sequence[str] | None = None) -> list[str]:
-    """Every problem of a submission table, each naming the first few offending ids; [] when valid."""
+def submission_problems(frame: pd.DataFrame, sample_ids: Sequence[str] | None = None,
+                        id_column: str = "image_name") -> list[str]:
+    """Every problem of a submission table (`id_column`,target), each naming the first few offending ids;
+    [] when valid."""
     problems: list[str] = []
     columns = [str(column) for column in frame.columns]
-    if columns != list(SUBMISSION_COLUMNS):
-        problems.append(f"header is '{','.join(columns)}'; it must be exactly "
-                        f"'{','.join(SUBMISSION_COLUMNS)}'")
-        if not set(SUBMISSION_COLUMNS) <= set(columns):
+    expected = [id_column, "target"]
+    if columns != expected:
+        problems.append(f"header is '{','.join(columns)}'; it must be exactly '{','.join(expected)}'")
+        if not set(expected) <= set(columns):
             return problems
     if frame.empty:
         problems.append("it has no rows")
         return problems
-    names = _ids(frame["image_name"])
+    names = _ids(frame[id_column])
     empty = names.str.strip() == ""
     if empty.any():
         rows = (np.flatnonzero(empty.to_numpy()) + 1).tolist()
-        problems.append(f"empty image_name on data row(s) {first_few(rows)}")
+        problems.append(f"empty {id_column} on data row(s) {first_few(rows)}")
     duplicated = names[names.duplicated() & ~empty].unique()
     if len(duplicated):
         problems.append(f"{len(duplicated)} image name(s) appear more than once: {first_few(duplicated)}")
@@ -97,22 +117,24 @@ def _failure(where: str, problems: list[str]) -> CheckFailed:
     return CheckFailed(f"{where} is not a valid submission ({len(problems)} problem(s)):\n{listing}")
 
 
-def validate_frame(frame: pd.DataFrame, sample_path: str | None = None, where: str = "submission") -> None:
+def validate_frame(frame: pd.DataFrame, sample_path: str | None = None, where: str = "submission",
+                   id_column: str = "image_name") -> None:
     """Raise CheckFailed listing every problem of a submission table (checked against the sample if given)."""
-    sample_ids = read_sample_ids(sample_path) if sample_path else None
-    problems = submission_problems(frame, sample_ids)
+    sample_ids = read_sample_ids(sample_path, id_column) if sample_path else None
+    problems = submission_problems(frame, sample_ids, id_column)
     if problems:
         raise _failure(where, problems)
 
 
 def validate_submission(path: str, sample_path: str | None = None) -> pd.DataFrame:
-    """Read and validate a submission file; returns it (strings) or raises CheckFailed."""
-    sample_ids = read_sample_ids(sample_path) if sample_path else None
+    """Read and validate a submission file against the sample's id column (image_name without a sample);
+    returns it (strings) or raises CheckFailed."""
+    id_column, sample_ids = read_sample(sample_path) if sample_path else ("image_name", None)
     try:
         frame = read_string_table(path)
     except DataError as error:
         raise _failure(str(path), [str(error)]) from None
-    problems = submission_problems(frame, sample_ids)
+    problems = submission_problems(frame, sample_ids, id_column)
     if problems:
         raise _failure(str(path), problems)
     return frame
@@ -144,22 +166,22 @@ def backup_name(path: str) -> str:
     return candidate
 
 
-def submission_text(frame: pd.DataFrame) -> str:
+def submission_text(frame: pd.DataFrame, id_column: str = "image_name") -> str:
     buffer = io.StringIO()
-    frame.loc[:, list(SUBMISSION_COLUMNS)].to_csv(buffer, index=False, lineterminator="\n")
+    frame.loc[:, [id_column, "target"]].to_csv(buffer, index=False, lineterminator="\n")
     return buffer.getvalue()
 
 
 def write_submission(frame: pd.DataFrame, path: str, sample_path: str | None = None,
-                     force: bool = False) -> Written:
-    """Validate a submission table and write it atomically to `path`.
+                     force: bool = False, id_column: str = "image_name") -> Written:
+    """Validate a submission table (`id_column`,target) and write it atomically to `path`.
 
     An existing file with the same bytes is left alone. An existing file that differs is first copied to
     `<stem>.<UTC time>.csv` (and that is printed), unless `force`, which overwrites it (also printed).
     Raises CheckFailed (nothing written) when the table is not a valid submission.
     """
-    validate_frame(frame, sample_path, where=f"submission for {path}")
-    data = submission_text(frame).encode("utf-8")
+    validate_frame(frame, sample_path, where=f"submission for {path}", id_column=id_column)
+    data = submission_text(frame, id_column).encode("utf-8")
     path = str(path)
     backup = None
     if io_utils.exists(path):
@@ -186,6 +208,7 @@ class Context(NamedTuple):
     sample: str | None   # sample submission to validate against
     run: str | None      # the run folder whose OOF AUC is logged
     log: str             # the log file
+    competition: str | None = None  # the run's submission.competition (None: nothing says; submit's default)
 
 
 def submission_context(submission: str, config_path: str | None = None, sample: str | None = None,
@@ -199,23 +222,26 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
     if config_path:
         config = load_config(config_path)
         return Context(config.name, sample or config.data.sample_submission, layout.run_dir(config),
-                       log or os.path.join(config.submission_dir, "log.csv"))
+                       log or os.path.join(config.submission_dir, "log.csv"), config.submission.competition)
     name = Path(submission).stem
     run = os.path.join(DEFAULT_OUTPUT_DIR, name)
     if record:
         name, run = str(record.get("config", name)), str(record.get("run", run))
         sample = sample or record.get("sample_submission")  # what infer or blend checked the file against
-    if sample is None:
-        if io_utils.exists(os.path.join(run, layout.CONFIG_FILE)):
-            try:
-                sample = run_config.read_saved_config(run).data.sample_submission
-            except (yaml.YAMLError, AttributeError, KeyError, TypeError) as error:
+    saved = None
+    if io_utils.exists(os.path.join(run, layout.CONFIG_FILE)):
+        try:
+            saved = run_config.read_saved_config(run)
+            sample = sample or saved.data.sample_submission
+        except (yaml.YAMLError, AttributeError, KeyError, TypeError) as error:
+            if sample is None:
                 raise ConfigError(f"{run}/config.yaml does not say which sample submission to use "
                                   f"({error.__class__.__name__}: {error}); pass --sample or --config") from None
-        elif os.path.isfile(DEFAULT_BASE_CONFIG):
-            sample = load_config(DEFAULT_BASE_CONFIG).data.sample_submission
+    elif sample is None and os.path.isfile(DEFAULT_BASE_CONFIG):
+        sample = load_config(DEFAULT_BASE_CONFIG).data.sample_submission
+    competition = (saved.get("submission") or {}).get("competition") if saved is not None else None
     return Context(name, sample, run if os.path.isdir(run) else None,
-                   log or os.path.join(DEFAULT_SUBMISSION_DIR, "log.csv"))
+                   log or os.path.join(DEFAULT_SUBMISSION_DIR, "log.csv"), competition)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """Scale of the tree model on ISIC 2024-sized metadata: fit time and peak memory on generated rows.
 
 `python -m melanoma.tools.bench_trees [--rows 400000] [--patients 1042] [--positive-rate 0.001]
-[--config configs/base.yaml] [--set key=value ...] [--json] [--out FILE]` (`make bench-trees`) draws a
+[--config configs/isic2024_tabular.yaml] [--set key=value ...] [--json] [--out FILE]` (`make bench-trees`) draws a
 training table of `--rows` lesions in the ISIC 2024 layout (`synth_isic2024.metadata_table`, no images),
 builds every feature of `tbp_features` (measurements, categoricals, derived, patient context), and fits the
 config's tree model (`tabular` section: the same HistGradientBoostingClassifier that training builds) on all
-the rows, then predicts them. It reports each step's seconds, the process's resident memory after the
+the rows, then predicts them, then measures permutation importance as a fold does (`tabular.importance_rows`,
+`importance_repeats`, `importance_by`) on a fold-sized part of the rows. It reports each step's seconds, the process's resident memory after the
 imports and its peak (which include what the imports load), the feature count and the machine's load, as a
 table or one JSON object. A fold trains on fewer rows than this (the other folds' part), so the figure is
 an upper bound for one fold.
@@ -21,7 +22,6 @@ import platform
 import resource
 import sys
 import time
-import types
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from melanoma.core.errors import ConfigError
 from melanoma.input import tbp_features
 from melanoma.tools import synth_isic2024
 
-# As in training (train/families/tree_model.py): scikit-learn's OpenMP threads wait passively, which
+# As in training (train/families/trees.py): scikit-learn's OpenMP threads wait passively, which
 # OpenMP reads when it loads, so before anything here loads scikit-learn. Spinning threads made this fit 6x slower in CPU time on
 # the shared 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -60,9 +60,8 @@ def timed(step: str, figures: dict, function, *args, **kwargs):
 
 
 def run(config: config_lib.Config, rows: int, patients: int, positive_rate: float, seed: int = 0) -> dict:
-    # training's tree family brings TensorFlow (through the records readers): imported once the environment
-    # above and quiet's import hook are in place
-    from melanoma.train.families import tree_model
+    # the trees load scikit-learn's compiled code: imported once OMP_WAIT_POLICY above is in place
+    from melanoma.train.families import trees
 
     figures = {"rows": rows, "patients": patients, "positive_rate": positive_rate,
                "resident_after_imports_mb": round(resident_mb(), 1)}
@@ -72,12 +71,30 @@ def run(config: config_lib.Config, rows: int, patients: int, positive_rate: floa
     values = timed("matrix", figures, lambda: built.frame.to_numpy(dtype=np.float64))
     target = table["target"].to_numpy()
     del table
-    model = tree_model.new_trees(config, types.SimpleNamespace(columns=built.columns, categorical=built.categorical), 0)
+    model = trees.new_trees(config, built.columns, built.categorical, 0)
     timed("fit", figures, model.fit, values, target)
     timed("predict", figures, model.predict_proba, values)
+    importance(config, model, values, target, built.columns, figures, seed)
     figures.update(features=len(built.columns), categorical=len(built.categorical), positives=int(target.sum()),
                    iterations=int(model.n_iter_), peak_resident_mb=round(peak_mb(), 1))
     return figures
+
+
+def importance(config: config_lib.Config, model, values: np.ndarray, target: np.ndarray, columns: list[str],
+               figures: dict, seed: int) -> None:
+    """Permutation importance as a fold computes it (tabular.importance_rows, _repeats, _by) on a fold-sized
+    part of the rows (1 / data.folds of them: the fold's validation part), timed."""
+    # the trees load scikit-learn's compiled code: imported once OMP_WAIT_POLICY above is in place
+    from melanoma.train.families import trees
+
+    section = config.tabular
+    part = np.arange(len(target))[::int(config.data.folds)]
+    rows = part[trees.importance_rows(target[part], section.importance_rows, seed)]
+    sets = len(trees.importance_sets(columns, tbp_features.feature_group, section.importance_by))
+    figures.update(importance_validation_rows=len(part), importance_rows=len(rows), importance_sets=sets,
+                   importance_repeats=int(section.importance_repeats))
+    timed("importance", figures, trees.permutation_importance, model, values[rows], target[rows], columns,
+          int(section.importance_repeats), seed, tbp_features.feature_group, section.importance_by)
 
 
 def machine() -> dict:
@@ -91,9 +108,11 @@ def format_report(result: dict) -> str:
     lines = [f"trees on {result['rows']:,} generated rows ({result['patients']} patients, {result['positives']} "
              f"malignant), {result['features']} features ({result['categorical']} categorical), "
              f"{result['iterations']} iterations, {result['cpus']} CPUs, load {result['load_average']}"]
-    for step in ("generate", "features", "matrix", "fit", "predict"):
+    for step in ("generate", "features", "matrix", "fit", "predict", "importance"):
         lines.append(f"  {step:<9} {result[f'{step}_seconds']:>8.1f} s   {result[f'{step}_cpu_seconds']:>8.1f} s CPU"
                      f"   resident after: {result[f'{step}_resident_mb']:>8,.0f} MiB")
+    lines.append(f"  importance: {result['importance_sets']} shuffled sets x {result['importance_repeats']} repeats on "
+                 f"{result['importance_rows']:,} of a fold's {result['importance_validation_rows']:,} validation rows")
     lines.append(f"  peak resident memory {result['peak_resident_mb']:,.0f} MiB (after the imports: "
                  f"{result['resident_after_imports_mb']:,.0f} MiB)")
     return "\n".join(lines)
@@ -107,7 +126,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--positive-rate", type=float, default=PUBLISHED_RATE,
                         help=f"share of malignant lesions ({PUBLISHED_RATE:.5f}, as published)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--config", default="configs/base.yaml", help="its `tabular` section configures the trees")
+    parser.add_argument("--config", default="configs/isic2024_tabular.yaml",
+                        help="its `tabular` section configures the trees and their importances, data.folds the "
+                        "validation part (default: the ISIC 2024 tree config)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--out", help="also write the JSON object to this file")

@@ -111,7 +111,10 @@ def pip(arguments: list[str]) -> None:
 
 
 def project_wheel(folder: str) -> str:
-    """The project's own wheel from the checkout (no build isolation: it needs no download)."""
+    """The project's own wheel from the checkout (no build isolation: it needs no download). setuptools builds
+    in the checkout's build/ (git-ignored), and a file left there by an earlier build would travel in the
+    wheel even after the checkout lost it: that folder is removed first."""
+    shutil.rmtree(os.path.join(REPO, "build"), ignore_errors=True)
     pip(["wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", folder, REPO])
     found = [name for name in os.listdir(folder) if wheel_name(name) == "melanoma"]
     if len(found) != 1:

@@ -16,7 +16,7 @@ from melanoma.train import schedules
 
 # train.checkpoint -> (the logs key it follows, "max" or "min"); None: no metric decides
 MONITOR = {"best_auc": ("val_auc", "max"), "best_loss": ("val_loss", "min"), "last": (None, None),
-           "epoch": (None, None)}
+           "epoch": (None, None), "best_pauc_tpr80": ("val_pauc_tpr80", "max")}
 
 
 class NanGuard(keras.callbacks.Callback):
@@ -44,7 +44,8 @@ class NanGuard(keras.callbacks.Callback):
 
 
 class ValidationScore(keras.callbacks.Callback):
-    """Scores each epoch and keeps its plain predictions in val_epochs.csv (see `selection`)."""
+    """Scores each epoch (val_loss, val_auc, val_pauc_tpr80) and keeps its plain predictions in val_epochs.csv
+    (see `selection`)."""
 
     def __init__(self, config: Config, folder: str, valid_paths: list[str], valid_dropped: frozenset,
                  state: dict | None, guard: NanGuard, strategy):
@@ -63,6 +64,7 @@ class ValidationScore(keras.callbacks.Callback):
         target = frame["target"].to_numpy(dtype=np.float64)
         logs["val_loss"] = metrics.binary_log_loss(target, frame["pred"].to_numpy())
         logs["val_auc"] = metrics.auc(target, frame["pred"])
+        logs["val_pauc_tpr80"] = metrics.partial_auc_above_tpr(target, frame["pred"])  # ISIC 2024's metric
         self.epochs.append(pd.DataFrame({"image_name": frame["image_name"].to_numpy(), "epoch": epoch + 1,
                                          "pred": frame["pred"].to_numpy()}))
         io_utils.write_csv_atomic(pd.concat(self.epochs, ignore_index=True),

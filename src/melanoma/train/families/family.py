@@ -42,6 +42,7 @@ from melanoma.core.errors import ConfigError
 FAMILIES = {
     "cnn": "melanoma.train.families.cnn",
     "tabular": "melanoma.train.families.tabular",
+    "tbp_trees": "melanoma.train.families.tbp_trees",
 }
 
 

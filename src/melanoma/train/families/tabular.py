@@ -1,5 +1,6 @@
 """The tree family (`model.family: tabular`): gradient-boosted trees per fold on image statistics, metadata,
-patient context and other runs' predictions (input/features.py), fitted by train/families/tree_model.py.
+patient context and other runs' predictions (input/features.py), per fold in train/families/tree_model.py
+(the trees themselves: train/families/trees.py).
 
 Its fold folder: model.joblib, state.json, history.csv, importance.csv, data.json and oof.csv; infer adds
 test.csv and test.json. The features are computed once per command for every fold (cached per records
@@ -72,6 +73,9 @@ def check_tabular(config: Config) -> None:
         raise ConfigError(f"config key 'tabular.max_features' must be in (0, 1], got {section.max_features}")
     if section.class_weight is not None and section.class_weight <= 0:
         raise ConfigError(f"config key 'tabular.class_weight' must be positive, got {section.class_weight}")
+    if section.importance_rows is not None and section.importance_rows < 2:
+        raise ConfigError(f"config key 'tabular.importance_rows' must be at least 2 (or null), got "
+                          f"{section.importance_rows}")
     if section.importance_repeats < 0:
         raise ConfigError(f"config key 'tabular.importance_repeats' must be 0 or more, got "
                           f"{section.importance_repeats}")
@@ -166,10 +170,10 @@ class Serving:
 
     def __init__(self, config: Config, run_path: str, folds: list[int]):
         # the trees load scikit-learn: only serving a tabular run pays for it
-        from melanoma.train.families import tree_model
+        from melanoma.train.families import trees
 
         self.config = config
-        self.saved = {fold: tree_model.load_model(os.path.join(layout.fold_path(run_path, fold), layout.TREES_MODEL))
+        self.saved = {fold: trees.load_model(os.path.join(layout.fold_path(run_path, fold), layout.TREES_MODEL))
                       for fold in folds}
         self.metadata_used = bool(config.features.metadata)
         self.has_classes = False
@@ -204,14 +208,14 @@ class Serving:
 
     def answer(self, record_jpeg: bytes, image_rgb: np.ndarray | None, row: dict) -> Answer:
         # the trees load scikit-learn: only serving a tabular run pays for it
-        from melanoma.train.families import tree_model
+        from melanoma.train.families import trees
 
         table, image = self._features(record_jpeg, row)
         probabilities, effects = [], []
         for fold, saved in sorted(self.saved.items()):
             values = table[saved["columns"]].to_numpy(dtype=np.float64)
-            probabilities.append(float(tree_model.predict(saved["model"], values)[0]))
-            effects.append(tree_model.log_odds_effects(saved, values[0]))
+            probabilities.append(float(trees.predict(saved["model"], values)[0]))
+            effects.append(trees.log_odds_effects(saved, values[0]))
         columns = next(iter(self.saved.values()))["columns"]
         contributions = top_contributions(columns, table, np.mean(effects, axis=0))
         found, picture = lesion_picture(image, image_rgb)
@@ -238,7 +242,7 @@ def served_member(run_path: str):
 
 def top_contributions(columns: list[str], table, effects: np.ndarray, top: int = TOP_FEATURES) -> list[dict]:
     """The `top` features by the size of their mean effect on the folds' log-odds (see
-    tree_model.log_odds_effects), with this image's value."""
+    trees.log_odds_effects), with this image's value."""
     # the feature groups live with the feature tables (TensorFlow): only serving pays for it
     from melanoma.input import features
 

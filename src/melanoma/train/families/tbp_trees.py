@@ -1,0 +1,145 @@
+"""The ISIC 2024 tree family (`model.family: tbp_trees`): gradient-boosted trees per fold on the metadata of
+the 3D total-body photographs, read from the tables that `records --isic2024` writes beside its records
+(input/tbp_table.py, input/tbp_features.py), with other runs' predictions stacked in (`features.from_runs`,
+a CNN's OOF on the same records). The trees, their history and importances are train/families/trees.py's,
+as for the tabular family.
+
+Its fold folder: model.joblib (the trees, their feature columns, training medians and the categoricals'
+vocabulary), state.json, history.csv, importance.csv, data.json and oof.csv; infer adds test.csv and
+test.json. A fold trains on the training part's rows (benign ones drawn per `data.negatives_per_positive`)
+and scores every row of its validation part. Nothing here loads TensorFlow: training and predicting a
+tree run need the tables only, and predicting needs only test.csv (the training table's codes travel in
+the saved model). `serve` shows one uploaded image, which holds none of these measurements: it refuses a
+tbp_trees run.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from melanoma.core import io_utils, layout
+from melanoma.core.config import Config
+from melanoma.core.errors import ConfigError
+from melanoma.data import record_format, sampling
+from melanoma.input import tbp_features, tbp_table
+from melanoma.train.families import tabular
+from melanoma.train.families.family import Family
+
+FOLD_FILES = (layout.TREES_MODEL, layout.STATE, layout.OOF, layout.TEST, layout.TEST_SETTINGS, layout.HISTORY,
+              layout.IMPORTANCE, "data.json")
+GROUP_SWITCHES = {"derived": "features.tbp_derived", "patient context": "features.patient_context"}
+
+
+class TbpTrees(Family):
+    name = "tbp_trees"
+    model_file = layout.TREES_MODEL
+    prediction_keys = ("features",)
+    resumable = False  # a fold is fitted in one go; an unfinished one is fitted again
+
+    def check(self, config: Config) -> None:
+        tabular.check_tabular(config)
+        runs = config.features.from_runs
+        if not isinstance(runs, list) or not all(isinstance(name, str) and name for name in runs):
+            raise ConfigError(f"config key 'features.from_runs' must be a list of run names, got {runs!r}")
+        if len(set(runs)) < len(runs):
+            raise ConfigError(f"config key 'features.from_runs' names a run twice: {runs}")
+        if config.data.external_files:
+            raise ConfigError("model.family tbp_trees reads the ISIC 2024 tables beside data.train_files; "
+                              "data.external_files has no such table: set data.external_files=[]")
+
+    def label(self, config: Config) -> dict:
+        return {"model": "tbp trees (2024 metadata)", "image_size": None, "external": False, "tta": None}
+
+    def describe(self, config: Config) -> dict:
+        return describe(config)
+
+    def training(self, config: Config, resume: bool = False) -> "Training":
+        if resume:
+            print("note: a tbp_trees fold trains in one go; --resume trains the folds not finished yet")
+        return Training(config)
+
+    def prediction(self, config: Config) -> "Prediction":
+        return Prediction()
+
+    def serving(self, config: Config, run_path: str, folds: list[int]):
+        raise ConfigError(f"serve shows one uploaded image, and run {config.name} (model.family tbp_trees) "
+                          "predicts from the ISIC 2024 metadata of a lesion (its 3D total-body photograph's "
+                          "measurements), which an image does not carry; serve a CNN run instead")
+
+
+def describe(config: Config) -> dict:
+    """The model's settings and feature groups, and the records found (no table is read)."""
+    try:
+        files = record_format.list_files(config.data.train_files, "data.train_files")
+    except FileNotFoundError:
+        files = []
+    groups = ["measurements", "clinical"] + [group for group, key in GROUP_SWITCHES.items() if config.get_path(key)]
+    groups += [f"stacking: run_{name}" for name in config.features.from_runs]
+    table = os.path.join(os.path.dirname(files[0].path), "train.csv") if files else None
+    return {"name": config.name, "family": "tbp_trees", "model": "HistGradientBoostingClassifier",
+            "tabular": config.tabular.to_dict(), "feature_groups": groups, "folds": config.data.folds,
+            "negatives_per_positive": config.data.negatives_per_positive,
+            "train_table": table if table and io_utils.exists(table) else None,
+            "train_images": record_format.count_images(files) if files else None}
+
+
+class Training:
+    """Every training row's features, built once for every fold (the stacking checks refuse a config
+    before the run's config is saved)."""
+
+    def __init__(self, config: Config):
+        self.table = tbp_table.training_rows(config)
+        print(f"tbp_trees: {len(self.table.frame)} training rows, {len(self.table.columns)} features")
+
+    def fit_fold(self, config: Config, fold: int) -> dict:
+        # scikit-learn's trees: only when a fold is fitted
+        from melanoma.train.families import trees
+
+        folder = layout.fold_dir(config, fold)
+        trees.fresh_folder(folder, FOLD_FILES)
+        training, validation, summary = fold_rows(config, fold, self.table.frame)
+        io_utils.write_text_atomic(os.path.join(folder, "data.json"), json.dumps(summary, indent=1) + "\n")
+        return trees.fit_and_write(config, fold, folder, self.table.columns, self.table.categorical, training,
+                                   validation, tbp_features.feature_group, vocabulary=self.table.vocabulary)
+
+
+def fold_rows(config: Config, fold: int, frame):
+    """(training rows after negative downsampling, every validation row, the fold's data.json)."""
+    in_fold = (frame["part"] % config.data.folds) == fold
+    training, validation = frame[~in_fold], frame[in_fold]
+    left_out = sampling.negatives_dropped(training[["image_name", "target"]], config.data.negatives_per_positive,
+                                          int(config.seed) + fold)
+    sampled = sampling.summary(training, left_out, config.data.negatives_per_positive)
+    training = training[~training["image_name"].isin(left_out)]
+
+    def counts(rows) -> dict:
+        return {"images": int(len(rows)), "malignant": int(rows["target"].sum()),
+                "patients": int(rows["patient_id"].nunique()), "parts": sorted(map(int, set(rows["part"])))}
+
+    summary = {"fold": fold, "folds": config.data.folds, "training": counts(training),
+               "validation": counts(validation), "negative_downsampling": sampled}
+    print(f"fold {fold}: {summary['training']['images']} training rows ({sampled['benign_left_out']} benign left out"
+          f" by data.negatives_per_positive), {summary['validation']['images']} validation rows")
+    return training.reset_index(drop=True), validation.reset_index(drop=True), summary
+
+
+class Prediction:
+    """The test rows' features, built once (with the vocabulary the folds were trained with)."""
+
+    table = None
+
+    def predict_fold(self, config: Config, fold: int, files: list):
+        # scikit-learn's trees: only when a fold predicts
+        from melanoma.train.families import trees
+
+        saved = trees.load_model(os.path.join(layout.fold_dir(config, fold), layout.TREES_MODEL))
+        if self.table is None or self.table.vocabulary != saved["vocabulary"]:
+            self.table = tbp_table.test_rows(config, saved["vocabulary"])
+        if saved["columns"] != self.table.columns:
+            raise ConfigError(f"fold {fold}'s model was trained on other features than the config's features "
+                              "section gives now; train the run again (`python train.py --config ... --force`)")
+        frame = self.table.frame
+        return frame[["image_name"]].assign(pred=trees.predict(saved["model"], trees.matrix(frame, saved["columns"])))
+
+
+FAMILY = TbpTrees()
