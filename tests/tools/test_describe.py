@@ -34,10 +34,11 @@ def test_describe_every_config(path):
     facts = family.describe(config)
     json.dumps(facts)
     assert facts["name"] == path.stem and facts["family"] == family.name == config.model.family
-    if family.name == "tabular":
+    if family.name in ("tabular", "tbp_trees"):
         assert facts["model"] == "HistGradientBoostingClassifier" and facts["folds"] == config.data.folds
         assert facts["tabular"]["max_iter"] == config.tabular.max_iter
-        assert ("stacking: run_demo" in facts["feature_groups"]) == bool(config.features.from_runs)
+        stacked = [group for group in facts["feature_groups"] if group.startswith("stacking: ")]
+        assert stacked == [f"stacking: run_{name}" for name in config.features.from_runs or []]
         return
     assert facts["backbone"] == config.model.backbone
     assert facts["input_size"] == config.data.image_size
