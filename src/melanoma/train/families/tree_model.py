@@ -5,6 +5,7 @@ run (`sources.prepare_fold`). A fold writes into outputs/<name>/fold<K>/:
     model.joblib     the fitted model, its feature columns and each column's training median
     state.json       the config it was trained under (as a CNN fold's; one "epoch")
     history.csv      train and validation loss and AUC after each boosting iteration
+    tensorboard/     the same curves for TensorBoard (train.tensorboard)
     importance.csv   permutation importance on the fold's validation part
     data.json        images, malignant images and patients per split (as for a CNN)
     oof.csv          OOF predictions, written last: it marks the fold finished
@@ -30,6 +31,7 @@ from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
 from melanoma.data import sources
 from melanoma.input import features
+from melanoma.train import tensorboard
 
 # scikit-learn's OpenMP threads spin while they wait for work by default; on a CPU shared with other
 # processes that spinning made fitting 5-10x slower (and prediction 30x) than passive waiting. Read when
@@ -201,8 +203,9 @@ def fit_fold(config: Config, fold: int, table: features.FeatureTable, fold_data)
     oof = sources.check_oof(oof, fold_data)[["image_name", "patient_id", "target", "pred", "fold"]]
     save_model(model, columns, training_medians(train_x), os.path.join(folder, layout.TREES_MODEL))
     fold_state.write_state(folder, {"epoch": 1, "epochs": 1, "config": fold_state.fingerprint(config)})
-    io_utils.write_csv_atomic(history(model, train_x, train_y, valid_x, valid_y),
-                              os.path.join(folder, layout.HISTORY))
+    curves = history(model, train_x, train_y, valid_x, valid_y)
+    io_utils.write_csv_atomic(curves, os.path.join(folder, layout.HISTORY))
+    tensorboard.write_history(config, folder, curves)  # train.tensorboard
     repeats = int(config.tabular.importance_repeats)
     if repeats and len(np.unique(valid_y)) == 2:
         importance = permutation_importance(model, valid_x, valid_y, columns, repeats, int(config.seed) + fold)
@@ -230,6 +233,7 @@ def _fresh_folder(folder: str) -> None:
         path = os.path.join(folder, name)
         if io_utils.exists(path):
             io_utils.remove(path)
+    io_utils.remove_tree(tensorboard.log_dir(folder))
 
 
 def test_predictions(config: Config, fold: int, table: features.FeatureTable) -> pd.DataFrame:
