@@ -28,6 +28,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "data.duplicates_csv": (str, list),
     "data.cache": (bool, str),
     "data.diagnosis_names": (list, dict),
+    "data.validation_weights": (str,),
     "model.weights": (str,),
     "model.drop_connect": (int, float),
     "model.bn_momentum": (int, float),
@@ -53,6 +54,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("rampup", "cosine"),
     "train.checkpoint": ("best_auc", "best_loss", "last", "epoch"),
     "tta.mode": ("random", "dihedral"),
+    "data.validation_weighting": ("odds", "top"),
 }
 # model.family is checked where the families are (train/families/family.py: lookup), so that a new family
 # is added in that one folder.
@@ -241,6 +243,8 @@ def _check_values(config: Config) -> None:
     if config.train.upsample_malignant < 1:
         raise ConfigError(f"config key 'train.upsample_malignant' must be at least 1, got "
                           f"{config.train.upsample_malignant}")
+    if not 0 < config.data.validation_top <= 1:
+        raise ConfigError(f"config key 'data.validation_top' must be in (0, 1], got {config.data.validation_top}")
     if config.train.class_weight is not None and config.train.class_weight <= 0:
         raise ConfigError(f"config key 'train.class_weight' must be positive, got {config.train.class_weight}")
     _check_checkpoint_epoch(config.train)

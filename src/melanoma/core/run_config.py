@@ -41,7 +41,7 @@ RUN_FREE = ("name", "output_dir", "submission_dir", "data.cache", "train.verbose
 INFER_FREE = RUN_FREE + ("tta", "data.test_files", "data.sample_submission")
 # Keys holding file paths (or globs): compared by file name.
 LOCATED = ("data.train_files", "data.test_files", "data.external_files", "data.sample_submission",
-           "data.duplicates_csv", "model.weights")
+           "data.duplicates_csv", "data.validation_weights", "model.weights")
 
 
 def _file_names(value):
