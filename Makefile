@@ -27,11 +27,11 @@ SETARG = $(if $(SET),--set $(SET),)
 DEMO := input/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full train resume infer score report compare blend bench bench-trees serve submit leaderboard data wheels clean-demo
+.PHONY: help install demo test test-full train resume infer score report compare blend bench bench-trees serve tensorboard submit leaderboard data wheels clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' FILE=... MSG=... CONFIGS=... METHOD=... PORT=... HOST=..."
+	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' FILE=... MSG=... CONFIGS=... METHOD=... PORT=... HOST=... LOGDIR=... TENSORBOARD_PORT=..."
 	@echo "  USE_SYSTEM_PYTHON=1 (automatic on Kaggle/Colab): use this Python and its TensorFlow, no .venv/"
 
 # In CI (CI=true) install also brings the serve extra (gradio, fastapi, uvicorn) that the tests use.
@@ -141,6 +141,11 @@ PORT ?= 7860
 HOST ?= 127.0.0.1
 serve: $(SERVE_INSTALLED) ## web page + POST /predict for one image on CONFIG's trained run (PORT, HOST)
 	$(PY) -m melanoma serve --config $(CONFIG) --port $(PORT) --host $(HOST)
+
+LOGDIR ?= outputs
+TENSORBOARD_PORT ?= 6006
+tensorboard: install ## TensorBoard on the folds' scalars of every run in LOGDIR (outputs), at HOST:TENSORBOARD_PORT (6006)
+	$(PY) -m tensorboard.main --logdir $(LOGDIR) --port $(TENSORBOARD_PORT) --host $(HOST)
 
 submit: install ## validate FILE, then upload it with the Kaggle CLI: make submit FILE=submissions/x.csv MSG="..."
 	@test -n "$(FILE)" || { echo "usage: make submit FILE=submissions/<name>.csv MSG='message' [CONFIG=...]"; exit 2; }

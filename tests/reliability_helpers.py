@@ -239,3 +239,21 @@ def copy_records(source: Path, target: Path, split: str = "train") -> list[Path]
         shutil.copy(path, target / path.name)
         copied.append(target / path.name)
     return copied
+
+
+# --- TensorBoard ----------------------------------------------------------------------------------
+
+
+def read_scalars(folder: Path) -> dict[str, dict[int, float]]:
+    """Every scalar in the event files under `folder`, as TensorBoard reads them:
+    {'<subfolder>/<tag>': {step: value}} (e.g. 'validation/epoch_auc')."""
+    import tensorflow as tf
+
+    found: dict[str, dict[int, float]] = {}
+    for path in sorted(Path(folder).rglob("events.out.tfevents.*")):
+        where = path.parent.relative_to(folder).as_posix()
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
+                found.setdefault(f"{where}/{value.tag}", {})[int(event.step)] = number
+    return found

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("melanoma.evaluate.compare", "table of OOF AUC across runs"),
     "report": ("melanoma.evaluate.report", "ROC, histograms, curves and cutoff table of a run"),
     "blend": ("melanoma.evaluate.blend", "blend several runs' predictions"),
+    "shift": ("melanoma.evaluate.shift", "adversarial validation: how far test (or external) images are from training ones"),
     "validate": ("melanoma.predict.submission", "check a submission CSV against the sample"),
     "submit": ("melanoma.kaggle.submit:submit", "validate, then upload with the Kaggle CLI"),
     "leaderboard": ("melanoma.kaggle.submit:leaderboard", "join Kaggle leaderboard scores to the log"),

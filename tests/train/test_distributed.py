@@ -156,6 +156,10 @@ def test_two_worker_cluster_trains_a_fold_and_only_the_chief_writes(tiny_data, t
     for name in ("model.keras", "last.keras", "history.csv", "oof.csv", "state.json", "data.json"):
         assert (fold / name).is_file(), name
     assert (outputs / "tiny" / "config.yaml").is_file()
+    # tf_keras' TensorBoard callback on the chief wrote the fold's curves (the other worker has none:
+    # test_tensorboard.py); they hold the epochs history.csv holds
+    scalars = helpers.read_scalars(fold / "tensorboard")
+    assert sorted(scalars["validation/epoch_auc"]) == [0, 1], sorted(scalars)
     assert not [p for p in fold.iterdir() if p.name.startswith(".")]
     assert len(pd.read_csv(fold / "oof.csv")) == 74
     assert "cluster; the chief writes the run's files" in logs[1]

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import reliability_helpers as helpers
 import yaml
 from conftest import write_config
 from sklearn.metrics import roc_auc_score
@@ -212,6 +213,9 @@ def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer
         assert oof["pred"].between(0, 1).all() and (oof["fold"] == fold).all()
         history = pd.read_csv(folder / "history.csv")
         assert history["epoch"].tolist() == list(range(1, 16))
+        scalars = helpers.read_scalars(folder / "tensorboard")  # train.tensorboard: the same curves
+        for column, tag in (("val_auc", "validation/epoch_auc"), ("loss", "train/epoch_loss")):
+            assert scalars[tag] == pytest.approx(dict(zip(history["epoch"] - 1, history[column])), rel=1e-6)
         importance = pd.read_csv(folder / "importance.csv")
         assert {"colour moments", "colour histograms", "lesion", "metadata", "patient context"} <= set(
             importance.loc[importance["kind"] == "group", "name"])

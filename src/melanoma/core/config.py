@@ -32,6 +32,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "data.cache": (bool, str),
     "data.diagnosis_names": (list, dict),
     "data.negatives_per_positive": (int, float),
+    "data.validation_weights": (str,),
     "model.weights": (str,),
     "model.drop_connect": (int, float),
     "model.bn_momentum": (int, float),
@@ -60,6 +61,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.checkpoint": ("best_auc", "best_loss", "best_pauc_tpr80", "last", "epoch"),
     "tta.mode": ("random", "dihedral"),
     "tabular.importance_by": ("feature", "group"),
+    "data.validation_weighting": ("odds", "top"),
 }
 # model.family is checked where the families are (train/families/family.py: lookup), so that a new family
 # is added in that one folder.
@@ -252,6 +254,8 @@ def _check_values(config: Config) -> None:
     if ratio is not None and not ratio > 0:
         raise ConfigError(f"config key 'data.negatives_per_positive' must be positive (benign training images kept "
                           f"per malignant one), or null to keep every image; got {ratio}")
+    if not 0 < config.data.validation_top <= 1:
+        raise ConfigError(f"config key 'data.validation_top' must be in (0, 1], got {config.data.validation_top}")
     if config.train.class_weight is not None and config.train.class_weight <= 0:
         raise ConfigError(f"config key 'train.class_weight' must be positive, got {config.train.class_weight}")
     _check_checkpoint_epoch(config.train)

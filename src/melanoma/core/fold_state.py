@@ -42,7 +42,7 @@ FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, VAL_EPOCHS, layout.OOF
 # dataset's gs:// path changes every session), how progress is shown, and what happens after training.
 RESUME_FREE = ("name", "output_dir", "submission_dir", "data.train_files", "data.test_files",
                "data.external_files", "data.sample_submission", "data.duplicates_csv", "data.cache",
-               "model.weights", "train.verbose", "tta", "submission")
+               "model.weights", "train.verbose", "train.tensorboard", "tta", "submission")
 
 
 def _flatten(node: dict, prefix: str = "") -> dict:
@@ -140,6 +140,9 @@ def reset_fold(folder: str) -> None:
         path = os.path.join(folder, name)
         if io_utils.exists(path):
             io_utils.remove(path)
+    logs = os.path.join(folder, layout.TENSORBOARD)
+    if io_utils.exists(logs):  # the curves of the fold's previous training
+        io_utils.remove_tree(logs)
 
 
 def history_rows(folder: str, state: dict) -> list[dict]:

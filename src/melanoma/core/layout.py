@@ -3,6 +3,7 @@
 ```
 <output_dir>/<name>/config.yaml           the resolved config the run was trained with
 <output_dir>/<name>/fold<K>/...           one fold: state, checkpoints, history, OOF and test predictions
+<output_dir>/<name>/fold<K>/tensorboard/  the fold's scalars for TensorBoard (train.tensorboard)
 <output_dir>/<name>/oof.csv               all folds' OOF, gathered once every fold has one
 <output_dir>/<name>/blend.json            (a blend's folder instead of config.yaml)
 <output_dir>/<name>/report/               what `report` draws
@@ -35,6 +36,7 @@ VAL_EPOCHS = "val_epochs.csv"
 TEST = "test.csv"
 TEST_SETTINGS = "test.json"   # the TTA settings and test files TEST was predicted with
 IMPORTANCE = "importance.csv"
+TENSORBOARD = "tensorboard"   # a folder: the fold's TensorBoard event files (train/, validation/)
 
 FOLD_FOLDER = re.compile(r"^fold(\d+)$")
 

@@ -35,12 +35,13 @@ from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 
 # Keys that never shape what a run learns or predicts.
-RUN_FREE = ("name", "output_dir", "submission_dir", "submission", "data.cache", "train.verbose", "tta.batch_size")
+RUN_FREE = ("name", "output_dir", "submission_dir", "submission", "data.cache", "train.verbose", "train.tensorboard",
+            "tta.batch_size")
 # ... and what inference may choose for itself: the test set and how to look at it (TTA).
 INFER_FREE = RUN_FREE + ("tta", "data.test_files", "data.sample_submission")
 # Keys holding file paths (or globs): compared by file name.
 LOCATED = ("data.train_files", "data.test_files", "data.external_files", "data.sample_submission",
-           "data.duplicates_csv", "model.weights")
+           "data.duplicates_csv", "data.validation_weights", "model.weights")
 
 
 def _file_names(value):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, layout, metrics, run_config
+from melanoma.core import io_utils, layout, metrics, run_config, validation_weights
 from melanoma.core.config import Config, load_config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.tables import first_few, numbers, prepare_oof, read_oof, read_string_table
@@ -224,6 +224,7 @@ def gather_oof(config: Config) -> str | None:
     if oof["image_name"].duplicated().any():
         names = oof.loc[oof["image_name"].duplicated(), "image_name"].head(3).tolist()
         raise CheckFailed(f"an image is in the OOF of two folds (e.g. {names}): the folds overlap")
+    oof = validation_weights.oof_with_weights(config, oof)  # `weight`, under data.validation_weights only
     io_utils.write_csv_atomic(oof, target)
     return target
 
@@ -236,8 +237,10 @@ def report_oof(config: Config, finished) -> None:
         oof = io_utils.read_csv(gathered)
         auc = metrics.auc(oof["target"], oof["pred"])
         pauc = metrics.partial_auc_above_tpr(oof["target"], oof["pred"])
-        print(f"OOF AUC over {config.data.folds} folds: {auc:.4f} ({len(oof)} images; pauc_tpr80 {pauc:.4f}) "
-              f"-> {gathered}")
+        weighted = (f"; weighted by test-likeness ({config.data.validation_weighting}): "
+                    f"{metrics.auc(oof['target'], oof['pred'], oof['weight']):.4f}" if "weight" in oof else "")
+        print(f"OOF AUC over {config.data.folds} folds: {auc:.4f} ({len(oof)} images; pauc_tpr80 {pauc:.4f}"
+              f"{weighted}) -> {gathered}")
     else:
         missing = [k for k in range(config.data.folds) if not finished(config, k)]
         print(f"folds still to train: {missing}")

@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from melanoma.core import environment, io_utils
+from melanoma.core import environment, io_utils, validation_weights
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
@@ -291,18 +291,27 @@ def check_train_test_overlap(data: Config, competition: pd.DataFrame, reader: Ta
 
 def check_splits_apart(config: Config, progress: bool = True) -> None:
     """Before a run is bound and any fold trains: no competition training image is also a test image
-    (check_train_test_overlap over every train file). The tables are read as the folds will read them, so
+    (check_train_test_overlap over every train file), and data.validation_weights covers them all. The tables are read as the folds will read them, so
     the folds find them cached; only the process that writes the run caches them (a cluster's other
     workers keep theirs in memory)."""
     data = config.data
-    if not data.test_files:
+    if not data.test_files and not data.validation_weights:
         return
     files = record_format.list_files(data.train_files, "data.train_files")
     content_hash, perceptual = _hash_flags(data, bool([f for s in external_sets(data) for f in s.files]))
     cache = os.path.join(config.output_dir, ".cache", "tables") if environment.is_chief() else None
     reader = TableReader(cache, progress, skip_corrupt=bool(data.skip_corrupt))
     tables = reader.tables(files, content_hash, perceptual, desc="competition records")
-    check_train_test_overlap(data, _joined(tables, files, COMPETITION), reader)
+    competition = _joined(tables, files, COMPETITION)
+    check_train_test_overlap(data, competition, reader)
+    check_validation_weights(config, competition["image_name"])
+
+
+def check_validation_weights(config: Config, names) -> None:
+    """Under data.validation_weights, its CSV gives a test-likeness to every image that may be validated
+    (`names`); DataError naming those it lacks (a CSV made for other records)."""
+    if config.data.validation_weights:
+        validation_weights.fold_weights(config, names)
 
 
 def _hash_flags(data: Config, external: bool) -> tuple[bool, bool]:
@@ -484,6 +493,7 @@ def prepare_fold(config: Config, fold: int, progress: bool = True, reader: Table
     validation = _joined(tables, valid_files, COMPETITION)
     competition = _checked_competition(training, validation)
     check_train_test_overlap(data, competition, reader)
+    check_validation_weights(config, validation["image_name"])
     competition_drops = _competition_drops(competition, data.duplicates_csv)
     dropped_names = set(competition_drops["image_name"])
     external_frames, external_drop_rows = _external_drops(data, sets, tables, competition, content_hash,

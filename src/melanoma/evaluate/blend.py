@@ -1,6 +1,6 @@
 """Blend several runs: plain mean, rank mean, or weights fitted on OOF and judged by cross-validation.
 
-`python -m melanoma blend CONFIG1 CONFIG2 ... [--method mean|rank|weights] [--name NAME] [--allow-partial]`
+`python -m melanoma blend CONFIG1 CONFIG2 ... [--method mean|rank|weights] [--name NAME] [--allow-partial] [--seeds N]`
 
 `weights` fits non-negative weights by greedy hill climbing on OOF AUC (forward selection with
 replacement, so weights are multiples of 1/iterations), on each run's ranks (its predictions' ranks over
@@ -16,7 +16,8 @@ The partial rule is infer's: a run with folds missing stops the blend (exit stat
 --allow-partial, which blends the folds every run has into `blend-...-folds0_2`. Writes
 `<output_dir>/<blend>/oof.csv` and `blend.json` (so compare and report treat it as a run),
 `<submission_dir>/<blend>.csv` and the record `<blend>.json` beside it (read by `submit`). Each argument
-is a config file or a run folder.
+is a config file or a run folder; with --seeds N each config stands for its N seed runs (`train.py --seeds N`),
+so `blend C --seeds 3` blends a config's seeds and `blend A B --seeds 3 --method rank` six runs.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, layout, metrics, progress, run_results
+from melanoma.core import io_utils, layout, metrics, progress, run_results, seeds
 from melanoma.core.errors import DataError
 from melanoma.core.tables import first_few
 from melanoma.predict import submission as submission_lib
@@ -151,11 +152,13 @@ def default_name(method: str, members: list[run_results.Member]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 def blend(specs: list[str], method: str = "mean", name: str | None = None,
-          iterations: int = DEFAULT_ITERATIONS, force: bool = False, allow_partial: bool = False) -> dict:
-    """Blend the runs of `specs` (configs or run folders); writes the outputs and returns a summary."""
+          iterations: int = DEFAULT_ITERATIONS, force: bool = False, allow_partial: bool = False,
+          seeds_per_config: int | None = None) -> dict:
+    """Blend the runs of `specs` (configs or run folders; with `seeds_per_config` N, each config's N seed
+    runs); writes the outputs and returns a summary."""
     if name is not None:  # a name inside output_dir, checked before any work
         config_lib.check_name(name if name.startswith("blend-") else f"blend-{name}", "--name")
-    members = _check_members(specs, method, allow_partial)
+    members = _check_members(seed_members(specs, seeds_per_config), method, allow_partial)
     folds_used, expected = shared_folds(members)
     base, matrix, notes = align_members(members, folds_used)
     target = base["target"].to_numpy()
@@ -210,6 +213,27 @@ def shared_folds(members: list[run_results.Member]) -> tuple[list[int], int]:
     if not shared:
         raise DataError("the runs have no trained fold in common; train the same folds of each")
     return shared, expected.pop()
+
+
+def seed_members(specs: list[str], count: int | None) -> list[str]:
+    """--seeds N: each config among `specs` stands for its N seed runs' folders (core/seeds.py); a run
+    folder stays itself."""
+    if not count:
+        return list(specs)
+    seeds.check_count(count)
+    expanded = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            expanded.append(spec)
+            continue
+        config = config_lib.load_config(spec)
+        for given in seeds.seed_runs(config, count, []):
+            folder = layout.run_dir(config_lib.load_config(spec, given))
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"seed run {folder} of {spec} not found: train it first (python train.py "
+                                        f"--config {spec} --seeds {count})")
+            expanded.append(folder)
+    return expanded
 
 
 def _check_members(specs: list[str], method: str, allow_partial: bool) -> list[run_results.Member]:
@@ -312,12 +336,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="overwrite a different existing blend submission without a backup")
     parser.add_argument("--allow-partial", action="store_true",
                         help="with folds missing in a run, blend the folds every run has into <blend>-folds<K>_<K>")
+    parser.add_argument("--seeds", type=int, metavar="N",
+                        help="each CONFIG stands for its N seed runs <name>-s0 .. <name>-s<N-1> (train.py --seeds N)")
 
 
 def command(args: argparse.Namespace) -> int:
     if args.iterations < 1:
         raise DataError(f"--iterations must be at least 1, got {args.iterations}")
-    summary = blend(args.configs, args.method, args.name, args.iterations, args.force, args.allow_partial)
+    summary = blend(args.configs, args.method, args.name, args.iterations, args.force, args.allow_partial,
+                    args.seeds)
     for note in summary["notes"] + ([summary["warning"]] if summary.get("warning") else []):
         print(f"warning: {note}", file=sys.stderr)
     for member in summary["members"]:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from melanoma.core import progress, run_results
 from melanoma.core.errors import ConfigError, DataError
-from melanoma.evaluate import scoring, selection
+from melanoma.evaluate import scoring, seed_groups, selection
 from melanoma.evaluate.scoring import ScoreWarning, score_oof
 from melanoma.evaluate.statistics import clustered_delong_test, delong_test
 from melanoma.train.families import family as family_lib
@@ -54,11 +54,12 @@ def _describe(run: run_results.Run) -> dict:
 
 
 def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str = "auc",
-                 test: str = "patient") -> list[dict]:
+                 test: str = "patient", seeds: bool = True) -> list[dict]:
     """One dict per run folder, best complete run first (see the module docstring for the fields).
 
     by: "auc" ranks complete runs by OOF AUC; "unselected" by auc_unselected (complete runs without
-    it follow, unranked). test: "patient" (clustered DeLong) or "image" (per-image DeLong).
+    it follow, unranked). test: "patient" (clustered DeLong) or "image" (per-image DeLong). seeds: runs
+    that differ only by seed are one row (seed_groups); False lists each.
     """
     if by not in RANK_BY:
         raise DataError(f"--by must be one of {', '.join(RANK_BY)}, got '{by}'")
@@ -66,14 +67,19 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str =
         raise DataError(f"--test must be one of {', '.join(TESTS)}, got '{test}'")
     rows: list[dict] = []
     frames: dict[str, pd.DataFrame] = {}
+    runs: dict[str, run_results.Run] = {}
     paths = run_results.find_runs(directory)
     for path in progress.bar(paths, desc="runs", unit="run", disable=len(paths) < 4, leave=False):
-        run = run_results.inspect_run(path)
+        run = runs[path] = run_results.inspect_run(path)
         row = _blank_row(run, test)
         rows.append(row)
         if not run.problem:
             _score_run(run, row, frames, bootstrap, seed, by)
-    return _ranked(rows, frames, by, test)
+    if seeds:  # the runs that differ only by seed, one row each group
+        rows = seed_groups.collapse(rows, runs, frames)
+    ranked = _ranked(rows, frames, by, test)
+    seed_groups.compare_groups(ranked, frames)
+    return ranked
 
 
 def _blank_row(run: run_results.Run, test: str) -> dict[str, Any]:
@@ -129,10 +135,16 @@ def _ranked(rows: list[dict], frames: dict[str, pd.DataFrame], by: str, test: st
     error_rows = [row for row in rows if row["status"] == "error"]
     if ranked:
         best = ranked[0]
-        best_frame = frames[best["path"]]
+        best_frame = frames[best["path"]]  # a seed group's: its runs' frames
         for row in ranked[1:]:
             row["delta_best"] = round(row[key] - best[key], 6)
-            _test_against(row, best_frame, frames[row["path"]], test)
+            if row["kind"] == best["kind"] == "seeds":
+                seed_groups.p_against_best(row, best, frames)
+            elif "seeds" in (row["kind"], best["kind"]):
+                row["note"] = "; ".join(filter(None, [row["note"], "no p: a seed group is tested against seed "
+                                                                   "groups only (below)"]))
+            else:
+                _test_against(row, best_frame, frames[row["path"]], test)
         best["delta_best"] = 0.0
     for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
@@ -210,11 +222,14 @@ def format_table(rows: list[dict]) -> str:
     if any(row["status"] == "incomplete" for row in rows):
         text.append("(...)* partial AUC of an incomplete run, over the folds done; not ranked")
     tests = {row.get("p_test") for row in rows if row["p_best"] is not None}
-    if tests:
-        how = ("DeLong's test clustered by patient" if tests == {"patient"}
+    if tests - {"seeds"}:
+        how = ("DeLong's test clustered by patient" if tests - {"seeds"} == {"patient"}
                else "per-image DeLong test (ignores patients: too small for OOF)")
         text.append(f"p: {how}, against the best run on the images both scored")
-    return "\n".join(text)
+    if any(row.get("kind") == "seeds" for row in rows):
+        text.append("seeds: a seed group's OOF AUC is its seeds' mean; its p (against a best seed group) compares "
+                    "seed means, patients and seeds both sampled")
+    return "\n".join(text + seed_groups.format_block(rows))
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -226,11 +241,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", choices=TESTS, default="patient",
                         help="p-value vs the best run: DeLong clustered by patient (default) or per image")
     scoring.add_bootstrap_arguments(parser, "each run's 95%% interval")
+    parser.add_argument("--each-seed", action="store_true",
+                        help="list every seed run on its own row instead of one row per seed group")
 
 
 def command(args: argparse.Namespace) -> int:
     scoring.check_bootstrap_arguments(args)
-    rows = compare_runs(args.directory, bootstrap=args.bootstrap, seed=args.seed, by=args.by, test=args.test)
+    rows = compare_runs(args.directory, bootstrap=args.bootstrap, seed=args.seed, by=args.by, test=args.test,
+                        seeds=not args.each_seed)
     if args.json:
         print(json.dumps(rows))
     elif not rows:

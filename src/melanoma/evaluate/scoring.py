@@ -100,8 +100,10 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
     notes.extend(selection.notes)
     for note in notes:
         warnings.warn(note, ScoreWarning, stacklevel=2)
+    weighted = _weighted_auc(frame)
     return {
         "auc": _json_number(auc),
+        **({"auc_weighted": weighted} if "weight" in frame.columns else {}),
         **selection.to_json(),
         "pauc_tpr80": _json_number(metrics.partial_auc_above_tpr(target, pred)),
         **operating_points(target, pred),
@@ -118,6 +120,17 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
         "seed": int(seed),
         "warnings": notes,
     }
+
+
+def _weighted_auc(frame: pd.DataFrame) -> float | None:
+    """The AUC with each row counting its `weight` (data.validation_weights: test-likeness), when the OOF
+    has that column; DataError for a weight that is not a number of 0 or more."""
+    if "weight" not in frame.columns:
+        return None
+    weight, bad = tables.numbers(frame["weight"])
+    if (bad | ~np.isfinite(weight) | (weight < 0)).any() or not weight.sum() > 0:
+        raise DataError("the OOF's weight column must hold numbers of 0 or more, not all 0 (data.validation_weights)")
+    return _json_number(metrics.auc(frame["target"], frame["pred"], weight.to_numpy()))
 
 
 def _fold_scores(frame: pd.DataFrame, notes: list[str]) -> tuple[dict[str, float | None], dict[str, float | None]]:
@@ -171,6 +184,9 @@ def format_score(result: dict, frame: pd.DataFrame | None = None, title: str = "
         low, high = result["ci95"]
         interval = f"  95% CI {_fmt(low)}-{_fmt(high)} ({result['bootstrap']} patient resamples)"
     lines.append(f"{title} {_fmt(result['auc'])}{interval}")
+    if "auc_weighted" in result:
+        lines.append(f"auc_weighted {_fmt(result['auc_weighted'])}  (validation images weighted by their test-likeness: "
+                     "data.validation_weights)")
     if "auc_unselected" in result:
         if result["auc_unselected"] is None:
             lines.append(f"auc_unselected -  ({result.get('unselected_reason') or 'not available'})")

@@ -1,11 +1,13 @@
-"""The statistics behind `score` and `compare`: a bootstrap of the AUC that resamples patients, and
-DeLong's test of two AUCs on the same images, per image or clustered by patient (Obuchowski, 1997).
+"""The statistics behind `score` and `compare`: a bootstrap of the AUC that resamples patients, DeLong's
+test of two AUCs on the same images, per image or clustered by patient (Obuchowski, 1997), and the test of
+two configs' seed means (`seed_means_test`: the patients and the seeds both sampled).
 
 Images of one patient are correlated, so both resample or cluster by patient: per image, the interval
 would be too narrow and the test would reject too often.
 """
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import pandas as pd
@@ -180,6 +182,34 @@ def _sums_by(index: np.ndarray, groups: int, values: np.ndarray) -> np.ndarray:
     return np.bincount(flat, weights=values.ravel(), minlength=rows * groups).reshape(rows, groups)
 
 
+def _deviations(target: np.ndarray, scores: np.ndarray, cluster, caller: str):
+    """(AUC per row of `scores`, the rows' deviations over malignant and over benign units, and the three
+    scales of their products): what the covariance of the rows' AUCs is made of (see `delong_pvalues`).
+    A unit is an image, or with `cluster` a patient."""
+    aucs, v_pos, v_neg = _structural_components(target, scores)
+    positive = target == 1
+    m, n = v_pos.shape[1], v_neg.shape[1]
+    if cluster is None:
+        dev_pos = v_pos - v_pos.mean(axis=1, keepdims=True)
+        dev_neg = v_neg - v_neg.mean(axis=1, keepdims=True)
+        pos_scale = 1.0 / (m * (m - 1)) if m > 1 else 0.0
+        neg_scale = 1.0 / (n * (n - 1)) if n > 1 else 0.0
+        return aucs, dev_pos, dev_neg, (pos_scale, neg_scale, 0.0)
+    cluster = np.asarray(cluster).ravel()
+    if len(cluster) != len(target):
+        raise DataError(f"{caller}: {len(target)} targets but {len(cluster)} patient ids")
+    index = pd.factorize(pd.Series(cluster).astype(str))[0]
+    groups = int(index.max()) + 1
+    if groups < 2:
+        raise DataError(f"{caller}: needs images of at least two patients")
+    per_patient_pos = np.bincount(index[positive], minlength=groups)
+    per_patient_neg = np.bincount(index[~positive], minlength=groups)
+    dev_pos = _sums_by(index[positive], groups, v_pos) - aucs[:, None] * per_patient_pos
+    dev_neg = _sums_by(index[~positive], groups, v_neg) - aucs[:, None] * per_patient_neg
+    factor = groups / (groups - 1)
+    return aucs, dev_pos, dev_neg, (factor / m**2, factor / n**2, factor / (m * n))
+
+
 def delong_pvalues(target, preds_a, preds_b, cluster=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """DeLong's test of AUC_a = AUC_b for many pairs of predictions on the same images at once.
 
@@ -199,29 +229,8 @@ def delong_pvalues(target, preds_a, preds_b, cluster=None) -> tuple[np.ndarray, 
     caller = "delong_test" if cluster is None else "clustered_delong_test"
     target, preds_a, preds_b = _checked_pairs(target, preds_a, preds_b, caller)
     pairs = len(preds_a)
-    aucs, v_pos, v_neg = _structural_components(target, np.vstack([preds_a, preds_b]))
-    positive = target == 1
-    m, n = v_pos.shape[1], v_neg.shape[1]
-    if cluster is None:
-        dev_pos = v_pos - v_pos.mean(axis=1, keepdims=True)
-        dev_neg = v_neg - v_neg.mean(axis=1, keepdims=True)
-        pos_scale = 1.0 / (m * (m - 1)) if m > 1 else 0.0
-        neg_scale = 1.0 / (n * (n - 1)) if n > 1 else 0.0
-        cross_scale = 0.0
-    else:
-        cluster = np.asarray(cluster).ravel()
-        if len(cluster) != len(target):
-            raise DataError(f"{caller}: {len(target)} targets but {len(cluster)} patient ids")
-        index = pd.factorize(pd.Series(cluster).astype(str))[0]
-        groups = int(index.max()) + 1
-        if groups < 2:
-            raise DataError(f"{caller}: needs images of at least two patients")
-        per_patient_pos = np.bincount(index[positive], minlength=groups)
-        per_patient_neg = np.bincount(index[~positive], minlength=groups)
-        dev_pos = _sums_by(index[positive], groups, v_pos) - aucs[:, None] * per_patient_pos
-        dev_neg = _sums_by(index[~positive], groups, v_neg) - aucs[:, None] * per_patient_neg
-        factor = groups / (groups - 1)
-        pos_scale, neg_scale, cross_scale = factor / m**2, factor / n**2, factor / (m * n)
+    aucs, dev_pos, dev_neg, (pos_scale, neg_scale, cross_scale) = _deviations(
+        target, np.vstack([preds_a, preds_b]), cluster, caller)
 
     def covariance(first: slice, second: slice) -> np.ndarray:
         """Cov(AUC of rows `first`, AUC of rows `second`), pair by pair."""
@@ -240,6 +249,102 @@ def delong_pvalues(target, preds_a, preds_b, cluster=None) -> tuple[np.ndarray, 
     p_values = np.where(variance > 1e-15, 2 * norm.sf(np.abs(difference) / safe),
                         np.where(np.abs(difference) < 1e-12, 1.0, 0.0))
     return aucs[a], aucs[b], np.minimum(1.0, p_values)
+
+
+def clustered_auc_covariance(target, scores, cluster) -> tuple[np.ndarray, np.ndarray]:
+    """(AUC of each row of `scores` (rows x images), their covariance matrix), clustered by patient as in
+    `delong_pvalues`: the data's share of the AUCs' uncertainty, the predictions held fixed."""
+    target = np.asarray(target).ravel()
+    scores = np.atleast_2d(np.asarray(scores, dtype=float))
+    dummy = scores[:1]
+    target, _, _ = _checked_pairs(target, dummy, dummy, "clustered_auc_covariance")
+    if not np.isfinite(scores).all():
+        raise DataError("clustered_auc_covariance: predictions must be finite")
+    aucs, dev_pos, dev_neg, (pos_scale, neg_scale, cross_scale) = _deviations(
+        target, scores, cluster, "clustered_auc_covariance")
+    cross = dev_pos @ dev_neg.T
+    covariance = pos_scale * dev_pos @ dev_pos.T + neg_scale * dev_neg @ dev_neg.T + cross_scale * (cross + cross.T)
+    return aucs, covariance
+
+
+def seed_variance(aucs: np.ndarray, covariance: np.ndarray) -> float:
+    """How much a config's AUC moves with its seed beyond what the images' sampling moves it: the seed runs'
+    AUCs on the same images spread by their sample variance s^2, whose expectation is t^2 plus the mean
+    sampling variance of the runs' deviations from their mean, (tr S - 1'S1/k)/(k-1) for their DeLong
+    covariance S. So t^2 = max(0, s^2 - that) (a moment estimate, as for random effects in a
+    meta-analysis); counting s^2 whole would count the images' share twice."""
+    k = len(aucs)
+    sampling = (float(np.trace(covariance)) - float(covariance.sum()) / k) / (k - 1)
+    return max(0.0, float(np.var(aucs, ddof=1)) - sampling)
+
+
+def seed_mean_interval(target, preds, cluster) -> dict:
+    """A config's mean OOF AUC over its seed runs (seeds x images, two or more) with its 95% interval,
+    patients and seeds both sampled as in `seed_means_test`: {mean, std (of the seed AUCs), seed_std,
+    se, ci95, df}."""
+    # scipy loads only when this runs
+    from scipy.stats import t as student
+
+    preds = np.atleast_2d(np.asarray(preds, dtype=float))
+    k = len(preds)
+    if k < 2:
+        raise DataError(f"seed_mean_interval: needs two seed runs or more, got {k}")
+    aucs, covariance = clustered_auc_covariance(target, preds, cluster)
+    seeds = seed_variance(aucs, covariance)
+    variance = max(0.0, float(covariance.sum()) / k ** 2) + seeds / k
+    freedom = variance ** 2 / ((seeds / k) ** 2 / (k - 1)) if seeds > 0 else float("inf")
+    se = math.sqrt(variance)
+    half = float(student.ppf(0.975, freedom)) * se
+    mean = float(aucs.mean())
+    return {"mean": mean, "std": float(np.std(aucs, ddof=1)), "seed_std": math.sqrt(seeds), "se": se,
+            "ci95": [mean - half, mean + half], "df": freedom}
+
+
+def seed_means_test(target, preds_a, preds_b, cluster) -> dict:
+    """Whether two configs' mean OOF AUCs over their seeds differ: each config's seed runs' predictions on
+    the same images (seeds x images; two seeds or more each), clustered by patient.
+
+    The difference of the seed means, d = mean(AUC_a) - mean(AUC_b), is uncertain twice over: the images
+    are a sample of patients (the clustered DeLong covariance S of the seed runs' AUCs,
+    `clustered_auc_covariance`, gives that share, c' S c with c the contrast +1/k_a, -1/k_b), and the
+    seeds are a sample of seeds: a seed may train a better or a worse model than the config does on
+    average, by a seed variance t^2 (`seed_variance`), which adds t_a^2/k_a + t_b^2/k_b. With few seeds
+    that share is itself uncertain, so d / se is read against Student's t with the Welch-Satterthwaite
+    degrees of freedom (the first share counted as known; with no seed variance found, the normal).
+    Returns the means, each config's spread of seed AUCs and its seed standard deviation t, d, se and its
+    two shares, the 95% interval of d, p (two-sided) and the degrees of freedom.
+    """
+    # scipy loads only when this runs
+    from scipy.stats import t as student
+
+    preds_a = np.atleast_2d(np.asarray(preds_a, dtype=float))
+    preds_b = np.atleast_2d(np.asarray(preds_b, dtype=float))
+    k_a, k_b = len(preds_a), len(preds_b)
+    if min(k_a, k_b) < 2:
+        raise DataError(f"seed_means_test: each config needs two seed runs or more, got {k_a} and {k_b}")
+    aucs, covariance = clustered_auc_covariance(target, np.vstack([preds_a, preds_b]), cluster)
+    contrast = np.r_[np.full(k_a, 1 / k_a), np.full(k_b, -1 / k_b)]
+    data_share = max(0.0, float(contrast @ covariance @ contrast))
+    runs_a, runs_b = slice(0, k_a), slice(k_a, k_a + k_b)
+    spread_a, spread_b = float(np.var(aucs[runs_a], ddof=1)), float(np.var(aucs[runs_b], ddof=1))
+    seeds_a, seeds_b = seed_variance(aucs[runs_a], covariance[runs_a, runs_a]), seed_variance(
+        aucs[runs_b], covariance[runs_b, runs_b])
+    seed_share = seeds_a / k_a + seeds_b / k_b
+    difference = float(aucs[runs_a].mean() - aucs[runs_b].mean())
+    variance = data_share + seed_share
+    seed_terms = (seeds_a / k_a) ** 2 / (k_a - 1) + (seeds_b / k_b) ** 2 / (k_b - 1)
+    freedom = variance ** 2 / seed_terms if seed_terms > 0 else float("inf")
+    se = math.sqrt(variance)
+    if se > 1e-12:
+        p_value = float(2 * student.sf(abs(difference) / se, freedom))
+        half = float(student.ppf(0.975, freedom)) * se
+    else:
+        p_value, half = (1.0 if abs(difference) < 1e-12 else 0.0), 0.0
+    return {"mean_a": float(aucs[runs_a].mean()), "mean_b": float(aucs[runs_b].mean()),
+            "std_a": math.sqrt(spread_a), "std_b": math.sqrt(spread_b), "seed_std_a": math.sqrt(seeds_a),
+            "seed_std_b": math.sqrt(seeds_b), "difference": difference, "se": se,
+            "se_data": math.sqrt(data_share), "se_seeds": math.sqrt(seed_share),
+            "ci95": [difference - half, difference + half], "p": min(1.0, p_value), "df": freedom}
 
 
 def delong_test(target, pred_a, pred_b) -> tuple[float, float, float]:

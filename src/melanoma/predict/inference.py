@@ -10,6 +10,8 @@ predicts again otherwise (or with --recompute). With folds missing, infer stops 
 `<same name>.json` records the run and the folds it averages (read by `submit`). Everything is checked
 before TensorFlow loads: the config, the test files, the sample submission, and that output_dir and
 submission_dir can be written. One writer per run: infer holds the run's lock (core/run_lock.py).
+With --seeds N, each of the config's seed runs is predicted so, then their mean is written
+(predict/seed_ensemble.py).
 """
 from __future__ import annotations
 
@@ -22,11 +24,11 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import environment, fold_state, io_utils, layout, run_config, run_lock
+from melanoma.core import environment, fold_state, io_utils, layout, run_config, run_lock, seeds
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
 from melanoma.data import preflight, record_format
-from melanoma.predict import submission
+from melanoma.predict import seed_ensemble, submission
 from melanoma.train.families import family as family_lib
 
 
@@ -161,10 +163,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="with folds missing, ensemble the trained ones into <name>-folds<K>_<K>.csv")
     parser.add_argument("--force", action="store_true",
                         help="overwrite a differing submission file without keeping a backup")
+    parser.add_argument("--seeds", type=int, metavar="N",
+                        help="predict the config's N seed runs <name>-s0 .. <name>-s<N-1> (train.py --seeds N) and "
+                             "write their mean: submissions/<name>-seeds.csv, outputs/<name>-seeds/")
 
 
 def command(args: argparse.Namespace) -> int:
-    config = config_lib.load_config(args.config, args.set)
+    seeds.check_count(args.seeds)
+    if args.seeds:
+        return infer_seeds(args)
+    checked_config(args, args.set)
+    if not environment.is_chief():
+        kind, index = environment.worker_task()
+        print(f"{kind} {index} of a cluster: inference runs on the chief alone (with its own devices); "
+              "nothing to do here")
+        return 0
+    infer_run(args, args.set)
+    return 0
+
+
+def checked_config(args: argparse.Namespace, overrides: list[str]) -> Config:
+    """The config, its family's checks, the environment and the files to read, before any work."""
+    config = config_lib.load_config(args.config, overrides)
     family = family_lib.lookup(config)
     family.check(config)
     environment.check()
@@ -173,12 +193,37 @@ def command(args: argparse.Namespace) -> int:
                           "set it to the test records' glob (--set data.test_files=...)")
     # the files to read first (their locations come from this config), then the run's saved config
     preflight.check_inference(config)
-    config = run_config.load_run_config(args.config, args.set)
-    if not environment.is_chief():
-        kind, index = environment.worker_task()
-        print(f"{kind} {index} of a cluster: inference runs on the chief alone (with its own devices); "
-              "nothing to do here")
-        return 0
+    return config
+
+
+def infer_run(args: argparse.Namespace, overrides: list[str]) -> tuple[Config, str]:
+    """One run's test predictions and submission, under the run's saved config and lock: (config, path)."""
+    config = run_config.load_run_config(args.config, overrides)
     with run_lock.hold(config, "infer"):
-        run_inference(config, recompute=args.recompute, force=args.force, allow_partial=args.allow_partial)
+        path = run_inference(config, recompute=args.recompute, force=args.force, allow_partial=args.allow_partial)
+    return config, path
+
+
+def infer_seeds(args: argparse.Namespace) -> int:
+    """--seeds N: each seed run of the config (core/seeds.py) predicted as one run is, then the seeds' mean
+    (seed_ensemble). Every seed run is checked to be there before the first predicts."""
+    base = checked_config(args, args.set)
+    runs = seeds.seed_runs(base, args.seeds, args.set)
+    for given in runs:
+        checked_config(args, given)
+        try:
+            run_config.load_run_config(args.config, given, quiet=True)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{error} with --seeds {args.seeds}") from None
+    if not environment.is_chief():
+        print("inference runs on the chief alone; nothing to do here")
+        return 0
+    done = [infer_run(args, given) for given in runs]
+    partial = [config.name for config, path in done if os.path.basename(path) != f"{config.name}.csv"]
+    if partial:
+        print(f"warning: {', '.join(partial)} hold(s) some folds only (--allow-partial): no seed ensemble is "
+              f"written; train every fold of every seed (python train.py --config ... --seeds {args.seeds})",
+              file=sys.stderr)
+        return 0
+    seed_ensemble.write(base, [config for config, _ in done], [path for _, path in done], force=args.force)
     return 0

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, layout, metrics, fold_state
+from melanoma.core import io_utils, layout, metrics, fold_state, validation_weights
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
 from melanoma.model import tta_prediction
@@ -45,7 +45,8 @@ class NanGuard(keras.callbacks.Callback):
 
 class ValidationScore(keras.callbacks.Callback):
     """Scores each epoch (val_loss, val_auc, val_pauc_tpr80) and keeps its plain predictions in val_epochs.csv
-    (see `selection`)."""
+    (see `selection`). Under data.validation_weights the loss and AUC weigh each image by its test-likeness
+    (core/validation_weights.py)."""
 
     def __init__(self, config: Config, folder: str, valid_paths: list[str], valid_dropped: frozenset,
                  state: dict | None, guard: NanGuard, strategy):
@@ -53,6 +54,7 @@ class ValidationScore(keras.callbacks.Callback):
         self.config, self.folder, self.guard, self.strategy = config, folder, guard, strategy
         self.valid_paths, self.valid_dropped = valid_paths, valid_dropped
         self.epochs = [fold_state.val_epoch_rows(folder, state["epoch"])] if state else []
+        self.likeness = validation_weights.likeness(config)  # data.validation_weights, None when off
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or self.guard.failure:
@@ -62,8 +64,9 @@ class ValidationScore(keras.callbacks.Callback):
                                          progress=False, strategy=self.strategy)
         frame = frame[~frame["image_name"].isin(self.valid_dropped)]  # duplicates (sources.py)
         target = frame["target"].to_numpy(dtype=np.float64)
-        logs["val_loss"] = metrics.binary_log_loss(target, frame["pred"].to_numpy())
-        logs["val_auc"] = metrics.auc(target, frame["pred"])
+        weight = validation_weights.fold_weights(self.config, frame["image_name"], self.likeness)  # None: off
+        logs["val_loss"] = metrics.binary_log_loss(target, frame["pred"].to_numpy(), weight)
+        logs["val_auc"] = metrics.auc(target, frame["pred"], weight)
         logs["val_pauc_tpr80"] = metrics.partial_auc_above_tpr(target, frame["pred"])  # ISIC 2024's metric
         self.epochs.append(pd.DataFrame({"image_name": frame["image_name"].to_numpy(), "epoch": epoch + 1,
                                          "pred": frame["pred"].to_numpy()}))

@@ -22,7 +22,7 @@ from melanoma.data import fold_data as fold_data_lib
 from melanoma.input import augment, pipeline
 from melanoma.model import network as model_lib
 from melanoma.model import tta_prediction
-from melanoma.train import callbacks, schedules
+from melanoma.train import callbacks, schedules, tensorboard
 
 
 def set_seed(seed: int) -> None:
@@ -81,7 +81,7 @@ def class_weights(config: Config) -> dict | None:
 def make_callbacks(config: Config, folder: str, global_batch: int, valid_paths: list[str],
                    valid_dropped: frozenset = frozenset(), state: dict | None = None, strategy=None):
     """Exact validation AUC (and each epoch's plain validation predictions in val_epochs.csv), learning
-    rate per epoch, NaN guard, atomic best checkpoint and history.
+    rate per epoch, NaN guard, atomic best checkpoint and history, and TensorBoard's scalars.
 
     After each epoch the fold's resumable state is committed (see `fold_state`): val_epochs.csv,
     last.keras (model and optimizer), the best checkpoint, state.json, then history.csv. `state` is a
@@ -100,7 +100,9 @@ def make_callbacks(config: Config, folder: str, global_batch: int, valid_paths: 
     score = callbacks.ValidationScore(config, folder, valid_paths, valid_dropped, state, guard, strategy)
     # The score first (its val_auc and val_loss are in the logs the checkpoint reads); the checkpoint
     # commits the epoch: state.json, then history.csv, which never shows an epoch the state lacks.
-    return [schedule, guard, score, checkpoint], guard, checkpoint
+    # TensorBoard (train.tensorboard, the chief only) writes the logs the score completed.
+    board = tensorboard.callback(config, folder)
+    return [schedule, guard, score, checkpoint] + ([board] if board else []), guard, checkpoint
 
 
 def ready_fold_folder(config: Config, fold: int, resume: bool) -> dict | None:

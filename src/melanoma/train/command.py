@@ -1,4 +1,5 @@
-"""`python train.py --config C --fold K [--set ...] [--force | --resume]`: folds of a run, through its family.
+"""`python train.py --config C --fold K [--set ...] [--force | --resume] [--seeds N]`: folds of a run, through its
+family (with --seeds, of each of the config's N seed runs: core/seeds.py).
 
 Before any work, and before TensorFlow loads: the config (its keys and values, its family's own), the
 environment (TF_CONFIG, MELANOMA_CPU_DEVICES), the folds asked for against data.folds and against the parts
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 
 from melanoma.core import config as config_lib
-from melanoma.core import environment, fold_state, io_utils, layout, run_config, run_lock, run_results
+from melanoma.core import environment, fold_state, io_utils, layout, metrics, run_config, run_lock, run_results, seeds
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 from melanoma.data import preflight
@@ -44,6 +46,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="train folds from scratch, even finished or interrupted ones")
     parser.add_argument("--resume", action="store_true",
                         help="continue interrupted folds after their last completed epoch")
+    parser.add_argument("--seeds", type=int, metavar="N",
+                        help="train N runs of the config, <name>-s0 .. <name>-s<N-1>, with seeds seed+0 .. seed+N-1")
 
 
 def check_interrupted(config: Config, family: family_lib.Family, folds: list[int], resume: bool,
@@ -87,9 +91,21 @@ def check_before_work(args: argparse.Namespace, config: Config, family: family_l
 
 
 def command(args: argparse.Namespace) -> int:
+    seeds.check_count(args.seeds)
+    if args.seeds:
+        return train_seeds(args)
     config = config_lib.load_config(args.config, args.set)
     family = family_lib.lookup(config)
     folds = check_before_work(args, config, family)
+    train_run(args, config, family, folds)
+    return 0
+
+
+def train_run(args: argparse.Namespace, config: Config, family: family_lib.Family, folds: list[int],
+              prepared: dict | None = None) -> None:
+    """The folds of one run: its lock, the folds still to train, the run bound to its config, each fold, its
+    OOF. `prepared` keeps the family's training object for the next run of the same command (seeds)."""
+    prepared = {} if prepared is None else prepared
     chief = environment.is_chief()
     with run_lock.hold(config, "train", chief) as lock:
         # what the run's folder says is read under the lock: a run being trained is not "interrupted"
@@ -98,7 +114,8 @@ def command(args: argparse.Namespace) -> int:
             io_utils.remove_leftovers(layout.run_dir(config))
         # Every worker decides from the run's own folder, so all of them train the same folds.
         todo = [fold for fold in folds if args.force or not family.fold_finished(config, fold)]
-        training = family.training(config, resume=args.resume) if todo else None
+        if todo and "training" not in prepared:
+            prepared["training"] = family.training(config, resume=args.resume)
         if todo and environment.cluster_tasks() > 1:
             run_lock.check_cluster_token(config, lock)
         # a changed config is refused; --force moves the old run aside (the chief alone writes)
@@ -106,10 +123,43 @@ def command(args: argparse.Namespace) -> int:
         for fold in sorted(set(folds) - set(todo)):
             print(f"fold {fold}: already finished (use --force to train it again)")
         if todo:
-            _fit_folds(config, config_path, training, todo, chief)
+            _fit_folds(config, config_path, prepared["training"], todo, chief)
         if chief:
             run_results.report_oof(config, family.fold_finished)
+
+
+def train_seeds(args: argparse.Namespace) -> int:
+    """--seeds N: the config's runs <name>-s0 .. <name>-s<N-1> (core/seeds.py), one after another, each
+    checked before the first trains; then their OOF AUCs side by side."""
+    base = config_lib.load_config(args.config, args.set)
+    configs = [config_lib.load_config(args.config, given) for given in seeds.seed_runs(base, args.seeds, args.set)]
+    family = family_lib.lookup(base)
+    folds = [check_before_work(args, config, family) for config in configs][0]
+    prepared: dict = {}  # what the family prepares for training (a strategy, the trees' features), made once
+    for index, config in enumerate(configs):
+        print(f"seed run {config.name} (seed {config.seed}; {index + 1} of {len(configs)})")
+        train_run(args, config, family, folds, prepared)
+    if environment.is_chief():
+        print(seed_summary(base, configs))
     return 0
+
+
+def seed_summary(base: Config, configs: list[Config]) -> str:
+    """The seed runs' OOF AUCs (those with every fold done), their mean and spread, and what to run next."""
+    scores = {}
+    for config in configs:
+        path = os.path.join(layout.run_dir(config), layout.OOF)
+        if io_utils.exists(path):
+            oof = io_utils.read_csv(path)
+            scores[config.name] = metrics.auc(oof["target"], oof["pred"])
+    if not scores:
+        return f"seeds of {base.name}: no run has every fold yet"
+    values = list(scores.values())
+    spread = f" ± {statistics.stdev(values):.4f} (sample std)" if len(values) > 1 else ""
+    shown = ", ".join(f"{name} {auc:.4f}" for name, auc in scores.items())
+    return (f"seeds of {base.name}: OOF AUC {shown}; mean {statistics.fmean(values):.4f}{spread} over "
+            f"{len(values)} of {len(configs)} runs. Next: python infer.py --config ... --seeds {len(configs)} "
+            f"(the seeds' mean), python -m melanoma compare {base.output_dir}")
 
 
 def _fit_folds(config: Config, config_path: str, training, todo: list[int], chief: bool) -> None:

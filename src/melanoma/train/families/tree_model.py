@@ -5,6 +5,7 @@ run (`sources.prepare_fold`). A fold writes into outputs/<name>/fold<K>/:
     model.joblib     the fitted model, its feature columns and each column's training median
     state.json       the config it was trained under (as a CNN fold's; one "epoch")
     history.csv      train and validation loss and AUC after each boosting iteration
+    tensorboard/     the same curves for TensorBoard (train.tensorboard)
     importance.csv   permutation importance on the fold's validation part
     data.json        images, malignant images and patients per split (as for a CNN)
     oof.csv          OOF predictions, written last: it marks the fold finished

@@ -1,7 +1,8 @@
 """The trees every tree family fits (train/families/tabular.py, tbp_trees.py): scikit-learn's
 HistGradientBoostingClassifier as the `tabular` section sets it, its per-iteration history, permutation
 importance, the saved model and each feature's effect on one row. Only NumPy, pandas, scikit-learn and
-joblib: fitting trees on a metadata table never loads TensorFlow.
+joblib: fitting trees on a metadata table loads TensorFlow only to write TensorBoard's event files
+(`train.tensorboard`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from melanoma.core import fold_state, io_utils, layout, metrics
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed
+from melanoma.train import tensorboard
 
 # scikit-learn's OpenMP threads spin while they wait for work by default; on a CPU shared with other
 # processes that spinning made fitting 5-10x slower (and prediction 30x) than passive waiting. Read when
@@ -158,6 +160,7 @@ def fresh_folder(folder: str, names) -> None:
         path = os.path.join(folder, name)
         if io_utils.exists(path):
             io_utils.remove(path)
+    io_utils.remove_tree(tensorboard.log_dir(folder))
 
 
 def log_odds_effects(saved: dict, values: np.ndarray) -> np.ndarray:
@@ -196,7 +199,9 @@ def fit_and_write(config: Config, fold: int, folder: str, columns: list[str], ca
     oof = check_oof(oof)[["image_name", "patient_id", "target", "pred", "fold"]]
     save_model(model, columns, training_medians(train_x), os.path.join(folder, layout.TREES_MODEL), **extra)
     fold_state.write_state(folder, {"epoch": 1, "epochs": 1, "config": fold_state.fingerprint(config)})
-    io_utils.write_csv_atomic(history(model, train_x, train_y, valid_x, valid_y), os.path.join(folder, layout.HISTORY))
+    curves = history(model, train_x, train_y, valid_x, valid_y)
+    io_utils.write_csv_atomic(curves, os.path.join(folder, layout.HISTORY))
+    tensorboard.write_history(config, folder, curves)  # train.tensorboard
     section = config.tabular
     if section.importance_repeats and len(np.unique(valid_y)) == 2:
         rows = importance_rows(valid_y, section.importance_rows, int(config.seed) + fold)
