@@ -29,6 +29,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "data.cache": (bool, str),
     "data.diagnosis_names": (list, dict),
     "data.validation_weights": (str,),
+    "data.pseudo_labels": (str,),
     "model.weights": (str,),
     "model.drop_connect": (int, float),
     "model.bn_momentum": (int, float),
@@ -55,6 +56,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.checkpoint": ("best_auc", "best_loss", "last", "epoch"),
     "tta.mode": ("random", "dihedral"),
     "data.validation_weighting": ("odds", "top"),
+    "data.pseudo_labels_folds": ("matched", "all"),
 }
 # model.family is checked where the families are (train/families/family.py: lookup), so that a new family
 # is added in that one folder.
@@ -248,6 +250,21 @@ def _check_values(config: Config) -> None:
     if config.train.class_weight is not None and config.train.class_weight <= 0:
         raise ConfigError(f"config key 'train.class_weight' must be positive, got {config.train.class_weight}")
     _check_checkpoint_epoch(config.train)
+    _check_pseudo_labels(config.data)
+
+
+def _check_pseudo_labels(data: Config) -> None:
+    """data.pseudo_labels_*: thresholds in [0, 1], a positive weight, and test images to label."""
+    for key in ("pseudo_labels_low", "pseudo_labels_high"):
+        if not 0 <= data[key] <= 1:
+            raise ConfigError(f"config key 'data.{key}' must be in [0, 1], got {data[key]}")
+    if data.pseudo_labels_weight <= 0:
+        raise ConfigError(f"config key 'data.pseudo_labels_weight' must be positive, got {data.pseudo_labels_weight}")
+    if data.pseudo_labels is not None and not str(data.pseudo_labels).strip():
+        raise ConfigError("config key 'data.pseudo_labels' is empty: name a finished run's or blend's folder, or null")
+    if data.pseudo_labels and not data.test_files:
+        raise ConfigError("config key 'data.pseudo_labels' is set but data.test_files is null: pseudo-labels are "
+                          "test images; give the test records' glob, or set data.pseudo_labels=null")
 
 
 def _check_checkpoint_epoch(train: Config) -> None:

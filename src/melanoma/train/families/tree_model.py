@@ -29,6 +29,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from melanoma.core import fold_state, io_utils, layout, metrics
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
+from melanoma.data import fold_data as fold_data_lib
 from melanoma.data import sources
 from melanoma.input import features
 from melanoma.train import tensorboard
@@ -39,7 +40,7 @@ from melanoma.train import tensorboard
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 FOLD_FILES = (layout.TREES_MODEL, layout.STATE, layout.OOF, layout.TEST, layout.TEST_SETTINGS, layout.HISTORY,
-              layout.IMPORTANCE)
+              layout.IMPORTANCE, layout.PSEUDO_LABELS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -185,6 +186,7 @@ def fit_fold(config: Config, fold: int, table: features.FeatureTable, fold_data)
     """Fit fold `fold`; write its model, state, history, importances and, last, its OOF."""
     folder = layout.fold_dir(config, fold)
     _fresh_folder(folder)
+    fold_data = fold_data_lib.with_pseudo_labels(config, fold_data, folder)  # data.pseudo_labels only
     sources.write_summary(fold_data, folder)
     training, validation = fold_rows(table, fold_data)
     train_y = training["target"].to_numpy(dtype=np.int64)
@@ -193,10 +195,12 @@ def fit_fold(config: Config, fold: int, table: features.FeatureTable, fold_data)
         raise CheckFailed(f"fold {fold}: the training part holds one class only; the model cannot learn")
     columns = table.columns
     train_x, valid_x = matrix(training, columns), matrix(validation, columns)
-    print(f"fold {fold}: {len(training)} training images, {len(validation)} validation images, "
+    fit_x, fit_y, weights = with_pseudo_rows(table, fold_data.pseudo, train_x, train_y)
+    pseudo = "" if fold_data.pseudo is None else f" (+ {len(fold_data.pseudo)} pseudo-labelled test images)"
+    print(f"fold {fold}: {len(training)} training images{pseudo}, {len(validation)} validation images, "
           f"{len(columns)} features")
     started = time.time()
-    model = new_trees(config, table, fold).fit(train_x, train_y)
+    model = new_trees(config, table, fold).fit(fit_x, fit_y, sample_weight=weights)
     seconds = time.time() - started
 
     oof = validation[["image_name", "patient_id", "target"]].assign(pred=predict(model, valid_x), fold=fold)
@@ -215,6 +219,30 @@ def fit_fold(config: Config, fold: int, table: features.FeatureTable, fold_data)
     print(f"fold {fold}: OOF AUC {auc:.4f} ({len(oof)} images), {seconds:.1f} s fitting "
           f"{config.tabular.max_iter} trees")
     return {"fold": fold, "auc": auc, "seconds": seconds}
+
+
+def with_pseudo_rows(table: features.FeatureTable, rows: pd.DataFrame | None, train_x: np.ndarray,
+                     train_y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(rows, targets, sample weights) the trees are fitted on: the training images, then (data.pseudo_labels)
+    each pseudo-labelled test image twice, as malignant weighing w·p and as benign weighing w·(1 − p), where p
+    is its soft label and w its weight. The log-loss of the pair is then w times the cross-entropy against p,
+    which is what a soft label means to a CNN's loss; no threshold turns it into a hard label. (None: no
+    weights.)"""
+    if rows is None or rows.empty:
+        return train_x, train_y, None
+    test = table.test.assign(image_name=table.test["image_name"].astype(str)).set_index("image_name")
+    missing = sorted(set(rows["image_name"]) - set(test.index))
+    if missing:
+        raise CheckFailed(f"pseudo-labelled test image(s) {', '.join(missing[:3])} have no test features; "
+                          "the test records and the source disagree")
+    values = matrix(test.loc[rows["image_name"]], table.columns)
+    label = rows["label"].to_numpy(dtype=np.float64)
+    weight = rows["weight"].to_numpy(dtype=np.float64)
+    fit_x = np.vstack([train_x, values, values])
+    fit_y = np.concatenate([train_y, np.ones(len(rows), np.int64), np.zeros(len(rows), np.int64)])
+    weights = np.concatenate([np.ones(len(train_y)), weight * label, weight * (1 - label)])
+    keep = weights > 0  # a label of exactly 0 or 1 needs one of its two rows only
+    return fit_x[keep], fit_y[keep], weights[keep]
 
 
 def training_medians(values: np.ndarray) -> np.ndarray:
