@@ -64,6 +64,8 @@ def test_pseudo_labelled_test_images_train_with_the_rule_and_weight_and_are_neve
         assert summary["training_images_per_epoch"] == summary["training"]["competition"]["images"] + len(used)
     printed = capsys.readouterr().out
     assert "pseudo-labelled test images:" in printed
+    history = pd.read_csv(run / "fold0" / "history.csv")  # no training AUC that reads soft labels as malignant
+    assert "val_auc" in history and not {"auc", "precision", "recall"} & set(history.columns)
     recorded = yaml.safe_load((run / "config.yaml").read_text())["pseudo_labels_source"]
     assert recorded["path"] == str(source) and recorded["folds"] == "matched" and len(recorded["sha256"]) == 64
     assert recorded["files"] == [str(source / f"fold{fold}" / "test.csv") for fold in (0, 1)]

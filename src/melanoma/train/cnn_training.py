@@ -52,6 +52,8 @@ def compile_model(model, config: Config, global_batch: int):
     train = config.train
     if environment.cluster_tasks() > 1:
         metrics = []  # tf_keras on a cluster shows streaming training metrics summed over the workers
+    elif config.data.pseudo_labels:
+        metrics = []  # Keras' AUC, precision and recall read any soft label above 0 as malignant
     elif config.model.head == "diagnosis":
         metrics = [model_lib.MelanomaAUC(name="auc"), keras.metrics.CategoricalAccuracy(name="accuracy")]
     else:
