@@ -263,3 +263,23 @@ def test_a_tree_run_trains_on_pseudo_labels_never_validating_them(run_copy, tmp_
     assert "pseudo-labelled test images" in capsys.readouterr().out
     assert yaml.safe_load((run / "config.yaml").read_text())["pseudo_labels_source"]["path"] == str(source)
     assert oof_names(run) == oof_names(source)
+
+
+def test_a_source_on_other_folds_or_other_test_images_is_named():
+    from melanoma.core.errors import DataError
+
+    predictions = pd.Series([0.01, 0.9], index=["ISIC_8", "ISIC_9"])
+    oof = pd.DataFrame({"image_name": ["ISIC_1", "ISIC_2", "ISIC_3"], "fold": [0, 1, 0]})
+    source = pseudo_labels.Source(path="s", kind="run", folds_mode="matched", files=[], oof=oof,
+                                  predictions={0: predictions, 1: predictions})
+    here = pd.Series([0, 1, 0, 1], index=["ISIC_1", "ISIC_2", "ISIC_3", "ISIC_4"])  # ISIC_4: not in the source
+    pseudo_labels.check_images(source, {"ISIC_8", "ISIC_9"}, here)
+    moved = here.copy()
+    moved["ISIC_3"] = 1  # validated in fold 1 here, but the source's fold 1 trained on it
+    with pytest.raises(DataError, match=r"its folds hold other images than this config's \(1 image\(s\) differ, e.g. "
+                                        r"ISIC_3\)"):
+        pseudo_labels.check_images(source, {"ISIC_8", "ISIC_9"}, moved)
+    with pytest.raises(DataError, match="lack 1 test image"):
+        pseudo_labels.check_images(source, {"ISIC_7", "ISIC_8", "ISIC_9"}, here)
+    source.folds_mode = "all"  # any folds: only the images are checked
+    pseudo_labels.check_images(source, {"ISIC_8", "ISIC_9"}, moved)

@@ -113,9 +113,10 @@ def read_source(config: Config) -> Source | None:
     else:
         predictions, files = _per_fold(member, config.data.folds)
     for fold, values in predictions.items():
-        if not values.between(0, 1).all():
-            raise DataError(_problem(path, f"predictions outside [0, 1] (images {first_few(values.index[~values.between(0, 1)])}): "
-                                           "they are not probabilities"))
+        outside = values.index[~values.between(0, 1)]
+        if len(outside):
+            raise DataError(_problem(path, f"predictions outside [0, 1] (images {first_few(outside)}): they are not "
+                                           "probabilities"))
     oof = member.oof[["image_name", "fold"]].assign(image_name=lambda frame: frame["image_name"].astype(str))
     return Source(path=path, kind=kind, folds_mode=mode, predictions=predictions, files=sorted(set(files)), oof=oof)
 
@@ -247,9 +248,9 @@ def check_images(source: Source, test_names: set[str], image_folds: pd.Series | 
         names = set(values.index.astype(str))
         extra, missing = sorted(names - test_names), sorted(test_names - names)
         if extra or missing:
-            what = (f"{len(extra)} image(s) that are not in data.test_files (e.g. {first_few(extra, 3)})" if extra
-                    else f"no prediction for {len(missing)} test image(s) of data.test_files (e.g. {first_few(missing, 3)})")
-            raise DataError(_problem(source.path, f"its test predictions hold {what}: it was predicted on other test "
+            what = (f"hold {len(extra)} image(s) that are not in data.test_files (e.g. {first_few(extra, 3)})" if extra
+                    else f"lack {len(missing)} test image(s) of data.test_files (e.g. {first_few(missing, 3)})")
+            raise DataError(_problem(source.path, f"its test predictions {what}: it was predicted on other test "
                                                   "records; predict it on this config's (python infer.py --config ... "
                                                   "--set data.test_files=...)"))
     if source.folds_mode != "matched" or image_folds is None:
