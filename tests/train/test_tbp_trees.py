@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,4 +117,11 @@ def test_serve_refuses_a_tbp_tree_run_with_what_to_do(isic2024_data, tmp_path):
     config = load_config(TABULAR, isic2024_settings(isic2024_data, tmp_path))
     with pytest.raises(ConfigError, match="serve a CNN run instead"):
         family_lib.lookup(config).serving(config, str(tmp_path), [0])
-    assert joblib  # the saved model is a joblib file (trees.load_model reads it)
+
+
+def test_pseudo_labels_are_refused_by_the_tbp_trees(isic2024_data, tmp_path, capsys):
+    settings = isic2024_settings(isic2024_data, tmp_path, "data.pseudo_labels=outputs/demo")
+    assert cli.main(["train", "--config", TABULAR, "--set", *settings]) == 2
+    err = capsys.readouterr().err
+    assert "tbp_trees does not take pseudo-labels" in err and "data.pseudo_labels=null" in err
+    assert not (tmp_path / "outputs" / "isic2024_tabular").exists()

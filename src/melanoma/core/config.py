@@ -33,6 +33,7 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "data.diagnosis_names": (list, dict),
     "data.negatives_per_positive": (int, float),
     "data.validation_weights": (str,),
+    "data.pseudo_labels": (str,),
     "model.weights": (str,),
     "model.drop_connect": (int, float),
     "model.bn_momentum": (int, float),
@@ -62,6 +63,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tta.mode": ("random", "dihedral"),
     "tabular.importance_by": ("feature", "group"),
     "data.validation_weighting": ("odds", "top"),
+    "data.pseudo_labels_folds": ("matched", "all"),
 }
 # model.family is checked where the families are (train/families/family.py: lookup), so that a new family
 # is added in that one folder.
@@ -260,6 +262,7 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"config key 'train.class_weight' must be positive, got {config.train.class_weight}")
     _check_checkpoint_epoch(config.train)
     _check_submission(config.submission)
+    _check_pseudo_labels(config.data)
 
 
 def _check_submission(section: Config) -> None:
@@ -272,6 +275,20 @@ def _check_submission(section: Config) -> None:
     if name is not None and (not name.endswith(".csv") or name.startswith(".") or "/" in name or "\\" in name):
         raise ConfigError(f"config key 'submission.file_name' is {name!r}: give a file name ending in .csv (it is "
                           "written into submission_dir), e.g. submission.csv, or null for <name>.csv")
+
+
+def _check_pseudo_labels(data: Config) -> None:
+    """data.pseudo_labels_*: thresholds in [0, 1], a positive weight, and test images to label."""
+    for key in ("pseudo_labels_low", "pseudo_labels_high"):
+        if not 0 <= data[key] <= 1:
+            raise ConfigError(f"config key 'data.{key}' must be in [0, 1], got {data[key]}")
+    if data.pseudo_labels_weight <= 0:
+        raise ConfigError(f"config key 'data.pseudo_labels_weight' must be positive, got {data.pseudo_labels_weight}")
+    if data.pseudo_labels is not None and not str(data.pseudo_labels).strip():
+        raise ConfigError("config key 'data.pseudo_labels' is empty: name a finished run's or blend's folder, or null")
+    if data.pseudo_labels and not data.test_files:
+        raise ConfigError("config key 'data.pseudo_labels' is set but data.test_files is null: pseudo-labels are "
+                          "test images; give the test records' glob, or set data.pseudo_labels=null")
 
 
 def _check_checkpoint_epoch(train: Config) -> None:

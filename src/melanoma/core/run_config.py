@@ -41,7 +41,11 @@ RUN_FREE = ("name", "output_dir", "submission_dir", "submission", "data.cache", 
 INFER_FREE = RUN_FREE + ("tta", "data.test_files", "data.sample_submission")
 # Keys holding file paths (or globs): compared by file name.
 LOCATED = ("data.train_files", "data.test_files", "data.external_files", "data.sample_submission",
-           "data.duplicates_csv", "data.validation_weights", "model.weights")
+           "data.duplicates_csv", "data.validation_weights", "data.pseudo_labels", "model.weights")
+# What config.yaml records beside the config: the code's commit, and the identity of the run's pseudo-label
+# source (core/pseudo_labels.py), which binds the run as its config does.
+SOURCE_RECORD = "pseudo_labels_source"
+RECORDS = ("git_commit", SOURCE_RECORD)
 
 
 def _file_names(value):
@@ -101,41 +105,80 @@ def trained_as(flat: dict) -> str:
 # --- training -------------------------------------------------------------------------------------
 
 
-def bind_run(config: Config, config_path: str | os.PathLike, force: bool = False, write: bool = True) -> str:
+def bind_run(config: Config, config_path: str | os.PathLike, force: bool = False, write: bool = True,
+             record: dict | None = None) -> str:
     """Tie the run to `config` before any fold trains; returns the path of its saved config.
 
     A new run saves the config. A run whose saved config agrees with `config` keeps its file untouched.
     One that differs is refused with ConfigError naming each key and both values, unless `force`: then
     the previous run (config, folds, OOF) is moved to <run>/superseded/<time>/ and the new config saved,
-    so no fold of the old experiment stays beside the new one. `write=False` checks only (the workers
-    of a cluster other than the chief, which writes).
+    so no fold of the old experiment stays beside the new one. `record` ({SOURCE_RECORD: identity}, or
+    None) is saved beside the config and binds the run too: a pseudo-label source whose predictions changed
+    is refused as a changed config is. `write=False` checks only (the workers of a cluster other than the
+    chief, which writes).
     """
     folder = run_folder(config)
     target = os.path.join(folder, layout.CONFIG_FILE)
     saved = saved_config(config)
     if saved is None:
-        return save_config(config) if write else target
+        return save_config(config, record=record) if write else target
     differences = fold_state.config_differences(binding(saved), binding(config),
                                               defaults=binding(base_defaults(config_path)))
-    if not differences:
+    changed = None if differences else record_change(saved_record(folder), record)
+    if not differences and not changed:
         return target
     if not trained_work(folder):
         if write:
             print(f"run {config.name}: no fold was trained under its previous config; saving the new one")
-            return save_config(config)
+            return save_config(config, record=record)
         return target
     if not force:
+        what = (f"was trained with another config ({target}): {fold_state.describe_differences(differences)}"
+                if differences else f"is bound to its pseudo-label source, and {changed}")
         raise ConfigError(
-            f"run '{config.name}' was trained with another config ({target}): "
-            f"{fold_state.describe_differences(differences)}. Its folds would mix two experiments. Give the new "
-            f"experiment its own name (--set name=...), or add --force to retrain under the new config "
-            f"(the previous run is moved to {os.path.join(folder, layout.SUPERSEDED)}/)")
+            f"run '{config.name}' {what}. Its folds would mix two experiments. "
+            + ("Restore the source's predictions, or give" if changed else "Give")
+            + " the new experiment its own name (--set name=...), or add --force to retrain under the new "
+            f"{'labels' if changed else 'config'} (the previous run is moved to "
+            f"{os.path.join(folder, layout.SUPERSEDED)}/)")
     if not write:
         return target
     moved = supersede(folder)
-    print(f"run {config.name}: the config changed ({fold_state.describe_differences(differences, 3)}); "
+    reason = fold_state.describe_differences(differences, 3) if differences else changed
+    print(f"run {config.name}: the {'config' if differences else 'pseudo-label source'} changed ({reason}); "
           f"--force: the previous run is moved to {moved}")
-    return save_config(config)
+    return save_config(config, record=record)
+
+
+def saved_record(folder: str) -> dict:
+    """What a run's config.yaml records beside its config (RECORDS: the git commit, the pseudo-label source);
+    {} when there is no readable file."""
+    path = os.path.join(folder, layout.CONFIG_FILE)
+    if not io_utils.exists(path):
+        return {}
+    try:
+        data = yaml.safe_load(io_utils.read_text(path))
+    except yaml.YAMLError:
+        return {}
+    return {key: data[key] for key in RECORDS if isinstance(data, dict) and key in data}
+
+
+def record_change(saved: dict | None, now: dict | None) -> str | None:
+    """Why the pseudo-label source a run recorded (`saved`) differs from `now`'s (None when it does not):
+    the same files' bytes (sha256) read the same way."""
+    before = (saved or {}).get(SOURCE_RECORD)
+    after = (now or {}).get(SOURCE_RECORD)
+    if not before and not after:
+        return None
+    if before and after and before.get("sha256") == after.get("sha256") and before.get("folds") == after.get("folds"):
+        return None
+    if not after:
+        return f"it was trained with pseudo-labels from {before.get('path')}, which its config no longer names"
+    if not before:
+        return f"it recorded no pseudo-label source, and its config names {after.get('path')}"
+    return (f"the predictions of {after.get('path')} changed since the run was bound to them (sha256 "
+            f"{str(before.get('sha256'))[:12]} then, {str(after.get('sha256'))[:12]} now, over "
+            f"{len(after.get('files') or [])} file(s))")
 
 
 def trained_work(folder: str) -> list[str]:
@@ -275,25 +318,28 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def dump_config(config: Config) -> str:
+def dump_config(config: Config, record: dict | None = None) -> str:
     data = config.to_dict()
     data["git_commit"] = git_commit()
+    data.update(record or {})
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def save_config(config: Config, directory: str | None = None) -> str:
-    """Write the resolved config (+ git commit) as <run dir>/config.yaml, atomically."""
+def save_config(config: Config, directory: str | None = None, record: dict | None = None) -> str:
+    """Write the resolved config (+ git commit, + `record`: the pseudo-label source) as <run dir>/config.yaml,
+    atomically."""
     directory = directory or layout.run_dir(config)
     target = os.path.join(directory, layout.CONFIG_FILE)
-    io_utils.write_text_atomic(target, dump_config(config))
+    io_utils.write_text_atomic(target, dump_config(config, record))
     return target
 
 
 def read_saved_config(directory: str | os.PathLike) -> Config:
-    """The resolved config a run saved (its git_commit dropped)."""
+    """The resolved config a run saved (what it records beside it, RECORDS, dropped)."""
     text = io_utils.read_text(os.path.join(str(directory), layout.CONFIG_FILE))
     data = yaml.safe_load(text)
-    data.pop("git_commit", None)
+    for key in RECORDS:
+        data.pop(key, None)
     return config_lib.as_config(data)
 
 

@@ -11,7 +11,7 @@ import os
 
 import pandas as pd
 
-from melanoma.core import io_utils
+from melanoma.core import io_utils, layout, pseudo_labels
 from melanoma.core.config import Config
 from melanoma.core.errors import DataError
 from melanoma.data import integrity, record_format, sources
@@ -25,8 +25,28 @@ def read(config: Config, fold: int, folder: str):
     # competition training parts + external sets, duplicates dropped, leak checks (CheckFailed)
     fold_data = read_fold(config, fold)
     fold_data, skipped = skip_corrupt_records(config, fold_data, folder)  # data.skip_corrupt only
+    fold_data = with_pseudo_labels(config, fold_data, folder)  # data.pseudo_labels only
     sources.write_summary(fold_data, folder)
     return fold_data, skipped
+
+
+def with_pseudo_labels(config: Config, fold_data, folder: str):
+    """Under data.pseudo_labels: the test images the fold trains on beside its own (core/pseudo_labels.py),
+    after checking that the source is still the one the run recorded; they are listed in
+    fold<K>/pseudo_labels.csv, counted in the epoch's images and in data.json. The fold as it is otherwise."""
+    source = pseudo_labels.check_unchanged(config, f"fold {fold_data.fold}")
+    target = os.path.join(folder, layout.PSEUDO_LABELS)
+    if source is None:
+        if io_utils.exists(target):
+            io_utils.remove(target)
+        return fold_data
+    rows = pseudo_labels.fold_images(config, source, fold_data.fold, fold_data.valid_names | fold_data.valid_dropped)
+    files = record_format.list_files(config.data.test_files, "data.test_files")
+    io_utils.write_csv_atomic(rows, target)
+    summary = dict(fold_data.summary, pseudo_labels=pseudo_labels.fold_summary(config, source, rows, len(files)),
+                   training_images_per_epoch=fold_data.train_images + len(rows))
+    return dataclasses.replace(fold_data, pseudo=rows, pseudo_files=files, summary=summary,
+                               train_images=fold_data.train_images + len(rows))
 
 
 def read_fold(config: Config, fold: int):

@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from melanoma.core import environment, io_utils, validation_weights
+from melanoma.core import environment, io_utils, pseudo_labels, validation_weights
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
@@ -295,7 +295,7 @@ def check_splits_apart(config: Config, progress: bool = True) -> None:
     the folds find them cached; only the process that writes the run caches them (a cluster's other
     workers keep theirs in memory)."""
     data = config.data
-    if not data.test_files and not data.validation_weights:
+    if not data.test_files and not data.validation_weights and not data.pseudo_labels:
         return
     files = record_format.list_files(data.train_files, "data.train_files")
     content_hash, perceptual = _hash_flags(data, bool([f for s in external_sets(data) for f in s.files]))
@@ -305,6 +305,19 @@ def check_splits_apart(config: Config, progress: bool = True) -> None:
     competition = _joined(tables, files, COMPETITION)
     check_train_test_overlap(data, competition, reader)
     check_validation_weights(config, competition["image_name"])
+    check_pseudo_label_images(config, competition, reader)
+
+
+def check_pseudo_label_images(config: Config, competition: pd.DataFrame, reader: TableReader) -> None:
+    """Under data.pseudo_labels, its source predicts exactly the test records' images and (matched folds) its
+    folds validated the images this config's folds validate (core/pseudo_labels.py); DataError otherwise."""
+    source = pseudo_labels.check_source(config)
+    if source is None:
+        return
+    test_names = reader.test_names(record_format.list_files(config.data.test_files, "data.test_files"))
+    parts = competition["path"].map(lambda path: record_format.parse_file_name(path).part)
+    image_folds = pd.Series((parts % config.data.folds).to_numpy(), index=competition["image_name"].astype(str))
+    pseudo_labels.check_images(source, test_names, image_folds)
 
 
 def check_validation_weights(config: Config, names) -> None:
@@ -411,6 +424,10 @@ class FoldData:
     summary: dict
     drops: pd.DataFrame = field(repr=False)
     train_sources: list[str] = field(default_factory=list)  # source of each of train_files
+    # data.pseudo_labels: the test images the fold also trains on (image_name, label, weight) and the test files
+    # that hold them; none otherwise (fold_data.with_pseudo_labels)
+    pseudo: pd.DataFrame | None = field(default=None, repr=False)
+    pseudo_files: list[record_format.RecordFile] = field(default_factory=list)
 
     @property
     def train_paths(self) -> list[str]:
@@ -670,6 +687,10 @@ def format_summary(summary: dict) -> str:
     if sampled.get("negatives_per_positive") is not None:
         lines.append(f"  negative downsampling: {sampled['negatives_per_positive']:g} benign per malignant image, "
                      f"{sampled['benign_kept']} benign training images kept, {sampled['benign_left_out']} left out")
+    pseudo = summary.get("pseudo_labels")
+    if pseudo:
+        lines.append(f"  pseudo-labelled test images: {pseudo['images']} (labels sum to {pseudo['label_sum']}, weight "
+                     f"{pseudo['weight']:g}, {pseudo['rule']}, {pseudo['folds']} folds) from {pseudo['source']}")
     lines.append(f"  training images per epoch: {summary['training_images_per_epoch']}")
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ from the decoded image.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -240,31 +241,81 @@ def lookup_per_tag(lookups: dict[str, list[int]], names: list[str], tags: list[i
     return [list(lookups.get(name) or [taxonomy.UNKNOWN_CLASS]) for name in names]
 
 
+@dataclass
+class PseudoLabelled:
+    """Test images a fold trains on beside its own (data.pseudo_labels): the test record files, each kept image's
+    name, soft label and sample weight, and how many labelled images one pass over the training files gives
+    (the two are drawn in proportion to their counts)."""
+
+    paths: list[str]
+    names: list[str]
+    labels: np.ndarray
+    weights: np.ndarray
+    labelled_images: int
+    class_weight: float | None = None  # train.class_weight of the labelled malignant images, as a sample weight
+
+
 def train_dataset(paths: list[str], config: Config, batch_size: int, seed: int | None = None,
                   augmenter: augment.BatchAugmenter | None = None, keep=None,
                   diagnosis_lookup: list[int] | dict[str, list[int]] | None = None,
-                  sources: list[str] | None = None, shard: tuple[int, int] = (1, 0)):
-    """Shuffled, repeated, remainder-dropped batches of (inputs, target) for model.fit.
+                  sources: list[str] | None = None, shard: tuple[int, int] = (1, 0),
+                  pseudo: PseudoLabelled | None = None):
+    """Shuffled, repeated, remainder-dropped batches of (inputs, target) for model.fit; with `pseudo`,
+    (inputs, target, sample weight), the pseudo-labelled test images mixed in (`train_examples`).
 
     `batch_size` is the global batch. On a multi-worker cluster, shard = (workers, this worker's
     index) (`environment.input_shard`): each worker reads its own records, and tf.distribute's own
     sharding is turned off, so each worker's batches are split among its replicas only.
 
-    A path may be listed more than once (upsampled external files); `keep` drops duplicates.
-    `sources` names the source of each path ('competition' or an external set; None: all competition).
     The target is the 0/1 label (binary head) or a one-hot ISIC class (diagnosis head, which needs
     `diagnosis_lookup`: the class index of each diagnosis code, one list for all files or one per
-    source name, as sources may code diagnoses differently). With train.upsample_malignant = k, each
-    malignant competition image appears k times per pass over the files, before the shuffle; external
-    images are not repeated (their sets have data.external_upsample). The metadata branch's patient
-    image counts count within each source.
+    source name, as sources may code diagnoses differently).
     """
     head = config.model.head
-    if head == "diagnosis" and diagnosis_lookup is None:
-        raise ValueError("the diagnosis head needs diagnosis_lookup (class index per diagnosis code)")
     names, tags = source_tags(paths, sources)
     if isinstance(diagnosis_lookup, dict):
         diagnosis_lookup = lookup_per_tag(diagnosis_lookup, names, tags)
+    dataset = train_examples(paths, config, seed, keep, diagnosis_lookup, sources, shard, pseudo)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    if augmenter is not None:
+        def apply(batch):
+            batch["image"] = augment.augment_batch_op(batch["image"], augmenter)
+            return batch
+        dataset = dataset.map(apply, num_parallel_calls=AUTOTUNE)
+    metadata = config.model.metadata
+
+    def to_pair(batch):
+        if head == "diagnosis":
+            return model_inputs(batch, metadata), diagnosis_target(batch, diagnosis_lookup)
+        if pseudo is not None:
+            return model_inputs(batch, metadata), batch["target"], batch["weight"]
+        return model_inputs(batch, metadata), tf.cast(batch["target"], tf.float32)
+
+    dataset = dataset.map(to_pair, num_parallel_calls=AUTOTUNE)
+    if shard[0] > 1:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        dataset = dataset.with_options(options)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def train_examples(paths: list[str], config: Config, seed: int | None = None, keep=None, diagnosis_lookup=None,
+                   sources: list[str] | None = None, shard: tuple[int, int] = (1, 0),
+                   pseudo: PseudoLabelled | None = None):
+    """The shuffled, repeated stream of decoded training examples (dicts) that `train_dataset` batches.
+
+    A path may be listed more than once (upsampled external files); `keep` drops duplicates.
+    `sources` names the source of each path ('competition' or an external set; None: all competition).
+    With train.upsample_malignant = k, each malignant competition image appears k times per pass over the
+    files, before the shuffle; external images are not repeated (their sets have data.external_upsample).
+    The metadata branch's patient image counts count within each source. With `pseudo`, every example
+    carries a float `target` and a `weight` (1, or train.class_weight for a malignant labelled image), and
+    the pseudo-labelled test images (their label, their weight) are drawn among the labelled ones in
+    proportion to their counts.
+    """
+    if config.model.head == "diagnosis" and diagnosis_lookup is None:
+        raise ValueError("the diagnosis head needs diagnosis_lookup (class index per diagnosis code)")
+    names, tags = source_tags(paths, sources)
     dataset = _decoded(paths, "train", config.data.image_size, ordered=False, seed=seed,
                        cache=bool(config.data.cache), keep=keep,
                        skip_corrupt=bool(config.data.skip_corrupt), tags=tags, shard=shard)
@@ -274,28 +325,54 @@ def train_dataset(paths: list[str], config: Config, batch_size: int, seed: int |
         dataset = dataset.flat_map(lambda example: tf.data.Dataset.from_tensors(example).repeat(
             tf.where(tf.logical_and(tf.equal(example["target"], 1), tf.equal(example["source"], 0)),
                      tf.constant(upsample, tf.int64), tf.constant(1, tf.int64))))
-    metadata = config.model.metadata
-    if metadata:
+    if config.model.metadata:
         dataset = with_patient_counts(dataset, paths, "train", tags)
-    dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    if augmenter is not None:
-        def apply(batch):
-            batch["image"] = augment.augment_batch_op(batch["image"], augmenter)
-            return batch
-        dataset = dataset.map(apply, num_parallel_calls=AUTOTUNE)
+    if pseudo is None:
+        return dataset.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
+    dataset = dataset.map(functools.partial(_weighted, class_weight=pseudo.class_weight),
+                          num_parallel_calls=AUTOTUNE, deterministic=False)
+    labelled = dataset.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
+    test = pseudo_examples(pseudo, config, len(names), seed, shard).shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
+    share = len(pseudo.names) / (len(pseudo.names) + max(1, pseudo.labelled_images))
+    return tf.data.Dataset.sample_from_datasets([labelled, test], weights=[1.0 - share, share], seed=seed)
 
-    def to_pair(batch):
-        if head == "diagnosis":
-            return model_inputs(batch, metadata), diagnosis_target(batch, diagnosis_lookup)
-        return model_inputs(batch, metadata), tf.cast(batch["target"], tf.float32)
 
-    dataset = dataset.map(to_pair, num_parallel_calls=AUTOTUNE)
-    if shard[0] > 1:
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        dataset = dataset.with_options(options)
-    return dataset.prefetch(AUTOTUNE)
+def _weighted(example: dict, class_weight: float | None = None) -> dict:
+    """A labelled example with a float target and its sample weight (train.class_weight if malignant)."""
+    example["target"] = tf.cast(example["target"], tf.float32)
+    malignant = tf.equal(example["target"], 1.0)
+    example["weight"] = tf.where(malignant, float(class_weight or 1.0), 1.0)
+    return example
+
+
+def pseudo_examples(pseudo: PseudoLabelled, config: Config, tag: int, seed: int | None = None,
+                    shard: tuple[int, int] = (1, 0)):
+    """The pseudo-labelled test images as training examples: their records (the others filtered out before
+    decoding), each with its soft label as `target`, its `weight`, an unknown diagnosis and source `tag`."""
+    index = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(pseudo.names, tf.string),
+                                            tf.range(len(pseudo.names), dtype=tf.int64)), default_value=-1)
+    labels = tf.constant(np.asarray(pseudo.labels, np.float32))
+    weights = tf.constant(np.asarray(pseudo.weights, np.float32))
+    spec = {"image_name": tf.io.FixedLenFeature([], tf.string)}
+
+    def kept(path, serialized):
+        return index.lookup(tf.io.parse_single_example(serialized, spec)["image_name"]) >= 0
+
+    def labelled(example):
+        position = index.lookup(example["image_name"])
+        example["target"] = tf.gather(labels, position)
+        example["weight"] = tf.gather(weights, position)
+        example["diagnosis"] = tf.constant(-1, tf.int64)
+        example["source"] = tf.constant(tag, tf.int64)
+        return example
+
+    dataset = _decoded(pseudo.paths, "test", config.data.image_size, ordered=False, seed=seed,
+                       cache=bool(config.data.cache), keep=kept, shard=shard)
+    dataset = dataset.map(labelled, num_parallel_calls=AUTOTUNE, deterministic=False)
+    if config.model.metadata:
+        dataset = with_patient_counts(dataset, pseudo.paths, "test")
+    return dataset
 
 
 def prediction_dataset(paths: list[str], config: Config, split: str, tta_steps: int = 0,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import environment, fold_state, io_utils, layout, run_config, run_lock, seeds
+from melanoma.core import environment, fold_state, io_utils, layout, pseudo_labels, run_config, run_lock, seeds
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
 from melanoma.data import preflight, record_format
@@ -199,6 +199,7 @@ def checked_config(args: argparse.Namespace, overrides: list[str]) -> Config:
 def infer_run(args: argparse.Namespace, overrides: list[str]) -> tuple[Config, str]:
     """One run's test predictions and submission, under the run's saved config and lock: (config, path)."""
     config = run_config.load_run_config(args.config, overrides)
+    pseudo_labels.check_unchanged(config, "infer")  # a run bound to a pseudo-label source that changed since: exit 2
     with run_lock.hold(config, "infer"):
         path = run_inference(config, recompute=args.recompute, force=args.force, allow_partial=args.allow_partial)
     return config, path
@@ -212,9 +213,10 @@ def infer_seeds(args: argparse.Namespace) -> int:
     for given in runs:
         checked_config(args, given)
         try:
-            run_config.load_run_config(args.config, given, quiet=True)
+            seed_run = run_config.load_run_config(args.config, given, quiet=True)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{error} with --seeds {args.seeds}") from None
+        pseudo_labels.check_unchanged(seed_run, "infer")
     if not environment.is_chief():
         print("inference runs on the chief alone; nothing to do here")
         return 0

@@ -52,6 +52,8 @@ def compile_model(model, config: Config, global_batch: int):
     train = config.train
     if environment.cluster_tasks() > 1:
         metrics = []  # tf_keras on a cluster shows streaming training metrics summed over the workers
+    elif config.data.pseudo_labels:
+        metrics = []  # Keras' AUC, precision and recall read any soft label above 0 as malignant
     elif config.model.head == "diagnosis":
         metrics = [model_lib.MelanomaAUC(name="auc"), keras.metrics.CategoricalAccuracy(name="accuracy")]
     else:
@@ -191,8 +193,21 @@ def _training_batches(config: Config, fold: int, fold_data, global_batch: int, i
     train_ds = pipeline.train_dataset([f.path for f in train_files], config, global_batch,
                                       seed=data_seed + shard[1], augmenter=augmenter,
                                       keep=fold_data.record_filter(), diagnosis_lookup=lookups,
-                                      sources=fold_data.train_sources, shard=shard)
+                                      sources=fold_data.train_sources, shard=shard,
+                                      pseudo=pseudo_labelled(config, fold_data))
     return train_ds, lookups
+
+
+def pseudo_labelled(config: Config, fold_data) -> pipeline.PseudoLabelled | None:
+    """The fold's pseudo-labelled test images for the training pipeline (data.pseudo_labels), or None. The
+    loss's class weight then travels as sample weights (Keras takes one or the other)."""
+    rows = fold_data.pseudo
+    if rows is None:
+        return None
+    return pipeline.PseudoLabelled(
+        paths=[f.path for f in fold_data.pseudo_files], names=rows["image_name"].astype(str).tolist(),
+        labels=rows["label"].to_numpy(), weights=rows["weight"].to_numpy(),
+        labelled_images=fold_data.train_images - len(rows), class_weight=config.train.class_weight)
 
 
 def _fold_model(config: Config, fold: int, folder: str, state: dict | None, strategy, global_batch: int):
@@ -213,7 +228,8 @@ def _fit(model, train_ds, config: Config, fold: int, fold_data, steps: int, call
     """model.fit over the fold's remaining epochs, an unreadable record named in the error; returns
     the seconds it took."""
     files = fold_data.train_files + fold_data.valid_files
-    class_weight = class_weights(config)
+    # with pseudo-labels the class weight is in the pipeline's sample weights (pseudo_labelled)
+    class_weight = class_weights(config) if fold_data.pseudo is None else None
     started = time.time()
     with integrity.named_data_errors(sorted({f.path for f in files}), "train",
                                      config.data.image_size, f"fold {fold} training", integrity.HINT_TRAIN):

@@ -17,7 +17,8 @@ import os
 import statistics
 
 from melanoma.core import config as config_lib
-from melanoma.core import environment, fold_state, io_utils, layout, metrics, run_config, run_lock, run_results, seeds
+from melanoma.core import (environment, fold_state, io_utils, layout, metrics, pseudo_labels, run_config, run_lock,
+                           run_results, seeds)
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 from melanoma.data import preflight
@@ -87,6 +88,7 @@ def check_before_work(args: argparse.Namespace, config: Config, family: family_l
                           "from the same state. Resume on one machine, or train the fold again with --force")
     family.check(config)
     preflight.check_training(config, folds, writes=environment.is_chief())
+    pseudo_labels.check_source(config)  # data.pseudo_labels: a finished source, its test predictions, a rule
     return folds
 
 
@@ -118,12 +120,13 @@ def train_run(args: argparse.Namespace, config: Config, family: family_lib.Famil
             prepared["training"] = family.training(config, resume=args.resume)
         if todo and environment.cluster_tasks() > 1:
             run_lock.check_cluster_token(config, lock)
-        # a changed config is refused; --force moves the old run aside (the chief alone writes)
-        config_path = run_config.bind_run(config, args.config, force=args.force, write=chief)
+        # a changed config (or pseudo-label source) is refused; --force moves the old run aside (the chief writes)
+        record = pseudo_labels.record(config)
+        config_path = run_config.bind_run(config, args.config, force=args.force, write=chief, record=record)
         for fold in sorted(set(folds) - set(todo)):
             print(f"fold {fold}: already finished (use --force to train it again)")
         if todo:
-            _fit_folds(config, config_path, prepared["training"], todo, chief)
+            _fit_folds(config, config_path, prepared["training"], todo, chief, record)
         if chief:
             run_results.report_oof(config, family.fold_finished)
 
@@ -162,14 +165,15 @@ def seed_summary(base: Config, configs: list[Config]) -> str:
             f"(the seeds' mean), python -m melanoma compare {base.output_dir}")
 
 
-def _fit_folds(config: Config, config_path: str, training, todo: list[int], chief: bool) -> None:
+def _fit_folds(config: Config, config_path: str, training, todo: list[int], chief: bool,
+               record: dict | None = None) -> None:
     """Each fold of `todo` through the family; the other workers of a cluster write into folders of
     their own (run_config.worker_outputs)."""
     with run_config.worker_outputs(config, chief) as work:
         if chief:
             print(f"run {config.name}: resolved config in {config_path}")
         else:
-            run_config.save_config(work)  # into its temporary folder: the fold code reads it there
+            run_config.save_config(work, record=record)  # into its temporary folder: the fold code reads it there
             kind, index = environment.worker_task()
             print(f"run {config.name}: {kind} {index} of a cluster; the chief writes the run's files")
         for fold in todo:

@@ -29,6 +29,12 @@ class CNN(Family):
     prediction_keys = ("tta", "augment", "data.image_size")
     resumable = True
 
+    def check(self, config: Config) -> None:
+        if config.data.pseudo_labels and config.model.head == "diagnosis":
+            raise ConfigError("config key 'data.pseudo_labels' is set with model.head: diagnosis; a pseudo-label is a "
+                              "melanoma probability, not a diagnosis: use the binary head, or set "
+                              "data.pseudo_labels=null")
+
     def label(self, config: Config) -> dict:
         external = config.data.external_files
         if isinstance(external, str):

@@ -46,6 +46,9 @@ class TbpTrees(Family):
         if config.data.external_files:
             raise ConfigError("model.family tbp_trees reads the ISIC 2024 tables beside data.train_files; "
                               "data.external_files has no such table: set data.external_files=[]")
+        if config.data.pseudo_labels:
+            raise ConfigError("model.family tbp_trees does not take pseudo-labels (its rows come from the ISIC 2024 "
+                              "tables, not from the test records): set data.pseudo_labels=null")
 
     def label(self, config: Config) -> dict:
         return {"model": "tbp trees (2024 metadata)", "image_size": None, "external": False, "tta": None}

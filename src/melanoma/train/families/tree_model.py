@@ -23,13 +23,14 @@ import pandas as pd
 
 from melanoma.core import layout
 from melanoma.core.config import Config
-from melanoma.core.errors import ConfigError
+from melanoma.core.errors import CheckFailed, ConfigError
+from melanoma.data import fold_data as fold_data_lib
 from melanoma.data import sources
 from melanoma.input import features
 from melanoma.train.families import trees
 
 FOLD_FILES = (layout.TREES_MODEL, layout.STATE, layout.OOF, layout.TEST, layout.TEST_SETTINGS, layout.HISTORY,
-              layout.IMPORTANCE)
+              layout.IMPORTANCE, layout.PSEUDO_LABELS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -73,10 +74,39 @@ def fit_fold(config: Config, fold: int, table: features.FeatureTable, fold_data)
     """Fit fold `fold`; write its data summary, model, state, history, importances and, last, its OOF."""
     folder = layout.fold_dir(config, fold)
     trees.fresh_folder(folder, FOLD_FILES + ("data.json", "duplicates.csv"))
+    fold_data = fold_data_lib.with_pseudo_labels(config, fold_data, folder)  # data.pseudo_labels only
     sources.write_summary(fold_data, folder)
     training, validation = fold_rows(table, fold_data)
+    if fold_data.pseudo is not None:
+        print(f"fold {fold}: + {len(fold_data.pseudo)} pseudo-labelled test images in training")
     return trees.fit_and_write(config, fold, folder, table.columns, table.categorical, training, validation,
-                               features.feature_group, lambda oof: sources.check_oof(oof, fold_data))
+                               features.feature_group, lambda oof: sources.check_oof(oof, fold_data),
+                               fit_rows=lambda train_x, train_y: with_pseudo_rows(table, fold_data.pseudo, train_x,
+                                                                                  train_y))
+
+
+def with_pseudo_rows(table: features.FeatureTable, rows: pd.DataFrame | None, train_x: np.ndarray,
+                     train_y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(rows, targets, sample weights) the trees are fitted on: the training images, then (data.pseudo_labels)
+    each pseudo-labelled test image twice, as malignant weighing w·p and as benign weighing w·(1 − p), where p
+    is its soft label and w its weight. The log-loss of the pair is then w times the cross-entropy against p,
+    which is what a soft label means to a CNN's loss; no threshold turns it into a hard label. (None: no
+    weights.)"""
+    if rows is None or rows.empty:
+        return train_x, train_y, None
+    test = table.test.assign(image_name=table.test["image_name"].astype(str)).set_index("image_name")
+    missing = sorted(set(rows["image_name"]) - set(test.index))
+    if missing:
+        raise CheckFailed(f"pseudo-labelled test image(s) {', '.join(missing[:3])} have no test features; "
+                          "the test records and the source disagree")
+    values = trees.matrix(test.loc[rows["image_name"]], table.columns)
+    label = rows["label"].to_numpy(dtype=np.float64)
+    weight = rows["weight"].to_numpy(dtype=np.float64)
+    fit_x = np.vstack([train_x, values, values])
+    fit_y = np.concatenate([train_y, np.ones(len(rows), np.int64), np.zeros(len(rows), np.int64)])
+    weights = np.concatenate([np.ones(len(train_y)), weight * label, weight * (1 - label)])
+    keep = weights > 0  # a label of exactly 0 or 1 needs one of its two rows only
+    return fit_x[keep], fit_y[keep], weights[keep]
 
 
 def test_predictions(config: Config, fold: int, table: features.FeatureTable) -> pd.DataFrame:

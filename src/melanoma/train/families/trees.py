@@ -181,10 +181,13 @@ def log_odds_effects(saved: dict, values: np.ndarray) -> np.ndarray:
 
 def fit_and_write(config: Config, fold: int, folder: str, columns: list[str], categorical: list[str],
                   training: pd.DataFrame, validation: pd.DataFrame, group_of: Callable[[str], str],
-                  check_oof: Callable[[pd.DataFrame], pd.DataFrame] = lambda oof: oof, **extra) -> dict:
+                  check_oof: Callable[[pd.DataFrame], pd.DataFrame] = lambda oof: oof,
+                  fit_rows: Callable | None = None, **extra) -> dict:
     """Fit fold `fold`'s trees on the `training` rows and predict the `validation` rows (both with
     image_name, patient_id, target and the `columns`); write into `folder` the model (with `extra`), its
-    state, history and importances, and last its OOF (after `check_oof`), which marks the fold finished."""
+    state, history and importances, and last its OOF (after `check_oof`), which marks the fold finished.
+    `fit_rows(train_x, train_y) -> (x, y, sample weights or None)`: what the fit itself sees, when it is more
+    than the training rows (pseudo-labelled test images); history and medians keep to the training rows."""
     train_y = training["target"].to_numpy(dtype=np.int64)
     valid_y = validation["target"].to_numpy(dtype=np.int64)
     if len(np.unique(train_y)) < 2:
@@ -193,7 +196,8 @@ def fit_and_write(config: Config, fold: int, folder: str, columns: list[str], ca
     print(f"fold {fold}: {len(training)} training images, {len(validation)} validation images, "
           f"{len(columns)} features")
     started = time.time()
-    model = new_trees(config, columns, categorical, fold).fit(train_x, train_y)
+    fit_x, fit_y, weights = (train_x, train_y, None) if fit_rows is None else fit_rows(train_x, train_y)
+    model = new_trees(config, columns, categorical, fold).fit(fit_x, fit_y, sample_weight=weights)
     seconds = time.time() - started
     oof = validation[["image_name", "patient_id", "target"]].assign(pred=predict(model, valid_x), fold=fold)
     oof = check_oof(oof)[["image_name", "patient_id", "target", "pred", "fold"]]
