@@ -75,7 +75,7 @@ demo: install $(DEMO)/records/encodings.json ## synth -> records -> pretrained L
 	@echo "submission: submissions/blend-demo.csv (CNN alone: submissions/demo.csv, trees alone: submissions/tabular.csv)   report: outputs/demo/report/"
 
 TEST_WORKERS ?= 2
-test: install $(SERVE_INSTALLED) ## fast tests in TEST_WORKERS processes (about 6 minutes on 2 cores)
+test: install $(SERVE_INSTALLED) ## fast tests in TEST_WORKERS processes (about 7 minutes on 2 cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-full: install $(SERVE_INSTALLED) ## every test, the slow ones too
