@@ -98,7 +98,7 @@ demo-2024: install $(DEMO_2024)/records/records.json ## ISIC 2024 on generated d
 	@echo "submission: submissions/submission.csv (isic_id,target; trees alone: submissions/isic2024_tabular.csv, CNN alone: submissions/isic2024_cnn.csv); hidden labels: $(DEMO_2024)/test_labels.csv"
 
 TEST_WORKERS ?= 2
-test: install $(SERVE_INSTALLED) ## fast tests in TEST_WORKERS processes (about 7 minutes on 2 cores)
+test: install $(SERVE_INSTALLED) ## fast tests in TEST_WORKERS processes (about 7.5 minutes on 2 cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-full: install $(SERVE_INSTALLED) ## every test, the slow ones too
