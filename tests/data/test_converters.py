@@ -351,6 +351,7 @@ def small_diagnosis_model(monkeypatch):
     monkeypatch.setattr(model, "build_model", build)
 
 
+@pytest.mark.slow  # the diagnosis head trains and reports in test_perclass.py and test_model.py too
 def test_diagnosis_head_on_ham10000_writes_class_probabilities_and_the_per_class_report(
         ham_records, tiny_data, tmp_path, small_diagnosis_model, capsys):
     path = write_yaml(tmp_path, "ham", tiny_data, {"train_files": f"{ham_records}/train*.tfrec",

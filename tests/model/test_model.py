@@ -65,6 +65,7 @@ def test_backbone_parameters_all(name):
     check_parameters(name)
 
 
+@pytest.mark.slow  # 16 s of building EfficientNetV2, which no fast test trains
 def test_efficientnet_v2_backbone_builds():
     backbone = model_lib.build_backbone("efficientnetv2-b0", SIZE)
     assert backbone.count_params() == 5_919_312  # keras.applications' EfficientNetV2-B0 without top
