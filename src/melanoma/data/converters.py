@@ -118,7 +118,7 @@ def read_base_encodings(path: str | None) -> dict | None:
     return json.loads(io_utils.read_text(path)) if path else None
 
 
-def _required(frame: pd.DataFrame, columns, what: str) -> None:
+def required_columns(frame: pd.DataFrame, columns, what: str) -> None:
     missing = [c for c in columns if c not in frame]
     if missing:
         raise DataError(f"{what} lacks column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})")
@@ -132,8 +132,8 @@ def isic2019_table(ground_truth: pd.DataFrame, metadata: pd.DataFrame, encodings
                    malignant_only: bool = False) -> tuple[pd.DataFrame, dict]:
     """One row per image: names, mapped metadata, the int codes of the public schema (`*_code`
     columns), and the encodings they use (`source_encodings` + the patient range)."""
-    _required(ground_truth, ("image",) + taxonomy.DIAGNOSIS_CLASSES, "ISIC 2019 ground truth")
-    _required(metadata, ("image", "age_approx", "anatom_site_general", "sex"), "ISIC 2019 metadata")
+    required_columns(ground_truth, ("image",) + taxonomy.DIAGNOSIS_CLASSES, "ISIC 2019 ground truth")
+    required_columns(metadata, ("image", "age_approx", "anatom_site_general", "sex"), "ISIC 2019 metadata")
     if ground_truth["image"].duplicated().any():
         twice = ground_truth.loc[ground_truth["image"].duplicated(), "image"].iloc[0]
         raise DataError(f"ISIC 2019 ground truth lists image {twice} twice")
@@ -187,7 +187,7 @@ def ham10000_table(metadata: pd.DataFrame, encodings: dict | None = None,
     """One row per HAM10000 image, as `isic2019_table`: dx as the ISIC class (akiec AK, bcc BCC, bkl
     BKL, df DF, mel MEL, nv NV, vasc VASC), target = mel, localization grouped into the competition's
     sites, sex 'unknown' and site 'unknown' missing, lesion_id the patient."""
-    _required(metadata, HAM10000_COLUMNS, HAM10000_METADATA)
+    required_columns(metadata, HAM10000_COLUMNS, HAM10000_METADATA)
     names = metadata["image_id"].astype(str).str.strip()
     if names.duplicated().any():
         raise DataError(f"{HAM10000_METADATA} lists image {names[names.duplicated()].iloc[0]} twice")
