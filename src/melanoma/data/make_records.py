@@ -1,7 +1,8 @@
 """The `records` command: JPEGs + CSV -> a complete folder of TFRecords in the public schema.
 
 `python -m melanoma records --data DIR --out FOLDER` (the competition's layout), or `--isic2019 DIR` /
-`--ham10000 DIR` (converters.py), or `--isic2024 DIR` (the ISIC 2024 layout: isic2024.py). The
+`--ham10000 DIR` (converters.py), or `--isic2024 DIR` (the ISIC 2024 layout: isic2024.py), or `--isic2017 DIR`
+(the ISIC 2017 challenge's Part 3 layout, a benchmark with public test labels: isic2017.py). The
 competition's train images get patient-grouped parts (folds.py) unless the CSV has a `part` column. The folder is written whole under a hidden name and put in place
 with its manifest only when complete, so an interrupted run never leaves a folder that looks finished.
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from melanoma.core import io_utils
 from melanoma.core.errors import ConfigError, DataError
-from melanoma.data import converters, folds, isic2024, preflight
+from melanoma.data import converters, folds, isic2017, isic2024, preflight
 from melanoma.data.record_format import (DEFAULT_TEST_PARTS, FILE_PATTERN, HALF_WRITTEN, MANIFEST, OUTPUTS,
                                          TEST_INT_FEATURES, TRAIN_INT_FEATURES, encode_metadata, write_manifest,
                                          write_split)
@@ -139,6 +140,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isic2024", metavar="DIR", help="the ISIC 2024 layout instead: a folder with "
                         f"{isic2024.TRAIN_METADATA}, {isic2024.TRAIN_IMAGES} (and {isic2024.TEST_METADATA}, "
                         f"{isic2024.TEST_IMAGES}); records + the metadata tables beside them")
+    parser.add_argument("--isic2017", metavar="DIR", help="the ISIC 2017 challenge's Part 3 layout instead: "
+                        f"{', '.join(images for _, images, _ in isic2017.SPLITS)}/ and their ground truth and "
+                        f"metadata CSVs; training + validation -> train records, test -> test records, with "
+                        f"{isic2017.SAMPLE_SUBMISSION} and {isic2017.TEST_LABELS} beside them")
     parser.add_argument("--test-only", action="store_true",
                         help="--isic2024: convert the test files alone (a notebook predicting the hidden test set); "
                         "--encodings keeps the training records' codes")
@@ -218,6 +223,33 @@ def convert_isic2024(args: argparse.Namespace) -> int:
     return 0
 
 
+def convert_isic2017(args: argparse.Namespace) -> int:
+    """`records --isic2017 DIR`: the ISIC 2017 Part 3 layout -> train and test records, sample submission and
+    test labels (isic2017.py); everything is read and checked before the output folder is touched."""
+    others = [flag for flag, value in (("--data", args.data), ("--train-csv", args.train_csv),
+                                       ("--isic2019", args.isic2019 or args.isic2019_ground_truth),
+                                       ("--ham10000", args.ham10000), ("--malignant-only", args.malignant_only),
+                                       ("--encodings", args.encodings), ("--test-only", args.test_only)) if value]
+    if others:
+        raise ConfigError(f"--isic2017 takes no {', '.join(others)}: records converts one source at a time")
+    tables = isic2017.read_tables(args.isic2017)
+    with output_folder(args.out, [args.isic2017]) as folder:
+        summary = isic2017.build_records(tables, folder, args.size or DEFAULT_SIZE,
+                                         parts=args.parts or folds.DEFAULT_PARTS,
+                                         test_parts=args.test_parts or DEFAULT_TEST_PARTS, seed=args.seed,
+                                         workers=args.workers)
+    print(json.dumps(summary))
+    for line in isic2017.copies_lines(tables):
+        print(line)
+    out = args.out.rstrip("/")
+    print(f"records written to {out}, with train.csv, test.csv, {isic2017.SAMPLE_SUBMISSION} and "
+          f"{isic2017.TEST_LABELS} beside them; train with --set data.train_files={out}/train*.tfrec "
+          f"data.test_files={out}/test*.tfrec data.sample_submission={out}/{isic2017.SAMPLE_SUBMISSION}, "
+          f"and score a finished recipe's submission once with `python -m melanoma score SUBMISSION --labels "
+          f"{out}/{isic2017.TEST_LABELS}`")
+    return 0
+
+
 def read_encodings(path: str) -> dict:
     """The training records' encodings.json (--encodings), checked to be one."""
     if not io_utils.exists(path) or io_utils.isdir(path):
@@ -244,8 +276,12 @@ def command(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.isic2024 and args.isic2017:
+        raise ConfigError("records converts one source at a time: give --isic2024 or --isic2017, not both")
     if args.isic2024:
         return convert_isic2024(args)
+    if args.isic2017:
+        return convert_isic2017(args)
     if args.test_only:
         raise ConfigError("--test-only goes with --isic2024 (the ISIC 2024 layout's test files alone)")
     if args.isic2019 or args.isic2019_ground_truth or args.ham10000:

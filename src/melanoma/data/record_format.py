@@ -43,7 +43,8 @@ FILE_PATTERN = re.compile(r"(?P<split>train|test)(?P<part>\d+)-(?P<count>\d+)\.t
 DEFAULT_TEST_PARTS = 16
 MANIFEST = "records.json"
 # What `records` writes into its folder (anything else there means --out is not a records folder).
-OUTPUTS = ("train.csv", "test.csv", "encodings.json", MANIFEST, io_utils.INCOMPLETE_MARKER)
+OUTPUTS = ("train.csv", "test.csv", "encodings.json", MANIFEST, io_utils.INCOMPLETE_MARKER,
+           "sample_submission.csv", "test_labels.csv")  # the last two: a benchmark with public test labels (ISIC 2017)
 HALF_WRITTEN = re.compile(r"^\..+\.tmp-[0-9a-f]{8}\.tfrec$")  # io_utils.temporary_name of a part
 
 

@@ -65,7 +65,8 @@ CATEGORICAL = ("sex", "anatom_site_general_challenge", "diagnosis")
 
 # First patient code of each source's records. The competition's codes count from 0 (2,056 train
 # patients, 690 test); each converted source gets a range of ten million codes of its own.
-PATIENT_CODE_START = {"competition": 0, "isic2019": 10_000_000, "ham10000": 20_000_000, "isic2024": 30_000_000}
+PATIENT_CODE_START = {"competition": 0, "isic2019": 10_000_000, "ham10000": 20_000_000, "isic2024": 30_000_000,
+                      "isic2017": 40_000_000}
 PATIENT_CODE_RANGE = 10_000_000
 
 # ISIC 2019 splits the torso; the competition does not.
