@@ -1,6 +1,10 @@
 """The competition's metric on out-of-fold predictions, with per-fold scores and an honest interval.
 
 `python -m melanoma score OOF_CSV [--json] [--bootstrap N] [--seed S]`
+`python -m melanoma score SUBMISSION --labels LABELS_CSV [--json] [--bootstrap N] [--seed S]`: a submission
+(image_name,target) against test labels that are public (a benchmark such as ISIC 2017, whose `records
+--isic2017` writes `test_labels.csv`): the same AUC, bootstrap interval (over `patient_id` where the labels
+have it, else over images) and high-sensitivity metrics. Read once per finished recipe, never to choose one.
 
 The score is ROC AUC of `pred` against `target` over all competition rows at once, exactly as
 `sklearn.metrics.roc_auc_score` computes it (ties count one half). The 95% interval comes from a
@@ -223,8 +227,124 @@ def format_score(result: dict, frame: pd.DataFrame | None = None, title: str = "
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------------
+# A submission against public test labels (a benchmark)
+# --------------------------------------------------------------------------------------------------
+
+
+def read_labels(path: str) -> pd.DataFrame:
+    """image_name, target (0/1) and patient_id (the image where the file has none) of a test-labels CSV."""
+    frame = tables.read_string_table(path)
+    frame.columns = [str(column).strip() for column in frame.columns]
+    missing = [column for column in ("image_name", "target") if column not in frame.columns]
+    if missing:
+        raise DataError(f"--labels {path} lacks column(s) {', '.join(missing)} (found: "
+                        f"{','.join(frame.columns) or 'none'}); give the test labels, image_name,target (the "
+                        "test_labels.csv that `records --isic2017` writes)")
+    names = _unique_names(frame, path)
+    target, not_numeric = tables.numbers(frame["target"])
+    bad = not_numeric | ~target.isin([0.0, 1.0])
+    if bad.any():
+        raise DataError(f"--labels {path}: target must be 0 or 1; not so for images {tables.first_few(names[bad])}")
+    patients = tables.text_cells(frame["patient_id"]) if "patient_id" in frame.columns else names
+    patients = patients.where(patients != "", names)
+    return pd.DataFrame({"image_name": names, "target": target.astype(int), "patient_id": patients})
+
+
+def read_predictions(path: str) -> pd.DataFrame:
+    """image_name and pred (the submission's `target`) of a submission CSV, each a number in [0, 1]."""
+    frame = tables.read_string_table(path)
+    frame.columns = [str(column).strip() for column in frame.columns]
+    missing = [column for column in ("image_name", "target") if column not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {', '.join(missing)}; a submission has image_name,target "
+                        f"(found: {','.join(frame.columns) or 'none'})")
+    names = _unique_names(frame, path)
+    pred, not_numeric = tables.numbers(frame["target"])
+    for bad, what in ((not_numeric, "non-numeric"), (pred.isna() & ~not_numeric, "NaN (missing)"),
+                      (pred.notna() & ((pred < 0) | (pred > 1)), "outside [0, 1]")):
+        if bad.any():
+            raise DataError(f"{path}: {what} predictions for images {tables.first_few(names[bad])}; a "
+                            "submission holds probabilities in [0, 1]")
+    return pd.DataFrame({"image_name": names, "pred": pred.astype(float)})
+
+
+def _unique_names(frame: pd.DataFrame, path: str) -> pd.Series:
+    names = tables.text_cells(frame["image_name"])
+    if (names == "").any():
+        raise DataError(f"{path}: empty image_name in data row(s) "
+                        f"{tables.first_few((np.flatnonzero((names == '').to_numpy()) + 1).tolist())}")
+    twice = names[names.duplicated()].unique()
+    if len(twice):
+        raise DataError(f"{path}: image names {tables.first_few(twice)} appear more than once")
+    return names
+
+
+def match_labels(predictions: pd.DataFrame, labels: pd.DataFrame, submission: str, labels_path: str) -> pd.DataFrame:
+    """One row per labelled image with its prediction; DataError naming the ids that either side lacks."""
+    predicted, labelled = set(predictions["image_name"]), set(labels["image_name"])
+    unpredicted, unlabelled = sorted(labelled - predicted), sorted(predicted - labelled)
+    problems = []
+    if unpredicted:
+        problems.append(f"{submission} lacks {len(unpredicted)} of the {len(labels)} labelled images "
+                        f"({tables.first_few(unpredicted)})")
+    if unlabelled:
+        problems.append(f"{labels_path} has no label for {len(unlabelled)} of the {len(predictions)} predicted "
+                        f"images ({tables.first_few(unlabelled)})")
+    if problems:
+        raise DataError("; ".join(problems) + ": score a submission for the test images of these labels")
+    frame = labels.merge(predictions, on="image_name", how="left", validate="one_to_one")
+    if frame["target"].nunique() < 2:
+        raise DataError(f"{labels_path}: every image has target {int(frame['target'].iloc[0])}; AUC needs both classes")
+    return frame
+
+
+def score_labelled(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0, progress: bool | None = None) -> dict:
+    """AUC of matched predictions (`match_labels`), its bootstrap interval (resampling patient_id), pauc_tpr80
+    and the operating points: the keys `score_oof` gives them, as JSON-ready values."""
+    target, pred = frame["target"].to_numpy(), frame["pred"].to_numpy()
+    notes: list[str] = []
+    ci95 = (_bootstrap_interval(target, pred, frame["patient_id"].to_numpy(), bootstrap, seed, progress, notes)
+            if bootstrap else None)
+    return {"auc": _json_number(metrics.auc(target, pred)), "ci95": ci95,
+            "pauc_tpr80": _json_number(metrics.partial_auc_above_tpr(target, pred)), **operating_points(target, pred),
+            "n": int(len(frame)), "n_positive": int(target.sum()), "n_patients": int(frame["patient_id"].nunique()),
+            "bootstrap": int(bootstrap), "seed": int(seed), "warnings": notes}
+
+
+def format_labelled(result: dict, labels_path: str) -> str:
+    """A short human summary of a `score_labelled` result."""
+    interval = ""
+    if result.get("ci95"):
+        low, high = result["ci95"]
+        unit = "image" if result["n_patients"] == result["n"] else "patient"
+        interval = f"  95% CI {_fmt(low)}-{_fmt(high)} ({result['bootstrap']} {unit} resamples)"
+    return "\n".join([f"test AUC {_fmt(result['auc'])}{interval}  (labels: {labels_path})",
+                      f"pauc_tpr80 {_fmt(result['pauc_tpr80'])} (of 0.2)  sens_at_spec90 "
+                      f"{_fmt(result['sens_at_spec90'])}  spec_at_sens95 {_fmt(result['spec_at_sens95'])}",
+                      f"images {result['n']}  malignant {result['n_positive']}"])
+
+
+def labels_command(args: argparse.Namespace) -> int:
+    """`score SUBMISSION --labels LABELS_CSV`."""
+    frame = match_labels(read_predictions(args.oof_csv), read_labels(args.labels), args.oof_csv, args.labels)
+    result = score_labelled(frame, bootstrap=args.bootstrap, seed=args.seed)
+    for note in result["warnings"]:
+        print(f"warning: {note}", file=sys.stderr)
+    print(json.dumps({**result, "labels": args.labels}) if args.json else format_labelled(result, args.labels))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("oof_csv", metavar="OOF_CSV", help="OOF file: image_name,patient_id,target,pred,fold")
+    parser.add_argument("oof_csv", metavar="OOF_CSV", help="OOF file: image_name,patient_id,target,pred,fold "
+                        "(with --labels: a submission, image_name,target)")
+    parser.add_argument("--labels", metavar="LABELS_CSV", help="score a submission against public test labels "
+                        "(image_name,target[,patient_id]; e.g. the test_labels.csv of `records --isic2017`)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_bootstrap_arguments(parser, "the 95%% interval")
 
@@ -243,6 +363,8 @@ def check_bootstrap_arguments(args: argparse.Namespace) -> None:
 
 def command(args: argparse.Namespace) -> int:
     check_bootstrap_arguments(args)
+    if args.labels:
+        return labels_command(args)
     frame = tables.read_oof(args.oof_csv)
     # outputs/<name>/oof.csv: the folds' per-epoch predictions are in the sibling fold<K>/ folders
     run_dir = os.path.dirname(os.path.abspath(args.oof_csv)) if not io_utils.is_remote(args.oof_csv) \
