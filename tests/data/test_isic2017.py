@@ -128,7 +128,7 @@ def test_the_test_split_stays_whole_with_its_labels_apart(converted):
     sample = pd.read_csv(out / "sample_submission.csv")
     assert list(sample.columns) == ["image_name", "target"] and sorted(sample["image_name"]) == names
     labels = pd.read_csv(out / "test_labels.csv")
-    assert list(labels.columns) == ["image_name", "target", "diagnosis"]
+    assert list(labels.columns) == ["image_name", "target", "diagnosis", "patient_id"]
     assert labels["target"].tolist() == [int(index % 4 == 0) for index in range(8)]
     assert set(labels.loc[labels["target"] == 0, "diagnosis"]) == {"nevus", "benign keratosis"}
     test_table = pd.read_csv(out / "test.csv")

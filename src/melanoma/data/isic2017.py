@@ -21,7 +21,7 @@ once per finished recipe (`score --labels`).
   themselves; a test image equal (or nearly) to a training image is named on one printed line, and stays.
 * Beside the records: `train.csv` (labels, metadata, patient group, part, codes), `test.csv` (metadata and
   codes, no label), `encodings.json`, `sample_submission.csv` (image_name,target) and `test_labels.csv`
-  (image_name,target,diagnosis), which training never reads.
+  (image_name,target,diagnosis,patient_id), which training never reads.
 * Refused before anything is written (exit 2): a folder that is not the layout, a missing ground-truth file,
   an image without a label or a label without an image, a ground truth that is not 0/1.
 """
@@ -330,7 +330,9 @@ def build_records(tables: Tables, out_dir: str, size: int, parts: int = folds.DE
     hidden = ["melanoma", "seborrheic_keratosis", "isic_class", "diagnosis", "target"]
     io_utils.write_csv_atomic(test.drop(columns=hidden), os.path.join(out_dir, "test.csv"))
     io_utils.write_csv_atomic(test[["image_name"]].assign(target=0.0), os.path.join(out_dir, SAMPLE_SUBMISSION))
-    io_utils.write_csv_atomic(test[["image_name", "target", "diagnosis"]], os.path.join(out_dir, TEST_LABELS))
+    # patient_id: the test copies of one lesion, which `score --labels` resamples together
+    io_utils.write_csv_atomic(test[["image_name", "target", "diagnosis", "patient_id"]],
+                              os.path.join(out_dir, TEST_LABELS))
     return {"train_images": len(train), "validation_images": int((train["split"] == "validation").sum()),
             "malignant_images": int(train["target"].sum()), "train_patients": int(train["patient_id"].nunique()),
             **{key: value for key, value in tables.copies.items() if key.startswith("train_")},
