@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from melanoma.core.errors import DataError
+from melanoma.core.errors import ConfigError, DataError
 
 
 def is_remote(path: str) -> bool:
@@ -241,9 +241,50 @@ def temporary_folder_name(path: str) -> str:
     return os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+# In every folder written whole: names the command that wrote it, so that a later run may replace it (and
+# nothing else: a file or a folder of the user's own is never deleted to make room).
+WRITTEN_BY = ".written-by"
+
+
+def writer_of(path: str) -> str | None:
+    """The command named by `path`'s marker, or None (no marker, or not a folder)."""
+    marker = os.path.join(str(path), WRITTEN_BY)
+    if not exists(marker):
+        return None
+    return read_text(marker).strip().removeprefix("melanoma ").strip() or None
+
+
+def check_replaceable(path: str, command: str, own: Callable[[list[str]], bool] | None = None,
+                      flag: str = "--out") -> None:
+    """Refuse (ConfigError, exit 2) to replace `path` unless it is absent, an empty folder, or a folder
+    `command` wrote whole (its marker names `command`; `own(names)` vouches for folders written before
+    the marker existed). A file or a foreign folder is named and left untouched."""
+    path = str(path).rstrip("/") or "/"
+    if not exists(path):
+        return
+    if not isdir(path):
+        raise ConfigError(f"{flag} {path} is a file, and `{command}` writes a whole folder there: give a new "
+                          "folder (the file is left as it is)")
+    names = [name.rstrip("/") for name in listdir(path)]
+    writer = writer_of(path) if WRITTEN_BY in names else None
+    if not names or writer == command or (writer is None and own is not None and own(names)):
+        return
+    if writer is not None:
+        raise ConfigError(f"{flag} {path} was written by `{writer}`, not `{command}`; `{command}` replaces its "
+                          "folder whole: give a folder of its own")
+    shown = ", ".join(sorted(names)[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise ConfigError(f"{flag} {path} is a folder that `{command}` did not write (it holds {shown}); "
+                      f"`{command}` replaces its folder whole: give a new or empty folder (nothing was removed)")
+
+
 @contextlib.contextmanager
-def folder_written_whole(path: str, last: str | None = None):
+def folder_written_whole(path: str, last: str | None = None, command: str | None = None,
+                         own: Callable[[list[str]], bool] | None = None):
     """Fill a temporary folder (yielded), then put it in place of `path` whole.
+
+    `command` names the writer: an existing `path` is replaced only if that command wrote it
+    (check_replaceable; `own` vouches for folders from before the marker), and the new folder carries
+    the marker. Commands call check_replaceable themselves before long work; this check is the net.
 
     Locally the temporary folder is renamed over `path` (an old folder is first renamed aside, then
     removed): a process killed at any point leaves `path` as it was or complete, never partly written,
@@ -253,9 +294,13 @@ def folder_written_whole(path: str, last: str | None = None):
     with the marker (see record_format.folder_problem).
     """
     path = str(path).rstrip("/")
+    if command is None:
+        raise TypeError("folder_written_whole needs the command that writes the folder (command=...)")
+    check_replaceable(path, command, own)
     temporary = temporary_folder_name(path)
     makedirs(temporary)
     try:
+        write_text_atomic(os.path.join(temporary, WRITTEN_BY), f"melanoma {command}\n")
         yield temporary
     except BaseException:
         remove_tree(temporary)
