@@ -244,6 +244,7 @@ def check_bootstrap_arguments(args: argparse.Namespace) -> None:
 def command(args: argparse.Namespace) -> int:
     check_bootstrap_arguments(args)
     frame = tables.read_oof(args.oof_csv)
+    tables.check_probabilities(frame, args.oof_csv)
     # outputs/<name>/oof.csv: the folds' per-epoch predictions are in the sibling fold<K>/ folders
     run_dir = os.path.dirname(os.path.abspath(args.oof_csv)) if not io_utils.is_remote(args.oof_csv) \
         else os.path.dirname(args.oof_csv)
