@@ -102,6 +102,14 @@ def temporary_name(path: str) -> str:
 TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
 
 
+def final_name(path: str) -> str:
+    """The name a temporary file or folder (and one inside a temporary folder) was to take: what a user
+    knows the file by."""
+    parts = [(match["stem"] + (match.group(2) or "")) if (match := TEMPORARY.match(part)) else part
+             for part in str(path).split("/")]
+    return "/".join(parts)
+
+
 def leftovers(folder: str, stem: Callable[[str], bool] | None = None) -> list[str]:
     """The temporary files and folders in `folder` that a killed process left (only those whose stem,
     the target's name without its extension, passes `stem`, when given)."""
@@ -160,14 +168,21 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     if folder:
         makedirs(folder)
     temporary = temporary_name(path)
-    if is_remote(path):
-        with _gfile().GFile(temporary, "wb") as handle:
-            handle.write(data)
-    else:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    try:
+        if is_remote(path):
+            with _gfile().GFile(temporary, "wb") as handle:
+                handle.write(data)
+        else:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except OSError as error:  # a full disk: no half-written temporary left, and the message names the file
+        with contextlib.suppress(OSError):
+            remove(temporary)
+        if error.filename is None:
+            error.filename = path
+        raise
     replace(temporary, path)
 
 
