@@ -71,7 +71,9 @@ def folder_given_for_file(path: str) -> DataError:
         inside = [name for name in listdir(path) if not name.startswith(".")]
     except OSError:
         inside = []
-    meant = [name for name in inside if name.endswith((".csv", ".json", ".yaml"))][:3]
+    # a run folder holds config.yaml and oof.csv: the predictions are what a file argument most often means
+    meant = sorted((name for name in inside if name.endswith((".csv", ".json", ".yaml"))),
+                   key=lambda name: (not name.endswith(".csv"), name))[:3]
     hint = f" (it holds {', '.join(meant)}: give {os.path.join(path, meant[0])}?)" if meant else ""
     return DataError(f"{path} is a folder, not a file: give the file itself{hint}")
 

@@ -274,7 +274,8 @@ def format_shift(summary: dict) -> str:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML: its records and features section")
-    parser.add_argument("--between", default="train,test", choices=tuple(BETWEEN),
+    # the pairs hold commas: argparse's {a,b,...} would list four names, as if any two paired
+    parser.add_argument("--between", default="train,test", choices=tuple(BETWEEN), metavar=" | ".join(BETWEEN),
                         help="the two sets: the training and test records (default), or the competition's training "
                              "records and data.external_files")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
