@@ -12,6 +12,8 @@ import os
 import shutil
 import sys
 
+from melanoma.core import temporary_names
+
 
 class ConfigError(ValueError):
     """A config problem found before any work starts; the CLI exits with status 2."""
@@ -80,9 +82,7 @@ def no_room(error: BaseException) -> tuple[int, str | None] | None:
 
 def no_room_message(code: int, path: str | None) -> str:
     """One line: the file, why it could not be written, the free space where it was going."""
-    from melanoma.core import io_utils  # (io_utils imports this module)
-
-    path = io_utils.final_name(path) if path else None
+    path = temporary_names.final_name(path) if path else None
     folder = os.path.dirname(os.path.abspath(path)) if path and "://" not in path else os.getcwd()
     while not os.path.isdir(folder) and folder != os.path.dirname(folder):
         folder = os.path.dirname(folder)  # a temporary folder may be gone by now

@@ -10,7 +10,6 @@ import contextlib
 import glob as local_glob
 import io
 import os
-import re
 import shutil
 import uuid
 from typing import Callable, Iterable
@@ -18,6 +17,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from melanoma.core.errors import ConfigError, DataError
+from melanoma.core.temporary_names import TEMPORARY
 
 
 def is_remote(path: str) -> bool:
@@ -98,18 +98,6 @@ def temporary_name(path: str) -> str:
     folder, name = os.path.split(str(path))
     stem, ext = os.path.splitext(name)
     return os.path.join(folder, f".{stem}.tmp-{uuid.uuid4().hex[:8]}{ext}")
-
-
-# temporary_name's (and temporary_folder_name's) pattern: what a process killed while writing leaves
-TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
-
-
-def final_name(path: str) -> str:
-    """The name a temporary file or folder (and one inside a temporary folder) was to take: what a user
-    knows the file by."""
-    parts = [(match["stem"] + (match.group(2) or "")) if (match := TEMPORARY.match(part)) else part
-             for part in str(path).split("/")]
-    return "/".join(parts)
 
 
 def leftovers(folder: str, stem: Callable[[str], bool] | None = None) -> list[str]:
