@@ -22,7 +22,6 @@ export PYTHONUNBUFFERED := 1
 CONFIG ?= configs/demo.yaml
 FOLD ?= all
 SET ?=
-NAME = $(basename $(notdir $(CONFIG)))
 SETARG = $(if $(SET),--set $(SET),)
 DEMO := input/demo
 
@@ -105,19 +104,21 @@ test-full: install $(SERVE_INSTALLED) ## every test, the slow ones too
 	$(PY) -m pytest -q -m "" -n $(TEST_WORKERS)
 
 train: install ## train FOLD (a number or all) of CONFIG
-	$(PY) train.py --config $(CONFIG) --fold $(FOLD) $(SETARG)
+	$(PY) train.py --config "$(CONFIG)" --fold $(FOLD) $(SETARG)
 
 resume: install ## continue CONFIG's interrupted FOLD after its last completed epoch
-	$(PY) train.py --config $(CONFIG) --fold $(FOLD) --resume $(SETARG)
+	$(PY) train.py --config "$(CONFIG)" --fold $(FOLD) --resume $(SETARG)
 
 infer: install ## TTA + fold ensemble of CONFIG -> submissions/<name>.csv
-	$(PY) infer.py --config $(CONFIG) $(SETARG)
+	$(PY) infer.py --config "$(CONFIG)" $(SETARG)
 
+# the run's folder as the Python commands find it (name, output_dir, SET), not from the file's name
 score: install ## OOF AUC of CONFIG's run, with its confidence interval
-	$(PY) -m melanoma score outputs/$(NAME)/oof.csv
+	@run="$$($(PY) -m melanoma run-dir --config "$(CONFIG)" $(SETARG))" && \
+	    echo "$(PY) -m melanoma score $$run/oof.csv" && $(PY) -m melanoma score "$$run/oof.csv"
 
 report: install ## ROC, histograms, training curves and cutoff table of CONFIG's run
-	$(PY) -m melanoma report $(CONFIG) $(SETARG)
+	$(PY) -m melanoma report "$(CONFIG)" $(SETARG)
 
 compare: install ## table of OOF AUC across every run in outputs/
 	$(PY) -m melanoma compare outputs
@@ -140,16 +141,18 @@ wheels: install ## the project + every dependency a notebook lacks as wheels in 
 PORT ?= 7860
 HOST ?= 127.0.0.1
 serve: $(SERVE_INSTALLED) ## web page + POST /predict for one image on CONFIG's trained run (PORT, HOST)
-	$(PY) -m melanoma serve --config $(CONFIG) --port $(PORT) --host $(HOST)
+	$(PY) -m melanoma serve --config "$(CONFIG)" --port $(PORT) --host $(HOST)
 
 LOGDIR ?= outputs
 TENSORBOARD_PORT ?= 6006
 tensorboard: install ## TensorBoard on the folds' scalars of every run in LOGDIR (outputs), at HOST:TENSORBOARD_PORT (6006)
-	$(PY) -m tensorboard.main --logdir $(LOGDIR) --port $(TENSORBOARD_PORT) --host $(HOST)
+	@test -d "$(LOGDIR)" || { echo "LOGDIR=$(LOGDIR) is not a folder: give the folder of runs (outputs) or of one run"; exit 2; }
+	@find "$(LOGDIR)" -name 'events.out.tfevents*' -print -quit | grep -q . || echo "note: $(LOGDIR) holds no TensorBoard logs yet (train a run with train.tensorboard: true); the board stays empty until it does"
+	$(PY) -m tensorboard.main --logdir "$(LOGDIR)" --port $(TENSORBOARD_PORT) --host $(HOST)
 
 submit: install ## validate FILE, then upload it with the Kaggle CLI: make submit FILE=submissions/x.csv MSG="..."
 	@test -n "$(FILE)" || { echo "usage: make submit FILE=submissions/<name>.csv MSG='message' [CONFIG=...]"; exit 2; }
-	$(PY) -m melanoma submit $(FILE) -m "$(MSG)" $(if $(filter command line,$(origin CONFIG)),--config $(CONFIG),)
+	$(PY) -m melanoma submit $(FILE) -m "$(MSG)" $(if $(filter command line,$(origin CONFIG)),--config "$(CONFIG)",)
 
 leaderboard: install ## fetch Kaggle scores of past submissions and join them to submissions/log.csv
 	$(PY) -m melanoma leaderboard

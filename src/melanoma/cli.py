@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("melanoma.kaggle.submit:submit", "validate, then upload with the Kaggle CLI"),
     "leaderboard": ("melanoma.kaggle.submit:leaderboard", "join Kaggle leaderboard scores to the log"),
     "describe": ("melanoma.tools.describe", "strategy, precision, batch, learning rate and size of a config"),
+    "run-dir": ("melanoma.tools.run_dir", "the folder of a config's run (name, output_dir, --set), one line"),
     "bench": ("melanoma.tools.bench", "throughput figures as JSON"),
     "serve": ("melanoma.serve.app", "web page and POST /predict for one image, on a trained run"),
 }

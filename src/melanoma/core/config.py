@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import yaml
 
@@ -65,6 +66,61 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.validation_weighting": ("odds", "top"),
     "data.pseudo_labels_folds": ("matched", "all"),
 }
+
+
+class Range(NamedTuple):
+    """The values a number may take: `low`/`high` (None: no bound), each bound included unless open."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def text(self) -> str:
+        if self.high is None:
+            return f"more than {self.low:g}" if self.low_open else f"at least {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+POSITIVE, FRACTION, SHARE = Range(0, low_open=True), Range(0, 1), Range(0, 1, low_open=True)
+# Every number in base.yaml has its range here (a test holds it so), checked at load, before TensorFlow:
+# an absurd value (a negative learning rate, zero steps read as "a full pass") is refused, never trained.
+# A null passes where base.yaml gives null a meaning; cross-key rules are in _check_values.
+RANGES: dict[str, Range] = {
+    "seed": Range(0),
+    "data.external_upsample": Range(0), "data.dedupe_perceptual_bits": Range(0, 63),
+    "data.folds": Range(2), "data.image_size": Range(8), "data.negatives_per_positive": POSITIVE,
+    "data.validation_top": SHARE, "data.pseudo_labels_low": FRACTION, "data.pseudo_labels_high": FRACTION,
+    "data.pseudo_labels_weight": POSITIVE,
+    "augment.rotate_limit": Range(0, 180), "augment.scale_limit": Range(0, 1, high_open=True),
+    "augment.shift_limit": FRACTION, "augment.brightness_limit": FRACTION, "augment.contrast_limit": FRACTION,
+    "augment.hue_shift_limit": Range(0, 90), "augment.saturation_shift_limit": Range(0, 255),
+    "augment.probability": FRACTION,
+    "model.dropout": Range(0, 1, high_open=True), "model.drop_connect": Range(0, 1, high_open=True),
+    "model.bn_momentum": Range(0, 1, high_open=True),
+    "train.epochs": Range(1), "train.batch_size": Range(1), "train.steps_per_epoch": Range(1),
+    "train.label_smoothing": Range(0, 1, high_open=True), "train.focal_gamma": Range(0),
+    "train.focal_alpha": FRACTION, "train.class_weight": POSITIVE, "train.upsample_malignant": Range(1),
+    "train.lr_start": Range(0), "train.lr_max": POSITIVE, "train.lr_min": Range(0),
+    "train.lr_ramp_epochs": Range(0), "train.lr_sustain_epochs": Range(0), "train.lr_decay": SHARE,
+    "train.steps_per_execution": Range(1), "train.verbose": Range(0, 2),
+    "tta.steps": Range(0), "tta.batch_size": Range(1),
+    "features.image_size": Range(16), "features.histogram_bins": Range(2, 64), "features.workers": Range(1),
+    "tabular.learning_rate": SHARE, "tabular.max_iter": Range(1), "tabular.max_leaf_nodes": Range(2),
+    "tabular.min_samples_leaf": Range(1), "tabular.l2_regularization": Range(0),
+    "tabular.max_features": SHARE, "tabular.class_weight": POSITIVE, "tabular.importance_repeats": Range(0),
+    "tabular.importance_rows": Range(2),
+}
+# numbers whose range depends on another key, checked beside it
+RANGED_ELSEWHERE = {"train.checkpoint_epoch": "1..train.epochs: _check_checkpoint_epoch"}
+
 # model.family is checked where the families are (train/families/family.py: lookup), so that a new family
 # is added in that one folder.
 # model.weights: one of these names, or the path of a weights file
@@ -231,35 +287,21 @@ def check_name(name: str, key: str = "name") -> None:
                           "(no '/', not starting with '.'); give another, e.g. --set name=demo-64")
 
 
+def _check_ranges(config: Config) -> None:
+    """Every number within its RANGES entry; the message names the key, the value and the range."""
+    for dotted, allowed in RANGES.items():
+        value = config.get_path(dotted)
+        if value is not None and not allowed.holds(value):
+            nullable = " (or null)" if dotted in EXTRA_TYPES else ""
+            raise ConfigError(f"config key '{dotted}' must be {allowed.text()}{nullable}, got {value:g}")
+
+
 def _check_values(config: Config) -> None:
     check_name(config.name)
-    positive = ["data.folds", "data.image_size", "train.epochs", "train.batch_size", "train.steps_per_execution",
-                "tta.batch_size"]
-    for dotted in positive:
-        if config.get_path(dotted) < 1:
-            raise ConfigError(f"config key '{dotted}' must be at least 1, got {config.get_path(dotted)}")
-    if config.data.folds < 2:
-        raise ConfigError(f"config key 'data.folds' must be at least 2, got {config.data.folds}")
-    if config.tta.steps < 0:
-        raise ConfigError(f"config key 'tta.steps' must be 0 or more, got {config.tta.steps}")
-    if not 0 <= config.train.label_smoothing < 1:
-        raise ConfigError("config key 'train.label_smoothing' must be in [0, 1)")
-    if not 0 <= config.model.dropout < 1:
-        raise ConfigError("config key 'model.dropout' must be in [0, 1)")
+    _check_ranges(config)
     if config.model.drop_connect is not None and config.model.backbone.startswith("efficientnetv2-"):
         raise ConfigError(f"config key 'model.drop_connect' applies to efficientnet-b0..b7 and -lite0..2, not "
                           f"{config.model.backbone}: set model.drop_connect=null")
-    if config.train.upsample_malignant < 1:
-        raise ConfigError(f"config key 'train.upsample_malignant' must be at least 1, got "
-                          f"{config.train.upsample_malignant}")
-    ratio = config.data.negatives_per_positive
-    if ratio is not None and not ratio > 0:
-        raise ConfigError(f"config key 'data.negatives_per_positive' must be positive (benign training images kept "
-                          f"per malignant one), or null to keep every image; got {ratio}")
-    if not 0 < config.data.validation_top <= 1:
-        raise ConfigError(f"config key 'data.validation_top' must be in (0, 1], got {config.data.validation_top}")
-    if config.train.class_weight is not None and config.train.class_weight <= 0:
-        raise ConfigError(f"config key 'train.class_weight' must be positive, got {config.train.class_weight}")
     _check_checkpoint_epoch(config.train)
     _check_submission(config.submission)
     _check_pseudo_labels(config.data)
@@ -278,12 +320,7 @@ def _check_submission(section: Config) -> None:
 
 
 def _check_pseudo_labels(data: Config) -> None:
-    """data.pseudo_labels_*: thresholds in [0, 1], a positive weight, and test images to label."""
-    for key in ("pseudo_labels_low", "pseudo_labels_high"):
-        if not 0 <= data[key] <= 1:
-            raise ConfigError(f"config key 'data.{key}' must be in [0, 1], got {data[key]}")
-    if data.pseudo_labels_weight <= 0:
-        raise ConfigError(f"config key 'data.pseudo_labels_weight' must be positive, got {data.pseudo_labels_weight}")
+    """data.pseudo_labels: a source named, and test images to label (its numbers are in RANGES)."""
     if data.pseudo_labels is not None and not str(data.pseudo_labels).strip():
         raise ConfigError("config key 'data.pseudo_labels' is empty: name a finished run's or blend's folder, or null")
     if data.pseudo_labels and not data.test_files:

@@ -7,7 +7,12 @@ that failed (an upload). Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import sys
+
+from melanoma.core import temporary_names
 
 
 class ConfigError(ValueError):
@@ -50,14 +55,63 @@ def message(error: BaseException) -> str:
     return str(error)
 
 
+# A write that found no room, or a disk that turned read-only: a failure while working (exit status 1), said
+# in one line. Every write is atomic, so nothing half-written is left under a final name to be believed.
+NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file size limit is reached (ulimit -f)",
+           errno.EDQUOT: "the disk quota is used up", errno.EROFS: "the file system is read-only"}
+# TensorFlow's own file errors (a record or checkpoint writer) carry no errno: '<file>; File too large'
+TENSORFLOW_REASONS = {"No space left on device": errno.ENOSPC, "File too large": errno.EFBIG,
+                      "Disk quota exceeded": errno.EDQUOT, "Read-only file system": errno.EROFS}
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away (`| head`)
+
+
+def no_room(error: BaseException) -> tuple[int, str | None] | None:
+    """(errno, file or None) when `error`, or an error it was raised from, is a write that found no room."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in NO_ROOM:
+            return seen.errno, seen.filename
+        if type(seen).__module__.startswith("tensorflow"):
+            text = str(getattr(seen, "message", seen))
+            for reason, code in TENSORFLOW_REASONS.items():
+                if reason in text:
+                    return code, text.split(";")[0].strip() if ";" in text else None
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def no_room_message(code: int, path: str | None) -> str:
+    """One line: the file, why it could not be written, the free space where it was going."""
+    path = temporary_names.final_name(path) if path else None
+    folder = os.path.dirname(os.path.abspath(path)) if path and "://" not in path else os.getcwd()
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)  # a temporary folder may be gone by now
+    free = f"; {shutil.disk_usage(folder).free / 2**20:.1f} MiB free in {folder}" if os.path.isdir(folder) else ""
+    where = f"cannot write {path}" if path else "a write failed"
+    return (f"{where}: {NO_ROOM[code]}{free}; make room (or write elsewhere) and run again: nothing half-written "
+            "was kept")
+
+
 def run_guarded(function, args) -> int:
-    """Run a command; turn the project's own errors into a message and an exit status (see above)."""
+    """Run a command; turn the project's own errors into a message and an exit status (see above). Output
+    into a closed pipe ends the command quietly; a full disk is one line."""
     try:
         status = function(args)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe would print a traceback
+    except BrokenPipeError:
+        # the reader (`head -1`) has what it wanted; further output (and the flush at exit) goes nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
     except tuple(kind for kind, _ in EXIT_STATUS) as error:
         print(f"error: {message(error)}", file=sys.stderr)
         return next(status for kind, status in EXIT_STATUS if isinstance(error, kind))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 -- re-raised unless it is a write that found no room
+        room = no_room(error)
+        if room is None:
+            raise
+        print(f"error: {no_room_message(*room)}", file=sys.stderr)
+        return 1
     return int(status or 0)

@@ -10,14 +10,14 @@ import contextlib
 import glob as local_glob
 import io
 import os
-import re
 import shutil
 import uuid
 from typing import Callable, Iterable
 
 import pandas as pd
 
-from melanoma.core.errors import DataError
+from melanoma.core.errors import ConfigError, DataError
+from melanoma.core.temporary_names import TEMPORARY
 
 
 def is_remote(path: str) -> bool:
@@ -71,7 +71,9 @@ def folder_given_for_file(path: str) -> DataError:
         inside = [name for name in listdir(path) if not name.startswith(".")]
     except OSError:
         inside = []
-    meant = [name for name in inside if name.endswith((".csv", ".json", ".yaml"))][:3]
+    # a run folder holds config.yaml and oof.csv: the predictions are what a file argument most often means
+    meant = sorted((name for name in inside if name.endswith((".csv", ".json", ".yaml"))),
+                   key=lambda name: (not name.endswith(".csv"), name))[:3]
     hint = f" (it holds {', '.join(meant)}: give {os.path.join(path, meant[0])}?)" if meant else ""
     return DataError(f"{path} is a folder, not a file: give the file itself{hint}")
 
@@ -96,10 +98,6 @@ def temporary_name(path: str) -> str:
     folder, name = os.path.split(str(path))
     stem, ext = os.path.splitext(name)
     return os.path.join(folder, f".{stem}.tmp-{uuid.uuid4().hex[:8]}{ext}")
-
-
-# temporary_name's (and temporary_folder_name's) pattern: what a process killed while writing leaves
-TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
 
 
 def leftovers(folder: str, stem: Callable[[str], bool] | None = None) -> list[str]:
@@ -160,14 +158,21 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     if folder:
         makedirs(folder)
     temporary = temporary_name(path)
-    if is_remote(path):
-        with _gfile().GFile(temporary, "wb") as handle:
-            handle.write(data)
-    else:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    try:
+        if is_remote(path):
+            with _gfile().GFile(temporary, "wb") as handle:
+                handle.write(data)
+        else:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except OSError as error:  # a full disk: no half-written temporary left, and the message names the file
+        with contextlib.suppress(OSError):
+            remove(temporary)
+        if error.filename is None:
+            error.filename = path
+        raise
     replace(temporary, path)
 
 
@@ -241,9 +246,50 @@ def temporary_folder_name(path: str) -> str:
     return os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+# In every folder written whole: names the command that wrote it, so that a later run may replace it (and
+# nothing else: a file or a folder of the user's own is never deleted to make room).
+WRITTEN_BY = ".written-by"
+
+
+def writer_of(path: str) -> str | None:
+    """The command named by `path`'s marker, or None (no marker, or not a folder)."""
+    marker = os.path.join(str(path), WRITTEN_BY)
+    if not exists(marker):
+        return None
+    return read_text(marker).strip().removeprefix("melanoma ").strip() or None
+
+
+def check_replaceable(path: str, command: str, own: Callable[[list[str]], bool] | None = None,
+                      flag: str = "--out") -> None:
+    """Refuse (ConfigError, exit 2) to replace `path` unless it is absent, an empty folder, or a folder
+    `command` wrote whole (its marker names `command`; `own(names)` vouches for folders written before
+    the marker existed). A file or a foreign folder is named and left untouched."""
+    path = str(path).rstrip("/") or "/"
+    if not exists(path):
+        return
+    if not isdir(path):
+        raise ConfigError(f"{flag} {path} is a file, and `{command}` writes a whole folder there: give a new "
+                          "folder (the file is left as it is)")
+    names = [name.rstrip("/") for name in listdir(path)]
+    writer = writer_of(path) if WRITTEN_BY in names else None
+    if not names or writer == command or (writer is None and own is not None and own(names)):
+        return
+    if writer is not None:
+        raise ConfigError(f"{flag} {path} was written by `{writer}`, not `{command}`; `{command}` replaces its "
+                          "folder whole: give a folder of its own")
+    shown = ", ".join(sorted(names)[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise ConfigError(f"{flag} {path} is a folder that `{command}` did not write (it holds {shown}); "
+                      f"`{command}` replaces its folder whole: give a new or empty folder (nothing was removed)")
+
+
 @contextlib.contextmanager
-def folder_written_whole(path: str, last: str | None = None):
+def folder_written_whole(path: str, last: str | None = None, command: str | None = None,
+                         own: Callable[[list[str]], bool] | None = None):
     """Fill a temporary folder (yielded), then put it in place of `path` whole.
+
+    `command` names the writer: an existing `path` is replaced only if that command wrote it
+    (check_replaceable; `own` vouches for folders from before the marker), and the new folder carries
+    the marker. Commands call check_replaceable themselves before long work; this check is the net.
 
     Locally the temporary folder is renamed over `path` (an old folder is first renamed aside, then
     removed): a process killed at any point leaves `path` as it was or complete, never partly written,
@@ -253,9 +299,13 @@ def folder_written_whole(path: str, last: str | None = None):
     with the marker (see record_format.folder_problem).
     """
     path = str(path).rstrip("/")
+    if command is None:
+        raise TypeError("folder_written_whole needs the command that writes the folder (command=...)")
+    check_replaceable(path, command, own)
     temporary = temporary_folder_name(path)
     makedirs(temporary)
     try:
+        write_text_atomic(os.path.join(temporary, WRITTEN_BY), f"melanoma {command}\n")
         yield temporary
     except BaseException:
         remove_tree(temporary)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 
-from melanoma.core import run_config
+from melanoma.core import fold_state, run_config
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 
@@ -49,8 +49,38 @@ def seed_runs(config: Config, count: int, given: list[str]) -> list[list[str]]:
     return [list(given) + overrides(config, index) for index in range(count)]
 
 
-def ensemble_name(name: str) -> str:
-    return name + ENSEMBLE_SUFFIX
+MIXED_SUFFIX = "-mixed"  # a mean of runs that are not one experiment (--allow-mixed) says so in its name
+
+
+def ensemble_name(name: str, mixed: bool = False) -> str:
+    return name + ENSEMBLE_SUFFIX + (MIXED_SUFFIX if mixed else "")
+
+
+def experiment_differences(runs: list[Config]) -> list[str]:
+    """`run: key first -> its value` for each run bound to other settings than the first, seed aside (as
+    group_key): empty when the runs are one experiment repeated over seeds."""
+    defaults = run_config.code_defaults()
+    first = {**defaults, **run_config.binding(runs[0])}
+    found = []
+    for run in runs[1:]:
+        bound = {**defaults, **run_config.binding(run)}
+        changed = [(key, first.get(key), bound.get(key)) for key in sorted(first.keys() | bound.keys())
+                   if key != "seed" and first.get(key) != bound.get(key)]
+        if changed:
+            found.append(f"{run.name} ({fold_state.describe_differences(changed, 3)})")
+    return found
+
+
+def check_one_experiment(runs: list[Config], allow_mixed: bool, what: str) -> list[str]:
+    """A seeds' mean is of runs of one experiment: ConfigError naming the runs that differ, unless
+    `allow_mixed` (then the differences are returned, for the mean's name and record to say so)."""
+    differences = experiment_differences(runs)
+    if differences and not allow_mixed:
+        raise ConfigError(f"{what}: the seed runs are not one experiment; they differ from {runs[0].name} in more "
+                          f"than the seed: {'; '.join(differences)}. Train them again with one config "
+                          "(python train.py --config ... --seeds N --force), or add --allow-mixed for a mean named "
+                          f"...{MIXED_SUFFIX}")
+    return differences
 
 
 def group_key(config: Config, defaults: dict) -> str:

@@ -171,6 +171,17 @@ def _checked_pred(frame: pd.DataFrame, names: pd.Series, where: str) -> pd.Serie
     return pred
 
 
+def check_probabilities(frame: pd.DataFrame, where: str) -> None:
+    """A score of predictions outside [0, 1] (logits, a percentage) would be an AUC of something other than
+    probabilities, reported with no word: DataError naming the images and their values."""
+    outside = ~frame["pred"].between(0.0, 1.0)
+    if outside.any():
+        shown = ", ".join(f"{name} {value:g}" for name, value in
+                          frame.loc[outside, ["image_name", "pred"]].head(3).itertuples(index=False))
+        raise DataError(f"{where}: {int(outside.sum())} prediction(s) outside [0, 1] (e.g. {shown}); predictions "
+                        "are probabilities: give pred as one (e.g. the sigmoid of a logit)")
+
+
 def _checked_fold(frame: pd.DataFrame, names: pd.Series, where: str) -> pd.Series:
     """The fold numbers as float, each a whole number that fits an int32."""
     fold, not_numeric = numbers(frame["fold"])

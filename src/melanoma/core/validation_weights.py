@@ -41,8 +41,9 @@ def read_likeness(path: str) -> pd.Series:
                         "of `melanoma shift --between train,test`")
     train = table[table["set"].astype(str) == "train"]
     values, bad = numbers(train["likeness"])
-    if (bad | ~values.between(0, 1)).any():
-        raise DataError(f"{path}: likeness must be a number in [0, 1] (images {first_few(train['image_name'][bad])})")
+    wrong = bad | ~values.between(0, 1)  # the images named are those out of range too, not only the non-numbers
+    if wrong.any():
+        raise DataError(f"{path}: likeness must be a number in [0, 1] (images {first_few(train['image_name'][wrong])})")
     return pd.Series(values.to_numpy(dtype=np.float64), index=train["image_name"].astype(str).to_numpy())
 
 

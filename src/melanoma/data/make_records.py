@@ -84,22 +84,19 @@ def check_tables(train_csv: str, train, test_csv: str | None, test) -> None:
 
 def check_out_folder(out: str, inputs: list[str | None]) -> None:
     """--out is replaced whole, so it must be a folder of its own: not holding the input, and either
-    absent, empty, or a records folder (parts, CSVs, encodings.json, records.json only)."""
+    absent, empty, or a folder `records` wrote (io_utils.check_replaceable)."""
     target = os.path.abspath(out) if not io_utils.is_remote(out) else out.rstrip("/")
     for path in filter(None, inputs):
         where = os.path.abspath(path) if not io_utils.is_remote(path) else path
         if where == target or where.startswith(target.rstrip("/") + "/"):
             raise ConfigError(f"--out {out} holds the input {path}; records replaces its --out folder whole: "
                               "give it a folder of its own (e.g. input/records-256)")
-    if not io_utils.isdir(out):
-        if io_utils.exists(out):
-            raise ConfigError(f"--out {out} is a file; give a folder")
-        return
-    others = [name.rstrip("/") for name in io_utils.listdir(out)
-              if not (FILE_PATTERN.search(name) or name.rstrip("/") in OUTPUTS or HALF_WRITTEN.match(name))]
-    if others:
-        raise ConfigError(f"--out {out} holds other things than records ({', '.join(others[:3])}); records "
-                          "replaces its --out folder whole: give it a folder of its own")
+    io_utils.check_replaceable(out, "records", records_only)
+
+
+def records_only(names: list[str]) -> bool:
+    """A folder `records` wrote before folders carried their writer's marker: parts, CSVs, manifest only."""
+    return all(FILE_PATTERN.search(name) or name in OUTPUTS or HALF_WRITTEN.match(name) for name in names)
 
 
 def remove_abandoned(out: str) -> None:
@@ -118,7 +115,7 @@ def output_folder(out: str, inputs: list[str | None]):
     # written beside --out first (a hidden sibling), then renamed: --out's folder must take files
     preflight.check_writable({"--out": os.path.dirname(os.path.abspath(out)) if io_utils.exists(out) else out})
     remove_abandoned(out)
-    with io_utils.folder_written_whole(out, last=MANIFEST) as folder:
+    with io_utils.folder_written_whole(out, last=MANIFEST, command="records", own=records_only) as folder:
         yield folder
         write_manifest(folder)
 

@@ -133,9 +133,11 @@ def check_folds(config: Config, folds: list[int]) -> None:
     if empty:
         chosen = sorted(set(empty) & set(folds))
         which = f"fold(s) {', '.join(map(str, chosen or empty))}"
+        # data.folds is at least 2: with fewer parts than that, fewer folds is no answer
+        fewer = f"set data.folds to at most {len(parts)}, or " if len(parts) >= 2 else ""
         raise ConfigError(f"config key 'data.folds' is {count}, but data.train_files holds {shown}: {which} would "
                           f"validate on no part (a fold validates on the parts with part % data.folds == fold); "
-                          f"set data.folds to at most {len(parts)}, or build records with more parts")
+                          f"{fewer}build records with more parts (records --parts)")
 
 
 # --------------------------------------------------------------------------------------------------

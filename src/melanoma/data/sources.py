@@ -58,7 +58,7 @@ from melanoma.core import environment, io_utils, pseudo_labels, validation_weigh
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
-from melanoma.data import examples, integrity, record_format, sampling
+from melanoma.data import examples, integrity, record_format, sampling, scorable
 
 COMPETITION = "competition"
 ISIC2019_SET = re.compile(r"^isic2019-\d+x\d+$")
@@ -293,16 +293,17 @@ def check_splits_apart(config: Config, progress: bool = True) -> None:
     """Before a run is bound and any fold trains: no competition training image is also a test image
     (check_train_test_overlap over every train file), and data.validation_weights covers them all. The tables are read as the folds will read them, so
     the folds find them cached; only the process that writes the run caches them (a cluster's other
-    workers keep theirs in memory)."""
+    workers keep theirs in memory). Every fold can be scored (data/scorable.py)."""
     data = config.data
-    if not data.test_files and not data.validation_weights and not data.pseudo_labels:
-        return
     files = record_format.list_files(data.train_files, "data.train_files")
-    content_hash, perceptual = _hash_flags(data, bool([f for s in external_sets(data) for f in s.files]))
+    external = bool([f for s in external_sets(data) for f in s.files])
+    content_hash, perceptual = _hash_flags(data, external)
     cache = os.path.join(config.output_dir, ".cache", "tables") if environment.is_chief() else None
     reader = TableReader(cache, progress, skip_corrupt=bool(data.skip_corrupt))
     tables = reader.tables(files, content_hash, perceptual, desc="competition records")
     competition = _joined(tables, files, COMPETITION)
+    parts = competition["path"].map(lambda path: record_format.parse_file_name(path).part)
+    scorable.check_folds(competition["target"], parts % data.folds, data.folds, training_too=not external)
     check_train_test_overlap(data, competition, reader)
     check_validation_weights(config, competition["image_name"])
     check_pseudo_label_images(config, competition, reader)
@@ -524,6 +525,9 @@ def prepare_fold(config: Config, fold: int, progress: bool = True, reader: Table
     kept_validation = validation[~validation["image_name"].isin(dropped_names)]
     valid_names = _check_leaks(fold, kept_training, kept_validation, external_frames)
     kept_training, excluded, sampled = _downsampled(config, fold, kept_training, excluded)
+    scorable.check_validation(fold, kept_validation["target"], data.folds)  # as check_splits_apart: the net
+    scorable.check_training(pd.concat([kept_training["target"]] + [f["target"] for f in external_frames.values()]),
+                            f"fold {fold}'s training images")
 
     repeats = {s.name: s.repeats for s in sets}
     # train.upsample_malignant repeats malignant competition images (pipeline.train_dataset)

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, layout, metrics, progress, run_results, seeds
+from melanoma.core import io_utils, layout, metrics, progress, run_config, run_results, seeds
 from melanoma.core.errors import DataError
 from melanoma.core.tables import first_few
 from melanoma.predict import submission as submission_lib
@@ -153,12 +153,13 @@ def default_name(method: str, members: list[run_results.Member]) -> str:
 
 def blend(specs: list[str], method: str = "mean", name: str | None = None,
           iterations: int = DEFAULT_ITERATIONS, force: bool = False, allow_partial: bool = False,
-          seeds_per_config: int | None = None) -> dict:
+          seeds_per_config: int | None = None, allow_mixed: bool = False) -> dict:
     """Blend the runs of `specs` (configs or run folders; with `seeds_per_config` N, each config's N seed
     runs); writes the outputs and returns a summary."""
     if name is not None:  # a name inside output_dir, checked before any work
         config_lib.check_name(name if name.startswith("blend-") else f"blend-{name}", "--name")
-    members = _check_members(seed_members(specs, seeds_per_config), method, allow_partial)
+    mixed: list[str] = []
+    members = _check_members(seed_members(specs, seeds_per_config, allow_mixed, mixed), method, allow_partial)
     folds_used, expected = shared_folds(members)
     base, matrix, notes = align_members(members, folds_used)
     target = base["target"].to_numpy()
@@ -171,12 +172,14 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
     name = name or default_name(method, members)
     if not name.startswith("blend-"):
         name = f"blend-{name}"
+    if mixed and not name.endswith(seeds.MIXED_SUFFIX):  # seed runs of other settings: said in the name
+        name += seeds.MIXED_SUFFIX
     config_lib.check_name(name, "--name")
     stem = os.path.splitext(layout.submission_name(name, folds_used, expected))[0]  # + -folds... when partial
     submission_lib.partial_rule(f"blend {name}", folds_used, expected,
                                 os.path.join(submission_dir, f"{stem}.csv"), allow_partial,
                                 "train every run's folds {missing}")
-    summary.update(name=stem, folds_expected=expected)
+    summary.update(name=stem, folds_expected=expected, mixed=mixed)
     folder = os.path.join(output_dir, stem)
     oof = base.assign(pred=blended)[["image_name", "patient_id", "target", "pred", "fold"]]
 
@@ -215,10 +218,13 @@ def shared_folds(members: list[run_results.Member]) -> tuple[list[int], int]:
     return shared, expected.pop()
 
 
-def seed_members(specs: list[str], count: int | None) -> list[str]:
+def seed_members(specs: list[str], count: int | None, allow_mixed: bool = False,
+                 mixed: list[str] | None = None) -> list[str]:
     """--seeds N: each config among `specs` stands for its N seed runs' folders (core/seeds.py); a run
-    folder stays itself."""
-    if not count:
+    folder stays itself. A config's seed runs must be one experiment (as trained), unless `allow_mixed`:
+    then how they differ is added to `mixed`."""
+    mixed = [] if mixed is None else mixed
+    if count is None:  # (0 is refused below, as train and infer refuse it)
         return list(specs)
     seeds.check_count(count)
     expanded = []
@@ -227,12 +233,15 @@ def seed_members(specs: list[str], count: int | None) -> list[str]:
             expanded.append(spec)
             continue
         config = config_lib.load_config(spec)
+        trained = []
         for given in seeds.seed_runs(config, count, []):
             folder = layout.run_dir(config_lib.load_config(spec, given))
             if not os.path.isdir(folder):
                 raise FileNotFoundError(f"seed run {folder} of {spec} not found: train it first (python train.py "
                                         f"--config {spec} --seeds {count})")
             expanded.append(folder)
+            trained.append(run_config.load_run_config(spec, given, quiet=True))
+        mixed.extend(seeds.check_one_experiment(trained, allow_mixed, f"the seed runs of {spec}"))
     return expanded
 
 
@@ -277,7 +286,8 @@ def _blend_oof(method: str, members: list[run_results.Member], matrix: np.ndarra
     summary["below_best_member"] = summary["auc"] < best["auc"]
     if summary["below_best_member"]:
         summary["warning"] = (f"the blend's OOF AUC {summary['auc']:.4f} is below its best member's, {best['name']} "
-                              f"({best['auc']:.4f}): it adds nothing; submit that run alone, or try --method rank")
+                              f"({best['auc']:.4f}): it adds nothing; submit that run alone"
+                              + (", or try --method rank" if method != "rank" else ""))
     return summary, blended, weights
 
 
@@ -338,13 +348,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="with folds missing in a run, blend the folds every run has into <blend>-folds<K>_<K>")
     parser.add_argument("--seeds", type=int, metavar="N",
                         help="each CONFIG stands for its N seed runs <name>-s0 .. <name>-s<N-1> (train.py --seeds N)")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="with --seeds: blend seed runs trained with other settings too (the name ends -mixed)")
 
 
 def command(args: argparse.Namespace) -> int:
     if args.iterations < 1:
         raise DataError(f"--iterations must be at least 1, got {args.iterations}")
     summary = blend(args.configs, args.method, args.name, args.iterations, args.force, args.allow_partial,
-                    args.seeds)
+                    args.seeds, args.allow_mixed)
     for note in summary["notes"] + ([summary["warning"]] if summary.get("warning") else []):
         print(f"warning: {note}", file=sys.stderr)
     for member in summary["members"]:

@@ -366,6 +366,7 @@ def command(args: argparse.Namespace) -> int:
     if args.labels:
         return labels_command(args)
     frame = tables.read_oof(args.oof_csv)
+    tables.check_probabilities(frame, args.oof_csv)
     # outputs/<name>/oof.csv: the folds' per-epoch predictions are in the sibling fold<K>/ folders
     run_dir = os.path.dirname(os.path.abspath(args.oof_csv)) if not io_utils.is_remote(args.oof_csv) \
         else os.path.dirname(args.oof_csv)

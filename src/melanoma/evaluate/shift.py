@@ -233,11 +233,17 @@ def draw(table: pd.DataFrame, summary: dict, path: str) -> None:
     plots.save(figure, path)
 
 
+def shift_only(names: list[str]) -> bool:
+    """A folder `shift` wrote before folders carried their writer's marker: its four files only."""
+    own = {"importance.csv", "shift.png", "shift.json"} | {likeness_file(between) for between in BETWEEN}
+    return set(names) <= own
+
+
 def write_outputs(result: dict, folder: str, between: str) -> dict:
     """Every file of the comparison into `folder`, whole or not at all; returns the paths."""
     names = {"likeness": likeness_file(between), "importance": "importance.csv", "figure": "shift.png",
              "summary": "shift.json"}
-    with io_utils.folder_written_whole(folder) as temporary:
+    with io_utils.folder_written_whole(folder, command="shift", own=shift_only) as temporary:
         io_utils.write_csv_atomic(result["likeness"], os.path.join(temporary, names["likeness"]))
         io_utils.write_csv_atomic(result["importance"], os.path.join(temporary, names["importance"]))
         draw(result["likeness"], result["summary"], os.path.join(temporary, names["figure"]))
@@ -268,7 +274,8 @@ def format_shift(summary: dict) -> str:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML: its records and features section")
-    parser.add_argument("--between", default="train,test", choices=tuple(BETWEEN),
+    # the pairs hold commas: argparse's {a,b,...} would list four names, as if any two paired
+    parser.add_argument("--between", default="train,test", choices=tuple(BETWEEN), metavar=" | ".join(BETWEEN),
                         help="the two sets: the training and test records (default), or the competition's training "
                              "records and data.external_files")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
@@ -287,6 +294,7 @@ def command(args: argparse.Namespace) -> int:
     preflight.check_inputs(config, "train")  # every records glob the sets come from, before any is read
     parent = os.path.dirname(os.path.abspath(folder))
     preflight.check_writable({"--out" if args.out else "config key 'output_dir'": parent})
+    io_utils.check_replaceable(folder, "shift", shift_only)  # before the work, not after it
     result = adversarial_validation(config, args.between, args.folds, args.bootstrap, args.seed,
                                     progress=not args.json)
     write_outputs(result, folder, args.between)

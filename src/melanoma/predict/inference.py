@@ -166,6 +166,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, metavar="N",
                         help="predict the config's N seed runs <name>-s0 .. <name>-s<N-1> (train.py --seeds N) and "
                              "write their mean: submissions/<name>-seeds.csv, outputs/<name>-seeds/")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="with --seeds: average seed runs trained with other settings too, into <name>-seeds-mixed")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -210,13 +212,16 @@ def infer_seeds(args: argparse.Namespace) -> int:
     (seed_ensemble). Every seed run is checked to be there before the first predicts."""
     base = checked_config(args, args.set)
     runs = seeds.seed_runs(base, args.seeds, args.set)
+    seed_runs = []
     for given in runs:
         checked_config(args, given)
         try:
-            seed_run = run_config.load_run_config(args.config, given, quiet=True)
+            seed_runs.append(run_config.load_run_config(args.config, given, quiet=True))
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{error} with --seeds {args.seeds}") from None
-        pseudo_labels.check_unchanged(seed_run, "infer")
+        pseudo_labels.check_unchanged(seed_runs[-1], "infer")
+    # as trained (each run's saved config), before any predicts
+    mixed = seeds.check_one_experiment(seed_runs, args.allow_mixed, f"the seeds' mean of {base.name}")
     if not environment.is_chief():
         print("inference runs on the chief alone; nothing to do here")
         return 0
@@ -227,5 +232,6 @@ def infer_seeds(args: argparse.Namespace) -> int:
               f"written; train every fold of every seed (python train.py --config ... --seeds {args.seeds})",
               file=sys.stderr)
         return 0
-    seed_ensemble.write(base, [config for config, _ in done], [path for _, path in done], force=args.force)
+    seed_ensemble.write(base, [config for config, _ in done], [path for _, path in done], force=args.force,
+                        mixed=mixed)
     return 0

@@ -24,10 +24,12 @@ from melanoma.core.errors import CheckFailed, ConfigError
 from melanoma.predict import submission
 
 
-def write(base: Config, configs: list[Config], submissions: list[str], force: bool = False) -> str:
+def write(base: Config, configs: list[Config], submissions: list[str], force: bool = False,
+          mixed: list[str] | None = None) -> str:
     """Write the seeds' mean of `configs` (the seed runs of `base`, each with its full `submissions` file);
-    returns the ensemble's submission path."""
-    name = seeds.ensemble_name(base.name)
+    returns the ensemble's submission path. `mixed`: how the runs differ (--allow-mixed), said in the
+    name (<name>-seeds-mixed) and the record."""
+    name = seeds.ensemble_name(base.name, mixed=bool(mixed))
     folder = os.path.join(base.output_dir, name)
     if io_utils.exists(os.path.join(folder, layout.CONFIG_FILE)):
         raise ConfigError(f"{folder} is a trained run, not the seeds' mean of {base.name}: rename that run, or "
@@ -40,6 +42,7 @@ def write(base: Config, configs: list[Config], submissions: list[str], force: bo
     submission.write_submission(test, path, sample_path=sample, force=force)
     folds = sorted(set(oof["fold"].tolist()))
     submission.write_record(path, {"config": name, "run": folder, "family": "seeds", "method": "mean",
+                                   "mixed": list(mixed or []),
                                    "members": [member.name for member in members], "folds": folds,
                                    "folds_expected": base.data.folds, "sample_submission": sample})
     io_utils.write_csv_atomic(oof, os.path.join(folder, layout.OOF))
@@ -49,7 +52,8 @@ def write(base: Config, configs: list[Config], submissions: list[str], force: bo
                            "auc": metrics.auc(member.oof["target"], member.oof["pred"])}
                           for member, config in zip(members, configs)],
               "weights": {member.name: 1 / len(members) for member in members},
-              "folds": folds, "folds_expected": base.data.folds, "auc": auc, "submission": path}
+              "folds": folds, "folds_expected": base.data.folds, "auc": auc, "submission": path,
+              "mixed": list(mixed or [])}
     # blend.json last: it says what the folder holds
     io_utils.write_text_atomic(os.path.join(folder, layout.BLEND_FILE), json.dumps(record, indent=2) + "\n")
     shown = ", ".join(f"{member['name']} {member['auc']:.4f}" for member in record["members"])

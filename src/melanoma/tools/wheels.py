@@ -169,14 +169,15 @@ def finish(folder: str, steps: dict, removed: list[str], freeze_path: str | None
 
 def check_out(out: str) -> None:
     """--out is replaced whole: absent, empty, or a folder of wheels written here before."""
-    if not os.path.exists(out):
-        return
-    if not os.path.isdir(out):
-        raise ConfigError(f"--out {out} is a file; give a folder")
-    others = [name for name in os.listdir(out) if not OWN_FILES.match(name)]
-    if others:
-        raise ConfigError(f"--out {out} holds other things than wheels ({', '.join(sorted(others)[:3])}); it is "
-                          "replaced whole: give a folder of its own")
+    io_utils.check_replaceable(out, WRITER, wheels_only)
+
+
+WRITER = "wheels"  # the marker's name for this tool (python -m melanoma.tools.wheels)
+
+
+def wheels_only(names: list[str]) -> bool:
+    """A folder of wheels written before folders carried their writer's marker."""
+    return all(OWN_FILES.match(name) for name in names)
 
 
 def write_wheels(out: str, freeze_path: str | None = None) -> dict:
@@ -184,7 +185,7 @@ def write_wheels(out: str, freeze_path: str | None = None) -> dict:
     freeze = read_freeze(freeze_path) if freeze_path else None
     requirements = notebook.project_requirements(os.path.join(REPO, "pyproject.toml"), [])
     steps = gather_plan(requirements, freeze)
-    with io_utils.folder_written_whole(out) as folder:
+    with io_utils.folder_written_whole(out, command=WRITER, own=wheels_only) as folder:
         project_wheel(folder)
         gather(folder, steps, freeze if freeze is not None else this_environment())
         manifest = finish(folder, steps, prune(folder, freeze), freeze_path)

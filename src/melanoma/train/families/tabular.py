@@ -127,10 +127,11 @@ class Training:
 
         if config.data.external_files:
             print("note: the tabular model uses the competition records only; data.external_files is ignored")
-        if config.data.pseudo_labels:  # the source predicts these test images, on these folds (before any fold)
-            from melanoma.data import fold_data  # (TensorFlow, as above: the records' tables)
+        # every fold can be scored, and (pseudo-labels) the source predicts these test images on these folds,
+        # before any fold's features are built
+        from melanoma.data import fold_data  # (TensorFlow, as above: the records' tables)
 
-            fold_data.check_splits_apart(tree_model.competition_only(config))
+        fold_data.check_splits_apart(tree_model.competition_only(config))
         self.table, self.fold_data = tree_model.prepare(config)
 
     def fit_fold(self, config: Config, fold: int) -> dict:

@@ -20,7 +20,7 @@ import os
 from melanoma.core import io_utils, layout
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
-from melanoma.data import record_format, sampling
+from melanoma.data import record_format, sampling, scorable
 from melanoma.input import tbp_features, tbp_table
 from melanoma.train.families import tabular
 from melanoma.train.families.family import Family
@@ -92,6 +92,8 @@ class Training:
 
     def __init__(self, config: Config):
         self.table = tbp_table.training_rows(config)
+        frame = self.table.frame  # every fold can be scored, before any is fitted
+        scorable.check_folds(frame["target"], frame["part"] % config.data.folds, config.data.folds)
         print(f"tbp_trees: {len(self.table.frame)} training rows, {len(self.table.columns)} features")
 
     def fit_fold(self, config: Config, fold: int) -> dict:

@@ -1,0 +1,43 @@
+"""Answers that used to mislead now say what is true: score on a run folder points at oof.csv, shift's usage
+lists the pairs it compares, bad validation weights name their images, and a single part is not answered
+with "set data.folds to at most 1"."""
+from __future__ import annotations
+
+import pytest
+
+from melanoma import cli
+from melanoma.core import config as config_lib
+from melanoma.core import validation_weights
+from melanoma.core.errors import ConfigError, DataError
+from melanoma.data import preflight
+
+
+def test_score_on_a_run_folder_points_at_its_oof(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "oof.csv", "blend.json"):
+        (run / name).write_text("x\n")
+    assert cli.main(["score", str(run)]) == 2
+    assert f"give {run / 'oof.csv'}?" in capsys.readouterr().err
+
+
+def test_shifts_usage_lists_the_pairs_it_compares(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["shift", "--help"])
+    out = capsys.readouterr().out
+    assert "train,test | competition,external" in out and "{train,test,competition,external}" not in out
+
+
+def test_likeness_out_of_range_names_the_images(tmp_path):
+    path = tmp_path / "test_likeness.csv"
+    path.write_text("image_name,set,likeness\nISIC_1,train,0.2\nISIC_2,train,1.5\nISIC_3,test,0.9\n")
+    with pytest.raises(DataError, match=r"\(images ISIC_2\)"):
+        validation_weights.read_likeness(str(path))
+
+
+def test_one_part_is_not_answered_with_at_most_one_fold(tmp_path):
+    (tmp_path / "train00-5.tfrec").write_bytes(b"")
+    config = config_lib.load_config("configs/demo.yaml", [f"data.train_files={tmp_path}/train*.tfrec", "data.folds=2"])
+    with pytest.raises(ConfigError) as refused:
+        preflight.check_folds(config, [0, 1])
+    assert "at most 1" not in str(refused.value) and "build records with more parts" in str(refused.value)
