@@ -343,3 +343,30 @@ def test_score_of_valid_csv_is_exact(tmp_path, rows):
         warnings.simplefilter("ignore", scoring.ScoreWarning)
         result = scoring.score_oof(tables.read_oof(str(path)), bootstrap=10)
     assert result["auc"] == roc_auc_score(frame["target"], frame["pred"])
+
+
+def test_a_fold_of_near_constant_predictions_is_named_collapsed():
+    """A network that collapsed to one output (every prediction within a hair of 0.19) is named as such,
+    in the score's collapsed_folds and its warnings; folds whose predictions spread are not."""
+    frame = make_oof(decimals=None)
+    rows = frame["fold"] == 2
+    frame.loc[rows, "pred"] = 0.19 + 1e-4 * np.random.default_rng(0).random(int(rows.sum()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scoring.ScoreWarning)
+        result = scoring.score_oof(frame, bootstrap=0)
+    assert result["collapsed_folds"] == ["2"]
+    assert any(note.startswith("fold 2 COLLAPSED: near-constant predictions") for note in result["warnings"])
+    healthy = scoring.score_oof(make_oof(decimals=None), bootstrap=0)
+    assert healthy["collapsed_folds"] == []
+
+
+def test_collapse_threshold_sits_between_a_weak_model_and_a_constant():
+    from melanoma.core import metrics
+
+    rng = np.random.default_rng(1)
+    weak = 1 / (1 + np.exp(-(rng.normal(-1.5, 0.3, 500))))  # log-odds std 0.3: weak, but it moves
+    assert metrics.collapse_problem(weak) is None
+    stuck = 1 / (1 + np.exp(-(rng.normal(-1.5, 0.02, 500))))
+    assert "collapsed" in metrics.collapse_problem(stuck)
+    assert metrics.collapse_problem(np.full(10, 0.5)) is not None
+    assert metrics.collapse_problem([0.3]) is None  # one prediction says nothing about spread

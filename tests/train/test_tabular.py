@@ -223,6 +223,10 @@ def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer
     assert len(oof) == len(train_table) and oof["image_name"].is_unique
     reported = float(out.split("OOF AUC over 2 folds: ")[1].split()[0])
     assert reported == round(roc_auc_score(oof["target"], oof["pred"]), 4)
+    summary = json.loads((run / "summary.json").read_text())  # the run's summary: every fold learned
+    assert summary["collapsed_folds"] == [] and set(summary["folds"]) == {"0", "1"}
+    assert summary["oof_auc"] == pytest.approx(roc_auc_score(oof["target"], oof["pred"]), abs=1e-6)
+    assert "COLLAPSED" not in out
 
     assert cli.main(["score", str(run / "oof.csv"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == len(train_table)
@@ -302,3 +306,19 @@ def test_tabular_settings_out_of_range_are_config_errors(tiny_data, tmp_path, se
     assert cli.main(["train", "--config", str(path), "--set", setting]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "outputs" / "tiny").exists()
+
+
+def test_a_run_whose_folds_collapsed_says_so_in_its_log_summary_and_score(tiny_data, tmp_path, capsys):
+    """Trees that cannot move off the prior (one boosting step at a vanishing rate) predict a constant: each
+    fold is named COLLAPSED in the log, in summary.json and by score, not reported like a finished result."""
+    body = tiny_tabular() + "  learning_rate: 1.0e-9\n  importance_repeats: 0\n"
+    path = write_config(tmp_path, tiny_data, body.replace("max_iter: 15", "max_iter: 1"))
+    assert cli.main(["train", "--config", str(path), "--fold", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "fold 0: COLLAPSED: near-constant predictions" in out and "fold 1: COLLAPSED" in out
+    assert "COLLAPSED fold(s) 0, 1: not a finished result" in out
+    run = tmp_path / "outputs" / "tiny"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["collapsed_folds"] == ["0", "1"] and "collapsed" in summary["folds"]["0"]["collapsed"]
+    assert cli.main(["score", str(run / "oof.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["collapsed_folds"] == ["0", "1"]

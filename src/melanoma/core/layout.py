@@ -21,6 +21,7 @@ from melanoma.core.config import Config
 
 CONFIG_FILE = "config.yaml"
 OOF = "oof.csv"
+RUN_SUMMARY = "summary.json"  # written with oof.csv: the OOF AUC, and each fold's AUC and whether it collapsed
 BLEND_FILE = "blend.json"
 REPORT = "report"
 SUPERSEDED = "superseded"

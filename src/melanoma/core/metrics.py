@@ -31,6 +31,28 @@ def binary_log_loss(target, pred, weight=None) -> float:
     return float(-np.average(target * np.log(pred) + (1 - target) * np.log(1 - pred), weights=weight))
 
 
+# A model whose outputs barely move has collapsed to a constant: its logits (log-odds) spread less than
+# this (a standard deviation of 0.1 is odds within about 10% of each other for most images). A model that
+# learned anything, even weakly, spreads its logits by tenths to whole units; a collapsed one by hundredths.
+COLLAPSE_LOGIT_STD = 0.1
+
+
+def logit_spread(pred) -> float:
+    """Standard deviation of the predictions' log-odds (probabilities clipped away from 0 and 1)."""
+    pred = np.clip(np.asarray(pred, dtype=float), 1e-7, 1 - 1e-7)
+    return float(np.std(np.log(pred / (1 - pred)))) if len(pred) else float("nan")
+
+
+def collapse_problem(pred) -> str | None:
+    """Why predictions are near-constant (a network that collapsed to one output), or None when they spread."""
+    spread = logit_spread(pred)
+    if len(np.asarray(pred)) < 2 or not spread < COLLAPSE_LOGIT_STD:
+        return None
+    pred = np.asarray(pred, dtype=float)
+    return (f"near-constant predictions ({pred.min():.4g}..{pred.max():.4g}, log-odds std {spread:.3g} < "
+            f"{COLLAPSE_LOGIT_STD}): the model collapsed to one output")
+
+
 # The ISIC 2024 challenge's metric: the area of the ROC curve above this sensitivity (0 to 1 - it).
 PAUC_MIN_TPR = 0.8
 

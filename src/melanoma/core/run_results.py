@@ -217,8 +217,9 @@ def gather_oof(config: Config) -> str | None:
     for problem in filter(None, problems):
         print(f"warning: {problem}: left out of the OOF; train it again with --force")
     if not all(io_utils.exists(p) for p in paths) or any(problems):
-        if io_utils.exists(target):
-            io_utils.remove(target)
+        for stale in (target, os.path.join(layout.run_dir(config), layout.RUN_SUMMARY)):
+            if io_utils.exists(stale):
+                io_utils.remove(stale)
         return None
     oof = pd.concat([io_utils.read_csv(p) for p in paths], ignore_index=True)
     if oof["image_name"].duplicated().any():
@@ -239,8 +240,33 @@ def report_oof(config: Config, finished) -> None:
         pauc = metrics.partial_auc_above_tpr(oof["target"], oof["pred"])
         weighted = (f"; weighted by test-likeness ({config.data.validation_weighting}): "
                     f"{metrics.auc(oof['target'], oof['pred'], oof['weight']):.4f}" if "weight" in oof else "")
+        summary = write_summary(config, oof)
+        collapsed = [fold for fold, about in summary["folds"].items() if about["collapsed"]]
+        for fold in collapsed:
+            print(f"warning: fold {fold} COLLAPSED: {summary['folds'][fold]['collapsed']}")
+        shown = f"; COLLAPSED fold(s) {', '.join(collapsed)}: not a finished result" if collapsed else ""
         print(f"OOF AUC over {config.data.folds} folds: {auc:.4f} ({len(oof)} images; pauc_tpr80 {pauc:.4f}"
-              f"{weighted}) -> {gathered}")
+              f"{weighted}{shown}) -> {gathered}")
     else:
         missing = [k for k in range(config.data.folds) if not finished(config, k)]
         print(f"folds still to train: {missing}")
+
+
+def write_summary(config: Config, oof: pd.DataFrame) -> dict:
+    """The run's summary.json beside its oof.csv: the OOF AUC, and each fold's AUC, the spread of its
+    predictions' log-odds and, for a fold whose network collapsed to a near-constant output, why."""
+    folds = {}
+    for fold, rows in oof.groupby("fold", sort=True):
+        folds[str(fold)] = {"auc": _number(metrics.auc(rows["target"], rows["pred"])),
+                            "logit_std": _number(metrics.logit_spread(rows["pred"])),
+                            "collapsed": metrics.collapse_problem(rows["pred"])}
+    summary = {"name": config.name, "oof_auc": _number(metrics.auc(oof["target"], oof["pred"])),
+               "images": int(len(oof)), "folds": folds,
+               "collapsed_folds": [fold for fold, about in folds.items() if about["collapsed"]]}
+    io_utils.write_text_atomic(os.path.join(layout.run_dir(config), layout.RUN_SUMMARY),
+                               json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _number(value: float) -> float | None:
+    return None if not np.isfinite(value) else round(float(value), 6)

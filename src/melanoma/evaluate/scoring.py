@@ -80,7 +80,8 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
     fold with one class), auc_unselected, auc_own_best, selection_gain, epoch_selection and
     unselected_reason (see `selection`; from `run_dir`'s fold<K>/val_epochs.csv, or a `selection`
     already computed), n, n_positive, n_patients, excluded (non-competition rows dropped), bootstrap,
-    seed and warnings (also issued as ScoreWarning).
+    seed, collapsed_folds (folds whose predictions are near-constant: metrics.collapse_problem) and
+    warnings (also issued as ScoreWarning).
     """
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be 0 or more, got {bootstrap}")
@@ -122,6 +123,8 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
         "excluded": excluded,
         "bootstrap": int(bootstrap),
         "seed": int(seed),
+        "collapsed_folds": [str(fold) for fold, rows in frame.groupby("fold", sort=True)
+                            if metrics.collapse_problem(rows["pred"])],
         "warnings": notes,
     }
 
@@ -150,6 +153,9 @@ def _fold_scores(frame: pd.DataFrame, notes: list[str]) -> tuple[dict[str, float
         else:
             folds[str(fold)] = metrics.auc(rows["target"], rows["pred"])
             folds_pauc[str(fold)] = metrics.partial_auc_above_tpr(rows["target"], rows["pred"])
+        collapsed = metrics.collapse_problem(rows["pred"])
+        if collapsed:
+            notes.append(f"fold {fold} COLLAPSED: {collapsed}")
     return folds, folds_pauc
 
 
