@@ -96,6 +96,25 @@ demo-2024: install $(DEMO_2024)/records/records.json ## ISIC 2024 on generated d
 	$(PY) -m melanoma score outputs/isic2024_stack/oof.csv --json
 	@echo "submission: submissions/submission.csv (isic_id,target; trees alone: submissions/isic2024_tabular.csv, CNN alone: submissions/isic2024_cnn.csv); hidden labels: $(DEMO_2024)/test_labels.csv"
 
+# ISIC 2017 Part 3 (real dermoscopy images, public test labels): ISIC2017=<the challenge's folder>
+ISIC2017 ?= ../shared/data/isic2017
+ISIC2017_RECORDS := input/isic2017/records
+.PHONY: isic2017
+
+$(ISIC2017_RECORDS)/records.json: | $(INSTALLED)
+	$(PY) -m melanoma records --isic2017 "$(ISIC2017)" --out $(ISIC2017_RECORDS) --size 256
+
+isic2017: install $(ISIC2017_RECORDS)/records.json ## ISIC 2017 (ISIC2017=its folder): records -> Lite0 CNN -> trees stacked on it -> OOF scores -> test AUC
+	$(PY) train.py --config configs/isic2017_lite0.yaml $(SETARG)
+	$(PY) infer.py --config configs/isic2017_lite0.yaml $(SETARG)
+	$(PY) train.py --config configs/isic2017_stack.yaml $(SETARG)
+	$(PY) infer.py --config configs/isic2017_stack.yaml $(SETARG)
+	$(PY) -m melanoma score "$$($(PY) -m melanoma run-dir --config configs/isic2017_lite0.yaml $(SETARG))/oof.csv"
+	$(PY) -m melanoma score "$$($(PY) -m melanoma run-dir --config configs/isic2017_stack.yaml $(SETARG))/oof.csv"
+	@echo "test labels, read once per finished recipe (never to choose one):"
+	$(PY) -m melanoma score submissions/isic2017_lite0.csv --labels $(ISIC2017_RECORDS)/test_labels.csv
+	$(PY) -m melanoma score submissions/isic2017_stack.csv --labels $(ISIC2017_RECORDS)/test_labels.csv
+
 TEST_WORKERS ?= 2
 test: install $(SERVE_INSTALLED) ## fast tests in TEST_WORKERS processes (about 7.5 minutes on 2 cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)

@@ -240,7 +240,7 @@ def report_oof(config: Config, finished) -> None:
         pauc = metrics.partial_auc_above_tpr(oof["target"], oof["pred"])
         weighted = (f"; weighted by test-likeness ({config.data.validation_weighting}): "
                     f"{metrics.auc(oof['target'], oof['pred'], oof['weight']):.4f}" if "weight" in oof else "")
-        summary = write_summary(config, oof)
+        summary = write_run_summary(config, oof)
         collapsed = [fold for fold, about in summary["folds"].items() if about["collapsed"]]
         for fold in collapsed:
             print(f"warning: fold {fold} COLLAPSED: {summary['folds'][fold]['collapsed']}")
@@ -252,7 +252,7 @@ def report_oof(config: Config, finished) -> None:
         print(f"folds still to train: {missing}")
 
 
-def write_summary(config: Config, oof: pd.DataFrame) -> dict:
+def write_run_summary(config: Config, oof: pd.DataFrame) -> dict:
     """The run's summary.json beside its oof.csv: the OOF AUC, and each fold's AUC, the spread of its
     predictions' log-odds and, for a fold whose network collapsed to a near-constant output, why."""
     folds = {}
