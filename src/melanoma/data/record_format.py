@@ -45,6 +45,8 @@ MANIFEST = "records.json"
 # What `records` writes into its folder (anything else there means --out is not a records folder).
 OUTPUTS = ("train.csv", "test.csv", "encodings.json", MANIFEST, io_utils.INCOMPLETE_MARKER,
            "sample_submission.csv", "test_labels.csv")  # the last two: a benchmark with public test labels (ISIC 2017)
+# Test records carry no target: given as training data they are the user's mistake, said once, not per record.
+TEST_RECORDS_GIVEN = "these are test records (no target): point data.train_files at the train*.tfrec files"
 HALF_WRITTEN = re.compile(r"^\..+\.tmp-[0-9a-f]{8}\.tfrec$")  # io_utils.temporary_name of a part
 
 
