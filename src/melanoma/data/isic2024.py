@@ -34,9 +34,7 @@ import json
 import math
 import multiprocessing
 import os
-import sys
 import tempfile
-import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -268,12 +266,7 @@ def assign_parts(train: pd.DataFrame, parts: int, seed: int) -> np.ndarray:
     patients = train["patient_id"].where(train["patient_id"].notna(), "image:" + train[ID].astype(str))
     frame = pd.DataFrame({"image_name": train[ID].to_numpy(), "target": train["target"].to_numpy(),
                           "patient_id": patients.to_numpy()})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", folds.FewPatientsWarning)
-        assigned = folds.assign_parts(frame, parts=parts, seed=seed)["part"].to_numpy()
-    for warning in caught:
-        print(f"note: {warning.message}", file=sys.stderr)
-    return assigned
+    return folds.assign_parts_noted(frame, parts=parts, seed=seed)["part"].to_numpy()
 
 
 def test_parts(images: int, parts: int | None) -> np.ndarray:

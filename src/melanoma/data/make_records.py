@@ -44,7 +44,7 @@ def build_records(train_csv: str, test_csv: str | None, train_images: str, test_
     check_tables(train_csv, train, test_csv, test)
     train_out, test_out, encodings = encode_metadata(train, test)
     if "part" not in train_out:
-        train_out["part"] = folds.assign_parts(train, parts=parts, seed=seed)["part"].to_numpy()
+        train_out["part"] = folds.assign_parts_noted(train, parts=parts, seed=seed)["part"].to_numpy()
     folds.check_patient_disjoint(train_out.assign(patient_id=train["patient_id"].to_numpy()), "part")
     written = write_split(train_out, train_images, out_dir, "train", size, workers)
     summary = {"train_files": len(written), "train_images": len(train_out)}
