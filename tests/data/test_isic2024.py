@@ -338,8 +338,8 @@ def test_test_only_converts_the_test_files_alone_with_the_training_codes(downloa
     assert cli.main(["records", "--isic2024", str(download), "--test-only", "--out", str(out), "--encodings",
                      str(converted / "encodings.json"), "--workers", "1"]) == 0
     count = len(pd.read_csv(download / "test-metadata.csv"))
-    assert sorted(path.name for path in out.iterdir()) == ["encodings.json", "records.json", "test.csv",
-                                                           f"test00-{count}.tfrec"]
+    assert sorted(path.name for path in out.iterdir()) == [".written-by", "encodings.json", "records.json",
+                                                           "test.csv", f"test00-{count}.tfrec"]
     alone = read_records(str(out / "test*.tfrec"), "test").set_index("image_name")
     together = read_records(str(converted / "test*.tfrec"), "test").set_index("image_name").loc[alone.index]
     for column in ("image", "sex", "age_approx", "anatom_site_general_challenge"):
