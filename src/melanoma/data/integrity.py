@@ -235,7 +235,8 @@ def without_target(scans: list[FileScan]) -> list[str]:
     """The files none of whose records has a target: test records under a train name, or read as training
     data. One line says so (record_format.TEST_RECORDS_GIVEN), not one per record."""
     return [scan.path for scan in scans
-            if scan.readable and len(scan.bad) == scan.readable and all(MISSING_TARGET in bad.reason for bad in scan.bad)]
+            if scan.readable and len(scan.bad) == scan.readable
+            and all(MISSING_TARGET in bad.reason for bad in scan.bad)]
 
 
 def refuse_test_records(scans: list[FileScan], what: str) -> None:
