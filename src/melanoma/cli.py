@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 0 if not argv else 2
+    args.argv = argv  # the command as typed: `records` keeps it in its manifest, to be rebuilt by it
     return run_guarded(args.run, args)
 
 

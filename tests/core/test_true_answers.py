@@ -41,3 +41,21 @@ def test_one_part_is_not_answered_with_at_most_one_fold(tmp_path):
     with pytest.raises(ConfigError) as refused:
         preflight.check_folds(config, [0, 1])
     assert "at most 1" not in str(refused.value) and "build records with more parts" in str(refused.value)
+
+
+def test_serve_on_a_blend_folder_says_a_blend_has_no_model_and_names_its_member_runs(tmp_path, capsys):
+    """A blend (or a seeds' mean) holds predictions, not a model: serve names the runs to serve instead of
+    advising to train the blend's folder (said before the serve extra is looked for: installing it would
+    not help)."""
+    import json
+
+    blend = tmp_path / "outputs" / "blend-mean-a-b"
+    blend.mkdir(parents=True)
+    runs = [str(tmp_path / "outputs" / name) for name in ("a", "b")]
+    (blend / "blend.json").write_text(json.dumps({"method": "mean", "members": [
+        {"name": "a", "path": runs[0], "auc": 0.8}, {"name": "b", "path": runs[1], "auc": 0.7}]}))
+    (blend / "oof.csv").write_text("image_name,patient_id,target,pred,fold\n")
+    assert cli.main(["serve", "--config", str(blend)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a blend" in err and "not a model" in err, err
+    assert runs[0] in err and runs[1] in err and f"serve --config {runs[0]}" in err and "train.py" not in err

@@ -264,6 +264,23 @@ def test_ids_in_both_train_and_test_are_exit_2(download, tmp_path, capsys):
     assert shared in err and "both the train and the test" in err
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_metadata_csv_without_a_column_the_trees_read_is_refused_when_the_records_are_written(
+        download, tmp_path, capsys, split):
+    """Records are checked for what their consumers need when they are written: a table beside them that
+    the trees could not read is exit 2 naming the columns, before anything is written, not at train time."""
+    from melanoma.input import tbp_features
+
+    assert set(tbp_features.NUMERIC + tbp_features.CATEGORICAL) <= set(isic2024.TREE_COLUMNS)  # no drift
+    broken = copy_download(download, tmp_path / "broken")
+    table = pd.read_csv(broken / f"{split}-metadata.csv")
+    table.drop(columns=["tbp_lv_areaMM2", "tbp_lv_location"]).to_csv(broken / f"{split}-metadata.csv", index=False)
+    assert cli.main(["records", "--isic2024", str(broken), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lacks column(s) tbp_lv_areaMM2, tbp_lv_location" in err and "trees" in err, err
+    assert f"{split}-metadata.csv" in err and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("damage, message", [
     ("no train hdf5", "lacks train-image.hdf5"),
     ("test csv alone", "has test-metadata.csv but not test-image.hdf5"),
@@ -321,8 +338,8 @@ def test_test_only_converts_the_test_files_alone_with_the_training_codes(downloa
     assert cli.main(["records", "--isic2024", str(download), "--test-only", "--out", str(out), "--encodings",
                      str(converted / "encodings.json"), "--workers", "1"]) == 0
     count = len(pd.read_csv(download / "test-metadata.csv"))
-    assert sorted(path.name for path in out.iterdir()) == ["encodings.json", "records.json", "test.csv",
-                                                           f"test00-{count}.tfrec"]
+    assert sorted(path.name for path in out.iterdir()) == [".written-by", "encodings.json", "records.json",
+                                                           "test.csv", f"test00-{count}.tfrec"]
     alone = read_records(str(out / "test*.tfrec"), "test").set_index("image_name")
     together = read_records(str(converted / "test*.tfrec"), "test").set_index("image_name").loc[alone.index]
     for column in ("image", "sex", "age_approx", "anatom_site_general_challenge"):

@@ -125,3 +125,18 @@ def test_records_of_an_empty_or_incomplete_csv_is_one_line(jpeg_data, tmp_path, 
     pd.DataFrame({"image_name": ["a"], "patient_id": ["p"]}).to_csv(jpeg_data / "train.csv", index=False)
     assert cli.main(records_argv(jpeg_data, out)) == 2
     assert "lacks column(s) sex, age_approx" in capsys.readouterr().err
+
+
+def test_fewer_parts_than_asked_is_a_plain_note_not_a_python_warning(jpeg_data, tmp_path, capsys):
+    """The tiny data's 30 patients cannot fill 20 parts: `records` says so in a `note:` line, never in Python's
+    warning format (a source file, a line number and the line of code)."""
+    import warnings
+
+    from melanoma.data import folds
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", folds.FewPatientsWarning)  # one that escaped would fail the command
+        assert cli.main(records_argv(jpeg_data, tmp_path / "records", "--parts", "20")) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("note: ") and "cannot fill 20 parts" in err and err.count("\n") == 1, err
+    assert ".py:" not in err and "Warning" not in err

@@ -92,3 +92,27 @@ def test_a_config_typo_is_reported_before_tensorflow_loads(tmp_path):
                               timeout=120)
         assert done.stdout.split()[-2:] == ["2", "False"], done.stdout + done.stderr
         assert "unknown config key 'train.epochz'" in done.stderr and "did you mean 'train.epochs'" in done.stderr
+
+
+@pytest.mark.parametrize("skip_corrupt", ["false", "true"])
+def test_test_records_given_as_training_files_are_said_to_be_test_records_once(tiny_data, tmp_path, capsys,
+                                                                                monkeypatch, skip_corrupt):
+    """By their names before any work, and by their content (no record has a target) when renamed, with
+    data.skip_corrupt on too: one line saying what they are, exit 2, not a line per record."""
+    from melanoma.model import network as model
+
+    monkeypatch.setattr(model, "build_model", helpers.build_tiny_model)
+    path = write_config(tmp_path, tiny_data)
+    test_file = next(tiny_data["records"].glob("test*.tfrec"))
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for part in (0, 1):  # test records under train names, a part for each fold
+        shutil.copy(test_file, renamed / f"train{part:02d}-{test_file.name.split('-')[1]}")
+    for files in (tiny_data["records"] / "test*.tfrec", renamed / "train*.tfrec"):
+        status = cli.main(["train", "--config", str(path), "--fold", "0", "--set", f"data.train_files={files}",
+                           f"data.skip_corrupt={skip_corrupt}"])
+        err = capsys.readouterr().err
+        assert status == 2, err
+        assert err.count("\n") == 1 and "these are test records (no target): point data.train_files at the " \
+            "train*.tfrec files" in err and "missing feature" not in err, err
+    assert not (tmp_path / "outputs" / "tiny" / "fold0" / "model.keras").exists()

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import snapshot
 from sklearn.metrics import roc_auc_score
 
 from melanoma import cli
-from melanoma.core import metrics, tables
+from melanoma.core import io_utils, metrics, tables
 from melanoma.core.config import load_config
 from melanoma.core.errors import DataError
 from melanoma.evaluate import blend, compare, report, statistics
@@ -379,3 +381,46 @@ def test_blend_refuses_different_images(project, capsys):
     assert cli.main(["blend", first, other, "--name", "../../elsewhere"]) == 2  # a name inside output_dir
     assert "one folder name inside output_dir" in capsys.readouterr().err
     assert not list(project.outputs.glob("blend-*"))
+
+
+def test_blend_over_a_folder_it_did_not_write_is_refused_and_nothing_is_deleted(project, capsys):
+    """A blend replaces only a blend's folder: a trained run's folder or the user's own under the blend's name
+    is exit 2, before any work, and left as it was; a blend's own folder is replaced whole."""
+    first = project.make_run("alpha", 1.4, seed=11)
+    second = project.make_run("beta", 1.0, seed=12)
+    run = project.outputs / "blend-mine"  # a run trained under a name that starts like a blend's
+    shutil.copytree(project.outputs / "alpha", run)
+    notes = project.outputs / "blend-notes"
+    notes.mkdir()
+    (notes / "ideas.md").write_text("keep me")
+    for folder, name in ((run, "mine"), (notes, "notes")):
+        before = snapshot(folder)
+        assert cli.main(["blend", first, second, "--name", name]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(folder) in err and "another --name" in err and "Traceback" not in err
+        assert snapshot(folder) == before
+        assert not (project.submissions / f"blend-{name}.csv").exists()
+    assert cli.main(["blend", first, second, "--name", "ours"]) == 0
+    (project.outputs / "blend-ours" / "stale.csv").write_text("from an earlier version\n")
+    assert cli.main(["blend", first, second, "--name", "ours", "--method", "rank"]) == 0  # its own: replaced whole
+    written = sorted(p.name for p in (project.outputs / "blend-ours").iterdir())
+    assert written == [".written-by", "blend.json", "oof.csv"]
+    assert io_utils.writer_of(str(project.outputs / "blend-ours")) == "blend"
+
+
+def test_report_writes_its_folder_whole_and_refuses_one_it_did_not_write(project, capsys):
+    config = project.make_run("exp", 1.2, seed=1)
+    report_folder = project.outputs / "exp" / "report"
+    report_folder.mkdir()
+    (report_folder / "my-notes.md").write_text("keep me")
+    assert cli.main(["report", config, "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "my-notes.md" in err and "move that folder aside" in err, err
+    assert [p.name for p in report_folder.iterdir()] == ["my-notes.md"]
+    (report_folder / "my-notes.md").unlink()
+    (report_folder / "roc.png").write_bytes(b"an earlier report's")  # from before the marker: its own
+    assert cli.main(["report", config, "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {report_folder / 'roc.png'}" in out and io_utils.writer_of(str(report_folder)) == "report"
+    assert (report_folder / "roc.png").read_bytes() != b"an earlier report's"
+    assert not [p for p in report_folder.parent.iterdir() if p.name.startswith(".report")]  # no temporary left

@@ -244,3 +244,25 @@ def test_synth_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine" and "kept notes.txt" in capsys.readouterr().err
     names = set(pd.read_csv(out / "train.csv")["image_name"])
     assert {p.stem for p in (out / "jpeg" / "train").glob("*.jpg")} == names
+
+
+def test_synth_force_over_records_says_in_one_line_they_are_stale_and_the_exact_command(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """Records built from the old images are not synth's to remove; the last line says they are stale now and
+    gives the `records` command that built them (kept in their manifest), to run again as it is."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["synth", "demo", "--size", "16", "--patients", "6", "--test-patients", "2", "--no-progress"]
+    assert cli.main(argv) == 0
+    built = ["records", "--data", "demo", "--out", "demo/records 16", "--size", "16", "--parts", "3", "--workers", "1"]
+    assert cli.main(built) == 0
+    records = snapshot(tmp_path / "demo" / "records 16")
+    capsys.readouterr()
+    assert cli.main(argv + ["--seed", "1", "--force"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == ("warning: demo/records 16 holds records of the old images, stale now: rebuild them with "
+                       "`python -m melanoma records --data demo --out 'demo/records 16' --size 16 --parts 3 "
+                       "--workers 1`"), err
+    assert not any("kept" in line for line in err)  # said once, in that line
+    assert snapshot(tmp_path / "demo" / "records 16") == records  # kept as it was
+    # the command as printed runs again, over its own folder
+    assert cli.main(built) == 0 and snapshot(tmp_path / "demo" / "records 16") != records

@@ -195,6 +195,18 @@ def test_stacking_refuses_a_run_with_other_folds_or_missing_rows(tmp_path):
             stacking.stacking_features(load_config(path, [f"features.from_runs={runs}"]), names, test_names, ours)
 
 
+def test_stacking_refuses_in_one_line_a_run_of_the_same_images_split_into_another_number_of_folds(tmp_path):
+    """A run trained on the same records with data.folds 3 scored each image out of fold, but its fold 0
+    model trained on rows this 2-fold stack validates on: refused, one line, naming the entry and the key."""
+    path, names, test_names, ours, _ = stacking_inputs(tmp_path)
+    oof = pd.read_csv(tmp_path / "outputs" / "cnn" / "oof.csv")
+    oof["fold"] = oof["patient_id"] % 3
+    oof.to_csv(tmp_path / "outputs" / "cnn" / "oof.csv", index=False)
+    with pytest.raises(ConfigError, match="features.from_runs entry 'cnn': its folds differ") as refused:
+        stacking.stacking_features(load_config(path), names, test_names, ours)
+    assert "\n" not in str(refused.value) and "data.folds" in str(refused.value)
+
+
 def test_tiny_tabular_run_trains_every_fold_and_score_compare_blend_report_infer_accept_it(
         tiny_data, tmp_path, capsys):
     path = write_config(tmp_path, tiny_data, tiny_tabular())

@@ -89,6 +89,7 @@ def skip_corrupt_records(config: Config, fold_data, folder: str):
     fold = fold_data.fold
     paths = sorted({f.path for f in fold_data.train_files + fold_data.valid_files})
     scans = integrity.scan_files(paths, "train", config.data.image_size)
+    integrity.refuse_test_records(scans, f"fold {fold} data")  # test records are no corrupt ones to skip
     rows = [{"file": b.path, "record": b.index + 1, "image_name": b.image_name or "", "reason": b.reason}
             for b in integrity.bad_images(scans)]
     rows += [{"file": scan.path, "record": scan.readable + 1, "image_name": "",

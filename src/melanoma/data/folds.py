@@ -286,6 +286,20 @@ def assign_parts(frame: pd.DataFrame, parts: int = DEFAULT_PARTS, seed: int = DE
     return result
 
 
+def assign_parts_noted(frame: pd.DataFrame, parts: int = DEFAULT_PARTS, seed: int = DEFAULT_SEED) -> pd.DataFrame:
+    """assign_parts for a command (records): a tiny set's fewer parts are said in a plain `note:` line on
+    stderr; Python's warning format (the source file and line) is no business of the user's."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FewPatientsWarning)
+        result = assign_parts(frame, parts=parts, seed=seed)
+    for warning in caught:
+        if issubclass(warning.category, FewPatientsWarning):
+            print(f"note: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return result
+
+
 def assign_folds(frame: pd.DataFrame, folds: int, parts: int = DEFAULT_PARTS, seed: int = DEFAULT_SEED,
                  reassign: bool = False) -> pd.DataFrame:
     """A copy of `frame` with `part` (see assign_parts) and `fold = part % folds`."""

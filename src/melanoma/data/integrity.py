@@ -228,7 +228,27 @@ def bad_images(scans: list[FileScan]) -> list[BadRecord]:
     return [bad for scan in scans for bad in scan.bad]
 
 
+MISSING_TARGET = "missing feature 'target'"
+
+
+def without_target(scans: list[FileScan]) -> list[str]:
+    """The files none of whose records has a target: test records under a train name, or read as training
+    data. One line says so (record_format.TEST_RECORDS_GIVEN), not one per record."""
+    return [scan.path for scan in scans
+            if scan.readable and len(scan.bad) == scan.readable
+            and all(MISSING_TARGET in bad.reason for bad in scan.bad)]
+
+
+def refuse_test_records(scans: list[FileScan], what: str) -> None:
+    """DataError (exit 2) in one line when the scanned training files hold test records (`without_target`)."""
+    files = without_target(scans)
+    if files:
+        raise DataError(f"{what}: {len(files)} file(s) hold records without a target (first: {files[0]}): "
+                        f"{record_format.TEST_RECORDS_GIVEN}")
+
+
 def raise_if_bad(scans: list[FileScan], what: str, hint: str) -> None:
+    refuse_test_records(scans, what)
     bad = [scan for scan in scans if not scan.ok]
     if bad:
         count = sum(scan.skipped for scan in bad)

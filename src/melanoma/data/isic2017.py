@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -305,12 +303,7 @@ def code_tables(tables: Tables) -> dict:
 def assign_parts(train: pd.DataFrame, parts: int, seed: int) -> np.ndarray:
     """Parts as `folds` assigns them, each patient group in one part; a tiny set gets fewer (noted on stderr)."""
     frame = train[["image_name", "patient_id", "target"]]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", folds.FewPatientsWarning)
-        assigned = folds.assign_parts(frame, parts=parts, seed=seed)["part"].to_numpy()
-    for warning in caught:
-        print(f"note: {warning.message}", file=sys.stderr)
-    return assigned
+    return folds.assign_parts_noted(frame, parts=parts, seed=seed)["part"].to_numpy()
 
 
 def build_records(tables: Tables, out_dir: str, size: int, parts: int = folds.DEFAULT_PARTS,

@@ -34,9 +34,7 @@ import json
 import math
 import multiprocessing
 import os
-import sys
 import tempfile
-import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -81,6 +79,9 @@ TRAIN_COLUMNS = (
     + TBP_NUMERIC[:18] + ("tbp_lv_eccentricity", "tbp_lv_location", "tbp_lv_location_simple")
     + TBP_NUMERIC[19:] + ("attribution", "copyright_license") + TRAINING_ONLY)
 TEST_COLUMNS = tuple(column for column in TRAIN_COLUMNS if column not in ("target",) + TRAINING_ONLY)
+# What the trees (model.family tbp_trees, input/tbp_features) read from the tables written beside the
+# records: a metadata CSV without one is refused when the records are written, not at train or infer.
+TREE_COLUMNS = TBP_NUMERIC + CLINICAL_NUMERIC + CATEGORICAL
 # The columns `records` needs (the rest are copied as they are).
 KEY_COLUMNS = {"train": (ID, "patient_id", "target", "sex", "age_approx", "anatom_site_general") + IDDX,
                "test": (ID, "patient_id", "sex", "age_approx", "anatom_site_general")}
@@ -150,6 +151,11 @@ def read_keys(path: str, split: str) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path} lacks column(s) {', '.join(missing)} (found: {', '.join(header[:12])}"
                         f"{' ...' if len(header) > 12 else ''}); is it the ISIC 2024 {split} metadata?")
+    missing = [column for column in TREE_COLUMNS if column not in header]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {', '.join(missing)}, which the trees (model.family tbp_trees) "
+                        f"read from the {split}.csv written beside the records: give the ISIC 2024 {split} metadata "
+                        "with every published column (nothing was written)")
     wanted = [column for column in KEY_COLUMNS[split] if column in header]
     table = io_utils.read_csv(path, usecols=wanted, dtype={column: str for column in wanted if column != "age_approx"})
     if table.empty:
@@ -268,12 +274,7 @@ def assign_parts(train: pd.DataFrame, parts: int, seed: int) -> np.ndarray:
     patients = train["patient_id"].where(train["patient_id"].notna(), "image:" + train[ID].astype(str))
     frame = pd.DataFrame({"image_name": train[ID].to_numpy(), "target": train["target"].to_numpy(),
                           "patient_id": patients.to_numpy()})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", folds.FewPatientsWarning)
-        assigned = folds.assign_parts(frame, parts=parts, seed=seed)["part"].to_numpy()
-    for warning in caught:
-        print(f"note: {warning.message}", file=sys.stderr)
-    return assigned
+    return folds.assign_parts_noted(frame, parts=parts, seed=seed)["part"].to_numpy()
 
 
 def test_parts(images: int, parts: int | None) -> np.ndarray:

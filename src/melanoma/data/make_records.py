@@ -44,7 +44,7 @@ def build_records(train_csv: str, test_csv: str | None, train_images: str, test_
     check_tables(train_csv, train, test_csv, test)
     train_out, test_out, encodings = encode_metadata(train, test)
     if "part" not in train_out:
-        train_out["part"] = folds.assign_parts(train, parts=parts, seed=seed)["part"].to_numpy()
+        train_out["part"] = folds.assign_parts_noted(train, parts=parts, seed=seed)["part"].to_numpy()
     folds.check_patient_disjoint(train_out.assign(patient_id=train["patient_id"].to_numpy()), "part")
     written = write_split(train_out, train_images, out_dir, "train", size, workers)
     summary = {"train_files": len(written), "train_images": len(train_out)}
@@ -109,15 +109,16 @@ def remove_abandoned(out: str) -> None:
 
 
 @contextlib.contextmanager
-def output_folder(out: str, inputs: list[str | None]):
-    """The folder to write into (yielded): checked, then put in place of `out` whole with its manifest."""
+def output_folder(out: str, inputs: list[str | None], argv: list[str] | None = None):
+    """The folder to write into (yielded): checked, then put in place of `out` whole with its manifest
+    (which keeps `argv`, the command as typed)."""
     check_out_folder(out, inputs)
     # written beside --out first (a hidden sibling), then renamed: --out's folder must take files
     preflight.check_writable({"--out": os.path.dirname(os.path.abspath(out)) if io_utils.exists(out) else out})
     remove_abandoned(out)
     with io_utils.folder_written_whole(out, last=MANIFEST, command="records", own=records_only) as folder:
         yield folder
-        write_manifest(folder)
+        write_manifest(folder, argv)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -169,7 +170,7 @@ def convert_source(args: argparse.Namespace) -> dict:
     options = dict(malignant_only=args.malignant_only, parts=args.parts or folds.DEFAULT_PARTS, seed=args.seed,
                    workers=args.workers, encodings_json=args.encodings)
     if args.ham10000:
-        with output_folder(args.out, [args.ham10000, args.encodings]) as folder:
+        with output_folder(args.out, [args.ham10000, args.encodings], getattr(args, "argv", None)) as folder:
             return converters.build_ham10000_records(args.ham10000, folder, args.size or DEFAULT_SIZE, **options)
 
     def raw(explicit, name):
@@ -182,7 +183,7 @@ def convert_source(args: argparse.Namespace) -> dict:
     paths = (raw(args.isic2019_ground_truth, converters.ISIC2019_GROUND_TRUTH),
              raw(args.isic2019_metadata, converters.ISIC2019_METADATA),
              raw(args.isic2019_images, converters.ISIC2019_IMAGES))
-    with output_folder(args.out, list(paths) + [args.encodings]) as folder:
+    with output_folder(args.out, list(paths) + [args.encodings], getattr(args, "argv", None)) as folder:
         return converters.build_isic2019_records(*paths, folder, args.size or DEFAULT_SIZE, **options)
 
 
@@ -200,7 +201,7 @@ def convert_isic2024(args: argparse.Namespace) -> int:
                           "(--encodings goes with --test-only, --parts without it)")
     isic2024.find_layout(args.isic2024, args.test_only)  # a missing file is named before anything else is looked at
     base = read_encodings(args.encodings) if args.encodings else None
-    with output_folder(args.out, [args.isic2024, args.encodings]) as folder:
+    with output_folder(args.out, [args.isic2024, args.encodings], getattr(args, "argv", None)) as folder:
         if args.test_only:
             summary = isic2024.build_test_records(args.isic2024, folder, size=args.size, workers=args.workers,
                                                   test_part_count=args.test_parts, base=base)
@@ -230,7 +231,7 @@ def convert_isic2017(args: argparse.Namespace) -> int:
     if others:
         raise ConfigError(f"--isic2017 takes no {', '.join(others)}: records converts one source at a time")
     tables = isic2017.read_tables(args.isic2017)
-    with output_folder(args.out, [args.isic2017]) as folder:
+    with output_folder(args.out, [args.isic2017], getattr(args, "argv", None)) as folder:
         summary = isic2017.build_records(tables, folder, args.size or DEFAULT_SIZE,
                                          parts=args.parts or folds.DEFAULT_PARTS,
                                          test_parts=args.test_parts or DEFAULT_TEST_PARTS, seed=args.seed,
@@ -300,7 +301,7 @@ def command(args: argparse.Namespace) -> int:
     if test_csv and not args.test_csv and not io_utils.exists(test_csv):
         test_csv = None
     images = pick(args.train_images, "jpeg", "train"), pick(args.test_images, "jpeg", "test")
-    with output_folder(args.out, [train_csv, test_csv, *images]) as folder:
+    with output_folder(args.out, [train_csv, test_csv, *images], getattr(args, "argv", None)) as folder:
         summary = build_records(train_csv, test_csv, *images, folder, args.size or DEFAULT_SIZE,
                                 parts=args.parts or folds.DEFAULT_PARTS, test_parts=args.test_parts or DEFAULT_TEST_PARTS,
                                 seed=args.seed, workers=args.workers)

@@ -117,6 +117,17 @@ def check_inputs(config: Config, for_command: str) -> None:
         raise ConfigError(intro + ":\n  " + "\n  ".join(problems))
 
 
+def check_train_split(config: Config) -> None:
+    """data.train_files names train records. Test records have no target, so training on them would fail
+    on every record with 'missing feature target'; their file names say what they are before any is read."""
+    files = record_format.list_files(config.data.train_files, "data.train_files")
+    test = [os.path.basename(f.path) for f in files if f.split == "test"]
+    if test:
+        shown = ", ".join(test[:2]) + (f" and {len(test) - 2} more" if len(test) > 2 else "")
+        raise ConfigError(f"config key 'data.train_files' = {config.data.train_files!r} matches {shown}: "
+                          f"{record_format.TEST_RECORDS_GIVEN}")
+
+
 # --------------------------------------------------------------------------------------------------
 # folds against parts
 # --------------------------------------------------------------------------------------------------
@@ -178,6 +189,7 @@ def check_training(config: Config, folds: list[int], writes: bool = True) -> Non
     """What `train` checks before any work: the input files, the folds against the parts, and (for the
     process that `writes` the run's files: not the other workers of a cluster) output_dir."""
     check_inputs(config, "train")
+    check_train_split(config)
     check_folds(config, folds)
     if writes:
         check_writable({"config key 'output_dir'": config.output_dir})

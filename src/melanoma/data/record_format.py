@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -45,6 +46,8 @@ MANIFEST = "records.json"
 # What `records` writes into its folder (anything else there means --out is not a records folder).
 OUTPUTS = ("train.csv", "test.csv", "encodings.json", MANIFEST, io_utils.INCOMPLETE_MARKER,
            "sample_submission.csv", "test_labels.csv")  # the last two: a benchmark with public test labels (ISIC 2017)
+# Test records carry no target: given as training data they are the user's mistake, said once, not per record.
+TEST_RECORDS_GIVEN = "these are test records (no target): point data.train_files at the train*.tfrec files"
 HALF_WRITTEN = re.compile(r"^\..+\.tmp-[0-9a-f]{8}\.tfrec$")  # io_utils.temporary_name of a part
 
 
@@ -219,11 +222,27 @@ def write_train_records(table: pd.DataFrame, image_paths: list[str], out_dir: st
     return written
 
 
-def write_manifest(folder: str) -> None:
-    """records.json: every part written, with its image count; written last, so it vouches for them."""
+def write_manifest(folder: str, argv: list[str] | None = None) -> None:
+    """records.json: every part written, with its image count; written last, so it vouches for them. With
+    `argv`, the `records` command that wrote them and where it ran, so that records gone stale (synth --force
+    over their images) can be rebuilt by the exact command (`rebuild_command`)."""
     parts = {os.path.basename(path): parse_file_name(path).count
              for path in io_utils.glob(os.path.join(folder, "*.tfrec"))}
-    io_utils.write_text_atomic(os.path.join(folder, MANIFEST), json.dumps({"files": parts}, indent=1))
+    manifest: dict = {"files": parts}
+    if argv is not None:
+        manifest["made_by"] = {"command": shlex.join(["python", "-m", "melanoma", *argv]), "cwd": os.getcwd()}
+    io_utils.write_text_atomic(os.path.join(folder, MANIFEST), json.dumps(manifest, indent=1))
+
+
+def rebuild_command(folder: str) -> str | None:
+    """The command that wrote the records of `folder` (from its manifest; prefixed with `cd` where it ran
+    elsewhere), or None when the manifest does not say (written before it did, or not by `records`)."""
+    try:
+        made_by = json.loads(io_utils.read_text(os.path.join(folder, MANIFEST)))["made_by"]
+        command, cwd = str(made_by["command"]), str(made_by["cwd"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return command if cwd == os.getcwd() else f"cd {shlex.quote(cwd)} && {command}"
 
 
 def folder_problem(folder: str) -> str | None:

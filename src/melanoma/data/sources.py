@@ -192,8 +192,11 @@ def _read_file(path: str, content_hash: bool, perceptual: bool, bar, skip_corrup
                         except DataError:
                             raise DataError(f"cannot decode image {name} in {path} to hash it") from None
             bar.update(len(names))
+        if skip_corrupt and not columns["image_name"]:  # test records would all be skipped as corrupt
+            integrity.refuse_test_records([integrity.scan_file(path, "train", image_size=None)], f"cannot use {path}")
     except tf.errors.OpError as error:
         scan = integrity.scan_file(path, "train", image_size=None)
+        integrity.refuse_test_records([scan], f"cannot read {path}")  # one line, not one per record
         found = f":\n  {scan.describe()}\n" if not scan.ok else \
             f": {error.message.splitlines()[0]} (a truncated or corrupt TFRecord, or not the public train schema); "
         raise DataError(f"cannot read {path}{found}{integrity.HINT_TRAIN}") from None
@@ -463,7 +466,8 @@ def check_competition_files(files: list[record_format.RecordFile]) -> None:
     by_part: dict[int, list[str]] = {}
     for record_file in files:
         if record_file.split != "train":
-            raise CheckFailed(f"data.train_files matched the {record_file.split} file {record_file.path}")
+            raise DataError(f"data.train_files matched the {record_file.split} file {record_file.path}: "
+                            f"{record_format.TEST_RECORDS_GIVEN}")
         by_part.setdefault(record_file.part, []).append(record_file.path)
     doubled = {part: paths for part, paths in by_part.items() if len(paths) > 1}
     if doubled:

@@ -34,7 +34,7 @@ import pandas as pd
 
 from melanoma.core import config as config_lib
 from melanoma.core import io_utils, layout, metrics, progress, run_config, run_results, seeds
-from melanoma.core.errors import DataError
+from melanoma.core.errors import ConfigError, DataError
 from melanoma.core.tables import first_few
 from melanoma.predict import submission as submission_lib
 
@@ -161,11 +161,6 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
     mixed: list[str] = []
     members = _check_members(seed_members(specs, seeds_per_config, allow_mixed, mixed), method, allow_partial)
     folds_used, expected = shared_folds(members)
-    base, matrix, notes = align_members(members, folds_used)
-    target = base["target"].to_numpy()
-    folds = base["fold"].to_numpy()
-    summary, blended, weights = _blend_oof(method, members, matrix, target, folds, iterations)
-
     first = members[0].config
     output_dir = first.output_dir if first is not None else os.path.dirname(members[0].path)
     submission_dir = first.submission_dir if first is not None else "submissions"
@@ -179,8 +174,16 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
     submission_lib.partial_rule(f"blend {name}", folds_used, expected,
                                 os.path.join(submission_dir, f"{stem}.csv"), allow_partial,
                                 "train every run's folds {missing}")
-    summary.update(name=stem, folds_expected=expected, mixed=mixed)
     folder = os.path.join(output_dir, stem)
+    try:  # before any work
+        io_utils.check_replaceable(folder, "blend", earlier_blend, flag="the blend's folder")
+    except ConfigError as error:
+        raise ConfigError(f"{error}; choose another --name") from None
+
+    base, matrix, notes = align_members(members, folds_used)
+    target = base["target"].to_numpy()
+    summary, blended, weights = _blend_oof(method, members, matrix, target, base["fold"].to_numpy(), iterations)
+    summary.update(name=stem, folds_expected=expected, mixed=mixed)
     oof = base.assign(pred=blended)[["image_name", "patient_id", "target", "pred", "fold"]]
 
     test, sources = _member_test_predictions(members, folds_used, notes)
@@ -191,8 +194,10 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
         summary["submission"] = os.path.join(submission_dir, f"{stem}.csv")
         summary["test_sources"] = sources
     summary["notes"] = notes
-    io_utils.write_csv_atomic(oof, os.path.join(folder, layout.OOF))
-    io_utils.write_text_atomic(os.path.join(folder, layout.BLEND_FILE), json.dumps(summary, indent=2) + "\n")
+    # written whole: a blend's folder replaces only a blend's (a run's or the user's folder is refused)
+    with io_utils.folder_written_whole(folder, command="blend", own=earlier_blend) as written:
+        io_utils.write_csv_atomic(oof, os.path.join(written, layout.OOF))
+        io_utils.write_text_atomic(os.path.join(written, layout.BLEND_FILE), json.dumps(summary, indent=2) + "\n")
     if submission is not None:
         submission_lib.write_submission(submission, summary["submission"], sample_path=sample, force=force,
                                         id_column=str(submission.columns[0]))
@@ -202,6 +207,12 @@ def blend(specs: list[str], method: str = "mean", name: str | None = None,
             "sample_submission": sample})
     summary["folder"] = folder
     return summary
+
+
+def earlier_blend(names: list[str]) -> bool:
+    """A blend's folder from before folders carried their writer's marker: blend.json and oof.csv (and the
+    report of it), never a run's config.yaml or anything of the user's."""
+    return layout.BLEND_FILE in names and set(names) <= {layout.BLEND_FILE, layout.OOF, layout.REPORT}
 
 
 def shared_folds(members: list[run_results.Member]) -> tuple[list[int], int]:

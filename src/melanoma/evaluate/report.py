@@ -33,7 +33,7 @@ import pandas as pd
 from melanoma.core import io_utils, layout, plots
 from melanoma.core import run_config
 from melanoma.core import run_results
-from melanoma.core.errors import DataError
+from melanoma.core.errors import ConfigError, DataError
 from melanoma.evaluate import importance as importance_lib
 from melanoma.evaluate import perclass, scoring
 from melanoma.evaluate import selection as selection_lib
@@ -289,19 +289,33 @@ def make_report(run_path: str, cutoffs=DEFAULT_CUTOFFS, sensitivities=DEFAULT_SE
     pred = frame["pred"].to_numpy()
     table = cutoff_table(target, pred, cutoffs, sensitivities)
 
-    folder = os.path.join(run.path, layout.REPORT)
-    files = _score_outputs(target, pred, score, table, complete, folder, name)
-    confusion = _confusion_outputs(frame, table, folder, name, files)
-    _training_curves_output(run.path, folder, name, files, notes)
-    marks = []
-    if chosen.fold_aucs is not None:
-        path = os.path.join(folder, "epoch_selection.png")
-        marks = plot_epoch_selection(chosen, kept_epochs(run.path, chosen.fold_aucs.columns), path,
-                                     f"epoch choice of {name}")
-        files.append(path)
-    importance = _importance_outputs(run, folder, files, notes)
+    final = os.path.join(run.path, layout.REPORT)
+    # written whole: an earlier report's files never linger beside the new ones, and a folder of the
+    # user's that happens to be called report/ is refused (exit 2), not written into
+    with io_utils.folder_written_whole(final, command="report", own=earlier_report) as folder:
+        files = _score_outputs(target, pred, score, table, complete, folder, name)
+        confusion = _confusion_outputs(frame, table, folder, name, files)
+        _training_curves_output(run.path, folder, name, files, notes)
+        marks = []
+        if chosen.fold_aucs is not None:
+            path = os.path.join(folder, "epoch_selection.png")
+            marks = plot_epoch_selection(chosen, kept_epochs(run.path, chosen.fold_aucs.columns), path,
+                                         f"epoch choice of {name}")
+            files.append(path)
+        importance = _importance_outputs(run, folder, files, notes)
+    files = [os.path.join(final, os.path.relpath(path, folder)) for path in files]
     return {"files": files, "score": score, "cutoffs": table, "notes": notes, "complete": complete,
             "frame": frame, "epoch_marks": marks, "importance": importance, **confusion}
+
+
+# What `report` writes into <run>/report/ (earlier_report: a folder of these alone is a report's).
+REPORT_FILES = {"cutoffs.csv", "score.json", "roc.png", "histograms.png", "training_curves.png",
+                "epoch_selection.png", "per_class.csv", "confusion_matrix.png", layout.IMPORTANCE, "importance.png"}
+
+
+def earlier_report(names: list[str]) -> bool:
+    """A report folder from before folders carried their writer's marker: the report's own files only."""
+    return set(names) <= REPORT_FILES
 
 
 def _score_outputs(target: np.ndarray, pred: np.ndarray, score: dict, table: pd.DataFrame, complete: bool,
@@ -390,6 +404,11 @@ def command(args: argparse.Namespace) -> int:
     run_path = run_config.run_folder_of(args.config, args.overrides)
     if not os.path.isdir(run_path):
         raise FileNotFoundError(f"run folder not found: {run_path} (train the config first)")
+    # before the bootstrap and the figures
+    try:
+        io_utils.check_replaceable(os.path.join(run_path, layout.REPORT), "report", earlier_report, flag="the folder")
+    except ConfigError as error:
+        raise ConfigError(f"{error}; `report` writes {layout.REPORT}/ of the run: move that folder aside") from None
     report = make_report(run_path, args.cutoffs, args.sensitivity, args.bootstrap, args.seed)
     for note in report["notes"]:
         print(f"warning: {note}", file=sys.stderr)

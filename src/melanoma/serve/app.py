@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 
+from melanoma.core import run_config
 from melanoma.core.errors import ConfigError
 from melanoma.serve import predictor as predictor_lib
 from melanoma.serve.predictor import Predictor, RequestError
@@ -254,6 +255,8 @@ def check_port(host: str, port: int) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    # a blend has no model: installing the serve extra would not help, so this is said first
+    predictor_lib.refuse_blend(run_config.run_folder_of(args.config))
     missing = missing_packages()
     if missing:
         print(f"error: serve needs {', '.join(missing)}: install the serve extra with "

@@ -26,7 +26,7 @@ import numpy as np
 from melanoma.core import config as config_lib
 from melanoma.core import io_utils, layout, run_config, run_results
 from melanoma.core.config import Config
-from melanoma.core.errors import DataError
+from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import record_format, taxonomy
 from melanoma.evaluate import report
 from melanoma.train.families import family as family_lib
@@ -66,6 +66,7 @@ def load_run(target: str) -> LoadedRun:
     FileNotFoundError (exit 2) when the run has no saved config or no trained fold.
     """
     run_path = run_config.run_folder_of(target)
+    refuse_blend(run_path)
     if not io_utils.exists(os.path.join(run_path, layout.CONFIG_FILE)):
         raise FileNotFoundError(f"no trained run at {run_path} (no config.yaml): train it first with "
                                 f"`python train.py --config {target} --fold all`")
@@ -78,6 +79,23 @@ def load_run(target: str) -> LoadedRun:
         raise FileNotFoundError(f"no trained fold in {run_path} (no fold<K>/{family.model_file} of a finished "
                                 f"fold): run `python train.py --config {target} --fold all` first")
     return LoadedRun(path=run_path, config=config, folds=folds, served=family.serving(config, run_path, folds))
+
+
+def refuse_blend(run_path: str) -> None:
+    """A blend's folder (blend.json, no config.yaml) holds predictions, not a model: there is nothing to
+    serve or to train there. ConfigError (exit 2) naming its member runs, which can be served."""
+    record_path = os.path.join(run_path, layout.BLEND_FILE)
+    if io_utils.exists(os.path.join(run_path, layout.CONFIG_FILE)) or not io_utils.exists(record_path):
+        return
+    try:
+        members = json.loads(io_utils.read_text(record_path)).get("members") or []
+        paths = [member["path"] if isinstance(member, dict) else str(member) for member in members]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        paths = []
+    named = f" ({', '.join(paths)})" if paths else ""
+    example = f": e.g. `python -m melanoma serve --config {paths[0]}`" if paths else ""
+    raise ConfigError(f"{run_path} is a blend: it holds blended predictions, not a model to serve; serve one of "
+                      f"its member runs{named}{example}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import pandas as pd
 from melanoma.core import io_utils
 from melanoma.core import progress as progress_lib
 from melanoma.core.errors import ConfigError
+from melanoma.data import record_format
 
 TRAIN_COLUMNS = [
     "image_name",
@@ -492,16 +493,18 @@ def synthesize(
 OWN_ENTRIES = ("train.csv", "test.csv", "sample_submission.csv", "test_labels.csv", "jpeg")
 
 
-def prepare_folder(out_dir: str, force: bool = False, own_entries: tuple[str, ...] = OWN_ENTRIES) -> None:
+def prepare_folder(out_dir: str, force: bool = False, own_entries: tuple[str, ...] = OWN_ENTRIES) -> list[str]:
     """OUT must be new or empty, so old and new images never mix; with `force`, what an earlier synth
-    wrote there (`own_entries`) is removed first (other entries are kept, and named)."""
+    wrote there (`own_entries`) is removed first (other entries are kept, and named). Returns the lines to
+    print once the new data is written (`stale_lines`): records built from the old images are not synth's
+    to remove, and nothing may take them for records of the new ones."""
     if not io_utils.exists(out_dir):
-        return
+        return []
     if not io_utils.isdir(out_dir):
         raise ConfigError(f"{out_dir} is a file; give synth a folder")
     entries = [name.rstrip("/") for name in io_utils.listdir(out_dir)]
     if not entries:
-        return
+        return []
     if not force:
         shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
         raise ConfigError(f"{out_dir} is not empty ({shown}); synth writes a whole dataset: give it a new or "
@@ -510,9 +513,26 @@ def prepare_folder(out_dir: str, force: bool = False, own_entries: tuple[str, ..
         if name in entries:
             io_utils.remove_tree(f"{out_dir}/{name}")
     kept = [name for name in entries if name not in own_entries]
-    if kept:
-        print(f"--force: kept {', '.join(kept)} in {out_dir} (not written by synth; anything built from the "
-              "old images, such as records, is stale now)", file=sys.stderr)
+    records = [name for name in kept if records_folder(f"{out_dir}/{name}")]
+    others = [name for name in kept if name not in records]
+    if others:
+        print(f"--force: kept {', '.join(others)} in {out_dir} (not written by synth)", file=sys.stderr)
+    return [stale_line(out_dir, f"{out_dir}/{name}") for name in records]
+
+
+def records_folder(path: str) -> bool:
+    """`records` wrote the folder (its marker), or it holds a records manifest (written before markers)."""
+    return io_utils.isdir(path) and (io_utils.writer_of(path) == "records"
+                                     or io_utils.exists(f"{path}/{record_format.MANIFEST}"))
+
+
+def stale_line(out_dir: str, folder: str) -> str:
+    """One line: `folder`'s records hold the old images, and the exact `records` command that rebuilds them
+    (from their manifest; the usual one where the manifest does not say)."""
+    command = record_format.rebuild_command(folder)
+    how = f"`{command}`" if command else (f"`python -m melanoma records --data {out_dir} --out {folder}` with the "
+                                         "--size and --parts they were built with")
+    return f"warning: {folder} holds records of the old images, stale now: rebuild them with {how}"
 
 
 def format_written(summary: dict) -> str:

@@ -56,9 +56,11 @@ def isic2024_command(args: argparse.Namespace) -> int:
         print("error: --layout isic2024 writes HDF5 files, which need a local folder", file=sys.stderr)
         return 2
     preflight.check_writable({"OUT": out})
-    synth.prepare_folder(out, args.force, synth_isic2024.OWN_ENTRIES)
+    stale = synth.prepare_folder(out, args.force, synth_isic2024.OWN_ENTRIES)
     summary = synth_isic2024.synthesize(out, seed=args.seed, progress=not args.no_progress, **values)
     print(synth_isic2024.format_dataset(summary))
+    for line in stale:  # last, where it is read
+        print(line, file=sys.stderr)
     return 0
 
 
@@ -75,7 +77,9 @@ def command(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     preflight.check_writable({"OUT": args.out})
-    synth.prepare_folder(args.out.rstrip("/") or "/", args.force)
+    stale = synth.prepare_folder(args.out.rstrip("/") or "/", args.force)
     summary = synth.synthesize(args.out, seed=args.seed, progress=not args.no_progress, **values)
     print(synth.format_written(summary))
+    for line in stale:  # last, where it is read
+        print(line, file=sys.stderr)
     return 0
