@@ -61,6 +61,13 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str =
     it follow, unranked). test: "patient" (clustered DeLong) or "image" (per-image DeLong). seeds: runs
     that differ only by seed are one row (seed_groups); False lists each.
     """
+    return compare_paths(run_results.find_runs(directory), bootstrap, seed, by, test, seeds)
+
+
+def compare_paths(paths: list[str], bootstrap: int = 1000, seed: int = 0, by: str = "auc",
+                  test: str = "patient", seeds: bool = True) -> list[dict]:
+    """compare_runs over the run folders `paths` alone: a group of runs (a sweep's) compared among
+    themselves, whatever else their folder of runs holds."""
     if by not in RANK_BY:
         raise DataError(f"--by must be one of {', '.join(RANK_BY)}, got '{by}'")
     if test not in TESTS:
@@ -68,7 +75,6 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str =
     rows: list[dict] = []
     frames: dict[str, pd.DataFrame] = {}
     runs: dict[str, run_results.Run] = {}
-    paths = run_results.find_runs(directory)
     for path in progress.bar(paths, desc="runs", unit="run", disable=len(paths) < 4, leave=False):
         run = runs[path] = run_results.inspect_run(path)
         row = _blank_row(run, test)
