@@ -120,6 +120,15 @@ def test_a_cnn_grid_on_one_fold_trains_predicts_and_ranks_that_fold(tiny_data, t
                      "--bootstrap", "0"]) == 0
     assert capsys.readouterr().out.count("skipped: finished") == 2
 
+    # a fold that stopped after its last epoch but before its OOF: resumed from its state, as train --resume does
+    (tmp_path / "outputs" / names[0] / "fold0" / "oof.csv").unlink()
+    assert cli.main(["sweep", "--config", path, "--grid", "train.lr_max=1e-6,1e-5", "--fold", "0",
+                     "--bootstrap", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert f"sweep 1/2: {names[0]}: training (resuming an interrupted fold)" in printed
+    assert "fold 0: resuming after epoch 1 of 1" in printed
+    assert "skipped: finished" in printed and (tmp_path / "outputs" / names[0] / "fold0" / "oof.csv").is_file()
+
 
 @pytest.mark.parametrize("grid, message", [
     (["tabular.learnig_rate=0.05,0.1"], "--grid tabular.learnig_rate=0.05: unknown config key "

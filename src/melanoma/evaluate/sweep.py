@@ -235,14 +235,15 @@ def train_arguments(args: argparse.Namespace, overrides: list[str], resume: bool
                               seeds=None)
 
 
-def check_runs(args: argparse.Namespace, combos: list[Combination]) -> list[int]:
+def check_runs(args: argparse.Namespace, combos: list[Combination]) -> dict[str, list[int]]:
     """Train's checks before work (train/command.py: the family's, the environment, the folds, the files, a
-    writable output_dir) and infer's (the test files and sample) for every run; returns the folds asked for."""
-    folds: list[int] = []
+    writable output_dir) and infer's (the test files and sample) for every run; returns each combination's
+    folds to train (`--fold all` is every fold of its own data.folds, which a grid may change)."""
+    folds: dict[str, list[int]] = {}
     for combo in combos:
         for overrides, config in combo.runs:
             family = family_lib.lookup(config)
-            folds = train_command.check_before_work(train_arguments(args, overrides), config, family)
+            folds[combo.name] = train_command.check_before_work(train_arguments(args, overrides), config, family)
             check_unclaimed(config, args.config)
             if config.data.test_files:
                 preflight.check_inference(config)
@@ -277,7 +278,8 @@ def sweep_one(args: argparse.Namespace, combo: Combination, folds: list[int], wh
     interrupted one resumed) and its test images predicted. Returns what was done."""
     family = family_lib.lookup(combo.runs[0][1])
     to_train = [(overrides, config) for overrides, config in combo.runs if pending(config, family, folds)]
-    to_predict = [run for run in combo.runs if run in to_train or not predicted(run[1], family)]
+    to_predict = [(overrides, config) for overrides, config in combo.runs
+                  if pending(config, family, folds) or not predicted(config, family)]
     if not to_predict:
         print(f"{where}: skipped: finished")
         return "skipped"
@@ -303,11 +305,12 @@ def sweep_one(args: argparse.Namespace, combo: Combination, folds: list[int], wh
 # --- the table ---------------------------------------------------------------------------------------
 
 
-def sweep_rows(args: argparse.Namespace, combos: list[Combination], folds: list[int]) -> list[dict]:
+def sweep_rows(args: argparse.Namespace, combos: list[Combination], folds: dict[str, list[int]]) -> list[dict]:
     """compare's rows of the sweep's runs alone (seed runs as seed groups with --seeds), each with its
     combination's settings; with --fold K, on fold K's OOF alone."""
     paths = [layout.run_dir(config) for combo in combos for _, config in combo.runs]
-    scored = None if args.fold == "all" else folds  # a sweep of some folds compares their OOF alone
+    # a sweep of some folds (the same for every combination) compares their OOF alone
+    scored = None if args.fold == "all" else next(iter(folds.values()))
     rows = compare.compare_paths([path for path in paths if run_results.is_run_folder(path)],
                                  bootstrap=args.bootstrap, seed=args.seed, seeds=bool(args.seeds), folds=scored)
     owner = {config.name: combo for combo in combos for _, config in combo.runs}
@@ -399,10 +402,10 @@ def command(args: argparse.Namespace) -> int:
     base, combos = resolve(args, grid)
     folds = check_runs(args, combos)
     runs = sum(len(combo.runs) for combo in combos)
-    print(f"sweep of {args.config}: {len(combos)} combination(s), {runs} run(s), fold(s) "
-          f"{','.join(map(str, folds))}; every config checked")
+    print(f"sweep of {args.config}: {len(combos)} combination(s), {runs} run(s), fold(s) {args.fold}; every config "
+          "checked")
     for index, combo in enumerate(combos, start=1):
-        sweep_one(args, combo, folds, f"sweep {index}/{len(combos)}: {combo.name}")
+        sweep_one(args, combo, folds[combo.name], f"sweep {index}/{len(combos)}: {combo.name}")
     if not environment.is_chief():
         return 0
     rows = sweep_rows(args, combos, folds)
@@ -411,7 +414,7 @@ def command(args: argparse.Namespace) -> int:
     print(format_sweep(rows, keys, deterministic))
     if args.fold != "all":
         print(f"scored on fold(s) {args.fold} alone (--fold): fewer images, a wider interval than every fold's OOF")
-    facts = {"config": args.config, "grid": grid, "set": list(args.set), "seeds": args.seeds, "folds": folds,
+    facts = {"config": args.config, "grid": grid, "set": list(args.set), "seeds": args.seeds, "fold": args.fold,
              "deterministic": deterministic,
              "combinations": [{"name": combo.name, "settings": combo.settings,
                                "runs": [config.name for _, config in combo.runs]} for combo in combos]}
