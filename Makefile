@@ -26,11 +26,11 @@ SETARG = $(if $(SET),--set $(SET),)
 DEMO := input/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full train resume infer score report compare blend bench bench-trees serve tensorboard submit leaderboard data wheels clean-demo
+.PHONY: help install demo test test-full train resume infer score report compare sweep blend bench bench-trees serve tensorboard submit leaderboard data wheels clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' FILE=... MSG=... CONFIGS=... METHOD=... PORT=... HOST=... LOGDIR=... TENSORBOARD_PORT=..."
+	@echo "  variables: CONFIG=configs/<name>.yaml FOLD=<k|all> SET='key=value ...' GRID='key=a,b ...' SEEDS=N FILE=... MSG=... CONFIGS=... METHOD=... PORT=... HOST=... LOGDIR=... TENSORBOARD_PORT=..."
 	@echo "  USE_SYSTEM_PYTHON=1 (automatic on Kaggle/Colab): use this Python and its TensorFlow, no .venv/"
 
 # In CI (CI=true) install also brings the serve extra (gradio, fastapi, uvicorn) that the tests use.
@@ -141,6 +141,10 @@ report: install ## ROC, histograms, training curves and cutoff table of CONFIG's
 
 compare: install ## table of OOF AUC across every run in outputs/
 	$(PY) -m melanoma compare outputs
+
+sweep: install ## a grid of settings as runs, trained, predicted, then compared: make sweep CONFIG=... GRID='key=a,b ...' [SEEDS=N]
+	@test -n "$(GRID)" || { echo "usage: make sweep CONFIG=configs/<name>.yaml GRID='tabular.learning_rate=0.05,0.1' [SEEDS=N] [FOLD=k|all] [SET='key=value ...']"; exit 2; }
+	$(PY) -m melanoma sweep --config $(CONFIG) --grid $(GRID) --fold $(FOLD) $(if $(SEEDS),--seeds $(SEEDS),) $(SETARG)
 
 blend: install ## blend runs: make blend CONFIGS="configs/a.yaml configs/b.yaml" METHOD=mean|rank|weights
 	@test -n "$(CONFIGS)" || { echo "usage: make blend CONFIGS='configs/a.yaml configs/b.yaml' [METHOD=rank]"; exit 2; }

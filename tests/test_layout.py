@@ -235,7 +235,7 @@ def test_help_lists_every_command():
     assert result.returncode == 0, result.stderr
     listed = {line.split()[0] for line in result.stdout.splitlines() if line.startswith("    ") and line.split()}
     assert {"synth", "folds", "records", "data", "train", "infer", "score", "compare", "report", "blend",
-            "shift", "validate", "submit", "leaderboard", "describe", "bench", "serve"} <= listed
+            "shift", "validate", "submit", "leaderboard", "describe", "bench", "serve", "sweep"} <= listed
 
 
 def test_the_checks_find_what_they_look_for(tmp_path):
@@ -292,7 +292,7 @@ def test_every_command_loads_without_tensorflow():
         loaded[name] = out.strip()
     assert set(loaded) == {"synth", "folds", "records", "data", "train", "infer", "score", "compare", "report",
                            "blend", "shift", "validate", "submit", "leaderboard", "describe", "bench", "serve",
-                           "run-dir"}
+                           "run-dir", "sweep"}
     # bench measures TensorFlow's pipelines whatever it is asked, so its module may load it; train and infer
     # check the config, the files and the folders first, and load TensorFlow only then (issue: a config typo
     # took 5-12 s to report)

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("melanoma.predict.inference", "TTA + fold ensemble -> submissions/<name>.csv"),
     "score": ("melanoma.evaluate.scoring", "competition AUC of an OOF file"),
     "compare": ("melanoma.evaluate.compare", "table of OOF AUC across runs"),
+    "sweep": ("melanoma.evaluate.sweep", "a grid of settings as runs (trained, predicted), then their comparison"),
     "report": ("melanoma.evaluate.report", "ROC, histograms, curves and cutoff table of a run"),
     "blend": ("melanoma.evaluate.blend", "blend several runs' predictions"),
     "shift": ("melanoma.evaluate.shift", "adversarial validation: how far test (or external) images are from training ones"),

@@ -61,6 +61,14 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str =
     it follow, unranked). test: "patient" (clustered DeLong) or "image" (per-image DeLong). seeds: runs
     that differ only by seed are one row (seed_groups); False lists each.
     """
+    return compare_paths(run_results.find_runs(directory), bootstrap, seed, by, test, seeds)
+
+
+def compare_paths(paths: list[str], bootstrap: int = 1000, seed: int = 0, by: str = "auc",
+                  test: str = "patient", seeds: bool = True, folds: list[int] | None = None) -> list[dict]:
+    """compare_runs over the run folders `paths` alone: a group of runs (a sweep's) compared among
+    themselves, whatever else their folder of runs holds. `folds`: the group was trained on these folds
+    alone (a sweep's --fold), so each run is scored, complete and ranked on their OOF alone."""
     if by not in RANK_BY:
         raise DataError(f"--by must be one of {', '.join(RANK_BY)}, got '{by}'")
     if test not in TESTS:
@@ -68,13 +76,14 @@ def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str =
     rows: list[dict] = []
     frames: dict[str, pd.DataFrame] = {}
     runs: dict[str, run_results.Run] = {}
-    paths = run_results.find_runs(directory)
     for path in progress.bar(paths, desc="runs", unit="run", disable=len(paths) < 4, leave=False):
         run = runs[path] = run_results.inspect_run(path)
         row = _blank_row(run, test)
+        if folds is not None:
+            row["folds"] = len(folds)
         rows.append(row)
         if not run.problem:
-            _score_run(run, row, frames, bootstrap, seed, by)
+            _score_run(run, row, frames, bootstrap, seed, by, folds)
     if seeds:  # the runs that differ only by seed, one row each group
         rows = seed_groups.collapse(rows, runs, frames)
     ranked = _ranked(rows, frames, by, test)
@@ -94,11 +103,15 @@ def _blank_row(run: run_results.Run, test: str) -> dict[str, Any]:
 
 
 def _score_run(run: run_results.Run, row: dict, frames: dict[str, pd.DataFrame], bootstrap: int, seed: int,
-               by: str) -> None:
-    """Fill `row` with the run's scores; keep a complete run's compared predictions in `frames`. A
-    DataError leaves the row an error with the message as its note."""
+               by: str, folds: list[int] | None = None) -> None:
+    """Fill `row` with the run's scores (on `folds` alone where given); keep a complete run's compared
+    predictions in `frames`. A DataError leaves the row an error with the message as its note."""
     try:
         frame, complete, present = run_results.load_run_oof(run)
+        if folds is not None:
+            frame = frame[frame["fold"].isin(folds)].reset_index(drop=True)
+            present = [fold for fold in present if fold in folds]
+            complete = set(folds) <= set(present)
         chosen = selection.epoch_selection(frame, run.path) if complete else selection.Selection(
             reason="incomplete run")
         with warnings.catch_warnings():
