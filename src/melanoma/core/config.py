@@ -146,6 +146,12 @@ class Config(dict):
         return _plain(self)
 
 
+def is_deterministic(config: dict) -> bool:
+    """train.deterministic of a config; a run saved before the key existed was not deterministic (its
+    augmentation drew from generators shared between threads), whatever base.yaml's default now is."""
+    return bool((config.get("train") or {}).get("deterministic", False))
+
+
 def _plain(node: Any) -> Any:
     if isinstance(node, dict):
         return {key: _plain(value) for key, value in node.items()}

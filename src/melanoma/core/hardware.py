@@ -11,6 +11,7 @@ On a cluster every worker runs the same program; the chief alone writes a run's 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -122,6 +123,32 @@ def set_precision(config: Config, strategy: tf.distribute.Strategy) -> str:
     policy = precision_policy(accelerator_name(strategy), bool(config.train.mixed_precision))
     keras.mixed_precision.set_global_policy(policy)
     return policy
+
+
+@contextlib.contextmanager
+def op_determinism(on: bool):
+    """TensorFlow's op determinism on (train.deterministic) or off for the work inside, then as it was.
+
+    The switch is global to the process: restoring it keeps a deterministic fold from turning later work
+    in the same process (another config's fold, a test) into serial tf.data maps, or into errors from
+    random ops that have no seed."""
+    # TensorFlow exports only the switch that turns it on; reading it and turning it off are in the module
+    # behind it (tensorflow/python/framework/config.py, there since TensorFlow 2.8)
+    from tensorflow.python.framework import config as switches
+
+    before = switches.is_op_determinism_enabled()
+    _set_op_determinism(bool(on), switches)
+    try:
+        yield
+    finally:
+        _set_op_determinism(before, switches)
+
+
+def _set_op_determinism(on: bool, switches) -> None:
+    if on:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        switches.disable_op_determinism()
 
 
 def local_replicas(strategy: tf.distribute.Strategy) -> int:

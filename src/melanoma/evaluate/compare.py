@@ -14,6 +14,11 @@ Beside the OOF AUC each run shows `auc_unselected` (each fold at the epoch chose
 see `selection`) and `pauc_tpr80` (ISIC 2024's partial AUC above 80% sensitivity). `--by unselected`
 ranks complete runs by auc_unselected instead, and then compares the runs' unselected predictions.
 
+Under the table, two complete runs whose configs differ in one key only (what binds a run, train.deterministic
+aside) get a line when either was not deterministic (`Family.repeatable`: a CNN run without
+train.deterministic, or saved before the key existed): its own retraining would not give the same
+predictions, so their difference may be noise. Each row's `deterministic` says which runs repeat.
+
 The helpers here (run_results.find_runs, run_results.inspect_run, run_results.load_run_oof) are shared with `report` and `blend`.
 """
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from melanoma.core import progress, run_results
+from melanoma.core import fold_state, progress, run_config, run_results
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.evaluate import scoring, seed_groups, selection
 from melanoma.evaluate.scoring import ScoreWarning, score_oof
@@ -34,6 +39,7 @@ from melanoma.evaluate.statistics import clustered_delong_test, delong_test
 from melanoma.train.families import family as family_lib
 
 RANK_BY = {"auc": "auc", "unselected": "auc_unselected"}
+DETERMINISM_KEY = "train.deterministic"
 TESTS = ("patient", "image")
 
 
@@ -88,6 +94,7 @@ def compare_paths(paths: list[str], bootstrap: int = 1000, seed: int = 0, by: st
         rows = seed_groups.collapse(rows, runs, frames)
     ranked = _ranked(rows, frames, by, test)
     seed_groups.compare_groups(ranked, frames)
+    _note_noise(ranked, runs)
     return ranked
 
 
@@ -99,7 +106,40 @@ def _blank_row(run: run_results.Run, test: str) -> dict[str, Any]:
             "selection_gain": None, "pauc_tpr80": None, "ci95": None,
             "fold_mean": None, "fold_std": None, "n": None, "n_positive": None,
             "delta_best": None, "p_best": None, "p_test": test, "n_common": None,
-            "note": run.problem}
+            "deterministic": _repeatable(run), "noise": [], "note": run.problem}
+
+
+def _repeatable(run: run_results.Run) -> bool | None:
+    """Whether the run's training repeats (its family's answer for its config); None for a blend or a
+    run without a readable config."""
+    if run.blend is not None or run.config is None:
+        return None
+    try:
+        return family_lib.lookup(run.config).repeatable(run.config)
+    except (ConfigError, KeyError, TypeError, AttributeError):  # a config saved by other code
+        return None
+
+
+def _note_noise(rows: list[dict], runs: dict[str, run_results.Run]) -> None:
+    """A note in both rows' `noise` for each pair of complete runs that differ in one bound key (train.deterministic
+    aside) while either was not deterministic (module docstring)."""
+    defaults = run_config.binding(run_config.code_defaults())
+    single = [row for row in rows if row["kind"] == "run" and row["status"] == "complete"
+              and row.get("deterministic") is not None]
+    for index, first in enumerate(single):
+        for second in single[index + 1:]:
+            keys = [key for key, _, _ in fold_state.config_differences(
+                run_config.binding(runs[first["path"]].config), run_config.binding(runs[second["path"]].config),
+                defaults) if key != DETERMINISM_KEY]
+            pair = sorted((first, second), key=lambda row: row["name"])
+            noisy = [row["name"] for row in pair if not row["deterministic"]]
+            if len(keys) != 1 or not noisy:
+                continue
+            who = f"{noisy[0]} was not" if len(noisy) == 1 else "neither was"
+            note = (f"runs {pair[0]['name']} and {pair[1]['name']} differ only in {keys[0]}, but {who} "
+                    "deterministic: the difference may be noise")
+            first["noise"].append(note)
+            second["noise"].append(note)
 
 
 def _score_run(run: run_results.Run, row: dict, frames: dict[str, pd.DataFrame], bootstrap: int, seed: int,
@@ -242,6 +282,8 @@ def format_table(rows: list[dict]) -> str:
     if any(row.get("kind") == "seeds" for row in rows):
         text.append("seeds: a seed group's OOF AUC is its seeds' mean; its p (against a best seed group) compares "
                     "seed means, patients and seeds both sampled")
+    noise = [note for row in rows for note in row.get("noise") or []]
+    text += list(dict.fromkeys(noise))
     return "\n".join(text + seed_groups.format_block(rows))
 
 

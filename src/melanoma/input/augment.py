@@ -18,11 +18,19 @@
 All take uint8 [B, H, W, 3] in 0..255 and return uint8 [B, H, W, 3] in 0..255; each image draws its own
 random parameters. Dermoscopy has no canonical orientation, so flips, transposes and rotations are all
 label-preserving.
+
+Each augmenter is called either with the images alone, drawing from a generator of its own (shared by
+tf.data's parallel calls, so which image gets which draw depends on thread timing), or with `keys` as
+well (int64 [B], one per image: its position in the stream, which the pipeline carries under
+train.deterministic): then each image's parameters come from (the augmenter's seed, its key) alone, so
+the same seed and key give the same image on any thread, in any order, eagerly or inside tf.data.
 """
 from __future__ import annotations
 
 import math
 import os
+import random
+import threading
 
 import numpy as np
 
@@ -36,6 +44,22 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 FLIP_LR, FLIP_UD, TRANSPOSE, AFFINE_ON, ANGLE, SCALE, SHIFT_X, SHIFT_Y = range(8)
 CONTRAST_ON, CONTRAST, BRIGHTNESS, HSV_ON, HUE, SATURATION, SCALE_Y = range(8, 15)
 DRAWS = 15
+
+
+def example_seed(seed: int | None, key) -> int:
+    """One 32-bit seed from (augmenter seed, image key): SeedSequence mixes the two, so that nearby keys
+    (consecutive images) get unrelated streams. A null seed counts as 0."""
+    entropy = [int(seed or 0) % 2 ** 63, int(key) % 2 ** 63]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def example_draws(seed: int | None, keys) -> np.ndarray:
+    """float64 [B, DRAWS] uniform in [0, 1): each row drawn from its image's own seed (`example_seed`)."""
+    keys = np.asarray(keys).reshape(-1)
+    draws = np.empty((len(keys), DRAWS))
+    for row, key in enumerate(keys):
+        draws[row] = np.random.default_rng(example_seed(seed, key)).random(DRAWS)
+    return draws
 
 
 def build_transform(augment_config: Config, seed: int | None = None):
@@ -64,19 +88,43 @@ def build_transform(augment_config: Config, seed: int | None = None):
         steps.append(A.HueSaturationValue(hue_shift_limit=augment_config.hue_shift_limit,
                                           sat_shift_limit=augment_config.saturation_shift_limit,
                                           val_shift_limit=0, p=augment_config.probability))
-    return A.Compose(steps, seed=seed)
+    transform = A.Compose(steps)
+    if seed is not None:
+        seed_transform(transform, seed)
+    return transform
+
+
+def seed_transform(transform, seed: int) -> None:
+    """Seed a Compose with one generator that all its steps draw from in turn. albumentations'
+    Compose(seed=...) gives each step a generator of its own from the same seed, so the steps draw
+    the same numbers: both flips then always happen together (a half turn, never a mirror)."""
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 class BatchAugmenter:
-    """Callable numpy uint8 [B, H, W, 3] -> uint8 [B, H, W, 3], each image augmented independently."""
+    """Callable numpy uint8 [B, H, W, 3] (and optional int64 [B] keys) -> uint8 [B, H, W, 3], each image
+    augmented independently."""
 
     def __init__(self, augment_config: Config, seed: int | None = None):
+        self.augment_config = augment_config
+        self.seed = seed
         self.transform = build_transform(augment_config, seed)
+        # With keys, each thread re-seeds a Compose of its own per image: a shared one, re-seeded by two
+        # threads at once, would hand one image the other's stream.
+        self._local = threading.local()
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray, keys=None) -> np.ndarray:
         out = np.empty_like(images)
-        for index in range(images.shape[0]):
-            out[index] = self.transform(image=images[index])["image"]
+        if keys is None:
+            for index in range(images.shape[0]):
+                out[index] = self.transform(image=images[index])["image"]
+            return out
+        transform = getattr(self._local, "transform", None)
+        if transform is None:
+            transform = self._local.transform = build_transform(self.augment_config)
+        for index, key in enumerate(np.asarray(keys).reshape(-1)):
+            seed_transform(transform, example_seed(self.seed, key))
+            out[index] = transform(image=images[index])["image"]
         return out
 
 
@@ -99,17 +147,18 @@ class OpenCVBatchAugmenter:
         self.affine = bool(self.rotate_limit or self.scale_limit or self.shift_limit)
         self.brightness_contrast = bool(self.brightness_limit or self.contrast_limit)
         self.hue_saturation = bool(self.hue_shift_limit or self.saturation_shift_limit)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.levels = np.arange(256, dtype=np.float32)
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray, keys=None) -> np.ndarray:
         # OpenCV loads only when images are handled here
         import cv2
 
         count, height, width = images.shape[:3]
         if self.transpose and height != width:
             raise ValueError(f"augment.transpose needs square images, got {height}x{width}")
-        draws = self.rng.random((count, DRAWS))
+        draws = self.rng.random((count, DRAWS)) if keys is None else example_draws(self.seed, keys)
         flips = draws[:, [FLIP_LR, FLIP_UD, TRANSPOSE]] < 0.5
         flips[:, :2] &= self.flip
         flips[:, 2] &= self.transpose
@@ -220,15 +269,22 @@ def make_augmenter(augment_config: Config, seed: int | None = None):
     raise ValueError(f"unknown augment.backend '{backend}'; choose one of {', '.join(CHOICES)}")
 
 
-def augment_batch_op(images, augmenter):
+def augment_batch_op(images, augmenter, keys=None):
     """Graph op: apply `augmenter` (of any backend) to a uint8 batch, keeping the static shape. A host
-    augmenter runs through one numpy_function per call; a TFAugmenter is plain graph ops."""
+    augmenter runs through one numpy_function per call; a TFAugmenter is plain graph ops.
+
+    With `keys` (int64 [B], see the module docstring) the op is a pure function of its inputs, and says
+    so (stateful=False): under TensorFlow's op determinism a stateful function would make tf.data run
+    the whole pipeline serially."""
     # TensorFlow takes seconds to load: only the work that needs it pays for it
     import tensorflow as tf
 
     if isinstance(augmenter, TFAugmenter):
-        return augmenter(images)
-    out = tf.numpy_function(augmenter, [images], tf.uint8, stateful=True)
+        return augmenter(images, keys)
+    if keys is None:
+        out = tf.numpy_function(augmenter, [images], tf.uint8, stateful=True)
+    else:
+        out = tf.numpy_function(augmenter, [images, tf.cast(keys, tf.int64)], tf.uint8, stateful=False)
     out.set_shape(images.shape)
     return out
 
@@ -284,8 +340,9 @@ class TFAugmenter:
     def hue_saturation(self) -> bool:
         return bool(self.hue_shift_limit or self.saturation_shift_limit) and self.probability > 0
 
-    def __call__(self, images):
-        """Augment a uint8 batch; the random draws happen here, the transforms in `apply`."""
+    def __call__(self, images, keys=None):
+        """Augment a uint8 batch; the random draws happen here (from `keys` when given: stateless, one
+        stream per image), the transforms in `apply`."""
         # TensorFlow takes seconds to load: only the work that needs it pays for it
         import tensorflow as tf
 
@@ -297,8 +354,21 @@ class TFAugmenter:
             raise ValueError(f"augment.transpose needs square images, got {images.shape[1]}x{images.shape[2]}")
         # Drawn outside the compiled function: XLA would fix the stream of a stateful random op at
         # compile time, and a draw here varies from call to call (and batch to batch in tf.data).
-        draws = tf.random.uniform([tf.shape(images)[0], DRAWS], seed=self.seed)
+        if keys is None:
+            draws = tf.random.uniform([tf.shape(images)[0], DRAWS], seed=self.seed)
+        else:
+            draws = self.keyed_draws(keys)
         return self.apply(images, draws)
+
+    def keyed_draws(self, keys):
+        """float32 [B, DRAWS] uniform in [0, 1): stateless draws, each image's from (seed, its key)."""
+        # TensorFlow takes seconds to load: only the work that needs it pays for it
+        import tensorflow as tf
+
+        seed = tf.constant(int(self.seed or 0), tf.int64)
+        keys = tf.reshape(tf.cast(keys, tf.int64), [-1])
+        return tf.map_fn(lambda key: tf.random.stateless_uniform([DRAWS], seed=tf.stack([seed, key])),
+                         keys, fn_output_signature=tf.float32)
 
     def apply(self, images, draws):
         """The transforms for given draws (uniform [B, DRAWS] in [0, 1)): compiled with XLA when

@@ -4,6 +4,10 @@ Train pipelines read files interleaved, shuffle, repeat and drop the remainder. 
 pipelines read files in order, drop nothing and carry each image's name through to the prediction, so
 predictions are matched to images by name. Each image is decoded once per pass; TTA views are built
 from the decoded image.
+
+Under train.deterministic every map and interleave keeps its order, and each image carries its position
+in the stream (`AUGMENT_KEY`) to the augmenter, which draws that image's parameters from (seed, position)
+alone (input/augment.py): the same seed and files give the same batches, however the threads run.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from melanoma.input import augment
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 2048
 TTA_MODES = config_lib.CHOICES["tta.mode"]
+AUGMENT_KEY = "augment_key"  # an example's position in the training stream (train.deterministic)
+is_deterministic = config_lib.is_deterministic
 
 
 def per_image_train_dataset(paths: list[str], config: Config, batch_size: int, augment_image,
@@ -49,13 +55,14 @@ def per_image_train_dataset(paths: list[str], config: Config, batch_size: int, a
 
 
 def _read(paths: list[str], ordered: bool, seed: int | None = None, keep=None, tags: list[int] | None = None,
-          shard: tuple[int, int] = (1, 0)):
+          shard: tuple[int, int] = (1, 0), deterministic: bool = False):
     """Serialized records; `keep(path, serialized) -> bool` (sources.record_filter) drops records per file.
 
     With `tags` (an int per path: the index of its source), each element is (serialized, tag).
     shard = (workers, index): this worker keeps every workers-th record of each file, starting at
     `index` (a multi-worker cluster's training data: the shards are disjoint, cover every record and
     differ in size by at most one record per file, however few the files are).
+    `deterministic`: files read interleaved (not `ordered`) still give their records in one order.
     """
     workers, index = shard
     if ordered and keep is None and tags is None and workers == 1:
@@ -74,11 +81,12 @@ def _read(paths: list[str], ordered: bool, seed: int | None = None, keep=None, t
     if ordered:
         return files.flat_map(open_file)
     return files.shuffle(len(paths), seed=seed).interleave(
-        open_file, cycle_length=min(len(paths), 16), num_parallel_calls=AUTOTUNE, deterministic=False)
+        open_file, cycle_length=min(len(paths), 16), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
 def _decoded(paths, split: str, image_size: int, ordered: bool, seed=None, cache: bool = False, keep=None,
-             skip_corrupt: bool = False, tags: list[int] | None = None, shard: tuple[int, int] = (1, 0)):
+             skip_corrupt: bool = False, tags: list[int] | None = None, shard: tuple[int, int] = (1, 0),
+             deterministic: bool = False):
     """Parsed examples with decoded images (and `source`, the tag of their file, when `tags` are given).
     skip_corrupt drops records that fail to read, parse or decode (data.skip_corrupt;
     `integrity.scan_files` names them beforehand with the same checks)."""
@@ -89,8 +97,8 @@ def _decoded(paths, split: str, image_size: int, ordered: bool, seed=None, cache
             example["source"] = tag
         return example
 
-    dataset = _read(paths, ordered, seed, keep, tags, shard).map(parse_and_decode, num_parallel_calls=AUTOTUNE,
-                                                           deterministic=ordered)
+    dataset = _read(paths, ordered, seed, keep, tags, shard, deterministic).map(
+        parse_and_decode, num_parallel_calls=AUTOTUNE, deterministic=ordered or deterministic)
     if skip_corrupt:
         dataset = dataset.ignore_errors()
     return dataset.cache() if cache else dataset
@@ -276,12 +284,16 @@ def train_dataset(paths: list[str], config: Config, batch_size: int, seed: int |
     if isinstance(diagnosis_lookup, dict):
         diagnosis_lookup = lookup_per_tag(diagnosis_lookup, names, tags)
     dataset = train_examples(paths, config, seed, keep, diagnosis_lookup, sources, shard, pseudo)
+    keyed = augmenter is not None and is_deterministic(config)
+    if keyed:
+        dataset = dataset.enumerate().map(_with_key, num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if augmenter is not None:
         def apply(batch):
-            batch["image"] = augment.augment_batch_op(batch["image"], augmenter)
+            batch["image"] = augment.augment_batch_op(batch["image"], augmenter,
+                                                      batch[AUGMENT_KEY] if keyed else None)
             return batch
-        dataset = dataset.map(apply, num_parallel_calls=AUTOTUNE)
+        dataset = dataset.map(apply, num_parallel_calls=AUTOTUNE, deterministic=True)
     metadata = config.model.metadata
 
     def to_pair(batch):
@@ -297,6 +309,11 @@ def train_dataset(paths: list[str], config: Config, batch_size: int, seed: int |
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         dataset = dataset.with_options(options)
     return dataset.prefetch(AUTOTUNE)
+
+
+def _with_key(position, example: dict) -> dict:
+    """The example with its position in the stream, the key its augmentation is drawn from."""
+    return {**example, AUGMENT_KEY: position}
 
 
 def train_examples(paths: list[str], config: Config, seed: int | None = None, keep=None, diagnosis_lookup=None,
@@ -316,9 +333,10 @@ def train_examples(paths: list[str], config: Config, seed: int | None = None, ke
     if config.model.head == "diagnosis" and diagnosis_lookup is None:
         raise ValueError("the diagnosis head needs diagnosis_lookup (class index per diagnosis code)")
     names, tags = source_tags(paths, sources)
+    ordered = is_deterministic(config)
     dataset = _decoded(paths, "train", config.data.image_size, ordered=False, seed=seed,
                        cache=bool(config.data.cache), keep=keep,
-                       skip_corrupt=bool(config.data.skip_corrupt), tags=tags, shard=shard)
+                       skip_corrupt=bool(config.data.skip_corrupt), tags=tags, shard=shard, deterministic=ordered)
     upsample = int(config.train.upsample_malignant)
     if upsample > 1:
         # tag 0 is the competition (source_tags)
@@ -330,7 +348,7 @@ def train_examples(paths: list[str], config: Config, seed: int | None = None, ke
     if pseudo is None:
         return dataset.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
     dataset = dataset.map(functools.partial(_weighted, class_weight=pseudo.class_weight),
-                          num_parallel_calls=AUTOTUNE, deterministic=False)
+                          num_parallel_calls=AUTOTUNE, deterministic=ordered)
     labelled = dataset.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
     test = pseudo_examples(pseudo, config, len(names), seed, shard).shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
     share = len(pseudo.names) / (len(pseudo.names) + max(1, pseudo.labelled_images))
@@ -367,9 +385,10 @@ def pseudo_examples(pseudo: PseudoLabelled, config: Config, tag: int, seed: int 
         example["source"] = tf.constant(tag, tf.int64)
         return example
 
+    ordered = is_deterministic(config)
     dataset = _decoded(pseudo.paths, "test", config.data.image_size, ordered=False, seed=seed,
-                       cache=bool(config.data.cache), keep=kept, shard=shard)
-    dataset = dataset.map(labelled, num_parallel_calls=AUTOTUNE, deterministic=False)
+                       cache=bool(config.data.cache), keep=kept, shard=shard, deterministic=ordered)
+    dataset = dataset.map(labelled, num_parallel_calls=AUTOTUNE, deterministic=ordered)
     if config.model.metadata:
         dataset = with_patient_counts(dataset, pseudo.paths, "test")
     return dataset
@@ -392,6 +411,10 @@ def prediction_dataset(paths: list[str], config: Config, split: str, tta_steps: 
     dataset = _decoded(paths, split, config.data.image_size, ordered=True, skip_corrupt=skip_corrupt)
     if metadata:
         dataset = with_patient_counts(dataset, paths, split)
+    # random views under train.deterministic: view v of the image at position i is drawn with key i x V + v
+    keyed = bool(tta_steps) and tta_mode == "random" and is_deterministic(config)
+    if keyed:
+        dataset = dataset.enumerate().map(_with_key, num_parallel_calls=AUTOTUNE, deterministic=True)
 
     def make_views(example):
         image = example["image"]
@@ -400,7 +423,8 @@ def prediction_dataset(paths: list[str], config: Config, split: str, tta_steps: 
         else:
             stack = tf.repeat(image[None], views, axis=0)
             if tta_steps:
-                stack = augment.augment_batch_op(stack, augmenter)
+                keys = example[AUGMENT_KEY] * views + tf.range(views, dtype=tf.int64) if keyed else None
+                stack = augment.augment_batch_op(stack, augmenter, keys)
         example["image"] = stack
         return example
 

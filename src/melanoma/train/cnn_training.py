@@ -14,6 +14,7 @@ import sys
 import time
 
 from melanoma.core import environment, fold_state, hardware, io_utils, kerasapi, layout, metrics, progress
+from melanoma.core import config as config_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.kerasapi import keras
@@ -134,8 +135,15 @@ def train_fold(config: Config, fold: int, resume: bool = False) -> dict:
     """Train fold `fold` of `config`; returns a summary with the fold's OOF AUC.
 
     With `resume`, a fold that was interrupted continues after its last completed epoch, with its model,
-    optimizer state, best checkpoint and history (see `fold_state`)."""
+    optimizer state, best checkpoint and history (see `fold_state`). Under train.deterministic the fold
+    runs with TensorFlow's op determinism on and its input pipeline ordered (input/pipeline.py): the
+    same config, seed and data then give the same model on the same machine."""
     strategy = hardware.get_strategy()  # first: a multi-worker strategy must precede other TF work
+    with hardware.op_determinism(config_lib.is_deterministic(config)):
+        return _train_fold(config, fold, resume, strategy)
+
+
+def _train_fold(config: Config, fold: int, resume: bool, strategy) -> dict:
     precision = hardware.set_precision(config, strategy)
     folder = layout.fold_dir(config, fold)
     state = ready_fold_folder(config, fold, resume)

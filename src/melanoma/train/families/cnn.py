@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from melanoma.core import config as config_lib
 from melanoma.core import environment, fold_state, layout, run_config
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
@@ -87,16 +88,19 @@ class Prediction:
         self.strategy = hardware.get_strategy(cluster=False)
 
     def predict_fold(self, config: Config, fold: int, files: list):
-        # the network and its prediction load TensorFlow: only when a fold predicts
-        from melanoma.model import network, tta_prediction
+        # the network, its prediction and the op switches load TensorFlow: only when a fold predicts
+        from melanoma.core import hardware
+        from melanoma.model import network, tta_prediction  # (TensorFlow, as above)
 
         folder = layout.fold_dir(config, fold)
         with self.strategy.scope():
             model = network.build_model(config, pretrained=False)  # weights come from the checkpoint
             load_checkpoint(model, os.path.join(folder, layout.BEST_MODEL), config, folder)
-        frame = tta_prediction.predict_files(model, [f.path for f in files], config, "test",
-                                             record_format.count_images(files), desc=f"fold {fold} test",
-                                             strategy=self.strategy)
+        # a deterministic run's test predictions repeat too (GPU kernels pinned; random TTA keyed per view)
+        with hardware.op_determinism(config_lib.is_deterministic(config)):
+            frame = tta_prediction.predict_files(model, [f.path for f in files], config, "test",
+                                                 record_format.count_images(files), desc=f"fold {fold} test",
+                                                 strategy=self.strategy)
         return frame[["image_name", "pred"] + taxonomy.class_columns(frame.columns)]  # + p_<CLASS>
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from melanoma.core import config as config_lib
 from melanoma.core import io_utils, layout
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
@@ -87,6 +88,13 @@ class Family:
         run holds for the upload, `image_rgb` the upload itself and `row` the test record's int64
         features (patient_id, sex, age_approx, anatom_site_general_challenge; -1 where unknown)."""
         raise NotImplementedError
+
+    def repeatable(self, config: Config) -> bool:
+        """Whether two trainings of a fold with `config` (one seed, one machine) give the same model, so
+        that a difference between two runs is the difference of their configs and not noise (`compare`
+        says when it may be noise). By default as train.deterministic says; a family that always repeats
+        says so here."""
+        return config_lib.is_deterministic(config)
 
     # --- shared by every family ----------------------------------------------------------------------
 

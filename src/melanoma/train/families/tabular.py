@@ -31,6 +31,11 @@ class Tabular(Family):
     prediction_keys = ("features",)
     resumable = False  # a fold is fitted in one go; an unfinished one is fitted again
 
+    def repeatable(self, config: Config) -> bool:
+        """Always: the features are computed without randomness and the trees draw only from their
+        random_state (seed + fold), in one process (tests/train/test_determinism.py)."""
+        return True
+
     def check(self, config: Config) -> None:
         check_tabular(config)
         check_features(config)

@@ -36,6 +36,10 @@ class TbpTrees(Family):
     prediction_keys = ("features",)
     resumable = False  # a fold is fitted in one go; an unfinished one is fitted again
 
+    def repeatable(self, config: Config) -> bool:
+        """Always, as the tabular trees: tables without randomness, trees and draws seeded (seed + fold)."""
+        return True
+
     def check(self, config: Config) -> None:
         tabular.check_tabular(config)
         runs = config.features.from_runs
