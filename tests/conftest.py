@@ -9,6 +9,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as tabular.py: scikit-learn's threads on a shared CPU
@@ -16,8 +18,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as tabular.py: scikit-lea
 # never into the user's ~/.keras; subprocesses inherit it.
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="melanoma-tests-keras-")
 atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], ignore_errors=True)
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # The competition's real train metadata, beside the checkout (never committed): tests that use it skip

@@ -63,7 +63,8 @@ def write_tiny_records(folder: Path, parts: int = 4, per_part: int = 8, test_ima
             row = {"image_name": f"ISIC_{9000000 + slot:07d}", "patient_id": 100 + slot // 3, "sex": 1,
                    "age_approx": 50, "anatom_site_general_challenge": 2}
             names.append(row["image_name"])
-            writer.write(record_format.serialize_example(lesion_jpeg(rng, slot == 0), row, record_format.TEST_INT_FEATURES))
+            writer.write(record_format.serialize_example(lesion_jpeg(rng, slot == 0), row,
+                                                         record_format.TEST_INT_FEATURES))
     (folder / "encodings.json").write_text(json.dumps({
         "sex": {"female": 0, "male": 1}, "diagnosis": {name: code for code, name in enumerate(DIAGNOSES)}}))
     pd.DataFrame({"image_name": names, "target": 0.0}).to_csv(folder / "sample_submission.csv", index=False)

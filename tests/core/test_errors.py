@@ -71,7 +71,8 @@ def test_numbers_out_of_range_are_refused_naming_the_argument(jpeg_data, tmp_pat
     import pytest
 
     for argv, said in ((records_argv(jpeg_data, tmp_path / "r", "--workers", "0"), "--workers must be at least 1"),
-                       (records_argv(jpeg_data, tmp_path / "r", "--test-parts", "0"), "--test-parts must be at least 1"),
+                       (records_argv(jpeg_data, tmp_path / "r", "--test-parts", "0"),
+                        "--test-parts must be at least 1"),
                        (["folds", "--train-csv", str(jpeg_data / "train.csv"), "--folds", "1", "--out",
                          str(tmp_path / "f.csv")], "--folds must be at least 2")):
         assert cli.main(argv) == 2, argv

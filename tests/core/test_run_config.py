@@ -18,7 +18,6 @@ from melanoma import cli
 from melanoma.core import config as config_lib
 from melanoma.core import progress, run_results
 
-
 # --- 1. a run is bound to its config -----------------------------------------------------------------
 
 

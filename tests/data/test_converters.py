@@ -75,7 +75,8 @@ def isic2019_raw(tmp_path_factory) -> dict:
     lesions[4] = lesions[17] = None
     sites = ["anterior torso", "posterior torso", "lateral torso", "head/neck", "upper extremity",
              "lower extremity", "palms/soles", "oral/genital", None]
-    metadata = pd.DataFrame({"image": names, "age_approx": [20 + 5 * (i % 12) if i != 3 else None for i in range(len(names))],
+    metadata = pd.DataFrame({"image": names,
+                             "age_approx": [20 + 5 * (i % 12) if i != 3 else None for i in range(len(names))],
                              "anatom_site_general": [sites[i % len(sites)] for i in range(len(names))],
                              "lesion_id": lesions,
                              "sex": [["male", "female", None][i % 3] for i in range(len(names))]})

@@ -124,8 +124,9 @@ def test_compare_ranks_complete_runs_and_shows_incomplete_ones_apart(project, ca
 
     poor = by_name["poor"]
     assert poor["delta_best"] < -0.1 and poor["p_best"] < 1e-3 and poor["n_common"] == ROWS
-    _, _, p_value = statistics.clustered_delong_test(oof_of(project, "good")["target"], oof_of(project, "good")["pred"],
-                                                  oof_of(project, "poor")["pred"], oof_of(project, "good")["patient_id"])
+    good_oof, poor_oof = oof_of(project, "good"), oof_of(project, "poor")
+    _, _, p_value = statistics.clustered_delong_test(good_oof["target"], good_oof["pred"], poor_oof["pred"],
+                                                     good_oof["patient_id"])
     assert poor["p_best"] == float(f"{p_value:.3g}")  # DeLong clustered by patient (compare --test patient)
 
     halfway = by_name["halfway"]

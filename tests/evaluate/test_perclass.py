@@ -106,7 +106,8 @@ def test_report_of_a_binary_run_has_the_confusion_matrix_at_the_sensitivity_cuto
     rng = np.random.default_rng(1)
     target = (rng.random(200) < 0.2).astype(int)
     pred = np.clip(0.3 * target + rng.random(200) * 0.7, 0, 1)
-    pd.DataFrame({"image_name": [f"ISIC_{i:07d}" for i in range(200)], "patient_id": [f"IP_{i % 50}" for i in range(200)],
+    pd.DataFrame({"image_name": [f"ISIC_{i:07d}" for i in range(200)],
+                  "patient_id": [f"IP_{i % 50}" for i in range(200)],
                   "target": target, "pred": pred, "fold": np.arange(200) % 2}).to_csv(run / "oof.csv", index=False)
     assert cli.main(["report", str(run), "--bootstrap", "0"]) == 0
     out = capsys.readouterr().out

@@ -40,7 +40,8 @@ def test_json_auc_is_roc_auc_score_with_its_interval_and_pauc(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     matched = labels.merge(submission, on="image_name", suffixes=("", "_pred"))
     assert result["auc"] == roc_auc_score(matched["target"], matched["target_pred"])
-    assert result["pauc_tpr80"] == pytest.approx(metrics.partial_auc_above_tpr(matched["target"], matched["target_pred"]))
+    pauc = metrics.partial_auc_above_tpr(matched["target"], matched["target_pred"])
+    assert result["pauc_tpr80"] == pytest.approx(pauc)
     low, high = result["ci95"]
     assert low < result["auc"] < high and result["bootstrap"] == 200
     assert result["n"] == 120 and result["n_positive"] == labels["target"].sum() and result["n_patients"] == 120
@@ -60,7 +61,8 @@ def test_the_table_and_patient_groups(tmp_path, capsys):
 
 @pytest.mark.parametrize("change, words", [
     (lambda labels, sub: (labels, sub.iloc[3:]), "submission.csv lacks 3 of the 120 labelled images"),
-    (lambda labels, sub: (labels.iloc[:-2], sub), "has no label for 2 of the 120 predicted images (ISIC_0000118, ISIC_0000119)"),
+    (lambda labels, sub: (labels.iloc[:-2], sub),
+     "has no label for 2 of the 120 predicted images (ISIC_0000118, ISIC_0000119)"),
     (lambda labels, sub: (labels.drop(columns="target"), sub), "lacks column(s) target"),
     (lambda labels, sub: (labels, sub.assign(target=sub["target"] + 0.5)), "outside [0, 1]"),
     (lambda labels, sub: (labels, sub.assign(target=sub["target"].where(sub["image_name"] != "ISIC_0000005"))),

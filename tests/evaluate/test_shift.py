@@ -168,7 +168,8 @@ def test_a_cnn_fold_chooses_and_scores_on_the_most_test_like_validation_images(t
     capsys.readouterr()
     assert cli.main(["score", str(run / "oof.csv"), "--json", "--bootstrap", "0"]) == 0
     scored = json.loads(capsys.readouterr().out)
-    assert scored["auc_weighted"] == pytest.approx(roc_auc_score(oof["target"], oof["pred"], sample_weight=oof["weight"]))
+    weighted = roc_auc_score(oof["target"], oof["pred"], sample_weight=oof["weight"])
+    assert scored["auc_weighted"] == pytest.approx(weighted)
     assert scored["auc"] == pytest.approx(roc_auc_score(oof["target"], oof["pred"]))  # the plain one stays
     # the option binds the run: another rule is another experiment
     assert cli.main(["train", "--config", str(config), "--set", *weights, "data.validation_weighting=odds"]) == 2

@@ -339,7 +339,8 @@ def test_tf_keras_loads_the_same_cache(keras_home):
               "from melanoma.model import lite\n"
               "model, _ = lite.imagenet_classifier('efficientnet-lite0')\n"
               "x = cv2.resize(skimage.data.chelsea(), (224, 224), interpolation=cv2.INTER_AREA).astype('float32')\n"
-              "print(kerasapi.name().split()[0], int(np.argmax(model.predict(((x - 127) / 128)[None], verbose=0)[0])))\n")
+              "scores = model.predict(((x - 127) / 128)[None], verbose=0)[0]\n"
+              "print(kerasapi.name().split()[0], int(np.argmax(scores)))\n")
     env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr

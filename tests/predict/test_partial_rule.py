@@ -15,7 +15,6 @@ from conftest import run_folder, write_config
 from melanoma import cli
 from melanoma.core.metrics import auc as competition_auc
 
-
 STAND_IN_KAGGLE = """#!{python}
 import json, sys
 with open({record!r}, "a") as handle:

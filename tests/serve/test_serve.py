@@ -497,8 +497,8 @@ def test_a_stacked_tree_run_serves_the_run_it_stacks_beside_it(served_trees, tin
     from melanoma.serve.predictor import Predictor
 
     folder = served_trees["run"].parent.parent
-    config = write_config(folder, tiny_data, body=TABULAR.replace("  workers: 1\n", "  workers: 1\n  from_runs: [trees]\n"),
-                          name="stacked")
+    body = TABULAR.replace("  workers: 1\n", "  workers: 1\n  from_runs: [trees]\n")
+    config = write_config(folder, tiny_data, body=body, name="stacked")
     assert cli.main(["train", "--config", str(config), "--fold", "all"]) == 0
     assert cli.main(["infer", "--config", str(config)]) == 0
     infer = pd.read_csv(folder / "submissions" / "stacked.csv").set_index("image_name")["target"]

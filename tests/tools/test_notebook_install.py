@@ -74,6 +74,11 @@ def packages(python: Path) -> set[tuple[str, str]]:
     return {tuple(item) for item in json.loads(listed.stdout)}
 
 
+def tensorflow_related(found: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The (name, version) pairs of TensorFlow, its tf-* companions and Keras among `found`."""
+    return {(n, v) for n, v in found if n.lower().startswith(("tensorflow", "tf-", "tf_", "keras"))}
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_install_in_notebook_mode_leaves_tensorflow_alone(tmp_path):
     python = fake_notebook(tmp_path)
@@ -88,8 +93,7 @@ def test_make_install_in_notebook_mode_leaves_tensorflow_alone(tmp_path):
     assert "TensorFlow left as it was" in done.stdout
     assert (tmp_path / "stamp").exists()
     after = packages(python)
-    related = lambda found: {(n, v) for n, v in found if n.lower().startswith(("tensorflow", "tf-", "tf_", "keras"))}
-    assert related(after) == related(before)  # nothing TensorFlow-related installed or changed
+    assert tensorflow_related(after) == tensorflow_related(before)  # nothing TensorFlow-related installed or changed
     assert {name for name, _ in after - before} == {"melanoma"}  # only the project itself was added
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
@@ -205,9 +209,9 @@ def test_offline_install_from_the_wheels_folder_with_no_registry_reachable(offli
     assert done.returncode == 0, done.stdout + done.stderr
     assert "--no-index" in done.stdout and "TensorFlow left as it was" in done.stdout
     after = packages(python)
-    related = lambda found: {(n, v) for n, v in found if n.lower().startswith(("tensorflow", "tf-", "tf_", "keras"))}
     assert {notebook.canonical(name) for name, _ in after - before} == added
-    assert {item for item in related(after) if notebook.canonical(item[0]) != "keras-applications"} == related(before)
+    still = {item for item in tensorflow_related(after) if notebook.canonical(item[0]) != "keras-applications"}
+    assert still == tensorflow_related(before)
     imported = subprocess.run([str(python), "-c", "import efficientnet, melanoma.cli\n"
                                "from melanoma.model import lite\n"
                                "print(melanoma.cli.__file__, lite.package_file('efficientnet-lite0'))"],

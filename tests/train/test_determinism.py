@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 import yaml
-from tensorflow.python.framework import config as framework_config
 from conftest import write_config
+from tensorflow.python.framework import config as framework_config
 from tiny_records import REPO, tiny_overrides, write_tiny_records
 
 from melanoma import cli

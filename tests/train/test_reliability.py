@@ -18,7 +18,7 @@ from conftest import write_config
 from melanoma import cli
 from melanoma.core import config as config_lib
 from melanoma.core import run_config
-from melanoma.data import preflight, integrity
+from melanoma.data import integrity, preflight
 
 
 def run_dir(tmp_path):

@@ -6,7 +6,6 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 import reliability_helpers as helpers
 from conftest import write_config
 

@@ -72,7 +72,8 @@ def test_lesion_features_follow_the_drawn_lesion():
     cv2.circle(round_lesion, (32, 32), 12, (90, 60, 40), -1)
     cv2.circle(lobed, (28, 32), 12, (90, 60, 40), -1)
     cv2.circle(lobed, (44, 24), 7, (90, 60, 40), -1)
-    values = {name: dict(zip(imagestats.LESION_NAMES, imagestats.lesion_features(cv2.cvtColor(image, cv2.COLOR_RGB2LAB))))
+    values = {name: dict(zip(imagestats.LESION_NAMES,
+                             imagestats.lesion_features(cv2.cvtColor(image, cv2.COLOR_RGB2LAB))))
               for name, image in (("plain", plain), ("round", round_lesion), ("lobed", lobed))}
     assert values["plain"]["found"] == 0 and values["plain"]["area"] == 0
     assert values["round"]["found"] == 1
@@ -130,7 +131,8 @@ def test_patient_context_of_one_image_patients_is_zero_difference_and_middle_ran
     assert np.isnan(context.loc[6, "pdiff_x"]) and np.isnan(context.loc[6, "prank_x"])
     assert context.loc[7, "pdiff_x"] == 0 and context.loc[7, "prank_x"] == 0.5
     assert context.loc[7, "prank_y"] == 1.0 and context.loc[6, "prank_y"] == 0.0
-    assert context["patient_distance"].iloc[:2].gt(0).all() and context.loc[2, "patient_distance"] == 0  # the mean image
+    assert context["patient_distance"].iloc[:2].gt(0).all()
+    assert context.loc[2, "patient_distance"] == 0  # the mean image
 
 
 def fake_run(output_dir, name: str, oof: pd.DataFrame, test_names, folds: int, seed: int) -> dict:

@@ -42,7 +42,8 @@ class SetupError(ExternalToolError):
 EXIT_STATUS = ((ConfigError, 2), (FileNotFoundError, 2), (DataError, 2), (SetupError, 2),
                (IsADirectoryError, 2), (NotADirectoryError, 2), (PermissionError, 2),
                (CheckFailed, 1), (ExternalToolError, 1))
-PATH_ERRORS = {IsADirectoryError: "a folder where a file is meant", NotADirectoryError: "a file where a folder is meant",
+PATH_ERRORS = {IsADirectoryError: "a folder where a file is meant",
+               NotADirectoryError: "a file where a folder is meant",
                PermissionError: "not allowed here"}
 
 

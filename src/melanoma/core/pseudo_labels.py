@@ -112,7 +112,7 @@ def read_source(config: Config) -> Source | None:
         predictions, files = _submitted(member)
     else:
         predictions, files = _per_fold(member, config.data.folds)
-    for fold, values in predictions.items():
+    for values in predictions.values():
         outside = values.index[~values.between(0, 1)]
         if len(outside):
             raise DataError(_problem(path, f"predictions outside [0, 1] (images {first_few(outside)}): they are not "
@@ -244,7 +244,7 @@ def check_images(source: Source, test_names: set[str], image_folds: pd.Series | 
     """The source predicts exactly the config's test images, and (matched folds) each of its folds validated the
     images this config validates in that fold (`image_folds`: image_name -> fold of the config's training
     images); DataError naming the images otherwise."""
-    for fold, values in source.predictions.items():
+    for values in source.predictions.values():
         names = set(values.index.astype(str))
         extra, missing = sorted(names - test_names), sorted(test_names - names)
         if extra or missing:

@@ -30,7 +30,7 @@ from typing import Iterable
 import yaml
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, layout, fold_state
+from melanoma.core import fold_state, io_utils, layout
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 
@@ -276,7 +276,7 @@ def load_run_config(config_path: str | os.PathLike, overrides: Iterable[str] = (
                           "they were trained with; drop the --set, or train a new run (--set name=...)")
     merged = requested.to_dict()
     saved_flat = fold_state.flatten(saved)
-    for key, old, new in differences:
+    for key, _, _ in differences:
         value = saved_flat.get(key, defaults.get(key))
         _set(merged, key, value)
     if differences and not quiet:

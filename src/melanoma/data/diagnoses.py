@@ -16,9 +16,8 @@ import pandas as pd
 from melanoma.core import io_utils
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
-from melanoma.data import isic2024, record_format
+from melanoma.data import isic2024, record_format, taxonomy
 from melanoma.data import sources as sources_lib
-from melanoma.data import taxonomy
 
 
 def diagnosis_names(config: Config, files, sources: list[str] | None = None) -> dict[str, list[str]]:

@@ -3,8 +3,9 @@
 `python -m melanoma records --data DIR --out FOLDER` (the competition's layout), or `--isic2019 DIR` /
 `--ham10000 DIR` (converters.py), or `--isic2024 DIR` (the ISIC 2024 layout: isic2024.py), or `--isic2017 DIR`
 (the ISIC 2017 challenge's Part 3 layout, a benchmark with public test labels: isic2017.py). The
-competition's train images get patient-grouped parts (folds.py) unless the CSV has a `part` column. The folder is written whole under a hidden name and put in place
-with its manifest only when complete, so an interrupted run never leaves a folder that looks finished.
+competition's train images get patient-grouped parts (folds.py) unless the CSV has a `part` column. The
+folder is written whole under a hidden name and put in place with its manifest only when complete, so an
+interrupted run never leaves a folder that looks finished.
 """
 from __future__ import annotations
 
@@ -19,10 +20,18 @@ import numpy as np
 from melanoma.core import io_utils
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import converters, folds, isic2017, isic2024, preflight
-from melanoma.data.record_format import (DEFAULT_TEST_PARTS, FILE_PATTERN, HALF_WRITTEN, MANIFEST, OUTPUTS,
-                                         TEST_INT_FEATURES, TRAIN_INT_FEATURES, encode_metadata, write_manifest,
-                                         write_split)
-
+from melanoma.data.record_format import (
+    DEFAULT_TEST_PARTS,
+    FILE_PATTERN,
+    HALF_WRITTEN,
+    MANIFEST,
+    OUTPUTS,
+    TEST_INT_FEATURES,
+    TRAIN_INT_FEATURES,
+    encode_metadata,
+    write_manifest,
+    write_split,
+)
 
 DEFAULT_SIZE = 256
 
@@ -38,7 +47,8 @@ def build_records(train_csv: str, test_csv: str | None, train_images: str, test_
             continue
         missing = [column for column in ("image_name",) + needed if column not in frame.columns]
         if missing:
-            raise DataError(f"{path} lacks column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})")
+            raise DataError(f"{path} lacks column(s) {', '.join(missing)} "
+                            f"(found: {', '.join(map(str, frame.columns))})")
         if frame.empty:
             raise DataError(f"{path} has a header but no rows")
     check_tables(train_csv, train, test_csv, test)
@@ -129,7 +139,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-images", help="folder of train JPEGs (<image_name>.jpg)")
     parser.add_argument("--test-images", help="folder of test JPEGs")
     parser.add_argument("--isic2019", metavar="DIR", help="raw ISIC 2019 training files instead: "
-                        f"{converters.ISIC2019_GROUND_TRUTH}, {converters.ISIC2019_METADATA}, {converters.ISIC2019_IMAGES}/")
+                        f"{converters.ISIC2019_GROUND_TRUTH}, {converters.ISIC2019_METADATA}, "
+                        f"{converters.ISIC2019_IMAGES}/")
     parser.add_argument("--isic2019-ground-truth", help=f"path of {converters.ISIC2019_GROUND_TRUTH}")
     parser.add_argument("--isic2019-metadata", help=f"path of {converters.ISIC2019_METADATA}")
     parser.add_argument("--isic2019-images", help="folder of the ISIC 2019 JPEGs (<image>.jpg)")
@@ -217,7 +228,8 @@ def convert_isic2024(args: argparse.Namespace) -> int:
               f"`python -m melanoma infer --config RUN/config.yaml --set{test}`")
         return 0
     print(f"records written to {out}, with the metadata tables beside them (train.csv"
-          f"{', test.csv' if test else ''}); point a config at them with --set data.train_files={out}/train*.tfrec{test}")
+          f"{', test.csv' if test else ''}); point a config at them with "
+          f"--set data.train_files={out}/train*.tfrec{test}")
     return 0
 
 
@@ -256,7 +268,8 @@ def read_encodings(path: str) -> dict:
     try:
         encodings = json.loads(io_utils.read_text(path))
     except ValueError:
-        raise DataError(f"--encodings {path} is not JSON; give the encodings.json beside the training records") from None
+        raise DataError(f"--encodings {path} is not JSON; give the encodings.json beside the training "
+                        "records") from None
     if not isinstance(encodings, dict) or "diagnosis" not in encodings:
         raise DataError(f"--encodings {path} holds no diagnosis codes: is it the encodings.json `records` wrote?")
     return encodings
@@ -303,7 +316,8 @@ def command(args: argparse.Namespace) -> int:
     images = pick(args.train_images, "jpeg", "train"), pick(args.test_images, "jpeg", "test")
     with output_folder(args.out, [train_csv, test_csv, *images], getattr(args, "argv", None)) as folder:
         summary = build_records(train_csv, test_csv, *images, folder, args.size or DEFAULT_SIZE,
-                                parts=args.parts or folds.DEFAULT_PARTS, test_parts=args.test_parts or DEFAULT_TEST_PARTS,
+                                parts=args.parts or folds.DEFAULT_PARTS,
+                                test_parts=args.test_parts or DEFAULT_TEST_PARTS,
                                 seed=args.seed, workers=args.workers)
     print(json.dumps(summary))
     print(f"records written to {args.out}")

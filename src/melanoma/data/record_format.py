@@ -31,9 +31,8 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils
+from melanoma.core import io_utils, quiet
 from melanoma.core import progress as progress_lib
-from melanoma.core import quiet
 from melanoma.core.errors import DataError
 from melanoma.data import taxonomy
 
@@ -89,7 +88,7 @@ def encode_metadata(train: pd.DataFrame, test: pd.DataFrame | None = None
         for frame in out:
             if column in frame:
                 frame[column] = frame[column].map(
-                    lambda v: -1 if pd.isna(v) else mapping[str(v)]).astype(np.int64)
+                    lambda v, mapping=mapping: -1 if pd.isna(v) else mapping[str(v)]).astype(np.int64)
     for frame in out:
         frame["age_approx"] = frame["age_approx"].fillna(-1).round().astype(np.int64)
         if "target" in frame:

@@ -294,9 +294,10 @@ def check_train_test_overlap(data: Config, competition: pd.DataFrame, reader: Ta
 
 def check_splits_apart(config: Config, progress: bool = True) -> None:
     """Before a run is bound and any fold trains: no competition training image is also a test image
-    (check_train_test_overlap over every train file), and data.validation_weights covers them all. The tables are read as the folds will read them, so
-    the folds find them cached; only the process that writes the run caches them (a cluster's other
-    workers keep theirs in memory). Every fold can be scored (data/scorable.py)."""
+    (check_train_test_overlap over every train file), and data.validation_weights covers them all. The
+    tables are read as the folds will read them, so the folds find them cached; only the process that writes
+    the run caches them (a cluster's other workers keep theirs in memory). Every fold can be scored
+    (data/scorable.py)."""
     data = config.data
     files = record_format.list_files(data.train_files, "data.train_files")
     external = bool([f for s in external_sets(data) for f in s.files])

@@ -19,7 +19,8 @@ aside) get a line when either was not deterministic (`Family.repeatable`: a CNN 
 train.deterministic, or saved before the key existed): its own retraining would not give the same
 predictions, so their difference may be noise. Each row's `deterministic` says which runs repeat.
 
-The helpers here (run_results.find_runs, run_results.inspect_run, run_results.load_run_oof) are shared with `report` and `blend`.
+The helpers here (run_results.find_runs, run_results.inspect_run, run_results.load_run_oof) are shared with
+`report` and `blend`.
 """
 from __future__ import annotations
 

@@ -30,9 +30,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, layout, plots
-from melanoma.core import run_config
-from melanoma.core import run_results
+from melanoma.core import io_utils, layout, plots, run_config, run_results
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.evaluate import importance as importance_lib
 from melanoma.evaluate import perclass, scoring

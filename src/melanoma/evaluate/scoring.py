@@ -12,8 +12,9 @@ bootstrap that resamples *patients*, not images: images of one patient are corre
 images would give an interval that is too narrow. For the same reason two runs scored on the same images
 are compared with DeLong's test clustered by patient (Obuchowski, 1997); the per-image test is kept for
 reference. Beside the AUC: `pauc_tpr80`, the ISIC 2024 challenge's partial AUC above 80% sensitivity
-(0 to 0.2; defined in core/metrics.py, which training's checkpoint choice also reads), the sensitivity at 90% specificity and the specificity at 95% sensitivity, and, when the
-OOF file sits in its run folder, `auc_unselected` (see `selection`).
+(0 to 0.2; defined in core/metrics.py, which training's checkpoint choice also reads), the sensitivity at
+90% specificity and the specificity at 95% sensitivity, and, when the OOF file sits in its run folder,
+`auc_unselected` (see `selection`).
 
 No TensorFlow here: scoring must start in a fraction of a second.
 """
@@ -195,8 +196,8 @@ def format_score(result: dict, frame: pd.DataFrame | None = None, title: str = "
         interval = f"  95% CI {_fmt(low)}-{_fmt(high)} ({result['bootstrap']} patient resamples)"
     lines.append(f"{title} {_fmt(result['auc'])}{interval}")
     if "auc_weighted" in result:
-        lines.append(f"auc_weighted {_fmt(result['auc_weighted'])}  (validation images weighted by their test-likeness: "
-                     "data.validation_weights)")
+        lines.append(f"auc_weighted {_fmt(result['auc_weighted'])}  "
+                     "(validation images weighted by their test-likeness: data.validation_weights)")
     if "auc_unselected" in result:
         if result["auc_unselected"] is None:
             lines.append(f"auc_unselected -  ({result.get('unselected_reason') or 'not available'})")

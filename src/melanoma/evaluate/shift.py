@@ -226,7 +226,8 @@ def draw(table: pd.DataFrame, summary: dict, path: str) -> None:
                   color=colour, label=f"{name} ({len(values)} images)")
     interval = summary["auc_ci"]
     shown = f" (95% CI {interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
-    axis.set_title(f"{summary['config']}: {first} vs {second}, adversarial AUC {summary['auc']:.3f}{shown}", fontsize=10)
+    axis.set_title(f"{summary['config']}: {first} vs {second}, adversarial AUC {summary['auc']:.3f}{shown}",
+                   fontsize=10)
     axis.set_xlabel(f"out-of-fold probability of being a {second} image ({second}-likeness)")
     axis.set_ylabel("share of the set's images")
     axis.legend()
@@ -256,7 +257,8 @@ def write_outputs(result: dict, folder: str, between: str) -> dict:
 def format_shift(summary: dict) -> str:
     first, second = summary["between"]
     interval = summary["auc_ci"]
-    shown = f"95% CI {interval[0]:.4f}-{interval[1]:.4f} ({summary['bootstrap']} patient resamples)" if interval else "no CI"
+    shown = (f"95% CI {interval[0]:.4f}-{interval[1]:.4f} ({summary['bootstrap']} patient resamples)" if interval
+             else "no CI")
     lines = [f"adversarial validation of {summary['config']}, {first} ({summary['images'][first]} images, "
              f"{summary['patients'][first]} patients) vs {second} ({summary['images'][second]} images, "
              f"{summary['patients'][second]} patients), {summary['features']} features, {summary['folds']} "

@@ -66,6 +66,7 @@ def build_transform(augment_config: Config, seed: int | None = None):
     """The albumentations pipeline that `augment_config` (the config's `augment` section) describes."""
     # albumentations loads (and is checked) only for its backend
     import albumentations as A
+
     # OpenCV loads only when images are handled here
     import cv2
 

@@ -224,7 +224,8 @@ def lesion_features(lab: np.ndarray) -> np.ndarray:
     cx, cy = moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]
 
     lightness = found.smooth[..., 0]
-    gradient = np.hypot(cv2.Sobel(lightness, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(lightness, cv2.CV_32F, 0, 1, ksize=3))
+    gradient = np.hypot(cv2.Sobel(lightness, cv2.CV_32F, 1, 0, ksize=3),
+                        cv2.Sobel(lightness, cv2.CV_32F, 0, 1, ksize=3))
     border = mask & ~cv2.erode(mask8, np.ones((3, 3), np.uint8)).astype(bool)
     skin_mask = ~mask & ~frame
     inside_mean, inside_std = _mean_std(lab, mask)

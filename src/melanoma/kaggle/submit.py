@@ -28,9 +28,16 @@ from melanoma.core import io_utils, layout, metrics
 from melanoma.core.errors import ConfigError, DataError, ExternalToolError
 from melanoma.core.tables import parse_csv_text, read_oof, read_string_table
 from melanoma.kaggle.kaggle_cli import COMPETITION, kaggle_credentials, run_kaggle
-from melanoma.predict.submission import (DEFAULT_SUBMISSION_DIR, configure_parser, require_sample,
-                                         require_submission_file, sha256_of, submission_context,
-                                         submission_record, validate_submission)
+from melanoma.predict.submission import (
+    DEFAULT_SUBMISSION_DIR,
+    configure_parser,
+    require_sample,
+    require_submission_file,
+    sha256_of,
+    submission_context,
+    submission_record,
+    validate_submission,
+)
 
 LOG_COLUMNS = ("time", "file", "sha256", "config", "oof_auc", "message", "folds")
 
@@ -207,7 +214,7 @@ def join_leaderboard(log: pd.DataFrame, kaggle: pd.DataFrame) -> pd.DataFrame:
         same_message = [i for i in same_file if kaggle.at[i, "description"] == entry["message"]]
         candidates = same_message or same_file
 
-        def distance(i: int) -> float:
+        def distance(i: int, logged_at=logged_at) -> float:
             if pd.isna(logged_at) or pd.isna(kaggle_times[i]):
                 return float("inf")
             return abs((kaggle_times[i] - logged_at).total_seconds())

@@ -188,7 +188,8 @@ def build_backbone(name: str, image_size: int, weights: str | None = "none", pre
     options = {"include_preprocessing": True} if name in BACKBONES_V2 else {}
     if drop_connect is not None:
         if name in BACKBONES_V2:
-            raise ValueError(f"model.drop_connect applies to efficientnet-b0..b7, not {name}: set model.drop_connect=null")
+            raise ValueError(f"model.drop_connect applies to efficientnet-b0..b7, not {name}: "
+                             "set model.drop_connect=null")
         options["drop_connect_rate"] = drop_connect
     backbone = builder(weights=None, include_top=False, input_shape=(image_size, image_size, 3), **options)
     if bn_momentum is not None:

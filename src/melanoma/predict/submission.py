@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from melanoma.core import io_utils, layout
-from melanoma.core import run_config
+from melanoma.core import io_utils, layout, run_config
 from melanoma.core.config import load_config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.tables import first_few, numbers, read_string_table
@@ -216,8 +215,9 @@ def submission_context(submission: str, config_path: str | None = None, sample: 
     """The config name, sample, run folder and log for a submission.
 
     With --config the config says everything. Without it, the record infer or blend wrote beside the
-    submission names its run and the sample it was checked against; else `submissions/<name>.csv` belongs to the run `outputs/<name>/` (the naming
-    contract of infer and blend). The run's saved config gives the sample, else configs/base.yaml does.
+    submission names its run and the sample it was checked against; else `submissions/<name>.csv` belongs to
+    the run `outputs/<name>/` (the naming contract of infer and blend). The run's saved config gives the
+    sample, else configs/base.yaml does.
     """
     if config_path:
         config = load_config(config_path)

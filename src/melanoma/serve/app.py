@@ -165,10 +165,13 @@ def build_app(predictor: Predictor):
     _quiet_web_libraries()
     # the serve extra: loaded only by `serve`
     import gradio as gr
+
     # the serve extra: loaded only by `serve`
     from fastapi import FastAPI, File, Form, Request, UploadFile
+
     # the serve extra: loaded only by `serve`
     from fastapi.exceptions import RequestValidationError
+
     # the serve extra: loaded only by `serve`
     from fastapi.responses import JSONResponse
 
@@ -270,6 +273,8 @@ def command(args: argparse.Namespace) -> int:
     import uvicorn
 
     about = predictor.describe()
-    print(f"serving run {about['name']} ({about['family']}, folds {','.join(map(str, about['folds']))}) on http://{args.host}:{args.port}/  (POST /predict for JSON; Ctrl-C stops)", flush=True)
+    folds = ",".join(map(str, about["folds"]))
+    print(f"serving run {about['name']} ({about['family']}, folds {folds}) on http://{args.host}:{args.port}/  "
+          "(POST /predict for JSON; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -117,6 +117,7 @@ def read_upload(data: bytes, image_size: int, max_bytes: int = DEFAULT_MAX_BYTES
     """Check an uploaded file and turn it into a record's JPEG; RequestError (4xx) when it is not one."""
     # OpenCV loads only when images are handled here
     import cv2
+
     # Pillow loads only when an image is decoded here
     from PIL import Image, UnidentifiedImageError
 

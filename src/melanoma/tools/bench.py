@@ -36,7 +36,6 @@ import warnings
 import cv2
 import numpy as np
 import pandas as pd
-import tensorflow
 import tensorflow as tf
 
 from melanoma.core import config as config_lib
@@ -352,8 +351,9 @@ def _training_model(config: Config, strategy, global_batch: int):
 def _train_datasets(config: Config, train_paths, global_batch: int):
     """(the training pipeline, one of its batches repeated from memory)."""
     augmenter = augment.make_augmenter(config.augment, seed=config.seed)
+    lookup = diagnoses.source_lookups(config, record_format.list_files(train_paths))
     train_ds = pipeline.train_dataset(train_paths, config, global_batch, seed=config.seed, augmenter=augmenter,
-                                      diagnosis_lookup=diagnoses.source_lookups(config, record_format.list_files(train_paths)))
+                                      diagnosis_lookup=lookup)
     return train_ds, tf.data.Dataset.from_tensors(next(iter(train_ds))).repeat()
 
 
@@ -514,7 +514,8 @@ def run_bench(config: Config, batches: int = 20, warmup: int = 5, model_batches:
                 "data": source, "train_images": record_format.count_images(train_files),
                 "test_images": record_format.count_images(test_files), "batch_size": config.train.batch_size,
                 "tta_batch_size": config.tta.batch_size, "backbone": config.model.backbone,
-                "augment_backend": augment.resolve_backend(config.augment.backend), "augment_xla": bool(config.augment.xla),
+                "augment_backend": augment.resolve_backend(config.augment.backend),
+                "augment_xla": bool(config.augment.xla),
                 "cache": bool(config.data.cache), "batches": batches, "min_seconds": min_seconds,
                 "warmup_batches": warmup,
                 "model_batches": model_batches, "epoch_steps": epoch_steps,

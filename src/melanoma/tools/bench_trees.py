@@ -6,10 +6,10 @@ training table of `--rows` lesions in the ISIC 2024 layout (`synth_isic2024.meta
 builds every feature of `tbp_features` (measurements, categoricals, derived, patient context), and fits the
 config's tree model (`tabular` section: the same HistGradientBoostingClassifier that training builds) on all
 the rows, then predicts them, then measures permutation importance as a fold does (`tabular.importance_rows`,
-`importance_repeats`, `importance_by`) on a fold-sized part of the rows. It reports each step's seconds, the process's resident memory after the
-imports and its peak (which include what the imports load), the feature count and the machine's load, as a
-table or one JSON object. A fold trains on fewer rows than this (the other folds' part), so the figure is
-an upper bound for one fold.
+`importance_repeats`, `importance_by`) on a fold-sized part of the rows. It reports each step's seconds, the
+process's resident memory after the imports and its peak (which include what the imports load), the feature
+count and the machine's load, as a table or one JSON object. A fold trains on fewer rows than this (the
+other folds' part), so the figure is an upper bound for one fold.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from melanoma.input import tbp_features
 from melanoma.tools import synth_isic2024
 
 # As in training (train/families/trees.py): scikit-learn's OpenMP threads wait passively, which
-# OpenMP reads when it loads, so before anything here loads scikit-learn. Spinning threads made this fit 6x slower in CPU time on
-# the shared 2-core machine.
+# OpenMP reads when it loads, so before anything here loads scikit-learn. Spinning threads made this fit 6x
+# slower in CPU time on a busy 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 PUBLISHED_ROWS, PUBLISHED_PATIENTS, PUBLISHED_RATE = 401_059, 1_042, 393 / 401_059  # the ISIC 2024 training table

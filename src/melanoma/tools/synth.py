@@ -370,7 +370,8 @@ def _draw_images(rng: np.random.Generator, patients: list[dict], image_numbers: 
             age = patient["age"]
             if age is not None and rng.random() < 0.1:  # photos taken over a few years
                 age = min(90.0, age + 5.0)
-            diagnosis = "melanoma" if target else BENIGN_DIAGNOSES[rng.choice(len(BENIGN_DIAGNOSES), p=diagnosis_probability)]
+            diagnosis = ("melanoma" if target
+                         else BENIGN_DIAGNOSES[rng.choice(len(BENIGN_DIAGNOSES), p=diagnosis_probability)])
             rows.append(
                 {
                     "image_name": f"ISIC_{image_numbers[position]:07d}",

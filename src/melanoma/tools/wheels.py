@@ -207,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     size = sum(wheel["bytes"] for wheel in manifest["wheels"].values())
-    print(f"{len(manifest['wheels'])} wheels, {size / 2 ** 20:.0f} MiB, for Python {manifest['python']} in {args.out}/; "
-          f"attach the folder to the notebook as a dataset and run there: python <folder>/notebook.py --wheels <folder>")
+    print(f"{len(manifest['wheels'])} wheels, {size / 2 ** 20:.0f} MiB, for Python {manifest['python']} "
+          f"in {args.out}/; attach the folder to the notebook as a dataset and run there: "
+          "python <folder>/notebook.py --wheels <folder>")
     for line in manifest["left_to_the_notebook"]:
         print(f"  not gathered: {line}")
     return 0

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, layout, metrics, fold_state, validation_weights
+from melanoma.core import fold_state, io_utils, layout, metrics, validation_weights
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
 from melanoma.model import tta_prediction

@@ -13,8 +13,8 @@ import os
 import sys
 import time
 
-from melanoma.core import environment, fold_state, hardware, io_utils, kerasapi, layout, metrics, progress
 from melanoma.core import config as config_lib
+from melanoma.core import environment, fold_state, hardware, io_utils, kerasapi, layout, metrics, progress
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.kerasapi import keras

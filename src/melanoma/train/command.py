@@ -17,8 +17,18 @@ import os
 import statistics
 
 from melanoma.core import config as config_lib
-from melanoma.core import (environment, fold_state, io_utils, layout, metrics, pseudo_labels, run_config, run_lock,
-                           run_results, seeds)
+from melanoma.core import (
+    environment,
+    fold_state,
+    io_utils,
+    layout,
+    metrics,
+    pseudo_labels,
+    run_config,
+    run_lock,
+    run_results,
+    seeds,
+)
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 from melanoma.data import preflight

@@ -212,8 +212,9 @@ class Serving:
         if config.features.image:
             raw = pd.concat([raw, pd.DataFrame([imagestats.image_features(image, bins)],
                                                columns=imagestats.image_feature_names(bins))], axis=1)
-        stacked = pd.DataFrame({f"run_{name}": [float(np.mean(member.answer(record_jpeg, image, row).fold_probabilities))]
-                                for name, member in self.members.items()})
+        stacked = pd.DataFrame({
+            f"run_{name}": [float(np.mean(member.answer(record_jpeg, image, row).fold_probabilities))]
+            for name, member in self.members.items()})
         return features.assemble(raw, stacked, config, bins), image
 
     def answer(self, record_jpeg: bytes, image_rgb: np.ndarray | None, row: dict) -> Answer:
@@ -222,7 +223,7 @@ class Serving:
 
         table, image = self._features(record_jpeg, row)
         probabilities, effects = [], []
-        for fold, saved in sorted(self.saved.items()):
+        for _fold, saved in sorted(self.saved.items()):
             values = table[saved["columns"]].to_numpy(dtype=np.float64)
             probabilities.append(float(trees.predict(saved["model"], values)[0]))
             effects.append(trees.log_odds_effects(saved, values[0]))

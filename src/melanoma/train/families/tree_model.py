@@ -115,4 +115,5 @@ def test_predictions(config: Config, fold: int, table: features.FeatureTable) ->
     if saved["columns"] != table.columns:
         raise ConfigError(f"fold {fold}'s model was trained on other features than the config's features "
                           "section gives now; train the run again (`python train.py --config ... --force`)")
-    return table.test[["image_name"]].assign(pred=trees.predict(saved["model"], trees.matrix(table.test, saved["columns"])))
+    pred = trees.predict(saved["model"], trees.matrix(table.test, saved["columns"]))
+    return table.test[["image_name"]].assign(pred=pred)

@@ -209,8 +209,9 @@ def fit_and_write(config: Config, fold: int, folder: str, columns: list[str], ca
     section = config.tabular
     if section.importance_repeats and len(np.unique(valid_y)) == 2:
         rows = importance_rows(valid_y, section.importance_rows, int(config.seed) + fold)
-        importance = permutation_importance(model, valid_x[rows], valid_y[rows], columns, int(section.importance_repeats),
-                                            int(config.seed) + fold, group_of, section.importance_by)
+        importance = permutation_importance(model, valid_x[rows], valid_y[rows], columns,
+                                            int(section.importance_repeats), int(config.seed) + fold, group_of,
+                                            section.importance_by)
         io_utils.write_csv_atomic(importance.assign(rows=len(rows)), os.path.join(folder, layout.IMPORTANCE))
     io_utils.write_csv_atomic(oof, os.path.join(folder, layout.OOF))  # last: it marks the fold finished
     auc = metrics.auc(oof["target"], oof["pred"])
