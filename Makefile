@@ -26,7 +26,7 @@ SETARG = $(if $(SET),--set $(SET),)
 DEMO := input/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full train resume infer score report compare sweep blend bench bench-trees serve tensorboard submit leaderboard data wheels clean-demo
+.PHONY: help install demo lint test test-full train resume infer score report compare sweep blend bench bench-trees serve tensorboard submit leaderboard data wheels clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -116,10 +116,13 @@ isic2017: install $(ISIC2017_RECORDS)/records.json ## ISIC 2017 (ISIC2017=its fo
 	$(PY) -m melanoma score submissions/isic2017_stack.csv --labels $(ISIC2017_RECORDS)/test_labels.csv
 
 TEST_WORKERS ?= 2
-test: install $(SERVE_INSTALLED) ## fast tests in TEST_WORKERS processes (about 7.5 minutes on 2 cores)
+lint: install ## ruff on src and tests (its rules: pyproject.toml [tool.ruff]); make test runs it first
+	$(PY) -m ruff check src tests
+
+test: install $(SERVE_INSTALLED) lint ## lint, then the fast tests in TEST_WORKERS processes (about 7.5 minutes on 2 cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
-test-full: install $(SERVE_INSTALLED) ## every test, the slow ones too
+test-full: install $(SERVE_INSTALLED) lint ## lint, then every test, the slow ones too
 	$(PY) -m pytest -q -m "" -n $(TEST_WORKERS)
 
 train: install ## train FOLD (a number or all) of CONFIG
