@@ -221,7 +221,7 @@ def test_diagnosis_head_with_metadata_gives_classes_and_uses_the_form(served):
     from melanoma.train.families import cnn
 
     base = served["predictor"].config
-    config = Config({**base, "model": Config({**base.model, "head": "diagnosis", "metadata": True})})
+    config = Config({**base, "model": Config({**base.model, "head": "diagnosis", "metadata_input": True})})
     models = {fold: model_lib.build_model(config, pretrained=False) for fold in (0, 1)}
     predictor = Predictor(LoadedRun(path=str(served["run"]), config=config, folds=[0, 1],
                                     served=cnn.Serving(config, models)))
@@ -368,7 +368,7 @@ features:
   workers: 1
   metadata: false        # an upload has no patient: with these off, its features are a test record's
   patient_context: false
-tabular:
+trees:
   max_iter: 15
   min_samples_leaf: 5
   importance_repeats: 0

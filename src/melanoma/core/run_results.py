@@ -225,7 +225,7 @@ def gather_oof(config: Config) -> str | None:
     if oof["image_name"].duplicated().any():
         names = oof.loc[oof["image_name"].duplicated(), "image_name"].head(3).tolist()
         raise CheckFailed(f"an image is in the OOF of two folds (e.g. {names}): the folds overlap")
-    oof = validation_weights.oof_with_weights(config, oof)  # `weight`, under data.validation_weights only
+    oof = validation_weights.oof_with_weights(config, oof)  # `weight`, under validation_weights.file only
     io_utils.write_csv_atomic(oof, target)
     return target
 
@@ -238,7 +238,7 @@ def report_oof(config: Config, finished) -> None:
         oof = io_utils.read_csv(gathered)
         auc = metrics.auc(oof["target"], oof["pred"])
         pauc = metrics.partial_auc_above_tpr(oof["target"], oof["pred"])
-        weighted = (f"; weighted by test-likeness ({config.data.validation_weighting}): "
+        weighted = (f"; weighted by test-likeness ({config.validation_weights.weighting}): "
                     f"{metrics.auc(oof['target'], oof['pred'], oof['weight']):.4f}" if "weight" in oof else "")
         summary = write_run_summary(config, oof)
         collapsed = [fold for fold, about in summary["folds"].items() if about["collapsed"]]

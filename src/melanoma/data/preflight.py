@@ -22,7 +22,7 @@ INPUTS_OF = {
     # the sample submission too (when there are test files): infer, after training, reads it.
     "train": (("data.train_files", "glob"), ("data.test_files", "glob"), ("data.external_files", "globs"),
               ("data.duplicates_csv", "file"), ("model.weights", "weights"), ("data.sample_submission", "file"),
-              ("data.validation_weights", "file")),
+              ("validation_weights.file", "file")),
     # infer builds its models from the folds' checkpoints, so it needs no pretrained weights file
     "infer": (("data.test_files", "glob"), ("data.sample_submission", "file")),
 }

@@ -25,7 +25,7 @@ The interval resamples patients (1000 by default), as `score`'s does. Written (w
     shift.png        the two sets' likeness distributions
     shift.json       auc, auc_ci, top_features (names, best first) and the rest (`--json` prints it)
 
-A config may weight or select its validation images by test-likeness: `data.validation_weights`
+A config may weight or select its validation images by test-likeness: `validation_weights.file`
 (core/validation_weights.py), an option, never a default.
 """
 from __future__ import annotations

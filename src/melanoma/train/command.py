@@ -88,7 +88,7 @@ def check_before_work(args: argparse.Namespace, config: Config, family: family_l
                           "from the same state. Resume on one machine, or train the fold again with --force")
     family.check(config)
     preflight.check_training(config, folds, writes=environment.is_chief())
-    pseudo_labels.check_source(config)  # data.pseudo_labels: a finished source, its test predictions, a rule
+    pseudo_labels.check_source(config)  # pseudo_labels.source: a finished source, its test predictions, a rule
     return folds
 
 

@@ -31,10 +31,10 @@ class CNN(Family):
     resumable = True
 
     def check(self, config: Config) -> None:
-        if config.data.pseudo_labels and config.model.head == "diagnosis":
-            raise ConfigError("config key 'data.pseudo_labels' is set with model.head: diagnosis; a pseudo-label is a "
+        if config.pseudo_labels.source and config.model.head == "diagnosis":
+            raise ConfigError("config key 'pseudo_labels.source' is set with model.head: diagnosis; a pseudo-label is a "
                               "melanoma probability, not a diagnosis: use the binary head, or set "
-                              "data.pseudo_labels=null")
+                              "pseudo_labels.source=null")
 
     def label(self, config: Config) -> dict:
         external = config.data.external_files
@@ -194,7 +194,7 @@ def describe(config: Config) -> dict:
         **network.pretrained_status(config.model.backbone, config.model.weights),
         **({"weights_loaded": True} if offline else {}),
         "head": config.model.head,
-        "metadata": bool(config.model.metadata),
+        "metadata": bool(config.model.metadata_input),
         "loss": config.train.loss,
         "checkpoint": config.train.checkpoint,
         "input_size": config.data.image_size,
@@ -246,7 +246,7 @@ class Serving:
         self.models = models  # fold -> its model with its checkpoint's weights
         self.explainers = {fold: gradcam.explainer(model) for fold, model in self.models.items()}
         self.column = gradcam.melanoma_column(next(iter(self.models.values())))
-        self.metadata_used = bool(config.model.metadata)
+        self.metadata_used = bool(config.model.metadata_input)
         self.has_classes = config.model.head == "diagnosis"
         self._folder = tempfile.TemporaryDirectory(prefix="melanoma-serve-")
         self._record = os.path.join(self._folder.name, record_format.record_name("test", 0, 1))
@@ -277,7 +277,7 @@ class Serving:
             augmenter = tta_prediction.tta_augmenter(config, config.seed) if tta_steps else None
             dataset, _ = pipeline.prediction_dataset(
                 [self._record], config, "test", tta_steps=tta_steps, tta_mode=config.tta.mode,
-                batch_size=config.tta.batch_size, augmenter=augmenter)
+                batch_size=config.tta.prediction_batch_size, augmenter=augmenter)
             if random_views:
                 return dataset
             self._datasets[tta_steps] = dataset

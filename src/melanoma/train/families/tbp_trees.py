@@ -50,9 +50,9 @@ class TbpTrees(Family):
         if config.data.external_files:
             raise ConfigError("model.family tbp_trees reads the ISIC 2024 tables beside data.train_files; "
                               "data.external_files has no such table: set data.external_files=[]")
-        if config.data.pseudo_labels:
+        if config.pseudo_labels.source:
             raise ConfigError("model.family tbp_trees does not take pseudo-labels (its rows come from the ISIC 2024 "
-                              "tables, not from the test records): set data.pseudo_labels=null")
+                              "tables, not from the test records): set pseudo_labels.source=null")
 
     def label(self, config: Config) -> dict:
         return {"model": "tbp trees (2024 metadata)", "image_size": None, "external": False, "tta": None}
@@ -84,7 +84,7 @@ def describe(config: Config) -> dict:
     groups += [f"stacking: run_{name}" for name in config.features.from_runs]
     table = os.path.join(os.path.dirname(files[0].path), "train.csv") if files else None
     return {"name": config.name, "family": "tbp_trees", "model": "HistGradientBoostingClassifier",
-            "tabular": config.tabular.to_dict(), "feature_groups": groups, "folds": config.data.folds,
+            "trees": config.trees.to_dict(), "feature_groups": groups, "folds": config.data.folds,
             "negatives_per_positive": config.data.negatives_per_positive,
             "train_table": table if table and io_utils.exists(table) else None,
             "train_images": record_format.count_images(files) if files else None}
