@@ -63,7 +63,8 @@ def served(tiny_data, tmp_path_factory):
     from melanoma.serve.predictor import Predictor
 
     folder = tmp_path_factory.mktemp("serve")
-    config = write_config(folder, tiny_data, body="tta:\n  steps: 2\n  mode: dihedral\n  batch_size: 16\n")
+    config = write_config(folder, tiny_data,
+                          body="tta:\n  steps: 2\n  mode: dihedral\n  prediction_batch_size: 16\n")
     with pytest.MonkeyPatch.context() as patch:  # while the run is trained, predicted and loaded
         patch.setattr(model_lib, "build_model", helpers.build_tiny_normalised_model)
         assert cli.main(["train", "--config", str(config), "--fold", "all"]) == 0

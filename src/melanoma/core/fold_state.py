@@ -37,7 +37,7 @@ from melanoma.core.layout import BEST_MODEL, HISTORY, LAST_MODEL, STATE, VAL_EPO
 
 # Everything a fold writes; a fresh start (no --resume) removes them so old and new never mix.
 FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, VAL_EPOCHS, layout.OOF, layout.TEST, layout.TEST_SETTINGS,
-                  "skipped.csv", "data.json", "duplicates.csv")
+                  layout.SKIPPED, layout.FOLD_DATA, layout.DUPLICATES)
 
 # Keys that may differ between an interrupted run and its resumption: where files are (a Kaggle
 # dataset's gs:// path changes every session), how progress is shown, and what happens after training.

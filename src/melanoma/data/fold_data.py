@@ -16,8 +16,6 @@ from melanoma.core.config import Config
 from melanoma.core.errors import DataError
 from melanoma.data import integrity, record_format, sources
 
-SKIPPED = "skipped.csv"
-
 
 def read(config: Config, fold: int, folder: str):
     """The fold's files and drops, its corrupt records skipped (data.skip_corrupt only), data.json
@@ -95,7 +93,7 @@ def skip_corrupt_records(config: Config, fold_data, folder: str):
     rows += [{"file": scan.path, "record": scan.readable + 1, "image_name": "",
               "reason": f"{scan.lost} record(s) unreadable from here: {scan.read_error or 'file truncated'}"}
              for scan in scans if scan.lost]
-    target = os.path.join(folder, SKIPPED)
+    target = os.path.join(folder, layout.SKIPPED)
     io_utils.write_csv_atomic(pd.DataFrame(rows, columns=["file", "record", "image_name", "reason"]), target)
     bad = [scan for scan in scans if not scan.ok]
     if not bad:

@@ -12,7 +12,7 @@ import os
 import tempfile
 from typing import Any
 
-from melanoma.core import io_utils
+from melanoma.core import fold_rule, io_utils
 from melanoma.core.config import WEIGHT_NAMES, Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import record_format
@@ -139,7 +139,7 @@ def check_folds(config: Config, folds: list[int]) -> None:
     files = record_format.list_files(config.data.train_files, "data.train_files")
     parts = sorted({f.part for f in files})
     count = config.data.folds
-    empty = [fold for fold in range(count) if not any(part % count == fold for part in parts)]
+    empty = [fold for fold in range(count) if not any(fold_rule.validates(part, count, fold) for part in parts)]
     shown = f"{len(parts)} part(s) ({', '.join(map(str, parts[:16]))}{', ...' if len(parts) > 16 else ''})"
     if empty:
         chosen = sorted(set(empty) & set(folds))

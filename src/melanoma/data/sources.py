@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from melanoma.core import environment, io_utils, pseudo_labels, validation_weights
+from melanoma.core import environment, fold_rule, io_utils, layout, pseudo_labels, validation_weights
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
@@ -294,9 +294,9 @@ def check_train_test_overlap(data: Config, competition: pd.DataFrame, reader: Ta
 
 def check_splits_apart(config: Config, progress: bool = True) -> None:
     """Before a run is bound and any fold trains: no competition training image is also a test image
-    (check_train_test_overlap over every train file), and validation_weights.file covers them all. The tables are read as the folds will read them, so
-    the folds find them cached; only the process that writes the run caches them (a cluster's other
-    workers keep theirs in memory). Every fold can be scored (data/scorable.py)."""
+    (check_train_test_overlap over every train file), and validation_weights.file covers them all. The tables
+    are read as the folds will read them, so the folds find them cached; only the process that writes the run
+    caches them (a cluster's other workers keep theirs in memory). Every fold can be scored (data/scorable.py)."""
     data = config.data
     files = record_format.list_files(data.train_files, "data.train_files")
     external = bool([f for s in external_sets(data) for f in s.files])
@@ -306,7 +306,8 @@ def check_splits_apart(config: Config, progress: bool = True) -> None:
     tables = reader.tables(files, content_hash, perceptual, desc="competition records")
     competition = _joined(tables, files, COMPETITION)
     parts = competition["path"].map(lambda path: record_format.parse_file_name(path).part)
-    scorable.check_folds(competition["target"], parts % data.folds, data.folds, training_too=not external)
+    scorable.check_folds(competition["target"], fold_rule.part_fold(parts, data.folds), data.folds,
+                         training_too=not external)
     check_train_test_overlap(data, competition, reader)
     check_validation_weights(config, competition["image_name"])
     check_pseudo_label_images(config, competition, reader)
@@ -320,7 +321,8 @@ def check_pseudo_label_images(config: Config, competition: pd.DataFrame, reader:
         return
     test_names = reader.test_names(record_format.list_files(config.data.test_files, "data.test_files"))
     parts = competition["path"].map(lambda path: record_format.parse_file_name(path).part)
-    image_folds = pd.Series((parts % config.data.folds).to_numpy(), index=competition["image_name"].astype(str))
+    image_folds = pd.Series(fold_rule.part_fold(parts, config.data.folds).to_numpy(),
+                            index=competition["image_name"].astype(str))
     pseudo_labels.check_images(source, test_names, image_folds)
 
 
@@ -705,9 +707,9 @@ def format_summary(summary: dict) -> str:
 
 def write_summary(fold_data: FoldData, folder: str) -> str:
     """Print the fold's data summary; write data.json and duplicates.csv (every dropped image) in folder."""
-    path = os.path.join(folder, "data.json")
+    path = os.path.join(folder, layout.FOLD_DATA)
     io_utils.write_text_atomic(path, json.dumps(fold_data.summary, indent=1) + "\n")
-    io_utils.write_csv_atomic(fold_data.drops, os.path.join(folder, "duplicates.csv"))
+    io_utils.write_csv_atomic(fold_data.drops, os.path.join(folder, layout.DUPLICATES))
     print(format_summary(fold_data.summary))
     return path
 

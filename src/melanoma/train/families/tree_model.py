@@ -73,7 +73,7 @@ def fold_rows(table: features.FeatureTable, fold_data) -> tuple[pd.DataFrame, pd
 def fit_fold(config: Config, fold: int, table: features.FeatureTable, fold_data) -> dict:
     """Fit fold `fold`; write its data summary, model, state, history, importances and, last, its OOF."""
     folder = layout.fold_dir(config, fold)
-    trees.fresh_folder(folder, FOLD_FILES + ("data.json", "duplicates.csv"))
+    trees.fresh_folder(folder, FOLD_FILES + (layout.FOLD_DATA, layout.DUPLICATES))
     fold_data = fold_data_lib.with_pseudo_labels(config, fold_data, folder)  # pseudo_labels.source only
     sources.write_summary(fold_data, folder)
     training, validation = fold_rows(table, fold_data)
