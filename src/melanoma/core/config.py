@@ -412,7 +412,8 @@ def _check_pseudo_labels(config: Config) -> None:
     """pseudo_labels.source: a source named, and test images to label (its numbers are in RANGES)."""
     source = config.pseudo_labels.source
     if source is not None and not str(source).strip():
-        raise ConfigError("config key 'pseudo_labels.source' is empty: name a finished run's or blend's folder, or null")
+        raise ConfigError("config key 'pseudo_labels.source' is empty: name a finished run's or blend's folder, "
+                          "or null")
     if source and not config.data.test_files:
         raise ConfigError("config key 'pseudo_labels.source' is set but data.test_files is null: pseudo-labels are "
                           "test images; give the test records' glob, or set pseudo_labels.source=null")

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import environment, fold_state, io_utils, layout, pseudo_labels, run_config, run_lock, seeds
+from melanoma.core import (arguments, environment, fold_state, io_utils, layout, pseudo_labels, run_config,
+                           run_lock, seeds)
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
 from melanoma.data import preflight, record_format
@@ -153,19 +154,16 @@ def run_inference(config: Config, recompute: bool = False, force: bool = False, 
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="file locations and TTA may change; what defines the model comes from the "
-                             "run's saved config, and a --set that contradicts it is refused")
+    arguments.add_config_arguments(
+        parser, set_help="file locations and TTA may change; what defines the model comes from the run's saved "
+                         "config, and a --set that contradicts it is refused",
+        force_help="overwrite a differing submission file without keeping a backup",
+        seeds_help="predict the config's N seed runs <name>-s0 .. <name>-s<N-1> (train.py --seeds N) and write "
+                   "their mean: submissions/<name>-seeds.csv, outputs/<name>-seeds/")
     parser.add_argument("--recompute", action="store_true",
                         help="predict again even where a fold's test.csv matches the settings")
     parser.add_argument("--allow-partial", action="store_true",
                         help="with folds missing, ensemble the trained ones into <name>-folds<K>_<K>.csv")
-    parser.add_argument("--force", action="store_true",
-                        help="overwrite a differing submission file without keeping a backup")
-    parser.add_argument("--seeds", type=int, metavar="N",
-                        help="predict the config's N seed runs <name>-s0 .. <name>-s<N-1> (train.py --seeds N) and "
-                             "write their mean: submissions/<name>-seeds.csv, outputs/<name>-seeds/")
     parser.add_argument("--allow-mixed", action="store_true",
                         help="with --seeds: average seed runs trained with other settings too, into <name>-seeds-mixed")
 

@@ -40,7 +40,7 @@ import tensorflow
 import tensorflow as tf
 
 from melanoma.core import config as config_lib
-from melanoma.core import hardware, io_utils
+from melanoma.core import arguments, hardware, io_utils
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
 from melanoma.data import diagnoses, examples, record_format
@@ -593,9 +593,7 @@ def format_figures(result: dict) -> str:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML in configs/")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override config keys, e.g. --set data.image_size=256")
+    arguments.add_config_arguments(parser, set_help="override config keys, e.g. --set data.image_size=256")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--out", help="also write the JSON object to this file")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per pipeline figure, at least (20)")

@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, quiet
+from melanoma.core import arguments, io_utils, quiet
 from melanoma.core.errors import ConfigError
 from melanoma.input import tbp_features
 from melanoma.tools import synth_isic2024
@@ -126,10 +126,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--positive-rate", type=float, default=PUBLISHED_RATE,
                         help=f"share of malignant lesions ({PUBLISHED_RATE:.5f}, as published)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--config", default="configs/isic2024_tabular.yaml",
-                        help="its `trees` section configures the trees and their importances, data.folds the "
-                        "validation part (default: the ISIC 2024 tree config)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend")
+    arguments.add_config_arguments(
+        parser, "its `trees` section configures the trees and their importances, data.folds the validation part "
+                "(default: the ISIC 2024 tree config)", config_default="configs/isic2024_tabular.yaml")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--out", help="also write the JSON object to this file")
     return parser.parse_args(argv)

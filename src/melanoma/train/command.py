@@ -17,8 +17,8 @@ import os
 import statistics
 
 from melanoma.core import config as config_lib
-from melanoma.core import (environment, fold_state, io_utils, layout, metrics, pseudo_labels, run_config, run_lock,
-                           run_results, seeds)
+from melanoma.core import (arguments, environment, fold_state, io_utils, layout, metrics, pseudo_labels, run_config,
+                           run_lock, run_results, seeds)
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 from melanoma.data import preflight
@@ -39,16 +39,12 @@ def parse_folds(text: str, folds: int) -> list[int]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML in configs/")
+    arguments.add_config_arguments(
+        parser, force_help="train folds from scratch, even finished or interrupted ones",
+        seeds_help="train N runs of the config, <name>-s0 .. <name>-s<N-1>, with seeds seed+0 .. seed+N-1")
     parser.add_argument("--fold", default="all", help="fold number, comma list, or 'all' (default)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override config keys, e.g. --set train.epochs=2 data.image_size=64")
-    parser.add_argument("--force", action="store_true",
-                        help="train folds from scratch, even finished or interrupted ones")
     parser.add_argument("--resume", action="store_true",
                         help="continue interrupted folds after their last completed epoch")
-    parser.add_argument("--seeds", type=int, metavar="N",
-                        help="train N runs of the config, <name>-s0 .. <name>-s<N-1>, with seeds seed+0 .. seed+N-1")
 
 
 def check_interrupted(config: Config, family: family_lib.Family, folds: list[int], resume: bool,
