@@ -230,6 +230,21 @@ def run_file_literals(modules: dict[str, Module]) -> list[str]:
 ARGUMENTS = "melanoma.core.arguments"
 
 
+def branches_on_a_family_name(modules: dict[str, Module]) -> list[str]:
+    """A comparison of something named family with a string: a stage asking which family it holds instead of
+    asking the family (train/families/family.py: Family, Label)."""
+    found = []
+    for module in modules.values():
+        for node in ast.walk(module.tree):
+            if not isinstance(node, ast.Compare) or not any(isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops):
+                continue
+            sides = [node.left, *node.comparators]
+            named = any("family" in ast.unparse(side) for side in sides if not isinstance(side, ast.Constant))
+            if named and any(isinstance(side, ast.Constant) and isinstance(side.value, str) for side in sides):
+                found.append(f"{module.name}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
 def config_arguments_written_out(modules: dict[str, Module]) -> list[str]:
     """`--set` (and so the --config block it comes with) added by hand outside core/arguments.py."""
     found = []
@@ -288,6 +303,11 @@ def test_commands_take_their_config_arguments_from_one_helper(modules):
     assert not config_arguments_written_out(modules), "\n".join(config_arguments_written_out(modules))
 
 
+def test_nothing_branches_on_a_family_name(modules):
+    """Stages call a family's operations and read its Label; none asks which family it is."""
+    assert not branches_on_a_family_name(modules), "\n".join(branches_on_a_family_name(modules))
+
+
 def test_config_parameters_are_typed(modules):
     assert not untyped_config_parameters(modules), "\n".join(untyped_config_parameters(modules))
 
@@ -321,7 +341,8 @@ def test_the_checks_find_what_they_look_for(tmp_path):
                                                 "def command(args):\n    return 0\n")
     (root / "data" / "folds.py").write_text("def fit(table):\n    return table\n\n\ndef command(args):\n"
                                             "    args.add_argument('--set')\n    return 0\n\n\ndef own(frame, folds):\n"
-                                            "    frame.to_json('data.json')\n    return frame.part % folds == 0\n")
+                                            "    frame.to_json('data.json')\n    return frame.part % folds == 0\n\n\n"
+                                            "def kind(config: Config):\n    return config.model.family != 'cnn'\n")
     broken = read_package(root)
     assert find_circle(import_edges(broken)) == ["melanoma.core.config", "melanoma.data.records",
                                                  "melanoma.core.config"]
@@ -336,6 +357,7 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     assert fold_rule_written_out(broken) == ["melanoma.data.folds:12: frame.part % folds"]
     assert run_file_literals(broken) == ["melanoma.data.folds:11: 'data.json'"]
     assert config_arguments_written_out(broken) == ["melanoma.data.folds:6: --set"]
+    assert branches_on_a_family_name(broken) == ["melanoma.data.folds:16: config.model.family != 'cnn'"]
 
 
 def test_every_command_loads_without_tensorflow():

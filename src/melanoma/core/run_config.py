@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import yaml
 
@@ -89,17 +89,6 @@ def saved_config(config: Config) -> config_lib.Config | None:
     except (yaml.YAMLError, AttributeError, TypeError, ValueError) as error:  # not YAML, not a mapping
         raise ConfigError(f"{os.path.join(folder, layout.CONFIG_FILE)} is not a readable run config "
                           f"({type(error).__name__}: {error}); restore it, or train under a new name") from None
-
-
-def trained_as(flat: dict) -> str:
-    """`efficientnet-b0 at 32 px, binary head` (a tree family: `tbp_trees trees`) from flat config keys (a
-    fingerprint or a config)."""
-    family = flat.get("model.family", "cnn")
-    if family != "cnn":
-        return f"{family} trees"
-    text = f"{flat.get('model.backbone', '?')} at {flat.get('data.image_size', '?')} px, " \
-           f"{flat.get('model.head', '?')} head"
-    return text + (" with metadata" if flat.get("model.metadata_input") else "")
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -213,8 +202,10 @@ def supersede(folder: str) -> str:
     return target
 
 
-def fold_config_problem(config: Config, fold_folder: str, defaults: dict | None = None) -> str | None:
-    """Why a fold's checkpoint was not trained under `config` (from its state.json), or None.
+def fold_config_problem(config: Config, fold_folder: str, trained_as: Callable[[dict], str],
+                        defaults: dict | None = None) -> str | None:
+    """Why a fold's checkpoint was not trained under `config` (from its state.json), or None; `trained_as`
+    words what the fold's recorded keys trained (its family's, train/families/family.py: trained_as).
 
     state.json records the config each fold trained under; a fold without one (trained before it was
     written) cannot be checked and passes. A key its record lacks counts as base.yaml's default.

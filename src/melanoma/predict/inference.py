@@ -47,7 +47,7 @@ def trained_folds(config: Config, family: family_lib.Family) -> list[int]:
                       f"{state.get('epochs', '?')}; left out (finish it with `python train.py --config ... "
                       f"--fold {k} --resume`)", file=sys.stderr)
             continue
-        problem = run_config.fold_config_problem(config, folder)
+        problem = run_config.fold_config_problem(config, folder, family_lib.trained_as)
         if problem:
             raise ConfigError(f"{problem}; its model does not belong to this run: train it again "
                               f"(python train.py --config ... --fold {k} --force)")
@@ -147,9 +147,8 @@ def run_inference(config: Config, recompute: bool = False, force: bool = False, 
                                    "prediction": prediction_settings(config, family),
                                    "sample_submission": config.data.sample_submission})
     partial = len(folds) < config.data.folds
-    tta = family.label(config)["tta"]
     print(f"submission: {path} ({len(result)} images, {len(folds)} fold(s)"
-          f"{' of ' + str(config.data.folds) if partial else ''}, {family.name if tta is None else f'TTA {tta}'})")
+          f"{' of ' + str(config.data.folds) if partial else ''}, {family.label(config).predicted_with})")
     return path
 
 

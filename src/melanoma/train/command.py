@@ -124,7 +124,7 @@ def train_run(args: argparse.Namespace, config: Config, family: family_lib.Famil
         if todo:
             _fit_folds(config, config_path, prepared["training"], todo, chief, record)
         if chief:
-            run_results.report_oof(config, family.fold_finished)
+            run_results.report_oof(config, family.fold_finished, family_lib.trained_as)
 
 
 def train_seeds(args: argparse.Namespace) -> int:

@@ -15,12 +15,13 @@ import time
 import numpy as np
 
 from melanoma.core import config as config_lib
-from melanoma.core import environment, fold_state, layout, run_config
+from melanoma.core import environment, fold_state, layout
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import record_format, taxonomy
 from melanoma.input import augment
 from melanoma.train import schedules
+from melanoma.train.families import family as family_lib
 from melanoma.train.families.family import Answer, Family
 
 
@@ -40,8 +41,14 @@ class CNN(Family):
         external = config.data.external_files
         if isinstance(external, str):
             external = [external] if external.strip() else []
-        return {"model": config.model.backbone, "image_size": config.data.image_size,
-                "external": bool(external), "tta": config.tta.steps}
+        return family_lib.Label(model=config.model.backbone, image_size=config.data.image_size,
+                                external=bool(external), tta=config.tta.steps,
+                                predicted_with=f"TTA {config.tta.steps}")
+
+    def trained_as(self, flat: dict) -> str:
+        text = f"{flat.get('model.backbone', '?')} at {flat.get('data.image_size', '?')} px, " \
+               f"{flat.get('model.head', '?')} head"
+        return text + (" with metadata" if flat.get("model.metadata_input") else "")
 
     def describe(self, config: Config) -> dict:
         return describe(config)
@@ -111,10 +118,10 @@ def load_checkpoint(model, path: str, config: Config, folder: str) -> None:
         model.load_weights(path)
     except ValueError as error:
         state = fold_state.read_state(folder) or {}
-        trained = (f"it was trained as {run_config.trained_as(state['config'])}" if state.get("config")
+        trained = (f"it was trained as {family_lib.trained_as(state['config'])}" if state.get("config")
                    else str(error).strip().splitlines()[0][:200])
         raise ConfigError(
-            f"{path} does not fit a {run_config.trained_as(fold_state.flatten(config))}: {trained}; predict "
+            f"{path} does not fit a {family_lib.trained_as(fold_state.flatten(config))}: {trained}; predict "
             "with the config the run was trained with (outputs/<name>/config.yaml)") from None
 
 

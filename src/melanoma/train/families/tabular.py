@@ -44,8 +44,12 @@ class Tabular(Family):
                               "images' features beside the training images'; give the test records' glob")
 
     def label(self, config: Config) -> dict:
-        return {"model": "tabular (trees)", "image_size": config.features.image_size or config.data.image_size,
-                "external": False, "tta": None}
+        return family_lib.Label(model="tabular (trees)",
+                                image_size=config.features.image_size or config.data.image_size,
+                                external=False, tta=None, predicted_with=self.name)
+
+    def trained_as(self, flat: dict) -> str:
+        return f"{self.name} trees"
 
     def describe(self, config: Config) -> dict:
         return describe(config)

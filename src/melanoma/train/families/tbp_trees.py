@@ -23,6 +23,7 @@ from melanoma.core.errors import ConfigError
 from melanoma.data import record_format, sampling, scorable
 from melanoma.input import tbp_features, tbp_table
 from melanoma.train.families import tabular
+from melanoma.train.families import family as family_lib
 from melanoma.train.families.family import Family
 
 FOLD_FILES = (layout.TREES_MODEL, layout.STATE, layout.OOF, layout.TEST, layout.TEST_SETTINGS, layout.HISTORY,
@@ -55,7 +56,11 @@ class TbpTrees(Family):
                               "tables, not from the test records): set pseudo_labels.source=null")
 
     def label(self, config: Config) -> dict:
-        return {"model": "tbp trees (2024 metadata)", "image_size": None, "external": False, "tta": None}
+        return family_lib.Label(model="tbp trees (2024 metadata)", image_size=None, external=False, tta=None,
+                                predicted_with=self.name)
+
+    def trained_as(self, flat: dict) -> str:
+        return f"{self.name} trees"
 
     def describe(self, config: Config) -> dict:
         return describe(config)
