@@ -146,7 +146,7 @@ compare: install ## table of OOF AUC across every run in outputs/
 	$(PY) -m melanoma compare outputs
 
 sweep: install ## a grid of settings as runs, trained, predicted, then compared: make sweep CONFIG=... GRID='key=a,b ...' [SEEDS=N]
-	@test -n "$(GRID)" || { echo "usage: make sweep CONFIG=configs/<name>.yaml GRID='tabular.learning_rate=0.05,0.1' [SEEDS=N] [FOLD=k|all] [SET='key=value ...']"; exit 2; }
+	@test -n "$(GRID)" || { echo "usage: make sweep CONFIG=configs/<name>.yaml GRID='trees.learning_rate=0.05,0.1' [SEEDS=N] [FOLD=k|all] [SET='key=value ...']"; exit 2; }
 	$(PY) -m melanoma sweep --config $(CONFIG) --grid $(GRID) --fold $(FOLD) $(if $(SEEDS),--seeds $(SEEDS),) $(SETARG)
 
 blend: install ## blend runs: make blend CONFIGS="configs/a.yaml configs/b.yaml" METHOD=mean|rank|weights

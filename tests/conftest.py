@@ -77,7 +77,7 @@ def isic2024_settings(data: dict, folder: Path, *more: str) -> list[str]:
     and submissions under `folder`."""
     return [f"data.train_files={data['records']}/train*.tfrec", f"data.test_files={data['records']}/test*.tfrec",
             f"data.sample_submission={data['sample']}", "data.folds=2", f"output_dir={folder / 'outputs'}",
-            f"submission_dir={folder / 'submissions'}", "tabular.max_iter=20", "tabular.min_samples_leaf=5",
+            f"submission_dir={folder / 'submissions'}", "trees.max_iter=20", "trees.min_samples_leaf=5",
             *more]
 
 
@@ -98,7 +98,7 @@ def write_config(folder: Path, tiny_data: dict, body: str = "", name: str = "tin
           steps_per_epoch: 2
           verbose: 0
         tta:
-          batch_size: 16
+          prediction_batch_size: 16
         """)
     path = folder / f"{name}.yaml"
     path.write_text(text + textwrap.dedent(body))

@@ -18,7 +18,8 @@ from melanoma.core.config import load_config
 # test_cnn_training, test_run_config); this full pass is in `make test-full`.
 @pytest.mark.slow
 def test_tiny_run_trains_scores_and_submits(tiny_data, tmp_path, capsys):
-    path = write_config(tmp_path, tiny_data, body="tta:\n  steps: 2\n  mode: random\n  batch_size: 16\n")
+    path = write_config(tmp_path, tiny_data,
+                        body="tta:\n  steps: 2\n  mode: random\n  prediction_batch_size: 16\n")
     config = load_config(path)
     run = tmp_path / "outputs" / "tiny"
 

@@ -23,7 +23,7 @@ CNN = str(REPO / "configs" / "isic2024_cnn.yaml")
 TABULAR = str(REPO / "configs" / "isic2024_tabular.yaml")
 STACK = str(REPO / "configs" / "isic2024_stack.yaml")
 SMALL_CNN = ["data.image_size=32", "train.epochs=2", "train.steps_per_epoch=2", "train.batch_size=4",
-             "train.verbose=0", "tta.steps=2", "tta.batch_size=16", "data.negatives_per_positive=3",
+             "train.verbose=0", "tta.steps=2", "tta.prediction_batch_size=16", "data.negatives_per_positive=3",
              "train.checkpoint=best_pauc_tpr80"]
 
 

@@ -189,6 +189,75 @@ def same_name_in_two_stages(modules: dict[str, Module]) -> list[str]:
             if len({stage for stage, _ in places}) > 1]
 
 
+FOLD_RULE = "melanoma.core.fold_rule"
+# The files of a run that layout names (a literal elsewhere drifts from it); names that are also a data set's
+# own files (train.csv, test.csv) are left out.
+RUN_FILES = ("config.yaml", "oof.csv", "summary.json", "blend.json", "state.json", "last.keras", "model.keras",
+             "model.joblib", "history.csv", "val_epochs.csv", "test.json", "pseudo_labels.csv", "data.json",
+             "duplicates.csv", "skipped.csv")
+LAYOUT = "melanoma.core.layout"
+
+
+def fold_rule_written_out(modules: dict[str, Module]) -> list[str]:
+    """A `%` whose operands speak of parts or folds outside core/fold_rule.py: the rule written a second time."""
+    found = []
+    for module in modules.values():
+        if module.name == FOLD_RULE:
+            continue
+        for node in ast.walk(module.tree):
+            # `% 2` (an ISIC 2019 file's parity) and string formatting are not the rule
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) \
+                    and not isinstance(node.right, ast.Constant) \
+                    and not isinstance(node.left, (ast.Constant, ast.JoinedStr)):
+                text = ast.unparse(node)
+                if "part" in text or "fold" in text:
+                    found.append(f"{module.name}:{node.lineno}: {text}")
+    return found
+
+
+def run_file_literals(modules: dict[str, Module]) -> list[str]:
+    """A run file's name as a string literal outside core/layout.py (which names each once)."""
+    found = []
+    for module in modules.values():
+        if module.name == LAYOUT:
+            continue
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.Constant) and node.value in RUN_FILES:
+                found.append(f"{module.name}:{node.lineno}: {node.value!r}")
+    return found
+
+
+ARGUMENTS = "melanoma.core.arguments"
+
+
+def branches_on_a_family_name(modules: dict[str, Module]) -> list[str]:
+    """A comparison of something named family with a string: a stage asking which family it holds instead of
+    asking the family (train/families/family.py: Family, Label)."""
+    found = []
+    for module in modules.values():
+        for node in ast.walk(module.tree):
+            if not isinstance(node, ast.Compare) or not any(isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops):
+                continue
+            sides = [node.left, *node.comparators]
+            named = any("family" in ast.unparse(side) for side in sides if not isinstance(side, ast.Constant))
+            if named and any(isinstance(side, ast.Constant) and isinstance(side.value, str) for side in sides):
+                found.append(f"{module.name}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def config_arguments_written_out(modules: dict[str, Module]) -> list[str]:
+    """`--set` (and so the --config block it comes with) added by hand outside core/arguments.py."""
+    found = []
+    for module in modules.values():
+        if module.name == ARGUMENTS:
+            continue
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument" and any(
+                    isinstance(argument, ast.Constant) and argument.value == "--set" for argument in node.args):
+                found.append(f"{module.name}:{node.lineno}: --set")
+    return found
+
+
 @pytest.fixture(scope="module")
 def modules() -> dict[str, Module]:
     return read_package()
@@ -219,6 +288,24 @@ def test_no_two_stages_define_a_function_of_the_same_name(modules):
     """Each job has one place (README, "Where each job lives"): test prediction, the ensemble and the
     partial rule in predict/, fold data in data/, a fold's training in train/, ..."""
     assert not same_name_in_two_stages(modules), "\n".join(same_name_in_two_stages(modules))
+
+
+def test_the_fold_rule_is_written_once(modules):
+    """`part % folds` lives in core/fold_rule.py; everything else asks it."""
+    assert not fold_rule_written_out(modules), "\n".join(fold_rule_written_out(modules))
+
+
+def test_run_files_are_named_by_layout(modules):
+    assert not run_file_literals(modules), "\n".join(run_file_literals(modules))
+
+
+def test_commands_take_their_config_arguments_from_one_helper(modules):
+    assert not config_arguments_written_out(modules), "\n".join(config_arguments_written_out(modules))
+
+
+def test_nothing_branches_on_a_family_name(modules):
+    """Stages call a family's operations and read its Label; none asks which family it is."""
+    assert not branches_on_a_family_name(modules), "\n".join(branches_on_a_family_name(modules))
 
 
 def test_config_parameters_are_typed(modules):
@@ -253,7 +340,9 @@ def test_the_checks_find_what_they_look_for(tmp_path):
                                                 "def fit(config):\n    return config\n\n\n"
                                                 "def command(args):\n    return 0\n")
     (root / "data" / "folds.py").write_text("def fit(table):\n    return table\n\n\ndef command(args):\n"
-                                            "    return 0\n")
+                                            "    args.add_argument('--set')\n    return 0\n\n\ndef own(frame, folds):\n"
+                                            "    frame.to_json('data.json')\n    return frame.part % folds == 0\n\n\n"
+                                            "def kind(config: Config):\n    return config.model.family != 'cnn'\n")
     broken = read_package(root)
     assert find_circle(import_edges(broken)) == ["melanoma.core.config", "melanoma.data.records",
                                                  "melanoma.core.config"]
@@ -265,6 +354,10 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     assert unexplained_late_imports(broken) == ["melanoma.train.training:62: import json"]
     assert untyped_config_parameters(broken) == ["melanoma.train.training.fit(config) line 66"]
     assert same_name_in_two_stages(broken) == ["fit: melanoma.data.folds, melanoma.train.training"]
+    assert fold_rule_written_out(broken) == ["melanoma.data.folds:12: frame.part % folds"]
+    assert run_file_literals(broken) == ["melanoma.data.folds:11: 'data.json'"]
+    assert config_arguments_written_out(broken) == ["melanoma.data.folds:6: --set"]
+    assert branches_on_a_family_name(broken) == ["melanoma.data.folds:16: config.model.family != 'cnn'"]
 
 
 def test_every_command_loads_without_tensorflow():

@@ -79,7 +79,7 @@ def tiny_overrides(tiny, tmp_path, *overrides) -> list[str]:
         f"data.sample_submission={tiny['sample']}", "data.folds=2", f"data.image_size={SIZE}",
         f"output_dir={tmp_path / 'outputs'}", "name=tiny", "model.weights=none",
         "train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=4", "train.verbose=0",
-        "train.lr_ramp_epochs=1", "tta.steps=0", "tta.batch_size=16", "augment.rotate_limit=0",
+        "train.lr_ramp_epochs=1", "tta.steps=0", "tta.prediction_batch_size=16", "augment.rotate_limit=0",
         "train.mixed_precision=false", *overrides]
 
 

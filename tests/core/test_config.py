@@ -1,9 +1,12 @@
+import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from melanoma.core import run_config
+from melanoma.core import config as config_lib
 from melanoma.core.config import CHOICES, ConfigError, load_config
 from melanoma.train.families import family as family_lib
 
@@ -41,12 +44,12 @@ def test_experiment_overrides_only_what_differs(tmp_path):
 def test_dotted_overrides_parse_yaml_values(tmp_path):
     path = write(tmp_path, "exp.yaml", "")
     config = load_config(path, ["train.epochs=2", "data.image_size=64",
-                                "data.external_files=[a.tfrec,b.tfrec]", "train.lr_max=1e-5",
-                                "model.metadata=true", "name=other"])
+                                "data.external_files=[a.tfrec,b.tfrec]", "train.lr_peak_per_image=1e-5",
+                                "model.metadata_input=true", "name=other"])
     assert config.train.epochs == 2 and config.data.image_size == 64
     assert config.data.external_files == ["a.tfrec", "b.tfrec"]
-    assert config.train.lr_max == pytest.approx(1e-5)
-    assert config.model.metadata is True and config.name == "other"
+    assert config.train.lr_peak_per_image == pytest.approx(1e-5)
+    assert config.model.metadata_input is True and config.name == "other"
 
 
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
@@ -144,3 +147,50 @@ def test_an_unknown_family_is_named_with_the_choices(tmp_path, capsys):
         family_lib.lookup(load_config(path))
     assert cli.main(["describe", "--config", str(path)]) == 2
     assert "model.family" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("old, new", sorted(config_lib.RENAMED.items()))
+def test_every_renamed_key_is_refused_with_a_hint_naming_the_new_one(tmp_path, capsys, old, new):
+    """An old name in a config file or a --set: one line naming the new key, exit status 2."""
+    from melanoma import cli
+
+    leaf = old + ".max_iter" if old == "tabular" else old  # a section: any key in it
+    section, key = leaf.split(".", 1)
+    path = write(tmp_path, "exp.yaml", yaml.safe_dump({section: {key: 1} if "." not in key else {"max_iter": 1}}))
+    expected = f"config key '{old}' in {path} was renamed: use '{new}' (configs/base.yaml documents it)"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        load_config(path)
+    assert cli.main(["describe", "--config", str(write(tmp_path, "ok.yaml", "")), "--set", f"{leaf}=1"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [f"error: config key '{old}' in --set {leaf}=1 was renamed: use '{new}' (configs/base.yaml "
+                     "documents it)"]
+
+
+def test_a_run_saved_before_the_renames_reads_under_the_new_names(tmp_path, capsys):
+    """A finished run's config.yaml and state.json keep their old names on disk; they read as the new ones, with
+    a note, so that the run still infers, resumes and compares as it did."""
+    from melanoma.core import fold_state
+
+    config = load_config(write(tmp_path, "exp.yaml", f"output_dir: {tmp_path / 'out'}\n"),
+                         ["pseudo_labels.low=0.1", "train.lr_peak_per_image=2e-6", "trees.max_iter=9"])
+    old = config.to_dict()
+    old["data"].update(pseudo_labels=None, pseudo_labels_folds="matched", pseudo_labels_low=0.1,
+                       pseudo_labels_high=0.5, pseudo_labels_weight=1.0, validation_weights=None,
+                       validation_weighting="odds", validation_top=0.5, external_2018=True, external_2019=True)
+    for section in ("pseudo_labels", "validation_weights"):
+        del old[section]
+    del old["data"]["isic2019_even_files"], old["data"]["isic2019_odd_files"]
+    old["train"]["lr_max"] = old["train"].pop("lr_peak_per_image")
+    old["model"]["metadata"] = old["model"].pop("metadata_input")
+    old["tta"]["batch_size"] = old["tta"].pop("prediction_batch_size")
+    old["tabular"] = old.pop("trees")
+    folder = tmp_path / "out" / "exp"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(dict(old, git_commit="abc"), sort_keys=False))
+    assert run_config.read_saved_config(folder) == config
+    assert "was saved before keys were renamed" in capsys.readouterr().err
+    assert load_config(folder / "config.yaml") == config  # a saved config given as --config
+    (folder / "fold0").mkdir()
+    flat = {key: value for key, value in fold_state.flatten(old).items()}
+    (folder / "fold0" / "state.json").write_text(json.dumps({"epoch": 1, "config": flat}))
+    assert fold_state.read_state(str(folder / "fold0"))["config"] == fold_state.flatten(config)

@@ -40,14 +40,14 @@ def test_every_number_of_the_schema_has_a_range_and_its_default_is_in_it():
 
 
 @pytest.mark.parametrize("setting, said", [
-    ("train.lr_max=-1", "'train.lr_max' must be more than 0, got -1"),
+    ("train.lr_peak_per_image=-1", "'train.lr_peak_per_image' must be more than 0, got -1"),
     ("train.steps_per_epoch=0", "'train.steps_per_epoch' must be at least 1 (or null), got 0"),
     ("augment.probability=1.5", "'augment.probability' must be in [0, 1], got 1.5"),
-    ("data.pseudo_labels_high=1.5", "'data.pseudo_labels_high' must be in [0, 1]"),
+    ("pseudo_labels.high=1.5", "'pseudo_labels.high' must be in [0, 1]"),
     ("train.epochs=0", "'train.epochs' must be at least 1"),
-    ("tabular.learning_rate=0", "'tabular.learning_rate' must be in (0, 1]"),
+    ("trees.learning_rate=0", "'trees.learning_rate' must be in (0, 1]"),
     ("train.lr_decay=.nan", "'train.lr_decay' must be in (0, 1], got nan"),
-    ("train.lr_max=.inf", "'train.lr_max' must be more than 0, got inf"),
+    ("train.lr_peak_per_image=.inf", "'train.lr_peak_per_image' must be more than 0, got inf"),
     ("seed=-3", "'seed' must be at least 0"),
 ])
 def test_an_absurd_number_is_refused_naming_the_key_the_value_and_the_range(setting, said):
@@ -57,9 +57,9 @@ def test_an_absurd_number_is_refused_naming_the_key_the_value_and_the_range(sett
 
 
 def test_train_exits_2_before_tensorflow_loads():
-    """`python train.py ... --set train.lr_max=-1`: one line, exit status 2, and TensorFlow never imported."""
+    """`python train.py ... --set train.lr_peak_per_image=-1`: one line, exit status 2, and TensorFlow never imported."""
     script = ("import sys\nfrom melanoma import cli\nstatus = cli.main(['train', '--config', 'configs/demo.yaml', "
-              "'--fold', '0', '--set', 'train.lr_max=-1'])\nprint('tensorflow' in sys.modules)\nsys.exit(status)")
+              "'--fold', '0', '--set', 'train.lr_peak_per_image=-1'])\nprint('tensorflow' in sys.modules)\nsys.exit(status)")
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout.strip() == "False", done
-    assert done.stderr.strip() == "error: config key 'train.lr_max' must be more than 0, got -1", done.stderr
+    assert done.stderr.strip() == "error: config key 'train.lr_peak_per_image' must be more than 0, got -1", done.stderr

@@ -53,7 +53,7 @@ def test_no_onednn_line_in_a_command_that_runs_tensorflow_pipelines(tmp_path):
     only on platforms with AVX-512" at run time, and imports TensorFlow, which logs "oneDNN custom
     operations are on" twice: none of it reaches the user by default; MELANOMA_TF_LOGS=1 shows it."""
     argv = [sys.executable, "-m", "melanoma", "bench", "--config", "configs/base.yaml", "--set", "data.image_size=32",
-            "train.batch_size=8", "tta.batch_size=16", "tta.steps=2", "tta.mode=dihedral", "--batches", "2",
+            "train.batch_size=8", "tta.prediction_batch_size=16", "tta.steps=2", "tta.mode=dihedral", "--batches", "2",
             "--min-seconds", "0", "--warmup", "1", "--train-images", "24", "--test-images", "6",
             "--records-images", "6", "--score-rows", "200", "--synthetic", "--no-model", "--json"]
     done = subprocess.run(argv, cwd=REPO, env=clean_environment(), capture_output=True, text=True, timeout=600)

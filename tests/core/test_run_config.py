@@ -17,6 +17,7 @@ from conftest import run_folder, snapshot
 from melanoma import cli
 from melanoma.core import config as config_lib
 from melanoma.core import progress, run_results
+from melanoma.train.families import family as family_lib
 
 # --- 1. a run is bound to its config -----------------------------------------------------------------
 
@@ -66,7 +67,7 @@ def test_oof_is_gathered_only_from_folds_trained_under_the_run_config(run_copy, 
     state["config"]["model.backbone"] = "efficientnet-b2"
     (run / "fold1" / "state.json").write_text(json.dumps(state))
     config = config_lib.load_config(run_copy)
-    assert run_results.gather_oof(config) is None
+    assert run_results.gather_oof(config, family_lib.trained_as) is None
     assert "fold1 was trained as efficientnet-b2 at 32 px" in capsys.readouterr().out
     assert not (run / "oof.csv").exists()
     assert cli.main(["infer", "--config", str(run_copy)]) == 2

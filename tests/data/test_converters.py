@@ -222,7 +222,7 @@ def write_yaml(folder: Path, name: str, tiny_data: dict, data: dict, **sections)
     section.update(data)
     body = {"output_dir": str(folder / "outputs"), "submission_dir": str(folder / "subs"), "data": section,
             "train": {"epochs": 1, "batch_size": 8, "steps_per_epoch": 2, "verbose": 0},
-            "tta": {"batch_size": 32}}
+            "tta": {"prediction_batch_size": 32}}
     for key, values in sections.items():
         body.setdefault(key, {}).update(values)
     path = folder / f"{name}.yaml"

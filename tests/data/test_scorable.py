@@ -11,7 +11,7 @@ from melanoma import cli
 from melanoma.core.errors import DataError
 from melanoma.data import make_records, scorable
 
-TABULAR = "model:\n  family: tabular\nfeatures:\n  histogram_bins: 4\n  workers: 1\ntabular:\n  max_iter: 5\n"
+TABULAR = "model:\n  family: tabular\nfeatures:\n  histogram_bins: 4\n  workers: 1\ntrees:\n  max_iter: 5\n"
 
 
 def records_with_targets(jpeg_data, out, malignant: int) -> dict:

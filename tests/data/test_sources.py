@@ -74,7 +74,7 @@ def write_yaml(folder: Path, name: str, tiny_data: dict, data: dict) -> Path:
     text = yaml.safe_dump({"output_dir": str(folder / "outputs"), "submission_dir": str(folder / "subs"),
                            "data": section,
                            "train": {"epochs": 1, "batch_size": 8, "steps_per_epoch": 1, "verbose": 0},
-                           "tta": {"batch_size": 32}})
+                           "tta": {"prediction_batch_size": 32}})
     path = folder / f"{name}.yaml"
     path.write_text(text)
     return path
@@ -338,12 +338,12 @@ def test_isic2019_parity_selection(public, tiny_data, tmp_path):
     for flags, parts in (((True, True), [0, 1, 2, 3]), ((True, False), [0, 2]), ((False, True), [1, 3]),
                          ((False, False), [])):
         config = load_config(write_yaml(tmp_path, "parity", tiny_data, dict(
-            base, external_2018=flags[0], external_2019=flags[1])))
+            base, isic2019_even_files=flags[0], isic2019_odd_files=flags[1])))
         (chosen,) = sources.external_sets(config.data)
         assert [f.part for f in chosen.files] == parts
     named = load_config(write_yaml(tmp_path, "named", tiny_data, {
         "external_files": {"other": f"{public['isic2019']}/train*.tfrec"}, "external_upsample": 3,
-        "external_2019": False}))
+        "isic2019_odd_files": False}))
     (other,) = sources.external_sets(named.data)
     assert other.name == "other" and len(other.files) == 4 and other.repeats == 3
     with pytest.raises(ConfigError, match="external_upsample"):

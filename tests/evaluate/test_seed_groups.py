@@ -120,7 +120,7 @@ def test_compare_groups_runs_that_differ_only_by_seed(tmp_path):
     for index in range(3):  # named freely: the config, not the name, says who belongs together
         write_run(outputs, f"good-s{index}", oof_table(rng, patient, target, good[index]), seed=10 + index)
         write_run(outputs, f"weak{index}", oof_table(rng, patient, target, weak[index]), seed=index,
-                  train__lr_max=2.0e-6)
+                  train__lr_peak_per_image=2.0e-6)
     write_run(outputs, "good-again", oof_table(rng, patient, target, good[0]), seed=10)  # repeats seed 10
     write_run(outputs, "other-size", oof_table(rng, patient, target, good[1]), seed=11, data__image_size=128)
     rows = {row["name"]: row for row in compare.compare_runs(str(outputs), bootstrap=0)}

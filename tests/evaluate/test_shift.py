@@ -99,7 +99,7 @@ def test_shift_refuses_what_it_cannot_compare(tiny_data, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------
-# data.validation_weights: a config weighs or selects its validation images by test-likeness
+# validation_weights.file: a config weighs or selects its validation images by test-likeness
 # --------------------------------------------------------------------------------------------------
 
 def likeness_csv(path: Path, train_names, seed: int = 0, test_names=()) -> pd.Series:
@@ -120,13 +120,13 @@ def test_weights_are_the_odds_of_test_likeness_or_the_most_test_like_share(tmp_p
 
     names = [f"ISIC_{i:07d}" for i in range(20)]
     known = likeness_csv(tmp_path / "test_likeness.csv", names, test_names=["ISIC_9000000"])
-    config = config_lib.as_config({"data": {"validation_weights": str(tmp_path / "test_likeness.csv"),
-                                            "validation_weighting": "odds", "validation_top": 0.25}})
+    config = config_lib.as_config({"validation_weights": {"file": str(tmp_path / "test_likeness.csv"),
+                                                          "weighting": "odds", "top": 0.25}})
     weights = validation_weights.fold_weights(config, names[:10])
     odds = known[names[:10]] / (1 - known[names[:10]])
     np.testing.assert_allclose(weights, odds / odds.mean())  # none reaches the cap here
     assert weights.mean() == pytest.approx(1.0)
-    config["data"]["validation_weighting"] = "top"
+    config["validation_weights"]["weighting"] = "top"
     kept = validation_weights.fold_weights(config, names[:12])
     assert kept.sum() == 3 and set(np.array(names[:12])[kept == 1]) == set(known[names[:12]].nlargest(3).index)
     with pytest.raises(DataError, match="no test-likeness for 1 validation image"):
@@ -144,8 +144,8 @@ def test_a_cnn_fold_chooses_and_scores_on_the_most_test_like_validation_images(t
     helpers.install_tiny_model(monkeypatch)
     train = pd.read_csv(tiny_data["records"] / "train.csv")
     config = write_config(tmp_path, tiny_data)
-    weights = [f"data.validation_weights={tmp_path / 'test_likeness.csv'}", "data.validation_weighting=top",
-               "data.validation_top=0.5", "train.epochs=2", "train.checkpoint=best_auc"]
+    weights = [f"validation_weights.file={tmp_path / 'test_likeness.csv'}", "validation_weights.weighting=top",
+               "validation_weights.top=0.5", "train.epochs=2", "train.checkpoint=best_auc"]
     # a CSV made for other records is refused before the run is bound
     likeness_csv(tmp_path / "test_likeness.csv", train["image_name"][5:], seed=3)
     assert cli.main(["train", "--config", str(config), "--set", *weights]) == 2
@@ -172,8 +172,8 @@ def test_a_cnn_fold_chooses_and_scores_on_the_most_test_like_validation_images(t
     assert scored["auc_weighted"] == pytest.approx(weighted)
     assert scored["auc"] == pytest.approx(roc_auc_score(oof["target"], oof["pred"]))  # the plain one stays
     # the option binds the run: another rule is another experiment
-    assert cli.main(["train", "--config", str(config), "--set", *weights, "data.validation_weighting=odds"]) == 2
-    assert "data.validation_weighting" in capsys.readouterr().err
+    assert cli.main(["train", "--config", str(config), "--set", *weights, "validation_weights.weighting=odds"]) == 2
+    assert "validation_weights.weighting" in capsys.readouterr().err
     assert cli.main(["train", "--config", str(config), "--set", *weights,
-                     f"data.validation_weights={tmp_path / 'none.csv'}", "name=other"]) == 2
-    assert "config key 'data.validation_weights'" in capsys.readouterr().err
+                     f"validation_weights.file={tmp_path / 'none.csv'}", "name=other"]) == 2
+    assert "config key 'validation_weights.file'" in capsys.readouterr().err

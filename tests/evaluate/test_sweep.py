@@ -21,12 +21,12 @@ model:
 features:
   histogram_bins: 4
   workers: 1
-tabular:
+trees:
   max_iter: 15
   min_samples_leaf: 5
   importance_repeats: 0
 """
-TREE_GRID = ["--grid", "tabular.learning_rate=0.05,0.2", "tabular.max_leaf_nodes=3,7"]
+TREE_GRID = ["--grid", "trees.learning_rate=0.05,0.2", "trees.max_leaf_nodes=3,7"]
 TREE_RUNS = [f"tiny-learning_rate={rate}-max_leaf_nodes={leaves}" for rate in ("0.05", "0.2") for leaves in (3, 7)]
 
 
@@ -50,7 +50,7 @@ def test_a_tree_grid_trains_each_combination_then_a_rerun_skips_them(tiny_data, 
     rows = pd.read_csv(folder / "sweep.csv")
     assert sorted(rows["run"]) == sorted(TREE_RUNS) and rows["rank"].tolist() == [1, 2, 3, 4]
     assert rows["p_best"].isna().tolist() == [True, False, False, False]  # each run against the best
-    assert set(rows.loc[rows["run"] == TREE_RUNS[1], ["tabular.learning_rate", "tabular.max_leaf_nodes"]]
+    assert set(rows.loc[rows["run"] == TREE_RUNS[1], ["trees.learning_rate", "trees.max_leaf_nodes"]]
                .itertuples(index=False, name=None)) == {(0.05, 7)}
     facts = json.loads((folder / "sweep.json").read_text())
     assert [combo["name"] for combo in facts["combinations"]] == TREE_RUNS and len(facts["rows"]) == 4
@@ -79,15 +79,15 @@ def test_a_tree_grid_trains_each_combination_then_a_rerun_skips_them(tiny_data, 
 
     # the same names under another config: refused before any work, naming the run
     before = files_and_times(tmp_path)
-    assert cli.main(["sweep", "--config", path, *TREE_GRID, "--set", "tabular.max_iter=9"]) == 2
+    assert cli.main(["sweep", "--config", path, *TREE_GRID, "--set", "trees.max_iter=9"]) == 2
     error = capsys.readouterr().err
-    assert f"run '{TREE_RUNS[0]}' was trained with another config" in error and "tabular.max_iter" in error
+    assert f"run '{TREE_RUNS[0]}' was trained with another config" in error and "trees.max_iter" in error
     assert files_and_times(tmp_path) == before
 
 
 def test_seeds_make_each_combination_a_seed_group_compared_on_seed_means(tiny_data, tmp_path, capsys):
     path = str(write_config(tmp_path, tiny_data, TINY_TREES))
-    assert cli.main(["sweep", "--config", path, "--grid", "tabular.max_leaf_nodes=3,7", "--seeds", "2",
+    assert cli.main(["sweep", "--config", path, "--grid", "trees.max_leaf_nodes=3,7", "--seeds", "2",
                      "--bootstrap", "0"]) == 0
     printed = capsys.readouterr().out
     for leaves in (3, 7):
@@ -104,10 +104,10 @@ def test_seeds_make_each_combination_a_seed_group_compared_on_seed_means(tiny_da
 def test_a_cnn_grid_on_one_fold_trains_predicts_and_ranks_that_fold(tiny_data, tmp_path, monkeypatch, capsys):
     helpers.install_tiny_model(monkeypatch)
     path = str(write_config(tmp_path, tiny_data))
-    assert cli.main(["sweep", "--config", path, "--grid", "train.lr_max=1e-6,1e-5", "--fold", "0",
+    assert cli.main(["sweep", "--config", path, "--grid", "train.lr_peak_per_image=1e-6,1e-5", "--fold", "0",
                      "--bootstrap", "0"]) == 0
     printed = capsys.readouterr().out
-    names = ["tiny-lr_max=1e-6", "tiny-lr_max=1e-5"]
+    names = ["tiny-lr_peak_per_image=1e-6", "tiny-lr_peak_per_image=1e-5"]
     for index, name in enumerate(names, start=1):
         assert f"sweep {index}/2: {name}: training" in printed
         assert (tmp_path / "outputs" / name / "fold0" / "model.keras").is_file()
@@ -116,13 +116,13 @@ def test_a_cnn_grid_on_one_fold_trains_predicts_and_ranks_that_fold(tiny_data, t
     assert all(name in printed[printed.index("#  run"):] for name in names)
     rows = json.loads(next((tmp_path / "outputs").glob("sweep-tiny-*/sweep.json")).read_text())["rows"]
     assert sorted(row["rank"] for row in rows) == [1, 2] and {row["folds"] for row in rows} == {1}
-    assert cli.main(["sweep", "--config", path, "--grid", "train.lr_max=1e-6,1e-5", "--fold", "0",
+    assert cli.main(["sweep", "--config", path, "--grid", "train.lr_peak_per_image=1e-6,1e-5", "--fold", "0",
                      "--bootstrap", "0"]) == 0
     assert capsys.readouterr().out.count("skipped: finished") == 2
 
     # a fold that stopped after its last epoch but before its OOF: resumed from its state, as train --resume does
     (tmp_path / "outputs" / names[0] / "fold0" / "oof.csv").unlink()
-    assert cli.main(["sweep", "--config", path, "--grid", "train.lr_max=1e-6,1e-5", "--fold", "0",
+    assert cli.main(["sweep", "--config", path, "--grid", "train.lr_peak_per_image=1e-6,1e-5", "--fold", "0",
                      "--bootstrap", "0"]) == 0
     printed = capsys.readouterr().out
     assert f"sweep 1/2: {names[0]}: training (resuming an interrupted fold)" in printed
@@ -131,23 +131,25 @@ def test_a_cnn_grid_on_one_fold_trains_predicts_and_ranks_that_fold(tiny_data, t
 
 
 @pytest.mark.parametrize("grid, message", [
-    (["tabular.learnig_rate=0.05,0.1"], "--grid tabular.learnig_rate=0.05: unknown config key "
-                                        "'tabular.learnig_rate'; did you mean 'tabular.learning_rate'?"),
-    (["tabular.max_leaf_nodes=7,many"], "--grid tabular.max_leaf_nodes=many: config key 'tabular.max_leaf_nodes' "
+    (["trees.learnig_rate=0.05,0.1"], "--grid trees.learnig_rate=0.05: unknown config key "
+                                      "'trees.learnig_rate'; did you mean 'trees.learning_rate'?"),
+    (["tabular.learning_rate=0.05,0.1"], "--grid tabular.learning_rate=0.05: config key 'tabular' was renamed: use "
+                                         "'trees'"),
+    (["trees.max_leaf_nodes=7,many"], "--grid trees.max_leaf_nodes=many: config key 'trees.max_leaf_nodes' "
                                         "must be int"),
-    (["tabular.learning_rate=0.05,5e-2"], "tiny-learning_rate=0.05 (tabular.learning_rate=0.05) and "
-                                          "tiny-learning_rate=5e-2 (tabular.learning_rate=5e-2) resolve to the same"),
+    (["trees.learning_rate=0.05,5e-2"], "tiny-learning_rate=0.05 (trees.learning_rate=0.05) and "
+                                          "tiny-learning_rate=5e-2 (trees.learning_rate=5e-2) resolve to the same"),
     (["train.verbose=0,1"], "resolve to the same config"),
-    (["tabular.max_leaf_nodes=7,7"], "gives tabular.max_leaf_nodes=7 twice"),
+    (["trees.max_leaf_nodes=7,7"], "gives trees.max_leaf_nodes=7 twice"),
     (["train.checkpoint=best_auc,bets"],
      "--grid train.checkpoint=bets: config key 'train.checkpoint' is 'bets'; choose one of"),
-    (["tabular.max_iter=5,9"], "tabular.max_iter is given both in --grid and in --set"),
+    (["trees.max_iter=5,9"], "trees.max_iter is given both in --grid and in --set"),
     (["name=a,b"], "give the runs' common prefix with --set name="),
-    (["tabular.max_iter"], "--grid takes KEY=V1,V2"),
+    (["trees.max_iter"], "--grid takes KEY=V1,V2"),
 ])
 def test_mistakes_are_refused_before_any_training(tiny_data, tmp_path, capsys, grid, message):
     path = str(write_config(tmp_path, tiny_data, TINY_TREES))
-    assert cli.main(["sweep", "--config", path, "--grid", *grid, "--set", "tabular.max_iter=4"]) == 2
+    assert cli.main(["sweep", "--config", path, "--grid", *grid, "--set", "trees.max_iter=4"]) == 2
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()
@@ -156,13 +158,13 @@ def test_mistakes_are_refused_before_any_training(tiny_data, tmp_path, capsys, g
 def test_the_command_line_refuses_an_unknown_key_in_one_line(tmp_path):
     """From the shell: exit status 2, one line, no traceback, and no run folder."""
     result = subprocess.run([sys.executable, "-m", "melanoma", "sweep", "--config", "configs/tabular.yaml", "--grid",
-                             "tabular.learning_rate=0.05,0.1", "tabular.max_leavs=7,15",
+                             "trees.learning_rate=0.05,0.1", "trees.max_leavs=7,15",
                              "--set", f"output_dir={tmp_path / 'outputs'}"],
                             capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: --grid tabular.max_leavs=7: unknown config key 'tabular.max_leavs'; did you mean "
-        "'tabular.max_leaf_nodes'?"]
+        "error: --grid trees.max_leavs=7: unknown config key 'trees.max_leavs'; did you mean "
+        "'trees.max_leaf_nodes'?"]
     assert not (tmp_path / "outputs").exists()
 
 

@@ -23,7 +23,7 @@ def test_patient_counts_and_metadata_vector(tiny):
     counts = pipeline.patient_counts(paths, "train")
     assert set(counts.values()) == {4} and len(counts) == 8
     config = config_lib.load_config(REPO / "configs" / "demo.yaml",
-                                    ["model.metadata=true", f"data.image_size={SIZE}"])
+                                    ["model.metadata_input=true", f"data.image_size={SIZE}"])
     dataset, views = pipeline.prediction_dataset(paths[:1], config, "train", batch_size=8)
     batch = next(iter(dataset))
     metadata = batch["inputs"]["metadata"].numpy()

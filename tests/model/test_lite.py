@@ -234,7 +234,7 @@ def batch_of(size: int = 64, metadata: bool = False, rows: int = 3) -> dict:
     return values
 
 
-@pytest.mark.parametrize("overrides", [[], ["model.metadata=true"], ["model.head=diagnosis"]],
+@pytest.mark.parametrize("overrides", [[], ["model.metadata_input=true"], ["model.head=diagnosis"]],
                          ids=["binary", "metadata", "diagnosis"])
 def test_pretrained_lite_model_heads_and_checkpoint(overrides, keras_home, tmp_path, lite0_state):
     from melanoma.model import network
@@ -251,7 +251,7 @@ def test_pretrained_lite_model_heads_and_checkpoint(overrides, keras_home, tmp_p
     norms = [layer for layer in backbone.layers if "BatchNormalization" in type(layer).__name__]
     assert norms and not any(layer.trainable for layer in norms)
     assert backbone.get_layer("block15_dwconv").trainable
-    batch = batch_of(metadata="model.metadata=true" in overrides)
+    batch = batch_of(metadata="model.metadata_input=true" in overrides)
     expected = model.predict_on_batch(batch)
     assert expected.shape == (3, 1) and ((expected > 0) & (expected < 1)).all()
     path = tmp_path / "model.keras"

@@ -172,7 +172,7 @@ def inputs(batch: int = 3, metadata: bool = False, seed: int = 0):
 
 
 def test_binary_head_with_metadata():
-    model = model_lib.build_model(demo_config("model.metadata=true", "model.dropout=0.3"))
+    model = model_lib.build_model(demo_config("model.metadata_input=true", "model.dropout=0.3"))
     assert sorted(model.input) == ["image", "metadata"]
     output = model.predict_on_batch(inputs(metadata=True))
     assert output.shape == (3, 1) and ((output > 0) & (output < 1)).all()
@@ -264,12 +264,12 @@ def test_tpu_detection(monkeypatch):
 
 
 def test_count_parameters_matches_keras():
-    model = model_lib.build_model(demo_config("model.head=diagnosis", "model.metadata=true"))
+    model = model_lib.build_model(demo_config("model.head=diagnosis", "model.metadata_input=true"))
     assert model_lib.count_parameters(model) == model.count_params()
     assert model_lib.count_trainable(model) < model_lib.count_parameters(model)
 
 
-@pytest.mark.parametrize("overrides", [[], ["model.metadata=true"]], ids=["binary", "metadata"])
+@pytest.mark.parametrize("overrides", [[], ["model.metadata_input=true"]], ids=["binary", "metadata"])
 def test_checkpoint_reloads_into_a_fresh_model_with_equal_predictions(tmp_path, overrides):
     """Training saves model.keras and reloads it with load_weights into a freshly built model (OOF,
     inference): every weight must come back, or predictions would silently come from random layers."""

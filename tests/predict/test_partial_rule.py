@@ -70,7 +70,7 @@ model:
 features:
   histogram_bins: 4
   workers: 1
-tabular:
+trees:
   max_iter: 10
   min_samples_leaf: 5
   importance_repeats: 0

@@ -63,7 +63,8 @@ def served(tiny_data, tmp_path_factory):
     from melanoma.serve.predictor import Predictor
 
     folder = tmp_path_factory.mktemp("serve")
-    config = write_config(folder, tiny_data, body="tta:\n  steps: 2\n  mode: dihedral\n  batch_size: 16\n")
+    config = write_config(folder, tiny_data,
+                          body="tta:\n  steps: 2\n  mode: dihedral\n  prediction_batch_size: 16\n")
     with pytest.MonkeyPatch.context() as patch:  # while the run is trained, predicted and loaded
         patch.setattr(model_lib, "build_model", helpers.build_tiny_normalised_model)
         assert cli.main(["train", "--config", str(config), "--fold", "all"]) == 0
@@ -221,7 +222,7 @@ def test_diagnosis_head_with_metadata_gives_classes_and_uses_the_form(served):
     from melanoma.train.families import cnn
 
     base = served["predictor"].config
-    config = Config({**base, "model": Config({**base.model, "head": "diagnosis", "metadata": True})})
+    config = Config({**base, "model": Config({**base.model, "head": "diagnosis", "metadata_input": True})})
     models = {fold: model_lib.build_model(config, pretrained=False) for fold in (0, 1)}
     predictor = Predictor(LoadedRun(path=str(served["run"]), config=config, folds=[0, 1],
                                     served=cnn.Serving(config, models)))
@@ -368,7 +369,7 @@ features:
   workers: 1
   metadata: false        # an upload has no patient: with these off, its features are a test record's
   patient_context: false
-tabular:
+trees:
   max_iter: 15
   min_samples_leaf: 5
   importance_repeats: 0

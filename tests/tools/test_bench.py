@@ -13,7 +13,7 @@ from melanoma.core import config as config_lib
 from melanoma.tools import bench
 
 BASE = Path(__file__).resolve().parents[2] / "configs" / "base.yaml"
-TINY = ["--set", "data.image_size=32", "train.batch_size=8", "tta.batch_size=16", "tta.steps=4",
+TINY = ["--set", "data.image_size=32", "train.batch_size=8", "tta.prediction_batch_size=16", "tta.steps=4",
         "tta.mode=dihedral", "--batches", "2", "--min-seconds", "0", "--warmup", "1", "--train-images", "24",
         "--test-images", "6", "--records-images", "6", "--score-rows", "400", "--synthetic", "--json"]
 PIPELINE_KEYS = {"images_per_second", "cpu_ms_per_image", "cores_busy", "images", "seconds"}

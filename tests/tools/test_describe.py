@@ -36,7 +36,7 @@ def test_describe_every_config(path):
     assert facts["name"] == path.stem and facts["family"] == family.name == config.model.family
     if family.name in ("tabular", "tbp_trees"):
         assert facts["model"] == "HistGradientBoostingClassifier" and facts["folds"] == config.data.folds
-        assert facts["tabular"]["max_iter"] == config.tabular.max_iter
+        assert facts["trees"]["max_iter"] == config.trees.max_iter
         stacked = [group for group in facts["feature_groups"] if group.startswith("stacking: ")]
         assert stacked == [f"stacking: run_{name}" for name in config.features.from_runs or []]
         return
@@ -44,7 +44,7 @@ def test_describe_every_config(path):
     assert facts["input_size"] == config.data.image_size
     assert facts["replicas"] >= 1
     assert facts["global_batch_size"] == config.train.batch_size * facts["replicas"]
-    assert facts["peak_learning_rate"] == pytest.approx(config.train.lr_max * facts["global_batch_size"])
+    assert facts["peak_learning_rate"] == pytest.approx(config.train.lr_peak_per_image * facts["global_batch_size"])
     assert len(facts["learning_rates"]) == config.train.epochs
     assert facts["precision"] == "float32"  # this machine has no accelerator
     assert facts["parameters"] > facts["trainable_parameters"] > 3_000_000
@@ -53,7 +53,7 @@ def test_describe_every_config(path):
 
 def test_describe_command_prints_json(capsys):
     status = cli.main(["describe", "--config", str(REPO / "configs" / "b0_256.yaml"),
-                       "--set", "train.batch_size=8", "model.head=diagnosis", "model.metadata=true"])
+                       "--set", "train.batch_size=8", "model.head=diagnosis", "model.metadata_input=true"])
     assert status == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["global_batch_size"] == 8 * facts["replicas"]

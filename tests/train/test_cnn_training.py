@@ -43,12 +43,12 @@ def small_model(monkeypatch):
 RUNS = {
     "binary-bce-rampup": ["model.head=binary", "train.loss=bce", "train.schedule=rampup",
                           "train.checkpoint=best_auc", "train.upsample_malignant=2"],
-    "metadata-focal-cosine-xla": ["model.head=binary", "model.metadata=true", "train.loss=focal",
+    "metadata-focal-cosine-xla": ["model.head=binary", "model.metadata_input=true", "train.loss=focal",
                                   "train.schedule=cosine", "train.checkpoint=best_loss", "train.class_weight=5",
                                   "train.xla=true"],
     "diagnosis-bce-last": ["model.head=diagnosis", "train.loss=bce", "train.schedule=rampup",
                            "train.checkpoint=last", "train.class_weight=3"],
-    "diagnosis-metadata-focal-cosine": ["model.head=diagnosis", "model.metadata=true", "train.loss=focal",
+    "diagnosis-metadata-focal-cosine": ["model.head=diagnosis", "model.metadata_input=true", "train.loss=focal",
                                         "train.schedule=cosine", "train.upsample_malignant=3"],
 }
 
@@ -83,7 +83,7 @@ def test_tiny_fold_trains(tiny, tmp_path, small_model, name):
 def test_tiny_fold_trains_efficientnet(tiny, tmp_path):
     """The real EfficientNet-B0, once, with the diagnosis head and the metadata branch (~30 s of CPU
     for tracing its training step, so it runs with the slow tests)."""
-    config = tiny_config(tiny, tmp_path, "model.head=diagnosis", "model.metadata=true")
+    config = tiny_config(tiny, tmp_path, "model.head=diagnosis", "model.metadata_input=true")
     check_fold(config, cnn_training.train_fold(config, 0))
 
 
@@ -105,7 +105,7 @@ def test_float16_compiles_with_loss_scaling(tiny, tmp_path, small_model, head):
 
 
 def test_two_folds_gather_oof(tiny, tmp_path, small_model):
-    overrides = tiny_overrides(tiny, tmp_path, "model.head=diagnosis", "model.metadata=true")
+    overrides = tiny_overrides(tiny, tmp_path, "model.head=diagnosis", "model.metadata_input=true")
     status = cli.main(["train", "--config", str(REPO / "configs" / "b0_256.yaml"), "--fold", "all",
                        "--set", *overrides])
     assert status == 0

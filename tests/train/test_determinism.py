@@ -145,7 +145,7 @@ model:
 features:
   histogram_bins: 4
   workers: 1
-tabular:
+trees:
   max_iter: 15
   min_samples_leaf: 5
   max_features: 0.5
@@ -162,7 +162,7 @@ def tree_oof(tiny_data, folder: Path, seed: int) -> pd.DataFrame:
 
 def test_trees_repeat_and_their_seed_draws_the_features_each_split_may_use(tiny_data, tmp_path):
     """HistGradientBoosting's random_state (seed + fold) drives max_features' draw of the features each
-    split may choose from (tabular.max_features < 1): the same seed repeats, another gives other trees."""
+    split may choose from (trees.max_features < 1): the same seed repeats, another gives other trees."""
     first = tree_oof(tiny_data, tmp_path / "a", 42)
     pd.testing.assert_frame_equal(first, tree_oof(tiny_data, tmp_path / "b", 42), check_exact=True)
     assert not np.array_equal(first["pred"].to_numpy(), tree_oof(tiny_data, tmp_path / "c", 7)["pred"].to_numpy())
@@ -214,7 +214,7 @@ def fake_run(outputs: Path, name: str, seed: int, *overrides: str) -> None:
 def test_compare_says_when_runs_one_key_apart_were_not_both_deterministic(tmp_path, capsys):
     outputs = tmp_path / "outputs"
     fake_run(outputs, "steady", 1, "train.deterministic=true")
-    fake_run(outputs, "steady-lr", 2, "train.deterministic=true", "train.lr_max=1.0e-5")
+    fake_run(outputs, "steady-lr", 2, "train.deterministic=true", "train.lr_peak_per_image=1.0e-5")
     fake_run(outputs, "shaky-epochs", 3, "train.deterministic=false", "train.epochs=9")
     fake_run(outputs, "trees", 4, "train.deterministic=false", "model.family=tabular")
     rows = {row["name"]: row for row in compare.compare_runs(str(outputs), bootstrap=0)}

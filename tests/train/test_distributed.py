@@ -32,7 +32,7 @@ BODY = """\
     tta:
       steps: 2
       mode: dihedral
-      batch_size: 16
+      prediction_batch_size: 16
     """
 
 

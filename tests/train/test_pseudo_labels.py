@@ -1,4 +1,4 @@
-"""Pseudo-labels (data.pseudo_labels): a finished run's or blend's test predictions become soft labels of the test
+"""Pseudo-labels (pseudo_labels.source): a finished run's or blend's test predictions become soft labels of the test
 images the confidence rule keeps, which join every fold's training set with their weight and never its validation
 set; a run is bound to its source and refuses one whose predictions changed; a bad source is named before any
 training. The source here is conftest's trained tiny run (2 folds, each with its test.csv)."""
@@ -31,8 +31,8 @@ def rule_between(source: Path) -> tuple[float, float]:
 
 
 def pl_args(source: Path, low: float, high: float, *extra: str) -> list[str]:
-    return ["--set", "name=pl", f"data.pseudo_labels={source}", f"data.pseudo_labels_low={low}",
-            f"data.pseudo_labels_high={high}", "data.pseudo_labels_weight=2.5", *extra]
+    return ["--set", "name=pl", f"pseudo_labels.source={source}", f"pseudo_labels.low={low}",
+            f"pseudo_labels.high={high}", "pseudo_labels.weight=2.5", *extra]
 
 
 def oof_names(run: Path) -> set[str]:
@@ -165,7 +165,7 @@ def test_a_bad_source_is_named_before_any_training(run_copy, tmp_path, capsys):
     (unpredicted / "fold1" / "test.csv").unlink()
     error = refused(unpredicted)
     assert "no test predictions of fold 1" in error and "python infer.py" in error
-    assert "no test predictions" in refused(unpredicted, "data.pseudo_labels_folds=all")
+    assert "no test predictions" in refused(unpredicted, "pseudo_labels.folds=all")
     other_images = outputs / "other-images"
     shutil.copytree(source, other_images)
     for fold in (0, 1):
@@ -176,7 +176,7 @@ def test_a_bad_source_is_named_before_any_training(run_copy, tmp_path, capsys):
     assert "not in data.test_files (e.g. ISIC_9999999)" in error and "predicted on other test records" in error
     assert "no test image passes the pseudo-label rule" in refused(source, low=0.0, high=1.0)
     assert "this run's own folder" in refused(outputs / "pl")
-    assert "choose one of matched, all" in refused(source, "data.pseudo_labels_folds=some")
+    assert "choose one of matched, all" in refused(source, "pseudo_labels.folds=some")
     assert "a pseudo-label is a melanoma probability" in refused(source, "model.head=diagnosis")
     assert "data.test_files is null" in refused(source, "data.test_files=null")
 
@@ -194,7 +194,7 @@ def test_blends_give_fold_means_or_their_submission_and_a_rank_blend_is_refused(
         table.assign(pred=table["pred"] ** 2).to_csv(twin / f"fold{fold}" / "test.csv", index=False)
     assert cli.main(["blend", str(outputs / "tiny"), str(twin), "--method", "mean", "--name", "pair"]) == 0
     assert cli.main(["blend", str(outputs / "tiny"), str(twin), "--method", "rank", "--name", "ranks"]) == 0
-    config = config_lib.load_config(run_copy, ["name=pl", f"data.pseudo_labels={outputs / 'blend-pair'}"])
+    config = config_lib.load_config(run_copy, ["name=pl", f"pseudo_labels.source={outputs / 'blend-pair'}"])
     source = pseudo_labels.read_source(config)
     assert source.kind == "blend" and len(source.files) == 4
     for fold in (0, 1):
@@ -202,20 +202,19 @@ def test_blends_give_fold_means_or_their_submission_and_a_rank_blend_is_refused(
         pd.testing.assert_series_equal(source.fold_predictions(fold).sort_index(), expected.sort_index(),
                                        check_names=False)
     everything = pseudo_labels.read_source(config_lib.load_config(
-        run_copy, ["name=pl", f"data.pseudo_labels={outputs / 'blend-pair'}", "data.pseudo_labels_folds=all"]))
+        run_copy, ["name=pl", f"pseudo_labels.source={outputs / 'blend-pair'}", "pseudo_labels.folds=all"]))
     submitted = pd.read_csv(tmp_path / "submissions" / "blend-pair.csv", dtype={"image_name": str})
     assert everything.files == [str(tmp_path / "submissions" / "blend-pair.csv")]
     np.testing.assert_allclose(everything.fold_predictions(0).loc[submitted["image_name"]], submitted["target"])
     assert everything.fold_predictions(1) is everything.fold_predictions(0)
     capsys.readouterr()
     assert cli.main(["train", "--config", str(run_copy), "--set", "name=pl",
-                     f"data.pseudo_labels={outputs / 'blend-ranks'}"]) == 2
+                     f"pseudo_labels.source={outputs / 'blend-ranks'}"]) == 2
     assert "rank blend: its submission holds ranks, not probabilities" in capsys.readouterr().err
 
 
 def test_a_pseudo_labelled_image_among_a_folds_validation_images_stops_the_fold(tmp_path):
-    config = config_lib.as_config({"data": {"pseudo_labels_low": 0.1, "pseudo_labels_high": 0.9,
-                                            "pseudo_labels_weight": 1.0}})
+    config = config_lib.as_config({"pseudo_labels": {"low": 0.1, "high": 0.9, "weight": 1.0}})
     predictions = pd.Series([0.05, 0.5, 0.95], index=["ISIC_1", "ISIC_2", "ISIC_3"])
     source = pseudo_labels.Source(path="s", kind="run", folds_mode="all", files=[],
                                   predictions={pseudo_labels.EVERY_FOLD: predictions}, oof=pd.DataFrame())
@@ -223,7 +222,7 @@ def test_a_pseudo_labelled_image_among_a_folds_validation_images_stops_the_fold(
     assert rows["image_name"].tolist() == ["ISIC_1", "ISIC_3"] and rows["label"].tolist() == [0.05, 0.95]
     with pytest.raises(CheckFailed, match="never validated"):
         pseudo_labels.fold_images(config, source, 0, {"ISIC_3", "ISIC_7"})
-    config["data"]["pseudo_labels_low"] = 0.9
+    config["pseudo_labels"]["low"] = 0.9
     assert len(pseudo_labels.select(config, predictions)) == 3  # low >= high keeps every test image
 
 
@@ -250,8 +249,8 @@ def test_a_tree_run_trains_on_pseudo_labels_never_validating_them(run_copy, tmp_
     source = tmp_path / "outputs" / "tiny"
     low, high = rule_between(source)
     trees = write_config(tmp_path, tiny_data, tiny_tabular(), name="trees")
-    assert cli.main(["train", "--config", str(trees), "--set", f"data.pseudo_labels={source}",
-                     f"data.pseudo_labels_low={low}", f"data.pseudo_labels_high={high}"]) == 0
+    assert cli.main(["train", "--config", str(trees), "--set", f"pseudo_labels.source={source}",
+                     f"pseudo_labels.low={low}", f"pseudo_labels.high={high}"]) == 0
     run = tmp_path / "outputs" / "trees"
     for fold in (0, 1):
         used = pd.read_csv(run / f"fold{fold}" / "pseudo_labels.csv", dtype={"image_name": str})

@@ -318,8 +318,8 @@ def test_finished_folds_are_skipped_unless_forced_and_interrupted_ones_need_a_ch
     assert "fold 0 was interrupted after epoch 1 of 1" in err and "--resume" in err and "--force" in err
     assert cli.main(train_argv(path, "--resume", "--force")) == 2
     # a changed experiment cannot continue an interrupted fold
-    assert cli.main(train_argv(path, "--resume", "--set", "train.lr_max=1e-3")) == 2
-    assert "train.lr_max" in capsys.readouterr().err
+    assert cli.main(train_argv(path, "--resume", "--set", "train.lr_peak_per_image=1e-3")) == 2
+    assert "train.lr_peak_per_image" in capsys.readouterr().err
     # resuming a fold whose epochs are all done only predicts
     assert cli.main(train_argv(path, "--resume")) == 0
     assert "best epoch 1" in capsys.readouterr().out and (fold / "oof.csv").is_file()

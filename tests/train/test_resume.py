@@ -46,7 +46,7 @@ def test_killed_fold_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, 
           schedule: cosine
           lr_ramp_epochs: 1
           lr_start: 1.0e-4
-          lr_max: 1.0e-3
+          lr_peak_per_image: 1.0e-3
           lr_min: 1.0e-5
           checkpoint: best_loss
         """)

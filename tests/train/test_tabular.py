@@ -30,7 +30,7 @@ features:
   histogram_bins: 4
   workers: 1
   from_runs: {from_runs}
-tabular:
+trees:
   max_iter: 15
   min_samples_leaf: 5
   importance_repeats: 1
@@ -311,8 +311,8 @@ def synthetic_jpeg() -> bytes:
 
 @pytest.mark.parametrize("setting, message", [
     ("features.histogram_bins=1", "histogram_bins"), ("features.image_size=8", "image_size"),
-    ("features.workers=0", "workers"), ("tabular.max_features=0", "max_features"),
-    ("tabular.learning_rate=2", "learning_rate"), ("features.from_runs=[a,a]", "twice"),
+    ("features.workers=0", "workers"), ("trees.max_features=0", "max_features"),
+    ("trees.learning_rate=2", "learning_rate"), ("features.from_runs=[a,a]", "twice"),
     ("model.family=trees", "model.family"),
 ])
 def test_tabular_settings_out_of_range_are_config_errors(tiny_data, tmp_path, setting, message, capsys):

@@ -25,7 +25,7 @@ TABULAR = str(REPO / "configs" / "isic2024_tabular.yaml")
 def tree_run(isic2024_data, tmp_path_factory) -> dict:
     """isic2024_tabular.yaml trained (2 folds, 3 benign rows per malignant one) and inferred on the tiny data."""
     folder = tmp_path_factory.mktemp("tbp-trees")
-    settings = isic2024_settings(isic2024_data, folder, "data.negatives_per_positive=3", "tabular.importance_rows=40")
+    settings = isic2024_settings(isic2024_data, folder, "data.negatives_per_positive=3", "trees.importance_rows=40")
     assert cli.main(["train", "--config", TABULAR, "--set", *settings]) == 0
     assert cli.main(["infer", "--config", TABULAR, "--set", *settings]) == 0
     return {"folder": folder, "run": folder / "outputs" / "isic2024_tabular", "settings": settings}
@@ -120,8 +120,8 @@ def test_serve_refuses_a_tbp_tree_run_with_what_to_do(isic2024_data, tmp_path):
 
 
 def test_pseudo_labels_are_refused_by_the_tbp_trees(isic2024_data, tmp_path, capsys):
-    settings = isic2024_settings(isic2024_data, tmp_path, "data.pseudo_labels=outputs/demo")
+    settings = isic2024_settings(isic2024_data, tmp_path, "pseudo_labels.source=outputs/demo")
     assert cli.main(["train", "--config", TABULAR, "--set", *settings]) == 2
     err = capsys.readouterr().err
-    assert "tbp_trees does not take pseudo-labels" in err and "data.pseudo_labels=null" in err
+    assert "tbp_trees does not take pseudo-labels" in err and "pseudo_labels.source=null" in err
     assert not (tmp_path / "outputs" / "isic2024_tabular").exists()

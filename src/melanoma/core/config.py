@@ -10,6 +10,7 @@ import copy
 import difflib
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
@@ -33,8 +34,8 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "data.cache": (bool, str),
     "data.diagnosis_names": (list, dict),
     "data.negatives_per_positive": (int, float),
-    "data.validation_weights": (str,),
-    "data.pseudo_labels": (str,),
+    "validation_weights.file": (str,),
+    "pseudo_labels.source": (str,),
     "model.weights": (str,),
     "model.drop_connect": (int, float),
     "model.bn_momentum": (int, float),
@@ -43,8 +44,8 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "train.checkpoint_epoch": (int,),
     "features.image_size": (int,),
     "features.workers": (int,),
-    "tabular.class_weight": (int, float),
-    "tabular.importance_rows": (int,),
+    "trees.class_weight": (int, float),
+    "trees.importance_rows": (int,),
     "submission.file_name": (str,),
 }
 
@@ -62,9 +63,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("rampup", "cosine"),
     "train.checkpoint": ("best_auc", "best_loss", "best_pauc_tpr80", "last", "epoch"),
     "tta.mode": ("random", "dihedral"),
-    "tabular.importance_by": ("feature", "group"),
-    "data.validation_weighting": ("odds", "top"),
-    "data.pseudo_labels_folds": ("matched", "all"),
+    "trees.importance_by": ("feature", "group"),
+    "validation_weights.weighting": ("odds", "top"),
+    "pseudo_labels.folds": ("matched", "all"),
 }
 
 
@@ -97,8 +98,8 @@ RANGES: dict[str, Range] = {
     "seed": Range(0),
     "data.external_upsample": Range(0), "data.dedupe_perceptual_bits": Range(0, 63),
     "data.folds": Range(2), "data.image_size": Range(8), "data.negatives_per_positive": POSITIVE,
-    "data.validation_top": SHARE, "data.pseudo_labels_low": FRACTION, "data.pseudo_labels_high": FRACTION,
-    "data.pseudo_labels_weight": POSITIVE,
+    "validation_weights.top": SHARE, "pseudo_labels.low": FRACTION, "pseudo_labels.high": FRACTION,
+    "pseudo_labels.weight": POSITIVE,
     "augment.rotate_limit": Range(0, 180), "augment.scale_limit": Range(0, 1, high_open=True),
     "augment.shift_limit": FRACTION, "augment.brightness_limit": FRACTION, "augment.contrast_limit": FRACTION,
     "augment.hue_shift_limit": Range(0, 90), "augment.saturation_shift_limit": Range(0, 255),
@@ -108,15 +109,15 @@ RANGES: dict[str, Range] = {
     "train.epochs": Range(1), "train.batch_size": Range(1), "train.steps_per_epoch": Range(1),
     "train.label_smoothing": Range(0, 1, high_open=True), "train.focal_gamma": Range(0),
     "train.focal_alpha": FRACTION, "train.class_weight": POSITIVE, "train.upsample_malignant": Range(1),
-    "train.lr_start": Range(0), "train.lr_max": POSITIVE, "train.lr_min": Range(0),
+    "train.lr_start": Range(0), "train.lr_peak_per_image": POSITIVE, "train.lr_min": Range(0),
     "train.lr_ramp_epochs": Range(0), "train.lr_sustain_epochs": Range(0), "train.lr_decay": SHARE,
     "train.steps_per_execution": Range(1), "train.verbose": Range(0, 2),
-    "tta.steps": Range(0), "tta.batch_size": Range(1),
+    "tta.steps": Range(0), "tta.prediction_batch_size": Range(1),
     "features.image_size": Range(16), "features.histogram_bins": Range(2, 64), "features.workers": Range(1),
-    "tabular.learning_rate": SHARE, "tabular.max_iter": Range(1), "tabular.max_leaf_nodes": Range(2),
-    "tabular.min_samples_leaf": Range(1), "tabular.l2_regularization": Range(0),
-    "tabular.max_features": SHARE, "tabular.class_weight": POSITIVE, "tabular.importance_repeats": Range(0),
-    "tabular.importance_rows": Range(2),
+    "trees.learning_rate": SHARE, "trees.max_iter": Range(1), "trees.max_leaf_nodes": Range(2),
+    "trees.min_samples_leaf": Range(1), "trees.l2_regularization": Range(0),
+    "trees.max_features": SHARE, "trees.class_weight": POSITIVE, "trees.importance_repeats": Range(0),
+    "trees.importance_rows": Range(2),
 }
 # numbers whose range depends on another key, checked beside it
 RANGED_ELSEWHERE = {"train.checkpoint_epoch": "1..train.epochs: _check_checkpoint_epoch"}
@@ -125,6 +126,88 @@ RANGED_ELSEWHERE = {"train.checkpoint_epoch": "1..train.epochs: _check_checkpoin
 # is added in that one folder.
 # model.weights: one of these names, or the path of a weights file
 WEIGHT_NAMES = ("none", "imagenet", "noisy-student")
+
+# Keys renamed so that each says what it means (old dotted name -> new one; a section renames every key in
+# it). A user's config or --set with an old name is refused with a hint naming the new key; a run's saved
+# config.yaml (and a fold's state.json) written before the rename is read under the new names, with a note,
+# so that finished runs still infer, resume and compare.
+RENAMED: dict[str, str] = {
+    "train.lr_max": "train.lr_peak_per_image",
+    "data.external_2018": "data.isic2019_even_files",
+    "data.external_2019": "data.isic2019_odd_files",
+    "model.metadata": "model.metadata_input",
+    "tta.batch_size": "tta.prediction_batch_size",
+    "data.pseudo_labels": "pseudo_labels.source",
+    "data.pseudo_labels_folds": "pseudo_labels.folds",
+    "data.pseudo_labels_low": "pseudo_labels.low",
+    "data.pseudo_labels_high": "pseudo_labels.high",
+    "data.pseudo_labels_weight": "pseudo_labels.weight",
+    "data.validation_weights": "validation_weights.file",
+    "data.validation_weighting": "validation_weights.weighting",
+    "data.validation_top": "validation_weights.top",
+    "tabular": "trees",
+}
+
+
+def renamed(dotted: str) -> str | None:
+    """The new name of an old key (or of a key inside a renamed section), or None when `dotted` is not old."""
+    if dotted in RENAMED:
+        return RENAMED[dotted]
+    for old, new in RENAMED.items():
+        if dotted.startswith(old + "."):
+            return new + dotted[len(old):]
+    return None
+
+
+def translate_saved_with_note(tree: dict, path: str | os.PathLike) -> dict:
+    """`translate_saved`, with a note on stderr naming the old keys of a run saved before the renames."""
+    translated, met = translate_saved(tree)
+    if met:
+        shown = ", ".join(f"{old} -> {renamed(old)}" for old in met[:4]) + (" ..." if len(met) > 4 else "")
+        print(f"note: {path} was saved before keys were renamed; read as the new names ({shown})", file=sys.stderr)
+    return translated
+
+
+def renamed_key_error(dotted: str, source: str) -> ConfigError:
+    """The one line for an old key name: which key replaces it."""
+    return ConfigError(f"config key '{dotted}' in {source} was renamed: use '{renamed(dotted)}' "
+                       f"(configs/base.yaml documents it)")
+
+
+def translate_flat(flat: dict) -> tuple[dict, list[str]]:
+    """A flat {dotted key: value} written before the renames, under the new names; also the old names met."""
+    translated, met = {}, []
+    for key, value in flat.items():
+        new = renamed(key)
+        if new is not None:
+            met.append(key)
+        translated[new or key] = value
+    return translated, met
+
+
+def translate_saved(tree: dict) -> tuple[dict, list[str]]:
+    """A saved run config (nested) written before the renames, under the new names; also the old names met.
+    Keys that are not config keys (what a run records beside its config) pass unchanged."""
+    flat: dict = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and any(old == dotted or old.startswith(dotted + ".") for old in RENAMED):
+                walk(value, dotted + ".")
+            else:
+                flat[dotted] = value
+
+    walk(tree, "")
+    translated, met = translate_flat(flat)
+    nested: dict = {}
+    for dotted, value in translated.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested, met
 
 
 class Config(dict):
@@ -208,7 +291,7 @@ def _merge(target: dict, update: dict, schema: dict, source: str, prefix: str = 
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if key not in schema:
-            raise _unknown_key(dotted, root, source)
+            raise renamed_key_error(dotted, source) if renamed(dotted) else _unknown_key(dotted, root, source)
         if isinstance(schema[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{dotted}' in {source} is a section; give its keys, "
@@ -310,7 +393,7 @@ def _check_values(config: Config) -> None:
                           f"{config.model.backbone}: set model.drop_connect=null")
     _check_checkpoint_epoch(config.train)
     _check_submission(config.submission)
-    _check_pseudo_labels(config.data)
+    _check_pseudo_labels(config)
 
 
 def _check_submission(section: Config) -> None:
@@ -325,13 +408,15 @@ def _check_submission(section: Config) -> None:
                           "written into submission_dir), e.g. submission.csv, or null for <name>.csv")
 
 
-def _check_pseudo_labels(data: Config) -> None:
-    """data.pseudo_labels: a source named, and test images to label (its numbers are in RANGES)."""
-    if data.pseudo_labels is not None and not str(data.pseudo_labels).strip():
-        raise ConfigError("config key 'data.pseudo_labels' is empty: name a finished run's or blend's folder, or null")
-    if data.pseudo_labels and not data.test_files:
-        raise ConfigError("config key 'data.pseudo_labels' is set but data.test_files is null: pseudo-labels are "
-                          "test images; give the test records' glob, or set data.pseudo_labels=null")
+def _check_pseudo_labels(config: Config) -> None:
+    """pseudo_labels.source: a source named, and test images to label (its numbers are in RANGES)."""
+    source = config.pseudo_labels.source
+    if source is not None and not str(source).strip():
+        raise ConfigError("config key 'pseudo_labels.source' is empty: name a finished run's or blend's folder, "
+                          "or null")
+    if source and not config.data.test_files:
+        raise ConfigError("config key 'pseudo_labels.source' is set but data.test_files is null: pseudo-labels are "
+                          "test images; give the test records' glob, or set pseudo_labels.source=null")
 
 
 def _check_checkpoint_epoch(train: Config) -> None:
@@ -372,7 +457,9 @@ def _layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     if path in seen:
         raise ConfigError(f"config files extend each other in a loop: {' -> '.join(map(str, seen + (path,)))}")
     data = _read_yaml(path)
-    data.pop("git_commit", None)  # a run's saved config (core/run_config.py) records the code's commit: no key
+    if "git_commit" in data:  # a run's saved config (core/run_config.py) records the code's commit: no key
+        data.pop("git_commit")
+        data = translate_saved_with_note(data, path)
     parent = data.pop("extends", None)
     layers: list[tuple[Path, dict]] = []
     if parent:

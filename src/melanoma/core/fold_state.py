@@ -29,6 +29,7 @@ import os
 
 import pandas as pd
 
+from melanoma.core import config as config_lib
 from melanoma.core import io_utils, layout
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
@@ -36,7 +37,7 @@ from melanoma.core.layout import BEST_MODEL, HISTORY, LAST_MODEL, STATE, VAL_EPO
 
 # Everything a fold writes; a fresh start (no --resume) removes them so old and new never mix.
 FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, VAL_EPOCHS, layout.OOF, layout.TEST, layout.TEST_SETTINGS,
-                  "skipped.csv", "data.json", "duplicates.csv")
+                  layout.SKIPPED, layout.FOLD_DATA, layout.DUPLICATES)
 
 # Keys that may differ between an interrupted run and its resumption: where files are (a Kaggle
 # dataset's gs:// path changes every session), how progress is shown, and what happens after training.
@@ -108,6 +109,8 @@ def read_state(folder: str) -> dict | None:
         raise ConfigError(f"{path} is not readable JSON ({error}); train the fold again with --force") from None
     if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
         raise ConfigError(f"{path} is not a training state; train the fold again with --force")
+    if isinstance(state.get("config"), dict):  # a fold trained before keys were renamed: read as the new names
+        state["config"] = config_lib.translate_flat(state["config"])[0]
     return state
 
 

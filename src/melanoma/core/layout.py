@@ -37,7 +37,10 @@ VAL_EPOCHS = "val_epochs.csv"
 TEST = "test.csv"
 TEST_SETTINGS = "test.json"   # the TTA settings and test files TEST was predicted with
 IMPORTANCE = "importance.csv"
-PSEUDO_LABELS = "pseudo_labels.csv"  # data.pseudo_labels: the test images the fold trained on, their label and weight
+FOLD_DATA = "data.json"       # what the fold trained and validated on: files, counts, drops, pseudo-labels
+DUPLICATES = "duplicates.csv" # every image the fold's data dropped as a duplicate, with its reason
+SKIPPED = "skipped.csv"       # undecodable training images skipped (data.skip_corrupt)
+PSEUDO_LABELS = "pseudo_labels.csv"  # pseudo_labels.source: the test images the fold trained on, their label and weight
 TENSORBOARD = "tensorboard"   # a folder: the fold's TensorBoard event files (train/, validation/)
 
 FOLD_FOLDER = re.compile(r"^fold(\d+)$")

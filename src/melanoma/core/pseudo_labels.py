@@ -1,11 +1,11 @@
-"""Pseudo-labels (an option, never a default): `data.pseudo_labels` names a finished run or blend whose test
+"""Pseudo-labels (an option, never a default): `pseudo_labels.source` names a finished run or blend whose test
 predictions become soft labels, and the test images they are confident about join every fold's training set.
 
 The source is a folder: a run (`outputs/<name>`), the seeds' mean of a config (`outputs/<name>-seeds`, from
 `infer.py --seeds N`) or a blend of `--method mean`. A rank or weights blend is refused: its submission holds
 ranks, not probabilities, and a label must be a probability.
 
-- **Which predictions** (`data.pseudo_labels_folds`). `matched` (the default): fold K trains on the source's
+- **Which predictions** (`pseudo_labels.folds`). `matched` (the default): fold K trains on the source's
   fold-K test predictions (a run's `fold<K>/test.csv`; for a seeds' mean or a mean blend, the mean of its runs'
   `fold<K>/test.csv`), made by models that never trained on fold K's validation images, so nothing of those
   images' labels reaches fold K through the pseudo-labels: the OOF stays as honest as without them. It needs a
@@ -13,9 +13,9 @@ ranks, not probabilities, and a label must be a probability.
   submission (any run or mean blend, on any folds); its models trained on every fold's validation images, so
   what they learnt of fold K's labels reaches fold K's model through the test images, and the OOF is
   optimistic by that much: judge such a run on test labels (the demo's hidden ones, the leaderboard).
-- **The confidence rule**: a test image joins when its prediction is at most `data.pseudo_labels_low` or at
-  least `data.pseudo_labels_high` (`low >= high` keeps every test image). Its label is the prediction itself
-  (a soft label), and it weighs `data.pseudo_labels_weight` in the loss where a labelled image weighs 1.
+- **The confidence rule**: a test image joins when its prediction is at most `pseudo_labels.low` or at
+  least `pseudo_labels.high` (`low >= high` keeps every test image). Its label is the prediction itself
+  (a soft label), and it weighs `pseudo_labels.weight` in the loss where a labelled image weighs 1.
 - **Test images are never validation images**: they join the training side only, and a fold whose
   pseudo-labelled images meet its validation images stops (CheckFailed).
 - **A run is bound to its source**: training records the source in the run's `config.yaml`
@@ -42,8 +42,8 @@ from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.tables import first_few
 
-EVERY_FOLD = -1                       # the key of `Source.predictions` under data.pseudo_labels_folds: all
-KEY = "data.pseudo_labels"
+EVERY_FOLD = -1                       # the key of `Source.predictions` under pseudo_labels.folds: all
+KEY = "pseudo_labels.source"
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Source:
 
     path: str
     kind: str                                   # run | seeds | blend
-    folds_mode: str                             # data.pseudo_labels_folds
+    folds_mode: str                             # pseudo_labels.folds
     predictions: dict[int, pd.Series]           # fold (or EVERY_FOLD) -> prediction by image_name
     files: list[str]                            # the files the predictions were read from, sorted
     oof: pd.DataFrame = field(repr=False)       # the source's OOF: image_name, fold (which images each fold validated)
@@ -70,7 +70,7 @@ class Source:
 
 
 def enabled(config: Config) -> bool:
-    return bool(config.data.get("pseudo_labels"))
+    return bool((config.get("pseudo_labels") or {}).get("source"))  # a run saved before the option: off
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,11 +82,11 @@ def _problem(path: str, what: str) -> str:
 
 
 def read_source(config: Config) -> Source | None:
-    """The config's pseudo-label source, checked (None when data.pseudo_labels is off). ConfigError or
+    """The config's pseudo-label source, checked (None when pseudo_labels.source is off). ConfigError or
     DataError naming the problem and what to do; nothing is written."""
     if not enabled(config):
         return None
-    path = str(config.data.pseudo_labels).rstrip("/")
+    path = str(config.pseudo_labels.source).rstrip("/")
     if os.path.abspath(path) == os.path.abspath(layout.run_dir(config)):
         raise ConfigError(_problem(path, "is this run's own folder; a run takes pseudo-labels from another, finished "
                                          "run"))
@@ -107,7 +107,7 @@ def read_source(config: Config) -> Source | None:
         raise ConfigError(_problem(path, f"is a {method} blend: its submission holds ranks, not probabilities, and a "
                                          "pseudo-label is a probability; blend with --method mean, or name a run or "
                                          "a seeds' mean"))
-    mode = config.data.pseudo_labels_folds
+    mode = config.pseudo_labels.folds
     if mode == "all":
         predictions, files = _submitted(member)
     else:
@@ -136,7 +136,7 @@ def _finished(path: str) -> run_results.Member:
 
 
 def _submitted(member: run_results.Member) -> tuple[dict[int, pd.Series], list[str]]:
-    """data.pseudo_labels_folds: all: the source's test predictions over every fold (a run's fold test.csv
+    """pseudo_labels.folds: all: the source's test predictions over every fold (a run's fold test.csv
     averaged, or its submission; a blend's submission)."""
     predictions, origin = member.test_predictions()
     if predictions is None:
@@ -160,23 +160,23 @@ def _runs_of(member: run_results.Member) -> list[run_results.Member]:
         path = entry.get("path") if isinstance(entry, dict) else None
         if not path or not os.path.isdir(path):
             raise DataError(_problem(member.path, f"its member {entry!r} is not a folder here; pseudo-labels by fold "
-                                                  "need its runs (or set data.pseudo_labels_folds=all)"))
+                                                  "need its runs (or set pseudo_labels.folds=all)"))
         runs.append(run_results.Member(path))
         if runs[-1].run.blend is not None:
             raise ConfigError(_problem(member.path, f"its member {path} is a blend, which keeps no fold test "
-                                                    "predictions; set data.pseudo_labels_folds=all"))
+                                                    "predictions; set pseudo_labels.folds=all"))
     if not runs:
         raise DataError(_problem(member.path, f"its {layout.BLEND_FILE} names no member runs"))
     return runs
 
 
 def _per_fold(member: run_results.Member, folds: int) -> tuple[dict[int, pd.Series], list[str]]:
-    """data.pseudo_labels_folds: matched: fold K's test predictions of the source's runs, averaged over runs."""
+    """pseudo_labels.folds: matched: fold K's test predictions of the source's runs, averaged over runs."""
     if member.run.folds_expected != folds:
         raise ConfigError(_problem(member.path, f"it has {member.run.folds_expected} folds and this config "
-                                                f"{folds}: data.pseudo_labels_folds: matched pairs fold K with the "
+                                                f"{folds}: pseudo_labels.folds: matched pairs fold K with the "
                                                 "source's fold K; train on the same folds, or set "
-                                                "data.pseudo_labels_folds=all (the OOF is then optimistic)"))
+                                                "pseudo_labels.folds=all (the OOF is then optimistic)"))
     runs = _runs_of(member)
     predictions, files = {}, []
     for fold in range(folds):
@@ -204,19 +204,19 @@ def _per_fold(member: run_results.Member, folds: int) -> tuple[dict[int, pd.Seri
 
 def select(config: Config, predictions: pd.Series) -> pd.DataFrame:
     """image_name, label, weight of the test images the confidence rule keeps (in name order)."""
-    data = config.data
+    rule = config.pseudo_labels
     values = predictions.astype(np.float64)
-    keep = (values <= data.pseudo_labels_low) | (values >= data.pseudo_labels_high)
+    keep = (values <= rule.low) | (values >= rule.high)
     kept = values[keep].sort_index()
     return pd.DataFrame({"image_name": kept.index.astype(str), "label": kept.to_numpy(),
-                         "weight": float(data.pseudo_labels_weight)})
+                         "weight": float(rule.weight)})
 
 
 def describe_rule(config: Config) -> str:
-    data = config.data
-    if data.pseudo_labels_low >= data.pseudo_labels_high:
+    rule = config.pseudo_labels
+    if rule.low >= rule.high:
         return "every test image"
-    return f"prediction <= {data.pseudo_labels_low:g} or >= {data.pseudo_labels_high:g}"
+    return f"prediction <= {rule.low:g} or >= {rule.high:g}"
 
 
 def check_selection(config: Config, source: Source) -> None:
@@ -229,7 +229,7 @@ def check_selection(config: Config, source: Source) -> None:
             raise ConfigError(
                 f"no test image passes the pseudo-label rule ({describe_rule(config)}) among{which} {len(values)} "
                 f"predictions of {source.path} (they range {values.min():.3f}-{values.max():.3f}): widen "
-                "data.pseudo_labels_low / data.pseudo_labels_high")
+                "pseudo_labels.low / pseudo_labels.high")
 
 
 def check_source(config: Config) -> Source | None:
@@ -261,9 +261,9 @@ def check_images(source: Source, test_names: set[str], image_folds: pd.Series | 
     differ = joined[joined["fold"].astype("float") != joined["fold_here"].astype("float")]
     if len(differ):
         raise DataError(_problem(source.path, f"its folds hold other images than this config's ({len(differ)} image(s) "
-                                              f"differ, e.g. {first_few(differ.index, 3)}): data.pseudo_labels_folds: "
+                                              f"differ, e.g. {first_few(differ.index, 3)}): pseudo_labels.folds: "
                                               "matched needs a source trained on the same records and folds; set "
-                                              "data.pseudo_labels_folds=all (the OOF is then optimistic)"))
+                                              "pseudo_labels.folds=all (the OOF is then optimistic)"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,6 +313,6 @@ def fold_summary(config: Config, source: Source, rows: pd.DataFrame, files: int)
     """The fold's pseudo-labelled images for data.json."""
     return {"source": source.path, "folds": source.folds_mode, "rule": describe_rule(config), "files": files,
             "images": int(len(rows)), "label_sum": round(float(rows["label"].sum()), 3),
-            "weight": float(config.data.pseudo_labels_weight)}
+            "weight": float(config.pseudo_labels.weight)}
 
 

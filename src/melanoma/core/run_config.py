@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import yaml
 
@@ -36,12 +36,12 @@ from melanoma.core.errors import ConfigError
 
 # Keys that never shape what a run learns or predicts.
 RUN_FREE = ("name", "output_dir", "submission_dir", "submission", "data.cache", "train.verbose", "train.tensorboard",
-            "tta.batch_size")
+            "tta.prediction_batch_size")
 # ... and what inference may choose for itself: the test set and how to look at it (TTA).
 INFER_FREE = RUN_FREE + ("tta", "data.test_files", "data.sample_submission")
 # Keys holding file paths (or globs): compared by file name.
 LOCATED = ("data.train_files", "data.test_files", "data.external_files", "data.sample_submission",
-           "data.duplicates_csv", "data.validation_weights", "data.pseudo_labels", "model.weights")
+           "data.duplicates_csv", "validation_weights.file", "pseudo_labels.source", "model.weights")
 # What config.yaml records beside the config: the code's commit, and the identity of the run's pseudo-label
 # source (core/pseudo_labels.py), which binds the run as its config does.
 SOURCE_RECORD = "pseudo_labels_source"
@@ -89,17 +89,6 @@ def saved_config(config: Config) -> config_lib.Config | None:
     except (yaml.YAMLError, AttributeError, TypeError, ValueError) as error:  # not YAML, not a mapping
         raise ConfigError(f"{os.path.join(folder, layout.CONFIG_FILE)} is not a readable run config "
                           f"({type(error).__name__}: {error}); restore it, or train under a new name") from None
-
-
-def trained_as(flat: dict) -> str:
-    """`efficientnet-b0 at 32 px, binary head` (a tree family: `tbp_trees trees`) from flat config keys (a
-    fingerprint or a config)."""
-    family = flat.get("model.family", "cnn")
-    if family != "cnn":
-        return f"{family} trees"
-    text = f"{flat.get('model.backbone', '?')} at {flat.get('data.image_size', '?')} px, " \
-           f"{flat.get('model.head', '?')} head"
-    return text + (" with metadata" if flat.get("model.metadata") else "")
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -213,8 +202,10 @@ def supersede(folder: str) -> str:
     return target
 
 
-def fold_config_problem(config: Config, fold_folder: str, defaults: dict | None = None) -> str | None:
-    """Why a fold's checkpoint was not trained under `config` (from its state.json), or None.
+def fold_config_problem(config: Config, fold_folder: str, trained_as: Callable[[dict], str],
+                        defaults: dict | None = None) -> str | None:
+    """Why a fold's checkpoint was not trained under `config` (from its state.json), or None; `trained_as`
+    words what the fold's recorded keys trained (its family's, train/families/family.py: trained_as).
 
     state.json records the config each fold trained under; a fold without one (trained before it was
     written) cannot be checked and passes. A key its record lacks counts as base.yaml's default.
@@ -335,12 +326,13 @@ def save_config(config: Config, directory: str | None = None, record: dict | Non
 
 
 def read_saved_config(directory: str | os.PathLike) -> Config:
-    """The resolved config a run saved (what it records beside it, RECORDS, dropped)."""
-    text = io_utils.read_text(os.path.join(str(directory), layout.CONFIG_FILE))
-    data = yaml.safe_load(text)
+    """The resolved config a run saved (what it records beside it, RECORDS, dropped); a run saved before keys
+    were renamed (config.RENAMED) reads under the new names, with a note."""
+    path = os.path.join(str(directory), layout.CONFIG_FILE)
+    data = yaml.safe_load(io_utils.read_text(path))
     for key in RECORDS:
         data.pop(key, None)
-    return config_lib.as_config(data)
+    return config_lib.as_config(config_lib.translate_saved_with_note(data, path))
 
 
 @contextlib.contextmanager

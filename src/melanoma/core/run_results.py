@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -207,13 +207,14 @@ def _prediction_column(path: str, column: str) -> pd.Series:
     return pd.Series(values.to_numpy(), index=names.to_numpy(), name=path)
 
 
-def gather_oof(config: Config) -> str | None:
+def gather_oof(config: Config, trained_as: Callable[[dict], str]) -> str | None:
     """Write outputs/<name>/oof.csv once every fold has its OOF, each trained under this config (its
-    state.json says so); returns its path (None if incomplete, and then no oof.csv is left there)."""
+    state.json says so; `trained_as` words what another config trained); returns its path (None if incomplete,
+    and then no oof.csv is left there)."""
     target = os.path.join(layout.run_dir(config), layout.OOF)
     paths = [os.path.join(layout.fold_dir(config, k), layout.OOF) for k in range(config.data.folds)]
-    problems = [run_config.fold_config_problem(config, layout.fold_dir(config, k)) for k in range(config.data.folds)
-                if io_utils.exists(paths[k])]
+    problems = [run_config.fold_config_problem(config, layout.fold_dir(config, k), trained_as)
+                for k in range(config.data.folds) if io_utils.exists(paths[k])]
     for problem in filter(None, problems):
         print(f"warning: {problem}: left out of the OOF; train it again with --force")
     if not all(io_utils.exists(p) for p in paths) or any(problems):
@@ -225,20 +226,20 @@ def gather_oof(config: Config) -> str | None:
     if oof["image_name"].duplicated().any():
         names = oof.loc[oof["image_name"].duplicated(), "image_name"].head(3).tolist()
         raise CheckFailed(f"an image is in the OOF of two folds (e.g. {names}): the folds overlap")
-    oof = validation_weights.oof_with_weights(config, oof)  # `weight`, under data.validation_weights only
+    oof = validation_weights.oof_with_weights(config, oof)  # `weight`, under validation_weights.file only
     io_utils.write_csv_atomic(oof, target)
     return target
 
 
-def report_oof(config: Config, finished) -> None:
+def report_oof(config: Config, finished, trained_as: Callable[[dict], str]) -> None:
     """Gather the run's OOF once every fold has one and print its AUC, else the folds still to train
     (`finished(config, fold)` says which folds are done; a tabular run has its own)."""
-    gathered = gather_oof(config)
+    gathered = gather_oof(config, trained_as)
     if gathered:
         oof = io_utils.read_csv(gathered)
         auc = metrics.auc(oof["target"], oof["pred"])
         pauc = metrics.partial_auc_above_tpr(oof["target"], oof["pred"])
-        weighted = (f"; weighted by test-likeness ({config.data.validation_weighting}): "
+        weighted = (f"; weighted by test-likeness ({config.validation_weights.weighting}): "
                     f"{metrics.auc(oof['target'], oof['pred'], oof['weight']):.4f}" if "weight" in oof else "")
         summary = write_run_summary(config, oof)
         collapsed = [fold for fold, about in summary["folds"].items() if about["collapsed"]]

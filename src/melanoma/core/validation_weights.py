@@ -1,13 +1,13 @@
 """Validation images weighted or selected by how much they look like the test images (an option, never a
-default): `data.validation_weights` names a `melanoma shift --between train,test` test_likeness.csv, whose
+default): `validation_weights.file` names a `melanoma shift --between train,test` test_likeness.csv, whose
 `likeness` is each training image's out-of-fold probability of being a test image (evaluate/shift.py).
 
-- `data.validation_weighting: odds`: an image's weight is its odds of being a test image, p / (1 - p): the
+- `validation_weights.weighting: odds`: an image's weight is its odds of being a test image, p / (1 - p): the
   classifier's estimate of the test images' density over the training images' at that image (up to one
   factor, the sets' sizes), so a weighted validation score estimates the score on images distributed as the
   test images are (importance weighting under covariate shift). Weights are scaled to mean 1 over a fold's
   validation images and capped at CAP times that mean, so a few near-certain images cannot decide a fold.
-- `data.validation_weighting: top`: the `data.validation_top` share of each fold's validation images with
+- `validation_weights.weighting: top`: the `validation_weights.top` share of each fold's validation images with
   the highest likeness count (weight 1), the rest not (weight 0).
 
 Where it counts: a CNN fold's per-epoch val_auc and val_loss (so `train.checkpoint: best_auc` chooses the
@@ -33,7 +33,7 @@ def read_likeness(path: str) -> pd.Series:
     table = read_string_table(path)
     missing = [column for column in ("image_name", "set", "likeness") if column not in table.columns]
     if missing:
-        raise DataError(f"{path} lacks column(s) {', '.join(missing)}: data.validation_weights takes the "
+        raise DataError(f"{path} lacks column(s) {', '.join(missing)}: validation_weights.file takes the "
                         "test_likeness.csv of `python -m melanoma shift --config ... --between train,test`")
     sets = set(table["set"].astype(str))
     if not sets <= {"train", "test"}:
@@ -48,8 +48,8 @@ def read_likeness(path: str) -> pd.Series:
 
 
 def likeness(config: Config) -> pd.Series | None:
-    """The config's training images' test-likeness, or None when data.validation_weights is off."""
-    path = config.data.validation_weights
+    """The config's training images' test-likeness, or None when validation_weights.file is off."""
+    path = config.validation_weights.file
     return None if not path else read_likeness(path)
 
 
@@ -62,12 +62,12 @@ def fold_weights(config: Config, names, known: pd.Series | None = None) -> np.nd
     names = pd.Index(np.asarray(names).astype(str))
     absent = names[~names.isin(known.index)]
     if len(absent):
-        raise DataError(f"{config.data.validation_weights} has no test-likeness for {len(absent)} validation image(s) "
+        raise DataError(f"{config.validation_weights.file} has no test-likeness for {len(absent)} validation image(s) "
                         f"(e.g. {first_few(absent)}): run `python -m melanoma shift --config ...` on this config's "
                         "records again")
     values = np.clip(known.loc[names].to_numpy(dtype=np.float64), EDGE, 1 - EDGE)
-    if config.data.validation_weighting == "top":
-        keep = max(1, int(round(config.data.validation_top * len(values))))
+    if config.validation_weights.weighting == "top":
+        keep = max(1, int(round(config.validation_weights.top * len(values))))
         order = np.argsort(-values, kind="stable")
         weights = np.zeros(len(values))
         weights[order[:keep]] = 1.0

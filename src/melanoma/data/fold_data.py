@@ -16,8 +16,6 @@ from melanoma.core.config import Config
 from melanoma.core.errors import DataError
 from melanoma.data import integrity, record_format, sources
 
-SKIPPED = "skipped.csv"
-
 
 def read(config: Config, fold: int, folder: str):
     """The fold's files and drops, its corrupt records skipped (data.skip_corrupt only), data.json
@@ -25,13 +23,13 @@ def read(config: Config, fold: int, folder: str):
     # competition training parts + external sets, duplicates dropped, leak checks (CheckFailed)
     fold_data = read_fold(config, fold)
     fold_data, skipped = skip_corrupt_records(config, fold_data, folder)  # data.skip_corrupt only
-    fold_data = with_pseudo_labels(config, fold_data, folder)  # data.pseudo_labels only
+    fold_data = with_pseudo_labels(config, fold_data, folder)  # pseudo_labels.source only
     sources.write_summary(fold_data, folder)
     return fold_data, skipped
 
 
 def with_pseudo_labels(config: Config, fold_data, folder: str):
-    """Under data.pseudo_labels: the test images the fold trains on beside its own (core/pseudo_labels.py),
+    """Under pseudo_labels.source: the test images the fold trains on beside its own (core/pseudo_labels.py),
     after checking that the source is still the one the run recorded; they are listed in
     fold<K>/pseudo_labels.csv, counted in the epoch's images and in data.json. The fold as it is otherwise."""
     source = pseudo_labels.check_unchanged(config, f"fold {fold_data.fold}")
@@ -95,7 +93,7 @@ def skip_corrupt_records(config: Config, fold_data, folder: str):
     rows += [{"file": scan.path, "record": scan.readable + 1, "image_name": "",
               "reason": f"{scan.lost} record(s) unreadable from here: {scan.read_error or 'file truncated'}"}
              for scan in scans if scan.lost]
-    target = os.path.join(folder, SKIPPED)
+    target = os.path.join(folder, layout.SKIPPED)
     io_utils.write_csv_atomic(pd.DataFrame(rows, columns=["file", "record", "image_name", "reason"]), target)
     bad = [scan for scan in scans if not scan.ok]
     if not bad:

@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils
+from melanoma.core import fold_rule, io_utils
 from melanoma.core.errors import DataError
 
 REQUIRED_COLUMNS = ("image_name", "patient_id", "target")
@@ -312,7 +312,7 @@ def assign_folds(frame: pd.DataFrame, folds: int, parts: int = DEFAULT_PARTS, se
             f"--folds {folds} is more than the {part_count} parts; a fold needs at least one part "
             f"(lower --folds, or raise --parts if there are enough patients)"
         )
-    result["fold"] = (result["part"] % folds).astype(np.int64)
+    result["fold"] = fold_rule.part_fold(result["part"], folds).astype(np.int64)
     empty = sorted(set(range(folds)) - set(result["fold"].unique().tolist()))
     if empty:
         raise DataError(

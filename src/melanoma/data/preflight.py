@@ -12,7 +12,7 @@ import os
 import tempfile
 from typing import Any
 
-from melanoma.core import io_utils
+from melanoma.core import fold_rule, io_utils
 from melanoma.core.config import WEIGHT_NAMES, Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import record_format
@@ -22,7 +22,7 @@ INPUTS_OF = {
     # the sample submission too (when there are test files): infer, after training, reads it.
     "train": (("data.train_files", "glob"), ("data.test_files", "glob"), ("data.external_files", "globs"),
               ("data.duplicates_csv", "file"), ("model.weights", "weights"), ("data.sample_submission", "file"),
-              ("data.validation_weights", "file")),
+              ("validation_weights.file", "file")),
     # infer builds its models from the folds' checkpoints, so it needs no pretrained weights file
     "infer": (("data.test_files", "glob"), ("data.sample_submission", "file")),
 }
@@ -139,7 +139,7 @@ def check_folds(config: Config, folds: list[int]) -> None:
     files = record_format.list_files(config.data.train_files, "data.train_files")
     parts = sorted({f.part for f in files})
     count = config.data.folds
-    empty = [fold for fold in range(count) if not any(part % count == fold for part in parts)]
+    empty = [fold for fold in range(count) if not any(fold_rule.validates(part, count, fold) for part in parts)]
     shown = f"{len(parts)} part(s) ({', '.join(map(str, parts[:16]))}{', ...' if len(parts) > 16 else ''})"
     if empty:
         chosen = sorted(set(empty) & set(folds))

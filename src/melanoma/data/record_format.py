@@ -31,7 +31,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, quiet
+from melanoma.core import fold_rule, io_utils, quiet
 from melanoma.core import progress as progress_lib
 from melanoma.core.errors import DataError
 from melanoma.data import taxonomy
@@ -283,8 +283,8 @@ def split_folds(files: list[RecordFile], fold: int, folds: int):
     """(training files, validation files): a fold validates on the parts with part % folds == fold."""
     if not 0 <= fold < folds:
         raise ValueError(f"fold {fold} is out of range for {folds} folds (0..{folds - 1})")
-    valid = [f for f in files if f.part % folds == fold]
-    train = [f for f in files if f.part % folds != fold]
+    valid = [f for f in files if fold_rule.validates(f.part, folds, fold)]
+    train = [f for f in files if not fold_rule.validates(f.part, folds, fold)]
     if not valid:
         raise DataError(f"fold {fold} has no validation file: parts found are "
                         f"{sorted({f.part for f in files})}, folds = {folds}")

@@ -9,7 +9,7 @@ External sets. Each entry of `data.external_files` is a glob, or a one-key mappi
 names the set (useful when the files sit under a path that says nothing, such as a cloud bucket). A plain
 glob's files are grouped into sets by the folder they are in, named after it. A set named like the public
 `isic2019-NxN` dataset has 30 files: even part = 2017+2018 images, odd part = 2019-only images (the part
-comes from the file name), used as `data.external_2018` / `data.external_2019` say. Every file of any
+comes from the file name), used as `data.isic2019_even_files` / `data.isic2019_odd_files` say. Every file of any
 other set (e.g. `malignant-v2-NxN`, or records built from the raw ISIC 2019 files) is read
 `data.external_upsample` times per pass.
 
@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from melanoma.core import environment, io_utils, pseudo_labels, validation_weights
+from melanoma.core import environment, fold_rule, io_utils, layout, pseudo_labels, validation_weights
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
@@ -127,10 +127,10 @@ def external_sets(data_config: Config) -> list[ExternalSet]:
     for set_name in sorted(grouped):
         files = sorted(grouped[set_name].values(), key=lambda f: (f.part, f.path))
         if ISIC2019_SET.match(set_name):
-            wanted = {0: data_config.external_2018, 1: data_config.external_2019}
+            wanted = {0: data_config.isic2019_even_files, 1: data_config.isic2019_odd_files}
             chosen = tuple(f for f in files if wanted[f.part % 2])
-            labels = [label for label, on in (("2017+2018 (even parts)", data_config.external_2018),
-                                              ("2019 (odd parts)", data_config.external_2019)) if on]
+            labels = [label for label, on in (("2017+2018 (even parts)", data_config.isic2019_even_files),
+                                              ("2019 (odd parts)", data_config.isic2019_odd_files)) if on]
             sets.append(ExternalSet(set_name, chosen, len(files), 1, " + ".join(labels) or "none"))
         else:
             repeats = int(data_config.external_upsample)
@@ -294,7 +294,7 @@ def check_train_test_overlap(data: Config, competition: pd.DataFrame, reader: Ta
 
 def check_splits_apart(config: Config, progress: bool = True) -> None:
     """Before a run is bound and any fold trains: no competition training image is also a test image
-    (check_train_test_overlap over every train file), and data.validation_weights covers them all. The
+    (check_train_test_overlap over every train file), and validation_weights.file covers them all. The
     tables are read as the folds will read them, so the folds find them cached; only the process that writes
     the run caches them (a cluster's other workers keep theirs in memory). Every fold can be scored
     (data/scorable.py)."""
@@ -307,28 +307,30 @@ def check_splits_apart(config: Config, progress: bool = True) -> None:
     tables = reader.tables(files, content_hash, perceptual, desc="competition records")
     competition = _joined(tables, files, COMPETITION)
     parts = competition["path"].map(lambda path: record_format.parse_file_name(path).part)
-    scorable.check_folds(competition["target"], parts % data.folds, data.folds, training_too=not external)
+    scorable.check_folds(competition["target"], fold_rule.part_fold(parts, data.folds), data.folds,
+                         training_too=not external)
     check_train_test_overlap(data, competition, reader)
     check_validation_weights(config, competition["image_name"])
     check_pseudo_label_images(config, competition, reader)
 
 
 def check_pseudo_label_images(config: Config, competition: pd.DataFrame, reader: TableReader) -> None:
-    """Under data.pseudo_labels, its source predicts exactly the test records' images and (matched folds) its
+    """Under pseudo_labels.source, its source predicts exactly the test records' images and (matched folds) its
     folds validated the images this config's folds validate (core/pseudo_labels.py); DataError otherwise."""
     source = pseudo_labels.check_source(config)
     if source is None:
         return
     test_names = reader.test_names(record_format.list_files(config.data.test_files, "data.test_files"))
     parts = competition["path"].map(lambda path: record_format.parse_file_name(path).part)
-    image_folds = pd.Series((parts % config.data.folds).to_numpy(), index=competition["image_name"].astype(str))
+    image_folds = pd.Series(fold_rule.part_fold(parts, config.data.folds).to_numpy(),
+                            index=competition["image_name"].astype(str))
     pseudo_labels.check_images(source, test_names, image_folds)
 
 
 def check_validation_weights(config: Config, names) -> None:
-    """Under data.validation_weights, its CSV gives a test-likeness to every image that may be validated
+    """Under validation_weights.file, its CSV gives a test-likeness to every image that may be validated
     (`names`); DataError naming those it lacks (a CSV made for other records)."""
-    if config.data.validation_weights:
+    if config.validation_weights.file:
         validation_weights.fold_weights(config, names)
 
 
@@ -429,7 +431,7 @@ class FoldData:
     summary: dict
     drops: pd.DataFrame = field(repr=False)
     train_sources: list[str] = field(default_factory=list)  # source of each of train_files
-    # data.pseudo_labels: the test images the fold also trains on (image_name, label, weight) and the test files
+    # pseudo_labels.source: the test images the fold also trains on (image_name, label, weight) and the test files
     # that hold them; none otherwise (fold_data.with_pseudo_labels)
     pseudo: pd.DataFrame | None = field(default=None, repr=False)
     pseudo_files: list[record_format.RecordFile] = field(default_factory=list)
@@ -706,9 +708,9 @@ def format_summary(summary: dict) -> str:
 
 def write_summary(fold_data: FoldData, folder: str) -> str:
     """Print the fold's data summary; write data.json and duplicates.csv (every dropped image) in folder."""
-    path = os.path.join(folder, "data.json")
+    path = os.path.join(folder, layout.FOLD_DATA)
     io_utils.write_text_atomic(path, json.dumps(fold_data.summary, indent=1) + "\n")
-    io_utils.write_csv_atomic(fold_data.drops, os.path.join(folder, "duplicates.csv"))
+    io_utils.write_csv_atomic(fold_data.drops, os.path.join(folder, layout.DUPLICATES))
     print(format_summary(fold_data.summary))
     return path
 

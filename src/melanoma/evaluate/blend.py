@@ -377,7 +377,7 @@ def command(args: argparse.Namespace) -> int:
               f"(weights fitted on the other folds' ranks; in-sample {summary['auc_in_sample']:.4f} is optimistic)")
     else:
         print(f"blend {summary['name']}: OOF AUC {summary['auc']:.4f}")
-    print(f"wrote {os.path.join(summary['folder'], 'oof.csv')}")
+    print(f"wrote {os.path.join(summary['folder'], layout.OOF)}")
     if summary["submission"]:
         print(f"wrote {summary['submission']}")
     return 0

@@ -56,8 +56,7 @@ def _describe(run: run_results.Run) -> dict:
         label = family_lib.lookup(run.config).label(run.config)
     except (ConfigError, KeyError, TypeError, AttributeError):  # a config saved by other code
         return {"backbone": None, "image_size": None, "external": None, "tta": None}
-    return {"backbone": label["model"], "image_size": label["image_size"], "external": label["external"],
-            "tta": label["tta"]}
+    return {"backbone": label.model, "image_size": label.image_size, "external": label.external, "tta": label.tta}
 
 
 def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str = "auc",

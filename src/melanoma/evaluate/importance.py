@@ -26,7 +26,7 @@ def importance_report(run_path: str, folder: str, top: int = 25) -> tuple[pd.Dat
     frames = [io_utils.read_csv(os.path.join(layout.fold_path(run_path, fold), layout.IMPORTANCE)).assign(fold=fold)
               for fold in layout.fold_numbers(run_path, holding=layout.IMPORTANCE)]
     if not frames:
-        return None, [], ["no fold<K>/importance.csv (tabular.importance_repeats: 0?); importances left out"]
+        return None, [], ["no fold<K>/importance.csv (trees.importance_repeats: 0?); importances left out"]
     every = pd.concat(frames, ignore_index=True)
     table = (every.groupby(["kind", "name", "group"], sort=False)["auc_drop"]
              .agg(auc_drop="mean", auc_drop_fold_std="std", folds="count").reset_index())

@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, layout, plots, run_config, run_results
+from melanoma.core import arguments, io_utils, layout, plots, run_config, run_results
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.evaluate import importance as importance_lib
 from melanoma.evaluate import perclass, scoring
@@ -387,9 +387,8 @@ def _probability(text: str) -> float:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="experiment config (or a run folder, e.g. a blend)")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                        metavar="KEY=VALUE",
-                        help="config overrides, as for training (they choose the run folder)")
+    arguments.add_set_argument(parser, "config overrides, as for training (they choose the run folder)",
+                               dest="overrides")
     parser.add_argument("--cutoffs", nargs="+", type=float, default=list(DEFAULT_CUTOFFS), metavar="P",
                         help=f"fixed cutoffs for the table (default: {' '.join(map(str, DEFAULT_CUTOFFS))})")
     parser.add_argument("--sensitivity", nargs="+", type=_probability, default=list(DEFAULT_SENSITIVITIES),

@@ -131,13 +131,13 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
 
 
 def _weighted_auc(frame: pd.DataFrame) -> float | None:
-    """The AUC with each row counting its `weight` (data.validation_weights: test-likeness), when the OOF
+    """The AUC with each row counting its `weight` (validation_weights.file: test-likeness), when the OOF
     has that column; DataError for a weight that is not a number of 0 or more."""
     if "weight" not in frame.columns:
         return None
     weight, bad = tables.numbers(frame["weight"])
     if (bad | ~np.isfinite(weight) | (weight < 0)).any() or not weight.sum() > 0:
-        raise DataError("the OOF's weight column must hold numbers of 0 or more, not all 0 (data.validation_weights)")
+        raise DataError("the OOF's weight column must hold numbers of 0 or more, not all 0 (validation_weights.file)")
     return _json_number(metrics.auc(frame["target"], frame["pred"], weight.to_numpy()))
 
 
@@ -197,7 +197,7 @@ def format_score(result: dict, frame: pd.DataFrame | None = None, title: str = "
     lines.append(f"{title} {_fmt(result['auc'])}{interval}")
     if "auc_weighted" in result:
         lines.append(f"auc_weighted {_fmt(result['auc_weighted'])}  "
-                     "(validation images weighted by their test-likeness: data.validation_weights)")
+                     "(validation images weighted by their test-likeness: validation_weights.file)")
     if "auc_unselected" in result:
         if result["auc_unselected"] is None:
             lines.append(f"auc_unselected -  ({result.get('unselected_reason') or 'not available'})")

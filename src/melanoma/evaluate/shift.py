@@ -25,7 +25,7 @@ The interval resamples patients (1000 by default), as `score`'s does. Written (w
     shift.png        the two sets' likeness distributions
     shift.json       auc, auc_ci, top_features (names, best first) and the rest (`--json` prints it)
 
-A config may weight or select its validation images by test-likeness: `data.validation_weights`
+A config may weight or select its validation images by test-likeness: `validation_weights.file`
 (core/validation_weights.py), an option, never a default.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, metrics, plots
+from melanoma.core import arguments, io_utils, metrics, plots
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import preflight
@@ -275,13 +275,12 @@ def format_shift(summary: dict) -> str:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML: its records and features section")
+    arguments.add_config_arguments(parser, "experiment YAML: its records and features section",
+                                   "override config keys, e.g. --set data.test_files=...")
     # the pairs hold commas: argparse's {a,b,...} would list four names, as if any two paired
     parser.add_argument("--between", default="train,test", choices=tuple(BETWEEN), metavar=" | ".join(BETWEEN),
                         help="the two sets: the training and test records (default), or the competition's training "
                              "records and data.external_files")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override config keys, e.g. --set data.test_files=...")
     parser.add_argument("--json", action="store_true", help="print shift.json's object instead of a summary")
     parser.add_argument("--folds", type=int, default=5, help="patient-grouped folds of the classifier (default 5)")
     parser.add_argument("--out", help="folder to write (default <output_dir>/shift/<name>-<first>-<second>/)")

@@ -3,8 +3,9 @@ of settings, each combination a run of its own, trained, predicted, then compare
 
 Choosing a recipe by hand takes a train, an infer and a name per setting, and a `compare` of everything else
 `outputs/` holds besides. Here each combination of the grid's values is a run named by its settings
-(`demo-lr_max=2.5e-5-epochs=8`: the config's name, then each grid key's last dotted part and the value as typed;
-the whole dotted key where two grid keys end alike; a value that is no safe folder name gets a hash of itself),
+(`demo-lr_peak_per_image=2.5e-5-epochs=8`: the config's name, then each grid key's last dotted part and the value
+as typed; the whole dotted key where two grid keys end alike; a value that is no safe folder name gets a hash of
+itself),
 bound to its config as every run is (core/run_config.py), its folds trained through its family as `train` does
 (train/command.py) and its test images predicted as `infer` does (predict/inference.py; not where the config has
 no test set). With `--seeds N` a combination is N seed runs, `<run>-s0` .., as `train --seeds` makes them
@@ -35,7 +36,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import environment, fold_state, io_utils, layout, pseudo_labels, run_config, run_results, seeds
+from melanoma.core import (arguments, environment, fold_state, io_utils, layout, pseudo_labels, run_config,
+                           run_results, seeds)
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 from melanoma.data import preflight
@@ -99,7 +101,8 @@ def parse_grid(items: list[str], given: list[str]) -> dict[str, list[str]]:
         key, equals, text = item.partition("=")
         key = key.strip()
         if not equals or not key or not text.strip():
-            raise ConfigError(f"--grid takes KEY=V1,V2,... (e.g. --grid train.lr_max=1e-4,3e-4), got '{item}'")
+            raise ConfigError(f"--grid takes KEY=V1,V2,... (e.g. --grid train.lr_peak_per_image=1e-4,3e-4), "
+                              f"got '{item}'")
         values = split_values(text)
         if "" in values:
             raise ConfigError(f"--grid {item}: an empty value; give one value between each two commas")
@@ -383,15 +386,13 @@ def write_sweep_table(folder: str, rows: list[dict], keys: list[str], facts: dic
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML in configs/")
+    arguments.add_config_arguments(
+        parser, set_help="override config keys of every run, e.g. --set train.epochs=2",
+        seeds_help="train each combination with N seeds (<run>-s0 ..) and compare the seed means")
     parser.add_argument("--grid", nargs="+", required=True, action="extend", metavar="KEY=V1,V2",
                         help="config keys and their values, each combination a run, e.g. --grid "
-                             "tabular.learning_rate=0.05,0.1 tabular.max_leaf_nodes=7,15")
-    parser.add_argument("--seeds", type=int, metavar="N",
-                        help="train each combination with N seeds (<run>-s0 ..) and compare the seed means")
+                             "trees.learning_rate=0.05,0.1 trees.max_leaf_nodes=7,15")
     parser.add_argument("--fold", default="all", help="fold number, comma list, or 'all' (default)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override config keys of every run, e.g. --set train.epochs=2")
     scoring.add_bootstrap_arguments(parser, "each run's 95%% interval")
 
 

@@ -38,7 +38,7 @@ def per_image_train_dataset(paths: list[str], config: Config, batch_size: int, a
     uint8 [H, W, 3] -> uint8 [H, W, 3]): the usual per-image layout, kept as a reference for `bench`."""
     dataset = _decoded(paths, "train", config.data.image_size, ordered=False, seed=seed,
                        cache=bool(config.data.cache))
-    metadata = config.model.metadata
+    metadata = config.model.metadata_input
     if metadata:
         dataset = with_patient_counts(dataset, paths, "train")
     dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
@@ -251,7 +251,7 @@ def lookup_per_tag(lookups: dict[str, list[int]], names: list[str], tags: list[i
 
 @dataclass
 class PseudoLabelled:
-    """Test images a fold trains on beside its own (data.pseudo_labels): the test record files, each kept image's
+    """Test images a fold trains on beside its own (pseudo_labels.source): the test record files, each kept image's
     name, soft label and sample weight, and how many labelled images one pass over the training files gives
     (the two are drawn in proportion to their counts)."""
 
@@ -294,7 +294,7 @@ def train_dataset(paths: list[str], config: Config, batch_size: int, seed: int |
                                                       batch[AUGMENT_KEY] if keyed else None)
             return batch
         dataset = dataset.map(apply, num_parallel_calls=AUTOTUNE, deterministic=True)
-    metadata = config.model.metadata
+    metadata = config.model.metadata_input
 
     def to_pair(batch):
         if head == "diagnosis":
@@ -343,7 +343,7 @@ def train_examples(paths: list[str], config: Config, seed: int | None = None, ke
         dataset = dataset.flat_map(lambda example: tf.data.Dataset.from_tensors(example).repeat(
             tf.where(tf.logical_and(tf.equal(example["target"], 1), tf.equal(example["source"], 0)),
                      tf.constant(upsample, tf.int64), tf.constant(1, tf.int64))))
-    if config.model.metadata:
+    if config.model.metadata_input:
         dataset = with_patient_counts(dataset, paths, "train", tags)
     if pseudo is None:
         return dataset.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
@@ -389,7 +389,7 @@ def pseudo_examples(pseudo: PseudoLabelled, config: Config, tag: int, seed: int 
     dataset = _decoded(pseudo.paths, "test", config.data.image_size, ordered=False, seed=seed,
                        cache=bool(config.data.cache), keep=kept, shard=shard, deterministic=ordered)
     dataset = dataset.map(labelled, num_parallel_calls=AUTOTUNE, deterministic=ordered)
-    if config.model.metadata:
+    if config.model.metadata_input:
         dataset = with_patient_counts(dataset, pseudo.paths, "test")
     return dataset
 
@@ -407,7 +407,7 @@ def prediction_dataset(paths: list[str], config: Config, split: str, tta_steps: 
         raise ValueError(f"dihedral TTA has 8 views; tta.steps={tta_steps}")
     if tta_steps and tta_mode == "random" and augmenter is None:
         raise ValueError("random TTA needs an augmenter")
-    metadata = config.model.metadata
+    metadata = config.model.metadata_input
     dataset = _decoded(paths, split, config.data.image_size, ordered=True, skip_corrupt=skip_corrupt)
     if metadata:
         dataset = with_patient_counts(dataset, paths, split)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils
+from melanoma.core import fold_rule, io_utils
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.data import record_format
@@ -112,7 +112,8 @@ def features_of(table: pd.DataFrame, config: Config, vocabulary: dict, stacked: 
 
 def fold_of(table: pd.DataFrame, folds: int) -> pd.Series:
     """image_name -> fold (part % folds) of every training row: all of them are scored out of fold."""
-    return pd.Series((table["part"] % folds).to_numpy(dtype=np.int64), index=table["image_name"].to_numpy())
+    return pd.Series(fold_rule.part_fold(table["part"], folds).to_numpy(dtype=np.int64),
+                     index=table["image_name"].to_numpy())
 
 
 def training_rows(config: Config) -> TbpTable:

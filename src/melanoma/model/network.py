@@ -311,7 +311,7 @@ def build_model(config: Config, pretrained: bool = True) -> keras.Model:
     if config.model.freeze_batch_norm:
         freeze_batch_norm(backbone)
     features = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(normalised))
-    if config.model.metadata:
+    if config.model.metadata_input:
         metadata = keras.Input(shape=(pipeline.METADATA_SIZE,), name="metadata", dtype="float32")
         inputs["metadata"] = metadata
         branch = keras.layers.Dense(32, activation="relu", name="metadata_dense")(metadata)

@@ -115,7 +115,7 @@ def predict_files(model, paths: list[str], config: Config, split: str, count: in
     """image_name, pred (+ patient_id, target, diagnosis code for train records), one row per record, in
     file order. The diagnosis head adds each class's probability as `p_<CLASS>` (pred is p_MEL).
 
-    `strategy` is the one the model was built under (default: this machine's); tta.batch_size is per
+    `strategy` is the one the model was built under (default: this machine's); tta.prediction_batch_size is per
     replica. tta=False predicts the plain images whatever the config's tta section says (per-epoch
     validation). A bad record is a DataError naming its file and image; train records are skipped
     instead under data.skip_corrupt (test records never are). `count`, when given, is checked against
@@ -125,7 +125,7 @@ def predict_files(model, paths: list[str], config: Config, split: str, count: in
     strategy = strategy or hardware.get_strategy()
     steps = config.tta.steps if tta else 0
     skip = bool(config.data.skip_corrupt) and split == "train"
-    batch_size = config.tta.batch_size * hardware.local_replicas(strategy)
+    batch_size = config.tta.prediction_batch_size * hardware.local_replicas(strategy)
     dataset, views = pipeline.prediction_dataset(
         paths, config, split, tta_steps=steps, tta_mode=config.tta.mode,
         batch_size=batch_size, augmenter=tta_augmenter(config, seed) if steps else None,

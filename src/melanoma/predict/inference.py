@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import environment, fold_state, io_utils, layout, pseudo_labels, run_config, run_lock, seeds
+from melanoma.core import (arguments, environment, fold_state, io_utils, layout, pseudo_labels, run_config,
+                           run_lock, seeds)
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
 from melanoma.data import preflight, record_format
@@ -46,7 +47,7 @@ def trained_folds(config: Config, family: family_lib.Family) -> list[int]:
                       f"{state.get('epochs', '?')}; left out (finish it with `python train.py --config ... "
                       f"--fold {k} --resume`)", file=sys.stderr)
             continue
-        problem = run_config.fold_config_problem(config, folder)
+        problem = run_config.fold_config_problem(config, folder, family_lib.trained_as)
         if problem:
             raise ConfigError(f"{problem}; its model does not belong to this run: train it again "
                               f"(python train.py --config ... --fold {k} --force)")
@@ -146,26 +147,22 @@ def run_inference(config: Config, recompute: bool = False, force: bool = False, 
                                    "prediction": prediction_settings(config, family),
                                    "sample_submission": config.data.sample_submission})
     partial = len(folds) < config.data.folds
-    tta = family.label(config)["tta"]
     print(f"submission: {path} ({len(result)} images, {len(folds)} fold(s)"
-          f"{' of ' + str(config.data.folds) if partial else ''}, {family.name if tta is None else f'TTA {tta}'})")
+          f"{' of ' + str(config.data.folds) if partial else ''}, {family.label(config).predicted_with})")
     return path
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="file locations and TTA may change; what defines the model comes from the "
-                             "run's saved config, and a --set that contradicts it is refused")
+    arguments.add_config_arguments(
+        parser, set_help="file locations and TTA may change; what defines the model comes from the run's saved "
+                         "config, and a --set that contradicts it is refused",
+        force_help="overwrite a differing submission file without keeping a backup",
+        seeds_help="predict the config's N seed runs <name>-s0 .. <name>-s<N-1> (train.py --seeds N) and write "
+                   "their mean: submissions/<name>-seeds.csv, outputs/<name>-seeds/")
     parser.add_argument("--recompute", action="store_true",
                         help="predict again even where a fold's test.csv matches the settings")
     parser.add_argument("--allow-partial", action="store_true",
                         help="with folds missing, ensemble the trained ones into <name>-folds<K>_<K>.csv")
-    parser.add_argument("--force", action="store_true",
-                        help="overwrite a differing submission file without keeping a backup")
-    parser.add_argument("--seeds", type=int, metavar="N",
-                        help="predict the config's N seed runs <name>-s0 .. <name>-s<N-1> (train.py --seeds N) and "
-                             "write their mean: submissions/<name>-seeds.csv, outputs/<name>-seeds/")
     parser.add_argument("--allow-mixed", action="store_true",
                         help="with --seeds: average seed runs trained with other settings too, into <name>-seeds-mixed")
 

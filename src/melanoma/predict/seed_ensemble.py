@@ -4,7 +4,7 @@ Every seed run is a whole run (every fold trained and predicted, core/seeds.py),
 their folds (a fold is a set of parts, whatever the seed). The ensemble is the plain mean: of the runs'
 submissions for the test images, and of their OOF predictions image by image, so its OOF AUC is as honest
 as each seed's (nothing is fitted). It is written as a blend is, so `score`, `compare`, `report`, `blend`,
-`submit` and `data.pseudo_labels` take it as they take a blend:
+`submit` and `pseudo_labels.source` take it as they take a blend:
 
     <output_dir>/<name>-seeds/oof.csv     image_name,patient_id,target,pred,fold: the seeds' mean
     <output_dir>/<name>-seeds/blend.json  method mean, kind seeds, the runs and their seeds, written last

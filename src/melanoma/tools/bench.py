@@ -39,7 +39,7 @@ import pandas as pd
 import tensorflow as tf
 
 from melanoma.core import config as config_lib
-from melanoma.core import hardware, io_utils
+from melanoma.core import arguments, hardware, io_utils
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
 from melanoma.data import diagnoses, examples, record_format
@@ -274,13 +274,13 @@ def pipeline_figures(config: Config, train_paths, test_paths, batches: int, warm
             figures["train_pipeline"][backend]["cpu_ms_per_image"] / plain["cpu_ms_per_image"])
 
     dataset, _ = pipeline.prediction_dataset(train_paths, config, "train", tta_steps=0,
-                                             batch_size=config.tta.batch_size)
+                                             batch_size=config.tta.prediction_batch_size)
     figures["eval_pipeline"] = measure_dataset(dataset, batches, warmup, min_seconds)
     _progress("eval pipeline", figures["eval_pipeline"])
     steps, mode = tta_settings(config)
     augmenter = augment.make_augmenter(config.augment, seed=seed) if mode == "random" else None
     dataset, views = pipeline.prediction_dataset(test_paths, config, "test", tta_steps=steps, tta_mode=mode,
-                                                 batch_size=config.tta.batch_size, augmenter=augmenter)
+                                                 batch_size=config.tta.prediction_batch_size, augmenter=augmenter)
     tta = measure_dataset(dataset, batches, warmup, min_seconds)
     tta.update(views=views, mode=mode, views_per_second=tta["images_per_second"] * views)
     figures["tta_pipeline"] = tta
@@ -371,7 +371,7 @@ def _prediction_figure(model, config: Config, strategy, test_paths, model_batche
     tta_augmenter = augment.make_augmenter(config.augment, seed=config.seed) if mode == "random" else None
     predict_ds, views = pipeline.prediction_dataset(
         test_paths, config, "test", tta_steps=steps, tta_mode=mode,
-        batch_size=config.tta.batch_size * hardware.local_replicas(strategy), augmenter=tta_augmenter)
+        batch_size=config.tta.prediction_batch_size * hardware.local_replicas(strategy), augmenter=tta_augmenter)
     predict_inputs = next(iter(predict_ds))["inputs"]
     predict_batch = int(predict_inputs["image"].shape[0])
     predictor = tta_prediction.Predictor(model, strategy, predict_batch)  # on every replica, as predict_files
@@ -513,7 +513,7 @@ def run_bench(config: Config, batches: int = 20, warmup: int = 5, model_batches:
                 "config": config.name, "image_size": size, "record_size": record_size(train_paths[0]),
                 "data": source, "train_images": record_format.count_images(train_files),
                 "test_images": record_format.count_images(test_files), "batch_size": config.train.batch_size,
-                "tta_batch_size": config.tta.batch_size, "backbone": config.model.backbone,
+                "tta_batch_size": config.tta.prediction_batch_size, "backbone": config.model.backbone,
                 "augment_backend": augment.resolve_backend(config.augment.backend),
                 "augment_xla": bool(config.augment.xla),
                 "cache": bool(config.data.cache), "batches": batches, "min_seconds": min_seconds,
@@ -594,9 +594,7 @@ def format_figures(result: dict) -> str:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML in configs/")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override config keys, e.g. --set data.image_size=256")
+    arguments.add_config_arguments(parser, set_help="override config keys, e.g. --set data.image_size=256")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--out", help="also write the JSON object to this file")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per pipeline figure, at least (20)")

@@ -4,8 +4,8 @@
 [--config configs/isic2024_tabular.yaml] [--set key=value ...] [--json] [--out FILE]` (`make bench-trees`) draws a
 training table of `--rows` lesions in the ISIC 2024 layout (`synth_isic2024.metadata_table`, no images),
 builds every feature of `tbp_features` (measurements, categoricals, derived, patient context), and fits the
-config's tree model (`tabular` section: the same HistGradientBoostingClassifier that training builds) on all
-the rows, then predicts them, then measures permutation importance as a fold does (`tabular.importance_rows`,
+config's tree model (`trees` section: the same HistGradientBoostingClassifier that training builds) on all
+the rows, then predicts them, then measures permutation importance as a fold does (`trees.importance_rows`,
 `importance_repeats`, `importance_by`) on a fold-sized part of the rows. It reports each step's seconds, the
 process's resident memory after the imports and its peak (which include what the imports load), the feature
 count and the machine's load, as a table or one JSON object. A fold trains on fewer rows than this (the
@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, quiet
+from melanoma.core import arguments, io_utils, quiet
 from melanoma.core.errors import ConfigError
 from melanoma.input import tbp_features
 from melanoma.tools import synth_isic2024
@@ -82,12 +82,12 @@ def run(config: config_lib.Config, rows: int, patients: int, positive_rate: floa
 
 def importance(config: config_lib.Config, model, values: np.ndarray, target: np.ndarray, columns: list[str],
                figures: dict, seed: int) -> None:
-    """Permutation importance as a fold computes it (tabular.importance_rows, _repeats, _by) on a fold-sized
+    """Permutation importance as a fold computes it (trees.importance_rows, _repeats, _by) on a fold-sized
     part of the rows (1 / data.folds of them: the fold's validation part), timed."""
     # the trees load scikit-learn's compiled code: imported once OMP_WAIT_POLICY above is in place
     from melanoma.train.families import trees
 
-    section = config.tabular
+    section = config.trees
     part = np.arange(len(target))[::int(config.data.folds)]
     rows = part[trees.importance_rows(target[part], section.importance_rows, seed)]
     sets = len(trees.importance_sets(columns, tbp_features.feature_group, section.importance_by))
@@ -126,10 +126,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--positive-rate", type=float, default=PUBLISHED_RATE,
                         help=f"share of malignant lesions ({PUBLISHED_RATE:.5f}, as published)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--config", default="configs/isic2024_tabular.yaml",
-                        help="its `tabular` section configures the trees and their importances, data.folds the "
-                        "validation part (default: the ISIC 2024 tree config)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend")
+    arguments.add_config_arguments(
+        parser, "its `trees` section configures the trees and their importances, data.folds the validation part "
+                "(default: the ISIC 2024 tree config)", config_default="configs/isic2024_tabular.yaml")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--out", help="also write the JSON object to this file")
     return parser.parse_args(argv)
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = {**run(config, args.rows, args.patients, args.positive_rate, args.seed), **machine(),
               "command": "python -m melanoma.tools.bench_trees " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "tabular": dict(config.tabular)}
+              "trees": dict(config.trees)}
     print(json.dumps(result) if args.json else format_report(result))
     if args.out:
         io_utils.write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")

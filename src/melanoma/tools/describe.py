@@ -13,14 +13,12 @@ import argparse
 import json
 
 from melanoma.core import config as config_lib
-from melanoma.core import environment
+from melanoma.core import arguments, environment
 from melanoma.train.families import family as family_lib
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML in configs/")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override config keys, e.g. --set train.batch_size=64")
+    arguments.add_config_arguments(parser, set_help="override config keys, e.g. --set train.batch_size=64")
 
 
 def command(args: argparse.Namespace) -> int:

@@ -11,13 +11,12 @@ import argparse
 import os
 
 from melanoma.core import config as config_lib
-from melanoma.core import layout
+from melanoma.core import arguments, layout
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML (or a run folder, printed as it is)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override config keys, as for training (name=..., output_dir=...)")
+    arguments.add_config_arguments(parser, "experiment YAML (or a run folder, printed as it is)",
+                                   "override config keys, as for training (name=..., output_dir=...)")
 
 
 def command(args: argparse.Namespace) -> int:

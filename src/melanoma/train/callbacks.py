@@ -45,7 +45,7 @@ class NanGuard(keras.callbacks.Callback):
 
 class ValidationScore(keras.callbacks.Callback):
     """Scores each epoch (val_loss, val_auc, val_pauc_tpr80) and keeps its plain predictions in val_epochs.csv
-    (see `selection`). Under data.validation_weights the loss and AUC weigh each image by its test-likeness
+    (see `selection`). Under validation_weights.file the loss and AUC weigh each image by its test-likeness
     (core/validation_weights.py)."""
 
     def __init__(self, config: Config, folder: str, valid_paths: list[str], valid_dropped: frozenset,
@@ -54,7 +54,7 @@ class ValidationScore(keras.callbacks.Callback):
         self.config, self.folder, self.guard, self.strategy = config, folder, guard, strategy
         self.valid_paths, self.valid_dropped = valid_paths, valid_dropped
         self.epochs = [fold_state.val_epoch_rows(folder, state["epoch"])] if state else []
-        self.likeness = validation_weights.likeness(config)  # data.validation_weights, None when off
+        self.likeness = validation_weights.likeness(config)  # validation_weights.file, None when off
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or self.guard.failure:

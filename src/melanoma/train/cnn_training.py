@@ -53,7 +53,7 @@ def compile_model(model, config: Config, global_batch: int):
     train = config.train
     if environment.cluster_tasks() > 1:
         metrics = []  # tf_keras on a cluster shows streaming training metrics summed over the workers
-    elif config.data.pseudo_labels:
+    elif config.pseudo_labels.source:
         metrics = []  # Keras' AUC, precision and recall read any soft label above 0 as malignant
     elif config.model.head == "diagnosis":
         metrics = [model_lib.MelanomaAUC(name="auc"), keras.metrics.CategoricalAccuracy(name="accuracy")]
@@ -165,7 +165,7 @@ def _train_fold(config: Config, fold: int, resume: bool, strategy) -> dict:
           f"({len(oof)} images, TTA {config.tta.steps}), {seconds:.0f} s training")
     collapsed = metrics.collapse_problem(oof["pred"])
     if collapsed:
-        print(f"fold {fold}: COLLAPSED: {collapsed}; its AUC means nothing (try a lower train.lr_max)")
+        print(f"fold {fold}: COLLAPSED: {collapsed}; its AUC means nothing (try a lower train.lr_peak_per_image)")
     del model
     keras.backend.clear_session()
     return {"fold": fold, "auc": auc, "best_epoch": checkpoint.best_epoch, "seconds": seconds}
@@ -210,7 +210,7 @@ def _training_batches(config: Config, fold: int, fold_data, global_batch: int, i
 
 
 def pseudo_labelled(config: Config, fold_data) -> pipeline.PseudoLabelled | None:
-    """The fold's pseudo-labelled test images for the training pipeline (data.pseudo_labels), or None. The
+    """The fold's pseudo-labelled test images for the training pipeline (pseudo_labels.source), or None. The
     loss's class weight then travels as sample weights (Keras takes one or the other)."""
     rows = fold_data.pseudo
     if rows is None:
@@ -258,7 +258,7 @@ def _keep_best(model, config: Config, fold: int, folder: str, guard, checkpoint)
         kept = (f"the best checkpoint (epoch {checkpoint.best_epoch}) is kept in {folder}"
                 if checkpoint.best_epoch else "no checkpoint was written")
         raise CheckFailed(f"fold {fold}: {guard.failure}; training stopped and {kept}. Lower "
-                          "train.lr_max, check the data, or turn off train.mixed_precision.")
+                          "train.lr_peak_per_image, check the data, or turn off train.mixed_precision.")
     if checkpoint.best_epoch is None:
         raise CheckFailed(f"fold {fold}: no epoch gave a finite {config.train.checkpoint} metric")
     if checkpoint.best_weights is not None:

@@ -18,6 +18,7 @@ import statistics
 
 from melanoma.core import config as config_lib
 from melanoma.core import (
+    arguments,
     environment,
     fold_state,
     io_utils,
@@ -49,16 +50,12 @@ def parse_folds(text: str, folds: int) -> list[int]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML in configs/")
+    arguments.add_config_arguments(
+        parser, force_help="train folds from scratch, even finished or interrupted ones",
+        seeds_help="train N runs of the config, <name>-s0 .. <name>-s<N-1>, with seeds seed+0 .. seed+N-1")
     parser.add_argument("--fold", default="all", help="fold number, comma list, or 'all' (default)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override config keys, e.g. --set train.epochs=2 data.image_size=64")
-    parser.add_argument("--force", action="store_true",
-                        help="train folds from scratch, even finished or interrupted ones")
     parser.add_argument("--resume", action="store_true",
                         help="continue interrupted folds after their last completed epoch")
-    parser.add_argument("--seeds", type=int, metavar="N",
-                        help="train N runs of the config, <name>-s0 .. <name>-s<N-1>, with seeds seed+0 .. seed+N-1")
 
 
 def check_interrupted(config: Config, family: family_lib.Family, folds: list[int], resume: bool,
@@ -98,7 +95,7 @@ def check_before_work(args: argparse.Namespace, config: Config, family: family_l
                           "from the same state. Resume on one machine, or train the fold again with --force")
     family.check(config)
     preflight.check_training(config, folds, writes=environment.is_chief())
-    pseudo_labels.check_source(config)  # data.pseudo_labels: a finished source, its test predictions, a rule
+    pseudo_labels.check_source(config)  # pseudo_labels.source: a finished source, its test predictions, a rule
     return folds
 
 
@@ -138,7 +135,7 @@ def train_run(args: argparse.Namespace, config: Config, family: family_lib.Famil
         if todo:
             _fit_folds(config, config_path, prepared["training"], todo, chief, record)
         if chief:
-            run_results.report_oof(config, family.fold_finished)
+            run_results.report_oof(config, family.fold_finished, family_lib.trained_as)
 
 
 def train_seeds(args: argparse.Namespace) -> int:

@@ -7,8 +7,8 @@ from melanoma.core.config import Config
 
 
 def peak_rate(train_config: Config, global_batch: int) -> float:
-    """The peak scales with the global batch (batch_size x replicas): lr_max x global batch."""
-    return train_config.lr_max * global_batch
+    """The peak scales with the global batch (batch_size x replicas): lr_peak_per_image x global batch."""
+    return train_config.lr_peak_per_image * global_batch
 
 
 def learning_rate(epoch: int, train_config: Config, global_batch: int) -> float:

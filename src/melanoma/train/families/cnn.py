@@ -15,12 +15,13 @@ import time
 import numpy as np
 
 from melanoma.core import config as config_lib
-from melanoma.core import environment, fold_state, layout, run_config
+from melanoma.core import environment, fold_state, layout
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import record_format, taxonomy
 from melanoma.input import augment
 from melanoma.train import schedules
+from melanoma.train.families import family as family_lib
 from melanoma.train.families.family import Answer, Family
 
 
@@ -31,17 +32,23 @@ class CNN(Family):
     resumable = True
 
     def check(self, config: Config) -> None:
-        if config.data.pseudo_labels and config.model.head == "diagnosis":
-            raise ConfigError("config key 'data.pseudo_labels' is set with model.head: diagnosis; a pseudo-label is a "
+        if config.pseudo_labels.source and config.model.head == "diagnosis":
+            raise ConfigError("config key 'pseudo_labels.source' is set with model.head: diagnosis; a pseudo-label is a "
                               "melanoma probability, not a diagnosis: use the binary head, or set "
-                              "data.pseudo_labels=null")
+                              "pseudo_labels.source=null")
 
     def label(self, config: Config) -> dict:
         external = config.data.external_files
         if isinstance(external, str):
             external = [external] if external.strip() else []
-        return {"model": config.model.backbone, "image_size": config.data.image_size,
-                "external": bool(external), "tta": config.tta.steps}
+        return family_lib.Label(model=config.model.backbone, image_size=config.data.image_size,
+                                external=bool(external), tta=config.tta.steps,
+                                predicted_with=f"TTA {config.tta.steps}")
+
+    def trained_as(self, flat: dict) -> str:
+        text = f"{flat.get('model.backbone', '?')} at {flat.get('data.image_size', '?')} px, " \
+               f"{flat.get('model.head', '?')} head"
+        return text + (" with metadata" if flat.get("model.metadata_input") else "")
 
     def describe(self, config: Config) -> dict:
         return describe(config)
@@ -111,10 +118,10 @@ def load_checkpoint(model, path: str, config: Config, folder: str) -> None:
         model.load_weights(path)
     except ValueError as error:
         state = fold_state.read_state(folder) or {}
-        trained = (f"it was trained as {run_config.trained_as(state['config'])}" if state.get("config")
+        trained = (f"it was trained as {family_lib.trained_as(state['config'])}" if state.get("config")
                    else str(error).strip().splitlines()[0][:200])
         raise ConfigError(
-            f"{path} does not fit a {run_config.trained_as(fold_state.flatten(config))}: {trained}; predict "
+            f"{path} does not fit a {family_lib.trained_as(fold_state.flatten(config))}: {trained}; predict "
             "with the config the run was trained with (outputs/<name>/config.yaml)") from None
 
 
@@ -194,7 +201,7 @@ def describe(config: Config) -> dict:
         **network.pretrained_status(config.model.backbone, config.model.weights),
         **({"weights_loaded": True} if offline else {}),
         "head": config.model.head,
-        "metadata": bool(config.model.metadata),
+        "metadata": bool(config.model.metadata_input),
         "loss": config.train.loss,
         "checkpoint": config.train.checkpoint,
         "input_size": config.data.image_size,
@@ -246,7 +253,7 @@ class Serving:
         self.models = models  # fold -> its model with its checkpoint's weights
         self.explainers = {fold: gradcam.explainer(model) for fold, model in self.models.items()}
         self.column = gradcam.melanoma_column(next(iter(self.models.values())))
-        self.metadata_used = bool(config.model.metadata)
+        self.metadata_used = bool(config.model.metadata_input)
         self.has_classes = config.model.head == "diagnosis"
         self._folder = tempfile.TemporaryDirectory(prefix="melanoma-serve-")
         self._record = os.path.join(self._folder.name, record_format.record_name("test", 0, 1))
@@ -277,7 +284,7 @@ class Serving:
             augmenter = tta_prediction.tta_augmenter(config, config.seed) if tta_steps else None
             dataset, _ = pipeline.prediction_dataset(
                 [self._record], config, "test", tta_steps=tta_steps, tta_mode=config.tta.mode,
-                batch_size=config.tta.batch_size, augmenter=augmenter)
+                batch_size=config.tta.prediction_batch_size, augmenter=augmenter)
             if random_views:
                 return dataset
             self._datasets[tta_steps] = dataset

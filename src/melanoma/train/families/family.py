@@ -13,8 +13,9 @@ branches on a family's name:
 and beside them a few facts and small checks: the fold file that holds the trained model
 (`model_file`), the config keys a fold's predictions depend on besides that model (`prediction_keys`,
 so infer knows when a fold's test.csv can be reused), whether an interrupted fold continues after its
-last epoch (`resumable`), the family's own config checks (`check`), a short label for tables (`label`),
-and the model behind `serve`'s page (`serving`).
+last epoch (`resumable`), the family's own config checks (`check`), how it names a config's model in
+tables and messages (`label`, a `Label`; `trained_as` for the flat keys a fold's state.json records), and the
+model behind `serve`'s page (`serving`).
 
 Everything around them is written once for every family: the run's config and lock, the folds to
 train, the OOF gathered (train/); test predictions per fold, the ensemble, the partial rule and the
@@ -47,6 +48,18 @@ FAMILIES = {
 }
 
 
+@dataclass(frozen=True)
+class Label:
+    """How a family names a config's model where runs are listed (`compare`) and reported (`infer`), so that
+    those places read facts instead of asking which family it is."""
+
+    model: str                  # a few words: the backbone, or the kind of trees
+    image_size: int | None      # the image size the model sees (None: it sees no image)
+    external: bool              # whether external images join the training folds
+    tta: int | None             # augmented views per test image (None: the family predicts without TTA)
+    predicted_with: str         # how test images are predicted, for the line under a submission ("TTA 4")
+
+
 class Family:
     """The operations and facts of a model family (see the module docstring). Subclasses set the class
     attributes and implement the methods that raise NotImplementedError."""
@@ -60,8 +73,13 @@ class Family:
         """The family's own config values, checked before any work and before TensorFlow loads (no file
         is read); ConfigError names the key."""
 
-    def label(self, config: Config) -> dict:
-        """{'model': a few words, 'image_size': what it sees} for tables such as `compare`."""
+    def label(self, config: Config) -> Label:
+        """The model `config` trains, as `compare` and `infer` show it."""
+        raise NotImplementedError
+
+    def trained_as(self, flat: dict) -> str:
+        """A phrase for messages ("fold1 was trained as ..."), from flat dotted config keys: a fold's
+        state.json records only those that shape the model, so a key may be missing (read it with .get)."""
         raise NotImplementedError
 
     def describe(self, config: Config) -> dict:
@@ -122,7 +140,16 @@ def family_name(config: Config) -> str:
 
 def lookup(config: Config) -> Family:
     """The family that `config` names in model.family; ConfigError naming the choices for an unknown one."""
-    name = family_name(config)
+    return _family_called(family_name(config))
+
+
+def trained_as(flat: dict) -> str:
+    """What flat config keys (a fold's state.json record, or a flattened config) train, in a phrase for
+    messages, as its family words it; a record saved before model.family existed is a CNN's."""
+    return _family_called(str(flat.get("model.family", "cnn"))).trained_as(flat)
+
+
+def _family_called(name: str) -> Family:
     if name not in FAMILIES:
         close = difflib.get_close_matches(name, FAMILIES, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""

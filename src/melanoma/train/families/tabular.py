@@ -44,8 +44,12 @@ class Tabular(Family):
                               "images' features beside the training images'; give the test records' glob")
 
     def label(self, config: Config) -> dict:
-        return {"model": "tabular (trees)", "image_size": config.features.image_size or config.data.image_size,
-                "external": False, "tta": None}
+        return family_lib.Label(model="tabular (trees)",
+                                image_size=config.features.image_size or config.data.image_size,
+                                external=False, tta=None, predicted_with=self.name)
+
+    def trained_as(self, flat: dict) -> str:
+        return f"{self.name} trees"
 
     def describe(self, config: Config) -> dict:
         return describe(config)
@@ -63,26 +67,26 @@ class Tabular(Family):
 
 
 def check_tabular(config: Config) -> None:
-    """The tabular section's values, checked before any record is read."""
-    section = config.tabular
+    """The trees section's values, checked before any record is read."""
+    section = config.trees
     if not 0 < section.learning_rate <= 1:
-        raise ConfigError(f"config key 'tabular.learning_rate' must be in (0, 1], got {section.learning_rate}")
+        raise ConfigError(f"config key 'trees.learning_rate' must be in (0, 1], got {section.learning_rate}")
     for key in ("max_iter", "min_samples_leaf"):
         if section[key] < 1:
             raise ConfigError(f"config key 'tabular.{key}' must be at least 1, got {section[key]}")
     if section.max_leaf_nodes < 2:
-        raise ConfigError(f"config key 'tabular.max_leaf_nodes' must be at least 2, got {section.max_leaf_nodes}")
+        raise ConfigError(f"config key 'trees.max_leaf_nodes' must be at least 2, got {section.max_leaf_nodes}")
     if section.l2_regularization < 0:
-        raise ConfigError(f"config key 'tabular.l2_regularization' must be 0 or more, got {section.l2_regularization}")
+        raise ConfigError(f"config key 'trees.l2_regularization' must be 0 or more, got {section.l2_regularization}")
     if not 0 < section.max_features <= 1:
-        raise ConfigError(f"config key 'tabular.max_features' must be in (0, 1], got {section.max_features}")
+        raise ConfigError(f"config key 'trees.max_features' must be in (0, 1], got {section.max_features}")
     if section.class_weight is not None and section.class_weight <= 0:
-        raise ConfigError(f"config key 'tabular.class_weight' must be positive, got {section.class_weight}")
+        raise ConfigError(f"config key 'trees.class_weight' must be positive, got {section.class_weight}")
     if section.importance_rows is not None and section.importance_rows < 2:
-        raise ConfigError(f"config key 'tabular.importance_rows' must be at least 2 (or null), got "
+        raise ConfigError(f"config key 'trees.importance_rows' must be at least 2 (or null), got "
                           f"{section.importance_rows}")
     if section.importance_repeats < 0:
-        raise ConfigError(f"config key 'tabular.importance_repeats' must be 0 or more, got "
+        raise ConfigError(f"config key 'trees.importance_repeats' must be 0 or more, got "
                           f"{section.importance_repeats}")
 
 
@@ -114,7 +118,7 @@ def describe(config: Config) -> dict:
     groups = [group for group, key in GROUP_SWITCHES.items() if config.get_path(key)]
     groups += [f"stacking: run_{name}" for name in config.features.from_runs]
     return {"name": config.name, "family": "tabular", "model": "HistGradientBoostingClassifier",
-            "tabular": config.tabular.to_dict(), "feature_groups": groups,
+            "trees": config.trees.to_dict(), "feature_groups": groups,
             "image_size": config.features.image_size or config.data.image_size,
             "histogram_bins": config.features.histogram_bins, "folds": config.data.folds,
             "train_files_found": len(files),

@@ -17,16 +17,17 @@ from __future__ import annotations
 import json
 import os
 
-from melanoma.core import io_utils, layout
+from melanoma.core import fold_rule, io_utils, layout
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 from melanoma.data import record_format, sampling, scorable
 from melanoma.input import tbp_features, tbp_table
 from melanoma.train.families import tabular
+from melanoma.train.families import family as family_lib
 from melanoma.train.families.family import Family
 
 FOLD_FILES = (layout.TREES_MODEL, layout.STATE, layout.OOF, layout.TEST, layout.TEST_SETTINGS, layout.HISTORY,
-              layout.IMPORTANCE, "data.json")
+              layout.IMPORTANCE, layout.FOLD_DATA)
 GROUP_SWITCHES = {"derived": "features.tbp_derived", "patient context": "features.patient_context"}
 
 
@@ -50,12 +51,16 @@ class TbpTrees(Family):
         if config.data.external_files:
             raise ConfigError("model.family tbp_trees reads the ISIC 2024 tables beside data.train_files; "
                               "data.external_files has no such table: set data.external_files=[]")
-        if config.data.pseudo_labels:
+        if config.pseudo_labels.source:
             raise ConfigError("model.family tbp_trees does not take pseudo-labels (its rows come from the ISIC 2024 "
-                              "tables, not from the test records): set data.pseudo_labels=null")
+                              "tables, not from the test records): set pseudo_labels.source=null")
 
     def label(self, config: Config) -> dict:
-        return {"model": "tbp trees (2024 metadata)", "image_size": None, "external": False, "tta": None}
+        return family_lib.Label(model="tbp trees (2024 metadata)", image_size=None, external=False, tta=None,
+                                predicted_with=self.name)
+
+    def trained_as(self, flat: dict) -> str:
+        return f"{self.name} trees"
 
     def describe(self, config: Config) -> dict:
         return describe(config)
@@ -84,7 +89,7 @@ def describe(config: Config) -> dict:
     groups += [f"stacking: run_{name}" for name in config.features.from_runs]
     table = os.path.join(os.path.dirname(files[0].path), "train.csv") if files else None
     return {"name": config.name, "family": "tbp_trees", "model": "HistGradientBoostingClassifier",
-            "tabular": config.tabular.to_dict(), "feature_groups": groups, "folds": config.data.folds,
+            "trees": config.trees.to_dict(), "feature_groups": groups, "folds": config.data.folds,
             "negatives_per_positive": config.data.negatives_per_positive,
             "train_table": table if table and io_utils.exists(table) else None,
             "train_images": record_format.count_images(files) if files else None}
@@ -97,7 +102,8 @@ class Training:
     def __init__(self, config: Config):
         self.table = tbp_table.training_rows(config)
         frame = self.table.frame  # every fold can be scored, before any is fitted
-        scorable.check_folds(frame["target"], frame["part"] % config.data.folds, config.data.folds)
+        scorable.check_folds(frame["target"], fold_rule.part_fold(frame["part"], config.data.folds),
+                             config.data.folds)
         print(f"tbp_trees: {len(self.table.frame)} training rows, {len(self.table.columns)} features")
 
     def fit_fold(self, config: Config, fold: int) -> dict:
@@ -107,14 +113,14 @@ class Training:
         folder = layout.fold_dir(config, fold)
         trees.fresh_folder(folder, FOLD_FILES)
         training, validation, summary = fold_rows(config, fold, self.table.frame)
-        io_utils.write_text_atomic(os.path.join(folder, "data.json"), json.dumps(summary, indent=1) + "\n")
+        io_utils.write_text_atomic(os.path.join(folder, layout.FOLD_DATA), json.dumps(summary, indent=1) + "\n")
         return trees.fit_and_write(config, fold, folder, self.table.columns, self.table.categorical, training,
                                    validation, tbp_features.feature_group, vocabulary=self.table.vocabulary)
 
 
 def fold_rows(config: Config, fold: int, frame):
     """(training rows after negative downsampling, every validation row, the fold's data.json)."""
-    in_fold = (frame["part"] % config.data.folds) == fold
+    in_fold = fold_rule.validates(frame["part"], config.data.folds, fold)
     training, validation = frame[~in_fold], frame[in_fold]
     left_out = sampling.negatives_dropped(training[["image_name", "target"]], config.data.negatives_per_positive,
                                           int(config.seed) + fold)

@@ -73,8 +73,8 @@ def fold_rows(table: features.FeatureTable, fold_data) -> tuple[pd.DataFrame, pd
 def fit_fold(config: Config, fold: int, table: features.FeatureTable, fold_data) -> dict:
     """Fit fold `fold`; write its data summary, model, state, history, importances and, last, its OOF."""
     folder = layout.fold_dir(config, fold)
-    trees.fresh_folder(folder, FOLD_FILES + ("data.json", "duplicates.csv"))
-    fold_data = fold_data_lib.with_pseudo_labels(config, fold_data, folder)  # data.pseudo_labels only
+    trees.fresh_folder(folder, FOLD_FILES + (layout.FOLD_DATA, layout.DUPLICATES))
+    fold_data = fold_data_lib.with_pseudo_labels(config, fold_data, folder)  # pseudo_labels.source only
     sources.write_summary(fold_data, folder)
     training, validation = fold_rows(table, fold_data)
     if fold_data.pseudo is not None:
@@ -87,7 +87,7 @@ def fit_fold(config: Config, fold: int, table: features.FeatureTable, fold_data)
 
 def with_pseudo_rows(table: features.FeatureTable, rows: pd.DataFrame | None, train_x: np.ndarray,
                      train_y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(rows, targets, sample weights) the trees are fitted on: the training images, then (data.pseudo_labels)
+    """(rows, targets, sample weights) the trees are fitted on: the training images, then (pseudo_labels.source)
     each pseudo-labelled test image twice, as malignant weighing w·p and as benign weighing w·(1 − p), where p
     is its soft label and w its weight. The log-loss of the pair is then w times the cross-entropy against p,
     which is what a soft label means to a CNN's loss; no threshold turns it into a hard label. (None: no

@@ -1,5 +1,5 @@
 """The trees every tree family fits (train/families/tabular.py, tbp_trees.py): scikit-learn's
-HistGradientBoostingClassifier as the `tabular` section sets it, its per-iteration history, permutation
+HistGradientBoostingClassifier as the `trees` section sets it, its per-iteration history, permutation
 importance, the saved model and each feature's effect on one row. Only NumPy, pandas, scikit-learn and
 joblib: fitting trees on a metadata table loads TensorFlow only to write TensorBoard's event files
 (`train.tensorboard`).
@@ -29,9 +29,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def new_trees(config: Config, columns: list[str], categorical: list[str], fold: int):
-    """The configured trees (tabular section) for feature `columns` in model order, of which `categorical`
+    """The configured trees (trees section) for feature `columns` in model order, of which `categorical`
     hold category codes."""
-    section = config.tabular
+    section = config.trees
     categorical = [column in categorical for column in columns]
     weight = section.class_weight
     return HistGradientBoostingClassifier(
@@ -88,7 +88,7 @@ def importance_sets(columns: list[str], group_of: Callable[[str], str],
 
 
 def importance_rows(target: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
-    """Indices of the validation rows permutation importance is measured on (tabular.importance_rows):
+    """Indices of the validation rows permutation importance is measured on (trees.importance_rows):
     every row when `limit` is null or not exceeded; else every malignant row and a seeded draw of the
     others up to `limit` rows in all. Drawing benign rows alone leaves the AUC's expectation as it is."""
     rows = np.arange(len(target))
@@ -206,7 +206,7 @@ def fit_and_write(config: Config, fold: int, folder: str, columns: list[str], ca
     curves = history(model, train_x, train_y, valid_x, valid_y)
     io_utils.write_csv_atomic(curves, os.path.join(folder, layout.HISTORY))
     tensorboard.write_history(config, folder, curves)  # train.tensorboard
-    section = config.tabular
+    section = config.trees
     if section.importance_repeats and len(np.unique(valid_y)) == 2:
         rows = importance_rows(valid_y, section.importance_rows, int(config.seed) + fold)
         importance = permutation_importance(model, valid_x[rows], valid_y[rows], columns,
