@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from melanoma.core import run_config
 from melanoma.core import config as config_lib
+from melanoma.core import run_config
 from melanoma.core.config import CHOICES, ConfigError, load_config
 from melanoma.train.families import family as family_lib
 

@@ -57,9 +57,11 @@ def test_an_absurd_number_is_refused_naming_the_key_the_value_and_the_range(sett
 
 
 def test_train_exits_2_before_tensorflow_loads():
-    """`python train.py ... --set train.lr_peak_per_image=-1`: one line, exit status 2, and TensorFlow never imported."""
+    """`python train.py ... --set train.lr_peak_per_image=-1`: one line, exit status 2, and TensorFlow never
+    imported."""
     script = ("import sys\nfrom melanoma import cli\nstatus = cli.main(['train', '--config', 'configs/demo.yaml', "
-              "'--fold', '0', '--set', 'train.lr_peak_per_image=-1'])\nprint('tensorflow' in sys.modules)\nsys.exit(status)")
+              "'--fold', '0', '--set', 'train.lr_peak_per_image=-1'])\n"
+              "print('tensorflow' in sys.modules)\nsys.exit(status)")
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout.strip() == "False", done
     assert done.stderr.strip() == "error: config key 'train.lr_peak_per_image' must be more than 0, got -1", done.stderr

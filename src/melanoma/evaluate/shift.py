@@ -38,8 +38,8 @@ import os
 import numpy as np
 import pandas as pd
 
-from melanoma.core import config as config_lib
 from melanoma.core import arguments, io_utils, metrics, plots
+from melanoma.core import config as config_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import preflight

@@ -35,9 +35,18 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from melanoma.core import (
+    arguments,
+    environment,
+    fold_state,
+    io_utils,
+    layout,
+    pseudo_labels,
+    run_config,
+    run_results,
+    seeds,
+)
 from melanoma.core import config as config_lib
-from melanoma.core import (arguments, environment, fold_state, io_utils, layout, pseudo_labels, run_config,
-                           run_results, seeds)
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 from melanoma.data import preflight

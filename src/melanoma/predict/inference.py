@@ -23,9 +23,18 @@ import sys
 import numpy as np
 import pandas as pd
 
+from melanoma.core import (
+    arguments,
+    environment,
+    fold_state,
+    io_utils,
+    layout,
+    pseudo_labels,
+    run_config,
+    run_lock,
+    seeds,
+)
 from melanoma.core import config as config_lib
-from melanoma.core import (arguments, environment, fold_state, io_utils, layout, pseudo_labels, run_config,
-                           run_lock, seeds)
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
 from melanoma.data import preflight, record_format

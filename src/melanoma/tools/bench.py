@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from melanoma.core import config as config_lib
 from melanoma.core import arguments, hardware, io_utils
+from melanoma.core import config as config_lib
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
 from melanoma.data import diagnoses, examples, record_format

@@ -25,8 +25,8 @@ import time
 
 import numpy as np
 
-from melanoma.core import config as config_lib
 from melanoma.core import arguments, io_utils, quiet
+from melanoma.core import config as config_lib
 from melanoma.core.errors import ConfigError
 from melanoma.input import tbp_features
 from melanoma.tools import synth_isic2024

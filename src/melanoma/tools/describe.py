@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from melanoma.core import config as config_lib
 from melanoma.core import arguments, environment
+from melanoma.core import config as config_lib
 from melanoma.train.families import family as family_lib
 
 

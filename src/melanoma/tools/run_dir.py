@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from melanoma.core import config as config_lib
 from melanoma.core import arguments, layout
+from melanoma.core import config as config_lib
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 
-from melanoma.core import config as config_lib
 from melanoma.core import (
     arguments,
     environment,
@@ -30,6 +29,7 @@ from melanoma.core import (
     run_results,
     seeds,
 )
+from melanoma.core import config as config_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 from melanoma.data import preflight

@@ -33,8 +33,8 @@ class CNN(Family):
 
     def check(self, config: Config) -> None:
         if config.pseudo_labels.source and config.model.head == "diagnosis":
-            raise ConfigError("config key 'pseudo_labels.source' is set with model.head: diagnosis; a pseudo-label is a "
-                              "melanoma probability, not a diagnosis: use the binary head, or set "
+            raise ConfigError("config key 'pseudo_labels.source' is set with model.head: diagnosis; a pseudo-label is "
+                              "a melanoma probability, not a diagnosis: use the binary head, or set "
                               "pseudo_labels.source=null")
 
     def label(self, config: Config) -> dict:

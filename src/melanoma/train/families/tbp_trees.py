@@ -22,8 +22,8 @@ from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 from melanoma.data import record_format, sampling, scorable
 from melanoma.input import tbp_features, tbp_table
-from melanoma.train.families import tabular
 from melanoma.train.families import family as family_lib
+from melanoma.train.families import tabular
 from melanoma.train.families.family import Family
 
 FOLD_FILES = (layout.TREES_MODEL, layout.STATE, layout.OOF, layout.TEST, layout.TEST_SETTINGS, layout.HISTORY,
