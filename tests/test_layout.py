@@ -258,6 +258,24 @@ def config_arguments_written_out(modules: dict[str, Module]) -> list[str]:
     return found
 
 
+TREES = "melanoma.train.families.trees"
+TREE_FAMILY = "melanoma.train.families.tree_family"
+
+
+def tree_families_apart(modules: dict[str, Module]) -> list[str]:
+    """A family class that fits the trees (its module imports train/families/trees.py) yet extends Family itself
+    instead of TreeFamily (train/families/tree_family.py): the copy that tabular and tbp_trees once were."""
+    found = []
+    for module in modules.values():
+        if module.name == TREE_FAMILY or TREES not in {target for target, _, _ in module.imports}:
+            continue
+        for node in module.tree.body:
+            if isinstance(node, ast.ClassDef) and any(ast.unparse(base).split(".")[-1] == "Family"
+                                                      for base in node.bases):
+                found.append(f"{module.name}:{node.lineno}: {node.name} fits trees but does not extend TreeFamily")
+    return found
+
+
 @pytest.fixture(scope="module")
 def modules() -> dict[str, Module]:
     return read_package()
@@ -308,6 +326,13 @@ def test_nothing_branches_on_a_family_name(modules):
     assert not branches_on_a_family_name(modules), "\n".join(branches_on_a_family_name(modules))
 
 
+def test_every_tree_family_extends_the_tree_base(modules):
+    """What tree families share (checks, fold files, describe, label) is written once, in TreeFamily."""
+    assert not tree_families_apart(modules), "\n".join(tree_families_apart(modules))
+    fitting = {module.name for module in modules.values() if TREES in {target for target, _, _ in module.imports}}
+    assert {"melanoma.train.families.tabular", "melanoma.train.families.tbp_trees"} <= fitting  # the rule sees them
+
+
 def test_config_parameters_are_typed(modules):
     assert not untyped_config_parameters(modules), "\n".join(untyped_config_parameters(modules))
 
@@ -328,9 +353,12 @@ def test_help_lists_every_command():
 def test_the_checks_find_what_they_look_for(tmp_path):
     """Each check above fails on a small package made to break it, so a pass means something."""
     root = tmp_path / "melanoma"
-    for folder in ("core", "data", "train"):
+    for folder in ("core", "data", "train", "train/families"):
         (root / folder).mkdir(parents=True)
         (root / folder / "__init__.py").write_text('"""a stage"""\n')
+    (root / "train" / "families" / "trees.py").write_text('"""the trees"""\n')
+    (root / "train" / "families" / "stumps.py").write_text("from melanoma.train.families import trees\n\n\n"
+                                                           "class Stumps(family.Family):\n    model = trees\n")
     (root / "__init__.py").write_text("")
     (root / "core" / "config.py").write_text("from melanoma.data import records\n")
     (root / "data" / "records.py").write_text("from melanoma.core import config\n"
@@ -358,6 +386,8 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     assert run_file_literals(broken) == ["melanoma.data.folds:11: 'data.json'"]
     assert config_arguments_written_out(broken) == ["melanoma.data.folds:6: --set"]
     assert branches_on_a_family_name(broken) == ["melanoma.data.folds:16: config.model.family != 'cnn'"]
+    assert tree_families_apart(broken) == ["melanoma.train.families.stumps:4: Stumps fits trees but does not extend "
+                                           "TreeFamily"]
 
 
 def test_every_command_loads_without_tensorflow():

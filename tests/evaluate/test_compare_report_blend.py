@@ -425,3 +425,18 @@ def test_report_writes_its_folder_whole_and_refuses_one_it_did_not_write(project
     assert f"wrote {report_folder / 'roc.png'}" in out and io_utils.writer_of(str(report_folder)) == "report"
     assert (report_folder / "roc.png").read_bytes() != b"an earlier report's"
     assert not [p for p in report_folder.parent.iterdir() if p.name.startswith(".report")]  # no temporary left
+
+
+@pytest.mark.parametrize("change, test, note", [
+    ({"target": [1, 0, 1, 1]}, "patient", "targets differ from the best run's on shared images; no p-value"),
+    ({"patient_id": ["P1", "P1", "P2", "P3"]}, "patient",
+     "patient ids differ from the best run's on shared images; no p-value"),
+    ({"patient_id": ["P1", "P1", "P2", "P3"]}, "image", None),  # per image, the patients do not matter
+])
+def test_compare_says_why_two_runs_get_no_p_value(change, test, note):
+    best = pd.DataFrame({"image_name": list("ABCD"), "patient_id": ["P1", "P2", "P2", "P3"], "target": [1, 0, 0, 1],
+                         "pred": [0.9, 0.2, 0.4, 0.7]})
+    other = best.assign(pred=[0.6, 0.5, 0.3, 0.8], **change)
+    row: dict = {}
+    compare._test_against(row, best, other, test)
+    assert row.get("note") == note and (("p_best" in row) == (note is None))

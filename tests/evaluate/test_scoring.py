@@ -370,3 +370,16 @@ def test_collapse_threshold_sits_between_a_weak_model_and_a_constant():
     assert "collapsed" in metrics.collapse_problem(stuck)
     assert metrics.collapse_problem(np.full(10, 0.5)) is not None
     assert metrics.collapse_problem([0.3]) is None  # one prediction says nothing about spread
+
+
+def test_a_collapsed_fold_gets_one_line_in_every_family(capsys):
+    """The line both families print at a fold's end (metrics.say_if_collapsed), with a family's advice."""
+    from melanoma.core import metrics
+
+    metrics.say_if_collapsed(3, np.full(10, 0.5), "try a lower train.lr_peak_per_image")
+    metrics.say_if_collapsed(4, np.linspace(0.01, 0.99, 10))
+    metrics.say_if_collapsed(5, np.full(10, 0.5))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("fold 3: COLLAPSED: near-constant predictions")
+    assert lines[0].endswith("its AUC means nothing (try a lower train.lr_peak_per_image)")
+    assert lines[1].startswith("fold 5: COLLAPSED: ") and lines[1].endswith("its AUC means nothing")

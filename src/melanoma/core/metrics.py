@@ -53,6 +53,15 @@ def collapse_problem(pred) -> str | None:
             f"{COLLAPSE_LOGIT_STD}): the model collapsed to one output")
 
 
+def say_if_collapsed(fold: int, pred, advice: str = "") -> None:
+    """Print fold `fold`'s COLLAPSED line when its OOF predictions are near-constant (`collapse_problem`), as
+    every family's fold ends: the AUC printed above it means nothing, and a reader of the log must not take
+    it for a result. `advice` follows, for a family that knows what to change."""
+    collapsed = collapse_problem(pred)
+    if collapsed:
+        print(f"fold {fold}: COLLAPSED: {collapsed}; its AUC means nothing{f' ({advice})' if advice else ''}")
+
+
 # The ISIC 2024 challenge's metric: the area of the ROC curve above this sensitivity (0 to 1 - it).
 PAUC_MIN_TPR = 0.8
 

@@ -215,24 +215,30 @@ def _test_against(row: dict, best: pd.DataFrame, other: pd.DataFrame, test: str)
     if common.empty:
         row["note"] = "no images in common with the best run"
         return
-    if (common["target_best"] != common["target_run"]).any():
-        row["note"] = "targets differ from the best run's on shared images; no p-value"
-        return
-    if common["target_best"].nunique() < 2:
-        row["note"] = "shared images with the best run hold one class; no p-value"
-        return
+    paired = [("target", "targets", "hold one class")]
+    if test != "image":  # the clustered test needs the patients too
+        paired.append(("patient_id", "patient ids", "are of one patient"))
+    for column, plural, one_value in paired:
+        note = _unpaired(common, column, plural, one_value)
+        if note:
+            row["note"] = f"{note}; no p-value"
+            return
     if test == "image":
         _, _, p_value = delong_test(common["target_best"], common["pred_best"], common["pred_run"])
     else:
-        if (common["patient_id_best"] != common["patient_id_run"]).any():
-            row["note"] = "patient ids differ from the best run's on shared images; no p-value"
-            return
-        if common["patient_id_best"].nunique() < 2:
-            row["note"] = "shared images with the best run are of one patient; no p-value"
-            return
         _, _, p_value = clustered_delong_test(common["target_best"], common["pred_best"], common["pred_run"],
                                               common["patient_id_best"])
     row["p_best"] = float(f"{p_value:.3g}")
+
+
+def _unpaired(common: pd.DataFrame, column: str, plural: str, one_value: str) -> str | None:
+    """Why the shared images of two runs cannot be compared on `column` (its values differ between the runs,
+    or are one value only, where DeLong's test needs two), or None when they can."""
+    if (common[f"{column}_best"] != common[f"{column}_run"]).any():
+        return f"{plural} differ from the best run's on shared images"
+    if common[f"{column}_best"].nunique() < 2:
+        return f"shared images with the best run {one_value}"
+    return None
 
 
 def _cell(value: Any, digits: int = 4) -> str:

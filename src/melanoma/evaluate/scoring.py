@@ -241,14 +241,8 @@ def format_score(result: dict, frame: pd.DataFrame | None = None, title: str = "
 
 def read_labels(path: str) -> pd.DataFrame:
     """image_name, target (0/1) and patient_id (the image where the file has none) of a test-labels CSV."""
-    frame = tables.read_string_table(path)
-    frame.columns = [str(column).strip() for column in frame.columns]
-    missing = [column for column in ("image_name", "target") if column not in frame.columns]
-    if missing:
-        raise DataError(f"--labels {path} lacks column(s) {', '.join(missing)} (found: "
-                        f"{','.join(frame.columns) or 'none'}); give the test labels, image_name,target (the "
-                        "test_labels.csv that `records --isic2017` writes)")
-    names = _unique_names(frame, path)
+    frame, names = _named_rows(path, f"--labels {path}", "give the test labels, image_name,target (the "
+                               "test_labels.csv that `records --isic2017` writes)")
     target, not_numeric = tables.numbers(frame["target"])
     bad = not_numeric | ~target.isin([0.0, 1.0])
     if bad.any():
@@ -260,13 +254,7 @@ def read_labels(path: str) -> pd.DataFrame:
 
 def read_predictions(path: str) -> pd.DataFrame:
     """image_name and pred (the submission's `target`) of a submission CSV, each a number in [0, 1]."""
-    frame = tables.read_string_table(path)
-    frame.columns = [str(column).strip() for column in frame.columns]
-    missing = [column for column in ("image_name", "target") if column not in frame.columns]
-    if missing:
-        raise DataError(f"{path} lacks column(s) {', '.join(missing)}; a submission has image_name,target "
-                        f"(found: {','.join(frame.columns) or 'none'})")
-    names = _unique_names(frame, path)
+    frame, names = _named_rows(path, path, "a submission has image_name,target")
     pred, not_numeric = tables.numbers(frame["target"])
     for bad, what in ((not_numeric, "non-numeric"), (pred.isna() & ~not_numeric, "NaN (missing)"),
                       (pred.notna() & ((pred < 0) | (pred > 1)), "outside [0, 1]")):
@@ -276,7 +264,16 @@ def read_predictions(path: str) -> pd.DataFrame:
     return pd.DataFrame({"image_name": names, "pred": pred.astype(float)})
 
 
-def _unique_names(frame: pd.DataFrame, path: str) -> pd.Series:
+def _named_rows(path: str, where: str, expected: str) -> tuple[pd.DataFrame, pd.Series]:
+    """(the table, its image names) of a CSV that must hold image_name and target, each image once; `where` names
+    the file in messages and `expected` says what it should hold. Labels and submissions are read alike, so a
+    benchmark's two files are refused in the same words."""
+    frame = tables.read_string_table(path)
+    frame.columns = [str(column).strip() for column in frame.columns]
+    missing = [column for column in ("image_name", "target") if column not in frame.columns]
+    if missing:
+        raise DataError(f"{where} lacks column(s) {', '.join(missing)}; {expected} "
+                        f"(found: {','.join(frame.columns) or 'none'})")
     names = tables.text_cells(frame["image_name"])
     if (names == "").any():
         raise DataError(f"{path}: empty image_name in data row(s) "
@@ -284,7 +281,7 @@ def _unique_names(frame: pd.DataFrame, path: str) -> pd.Series:
     twice = names[names.duplicated()].unique()
     if len(twice):
         raise DataError(f"{path}: image names {tables.first_few(twice)} appear more than once")
-    return names
+    return frame, names
 
 
 def match_labels(predictions: pd.DataFrame, labels: pd.DataFrame, submission: str, labels_path: str) -> pd.DataFrame:

@@ -163,9 +163,7 @@ def _train_fold(config: Config, fold: int, resume: bool, strategy) -> dict:
     auc = metrics.auc(oof["target"], oof["pred"])
     print(f"fold {fold}: best epoch {checkpoint.best_epoch}, OOF AUC {auc:.4f} "
           f"({len(oof)} images, TTA {config.tta.steps}), {seconds:.0f} s training")
-    collapsed = metrics.collapse_problem(oof["pred"])
-    if collapsed:
-        print(f"fold {fold}: COLLAPSED: {collapsed}; its AUC means nothing (try a lower train.lr_peak_per_image)")
+    metrics.say_if_collapsed(fold, oof["pred"], "try a lower train.lr_peak_per_image")
     del model
     keras.backend.clear_session()
     return {"fold": fold, "auc": auc, "best_epoch": checkpoint.best_epoch, "seconds": seconds}

@@ -22,7 +22,8 @@ train, the OOF gathered (train/); test predictions per fold, the ensemble, the p
 record beside a submission (predict/); scores, reports and blends (evaluate/).
 
 A third family: add `<name>.py` to this folder with its `FAMILY`, and its name to `FAMILIES` below (its
-config keys go in configs/base.yaml, as every key does). Modules here import TensorFlow or scikit-learn
+config keys go in configs/base.yaml, as every key does); a family of trees on a feature table extends
+`TreeFamily` (tree_family.py), as tabular and tbp_trees do. Modules here import TensorFlow or scikit-learn
 only inside the methods that need them, so that looking a family up costs nothing.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The tree family (`model.family: tabular`): gradient-boosted trees per fold on image statistics, metadata,
-patient context and other runs' predictions (input/features.py), per fold in train/families/tree_model.py
-(the trees themselves: train/families/trees.py).
+"""The tree family (`model.family: tabular`, a TreeFamily: train/families/tree_family.py): gradient-boosted
+trees per fold on image statistics, metadata, patient context and other runs' predictions
+(input/features.py), per fold in train/families/tree_model.py (the trees themselves: train/families/trees.py).
 
 Its fold folder: model.joblib, state.json, history.csv, importance.csv, data.json and oof.csv; infer adds
 test.csv and test.json. The features are computed once per command for every fold (cached per records
@@ -19,44 +19,33 @@ from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import record_format
 from melanoma.train.families import family as family_lib
-from melanoma.train.families.family import Answer, Family
+from melanoma.train.families import tree_family
+from melanoma.train.families.family import Answer
+from melanoma.train.families.tree_family import TreeFamily
 
-GROUP_SWITCHES = {"image statistics": "features.image", "metadata": "features.metadata",
-                  "patient context": "features.patient_context"}
 
-
-class Tabular(Family):
+class Tabular(TreeFamily):
     name = "tabular"
-    model_file = layout.TREES_MODEL
-    prediction_keys = ("features",)
-    resumable = False  # a fold is fitted in one go; an unfinished one is fitted again
-
-    def repeatable(self, config: Config) -> bool:
-        """Always: the features are computed without randomness and the trees draw only from their
-        random_state (seed + fold), in one process (tests/train/test_determinism.py)."""
-        return True
+    model_words = "tabular (trees)"
+    fold_files = tree_family.FOLD_FILES + (layout.PSEUDO_LABELS, layout.DUPLICATES)
+    group_switches = {"image statistics": "features.image", "metadata": "features.metadata",
+                      "patient context": "features.patient_context"}
 
     def check(self, config: Config) -> None:
-        check_tabular(config)
+        super().check(config)
         check_features(config)
         if not config.data.test_files:
             raise ConfigError("config key 'data.test_files' is null, but the tabular model computes the test "
                               "images' features beside the training images'; give the test records' glob")
 
-    def label(self, config: Config) -> dict:
-        return family_lib.Label(model="tabular (trees)",
-                                image_size=config.features.image_size or config.data.image_size,
-                                external=False, tta=None, predicted_with=self.name)
+    def image_size(self, config: Config) -> int:
+        return config.features.image_size or config.data.image_size
 
-    def trained_as(self, flat: dict) -> str:
-        return f"{self.name} trees"
+    def own_facts(self, config: Config, files: list) -> dict:
+        return {"image_size": self.image_size(config), "histogram_bins": config.features.histogram_bins,
+                "train_files_found": len(files), "external_files_used": False}
 
-    def describe(self, config: Config) -> dict:
-        return describe(config)
-
-    def training(self, config: Config, resume: bool = False) -> "Training":
-        if resume:
-            print("note: a tabular fold trains in one go; --resume trains the folds not finished yet")
+    def start_training(self, config: Config) -> "Training":
         return Training(config)
 
     def prediction(self, config: Config) -> "Prediction":
@@ -66,32 +55,8 @@ class Tabular(Family):
         return Serving(config, run_path, folds)
 
 
-def check_tabular(config: Config) -> None:
-    """The trees section's values, checked before any record is read."""
-    section = config.trees
-    if not 0 < section.learning_rate <= 1:
-        raise ConfigError(f"config key 'trees.learning_rate' must be in (0, 1], got {section.learning_rate}")
-    for key in ("max_iter", "min_samples_leaf"):
-        if section[key] < 1:
-            raise ConfigError(f"config key 'tabular.{key}' must be at least 1, got {section[key]}")
-    if section.max_leaf_nodes < 2:
-        raise ConfigError(f"config key 'trees.max_leaf_nodes' must be at least 2, got {section.max_leaf_nodes}")
-    if section.l2_regularization < 0:
-        raise ConfigError(f"config key 'trees.l2_regularization' must be 0 or more, got {section.l2_regularization}")
-    if not 0 < section.max_features <= 1:
-        raise ConfigError(f"config key 'trees.max_features' must be in (0, 1], got {section.max_features}")
-    if section.class_weight is not None and section.class_weight <= 0:
-        raise ConfigError(f"config key 'trees.class_weight' must be positive, got {section.class_weight}")
-    if section.importance_rows is not None and section.importance_rows < 2:
-        raise ConfigError(f"config key 'trees.importance_rows' must be at least 2 (or null), got "
-                          f"{section.importance_rows}")
-    if section.importance_repeats < 0:
-        raise ConfigError(f"config key 'trees.importance_repeats' must be 0 or more, got "
-                          f"{section.importance_repeats}")
-
-
 def check_features(config: Config) -> None:
-    """The features section's values, checked before any record is read."""
+    """The features section's values, checked before any record is read (features.from_runs: the base's)."""
     section = config.features
     if section.image_size is not None and section.image_size < 16:
         raise ConfigError(f"config key 'features.image_size' must be at least 16 (or null), got {section.image_size}")
@@ -99,31 +64,9 @@ def check_features(config: Config) -> None:
         raise ConfigError(f"config key 'features.histogram_bins' must be in 2..64, got {section.histogram_bins}")
     if section.workers is not None and section.workers < 1:
         raise ConfigError(f"config key 'features.workers' must be at least 1 (or null), got {section.workers}")
-    runs = section.from_runs
-    if not isinstance(runs, list) or not all(isinstance(name, str) and name for name in runs):
-        raise ConfigError(f"config key 'features.from_runs' must be a list of run names, got {runs!r}")
-    if len(set(runs)) < len(runs):
-        raise ConfigError(f"config key 'features.from_runs' names a run twice: {runs}")
-    if not (section.image or section.metadata or runs):
+    if not (section.image or section.metadata or section.from_runs):
         raise ConfigError("every feature group is off: turn on features.image, features.metadata or "
                           "features.from_runs")
-
-
-def describe(config: Config) -> dict:
-    """The model's settings, the feature groups switched on, and the records found (nothing is read)."""
-    try:
-        files = record_format.list_files(config.data.train_files, "data.train_files")
-    except FileNotFoundError:
-        files = []
-    groups = [group for group, key in GROUP_SWITCHES.items() if config.get_path(key)]
-    groups += [f"stacking: run_{name}" for name in config.features.from_runs]
-    return {"name": config.name, "family": "tabular", "model": "HistGradientBoostingClassifier",
-            "trees": config.trees.to_dict(), "feature_groups": groups,
-            "image_size": config.features.image_size or config.data.image_size,
-            "histogram_bins": config.features.histogram_bins, "folds": config.data.folds,
-            "train_files_found": len(files),
-            "train_images": record_format.count_images(files) if files else None,
-            "external_files_used": False}
 
 
 class Training:
@@ -147,7 +90,7 @@ class Training:
         # (scikit-learn, as above)
         from melanoma.train.families import tree_model
 
-        return tree_model.fit_fold(config, fold, self.table, self.fold_data[fold])
+        return tree_model.fit_fold(config, fold, self.table, self.fold_data[fold], FAMILY.fresh_fold(config, fold))
 
 
 class Prediction:
@@ -196,7 +139,7 @@ class Serving:
 
     def summary(self) -> str:
         columns = next(iter(self.saved.values()))["columns"]
-        size = self.config.features.image_size or self.config.data.image_size
+        size = FAMILY.image_size(self.config)
         stacked = (f", stacking {', '.join(self.members)}" if self.members else "")
         return (f"gradient-boosted trees on {len(columns)} features{stacked}. Images are resized to "
                 f"{self.config.data.image_size} x {self.config.data.image_size} as the run's records are, "

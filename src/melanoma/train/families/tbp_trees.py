@@ -1,8 +1,8 @@
-"""The ISIC 2024 tree family (`model.family: tbp_trees`): gradient-boosted trees per fold on the metadata of
-the 3D total-body photographs, read from the tables that `records --isic2024` writes beside its records
-(input/tbp_table.py, input/tbp_features.py), with other runs' predictions stacked in (`features.from_runs`,
-a CNN's OOF on the same records). The trees, their history and importances are train/families/trees.py's,
-as for the tabular family.
+"""The ISIC 2024 tree family (`model.family: tbp_trees`, a TreeFamily: train/families/tree_family.py):
+gradient-boosted trees per fold on the metadata of the 3D total-body photographs, read from the tables that
+`records --isic2024` writes beside its records (input/tbp_table.py, input/tbp_features.py), with other runs'
+predictions stacked in (`features.from_runs`, a CNN's OOF on the same records). The trees, their history and
+importances are train/families/trees.py's, as for the tabular family.
 
 Its fold folder: model.joblib (the trees, their feature columns, training medians and the categoricals'
 vocabulary), state.json, history.csv, importance.csv, data.json and oof.csv; infer adds test.csv and
@@ -20,34 +20,19 @@ import os
 from melanoma.core import fold_rule, io_utils, layout
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
-from melanoma.data import record_format, sampling, scorable
+from melanoma.data import sampling, scorable
 from melanoma.input import tbp_features, tbp_table
-from melanoma.train.families import family as family_lib
-from melanoma.train.families import tabular
-from melanoma.train.families.family import Family
-
-FOLD_FILES = (layout.TREES_MODEL, layout.STATE, layout.OOF, layout.TEST, layout.TEST_SETTINGS, layout.HISTORY,
-              layout.IMPORTANCE, layout.FOLD_DATA)
-GROUP_SWITCHES = {"derived": "features.tbp_derived", "patient context": "features.patient_context"}
+from melanoma.train.families.tree_family import TreeFamily
 
 
-class TbpTrees(Family):
+class TbpTrees(TreeFamily):
     name = "tbp_trees"
-    model_file = layout.TREES_MODEL
-    prediction_keys = ("features",)
-    resumable = False  # a fold is fitted in one go; an unfinished one is fitted again
-
-    def repeatable(self, config: Config) -> bool:
-        """Always, as the tabular trees: tables without randomness, trees and draws seeded (seed + fold)."""
-        return True
+    model_words = "tbp trees (2024 metadata)"
+    fixed_groups = ("measurements", "clinical")
+    group_switches = {"derived": "features.tbp_derived", "patient context": "features.patient_context"}
 
     def check(self, config: Config) -> None:
-        tabular.check_tabular(config)
-        runs = config.features.from_runs
-        if not isinstance(runs, list) or not all(isinstance(name, str) and name for name in runs):
-            raise ConfigError(f"config key 'features.from_runs' must be a list of run names, got {runs!r}")
-        if len(set(runs)) < len(runs):
-            raise ConfigError(f"config key 'features.from_runs' names a run twice: {runs}")
+        super().check(config)
         if config.data.external_files:
             raise ConfigError("model.family tbp_trees reads the ISIC 2024 tables beside data.train_files; "
                               "data.external_files has no such table: set data.external_files=[]")
@@ -55,19 +40,13 @@ class TbpTrees(Family):
             raise ConfigError("model.family tbp_trees does not take pseudo-labels (its rows come from the ISIC 2024 "
                               "tables, not from the test records): set pseudo_labels.source=null")
 
-    def label(self, config: Config) -> dict:
-        return family_lib.Label(model="tbp trees (2024 metadata)", image_size=None, external=False, tta=None,
-                                predicted_with=self.name)
+    def own_facts(self, config: Config, files: list) -> dict:
+        """The table the rows come from (beside the records), and how benign rows are drawn."""
+        table = os.path.join(os.path.dirname(files[0].path), "train.csv") if files else None
+        return {"negatives_per_positive": config.data.negatives_per_positive,
+                "train_table": table if table and io_utils.exists(table) else None}
 
-    def trained_as(self, flat: dict) -> str:
-        return f"{self.name} trees"
-
-    def describe(self, config: Config) -> dict:
-        return describe(config)
-
-    def training(self, config: Config, resume: bool = False) -> "Training":
-        if resume:
-            print("note: a tbp_trees fold trains in one go; --resume trains the folds not finished yet")
+    def start_training(self, config: Config) -> "Training":
         return Training(config)
 
     def prediction(self, config: Config) -> "Prediction":
@@ -77,22 +56,6 @@ class TbpTrees(Family):
         raise ConfigError(f"serve shows one uploaded image, and run {config.name} (model.family tbp_trees) "
                           "predicts from the ISIC 2024 metadata of a lesion (its 3D total-body photograph's "
                           "measurements), which an image does not carry; serve a CNN run instead")
-
-
-def describe(config: Config) -> dict:
-    """The model's settings and feature groups, and the records found (no table is read)."""
-    try:
-        files = record_format.list_files(config.data.train_files, "data.train_files")
-    except FileNotFoundError:
-        files = []
-    groups = ["measurements", "clinical"] + [group for group, key in GROUP_SWITCHES.items() if config.get_path(key)]
-    groups += [f"stacking: run_{name}" for name in config.features.from_runs]
-    table = os.path.join(os.path.dirname(files[0].path), "train.csv") if files else None
-    return {"name": config.name, "family": "tbp_trees", "model": "HistGradientBoostingClassifier",
-            "trees": config.trees.to_dict(), "feature_groups": groups, "folds": config.data.folds,
-            "negatives_per_positive": config.data.negatives_per_positive,
-            "train_table": table if table and io_utils.exists(table) else None,
-            "train_images": record_format.count_images(files) if files else None}
 
 
 class Training:
@@ -110,8 +73,7 @@ class Training:
         # scikit-learn's trees: only when a fold is fitted
         from melanoma.train.families import trees
 
-        folder = layout.fold_dir(config, fold)
-        trees.fresh_folder(folder, FOLD_FILES)
+        folder = FAMILY.fresh_fold(config, fold)
         training, validation, summary = fold_rows(config, fold, self.table.frame)
         io_utils.write_text_atomic(os.path.join(folder, layout.FOLD_DATA), json.dumps(summary, indent=1) + "\n")
         return trees.fit_and_write(config, fold, folder, self.table.columns, self.table.categorical, training,

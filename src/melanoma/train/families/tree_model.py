@@ -29,10 +29,6 @@ from melanoma.data import sources
 from melanoma.input import features
 from melanoma.train.families import trees
 
-FOLD_FILES = (layout.TREES_MODEL, layout.STATE, layout.OOF, layout.TEST, layout.TEST_SETTINGS, layout.HISTORY,
-              layout.IMPORTANCE, layout.PSEUDO_LABELS)
-
-
 # ---------------------------------------------------------------------------------------------------
 # data
 
@@ -70,10 +66,9 @@ def fold_rows(table: features.FeatureTable, fold_data) -> tuple[pd.DataFrame, pd
 # a fold
 
 
-def fit_fold(config: Config, fold: int, table: features.FeatureTable, fold_data) -> dict:
-    """Fit fold `fold`; write its data summary, model, state, history, importances and, last, its OOF."""
-    folder = layout.fold_dir(config, fold)
-    trees.fresh_folder(folder, FOLD_FILES + (layout.FOLD_DATA, layout.DUPLICATES))
+def fit_fold(config: Config, fold: int, table: features.FeatureTable, fold_data, folder: str) -> dict:
+    """Fit fold `fold` into its `folder` (cleared of an older training's files: TreeFamily.fresh_fold); write
+    its data summary, model, state, history, importances and, last, its OOF."""
     fold_data = fold_data_lib.with_pseudo_labels(config, fold_data, folder)  # pseudo_labels.source only
     sources.write_summary(fold_data, folder)
     training, validation = fold_rows(table, fold_data)

@@ -217,7 +217,5 @@ def fit_and_write(config: Config, fold: int, folder: str, columns: list[str], ca
     auc = metrics.auc(oof["target"], oof["pred"])
     print(f"fold {fold}: OOF AUC {auc:.4f}, pauc_tpr80 {metrics.partial_auc_above_tpr(oof['target'], oof['pred']):.4f} "
           f"({len(oof)} images), {seconds:.1f} s fitting {section.max_iter} trees")
-    collapsed = metrics.collapse_problem(oof["pred"])
-    if collapsed:
-        print(f"fold {fold}: COLLAPSED: {collapsed}; its AUC means nothing")
+    metrics.say_if_collapsed(fold, oof["pred"])
     return {"fold": fold, "auc": auc, "seconds": seconds}
