@@ -96,8 +96,8 @@ demo-2024: install $(DEMO_2024)/records/records.json ## ISIC 2024 on generated d
 	$(PY) -m melanoma score outputs/isic2024_stack/oof.csv --json
 	@echo "submission: submissions/submission.csv (isic_id,target; trees alone: submissions/isic2024_tabular.csv, CNN alone: submissions/isic2024_cnn.csv); hidden labels: $(DEMO_2024)/test_labels.csv"
 
-# ISIC 2017 Part 3 (real dermoscopy images, public test labels): ISIC2017=<the challenge's folder>
-ISIC2017 ?= ../shared/data/isic2017
+# ISIC 2017 Part 3 (real dermoscopy images, public test labels): ISIC2017=<the challenge's folder, as published>
+ISIC2017 ?= input/isic2017/challenge
 ISIC2017_RECORDS := input/isic2017/records
 .PHONY: isic2017
 
