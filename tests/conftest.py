@@ -81,6 +81,22 @@ def isic2024_settings(data: dict, folder: Path, *more: str) -> list[str]:
             *more]
 
 
+def tiny_trees(max_iter: int = 15, extra: str = "") -> str:
+    """Config body of a tree run small enough for a test (added by write_config to the tiny data's config);
+    `extra`: more lines of the trees section."""
+    return f"""\
+model:
+  family: tabular
+features:
+  histogram_bins: 4
+  workers: 1
+trees:
+  max_iter: {max_iter}
+  min_samples_leaf: 5
+  importance_repeats: 0
+{extra}"""
+
+
 def write_config(folder: Path, tiny_data: dict, body: str = "", name: str = "tiny") -> Path:
     """A config in `folder` pointing at the tiny records, small enough to train in seconds."""
     text = textwrap.dedent(f"""\

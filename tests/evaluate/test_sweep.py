@@ -9,23 +9,11 @@ import sys
 import pandas as pd
 import pytest
 import reliability_helpers as helpers
-from conftest import REPO, write_config
+from conftest import REPO, tiny_trees, write_config
 
 from melanoma import cli
 from melanoma.evaluate import sweep
 
-# a tree run small enough for a test (conftest's write_config adds it to the tiny data's config)
-TINY_TREES = """\
-model:
-  family: tabular
-features:
-  histogram_bins: 4
-  workers: 1
-trees:
-  max_iter: 15
-  min_samples_leaf: 5
-  importance_repeats: 0
-"""
 TREE_GRID = ["--grid", "trees.learning_rate=0.05,0.2", "trees.max_leaf_nodes=3,7"]
 TREE_RUNS = [f"tiny-learning_rate={rate}-max_leaf_nodes={leaves}" for rate in ("0.05", "0.2") for leaves in (3, 7)]
 
@@ -37,7 +25,7 @@ def files_and_times(folder) -> dict:
 
 
 def test_a_tree_grid_trains_each_combination_then_a_rerun_skips_them(tiny_data, tmp_path, capsys):
-    path = str(write_config(tmp_path, tiny_data, TINY_TREES))
+    path = str(write_config(tmp_path, tiny_data, tiny_trees()))
     outputs, submissions = tmp_path / "outputs", tmp_path / "submissions"
     assert cli.main(["sweep", "--config", path, *TREE_GRID, "--bootstrap", "50"]) == 0
     printed = capsys.readouterr().out
@@ -86,7 +74,7 @@ def test_a_tree_grid_trains_each_combination_then_a_rerun_skips_them(tiny_data, 
 
 
 def test_seeds_make_each_combination_a_seed_group_compared_on_seed_means(tiny_data, tmp_path, capsys):
-    path = str(write_config(tmp_path, tiny_data, TINY_TREES))
+    path = str(write_config(tmp_path, tiny_data, tiny_trees()))
     assert cli.main(["sweep", "--config", path, "--grid", "trees.max_leaf_nodes=3,7", "--seeds", "2",
                      "--bootstrap", "0"]) == 0
     printed = capsys.readouterr().out
@@ -148,7 +136,7 @@ def test_a_cnn_grid_on_one_fold_trains_predicts_and_ranks_that_fold(tiny_data, t
     (["trees.max_iter"], "--grid takes KEY=V1,V2"),
 ])
 def test_mistakes_are_refused_before_any_training(tiny_data, tmp_path, capsys, grid, message):
-    path = str(write_config(tmp_path, tiny_data, TINY_TREES))
+    path = str(write_config(tmp_path, tiny_data, tiny_trees()))
     assert cli.main(["sweep", "--config", path, "--grid", *grid, "--set", "trees.max_iter=4"]) == 2
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1

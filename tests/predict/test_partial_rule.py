@@ -10,7 +10,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import run_folder, write_config
+from conftest import run_folder, tiny_trees, write_config
 
 from melanoma import cli
 from melanoma.core.metrics import auc as competition_auc
@@ -64,23 +64,12 @@ def test_a_partial_ensemble_is_named_as_such_and_submitted_only_when_asked(run_c
     assert float(row["oof_auc"]) == pytest.approx(competition_auc(fold0["target"], fold0["pred"]), abs=1e-6)
 
 
-TABULAR = """\
-model:
-  family: tabular
-features:
-  histogram_bins: 4
-  workers: 1
-trees:
-  max_iter: 10
-  min_samples_leaf: 5
-  importance_repeats: 0
-"""
 
 
 def test_a_tabular_run_follows_the_same_rule(tiny_data, tmp_path, capsys, kaggle):
     """1 of 2 folds of a tree run trained: infer exits 2 naming the missing fold; --allow-partial writes
     tiny-folds0.csv with its record; submit refuses it unless asked, then logs fold 0 and its OOF AUC."""
-    path = write_config(tmp_path, tiny_data, TABULAR)
+    path = write_config(tmp_path, tiny_data, tiny_trees(max_iter=10))
     assert cli.main(["train", "--config", str(path), "--fold", "0"]) == 0
     capsys.readouterr()
     assert cli.main(["infer", "--config", str(path)]) == 2

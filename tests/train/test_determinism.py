@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 import yaml
-from conftest import write_config
+from conftest import tiny_trees, write_config
 from tensorflow.python.framework import config as framework_config
 from tiny_records import REPO, tiny_overrides, write_tiny_records
 
@@ -139,23 +139,10 @@ def test_a_deterministic_cnn_fold_repeats_to_the_last_bit_and_another_seed_diffe
 # --------------------------------------------------------------------------------------------------
 # the trees
 
-TREES = """\
-model:
-  family: tabular
-features:
-  histogram_bins: 4
-  workers: 1
-trees:
-  max_iter: 15
-  min_samples_leaf: 5
-  max_features: 0.5
-  importance_repeats: 0
-"""
-
 
 def tree_oof(tiny_data, folder: Path, seed: int) -> pd.DataFrame:
     folder.mkdir()
-    path = write_config(folder, tiny_data, TREES)
+    path = write_config(folder, tiny_data, tiny_trees(extra="  max_features: 0.5\n"))
     assert cli.main(["train", "--config", str(path), "--fold", "0", "--set", f"seed={seed}"]) == 0
     return pd.read_csv(folder / "outputs" / "tiny" / "fold0" / "oof.csv")
 
