@@ -94,7 +94,7 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
     auc = metrics.auc(target, pred)
 
     notes: list[str] = []
-    folds, folds_pauc = _fold_scores(frame, notes)
+    folds, folds_pauc, collapsed = _fold_scores(frame, notes)
     scored = [value for value in folds.values() if value is not None]
     fold_mean = float(np.mean(scored)) if scored else None
     fold_std = float(np.std(scored, ddof=1)) if len(scored) >= 2 else None
@@ -124,8 +124,7 @@ def score_oof(frame: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
         "excluded": excluded,
         "bootstrap": int(bootstrap),
         "seed": int(seed),
-        "collapsed_folds": [str(fold) for fold, rows in frame.groupby("fold", sort=True)
-                            if metrics.collapse_problem(rows["pred"])],
+        "collapsed_folds": collapsed,
         "warnings": notes,
     }
 
@@ -141,10 +140,13 @@ def _weighted_auc(frame: pd.DataFrame) -> float | None:
     return _json_number(metrics.auc(frame["target"], frame["pred"], weight.to_numpy()))
 
 
-def _fold_scores(frame: pd.DataFrame, notes: list[str]) -> tuple[dict[str, float | None], dict[str, float | None]]:
-    """str(fold) -> AUC and str(fold) -> pauc_tpr80, None for a fold with one class (with a note)."""
+def _fold_scores(frame: pd.DataFrame, notes: list[str]
+                 ) -> tuple[dict[str, float | None], dict[str, float | None], list[str]]:
+    """str(fold) -> AUC and str(fold) -> pauc_tpr80, None for a fold with one class (with a note), and the
+    folds whose predictions collapsed to a near-constant output (with a note each)."""
     folds: dict[str, float | None] = {}
     folds_pauc: dict[str, float | None] = {}
+    collapsed_folds: list[str] = []
     for fold, rows in frame.groupby("fold", sort=True):
         if rows["target"].nunique() < 2:
             folds[str(fold)] = folds_pauc[str(fold)] = None
@@ -157,7 +159,8 @@ def _fold_scores(frame: pd.DataFrame, notes: list[str]) -> tuple[dict[str, float
         collapsed = metrics.collapse_problem(rows["pred"])
         if collapsed:
             notes.append(f"fold {fold} COLLAPSED: {collapsed}")
-    return folds, folds_pauc
+            collapsed_folds.append(str(fold))
+    return folds, folds_pauc, collapsed_folds
 
 
 def _bootstrap_interval(target, pred, patient_id, bootstrap: int, seed: int, progress: bool | None,
