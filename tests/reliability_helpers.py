@@ -107,7 +107,7 @@ def kill_after_state(epoch: int) -> None:
     """kill -9 this process right after state.json has committed `epoch` (before history.csv follows)."""
     import signal
 
-    from melanoma.core import fold_state
+    from melanoma.runs import fold_state
 
     original = fold_state.write_state
 

@@ -14,9 +14,10 @@ import reliability_helpers as helpers
 from conftest import REPO, isic2024_settings
 
 from melanoma import cli
-from melanoma.core import metrics, run_config
+from melanoma.core import metrics
 from melanoma.core.config import load_config
 from melanoma.input import tbp_table
+from melanoma.runs import run_config
 from melanoma.train.families import trees
 
 CNN = str(REPO / "configs" / "isic2024_cnn.yaml")

@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "melanoma"
 # The stages in data-flow order: a module may import its own stage, the ones before it, and core.
-STAGES = ("core", "data", "input", "model", "train", "predict", "evaluate", "serve", "kaggle", "tools")
+STAGES = ("core", "runs", "data", "input", "model", "train", "predict", "evaluate", "serve", "kaggle", "tools")
 FRONT_DOOR = ("melanoma", "melanoma.__main__", "melanoma.cli")  # the entry points stand above every stage
 LONGEST_FUNCTION = 60
 # The command contract (cli.py): every command module defines these, each for its own command.
@@ -195,7 +195,7 @@ FOLD_RULE = "melanoma.core.fold_rule"
 RUN_FILES = ("config.yaml", "oof.csv", "summary.json", "blend.json", "state.json", "last.keras", "model.keras",
              "model.joblib", "history.csv", "val_epochs.csv", "test.json", "pseudo_labels.csv", "data.json",
              "duplicates.csv", "skipped.csv")
-LAYOUT = "melanoma.core.layout"
+LAYOUT = "melanoma.runs.layout"
 
 
 def fold_rule_written_out(modules: dict[str, Module]) -> list[str]:
@@ -216,7 +216,7 @@ def fold_rule_written_out(modules: dict[str, Module]) -> list[str]:
 
 
 def run_file_literals(modules: dict[str, Module]) -> list[str]:
-    """A run file's name as a string literal outside core/layout.py (which names each once)."""
+    """A run file's name as a string literal outside runs/layout.py (which names each once)."""
     found = []
     for module in modules.values():
         if module.name == LAYOUT:

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from melanoma.core import config as config_lib
-from melanoma.core import run_config
 from melanoma.core.config import CHOICES, ConfigError, load_config
+from melanoma.runs import run_config
 from melanoma.train.families import family as family_lib
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,7 +169,7 @@ def test_every_renamed_key_is_refused_with_a_hint_naming_the_new_one(tmp_path, c
 def test_a_run_saved_before_the_renames_reads_under_the_new_names(tmp_path, capsys):
     """A finished run's config.yaml and state.json keep their old names on disk; they read as the new ones, with
     a note, so that the run still infers, resumes and compares as it did."""
-    from melanoma.core import fold_state
+    from melanoma.runs import fold_state
 
     config = load_config(write(tmp_path, "exp.yaml", f"output_dir: {tmp_path / 'out'}\n"),
                          ["pseudo_labels.low=0.1", "train.lr_peak_per_image=2e-6", "trees.max_iter=9"])

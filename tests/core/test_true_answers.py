@@ -7,9 +7,8 @@ import pytest
 
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.core import validation_weights
 from melanoma.core.errors import ConfigError, DataError
-from melanoma.data import preflight
+from melanoma.data import preflight, validation_weights
 
 
 def test_score_on_a_run_folder_points_at_its_oof(tmp_path, capsys):

@@ -417,7 +417,7 @@ def test_training_keeps_every_epochs_validation_predictions(tiny_data, tmp_path,
 
 
 def test_val_epoch_rows_keep_the_committed_epochs_only(tmp_path):
-    from melanoma.core import fold_state
+    from melanoma.runs import fold_state
 
     rows = pd.DataFrame({"image_name": ["a", "b"] * 3, "epoch": [1, 1, 2, 2, 3, 3], "pred": np.linspace(0, 1, 6)})
     rows.to_csv(tmp_path / "val_epochs.csv", index=False)

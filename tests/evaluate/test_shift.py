@@ -115,8 +115,8 @@ def likeness_csv(path: Path, train_names, seed: int = 0, test_names=()) -> pd.Se
 
 def test_weights_are_the_odds_of_test_likeness_or_the_most_test_like_share(tmp_path):
     from melanoma.core import config as config_lib
-    from melanoma.core import validation_weights
     from melanoma.core.errors import DataError
+    from melanoma.data import validation_weights
 
     names = [f"ISIC_{i:07d}" for i in range(20)]
     known = likeness_csv(tmp_path / "test_likeness.csv", names, test_names=["ISIC_9000000"])

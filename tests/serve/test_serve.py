@@ -268,7 +268,7 @@ def test_gradcam_is_each_positions_share_of_the_logit_and_ignores_the_other_view
 def test_a_run_without_a_trained_fold_stops_serve_with_exit_2(tiny_data, tmp_path, capsys):
     from melanoma import cli
     from melanoma.core.config import load_config
-    from melanoma.core.run_config import save_config
+    from melanoma.runs.run_config import save_config
 
     config_path = write_config(tmp_path, tiny_data, name="untrained")
     assert cli.main(["serve", "--config", str(config_path)]) == 2

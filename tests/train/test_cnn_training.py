@@ -13,9 +13,9 @@ from tiny_records import REPO, tiny_config, tiny_overrides, write_tiny_records
 
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.core import layout
 from melanoma.data import record_format
 from melanoma.model import network as model_lib
+from melanoma.runs import layout
 from melanoma.train import cnn_training, schedules
 from melanoma.train.families import cnn
 

@@ -21,11 +21,11 @@ from tiny_records import REPO, tiny_overrides, write_tiny_records
 
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.core import layout, run_config
 from melanoma.data import record_format
 from melanoma.evaluate import compare
 from melanoma.input import augment
 from melanoma.model import network as model_lib
+from melanoma.runs import layout, run_config
 from melanoma.train.families import cnn
 
 # --------------------------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ from conftest import snapshot, write_config
 
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.core import pseudo_labels, run_config
 from melanoma.core.errors import CheckFailed
+from melanoma.data import pseudo_labels
+from melanoma.runs import run_config
 
 
 def fold_predictions(run: Path, fold: int) -> pd.Series:

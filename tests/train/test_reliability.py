@@ -17,8 +17,8 @@ from conftest import write_config
 
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.core import run_config
 from melanoma.data import integrity, preflight
+from melanoma.runs import run_config
 
 
 def run_dir(tmp_path):

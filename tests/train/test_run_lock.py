@@ -1,4 +1,4 @@
-"""One writer per run (core/run_lock.py): a second train (or infer) on a run being trained exits 2 at once,
+"""One writer per run (runs/run_lock.py): a second train (or infer) on a run being trained exits 2 at once,
 naming the holder's PID and host, and the first one's files stay whole; a lock left by a process that is
 gone is taken over with a line saying so."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ from conftest import write_config
 
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.core import run_lock
+from melanoma.runs import run_lock
 
 BODY = "train:\n  epochs: 2\n  batch_size: 8\n  steps_per_epoch: 2\n  verbose: 0\n"
 

@@ -457,7 +457,7 @@ def _layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     if path in seen:
         raise ConfigError(f"config files extend each other in a loop: {' -> '.join(map(str, seen + (path,)))}")
     data = _read_yaml(path)
-    if "git_commit" in data:  # a run's saved config (core/run_config.py) records the code's commit: no key
+    if "git_commit" in data:  # a run's saved config (runs/run_config.py) records the code's commit: no key
         data.pop("git_commit")
         data = translate_saved_with_note(data, path)
     parent = data.pop("extends", None)

@@ -11,10 +11,11 @@ import os
 
 import pandas as pd
 
-from melanoma.core import io_utils, layout, pseudo_labels
+from melanoma.core import io_utils
 from melanoma.core.config import Config
 from melanoma.core.errors import DataError
-from melanoma.data import integrity, record_format, sources
+from melanoma.data import integrity, pseudo_labels, record_format, sources
+from melanoma.runs import layout
 
 
 def read(config: Config, fold: int, folder: str):
@@ -29,7 +30,7 @@ def read(config: Config, fold: int, folder: str):
 
 
 def with_pseudo_labels(config: Config, fold_data, folder: str):
-    """Under pseudo_labels.source: the test images the fold trains on beside its own (core/pseudo_labels.py),
+    """Under pseudo_labels.source: the test images the fold trains on beside its own (data/pseudo_labels.py),
     after checking that the source is still the one the run recorded; they are listed in
     fold<K>/pseudo_labels.csv, counted in the epoch's images and in data.json. The fold as it is otherwise."""
     source = pseudo_labels.check_unchanged(config, f"fold {fold_data.fold}")

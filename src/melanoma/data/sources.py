@@ -54,11 +54,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from melanoma.core import environment, fold_rule, io_utils, layout, pseudo_labels, validation_weights
+from melanoma.core import environment, fold_rule, io_utils
 from melanoma.core import progress as progress_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
-from melanoma.data import examples, integrity, record_format, sampling, scorable
+from melanoma.data import examples, integrity, pseudo_labels, record_format, sampling, scorable, validation_weights
+from melanoma.runs import layout
 
 COMPETITION = "competition"
 ISIC2019_SET = re.compile(r"^isic2019-\d+x\d+$")
@@ -316,7 +317,7 @@ def check_splits_apart(config: Config, progress: bool = True) -> None:
 
 def check_pseudo_label_images(config: Config, competition: pd.DataFrame, reader: TableReader) -> None:
     """Under pseudo_labels.source, its source predicts exactly the test records' images and (matched folds) its
-    folds validated the images this config's folds validate (core/pseudo_labels.py); DataError otherwise."""
+    folds validated the images this config's folds validate (data/pseudo_labels.py); DataError otherwise."""
     source = pseudo_labels.check_source(config)
     if source is None:
         return

@@ -33,10 +33,11 @@ import numpy as np
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, layout, metrics, progress, run_config, run_results, seeds
+from melanoma.core import io_utils, metrics, progress
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.core.tables import first_few
 from melanoma.predict import submission as submission_lib
+from melanoma.runs import layout, run_config, run_results, seeds
 
 METHODS = ("mean", "rank", "weights")
 DEFAULT_ITERATIONS = 25
@@ -231,7 +232,7 @@ def shared_folds(members: list[run_results.Member]) -> tuple[list[int], int]:
 
 def seed_members(specs: list[str], count: int | None, allow_mixed: bool = False,
                  mixed: list[str] | None = None) -> list[str]:
-    """--seeds N: each config among `specs` stands for its N seed runs' folders (core/seeds.py); a run
+    """--seeds N: each config among `specs` stands for its N seed runs' folders (runs/seeds.py); a run
     folder stays itself. A config's seed runs must be one experiment (as trained), unless `allow_mixed`:
     then how they differ is added to `mixed`."""
     mixed = [] if mixed is None else mixed

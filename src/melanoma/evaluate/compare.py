@@ -32,11 +32,12 @@ from typing import Any
 
 import pandas as pd
 
-from melanoma.core import fold_state, progress, run_config, run_results
+from melanoma.core import progress
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.evaluate import scoring, seed_groups, selection
 from melanoma.evaluate.scoring import ScoreWarning, score_oof
 from melanoma.evaluate.statistics import clustered_delong_test, delong_test
+from melanoma.runs import fold_state, run_config, run_results
 from melanoma.train.families import family as family_lib
 
 RANK_BY = {"auc": "auc", "unselected": "auc_unselected"}

@@ -10,7 +10,9 @@ import os
 
 import pandas as pd
 
-from melanoma.core import io_utils, layout, plots
+from melanoma.core import io_utils
+from melanoma.evaluate import plots
+from melanoma.runs import layout
 
 
 def has_importances(run_path: str) -> bool:

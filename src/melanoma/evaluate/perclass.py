@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from melanoma.core import metrics, plots
+from melanoma.core import metrics
 from melanoma.core.errors import DataError
 from melanoma.data import taxonomy
+from melanoma.evaluate import plots
 
 PER_CLASS_COLUMNS = ["class", "precision", "recall", "f1", "support", "auc"]
 

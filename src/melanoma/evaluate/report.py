@@ -30,12 +30,13 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from melanoma.core import arguments, io_utils, layout, plots, run_config, run_results
+from melanoma.core import arguments, io_utils
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.evaluate import importance as importance_lib
-from melanoma.evaluate import perclass, scoring
+from melanoma.evaluate import perclass, plots, scoring
 from melanoma.evaluate import selection as selection_lib
 from melanoma.evaluate.scoring import ScoreWarning, format_score, score_oof
+from melanoma.runs import layout, run_config, run_results
 
 DEFAULT_CUTOFFS = (0.1, 0.25, 0.5)
 DEFAULT_SENSITIVITIES = (0.9, 0.95)

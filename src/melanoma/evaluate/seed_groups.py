@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melanoma.core import run_config, run_results, seeds
 from melanoma.core.errors import DataError
 from melanoma.evaluate import statistics
+from melanoma.runs import run_config, run_results, seeds
 
 PREFIX = "seeds:"  # a group's key in compare's frames, apart from any run folder's path
 

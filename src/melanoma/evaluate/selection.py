@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, layout, metrics
+from melanoma.core import io_utils, metrics
 from melanoma.core.errors import DataError
+from melanoma.runs import layout
 
 VAL_EPOCH_COLUMNS = ("image_name", "epoch", "pred")
 

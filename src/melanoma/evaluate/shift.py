@@ -26,7 +26,7 @@ The interval resamples patients (1000 by default), as `score`'s does. Written (w
     shift.json       auc, auc_ci, top_features (names, best first) and the rest (`--json` prints it)
 
 A config may weight or select its validation images by test-likeness: `validation_weights.file`
-(core/validation_weights.py), an option, never a default.
+(data/validation_weights.py), an option, never a default.
 """
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ import os
 import numpy as np
 import pandas as pd
 
-from melanoma.core import arguments, io_utils, metrics, plots
+from melanoma.core import arguments, io_utils, metrics
 from melanoma.core import config as config_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import preflight
-from melanoma.evaluate import scoring, statistics
+from melanoma.evaluate import plots, scoring, statistics
 
 BETWEEN = {"train,test": ("train", "test"), "competition,external": ("competition", "external")}
 TOP = 10

@@ -6,10 +6,10 @@ Choosing a recipe by hand takes a train, an infer and a name per setting, and a 
 (`demo-lr_peak_per_image=2.5e-5-epochs=8`: the config's name, then each grid key's last dotted part and the value
 as typed; the whole dotted key where two grid keys end alike; a value that is no safe folder name gets a hash of
 itself),
-bound to its config as every run is (core/run_config.py), its folds trained through its family as `train` does
+bound to its config as every run is (runs/run_config.py), its folds trained through its family as `train` does
 (train/command.py) and its test images predicted as `infer` does (predict/inference.py; not where the config has
 no test set). With `--seeds N` a combination is N seed runs, `<run>-s0` .., as `train --seeds` makes them
-(core/seeds.py), and is judged by their mean.
+(runs/seeds.py), and is judged by their mean.
 
 Everything that can be refused is refused before the first fold trains (exit status 2, one line): every
 combination's config goes through the same checks as `--set` (unknown key, wrong type, bad choice), two
@@ -35,23 +35,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from melanoma.core import (
-    arguments,
-    environment,
-    fold_state,
-    io_utils,
-    layout,
-    pseudo_labels,
-    run_config,
-    run_results,
-    seeds,
-)
+from melanoma.core import arguments, environment, io_utils
 from melanoma.core import config as config_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
-from melanoma.data import preflight
+from melanoma.data import preflight, pseudo_labels
 from melanoma.evaluate import compare, scoring, seed_groups
 from melanoma.predict import inference
+from melanoma.runs import fold_state, layout, run_config, run_results, seeds
 from melanoma.train import command as train_command
 from melanoma.train.families import family as family_lib
 

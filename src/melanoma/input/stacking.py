@@ -1,7 +1,7 @@
 """Other runs' predictions as features (`features.from_runs`), for every tree family: a run's OOF prediction
 for a training row, its test prediction (the mean over its folds) for a test row. A run whose folds differ
 from this config's is refused, so no row's feature comes from a model that trained on that row. Light (no
-TensorFlow): the runs' CSVs are read through core/run_results.py.
+TensorFlow): the runs' CSVs are read through runs/run_results.py.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pandas as pd
 
-from melanoma.core import run_results
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
+from melanoma.runs import run_results
 
 
 def stacked_member(path: str, where: str):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from melanoma.core import io_utils, layout, metrics
+from melanoma.core import io_utils, metrics
 from melanoma.core.errors import ConfigError, DataError, ExternalToolError
 from melanoma.core.tables import parse_csv_text, read_oof, read_string_table
 from melanoma.kaggle.kaggle_cli import COMPETITION, kaggle_credentials, run_kaggle
@@ -38,6 +38,7 @@ from melanoma.predict.submission import (
     submission_record,
     validate_submission,
 )
+from melanoma.runs import layout
 
 LOG_COLUMNS = ("time", "file", "sha256", "config", "oof_auc", "message", "folds")
 

@@ -9,7 +9,7 @@ predicts again otherwise (or with --recompute). With folds missing, infer stops 
 --allow-partial, which writes `submissions/<name>-folds<K>_<K>.csv`. Beside every submission,
 `<same name>.json` records the run and the folds it averages (read by `submit`). Everything is checked
 before TensorFlow loads: the config, the test files, the sample submission, and that output_dir and
-submission_dir can be written. One writer per run: infer holds the run's lock (core/run_lock.py).
+submission_dir can be written. One writer per run: infer holds the run's lock (runs/run_lock.py).
 With --seeds N, each of the config's seed runs is predicted so, then their mean is written
 (predict/seed_ensemble.py).
 """
@@ -23,22 +23,13 @@ import sys
 import numpy as np
 import pandas as pd
 
-from melanoma.core import (
-    arguments,
-    environment,
-    fold_state,
-    io_utils,
-    layout,
-    pseudo_labels,
-    run_config,
-    run_lock,
-    seeds,
-)
+from melanoma.core import arguments, environment, io_utils
 from melanoma.core import config as config_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
-from melanoma.data import preflight, record_format
+from melanoma.data import preflight, pseudo_labels, record_format
 from melanoma.predict import seed_ensemble, submission
+from melanoma.runs import fold_state, layout, run_config, run_lock, seeds
 from melanoma.train.families import family as family_lib
 
 
@@ -214,7 +205,7 @@ def infer_run(args: argparse.Namespace, overrides: list[str]) -> tuple[Config, s
 
 
 def infer_seeds(args: argparse.Namespace) -> int:
-    """--seeds N: each seed run of the config (core/seeds.py) predicted as one run is, then the seeds' mean
+    """--seeds N: each seed run of the config (runs/seeds.py) predicted as one run is, then the seeds' mean
     (seed_ensemble). Every seed run is checked to be there before the first predicts."""
     base = checked_config(args, args.set)
     runs = seeds.seed_runs(base, args.seeds, args.set)

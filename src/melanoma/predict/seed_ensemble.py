@@ -1,6 +1,6 @@
 """The mean of a config's seed runs (`python infer.py --config C --seeds N`): one submission from N seeds.
 
-Every seed run is a whole run (every fold trained and predicted, core/seeds.py), and the seed runs share
+Every seed run is a whole run (every fold trained and predicted, runs/seeds.py), and the seed runs share
 their folds (a fold is a set of parts, whatever the seed). The ensemble is the plain mean: of the runs'
 submissions for the test images, and of their OOF predictions image by image, so its OOF AUC is as honest
 as each seed's (nothing is fitted). It is written as a blend is, so `score`, `compare`, `report`, `blend`,
@@ -18,10 +18,11 @@ import os
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, layout, metrics, run_results, seeds
+from melanoma.core import io_utils, metrics
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
 from melanoma.predict import submission
+from melanoma.runs import layout, run_results, seeds
 
 
 def write(base: Config, configs: list[Config], submissions: list[str], force: bool = False,

@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from melanoma.core import io_utils, layout, run_config
+from melanoma.core import io_utils
 from melanoma.core.config import load_config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.tables import first_few, numbers, read_string_table
+from melanoma.runs import layout, run_config
 
 SUBMISSION_COLUMNS = ("image_name", "target")  # the 2020 competition's; submission.id_column names another id
 DEFAULT_SUBMISSION_DIR = "submissions"

@@ -19,8 +19,8 @@ import os
 import socket
 import sys
 
-from melanoma.core import run_config
 from melanoma.core.errors import ConfigError
+from melanoma.runs import run_config
 from melanoma.serve import predictor as predictor_lib
 from melanoma.serve.predictor import Predictor, RequestError
 

@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, layout, run_config, run_results
+from melanoma.core import io_utils
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import record_format, taxonomy
 from melanoma.evaluate import report
+from melanoma.runs import layout, run_config, run_results
 from melanoma.train.families import family as family_lib
 from melanoma.train.families.family import Answer
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from melanoma.core import arguments, layout
+from melanoma.core import arguments
 from melanoma.core import config as config_lib
+from melanoma.runs import layout
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

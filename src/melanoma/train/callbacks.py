@@ -8,10 +8,12 @@ import os
 import numpy as np
 import pandas as pd
 
-from melanoma.core import fold_state, io_utils, layout, metrics, validation_weights
+from melanoma.core import io_utils, metrics
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
+from melanoma.data import validation_weights
 from melanoma.model import tta_prediction
+from melanoma.runs import fold_state, layout
 from melanoma.train import schedules
 
 # train.checkpoint -> (the logs key it follows, "max" or "min"); None: no metric decides
@@ -46,7 +48,7 @@ class NanGuard(keras.callbacks.Callback):
 class ValidationScore(keras.callbacks.Callback):
     """Scores each epoch (val_loss, val_auc, val_pauc_tpr80) and keeps its plain predictions in val_epochs.csv
     (see `selection`). Under validation_weights.file the loss and AUC weigh each image by its test-likeness
-    (core/validation_weights.py)."""
+    (data/validation_weights.py)."""
 
     def __init__(self, config: Config, folder: str, valid_paths: list[str], valid_dropped: frozenset,
                  state: dict | None, guard: NanGuard, strategy):

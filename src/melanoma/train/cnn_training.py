@@ -14,7 +14,7 @@ import sys
 import time
 
 from melanoma.core import config as config_lib
-from melanoma.core import environment, fold_state, hardware, io_utils, kerasapi, layout, metrics, progress
+from melanoma.core import environment, hardware, io_utils, kerasapi, metrics, progress
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.kerasapi import keras
@@ -23,6 +23,7 @@ from melanoma.data import fold_data as fold_data_lib
 from melanoma.input import augment, pipeline
 from melanoma.model import network as model_lib
 from melanoma.model import tta_prediction
+from melanoma.runs import fold_state, layout
 from melanoma.train import callbacks, schedules, tensorboard
 
 

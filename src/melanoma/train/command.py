@@ -1,5 +1,5 @@
 """`python train.py --config C --fold K [--set ...] [--force | --resume] [--seeds N]`: folds of a run, through its
-family (with --seeds, of each of the config's N seed runs: core/seeds.py).
+family (with --seeds, of each of the config's N seed runs: runs/seeds.py).
 
 Before any work, and before TensorFlow loads: the config (its keys and values, its family's own), the
 environment (TF_CONFIG, MELANOMA_CPU_DEVICES), the folds asked for against data.folds and against the parts
@@ -16,24 +16,14 @@ import argparse
 import os
 import statistics
 
-from melanoma.core import (
-    arguments,
-    environment,
-    fold_state,
-    io_utils,
-    layout,
-    metrics,
-    pseudo_labels,
-    run_config,
-    run_lock,
-    run_results,
-    seeds,
-)
+from melanoma.core import arguments, environment, io_utils, metrics
 from melanoma.core import config as config_lib
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
-from melanoma.data import preflight
+from melanoma.data import preflight, pseudo_labels
+from melanoma.runs import fold_state, layout, run_config, run_lock, seeds
 from melanoma.train.families import family as family_lib
+from melanoma.train.oof import report_oof
 
 
 def parse_folds(text: str, folds: int) -> list[int]:
@@ -135,11 +125,11 @@ def train_run(args: argparse.Namespace, config: Config, family: family_lib.Famil
         if todo:
             _fit_folds(config, config_path, prepared["training"], todo, chief, record)
         if chief:
-            run_results.report_oof(config, family.fold_finished, family_lib.trained_as)
+            report_oof(config, family.fold_finished, family_lib.trained_as)
 
 
 def train_seeds(args: argparse.Namespace) -> int:
-    """--seeds N: the config's runs <name>-s0 .. <name>-s<N-1> (core/seeds.py), one after another, each
+    """--seeds N: the config's runs <name>-s0 .. <name>-s<N-1> (runs/seeds.py), one after another, each
     checked before the first trains; then their OOF AUCs side by side."""
     base = config_lib.load_config(args.config, args.set)
     configs = [config_lib.load_config(args.config, given) for given in seeds.seed_runs(base, args.seeds, args.set)]

@@ -18,9 +18,10 @@ import os
 
 import pandas as pd
 
-from melanoma.core import environment, layout
+from melanoma.core import environment
 from melanoma.core.config import Config
 from melanoma.core.kerasapi import keras
+from melanoma.runs import layout
 
 # the tree family's history columns -> (TensorBoard folder, scalar name), as Keras names a CNN fold's
 TREE_SCALARS = {"loss": ("train", "epoch_loss"), "auc": ("train", "epoch_auc"),

@@ -15,11 +15,12 @@ import time
 import numpy as np
 
 from melanoma.core import config as config_lib
-from melanoma.core import environment, fold_state, layout
+from melanoma.core import environment
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import record_format, taxonomy
 from melanoma.input import augment
+from melanoma.runs import fold_state, layout
 from melanoma.train import schedules
 from melanoma.train.families import family as family_lib
 from melanoma.train.families.family import Answer, Family

@@ -37,9 +37,10 @@ from typing import Any
 import numpy as np
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, layout
+from melanoma.core import io_utils
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
+from melanoma.runs import layout
 
 # model.family -> the module that holds its FAMILY
 FAMILIES = {

@@ -14,10 +14,10 @@ import os
 
 import numpy as np
 
-from melanoma.core import layout, run_config
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError, DataError
 from melanoma.data import record_format
+from melanoma.runs import layout, run_config
 from melanoma.train.families import family as family_lib
 from melanoma.train.families import tree_family
 from melanoma.train.families.family import Answer

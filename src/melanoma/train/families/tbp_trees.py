@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import os
 
-from melanoma.core import fold_rule, io_utils, layout
+from melanoma.core import fold_rule, io_utils
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 from melanoma.data import sampling, scorable
 from melanoma.input import tbp_features, tbp_table
+from melanoma.runs import layout
 from melanoma.train.families.tree_family import TreeFamily
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from melanoma.core import layout
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
 from melanoma.data import record_format
+from melanoma.runs import layout
 from melanoma.train.families import family as family_lib
 from melanoma.train.families.family import Family
 

@@ -21,12 +21,12 @@ import os
 import numpy as np
 import pandas as pd
 
-from melanoma.core import layout
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError
 from melanoma.data import fold_data as fold_data_lib
 from melanoma.data import sources
 from melanoma.input import features
+from melanoma.runs import layout
 from melanoma.train.families import trees
 
 # ---------------------------------------------------------------------------------------------------

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from melanoma.core import fold_state, io_utils, layout, metrics
+from melanoma.core import io_utils, metrics
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed
+from melanoma.runs import fold_state, layout
 from melanoma.train import tensorboard
 
 # scikit-learn's OpenMP threads spin while they wait for work by default; on a CPU shared with other

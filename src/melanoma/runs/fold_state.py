@@ -30,10 +30,11 @@ import os
 import pandas as pd
 
 from melanoma.core import config as config_lib
-from melanoma.core import io_utils, layout
+from melanoma.core import io_utils
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
-from melanoma.core.layout import BEST_MODEL, HISTORY, LAST_MODEL, STATE, VAL_EPOCHS
+from melanoma.runs import layout
+from melanoma.runs.layout import BEST_MODEL, HISTORY, LAST_MODEL, STATE, VAL_EPOCHS
 
 # Everything a fold writes; a fresh start (no --resume) removes them so old and new never mix.
 FOLD_ARTIFACTS = (STATE, LAST_MODEL, BEST_MODEL, HISTORY, VAL_EPOCHS, layout.OOF, layout.TEST, layout.TEST_SETTINGS,

@@ -27,9 +27,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from melanoma.core import environment, io_utils, layout
+from melanoma.core import environment, io_utils
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
+from melanoma.runs import layout
 
 try:
     import fcntl

@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from melanoma.core import io_utils, layout, run_config, run_results
+from melanoma.core import io_utils
 from melanoma.core.config import Config
 from melanoma.core.errors import CheckFailed, ConfigError, DataError
 from melanoma.core.tables import first_few
+from melanoma.runs import layout, run_config, run_results
 
 EVERY_FOLD = -1                       # the key of `Source.predictions` under pseudo_labels.folds: all
 KEY = "pseudo_labels.source"

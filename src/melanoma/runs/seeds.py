@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import re
 
-from melanoma.core import fold_state, run_config
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
+from melanoma.runs import fold_state, run_config
 
 MOST_SEEDS = 100
 SEED_RUN = re.compile(r"^(?P<base>.+)-s(?P<index>\d+)$")  # how a seed run's name reads (labels only)

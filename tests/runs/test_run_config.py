@@ -1,4 +1,4 @@
-"""A run is bound to its config (core/run_config.py): training a run again under another config is refused
+"""A run is bound to its config (runs/run_config.py): training a run again under another config is refused
 or moves the old run aside, the OOF gathers only folds trained under the run's config, and infer, report and
 blend use what training used.
 
@@ -16,7 +16,8 @@ from conftest import run_folder, snapshot
 
 from melanoma import cli
 from melanoma.core import config as config_lib
-from melanoma.core import progress, run_results
+from melanoma.core import progress
+from melanoma.train import oof
 from melanoma.train.families import family as family_lib
 
 # --- 1. a run is bound to its config -----------------------------------------------------------------
@@ -32,7 +33,7 @@ def test_training_a_run_again_under_another_config_is_refused(run_copy, tmp_path
     assert "data.image_size: 32 -> 48" in err and "model.backbone: 'efficientnet-b0' -> 'efficientnet-b2'" in err
     assert "--force" in err and "--set name=" in err and "Traceback" not in err
     assert snapshot(run) == before, "a refused run must not change a file"
-    from melanoma.core import run_config
+    from melanoma.runs import run_config
 
     changed = config_lib.load_config(run_copy, ["data.image_size=48"])
     run_config.bind_run(changed, run_copy, force=True, write=False)  # a cluster's other workers: no writes
@@ -67,7 +68,7 @@ def test_oof_is_gathered_only_from_folds_trained_under_the_run_config(run_copy, 
     state["config"]["model.backbone"] = "efficientnet-b2"
     (run / "fold1" / "state.json").write_text(json.dumps(state))
     config = config_lib.load_config(run_copy)
-    assert run_results.gather_oof(config, family_lib.trained_as) is None
+    assert oof.gather_oof(config, family_lib.trained_as) is None
     assert "fold1 was trained as efficientnet-b2 at 32 px" in capsys.readouterr().out
     assert not (run / "oof.csv").exists()
     assert cli.main(["infer", "--config", str(run_copy)]) == 2

@@ -7,7 +7,7 @@
 <output_dir>/<name>/oof.csv               all folds' OOF, gathered once every fold has one
 <output_dir>/<name>/blend.json            (a blend's folder instead of config.yaml)
 <output_dir>/<name>/report/               what `report` draws
-<output_dir>/<name>/.lock                 while train or infer writes the run (core/run_lock.py)
+<output_dir>/<name>/.lock                 while train or infer writes the run (runs/run_lock.py)
 <output_dir>/<name>/superseded/<time>/    an older run moved aside by --force
 <submission_dir>/<name>[-folds0_2].csv    the fold ensemble, with <name>[-folds...].json beside a partial one
 ```

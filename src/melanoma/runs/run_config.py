@@ -30,9 +30,10 @@ from typing import Callable, Iterable
 import yaml
 
 from melanoma.core import config as config_lib
-from melanoma.core import fold_state, io_utils, layout
+from melanoma.core import io_utils
 from melanoma.core.config import Config
 from melanoma.core.errors import ConfigError
+from melanoma.runs import fold_state, layout
 
 # Keys that never shape what a run learns or predicts.
 RUN_FREE = ("name", "output_dir", "submission_dir", "submission", "data.cache", "train.verbose", "train.tensorboard",
@@ -43,7 +44,7 @@ INFER_FREE = RUN_FREE + ("tta", "data.test_files", "data.sample_submission")
 LOCATED = ("data.train_files", "data.test_files", "data.external_files", "data.sample_submission",
            "data.duplicates_csv", "validation_weights.file", "pseudo_labels.source", "model.weights")
 # What config.yaml records beside the config: the code's commit, and the identity of the run's pseudo-label
-# source (core/pseudo_labels.py), which binds the run as its config does.
+# source (data/pseudo_labels.py), which binds the run as its config does.
 SOURCE_RECORD = "pseudo_labels_source"
 RECORDS = ("git_commit", SOURCE_RECORD)
 
