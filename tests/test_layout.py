@@ -1,6 +1,7 @@
-"""The package's layout is its data flow (README, "Layout"): stage folders import only earlier stages and
-`core`, nothing imports in a circle or reaches into another module's private names, functions stay short,
-and an import inside a function says why it waits.
+"""The package's layout is its data flow (README, "Layout"): stage folders import only earlier stages,
+core holds only the base every stage uses and imports nothing above it, the run store (runs/) stands on core
+alone, each stage's options live in that stage, nothing imports in a circle or reaches into another module's
+private names, functions stay short, and an import inside a function says why it waits.
 
 The imports are read from the source (every `import`, also those inside functions; those under
 `if TYPE_CHECKING:` are annotations only and left out), so nothing here depends on what a test imported.
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "melanoma"
-# The stages in data-flow order: a module may import its own stage, the ones before it, and core.
+# The stages in data-flow order: a module may import its own stage and the ones before it (core and the run
+# store come first, so every stage may use them).
 STAGES = ("core", "runs", "data", "input", "model", "train", "predict", "evaluate", "serve", "kaggle", "tools")
 FRONT_DOOR = ("melanoma", "melanoma.__main__", "melanoma.cli")  # the entry points stand above every stage
 LONGEST_FUNCTION = 60
@@ -276,6 +278,51 @@ def tree_families_apart(modules: dict[str, Module]) -> list[str]:
     return found
 
 
+# core is the base every stage uses, nothing more: a module joins this list on purpose, or goes to its stage
+CORE = ("arguments", "config", "environment", "errors", "fold_rule", "hardware", "io_utils", "kerasapi", "metrics",
+        "progress", "quiet", "tables", "temporary_names")
+# what each layer at the bottom may import: core only itself; the run store (runs/) core and itself
+BOTTOM_LAYERS = {"core": ("core",), "runs": ("core", "runs")}
+# options of one stage, each at home there: a module or a module-level function of this name elsewhere (core, the
+# run store, another stage) is one stage's work in another's room
+STAGE_OPTIONS = {"pseudo_labels": "data", "validation_weights": "data", "plots": "evaluate",
+                 "gather_oof": "train", "report_oof": "train"}
+
+
+def core_beyond_the_base(modules: dict[str, Module]) -> list[str]:
+    """A module in core/ that is not one of CORE: a run-store or stage module moved into the base."""
+    return [f"{module.name}: not one of core's base modules" for module in modules.values()
+            if module.stage == "core" and module.name != "melanoma.core" and module.name.split(".")[-1] not in CORE]
+
+
+def bottom_layers_reaching_up(modules: dict[str, Module]) -> list[str]:
+    """An import from core or the run store of anything beyond what BOTTOM_LAYERS allows it."""
+    found = []
+    for module in modules.values():
+        allowed = BOTTOM_LAYERS.get(module.stage)
+        if allowed is None:
+            continue
+        for target, line, _ in module.imports:
+            stage = modules[target].stage if target in modules else None
+            if stage is not None and stage not in allowed:
+                found.append(f"{module.name}:{line} ({module.stage}) imports {target} ({stage})")
+    return found
+
+
+def stage_options_away_from_home(modules: dict[str, Module]) -> list[str]:
+    """A module or module-level function named in STAGE_OPTIONS outside the stage that owns it."""
+    found = []
+    for module in modules.values():
+        home = STAGE_OPTIONS.get(module.name.split(".")[-1])
+        if home is not None and module.stage != home:
+            found.append(f"{module.name}: belongs in {home}/")
+        for node in module.tree.body:
+            home = STAGE_OPTIONS.get(getattr(node, "name", None))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and home and module.stage != home:
+                found.append(f"{module.name}:{node.lineno}: {node.name} belongs in {home}/")
+    return found
+
+
 @pytest.fixture(scope="module")
 def modules() -> dict[str, Module]:
     return read_package()
@@ -333,6 +380,27 @@ def test_every_tree_family_extends_the_tree_base(modules):
     assert {"melanoma.train.families.tabular", "melanoma.train.families.tbp_trees"} <= fitting  # the rule sees them
 
 
+def test_core_holds_only_the_base_every_stage_uses(modules):
+    """config, errors, io_utils, tables, metrics, progress, environment and their small helpers; a run's files
+    are the run store's (runs/), a stage's options its own."""
+    assert not core_beyond_the_base(modules), "\n".join(core_beyond_the_base(modules))
+    assert {f"melanoma.core.{name}" for name in CORE} <= set(modules)  # the list names what is there
+
+
+def test_core_imports_nothing_above_it_and_the_run_store_only_core(modules):
+    assert not bottom_layers_reaching_up(modules), "\n".join(bottom_layers_reaching_up(modules))
+    store = {"layout", "run_config", "run_results", "fold_state", "run_lock", "seeds"}
+    assert {f"melanoma.runs.{name}" for name in store} <= set(modules)  # the rule sees the run store
+
+
+def test_stage_options_live_in_their_stage(modules):
+    """Pseudo-labels and validation weights are options of a fold's data, plots evaluate's, the OOF gathering
+    train's: none is in core or the run store."""
+    assert not stage_options_away_from_home(modules), "\n".join(stage_options_away_from_home(modules))
+    assert {"melanoma.data.pseudo_labels", "melanoma.data.validation_weights", "melanoma.evaluate.plots",
+            "melanoma.train.oof"} <= set(modules)
+
+
 def test_config_parameters_are_typed(modules):
     assert not untyped_config_parameters(modules), "\n".join(untyped_config_parameters(modules))
 
@@ -353,7 +421,7 @@ def test_help_lists_every_command():
 def test_the_checks_find_what_they_look_for(tmp_path):
     """Each check above fails on a small package made to break it, so a pass means something."""
     root = tmp_path / "melanoma"
-    for folder in ("core", "data", "train", "train/families"):
+    for folder in ("core", "runs", "data", "train", "train/families"):
         (root / folder).mkdir(parents=True)
         (root / folder / "__init__.py").write_text('"""a stage"""\n')
     (root / "train" / "families" / "trees.py").write_text('"""the trees"""\n')
@@ -361,6 +429,10 @@ def test_the_checks_find_what_they_look_for(tmp_path):
                                                            "class Stumps(family.Family):\n    model = trees\n")
     (root / "__init__.py").write_text("")
     (root / "core" / "config.py").write_text("from melanoma.data import records\n")
+    (root / "core" / "layout.py").write_text("from melanoma.runs import store\n")  # the run store in core
+    (root / "core" / "pseudo_labels.py").write_text('"""a fold\'s data option in core"""\n')
+    (root / "runs" / "store.py").write_text("from melanoma.data import records\n\n\n"
+                                            "def gather_oof(config: Config):\n    return records\n")
     (root / "data" / "records.py").write_text("from melanoma.core import config\n"
                                               "from melanoma.train.training import _secret\n")
     body = "\n".join(f"    x{i} = {i}" for i in range(LONGEST_FUNCTION))
@@ -376,7 +448,9 @@ def test_the_checks_find_what_they_look_for(tmp_path):
                                                  "melanoma.core.config"]
     assert backward_imports(broken) == [
         "melanoma.core.config:1 (core) imports melanoma.data.records (data), a later stage",
-        "melanoma.data.records:2 (data) imports melanoma.train.training (train), a later stage"]
+        "melanoma.core.layout:1 (core) imports melanoma.runs.store (runs), a later stage",
+        "melanoma.data.records:2 (data) imports melanoma.train.training (train), a later stage",
+        "melanoma.runs.store:1 (runs) imports melanoma.data.records (data), a later stage"]
     assert private_imports(broken) == ["melanoma.data.records:2 takes melanoma.train.training._secret"]
     assert long_functions(broken) == ["melanoma.train.training._secret (63 lines, line 1)"]
     assert unexplained_late_imports(broken) == ["melanoma.train.training:62: import json"]
@@ -388,6 +462,14 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     assert branches_on_a_family_name(broken) == ["melanoma.data.folds:16: config.model.family != 'cnn'"]
     assert tree_families_apart(broken) == ["melanoma.train.families.stumps:4: Stumps fits trees but does not extend "
                                            "TreeFamily"]
+    assert core_beyond_the_base(broken) == ["melanoma.core.layout: not one of core's base modules",
+                                            "melanoma.core.pseudo_labels: not one of core's base modules"]
+    assert bottom_layers_reaching_up(broken) == [
+        "melanoma.core.config:1 (core) imports melanoma.data.records (data)",
+        "melanoma.core.layout:1 (core) imports melanoma.runs.store (runs)",
+        "melanoma.runs.store:1 (runs) imports melanoma.data.records (data)"]
+    assert stage_options_away_from_home(broken) == ["melanoma.core.pseudo_labels: belongs in data/",
+                                                    "melanoma.runs.store:4: gather_oof belongs in train/"]
 
 
 def test_every_command_loads_without_tensorflow():
