@@ -1,1 +1,2 @@
-"""Sources, patient-grouped folds, TFRecords and their integrity: tables of images and labels."""
+"""Sources, patient-grouped folds, TFRecords and their integrity: tables of images and labels; a fold's data and
+its options (pseudo-labels, validation weights)."""

@@ -1,1 +1,1 @@
-"""OOF scoring as the competition scores, run comparison, reports and blends."""
+"""OOF scoring as the competition scores, run comparison, reports and their plots, and blends."""

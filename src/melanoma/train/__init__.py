@@ -1,1 +1,1 @@
-"""One fold of a run: schedules, callbacks, the training loop, and the tree family."""
+"""One fold of a run: schedules, callbacks, the training loop, and the model families; a run's OOF gathered."""
