@@ -81,19 +81,21 @@ def isic2024_settings(data: dict, folder: Path, *more: str) -> list[str]:
             *more]
 
 
-def tiny_trees(max_iter: int = 15, extra: str = "") -> str:
+def tiny_trees(max_iter: int = 15, extra: str = "", from_runs: str | None = None,
+               importance_repeats: int = 0) -> str:
     """Config body of a tree run small enough for a test (added by write_config to the tiny data's config);
-    `extra`: more lines of the trees section."""
+    `extra`: more lines of the trees section; `from_runs`: the runs whose OOF the trees stack in."""
+    stacked = "" if from_runs is None else f"\n  from_runs: {from_runs}"
     return f"""\
 model:
   family: tabular
 features:
   histogram_bins: 4
-  workers: 1
+  workers: 1{stacked}
 trees:
   max_iter: {max_iter}
   min_samples_leaf: 5
-  importance_repeats: 0
+  importance_repeats: {importance_repeats}
 {extra}"""
 
 

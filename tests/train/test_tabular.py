@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import reliability_helpers as helpers
 import yaml
-from conftest import write_config
+from conftest import tiny_trees, write_config
 from sklearn.metrics import roc_auc_score
 
 from melanoma import cli
@@ -22,20 +22,9 @@ from melanoma.train.families import trees
 
 
 def tiny_tabular(from_runs: str = "[]") -> str:
-    """Config body of a tabular run small enough for a test (added to conftest's write_config)."""
-    return f"""\
-model:
-  family: tabular
-features:
-  histogram_bins: 4
-  workers: 1
-  from_runs: {from_runs}
-trees:
-  max_iter: 15
-  min_samples_leaf: 5
-  importance_repeats: 1
-"""
-
+    """Config body of a tabular run small enough for a test, with permutation importances
+    (added to conftest's write_config)."""
+    return tiny_trees(from_runs=from_runs, importance_repeats=1)
 
 def generated_images(size: int = 48) -> list[np.ndarray]:
     """Synthetic dermoscopy images of both classes, plus the cases a mask can trip on: an even field,
