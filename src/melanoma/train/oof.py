@@ -50,8 +50,8 @@ def report_oof(config: Config, finished, trained_as: Callable[[dict], str]) -> N
         pauc = metrics.partial_auc_above_tpr(oof["target"], oof["pred"])
         weighted = (f"; weighted by test-likeness ({config.validation_weights.weighting}): "
                     f"{metrics.auc(oof['target'], oof['pred'], oof['weight']):.4f}" if "weight" in oof else "")
-        summary = write_run_summary(config, oof)
-        collapsed = [fold for fold, about in summary["folds"].items() if about["collapsed"]]
+        summary = write_run_summary(config, oof, auc)
+        collapsed = summary["collapsed_folds"]
         for fold in collapsed:
             print(f"warning: fold {fold} COLLAPSED: {summary['folds'][fold]['collapsed']}")
         shown = f"; COLLAPSED fold(s) {', '.join(collapsed)}: not a finished result" if collapsed else ""
@@ -62,15 +62,16 @@ def report_oof(config: Config, finished, trained_as: Callable[[dict], str]) -> N
         print(f"folds still to train: {missing}")
 
 
-def write_run_summary(config: Config, oof: pd.DataFrame) -> dict:
-    """The run's summary.json beside its oof.csv: the OOF AUC, and each fold's AUC, the spread of its
-    predictions' log-odds and, for a fold whose network collapsed to a near-constant output, why."""
+def write_run_summary(config: Config, oof: pd.DataFrame, auc: float) -> dict:
+    """The run's summary.json beside its oof.csv: the OOF AUC (`auc`, computed by the caller), and each
+    fold's AUC, the spread of its predictions' log-odds and, for a fold whose network collapsed to a
+    near-constant output, why."""
     folds = {}
     for fold, rows in oof.groupby("fold", sort=True):
         folds[str(fold)] = {"auc": _number(metrics.auc(rows["target"], rows["pred"])),
                             "logit_std": _number(metrics.logit_spread(rows["pred"])),
                             "collapsed": metrics.collapse_problem(rows["pred"])}
-    summary = {"name": config.name, "oof_auc": _number(metrics.auc(oof["target"], oof["pred"])),
+    summary = {"name": config.name, "oof_auc": _number(auc),
                "images": int(len(oof)), "folds": folds,
                "collapsed_folds": [fold for fold, about in folds.items() if about["collapsed"]]}
     io_utils.write_text_atomic(os.path.join(layout.run_dir(config), layout.RUN_SUMMARY),
