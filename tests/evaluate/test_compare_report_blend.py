@@ -146,6 +146,45 @@ def test_compare_ranks_complete_runs_and_shows_incomplete_ones_apart(project, ca
     assert [row["name"] for row in listed] == names and listed[0]["ci95"] is None
 
 
+def test_compare_on_chosen_folds_ranks_one_fold_runs_and_tests_them(project, capsys):
+    """compare --fold 0: runs trained on fold 0 alone are complete there, ranked and tested on fold 0's images."""
+    project.make_run("recipe", 1.0, seed=1, folds_done=[0])
+    project.make_run("change", 0.2, seed=2, folds_done=[0])
+    project.make_run("whole", 1.0, seed=3)            # every fold: scored on fold 0 alone too
+    project.make_run("elsewhere", 2.0, seed=4, folds_done=[1])
+
+    plain = {row["name"]: row for row in compare.compare_runs(str(project.outputs), bootstrap=0)}
+    assert plain["recipe"]["status"] == plain["change"]["status"] == "incomplete"
+    assert plain["recipe"]["p_best"] is None and plain["whole"]["rank"] == 1
+
+    rows = compare.compare_runs(str(project.outputs), bootstrap=0, folds=[0])
+    by_name = {row["name"]: row for row in rows}
+    fold0 = truth()["fold"] == 0
+    recipe, change = (oof_of_fold(project, name, 0) for name in ("recipe", "change"))
+    assert by_name["recipe"]["auc"] == roc_auc_score(recipe["target"], recipe["pred"])
+    assert {by_name[name]["status"] for name in ("recipe", "change", "whole")} == {"complete"}
+    assert by_name["whole"]["n"] == by_name["change"]["n"] == int(fold0.sum())
+    assert by_name["elsewhere"]["status"] == "incomplete" and "partial" in by_name["elsewhere"]["note"]
+    best = rows[0]
+    other = by_name["change"]
+    assert best["name"] != "change" and other["rank"] == 3 and other["n_common"] == int(fold0.sum())
+    best_oof = oof_of_fold(project, best["name"], 0)
+    _, _, p_value = statistics.clustered_delong_test(best_oof["target"], best_oof["pred"], change["pred"],
+                                                     best_oof["patient_id"])
+    assert other["p_best"] == float(f"{p_value:.3g}")
+
+    assert cli.main(["compare", str(project.outputs), "--fold", "0", "--bootstrap", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "1/1" in captured.out and "fold(s) 0 alone" in captured.err
+    for bad in ("x", "0,-1"):
+        assert cli.main(["compare", str(project.outputs), "--fold", bad]) == 2
+        assert "--fold" in capsys.readouterr().err
+
+
+def oof_of_fold(project: Project, name: str, fold: int) -> pd.DataFrame:
+    return tables.read_oof(str(project.outputs / name / f"fold{fold}" / "oof.csv"))
+
+
 def test_compare_of_an_empty_or_missing_folder(project, capsys):
     project.outputs.mkdir()
     assert cli.main(["compare", str(project.outputs)]) == 0

@@ -1,6 +1,7 @@
 """Compare runs: one row per run folder with its OOF AUC, interval, folds and the gap to the best run.
 
-`python -m melanoma compare [DIR] [--json] [--by auc|unselected] [--test patient|image] [--bootstrap N] [--seed S]`
+`python -m melanoma compare [DIR] [--json] [--by auc|unselected] [--test patient|image] [--fold K[,K...]]
+[--bootstrap N] [--seed S]`
 
 A run folder (`outputs/<name>/`) holds `config.yaml`, `fold<K>/oof.csv` per finished fold and `oof.csv`
 over all folds; a blend folder holds `blend.json` instead of `config.yaml`. A run is complete when every
@@ -9,6 +10,10 @@ never ranked against complete runs. The difference from the best run comes with 
 both runs scored: DeLong's test clustered by patient (Obuchowski, 1997) by default, since images of one
 patient are correlated, or the per-image DeLong test with `--test image` (for reference: on OOF
 predictions it calls too many equal runs different).
+
+`--fold K[,K...]` scores every run on those folds' OOF alone: runs trained on one fold (`train --fold 0`,
+`sweep --fold 0`) are then complete, ranked and tested against the best on the same images; a run without one
+of those folds is partial.
 
 Beside the OOF AUC each run shows `auc_unselected` (each fold at the epoch chosen on the other folds;
 see `selection`) and `pauc_tpr80` (ISIC 2024's partial AUC above 80% sensitivity). `--by unselected`
@@ -61,14 +66,14 @@ def _describe(run: run_results.Run) -> dict:
 
 
 def compare_runs(directory: str, bootstrap: int = 1000, seed: int = 0, by: str = "auc",
-                 test: str = "patient", seeds: bool = True) -> list[dict]:
+                 test: str = "patient", seeds: bool = True, folds: list[int] | None = None) -> list[dict]:
     """One dict per run folder, best complete run first (see the module docstring for the fields).
 
     by: "auc" ranks complete runs by OOF AUC; "unselected" by auc_unselected (complete runs without
     it follow, unranked). test: "patient" (clustered DeLong) or "image" (per-image DeLong). seeds: runs
-    that differ only by seed are one row (seed_groups); False lists each.
+    that differ only by seed are one row (seed_groups); False lists each. folds: score on these folds alone.
     """
-    return compare_paths(run_results.find_runs(directory), bootstrap, seed, by, test, seeds)
+    return compare_paths(run_results.find_runs(directory), bootstrap, seed, by, test, seeds, folds)
 
 
 def compare_paths(paths: list[str], bootstrap: int = 1000, seed: int = 0, by: str = "auc",
@@ -153,6 +158,10 @@ def _score_run(run: run_results.Run, row: dict, frames: dict[str, pd.DataFrame],
             frame = frame[frame["fold"].isin(folds)].reset_index(drop=True)
             present = [fold for fold in present if fold in folds]
             complete = set(folds) <= set(present)
+            if not present:
+                row.update(status="incomplete", folds_done=0,
+                           note=f"partial: none of fold(s) {','.join(map(str, folds))} done")
+                return
         chosen = selection.epoch_selection(frame, run.path) if complete else selection.Selection(
             reason="incomplete run")
         with warnings.catch_warnings():
@@ -303,14 +312,34 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", choices=TESTS, default="patient",
                         help="p-value vs the best run: DeLong clustered by patient (default) or per image")
     scoring.add_bootstrap_arguments(parser, "each run's 95%% interval")
+    parser.add_argument("--fold", default="all", metavar="K[,K...]",
+                        help="score every run on these folds' OOF alone (a run without one is partial); "
+                             "default: all of each run's folds")
     parser.add_argument("--each-seed", action="store_true",
                         help="list every seed run on its own row instead of one row per seed group")
 
 
+def parse_fold_list(text: str) -> list[int] | None:
+    """compare's --fold: None for 'all', else the fold numbers of a comma list (each at least 0)."""
+    if text == "all":
+        return None
+    try:
+        folds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--fold takes a fold number, a comma list such as 0,1, or 'all', got '{text}'") from None
+    if any(fold < 0 for fold in folds):
+        raise ConfigError(f"--fold takes fold numbers from 0 up, got '{text}'")
+    return sorted(set(folds))
+
+
 def command(args: argparse.Namespace) -> int:
     scoring.check_bootstrap_arguments(args)
+    folds = parse_fold_list(args.fold)
     rows = compare_runs(args.directory, bootstrap=args.bootstrap, seed=args.seed, by=args.by, test=args.test,
-                        seeds=not args.each_seed)
+                        seeds=not args.each_seed, folds=folds)
+    if folds is not None and rows:
+        print(f"scored on fold(s) {','.join(map(str, folds))} alone (--fold): fewer images, a wider interval "
+              "than every fold's OOF", file=sys.stderr)
     if args.json:
         print(json.dumps(rows))
     elif not rows:
