@@ -89,7 +89,8 @@ def test_seeds_make_each_combination_a_seed_group_compared_on_seed_means(tiny_da
     assert second["p_test"] == "seeds" and second["p_best"] is not None
 
 
-def test_a_cnn_grid_on_one_fold_trains_predicts_and_ranks_that_fold(tiny_data, tmp_path, monkeypatch, capsys):
+def test_a_cnn_grid_on_one_fold_trains_and_ranks_that_fold_without_predicting(tiny_data, tmp_path, monkeypatch,
+                                                                               capsys):
     helpers.install_tiny_model(monkeypatch)
     path = str(write_config(tmp_path, tiny_data))
     assert cli.main(["sweep", "--config", path, "--grid", "train.lr_peak_per_image=1e-6,1e-5", "--fold", "0",
@@ -100,7 +101,12 @@ def test_a_cnn_grid_on_one_fold_trains_predicts_and_ranks_that_fold(tiny_data, t
         assert f"sweep {index}/2: {name}: training" in printed
         assert (tmp_path / "outputs" / name / "fold0" / "model.keras").is_file()
         assert not (tmp_path / "outputs" / name / "fold1").exists()
-        assert (tmp_path / "submissions" / f"{name}-folds0.csv").is_file()  # the partial ensemble of fold 0
+        # a screen is no submission: the test images are not predicted, and the line says how to predict them
+        assert not (tmp_path / "submissions" / f"{name}-folds0.csv").exists()
+        assert not (tmp_path / "outputs" / name / "fold0" / "test.csv").exists()
+        assert (f"sweep {index}/2: {name}: test images not predicted (fold(s) 0 of 2: a screen compares OOF); to "
+                f"predict them: python -m melanoma infer --config {path} --set "
+                f"train.lr_peak_per_image={name.rsplit('=', 1)[1]} name={name} --allow-partial") in printed
     assert all(name in printed[printed.index("#  run"):] for name in names)
     rows = json.loads(next((tmp_path / "outputs").glob("sweep-tiny-*/sweep.json")).read_text())["rows"]
     assert sorted(row["rank"] for row in rows) == [1, 2] and {row["folds"] for row in rows} == {1}
@@ -116,6 +122,11 @@ def test_a_cnn_grid_on_one_fold_trains_predicts_and_ranks_that_fold(tiny_data, t
     assert f"sweep 1/2: {names[0]}: training (resuming an interrupted fold)" in printed
     assert "fold 0: resuming after epoch 1 of 1" in printed
     assert "skipped: finished" in printed and (tmp_path / "outputs" / names[0] / "fold0" / "oof.csv").is_file()
+
+    # the printed command predicts the screen's fold as a partial submission
+    assert cli.main(["infer", "--config", path, "--set", "train.lr_peak_per_image=1e-6", f"name={names[0]}",
+                     "--allow-partial"]) == 0
+    assert (tmp_path / "submissions" / f"{names[0]}-folds0.csv").is_file()  # the partial ensemble of fold 0
 
 
 @pytest.mark.parametrize("grid, message", [

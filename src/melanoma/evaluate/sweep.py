@@ -8,7 +8,7 @@ as typed; the whole dotted key where two grid keys end alike; a value that is no
 itself),
 bound to its config as every run is (runs/run_config.py), its folds trained through its family as `train` does
 (train/command.py) and its test images predicted as `infer` does (predict/inference.py; not where the config has
-no test set). With `--seeds N` a combination is N seed runs, `<run>-s0` .., as `train --seeds` makes them
+no test set, nor by a sweep of some folds: `--fold 0` is a screen that compares OOF, no submission). With `--seeds N` a combination is N seed runs, `<run>-s0` .., as `train --seeds` makes them
 (runs/seeds.py), and is judged by their mean.
 
 Everything that can be refused is refused before the first fold trains (exit status 2, one line): every
@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 
 import pandas as pd
@@ -248,7 +249,7 @@ def check_runs(args: argparse.Namespace, combos: list[Combination]) -> dict[str,
             family = family_lib.lookup(config)
             folds[combo.name] = train_command.check_before_work(train_arguments(args, overrides), config, family)
             check_unclaimed(config, args.config)
-            if config.data.test_files:
+            if config.data.test_files and every_fold(config, folds[combo.name]):
                 preflight.check_inference(config)
     return folds
 
@@ -276,14 +277,27 @@ def predicted(config: Config, family: family_lib.Family) -> bool:
     return io_utils.exists(layout.record_path(os.path.join(config.submission_dir, name)))
 
 
+def every_fold(config: Config, folds: list[int]) -> bool:
+    """Whether the sweep trains every fold of the run (`--fold all`, or a list naming each of them)."""
+    return set(range(config.data.folds)) <= set(folds)
+
+
+def infer_hint(args: argparse.Namespace, overrides: list[str]) -> str:
+    """The command that predicts one of the sweep's runs from the folds it holds."""
+    given = " ".join(shlex.quote(text) for text in overrides)
+    return f"python -m melanoma infer --config {shlex.quote(args.config)} --set {given} --allow-partial"
+
+
 def sweep_one(args: argparse.Namespace, combo: Combination, folds: list[int], where: str) -> str:
     """One combination: skipped when every run of it is finished; else its unfinished folds trained (an
-    interrupted one resumed) and its test images predicted. Returns what was done."""
+    interrupted one resumed) and its test images predicted. A sweep of some folds only compares their OOF:
+    it predicts no test images (a screen is no submission) and says how to. Returns what was done."""
     family = family_lib.lookup(combo.runs[0][1])
+    predicts = every_fold(combo.runs[0][1], folds)
     to_train = [(overrides, config) for overrides, config in combo.runs if pending(config, family, folds)]
     to_predict = [(overrides, config) for overrides, config in combo.runs
-                  if pending(config, family, folds) or not predicted(config, family)]
-    if not to_predict:
+                  if predicts and (pending(config, family, folds) or not predicted(config, family))]
+    if not to_train and not to_predict:
         print(f"{where}: skipped: finished")
         return "skipped"
     resuming = any(interrupted(config, family, folds) for _, config in to_train)
@@ -297,6 +311,9 @@ def sweep_one(args: argparse.Namespace, combo: Combination, folds: list[int], wh
         train_command.train_run(train_arguments(args, overrides, resume), config, family, folds, prepared[resume])
     if not environment.is_chief():
         return "trained"
+    if not predicts and combo.runs[0][1].data.test_files:
+        print(f"{where}: test images not predicted (fold(s) {args.fold} of {combo.runs[0][1].data.folds}: a screen "
+              f"compares OOF); to predict them: {infer_hint(args, combo.runs[0][0])}")
     for overrides, config in to_predict:
         if config.data.test_files:
             partial = bool(pending(config, family, list(range(config.data.folds))))
