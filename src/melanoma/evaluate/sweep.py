@@ -8,8 +8,9 @@ as typed; the whole dotted key where two grid keys end alike; a value that is no
 itself),
 bound to its config as every run is (runs/run_config.py), its folds trained through its family as `train` does
 (train/command.py) and its test images predicted as `infer` does (predict/inference.py; not where the config has
-no test set, nor by a sweep of some folds: `--fold 0` is a screen that compares OOF, no submission). With `--seeds N` a combination is N seed runs, `<run>-s0` .., as `train --seeds` makes them
-(runs/seeds.py), and is judged by their mean.
+no test set, nor by a sweep of some folds: `--fold 0` is a screen that compares OOF, no submission). With
+`--seeds N` a combination is N seed runs, `<run>-s0` .., as `train --seeds` makes them (runs/seeds.py), and is
+judged by their mean.
 
 Everything that can be refused is refused before the first fold trains (exit status 2, one line): every
 combination's config goes through the same checks as `--set` (unknown key, wrong type, bad choice), two
