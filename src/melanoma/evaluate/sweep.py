@@ -293,8 +293,9 @@ def sweep_one(args: argparse.Namespace, combo: Combination, folds: list[int], wh
     """One combination: skipped when every run of it is finished; else its unfinished folds trained (an
     interrupted one resumed) and its test images predicted. A sweep of some folds only compares their OOF:
     it predicts no test images (a screen is no submission) and says how to. Returns what was done."""
-    family = family_lib.lookup(combo.runs[0][1])
-    predicts = every_fold(combo.runs[0][1], folds)
+    first = combo.runs[0][1]  # a combination's runs (its seed runs) share family, folds and test set
+    family = family_lib.lookup(first)
+    predicts = every_fold(first, folds)
     to_train = [(overrides, config) for overrides, config in combo.runs if pending(config, family, folds)]
     to_predict = [(overrides, config) for overrides, config in combo.runs
                   if predicts and (pending(config, family, folds) or not predicted(config, family))]
@@ -312,9 +313,10 @@ def sweep_one(args: argparse.Namespace, combo: Combination, folds: list[int], wh
         train_command.train_run(train_arguments(args, overrides, resume), config, family, folds, prepared[resume])
     if not environment.is_chief():
         return "trained"
-    if not predicts and combo.runs[0][1].data.test_files:
-        print(f"{where}: test images not predicted (fold(s) {args.fold} of {combo.runs[0][1].data.folds}: a screen "
-              f"compares OOF); to predict them: {infer_hint(args, combo.runs[0][0])}")
+    if not predicts and first.data.test_files:
+        hints = "; ".join(infer_hint(args, overrides) for overrides, _ in combo.runs)  # each seed run's own
+        print(f"{where}: test images not predicted (fold(s) {args.fold} of {first.data.folds}: a screen "
+              f"compares OOF); to predict them: {hints}")
     for overrides, config in to_predict:
         if config.data.test_files:
             partial = bool(pending(config, family, list(range(config.data.folds))))
