@@ -73,6 +73,27 @@ def test_a_tree_grid_trains_each_combination_then_a_rerun_skips_them(tiny_data, 
     assert files_and_times(tmp_path) == before
 
 
+def test_a_tree_grid_on_one_fold_writes_no_submission_and_names_the_command_that_would(tiny_data, tmp_path,
+                                                                                        capsys):
+    """The trees predict their test rows while they train; a screen still writes no submission, and the
+    printed command writes the partial one."""
+    path = str(write_config(tmp_path, tiny_data, tiny_trees()))
+    assert cli.main(["sweep", "--config", path, "--grid", "trees.max_leaf_nodes=3,7", "--fold", "0",
+                     "--bootstrap", "0"]) == 0
+    printed = capsys.readouterr().out
+    for index, leaves in enumerate((3, 7), start=1):
+        name = f"tiny-max_leaf_nodes={leaves}"
+        assert (tmp_path / "outputs" / name / "fold0" / "oof.csv").is_file()
+        assert not (tmp_path / "outputs" / name / "fold1").exists()
+        assert not list((tmp_path / "submissions").glob(f"{name}*.csv"))
+        assert (f"sweep {index}/2: {name}: no submission written (fold(s) 0 of 2: a screen compares OOF); to "
+                f"write one: python -m melanoma infer --config {path} --set trees.max_leaf_nodes={leaves} "
+                f"name={name} --allow-partial") in printed
+    assert cli.main(["infer", "--config", path, "--set", "trees.max_leaf_nodes=3", "name=tiny-max_leaf_nodes=3",
+                     "--allow-partial"]) == 0
+    assert (tmp_path / "submissions" / "tiny-max_leaf_nodes=3-folds0.csv").is_file()
+
+
 def test_seeds_make_each_combination_a_seed_group_compared_on_seed_means(tiny_data, tmp_path, capsys):
     path = str(write_config(tmp_path, tiny_data, tiny_trees()))
     assert cli.main(["sweep", "--config", path, "--grid", "trees.max_leaf_nodes=3,7", "--seeds", "2",
@@ -101,11 +122,11 @@ def test_a_cnn_grid_on_one_fold_trains_and_ranks_that_fold_without_predicting(ti
         assert f"sweep {index}/2: {name}: training" in printed
         assert (tmp_path / "outputs" / name / "fold0" / "model.keras").is_file()
         assert not (tmp_path / "outputs" / name / "fold1").exists()
-        # a screen is no submission: the test images are not predicted, and the line says how to predict them
+        # a screen is no submission: none is written, the CNN predicts no test images, and the line says how
         assert not (tmp_path / "submissions" / f"{name}-folds0.csv").exists()
         assert not (tmp_path / "outputs" / name / "fold0" / "test.csv").exists()
-        assert (f"sweep {index}/2: {name}: test images not predicted (fold(s) 0 of 2: a screen compares OOF); to "
-                f"predict them: python -m melanoma infer --config {path} --set "
+        assert (f"sweep {index}/2: {name}: no submission written (fold(s) 0 of 2: a screen compares OOF); to "
+                f"write one: python -m melanoma infer --config {path} --set "
                 f"train.lr_peak_per_image={name.rsplit('=', 1)[1]} name={name} --allow-partial") in printed
     assert all(name in printed[printed.index("#  run"):] for name in names)
     rows = json.loads(next((tmp_path / "outputs").glob("sweep-tiny-*/sweep.json")).read_text())["rows"]

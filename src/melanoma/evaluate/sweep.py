@@ -292,7 +292,8 @@ def infer_hint(args: argparse.Namespace, overrides: list[str]) -> str:
 def sweep_one(args: argparse.Namespace, combo: Combination, folds: list[int], where: str) -> str:
     """One combination: skipped when every run of it is finished; else its unfinished folds trained (an
     interrupted one resumed) and its test images predicted. A sweep of some folds only compares their OOF:
-    it predicts no test images (a screen is no submission) and says how to. Returns what was done."""
+    it writes no submission (a screen is none; the CNN family predicts no test images) and says how to.
+    Returns what was done."""
     first = combo.runs[0][1]  # a combination's runs (its seed runs) share family, folds and test set
     family = family_lib.lookup(first)
     predicts = every_fold(first, folds)
@@ -315,8 +316,8 @@ def sweep_one(args: argparse.Namespace, combo: Combination, folds: list[int], wh
         return "trained"
     if not predicts and first.data.test_files:
         hints = "; ".join(infer_hint(args, overrides) for overrides, _ in combo.runs)  # each seed run's own
-        print(f"{where}: test images not predicted (fold(s) {args.fold} of {first.data.folds}: a screen "
-              f"compares OOF); to predict them: {hints}")
+        print(f"{where}: no submission written (fold(s) {args.fold} of {first.data.folds}: a screen "
+              f"compares OOF); to write one: {hints}")
     for overrides, config in to_predict:
         if config.data.test_files:
             partial = bool(pending(config, family, list(range(config.data.folds))))
