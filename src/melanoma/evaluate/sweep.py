@@ -5,12 +5,11 @@ Choosing a recipe by hand takes a train, an infer and a name per setting, and a 
 `outputs/` holds besides. Here each combination of the grid's values is a run named by its settings
 (`demo-lr_peak_per_image=2.5e-5-epochs=8`: the config's name, then each grid key's last dotted part and the value
 as typed; the whole dotted key where two grid keys end alike; a value that is no safe folder name gets a hash of
-itself),
-bound to its config as every run is (runs/run_config.py), its folds trained through its family as `train` does
-(train/command.py) and its test images predicted as `infer` does (predict/inference.py; not where the config has
-no test set, nor by a sweep of some folds: `--fold 0` is a screen that compares OOF, no submission). With
-`--seeds N` a combination is N seed runs, `<run>-s0` .., as `train --seeds` makes them (runs/seeds.py), and is
-judged by their mean.
+itself), bound to its config as every run is (runs/run_config.py), its folds trained through its family as `train`
+does (train/command.py) and its submission written as `infer` writes it (predict/inference.py; not where the
+config has no test set, nor by a sweep of some folds: `--fold 0` is a screen that compares OOF and writes no
+submission, and the CNN family predicts no test images for it). With `--seeds N` a combination is N seed runs,
+`<run>-s0` .., as `train --seeds` makes them (runs/seeds.py), and is judged by their mean.
 
 Everything that can be refused is refused before the first fold trains (exit status 2, one line): every
 combination's config goes through the same checks as `--set` (unknown key, wrong type, bad choice), two
