@@ -3,12 +3,14 @@ then the group's comparison; everything the user can get wrong refused before an
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 import reliability_helpers as helpers
+import yaml
 from conftest import REPO, tiny_trees, write_config
 
 from melanoma import cli
@@ -92,6 +94,30 @@ def test_a_tree_grid_on_one_fold_writes_no_submission_and_names_the_command_that
     assert cli.main(["infer", "--config", path, "--set", "trees.max_leaf_nodes=3", "name=tiny-max_leaf_nodes=3",
                      "--allow-partial"]) == 0
     assert (tmp_path / "submissions" / "tiny-max_leaf_nodes=3-folds0.csv").is_file()
+
+
+def test_a_screen_with_seeds_names_one_working_command_per_seed_run(tiny_data, tmp_path, capsys):
+    """`--fold 0 --seeds 2`: each seed run holds fold 0 alone, no submission is written, and the line names
+    one infer command per seed run (its own name and seed); each of them, run as printed, writes that seed
+    run's partial submission."""
+    path = str(write_config(tmp_path, tiny_data, tiny_trees()))
+    assert cli.main(["sweep", "--config", path, "--grid", "trees.max_leaf_nodes=3", "--seeds", "2", "--fold", "0",
+                     "--bootstrap", "0"]) == 0
+    printed = capsys.readouterr().out
+    names = [f"tiny-max_leaf_nodes=3-s{index}" for index in (0, 1)]
+    for name in names:
+        assert (tmp_path / "outputs" / name / "fold0" / "oof.csv").is_file()
+        assert not (tmp_path / "outputs" / name / "fold1").exists()
+    assert not list((tmp_path / "submissions").glob("*.csv"))
+    line = next(line for line in printed.splitlines() if "no submission written" in line)
+    commands = [shlex.split(text) for text in line.split("to write one: ", 1)[1].split("; ")]
+    assert len(commands) == 2
+    base_seed = yaml.safe_load((tmp_path / "outputs" / names[0] / "config.yaml").read_text())["seed"]
+    for index, (name, words) in enumerate(zip(names, commands)):
+        assert words[:4] == ["python", "-m", "melanoma", "infer"]
+        assert f"name={name}" in words and f"seed={base_seed + index}" in words
+        assert cli.main(words[3:]) == 0
+        assert (tmp_path / "submissions" / f"{name}-folds0.csv").is_file()
 
 
 def test_seeds_make_each_combination_a_seed_group_compared_on_seed_means(tiny_data, tmp_path, capsys):
