@@ -49,6 +49,7 @@ def test_every_number_of_the_schema_has_a_range_and_its_default_is_in_it():
     ("train.lr_decay=.nan", "'train.lr_decay' must be in (0, 1], got nan"),
     ("train.lr_peak_per_image=.inf", "'train.lr_peak_per_image' must be more than 0, got inf"),
     ("seed=-3", "'seed' must be at least 0"),
+    ("model.color_constancy=0", "'model.color_constancy' must be in [1, 16] (or null), got 0"),
 ])
 def test_an_absurd_number_is_refused_naming_the_key_the_value_and_the_range(setting, said):
     with pytest.raises(ConfigError) as refused:

@@ -263,18 +263,60 @@ def test_tpu_detection(monkeypatch):
     assert isinstance(resolver, hardware.tf.distribute.cluster_resolver.TPUClusterResolver)
 
 
+# ---------------------------------------------------------------------------------------------------
+# colour constancy (model.color_constancy)
+
+
+def test_shades_of_gray_removes_a_tint_and_keeps_a_grey_image():
+    """A channel tint (the light of another dermoscope) is removed: the image and its tinted copy come out
+    alike up to one brightness factor, the mean of the channel gains. A grey-lit image passes unchanged;
+    bright pixels never leave 0..255; p = 1 is grey world (channel means made equal)."""
+    rng = np.random.default_rng(3)
+    image = rng.uniform(10, 200, (2, 16, 16, 3)).astype("float32")
+    image[..., :] = image.mean(axis=-1, keepdims=True)  # grey-lit: every channel's p-norm mean the same
+    gains = np.array([1.25, 0.9, 0.6], "float32")
+    layer = model_lib.ShadesOfGray(6)
+    np.testing.assert_allclose(layer(image).numpy(), image, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(layer(image * gains).numpy(), image * gains.mean(), rtol=1e-4, atol=1e-2)
+    bright = np.full((1, 8, 8, 3), 255.0, "float32")
+    bright[..., 2] = 40.0
+    out = layer(bright).numpy()
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    assert np.ptp(out.reshape(-1, 3).mean(axis=0)) < 1.0  # grey: the three channels alike
+    coloured = rng.uniform(0, 255, (1, 16, 16, 3)).astype("float32")
+    means = model_lib.ShadesOfGray(1)(coloured).numpy().mean(axis=(0, 1, 2))
+    assert np.ptp(means) < 0.5, means  # grey world, where nothing clips (the scale is at most 1.0x)
+
+
+def test_colour_constancy_is_the_models_first_step():
+    """With model.color_constancy the model predicts from the white-balanced image: its output equals the
+    same weights' output without the step on the balanced image; a tint then moves the prediction only as
+    much as the brightness it also carries."""
+    model = model_lib.build_model(demo_config("model.color_constancy=6"))
+    plain = model_lib.build_model(demo_config(), pretrained=False)
+    assert model.get_layer("shades_of_gray").power == 6.0
+    with pytest.raises(ValueError):
+        plain.get_layer("shades_of_gray")
+    plain.set_weights(model.get_weights())
+    batch = inputs()
+    balanced = model.get_layer("shades_of_gray")(batch["image"]).numpy()
+    np.testing.assert_allclose(model.predict_on_batch(batch), plain.predict_on_batch({"image": balanced}),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_count_parameters_matches_keras():
     model = model_lib.build_model(demo_config("model.head=diagnosis", "model.metadata_input=true"))
     assert model_lib.count_parameters(model) == model.count_params()
     assert model_lib.count_trainable(model) < model_lib.count_parameters(model)
 
 
-@pytest.mark.parametrize("overrides", [[], ["model.metadata_input=true"]], ids=["binary", "metadata"])
+@pytest.mark.parametrize("overrides", [[], ["model.metadata_input=true"], ["model.color_constancy=6"]],
+                         ids=["binary", "metadata", "colour-constancy"])
 def test_checkpoint_reloads_into_a_fresh_model_with_equal_predictions(tmp_path, overrides):
     """Training saves model.keras and reloads it with load_weights into a freshly built model (OOF,
     inference): every weight must come back, or predictions would silently come from random layers."""
     model = model_lib.build_model(demo_config(*overrides))
-    batch = inputs(metadata=bool(overrides))
+    batch = inputs(metadata="model.metadata_input=true" in overrides)
     expected = model.predict_on_batch(batch)
     path = tmp_path / "model.keras"
     model.save(path)

@@ -5,7 +5,9 @@ competition's public notebooks used), Keras' own EfficientNetV2 family, and Effi
 (`lite`), whose ImageNet weights come inside registry packages and so load offline.
 
 Inputs are float32 images in 0..255 under the key `image` (and `metadata` when the config asks);
-normalisation happens inside the model, so pipelines stay in uint8 and TTA views are cheap.
+normalisation happens inside the model, so pipelines stay in uint8 and TTA views are cheap. So does the
+optional colour constancy (model.color_constancy, `ShadesOfGray`): every path that feeds the model
+(training, OOF, TTA, test, serve, Grad-CAM) sees the same white-balanced image.
 
 Heads. `binary`: one sigmoid, P(malignant). `diagnosis`: a softmax over the 9 ISIC 2019 classes, trained
 with every source's diagnoses mapped onto those classes by name (see `taxonomy`); the model still
@@ -228,6 +230,36 @@ def freeze_batch_norm(backbone: keras.Model) -> None:
             layer.trainable = False
 
 
+# ---------------------------------------------------------------- colour constancy
+
+@keras.saving.register_keras_serializable(package="melanoma")
+class ShadesOfGray(keras.layers.Layer):
+    """Shades of Gray colour constancy (Finlayson and Trezzi, 2004) on float images in 0..255.
+
+    Each image's illuminant is estimated per channel as the p-norm mean of its pixels, (mean x^p)^(1/p)
+    (p = 1: grey world; large p tends to max-RGB); each channel is then scaled so that the illuminant
+    becomes grey at its own mean level, and clipped to 0..255. Dermoscopes and their lighting tint whole
+    images; this removes the tint before the backbone sees it. Computed in float32 under any policy.
+    """
+
+    def __init__(self, power: float = 6.0, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.power = float(power)
+
+    def call(self, images):
+        x = tf.cast(images, tf.float32)
+        unit = tf.clip_by_value(x / 255.0, 0.0, 1.0)  # in 0..1 so that x^p cannot overflow
+        illuminant = tf.pow(tf.reduce_mean(tf.pow(unit, self.power), axis=[1, 2], keepdims=True),
+                            1.0 / self.power)
+        grey = tf.reduce_mean(illuminant, axis=-1, keepdims=True)
+        balanced = x * grey / tf.maximum(illuminant, 1e-6)
+        return tf.clip_by_value(balanced, 0.0, 255.0)
+
+    def get_config(self):
+        return {**super().get_config(), "power": self.power}
+
+
 # ---------------------------------------------------------------- heads
 
 @keras.saving.register_keras_serializable(package="melanoma")
@@ -299,12 +331,15 @@ def build_model(config: Config, pretrained: bool = True) -> keras.Model:
     inputs = {"image": image}
     backbone = build_backbone(name, size, config.model.weights, pretrained=pretrained,
                               drop_connect=config.model.drop_connect, bn_momentum=config.model.bn_momentum)
+    pixels = image
+    if config.model.color_constancy is not None:
+        pixels = ShadesOfGray(config.model.color_constancy, name="shades_of_gray")(image)
     if name in BACKBONES_V2:
-        normalised = image  # keras.applications' V2 models hold their own input scaling
+        normalised = pixels  # keras.applications' V2 models hold their own input scaling
     elif name in BACKBONES_LITE:
-        normalised = lite.scale_input(image)  # the Lite weights' (x - 127) / 128, not ImageNet's mean and std
+        normalised = lite.scale_input(pixels)  # the Lite weights' (x - 127) / 128, not ImageNet's mean and std
     else:
-        normalised = keras.layers.Rescaling(1.0 / 255.0)(image)
+        normalised = keras.layers.Rescaling(1.0 / 255.0)(pixels)
         normalised = keras.layers.Normalization(mean=list(IMAGENET_MEAN),
                                                 variance=[s * s for s in IMAGENET_STD],
                                                 name="imagenet_normalisation")(normalised)
