@@ -320,6 +320,13 @@ def test_finished_folds_are_skipped_unless_forced_and_interrupted_ones_need_a_ch
     # a changed experiment cannot continue an interrupted fold
     assert cli.main(train_argv(path, "--resume", "--set", "train.lr_peak_per_image=1e-3")) == 2
     assert "train.lr_peak_per_image" in capsys.readouterr().err
+    # a record saved before a key existed (here model.color_constancy) counts it as base.yaml's default: the
+    # same experiment may continue, a changed one may not
+    state = json.loads((fold / "state.json").read_text())
+    del state["config"]["model.color_constancy"]
+    (fold / "state.json").write_text(json.dumps(state))
+    assert cli.main(train_argv(path, "--resume", "--set", "model.color_constancy=6")) == 2
+    assert "model.color_constancy: None -> 6" in capsys.readouterr().err
     # resuming a fold whose epochs are all done only predicts
     assert cli.main(train_argv(path, "--resume")) == 0
     assert "best epoch 1" in capsys.readouterr().out and (fold / "oof.csv").is_file()

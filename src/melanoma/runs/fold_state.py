@@ -120,8 +120,11 @@ def write_state(folder: str, state: dict) -> None:
 
 
 def check_same_config(state: dict, config: Config, folder: str) -> None:
-    """A resumed fold must continue the same experiment: name the keys that changed."""
-    changed = config_differences(state.get("config") or {}, fingerprint(config))
+    """A resumed fold must continue the same experiment: name the keys that changed. A key the interrupted
+    run's record lacks (it was saved before the key existed) counts as base.yaml's default, as the code
+    that trained it behaved."""
+    defaults = fingerprint(config_lib.load_config(config_lib.code_base()))
+    changed = config_differences(state.get("config") or {}, fingerprint(config), defaults)
     if changed:
         raise ConfigError(f"cannot resume {folder}: the config differs from the interrupted run's "
                           f"({describe_differences(changed, 5)}); use the same config, or --force to train "
