@@ -75,6 +75,11 @@ def fingerprint(config: Config, free: tuple[str, ...] = RESUME_FREE) -> dict:
 ABSENT = "<absent>"
 
 
+def code_defaults() -> dict:
+    """The base.yaml values (flat) of the code that is running (the checkout's, else the package's)."""
+    return flatten(config_lib.load_config(config_lib.code_base()))
+
+
 def config_differences(saved: dict, now: dict, defaults: dict | None = None) -> list[tuple[str, object, object]]:
     """(key, saved value, new value) for every flat key whose value differs, sorted by key.
 
@@ -123,8 +128,7 @@ def check_same_config(state: dict, config: Config, folder: str) -> None:
     """A resumed fold must continue the same experiment: name the keys that changed. A key the interrupted
     run's record lacks (it was saved before the key existed) counts as base.yaml's default, as the code
     that trained it behaved."""
-    defaults = fingerprint(config_lib.load_config(config_lib.code_base()))
-    changed = config_differences(state.get("config") or {}, fingerprint(config), defaults)
+    changed = config_differences(state.get("config") or {}, fingerprint(config), fingerprint(code_defaults()))
     if changed:
         raise ConfigError(f"cannot resume {folder}: the config differs from the interrupted run's "
                           f"({describe_differences(changed, 5)}); use the same config, or --force to train "

@@ -72,7 +72,7 @@ def base_defaults(config_path: str | os.PathLike) -> dict:
 
 def code_defaults() -> dict:
     """The base.yaml values (flat) of the code that is running (the checkout's, else the package's)."""
-    return fold_state.flatten(config_lib.load_config(config_lib.code_base()))
+    return fold_state.code_defaults()
 
 
 def run_folder(config: Config) -> str:
