@@ -41,9 +41,10 @@ def test_onednn_notes_are_start_up_noise():
 
 
 def clean_environment(**extra) -> dict:
-    """The user's environment: no TF_CPP_MIN_LOG_LEVEL (the tests' own conftest sets one)."""
+    """The user's environment: no TF_CPP_MIN_LOG_LEVEL or TF_ENABLE_ONEDNN_OPTS (the tests' own conftest
+    sets them)."""
     env = {key: value for key, value in os.environ.items()
-           if key not in ("TF_CPP_MIN_LOG_LEVEL", "MELANOMA_TF_LOGS")}
+           if key not in ("TF_CPP_MIN_LOG_LEVEL", "MELANOMA_TF_LOGS", "TF_ENABLE_ONEDNN_OPTS")}
     env.update(extra)
     return env
 
@@ -66,6 +67,24 @@ def test_no_onednn_line_in_a_command_that_runs_tensorflow_pipelines(tmp_path):
     # on" where oneDNN is enabled by default, as on AVX-512 CPUs; always the absl line): the filter hid them
     started = [line for line in shown.stderr.splitlines() if not quiet.keep(line, gpu_present=False)]
     assert any("absl::InitializeLog" in line for line in started), shown.stderr
+    if quiet.onednn_by_default():  # every command turns oneDNN on, as it is on CPUs where TensorFlow does
+        assert "oneDNN custom operations are on" in shown.stderr, shown.stderr
+
+
+def test_onednn_is_on_unless_the_user_says_otherwise(monkeypatch):
+    """x86-64: TF_ENABLE_ONEDNN_OPTS=1 where unset (TensorFlow's own default leaves it off on AVX2-only
+    CPUs, at half the training speed), a user's 0 kept; ARM: left to TensorFlow."""
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(quiet.platform, "machine", lambda: "x86_64")
+    quiet.environment_defaults()
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    quiet.environment_defaults()
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    monkeypatch.setattr(quiet.platform, "machine", lambda: "aarch64")
+    quiet.environment_defaults()
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
 
 
 def test_the_feature_tables_progress_is_plain_lines_in_a_log(tiny_data, tmp_path, capsys, monkeypatch):

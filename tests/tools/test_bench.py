@@ -31,7 +31,7 @@ def check_common(result: dict) -> None:
     score = result["scoring"]
     assert (score["rows"], score["resamples"]) == (400, 1000) and score["seconds"] > 0
     assert score["ci95"][0] < score["auc"] < score["ci95"][1]
-    assert {"cpu_count", "accelerator", "precision"} <= set(result["machine"])
+    assert {"cpu_count", "accelerator", "precision", "onednn"} <= set(result["machine"])
     assert result["machine"]["cpu_count"] >= 1
     assert result["settings"]["data"] == "synthetic" and result["settings"]["record_size"] == [32, 32]
     train = result["train_pipeline"]

@@ -476,7 +476,8 @@ def machine(config: Config, strategy, precision: str) -> dict:
             "replicas": strategy.num_replicas_in_sync, "precision": precision,
             "mixed_precision_config": bool(config.train.mixed_precision),
             "tensorflow": tf.__version__, "keras": keras.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow's default")}
 
 
 def _progress(label: str, figures: dict) -> None:
@@ -547,7 +548,8 @@ def format_figures(result: dict) -> str:
     lines = []
     m, s = result["machine"], result["settings"]
     lines.append(f"machine: {m['cpu_count']} CPU(s), {m['accelerator']} {' '.join(m['accelerator_names'])}, "
-                 f"precision {m['precision']}, TensorFlow {m['tensorflow']}")
+                 f"precision {m['precision']}, TensorFlow {m['tensorflow']}, "
+                 f"TF_ENABLE_ONEDNN_OPTS={m.get('onednn', 'unset')}")
     lines.append(f"settings: {s['image_size']} px ({s['data']} data, records {s['record_size'][0]} px), "
                  f"batch {s['batch_size']}, {s['backbone']}, cache {s['cache']}")
 
