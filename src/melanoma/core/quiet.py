@@ -63,11 +63,11 @@ def onednn_by_default() -> bool:
     """TensorFlow's oneDNN kernels on every x86-64 CPU unless TF_ENABLE_ONEDNN_OPTS says otherwise.
 
     TensorFlow turns them on by itself only where the CPU has AVX-512 VNNI or BF16, AVX-VNNI or AMX. On a
-    2-core AVX2 CPU without them (AMD EPYC) they make a Lite0 training step at 224 px 1.8 times as fast and
-    TTA prediction 1.8 times as fast (`melanoma bench`, docs/results.md), which puts `make isic2017` back
-    within its 45 minutes there. Results may differ from a run without them in the last digits (another
-    order of floating-point sums); a run is still repeatable on one machine. Not on ARM, where TensorFlow's
-    oneDNN path is another library."""
+    2-core AVX2 CPU without them (AMD EPYC) they make a Lite0 training step at 224 px and TTA prediction 1.8
+    times as fast (`melanoma bench`, docs/results.md): an epoch of configs/isic2017_lite0.yaml there took
+    73-92 s with them, 133 s without. Results may differ from a run without them in the last digits
+    (another order of floating-point sums); a run is still repeatable on one machine. Not on ARM, where
+    TensorFlow's oneDNN path is another library."""
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
